@@ -1,0 +1,162 @@
+/**
+ * The contract between the kernel binding (native addon + FuseSession) and the
+ * filesystem that serves it. Everything here is inode-based (libfuse 3 low-level API):
+ * inode numbers are the filesystem's own, names are raw bytes, times are (sec, nsec).
+ */
+
+/** Attributes of one inode as the kernel sees them. Times are split so nanoseconds survive. */
+export interface Attr {
+  ino: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  /** 512-byte units actually stored (holes excluded). */
+  blocks: number;
+  atimeSec: number;
+  atimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ctimeSec: number;
+  ctimeNsec: number;
+}
+
+/** Reply to lookup/mknod/mkdir/symlink/link/create. Each such reply adds one to the kernel's lookup count. */
+export interface Entry {
+  attr: Attr;
+  /** Seconds the kernel may cache the name → inode binding. */
+  entryTimeout: number;
+  /** Seconds the kernel may cache the attributes. */
+  attrTimeout: number;
+}
+
+/** The caller of a request. */
+export interface RequestContext {
+  uid: number;
+  gid: number;
+  pid: number;
+  umask: number;
+}
+
+/** Bits of SetAttr.valid (same values as FUSE_SET_ATTR_* in fuse_lowlevel.h). */
+export const SetAttrValid = {
+  MODE: 1 << 0,
+  UID: 1 << 1,
+  GID: 1 << 2,
+  SIZE: 1 << 3,
+  ATIME: 1 << 4,
+  MTIME: 1 << 5,
+  ATIME_NOW: 1 << 7,
+  MTIME_NOW: 1 << 8,
+  CTIME: 1 << 10,
+} as const;
+
+export interface SetAttr {
+  /** Which fields below are meaningful: a mask of SetAttrValid bits. */
+  valid: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  atimeSec: number;
+  atimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ctimeSec: number;
+  ctimeNsec: number;
+}
+
+export interface OpenReply {
+  fh: number;
+  /** Keep the kernel page cache across opens (safe: this mount is the only writer). */
+  keepCache?: boolean;
+  directIo?: boolean;
+}
+
+export interface DirEntry {
+  name: Buffer;
+  ino: number;
+  /** Only the S_IFMT bits are used. */
+  mode: number;
+  /** Offset of the entry that follows this one: the kernel passes it back to continue. */
+  nextOffset: number;
+}
+
+export interface StatFs {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  favail: number;
+  namemax: number;
+}
+
+export type MaybePromise<T> = T | Promise<T>;
+
+/**
+ * What a filesystem implements. A handler returns (or resolves to) its reply; it throws
+ * (or rejects with) an error carrying a positive `errno` number to answer with that
+ * errno. Any other exception becomes EIO and is logged: the mount stays up.
+ */
+export interface LowLevelOps {
+  init?(): void;
+  /** Called once the kernel has released the mount (after unmount), before the session ends. */
+  destroy?(): void;
+  lookup(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<Entry>;
+  /** The kernel dropped `nlookup` references to `ino` (forget and forget_multi both land here). No reply. */
+  forget(ino: number, nlookup: number): void;
+  getattr(ino: number, fh: number | undefined, ctx: RequestContext): MaybePromise<Attr>;
+  setattr(ino: number, changes: SetAttr, fh: number | undefined, ctx: RequestContext): MaybePromise<Attr>;
+  readlink(ino: number, ctx: RequestContext): MaybePromise<Buffer>;
+  mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: RequestContext): MaybePromise<Entry>;
+  mkdir(parent: number, name: Buffer, mode: number, ctx: RequestContext): MaybePromise<Entry>;
+  unlink(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<void>;
+  rmdir(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<void>;
+  symlink(target: Buffer, parent: number, name: Buffer, ctx: RequestContext): MaybePromise<Entry>;
+  /** flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2). */
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, ctx: RequestContext): MaybePromise<void>;
+  link(ino: number, newParent: number, newName: Buffer, ctx: RequestContext): MaybePromise<Entry>;
+  open(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply>;
+  /** Returns at most `size` bytes; fewer only at end of file. */
+  read(ino: number, fh: number, size: number, offset: number): MaybePromise<Buffer>;
+  /** `data` is owned by the callee (already copied out of libfuse's buffer). Returns bytes written. */
+  write(ino: number, fh: number, data: Buffer, offset: number, ctx: RequestContext): MaybePromise<number>;
+  flush(ino: number, fh: number): MaybePromise<void>;
+  release(ino: number, fh: number, flags: number): MaybePromise<void>;
+  fsync(ino: number, fh: number, datasync: boolean): MaybePromise<void>;
+  opendir(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply>;
+  /** Entries starting after `offset` (0 = from the start); the binding packs as many as fit in `size`. */
+  readdir(ino: number, fh: number, offset: number, size: number): MaybePromise<DirEntry[]>;
+  releasedir(ino: number, fh: number): MaybePromise<void>;
+  fsyncdir(ino: number, fh: number, datasync: boolean): MaybePromise<void>;
+  statfs(ino: number): MaybePromise<StatFs>;
+  /** flags: 0, XATTR_CREATE (1) or XATTR_REPLACE (2). */
+  setxattr(ino: number, name: Buffer, value: Buffer, flags: number, ctx: RequestContext): MaybePromise<void>;
+  /** Returns the whole value; the binding answers size probes and ERANGE itself. ENODATA when absent. */
+  getxattr(ino: number, name: Buffer, ctx: RequestContext): MaybePromise<Buffer>;
+  /** Returns every name, each followed by a NUL byte; the binding answers size probes and ERANGE. */
+  listxattr(ino: number, ctx: RequestContext): MaybePromise<Buffer>;
+  removexattr(ino: number, name: Buffer, ctx: RequestContext): MaybePromise<void>;
+  access(ino: number, mask: number, ctx: RequestContext): MaybePromise<void>;
+  /** Creates and opens in one step. */
+  create(parent: number, name: Buffer, mode: number, flags: number, ctx: RequestContext): MaybePromise<Entry & OpenReply>;
+}
+
+export interface MountOptions {
+  /** Shown as the source in /proc/mounts; pogfs uses the volume path. */
+  fsname: string;
+  subtype: string;
+  allowOther: boolean;
+  defaultPermissions: boolean;
+  writebackCache: boolean;
+  readOnly?: boolean;
+  /** Largest write request the kernel may send, in bytes (default 1 MiB). */
+  maxWrite?: number;
+  /** Log every request to stderr (debugging only). */
+  debug?: boolean;
+}
