@@ -1,0 +1,139 @@
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { FuseSession } from '../fuse/session';
+import { PogFs } from '../vfs/filesystem';
+import { Volume, VolumeFiles } from '../vfs/volume';
+import { UsageError } from './errors';
+import { fileLogger, type Logger } from './log';
+import { findMount, fuseUnmount, isStaleMount } from './mounts';
+
+export interface DaemonOptions {
+  volume: string;
+  mountpoint: string;
+  verbose: boolean;
+  allowOther: boolean;
+  syncOnClose: boolean;
+  /** Called once the mount is ready (or with the reason it is not). */
+  onReady: (error?: UsageError) => void;
+  /** Lines the user should see (stale mount cleaned up, and so on). */
+  notice: (line: string) => void;
+}
+
+/** What a running daemon writes into its volume so `umount`, `fsck` and a second mount can find it. */
+export interface DaemonRecord {
+  pid: number;
+  mountpoint: string;
+  started: string;
+}
+
+/** The daemon that holds the volume, if it is alive. */
+export function liveDaemon(volume: string): DaemonRecord | undefined {
+  const path = join(volume, VolumeFiles.daemon);
+  if (!existsSync(path)) return undefined;
+  let rec: DaemonRecord;
+  try {
+    rec = JSON.parse(readFileSync(path, 'utf8')) as DaemonRecord;
+    process.kill(rec.pid, 0);
+  } catch {
+    return undefined;
+  }
+  try {
+    if (!readFileSync(`/proc/${rec.pid}/cmdline`, 'utf8').includes('pogfs')) return undefined;
+  } catch {
+    return undefined;
+  }
+  return rec;
+}
+
+/** Checks the mount point, cleaning up a mount left by a daemon that died. */
+function prepareMountpoint(mountpoint: string, notice: (line: string) => void): void {
+  if (isStaleMount(mountpoint)) {
+    const err = fuseUnmount(mountpoint, true);
+    if (err) throw new UsageError(`${mountpoint} is a dead FUSE mount and cleaning it up failed: ${err}`);
+    notice(`pogfs: cleaned up a stale mount at ${mountpoint} (its daemon had died)`);
+  }
+  let st;
+  try {
+    st = statSync(mountpoint);
+  } catch {
+    throw new UsageError(`mount point ${mountpoint} does not exist (create it with: mkdir -p ${mountpoint})`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`mount point ${mountpoint} is not a directory`);
+  const existing = findMount(mountpoint);
+  if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
+}
+
+/** Runs the filesystem until it is unmounted or told to stop. Resolves after a clean shutdown. */
+export async function runDaemon(o: DaemonOptions): Promise<void> {
+  const volumePath = resolve(o.volume);
+  const mountpoint = resolve(o.mountpoint);
+  let volume: Volume;
+  try {
+    prepareMountpoint(mountpoint, o.notice);
+    const holder = liveDaemon(volumePath);
+    if (holder) throw new UsageError(`volume ${volumePath} is already mounted at ${holder.mountpoint} (daemon pid ${holder.pid})`);
+    volume = Volume.open(volumePath);
+  } catch (err) {
+    o.onReady(err instanceof UsageError ? err : new UsageError((err as Error).message));
+    return;
+  }
+  const log: Logger = fileLogger(join(volumePath, VolumeFiles.log), o.verbose);
+  const recordPath = join(volumePath, VolumeFiles.daemon);
+  let session: FuseSession | undefined;
+  try {
+    const fs = new PogFs(
+      volume,
+      {
+        cacheTimeout: 60,
+        syncOnClose: o.syncOnClose,
+        writebackIntervalMs: 5000,
+        onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
+      },
+      log,
+    );
+    const freed = await fs.recoverUnlinked();
+    if (freed > 0) log.info(`freed ${freed} inodes left unlinked by an earlier crash`);
+    const isRoot = process.getuid?.() === 0;
+    session = FuseSession.mount(
+      mountpoint,
+      fs,
+      {
+        fsname: volumePath.replace(/[\\,]/g, (c) => `\\${c}`),
+        subtype: 'pogfs',
+        allowOther: isRoot || o.allowOther,
+        defaultPermissions: true,
+        writebackCache: true,
+        negativeTimeout: 60,
+      },
+      { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
+    );
+    session.setSecurityXattrsPresent(fs.hasSecurityXattrs);
+    const record: DaemonRecord = { pid: process.pid, mountpoint, started: new Date().toISOString() };
+    writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+    log.info(`mounted ${volumePath} at ${mountpoint}`);
+
+    const active = session;
+    const stop = (signal: string) => {
+      log.info(`${signal}: unmounting`);
+      // Lazy: open files keep working until closed; the session ends after that.
+      const err = fuseUnmount(mountpoint, true);
+      if (err) log.error(`unmount failed: ${err}`);
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => undefined);
+    o.onReady();
+    await active.ended;
+    log.info('session ended: committing and closing');
+    await fs.shutdown();
+  } catch (err) {
+    log.error('daemon failed', err);
+    if (session === undefined) o.onReady(new UsageError(`cannot mount ${mountpoint}: ${(err as Error).message}`));
+    else throw err;
+  } finally {
+    await volume.close();
+    rmSync(recordPath, { force: true });
+    log.info('volume closed');
+    log.flush();
+  }
+}

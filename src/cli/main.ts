@@ -1,0 +1,162 @@
+#!/usr/bin/env node
+import { Command, CommanderError, Option } from 'commander';
+import { spawn } from 'node:child_process';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { UsageError } from './errors';
+import { parseSize } from './units';
+
+function defaultVolume(): string {
+  const base = process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share');
+  return join(base, 'pogfs', 'default');
+}
+
+/** Lazily loaded so `--help` and argument errors never touch native modules. */
+const commands = {
+  init: () => import('./init-command'),
+  daemon: () => import('./daemon'),
+  umount: () => import('./umount-command'),
+  stats: () => import('./stats-command'),
+};
+
+interface MountFlags {
+  foreground?: boolean;
+  verbose?: boolean;
+  allowOther?: boolean;
+  syncOnClose: boolean;
+  ipcReady?: boolean;
+}
+
+async function mount(args: string[], flags: MountFlags): Promise<void> {
+  let volume: string;
+  let mountpoint: string;
+  if (args.length === 1) {
+    volume = defaultVolume();
+    mountpoint = args[0];
+    const { ensureVolume } = await commands.init();
+    if (ensureVolume(volume)) console.error(`pogfs: created the default volume at ${volume}`);
+  } else [volume, mountpoint] = args;
+
+  if (flags.foreground) {
+    const { runDaemon } = await commands.daemon();
+    const ipc = flags.ipcReady && process.send ? process.send.bind(process) : undefined;
+    let failed: UsageError | undefined;
+    await runDaemon({
+      volume,
+      mountpoint,
+      verbose: !!flags.verbose,
+      allowOther: !!flags.allowOther,
+      syncOnClose: flags.syncOnClose,
+      notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
+      onReady: (err) => {
+        failed = err;
+        if (ipc) {
+          ipc(err ? { error: err.message } : { ready: true });
+          process.disconnect?.();
+        } else if (err) console.error(`pogfs: ${err.message}`);
+      },
+    });
+    if (failed) process.exitCode = failed.exitCode;
+    return;
+  }
+
+  // Background: run this same command in the foreground as a detached child and
+  // return once it says the mount is ready (or why it is not).
+  const argv = [process.argv[1], 'mount', resolve(volume), resolve(mountpoint), '--foreground', '--ipc-ready'];
+  if (flags.verbose) argv.push('--verbose');
+  if (flags.allowOther) argv.push('--allow-other');
+  if (!flags.syncOnClose) argv.push('--no-sync-on-close');
+  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+  await new Promise<void>((done) => {
+    let settled = false;
+    child.on('message', (m: { ready?: boolean; error?: string; notice?: string }) => {
+      if (m.notice) console.error(m.notice);
+      if (m.ready || m.error) {
+        settled = true;
+        if (m.error) {
+          console.error(`pogfs: ${m.error}`);
+          process.exitCode = 2;
+        }
+        child.disconnect();
+        child.unref();
+        done();
+      }
+    });
+    child.on('exit', (code, signal) => {
+      if (settled) return;
+      console.error(`pogfs: the mount daemon exited (${signal ?? `code ${code}`}) before the mount was ready; see ${join(resolve(volume), 'pogfs.log')}`);
+      process.exitCode = 1;
+      done();
+    });
+  });
+}
+
+function program(): Command {
+  const p = new Command('pogfs')
+    .description('a deduplicating FUSE filesystem: SQLite inodes, LMDB content-addressed blocks')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+
+  p.command('init')
+    .description('create a volume directory (metadata database and block store)')
+    .argument('<volume>', 'directory to create (must be new or empty)')
+    .option('--block-size <size>', 'block size for deduplication, 4K to 4M, a power of two', parseSize, 128 * 1024)
+    .action(async (volume: string, opts: { blockSize: number }) => {
+      const { initVolume } = await commands.init();
+      initVolume(volume, opts.blockSize);
+    });
+
+  p.command('mount')
+    .description('mount a volume (the default volume when only a mount point is given); returns once the mount is ready')
+    .argument('[volume]', 'volume directory (default: $XDG_DATA_HOME/pogfs/default, created on first use)')
+    .argument('<mountpoint>', 'an existing empty directory')
+    .option('-f, --foreground', 'keep the daemon attached to this terminal')
+    .option('-v, --verbose', 'log more (the log is pogfs.log in the volume)')
+    .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
+    .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
+    .addOption(new Option('--ipc-ready').hideHelp())
+    .action(async (a: string | undefined, b: string | undefined, flags: MountFlags) => {
+      await mount([a, b].filter((x): x is string => x !== undefined), flags);
+    });
+
+  p.command('umount')
+    .alias('unmount')
+    .description('flush everything, unmount, and wait for the daemon to exit')
+    .argument('<mountpoint>')
+    .action(async (mountpoint: string) => {
+      const { umount } = await commands.umount();
+      await umount(mountpoint);
+    });
+
+  p.command('stats')
+    .description('files, logical bytes, unique and stored bytes, dedup ratio, block count')
+    .argument('<volume-or-mountpoint>')
+    .option('--json', 'machine-readable output')
+    .action(async (target: string, opts: { json?: boolean }) => {
+      const { stats } = await commands.stats();
+      stats(target, !!opts.json);
+    });
+
+  return p;
+}
+
+async function main(): Promise<void> {
+  try {
+    await program().parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version end up here with exit code 0; usage errors were printed already.
+      process.exitCode = err.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    if (err instanceof UsageError || (err as Error).name === 'VolumeError') {
+      console.error(`pogfs: ${(err as Error).message}`);
+      process.exitCode = err instanceof UsageError ? err.exitCode : 2;
+      return;
+    }
+    console.error(`pogfs: unexpected error: ${(err as Error).stack ?? String(err)}`);
+    process.exitCode = 1;
+  }
+}
+
+void main();

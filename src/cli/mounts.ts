@@ -1,0 +1,53 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+
+export interface MountEntry {
+  source: string;
+  target: string;
+  type: string;
+}
+
+/** /proc/mounts escapes space, tab, newline and backslash as octal. */
+function unescapeMountField(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+export function listMounts(): MountEntry[] {
+  return readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .filter((line) => line.length > 0)
+    .map((line) => {
+      const [source, target, type] = line.split(' ');
+      return { source: unescapeMountField(source), target: unescapeMountField(target), type };
+    });
+}
+
+export function findMount(mountpoint: string): MountEntry | undefined {
+  const target = resolve(mountpoint);
+  return listMounts()
+    .reverse()
+    .find((m) => m.target === target);
+}
+
+export function isPogfsMount(m: MountEntry): boolean {
+  return m.type === 'fuse.pogfs';
+}
+
+/** True when the path is a FUSE mount whose daemon is gone ("Transport endpoint is not connected"). */
+export function isStaleMount(mountpoint: string): boolean {
+  try {
+    statSync(mountpoint);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOTCONN';
+  }
+}
+
+/** Unmounts a FUSE mount; `lazy` detaches it even while busy. Returns an error message or undefined. */
+export function fuseUnmount(mountpoint: string, lazy = false): string | undefined {
+  const r = spawnSync('fusermount3', lazy ? ['-u', '-z', mountpoint] : ['-u', mountpoint], { encoding: 'utf8' });
+  if (r.error) return `cannot run fusermount3 (${r.error.message}); is the fuse3 package installed?`;
+  if (r.status !== 0) return (r.stderr || r.stdout || `fusermount3 exited with ${r.status}`).trim();
+  return undefined;
+}

@@ -1,0 +1,302 @@
+import Database from 'better-sqlite3';
+import { randomUUID } from 'node:crypto';
+import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
+
+export interface Superblock {
+  magic: string;
+  format_version: number;
+  block_size: number;
+  hash_algorithm: string;
+  uuid: string;
+  created_ns: bigint | number;
+}
+
+/** One inode row. Times are (seconds, nanoseconds) pairs so nanoseconds survive JS numbers. */
+export interface InodeRow {
+  ino: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  rdev: number;
+  atime_s: number;
+  atime_ns: number;
+  mtime_s: number;
+  mtime_ns: number;
+  ctime_s: number;
+  ctime_ns: number;
+  stored_bytes: number;
+}
+
+export type NewInode = Omit<InodeRow, 'ino'>;
+
+export interface DirRow {
+  name: Buffer;
+  ino: number;
+  mode: number;
+}
+
+export interface BlockRow {
+  idx: number;
+  hash: Buffer;
+  len: number;
+}
+
+export interface VolumeTotals {
+  files: number;
+  directories: number;
+  inodes: number;
+  logicalBytes: number;
+  blockRefs: number;
+}
+
+export class MetadataError extends Error {}
+
+/**
+ * The volume's metadata in SQLite (WAL). Owns the schema and every statement; callers
+ * group calls with `transaction`. Commits are not synced by default (like a journalling
+ * filesystem's metadata); `durableTransaction` and `barrier` force the WAL to disk, which
+ * also makes every earlier commit durable.
+ */
+export class MetaDb {
+  readonly db: Database.Database;
+  private readonly s;
+
+  private constructor(path: string, options: { create: boolean; readOnly: boolean }) {
+    this.db = new Database(path, { fileMustExist: !options.create, readonly: options.readOnly });
+    if (!options.readOnly) {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+    }
+    this.db.pragma('foreign_keys = OFF');
+    this.db.pragma('cache_size = -65536');
+    if (!options.readOnly) migrate(this.db);
+    const db = this.db;
+    this.s = {
+      superblock: db.prepare('SELECT magic, format_version, block_size, hash_algorithm, uuid, created_ns FROM superblock WHERE id = 1'),
+      barrier: db.prepare('UPDATE superblock SET barrier = barrier + 1 WHERE id = 1'),
+      getInode: db.prepare('SELECT * FROM inodes WHERE ino = ?'),
+      insertInode: db.prepare(
+        `INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
+         VALUES (@mode, @uid, @gid, @nlink, @size, @rdev, @atime_s, @atime_ns, @mtime_s, @mtime_ns, @ctime_s, @ctime_ns, @stored_bytes)`,
+      ),
+      insertInodeWithIno: db.prepare(
+        `INSERT INTO inodes (ino, mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
+         VALUES (@ino, @mode, @uid, @gid, @nlink, @size, @rdev, @atime_s, @atime_ns, @mtime_s, @mtime_ns, @ctime_s, @ctime_ns, @stored_bytes)`,
+      ),
+      updateInode: db.prepare(
+        `UPDATE inodes SET mode=@mode, uid=@uid, gid=@gid, nlink=@nlink, size=@size, rdev=@rdev,
+         atime_s=@atime_s, atime_ns=@atime_ns, mtime_s=@mtime_s, mtime_ns=@mtime_ns, ctime_s=@ctime_s, ctime_ns=@ctime_ns,
+         stored_bytes=@stored_bytes WHERE ino=@ino`,
+      ),
+      deleteInode: db.prepare('DELETE FROM inodes WHERE ino = ?'),
+      deleteSymlink: db.prepare('DELETE FROM symlinks WHERE ino = ?'),
+      deleteXattrs: db.prepare('DELETE FROM xattrs WHERE ino = ?'),
+      unlinkedInodes: db.prepare('SELECT ino FROM inodes WHERE nlink = 0'),
+      lookup: db.prepare('SELECT ino FROM dentries WHERE parent = ? AND name = ?').pluck(),
+      insertDentry: db.prepare('INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)'),
+      deleteDentry: db.prepare('DELETE FROM dentries WHERE parent = ? AND name = ?'),
+      setDentryIno: db.prepare('UPDATE dentries SET ino = ? WHERE parent = ? AND name = ?'),
+      hasChildren: db.prepare('SELECT 1 FROM dentries WHERE parent = ? LIMIT 1').pluck(),
+      listDir: db.prepare(
+        'SELECT d.name AS name, d.ino AS ino, i.mode AS mode FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? ORDER BY d.name',
+      ),
+      parentOf: db.prepare('SELECT parent FROM dentries WHERE ino = ? LIMIT 1').pluck(),
+      getSymlink: db.prepare('SELECT target FROM symlinks WHERE ino = ?').pluck(),
+      setSymlink: db.prepare('INSERT OR REPLACE INTO symlinks (ino, target) VALUES (?, ?)'),
+      getXattr: db.prepare('SELECT value FROM xattrs WHERE ino = ? AND name = ?').pluck(),
+      setXattr: db.prepare('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
+      listXattrs: db.prepare('SELECT name FROM xattrs WHERE ino = ? ORDER BY name').pluck(),
+      removeXattr: db.prepare('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
+      anySecurityXattr: db.prepare("SELECT 1 FROM xattrs WHERE substr(name, 1, 9) = CAST('security.' AS BLOB) LIMIT 1").pluck(),
+      listBlocks: db.prepare('SELECT idx, hash, len FROM blocks WHERE ino = ? ORDER BY idx'),
+      upsertBlock: db.prepare('INSERT OR REPLACE INTO blocks (ino, idx, hash, len) VALUES (?, ?, ?, ?)'),
+      deleteBlock: db.prepare('DELETE FROM blocks WHERE ino = ? AND idx = ?'),
+      deleteAllBlocks: db.prepare('DELETE FROM blocks WHERE ino = ? RETURNING hash'),
+      totals: db.prepare(
+        `SELECT
+           (SELECT count(*) FROM inodes WHERE (mode & 61440) = 32768) AS files,
+           (SELECT count(*) FROM inodes WHERE (mode & 61440) = 16384) AS directories,
+           (SELECT count(*) FROM inodes) AS inodes,
+           (SELECT coalesce(sum(size), 0) FROM inodes WHERE (mode & 61440) = 32768) AS logicalBytes,
+           (SELECT count(*) FROM blocks) AS blockRefs`,
+      ),
+    };
+  }
+
+  /** Opens an existing volume database, bringing its schema forward if it is older. */
+  static open(path: string, options: { readOnly?: boolean } = {}): MetaDb {
+    let meta: MetaDb;
+    try {
+      meta = new MetaDb(path, { create: false, readOnly: options.readOnly ?? false });
+    } catch (err) {
+      throw new MetadataError(`cannot open metadata database ${path}: ${(err as Error).message}`);
+    }
+    meta.checkSuperblock();
+    return meta;
+  }
+
+  /** Creates a new volume database with its superblock and root directory. */
+  static create(path: string, init: { blockSize: number; hashAlgorithm: string; root: NewInode }): MetaDb {
+    const meta = new MetaDb(path, { create: true, readOnly: false });
+    meta.db.transaction(() => {
+      meta.db
+        .prepare(
+          'INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns) VALUES (1, ?, ?, ?, ?, ?, ?)',
+        )
+        .run(VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), BigInt(Date.now()) * 1000000n);
+      meta.s.insertInodeWithIno.run({ ino: 1, ...init.root });
+    })();
+    meta.barrier();
+    return meta;
+  }
+
+  superblock(): Superblock {
+    let row: Superblock | undefined;
+    try {
+      row = this.s.superblock.get() as Superblock | undefined;
+    } catch {
+      row = undefined;
+    }
+    if (!row) throw new MetadataError('the metadata database has no superblock: not a pogfs volume');
+    return row;
+  }
+
+  private checkSuperblock(): void {
+    const sb = this.superblock();
+    if (sb.magic !== VOLUME_MAGIC) throw new MetadataError(`not a pogfs volume (magic ${JSON.stringify(sb.magic)})`);
+    if (sb.format_version > FORMAT_VERSION) {
+      throw new MetadataError(
+        `the volume has format version ${sb.format_version}, newer than this pogfs understands (${FORMAT_VERSION}); upgrade pogfs`,
+      );
+    }
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  /** Runs `fn` in a transaction whose commit is forced to disk (and with it every earlier commit). */
+  durableTransaction<T>(fn: () => T): T {
+    this.db.pragma('synchronous = FULL');
+    try {
+      return this.db.transaction(() => {
+        const result = fn();
+        // A commit that writes nothing syncs nothing: make sure there is a frame to sync.
+        this.s.barrier.run();
+        return result;
+      })();
+    } finally {
+      this.db.pragma('synchronous = NORMAL');
+    }
+  }
+
+  /** Makes every commit so far durable. */
+  barrier(): void {
+    this.durableTransaction(() => undefined);
+  }
+
+  getInode(ino: number): InodeRow | undefined {
+    return this.s.getInode.get(ino) as InodeRow | undefined;
+  }
+
+  insertInode(row: NewInode): number {
+    return Number(this.s.insertInode.run(row).lastInsertRowid);
+  }
+
+  updateInode(row: InodeRow): void {
+    this.s.updateInode.run(row);
+  }
+
+  /** Deletes an inode and everything it owns; returns the block hashes it referenced. */
+  deleteInode(ino: number): Buffer[] {
+    const hashes = (this.s.deleteAllBlocks.all(ino) as { hash: Buffer }[]).map((r) => r.hash);
+    this.s.deleteSymlink.run(ino);
+    this.s.deleteXattrs.run(ino);
+    this.s.deleteInode.run(ino);
+    return hashes;
+  }
+
+  unlinkedInodes(): number[] {
+    return (this.s.unlinkedInodes.all() as { ino: number }[]).map((r) => r.ino);
+  }
+
+  lookup(parent: number, name: Buffer): number | undefined {
+    return this.s.lookup.get(parent, name) as number | undefined;
+  }
+
+  addEntry(parent: number, name: Buffer, ino: number): void {
+    this.s.insertDentry.run(parent, name, ino);
+  }
+
+  removeEntry(parent: number, name: Buffer): void {
+    this.s.deleteDentry.run(parent, name);
+  }
+
+  /** Points an existing entry at another inode (rename over an existing name). */
+  retargetEntry(parent: number, name: Buffer, ino: number): void {
+    this.s.setDentryIno.run(ino, parent, name);
+  }
+
+  hasChildren(dir: number): boolean {
+    return this.s.hasChildren.get(dir) !== undefined;
+  }
+
+  listDir(dir: number): DirRow[] {
+    return this.s.listDir.all(dir) as DirRow[];
+  }
+
+  /** A parent of `ino` (for directories, the only one). */
+  parentOf(ino: number): number | undefined {
+    return this.s.parentOf.get(ino) as number | undefined;
+  }
+
+  symlinkTarget(ino: number): Buffer | undefined {
+    return this.s.getSymlink.get(ino) as Buffer | undefined;
+  }
+
+  setSymlinkTarget(ino: number, target: Buffer): void {
+    this.s.setSymlink.run(ino, target);
+  }
+
+  getXattr(ino: number, name: Buffer): Buffer | undefined {
+    return this.s.getXattr.get(ino, name) as Buffer | undefined;
+  }
+
+  setXattr(ino: number, name: Buffer, value: Buffer): void {
+    this.s.setXattr.run(ino, name, value);
+  }
+
+  listXattrs(ino: number): Buffer[] {
+    return this.s.listXattrs.all(ino) as Buffer[];
+  }
+
+  removeXattr(ino: number, name: Buffer): boolean {
+    return this.s.removeXattr.run(ino, name).changes > 0;
+  }
+
+  anySecurityXattr(): boolean {
+    return this.s.anySecurityXattr.get() !== undefined;
+  }
+
+  listBlocks(ino: number): BlockRow[] {
+    return this.s.listBlocks.all(ino) as BlockRow[];
+  }
+
+  setBlock(ino: number, idx: number, hash: Buffer, len: number): void {
+    this.s.upsertBlock.run(ino, idx, hash, len);
+  }
+
+  deleteBlock(ino: number, idx: number): void {
+    this.s.deleteBlock.run(ino, idx);
+  }
+
+  totals(): VolumeTotals {
+    return this.s.totals.get() as VolumeTotals;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,87 @@
+import type Database from 'better-sqlite3';
+
+/** Written into the superblock; a volume of another magic is not a pogfs volume. */
+export const VOLUME_MAGIC = 'pogfs-volume';
+/** The on-disk format this program writes and understands (the superblock's format_version). */
+export const FORMAT_VERSION = 1;
+
+/**
+ * Schema migrations, applied in order; PRAGMA user_version holds how many have run.
+ * Append only: a released migration is never edited, so every older volume can be
+ * brought forward one step at a time.
+ */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE superblock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    magic TEXT NOT NULL,
+    format_version INTEGER NOT NULL,
+    block_size INTEGER NOT NULL,
+    hash_algorithm TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    -- bumped by durability barriers: a write that forces the WAL to disk
+    barrier INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE TABLE inodes (
+    ino INTEGER PRIMARY KEY AUTOINCREMENT,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    atime_s INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
+    mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    -- bytes held in stored (non-hole) blocks: what st_blocks reports
+    stored_bytes INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE INDEX inodes_unlinked ON inodes(nlink) WHERE nlink = 0;
+  CREATE TABLE dentries (
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+  ) WITHOUT ROWID;
+  CREATE INDEX dentries_ino ON dentries(ino);
+  CREATE TABLE symlinks (
+    ino INTEGER PRIMARY KEY,
+    target BLOB NOT NULL
+  );
+  CREATE TABLE xattrs (
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+  ) WITHOUT ROWID;
+  CREATE TABLE blocks (
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    len INTEGER NOT NULL,
+    PRIMARY KEY (ino, idx)
+  ) WITHOUT ROWID;
+  CREATE INDEX blocks_hash ON blocks(hash);
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+export class SchemaTooNewError extends Error {}
+
+/** Brings the schema up to SCHEMA_VERSION; refuses a database written by a newer pogfs. */
+export function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > SCHEMA_VERSION) {
+    throw new SchemaTooNewError(
+      `the volume's metadata has schema version ${current}, newer than this pogfs understands (${SCHEMA_VERSION}); upgrade pogfs`,
+    );
+  }
+  for (let v = current; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,100 @@
+import type { BlockStore, BlockToStore } from '../store/block-store';
+
+/**
+ * Batches new block references into few LMDB transactions. Callers hand blocks over
+ * and go on; `drain()` resolves when everything handed over so far is durable.
+ * Memory held by queued and in-flight blocks is bounded: `admit()` waits while it is
+ * above the limit, which slows writers down instead of failing them.
+ */
+export class BlockWriter {
+  /** Blocks handed over but not yet committed, readable meanwhile (key: hash as latin1). */
+  private readonly unsettled = new Map<string, { data: Buffer; count: number }>();
+  private queue: BlockToStore[] = [];
+  private queuedBytes = 0;
+  private inFlightBytes = 0;
+  private scheduled = false;
+  private readonly pending = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private waiters: (() => void)[] = [];
+
+  constructor(
+    private readonly store: BlockStore,
+    private readonly batchBlocks = 64,
+    private readonly maxBytes = 256 * 1024 * 1024,
+  ) {}
+
+  /** Takes a reference on `hash`, storing `data` if the store lacks it. */
+  add(hash: Buffer, data: Buffer): void {
+    const key = hash.toString('latin1');
+    const u = this.unsettled.get(key);
+    if (u) u.count += 1;
+    else this.unsettled.set(key, { data, count: 1 });
+    this.queue.push({ hash, data });
+    this.queuedBytes += data.length;
+    if (this.queue.length >= this.batchBlocks) this.submit();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.submit());
+    }
+  }
+
+  /**
+   * Copies bytes of a block out of the writer's hands or, once committed, out of the
+   * store; bytes past the block's end read as zeros. False when the block is nowhere.
+   */
+  copyOut(hash: Buffer, from: number, length: number, target: Buffer, at: number): boolean {
+    const u = this.unsettled.size > 0 ? this.unsettled.get(hash.toString('latin1')) : undefined;
+    if (!u) return this.store.copyOut(hash, from, length, target, at);
+    const end = Math.min(from + length, u.data.length);
+    if (end > from) u.data.copy(target, at, from, end);
+    if (end < from + length) target.fill(0, at + Math.max(0, end - from), at + length);
+    return true;
+  }
+
+  /** Resolves when buffered bytes are under the limit. */
+  admit(): Promise<void> | undefined {
+    if (this.queuedBytes + this.inFlightBytes < this.maxBytes) return undefined;
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Resolves once every block added so far is durable in the store; rejects if a write failed. */
+  async drain(): Promise<void> {
+    this.submit();
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+    if (this.failure) {
+      const err = this.failure;
+      this.failure = undefined;
+      throw err;
+    }
+  }
+
+  private submit(): void {
+    this.scheduled = false;
+    if (this.queue.length === 0) return;
+    const batch = this.queue;
+    const bytes = this.queuedBytes;
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.inFlightBytes += bytes;
+    const p: Promise<void> = this.store
+      .acquire(batch)
+      .catch((err: Error) => {
+        this.failure = err;
+      })
+      .finally(() => {
+        for (const { hash } of batch) {
+          const key = hash.toString('latin1');
+          const u = this.unsettled.get(key);
+          if (u && --u.count === 0) this.unsettled.delete(key);
+        }
+        this.inFlightBytes -= bytes;
+        this.pending.delete(p);
+        if (this.queuedBytes + this.inFlightBytes < this.maxBytes) {
+          const waiters = this.waiters;
+          this.waiters = [];
+          for (const w of waiters) w();
+        }
+      });
+    this.pending.add(p);
+  }
+}

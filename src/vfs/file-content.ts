@@ -1,0 +1,264 @@
+import type { InodeRow, MetaDb } from '../meta/meta-db';
+import { hashBlock } from '../store/hash';
+import type { BlockWriter } from './block-writer';
+import { E, FsError } from './errors';
+import type { Reclaimer } from './reclaimer';
+
+/** A block of the file as the block index knows it. */
+interface BlockRef {
+  hash: Buffer;
+  len: number;
+}
+
+/** A block being written: a full-size buffer whose bytes past `len` are zero. */
+interface PendingBlock {
+  buf: Buffer;
+  len: number;
+}
+
+export interface ContentLog {
+  error(msg: string, err?: unknown): void;
+}
+
+/** Blocks a file may hold in memory before its full ones are hashed and handed to the store. */
+const MAX_PENDING_BLOCKS = 256;
+
+/**
+ * The content of one regular file while it is open: the block list, blocks being
+ * written, and the size, shared by every handle on the file so each sees the others'
+ * writes at once.
+ *
+ * Writes land in full-size pending buffers (read-modify-write of partial blocks). A
+ * pending block is sealed (hashed, handed to the BlockWriter) when a write reaches its
+ * end, when too many are pending, or at commit. `commit()` waits until every sealed
+ * block is durable in the store and only then writes the block index and size in one
+ * durable SQLite transaction; replaced blocks are released after that (invariant 1).
+ */
+export class FileContent {
+  private readonly blocks = new Map<number, BlockRef>();
+  private readonly pending = new Map<number, PendingBlock>();
+  /** Indexes whose entry in `blocks` differs from the committed index. */
+  private readonly changed = new Set<number>();
+  /** References to drop once the next commit is durable. */
+  private toRelease: Buffer[] = [];
+  private committing: Promise<void> = Promise.resolve();
+  /** Size and stored bytes as last committed: what an attribute-only update may persist. */
+  committedSize: number;
+  committedStored: number;
+  /** True when something differs from what is committed. */
+  dirty = false;
+
+  constructor(
+    readonly row: InodeRow,
+    private readonly blockSize: number,
+    private readonly meta: MetaDb,
+    private readonly writer: BlockWriter,
+    private readonly reclaimer: Reclaimer,
+    private readonly log: ContentLog,
+  ) {
+    for (const b of meta.listBlocks(row.ino)) this.blocks.set(b.idx, { hash: b.hash, len: b.len });
+    this.committedSize = row.size;
+    this.committedStored = row.stored_bytes;
+  }
+
+  get size(): number {
+    return this.row.size;
+  }
+
+  read(offset: number, length: number): Buffer {
+    const end = Math.min(offset + length, this.row.size);
+    if (offset >= end) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(end - offset);
+    const B = this.blockSize;
+    for (let idx = Math.floor(offset / B); idx * B < end; idx++) {
+      const blockStart = idx * B;
+      const from = Math.max(offset, blockStart) - blockStart;
+      const to = Math.min(end, blockStart + B) - blockStart;
+      const at = blockStart + from - offset;
+      const p = this.pending.get(idx);
+      if (p) {
+        p.buf.copy(out, at, from, to);
+        continue;
+      }
+      const ref = this.blocks.get(idx);
+      if (!ref) {
+        out.fill(0, at, at + to - from);
+        continue;
+      }
+      if (!this.writer.copyOut(ref.hash, from, to - from, out, at)) {
+        this.log.error(
+          `inode ${this.row.ino}: block ${idx} (${ref.hash.toString('hex')}, bytes ${blockStart}-${blockStart + B - 1}) is missing from the block store`,
+        );
+        throw new FsError(E.EIO, 'missing block');
+      }
+    }
+    return out;
+  }
+
+  write(data: Buffer, offset: number): void {
+    const B = this.blockSize;
+    const end = offset + data.length;
+    for (let idx = Math.floor(offset / B); idx * B < end; idx++) {
+      const blockStart = idx * B;
+      const from = Math.max(offset, blockStart) - blockStart;
+      const to = Math.min(end, blockStart + B) - blockStart;
+      const p = this.pendingBlock(idx);
+      data.copy(p.buf, from, blockStart + from - offset, blockStart + to - offset);
+      if (to > p.len) p.len = to;
+      // A write that reaches the end of a block is sequential enough: seal it now so
+      // hashing and storing overlap with the writes that follow.
+      if (to === B) this.seal(idx, p);
+    }
+    if (end > this.row.size) this.row.size = end;
+    this.dirty = true;
+    if (this.pending.size > MAX_PENDING_BLOCKS) this.sealAll();
+  }
+
+  truncate(size: number): void {
+    const B = this.blockSize;
+    if (size < this.row.size) {
+      const keep = Math.ceil(size / B); // blocks [0, keep) survive
+      for (const idx of [...this.pending.keys()]) if (idx >= keep) this.pending.delete(idx);
+      for (const [idx, ref] of [...this.blocks]) {
+        if (idx < keep) continue;
+        this.blocks.delete(idx);
+        this.toRelease.push(ref.hash);
+        this.changed.add(idx);
+      }
+      const cut = size % B;
+      if (cut !== 0) {
+        // Bytes past the new end inside the last block must read as zeros if the
+        // file grows again: cut them off the block itself.
+        const idx = keep - 1;
+        const p = this.pending.get(idx);
+        const ref = this.blocks.get(idx);
+        if (p && p.len > cut) {
+          p.buf.fill(0, cut);
+          p.len = cut;
+        } else if (!p && ref && ref.len > cut) {
+          const loaded = this.pendingBlock(idx);
+          loaded.buf.fill(0, cut);
+          loaded.len = cut;
+        }
+      }
+    }
+    this.row.size = size;
+    this.dirty = true;
+  }
+
+  /** Bytes held in stored blocks (holes excluded), for st_blocks. */
+  storedBytes(): number {
+    let n = 0;
+    for (const ref of this.blocks.values()) n += ref.len;
+    for (const [idx, p] of this.pending) if (!this.blocks.has(idx)) n += p.len;
+    return n;
+  }
+
+  /**
+   * Makes the content durable: seals pending blocks, waits for the store, then commits
+   * the block index, size and `extra` (the rest of the inode row) in one durable
+   * transaction. Commits of one file run one after another.
+   */
+  commit(persistRow: () => void): Promise<void> {
+    const run = this.committing.then(() => this.commitNow(persistRow));
+    this.committing = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Everything the file references, committed or not: released when the inode is freed. */
+  async discard(): Promise<Buffer[]> {
+    await this.committing;
+    this.pending.clear();
+    await this.writer.drain();
+    const uncommitted: Buffer[] = [];
+    for (const idx of this.changed) {
+      const ref = this.blocks.get(idx);
+      if (ref) uncommitted.push(ref.hash);
+    }
+    const released = [...this.toRelease, ...uncommitted];
+    this.toRelease = [];
+    this.changed.clear();
+    this.dirty = false;
+    return released;
+  }
+
+  private async commitNow(persistRow: () => void): Promise<void> {
+    if (!this.dirty) return;
+    this.sealAll();
+    const snapshot = new Map<number, BlockRef | undefined>();
+    for (const idx of this.changed) snapshot.set(idx, this.blocks.get(idx));
+    this.changed.clear();
+    const releases = this.toRelease;
+    this.toRelease = [];
+    const size = this.row.size;
+    const stored = this.storedBytes();
+    this.dirty = false;
+    try {
+      await this.writer.drain();
+      this.meta.durableTransaction(() => {
+        for (const [idx, ref] of snapshot) {
+          if (ref) this.meta.setBlock(this.row.ino, idx, ref.hash, ref.len);
+          else this.meta.deleteBlock(this.row.ino, idx);
+        }
+        this.committedSize = size;
+        this.committedStored = stored;
+        persistRow();
+      });
+    } catch (err) {
+      // Nothing was committed: put the work back so a later commit retries it.
+      for (const idx of snapshot.keys()) this.changed.add(idx);
+      this.toRelease = releases.concat(this.toRelease);
+      this.dirty = true;
+      throw err;
+    }
+    this.reclaimer.release(releases);
+  }
+
+  private pendingBlock(idx: number): PendingBlock {
+    let p = this.pending.get(idx);
+    if (p) return p;
+    const ref = this.blocks.get(idx);
+    if (!ref) {
+      p = { buf: Buffer.alloc(this.blockSize), len: 0 };
+    } else {
+      const buf = Buffer.allocUnsafe(this.blockSize);
+      if (!this.writer.copyOut(ref.hash, 0, this.blockSize, buf, 0)) {
+        this.log.error(`inode ${this.row.ino}: block ${idx} (${ref.hash.toString('hex')}) is missing from the block store`);
+        throw new FsError(E.EIO, 'missing block');
+      }
+      p = { buf, len: ref.len };
+    }
+    this.pending.set(idx, p);
+    return p;
+  }
+
+  private sealAll(): void {
+    for (const [idx, p] of this.pending) this.seal(idx, p);
+  }
+
+  /** Hashes a pending block and hands it to the store; all-zero blocks become holes. */
+  private seal(idx: number, p: PendingBlock): void {
+    this.pending.delete(idx);
+    const old = this.blocks.get(idx);
+    if (old) this.toRelease.push(old.hash);
+    this.changed.add(idx);
+    const data = p.len === p.buf.length ? p.buf : p.buf.subarray(0, p.len);
+    if (isZero(data)) {
+      this.blocks.delete(idx);
+      return;
+    }
+    const hash = hashBlock(data);
+    this.blocks.set(idx, { hash, len: data.length });
+    this.writer.add(hash, data);
+  }
+}
+
+const ZEROS = Buffer.alloc(128 * 1024);
+
+function isZero(data: Buffer): boolean {
+  for (let at = 0; at < data.length; at += ZEROS.length) {
+    const n = Math.min(ZEROS.length, data.length - at);
+    if (data.compare(ZEROS, 0, n, at, at + n) !== 0) return false;
+  }
+  return true;
+}

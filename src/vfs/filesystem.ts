@@ -1,0 +1,682 @@
+import { statfsSync } from 'node:fs';
+import type {
+  Attr,
+  DirEntry,
+  Entry,
+  LowLevelOps,
+  OpenReply,
+  RequestContext,
+  SetAttr,
+  StatFs,
+} from '../fuse/types';
+import { SetAttrValid } from '../fuse/types';
+import type { InodeRow, NewInode } from '../meta/meta-db';
+import { BlockWriter } from './block-writer';
+import { E, FsError, fail } from './errors';
+import { FileContent } from './file-content';
+import { Reclaimer } from './reclaimer';
+import { now, type Timespec } from './time';
+import type { Volume } from './volume';
+
+export const ROOT_INO = 1;
+export const NAME_MAX = 255;
+const XATTR_NAME_MAX = 255;
+const XATTR_SIZE_MAX = 65536;
+
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const S_ISGID = 0o2000;
+
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const RENAME_NOREPLACE = 1;
+const RENAME_EXCHANGE = 2;
+const XATTR_CREATE = 1;
+const XATTR_REPLACE = 2;
+
+export interface FsLog {
+  error(msg: string, err?: unknown): void;
+  info(msg: string): void;
+}
+
+export interface FsOptions {
+  /** Seconds the kernel may cache attributes and names (this mount is the only writer). */
+  cacheTimeout: number;
+  /** Make data durable when a file written through a handle is closed (DESIGN invariant 3). */
+  syncOnClose: boolean;
+  /** Commit dirty file content this often even if nobody closes or fsyncs (ms). */
+  writebackIntervalMs: number;
+  /** Told when the first security.* xattr appears (the binding then stops answering those itself). */
+  onSecurityXattr?: () => void;
+}
+
+/** An inode the kernel knows of or that is open: its row, counts and (for open files) content. */
+interface Node {
+  row: InodeRow;
+  /** References the kernel holds (entry replies minus forgets). */
+  lookups: number;
+  /** Open file handles. */
+  opens: number;
+  content?: FileContent;
+}
+
+interface FileHandle {
+  ino: number;
+  /** Opened for writing: closing it makes the file's content durable. */
+  writable: boolean;
+}
+
+const isDir = (mode: number) => (mode & S_IFMT) === S_IFDIR;
+const isReg = (mode: number) => (mode & S_IFMT) === S_IFREG;
+
+/**
+ * POSIX semantics of a pogfs volume over the low-level (inode) FUSE API. Permission
+ * checks are the kernel's (`default_permissions`); everything else a Linux filesystem
+ * decides is decided here.
+ */
+export class PogFs implements LowLevelOps {
+  private readonly nodes = new Map<number, Node>();
+  private readonly files = new Map<number, FileHandle>();
+  private readonly dirs = new Map<number, DirEntry[]>();
+  private nextFh = 1;
+  readonly writer: BlockWriter;
+  readonly reclaimer: Reclaimer;
+  private readonly writeback: NodeJS.Timeout;
+  private securityXattrs: boolean;
+
+  constructor(
+    readonly volume: Volume,
+    private readonly options: FsOptions,
+    private readonly log: FsLog,
+  ) {
+    this.writer = new BlockWriter(volume.store);
+    this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
+    this.securityXattrs = volume.meta.anySecurityXattr();
+    this.writeback = setInterval(() => {
+      this.commitAll().catch((err) => log.error('periodic writeback failed', err));
+    }, options.writebackIntervalMs);
+    this.writeback.unref();
+  }
+
+  get hasSecurityXattrs(): boolean {
+    return this.securityXattrs;
+  }
+
+  /** Frees inodes left unlinked-but-open by a crash. */
+  async recoverUnlinked(): Promise<number> {
+    const dead = this.volume.meta.unlinkedInodes();
+    for (const ino of dead) {
+      const hashes = this.volume.meta.transaction(() => this.volume.meta.deleteInode(ino));
+      this.reclaimer.release(hashes);
+    }
+    if (dead.length > 0) await this.reclaimer.run();
+    return dead.length;
+  }
+
+  /** Commits every open file's content, then drops released blocks: the unmount path. */
+  async shutdown(): Promise<void> {
+    clearInterval(this.writeback);
+    await this.commitAll();
+    await this.reclaimer.run();
+    this.volume.meta.barrier();
+  }
+
+  async commitAll(): Promise<void> {
+    const work: Promise<void>[] = [];
+    for (const node of this.nodes.values()) if (node.content?.dirty) work.push(this.commit(node));
+    await Promise.all(work);
+  }
+
+  // ---- lookups and attributes ----
+
+  lookup(parent: number, name: Buffer, _ctx?: RequestContext): Entry {
+    checkName(name);
+    const dir = this.node(parent);
+    if (!isDir(dir.row.mode)) fail(E.ENOTDIR);
+    const ino = this.volume.meta.lookup(parent, name);
+    if (ino === undefined) fail(E.ENOENT);
+    return this.entry(this.node(ino));
+  }
+
+  forget(ino: number, nlookup: number): void {
+    const node = this.nodes.get(ino);
+    if (!node) return;
+    node.lookups = Math.max(0, node.lookups - nlookup);
+    this.releaseIfUnused(node);
+  }
+
+  getattr(ino: number, _fh?: number, _ctx?: RequestContext): Attr {
+    return this.attr(this.node(ino));
+  }
+
+  async setattr(ino: number, ch: SetAttr, _fh?: number, _ctx?: RequestContext): Promise<Attr> {
+    const node = this.node(ino);
+    const row = node.row;
+    const t = now();
+    if (ch.valid & SetAttrValid.MODE) row.mode = (row.mode & S_IFMT) | (ch.mode & 0o7777);
+    if (ch.valid & SetAttrValid.UID) row.uid = ch.uid;
+    if (ch.valid & SetAttrValid.GID) row.gid = ch.gid;
+    if (ch.valid & SetAttrValid.ATIME_NOW) setTime(row, 'atime', t);
+    else if (ch.valid & SetAttrValid.ATIME) setTime(row, 'atime', { s: ch.atimeSec, ns: ch.atimeNsec });
+    if (ch.valid & SetAttrValid.MTIME_NOW) setTime(row, 'mtime', t);
+    else if (ch.valid & SetAttrValid.MTIME) setTime(row, 'mtime', { s: ch.mtimeSec, ns: ch.mtimeNsec });
+    if (ch.valid & SetAttrValid.CTIME) setTime(row, 'ctime', { s: ch.ctimeSec, ns: ch.ctimeNsec });
+    else setTime(row, 'ctime', t);
+    if (ch.valid & SetAttrValid.SIZE) {
+      if (isDir(row.mode)) fail(E.EISDIR);
+      if (!isReg(row.mode)) fail(E.EINVAL);
+      if (ch.size < 0 || !Number.isSafeInteger(ch.size)) fail(E.EINVAL);
+      const content = this.content(node);
+      if (ch.size !== content.size) {
+        content.truncate(ch.size);
+        if (!(ch.valid & (SetAttrValid.MTIME | SetAttrValid.MTIME_NOW))) setTime(row, 'mtime', t);
+      }
+      // A truncate with no open handle is committed now: nothing else would commit it.
+      if (node.opens === 0) {
+        await this.commit(node);
+        this.dropContent(node);
+        return this.attr(node);
+      }
+    }
+    this.persist(node);
+    return this.attr(node);
+  }
+
+  readlink(ino: number, _ctx?: RequestContext): Buffer {
+    const target = this.volume.meta.symlinkTarget(ino);
+    if (!target) fail(E.EINVAL);
+    return target;
+  }
+
+  access(ino: number, mask: number, ctx: RequestContext): void {
+    const row = this.node(ino).row;
+    if (mask === 0) return;
+    let bits: number;
+    if (ctx.uid === 0) {
+      // root may read and write anything, and execute what anyone may execute
+      if (!(mask & 1) || isDir(row.mode) || row.mode & 0o111) return;
+      fail(E.EACCES);
+    } else if (ctx.uid === row.uid) bits = (row.mode >> 6) & 7;
+    else if (ctx.gid === row.gid) bits = (row.mode >> 3) & 7;
+    else bits = row.mode & 7;
+    if ((bits & mask) !== mask) fail(E.EACCES);
+  }
+
+  statfs(_ino?: number): StatFs {
+    const backing = statfsSync(this.volume.path);
+    const totals = this.volume.meta.totals();
+    return {
+      bsize: this.volume.blockSize,
+      frsize: backing.bsize,
+      blocks: backing.blocks,
+      bfree: backing.bfree,
+      bavail: backing.bavail,
+      files: totals.inodes + backing.ffree,
+      ffree: backing.ffree,
+      favail: backing.ffree,
+      namemax: NAME_MAX,
+    };
+  }
+
+  // ---- namespace ----
+
+  mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: RequestContext): Entry {
+    return this.entry(this.makeNode(parent, name, mode, rdev, ctx));
+  }
+
+  mkdir(parent: number, name: Buffer, mode: number, ctx: RequestContext): Entry {
+    return this.entry(this.makeNode(parent, name, S_IFDIR | (mode & 0o7777), 0, ctx));
+  }
+
+  symlink(target: Buffer, parent: number, name: Buffer, ctx: RequestContext): Entry {
+    if (target.length === 0) fail(E.ENOENT);
+    if (target.length > 4095) fail(E.ENAMETOOLONG);
+    return this.entry(this.makeNode(parent, name, S_IFLNK | 0o777, 0, ctx, target));
+  }
+
+  create(parent: number, name: Buffer, mode: number, flags: number, ctx: RequestContext): Entry & OpenReply {
+    const node = this.makeNode(parent, name, S_IFREG | (mode & 0o7777), 0, ctx);
+    const entry = this.entry(node);
+    return { ...entry, ...this.openNode(node, flags) };
+  }
+
+  link(ino: number, newParent: number, newName: Buffer, _ctx?: RequestContext): Entry {
+    checkName(newName);
+    const node = this.node(ino);
+    if (isDir(node.row.mode)) fail(E.EPERM);
+    const dir = this.dirNode(newParent);
+    if (this.volume.meta.lookup(newParent, newName) !== undefined) fail(E.EEXIST);
+    const t = now();
+    this.volume.meta.transaction(() => {
+      this.volume.meta.addEntry(newParent, newName, ino);
+      node.row.nlink += 1;
+      setTime(node.row, 'ctime', t);
+      touchDir(dir.row, t);
+      this.persist(node);
+      this.persist(dir);
+    });
+    return this.entry(node);
+  }
+
+  async unlink(parent: number, name: Buffer, _ctx?: RequestContext): Promise<void> {
+    checkName(name);
+    const dir = this.dirNode(parent);
+    const ino = this.volume.meta.lookup(parent, name);
+    if (ino === undefined) fail(E.ENOENT);
+    const node = this.node(ino);
+    if (isDir(node.row.mode)) fail(E.EISDIR);
+    const t = now();
+    this.volume.meta.transaction(() => {
+      this.volume.meta.removeEntry(parent, name);
+      node.row.nlink -= 1;
+      setTime(node.row, 'ctime', t);
+      touchDir(dir.row, t);
+      this.persist(node);
+      this.persist(dir);
+    });
+    this.releaseIfUnused(node);
+  }
+
+  rmdir(parent: number, name: Buffer, _ctx?: RequestContext): void {
+    checkName(name);
+    const dir = this.dirNode(parent);
+    const ino = this.volume.meta.lookup(parent, name);
+    if (ino === undefined) fail(E.ENOENT);
+    const node = this.node(ino);
+    if (!isDir(node.row.mode)) fail(E.ENOTDIR);
+    if (this.volume.meta.hasChildren(ino)) fail(E.ENOTEMPTY);
+    const t = now();
+    this.volume.meta.transaction(() => {
+      this.volume.meta.removeEntry(parent, name);
+      node.row.nlink = 0;
+      setTime(node.row, 'ctime', t);
+      dir.row.nlink -= 1;
+      touchDir(dir.row, t);
+      this.persist(node);
+      this.persist(dir);
+    });
+    this.releaseIfUnused(node);
+  }
+
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: RequestContext): void {
+    checkName(name);
+    checkName(newName);
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
+    const meta = this.volume.meta;
+    const from = this.dirNode(parent);
+    const to = this.dirNode(newParent);
+    const srcIno = meta.lookup(parent, name);
+    if (srcIno === undefined) fail(E.ENOENT);
+    const src = this.node(srcIno);
+    const dstIno = meta.lookup(newParent, newName);
+    const dst = dstIno === undefined ? undefined : this.node(dstIno);
+    const t = now();
+
+    if (flags & RENAME_EXCHANGE) {
+      if (!dst) fail(E.ENOENT);
+      if (srcIno === dstIno) return;
+      if (isDir(src.row.mode)) this.checkNotAncestor(srcIno, newParent);
+      if (isDir(dst.row.mode)) this.checkNotAncestor(dst.row.ino, parent);
+      meta.transaction(() => {
+        meta.retargetEntry(parent, name, dst.row.ino);
+        meta.retargetEntry(newParent, newName, srcIno);
+        if (parent !== newParent && isDir(src.row.mode) !== isDir(dst.row.mode)) {
+          const delta = isDir(src.row.mode) ? 1 : -1;
+          to.row.nlink += delta;
+          from.row.nlink -= delta;
+        }
+        for (const n of [src, dst]) setTime(n.row, 'ctime', t);
+        touchDir(from.row, t);
+        touchDir(to.row, t);
+        for (const n of new Set([src, dst, from, to])) this.persist(n);
+      });
+      return;
+    }
+
+    if (dst) {
+      // Two names of one inode: POSIX says do nothing and succeed.
+      if (dst.row.ino === srcIno) return;
+      if (flags & RENAME_NOREPLACE) fail(E.EEXIST);
+      if (isDir(src.row.mode)) {
+        if (!isDir(dst.row.mode)) fail(E.ENOTDIR);
+        if (meta.hasChildren(dst.row.ino)) fail(E.ENOTEMPTY);
+      } else if (isDir(dst.row.mode)) fail(E.EISDIR);
+    }
+    if (isDir(src.row.mode)) this.checkNotAncestor(srcIno, newParent);
+
+    meta.transaction(() => {
+      meta.removeEntry(parent, name);
+      if (dst) {
+        meta.retargetEntry(newParent, newName, srcIno);
+        if (isDir(dst.row.mode)) {
+          dst.row.nlink = 0;
+          to.row.nlink -= 1; // the replaced directory's ".." is gone
+        } else dst.row.nlink -= 1;
+        setTime(dst.row, 'ctime', t);
+        this.persist(dst);
+      } else meta.addEntry(newParent, newName, srcIno);
+      if (isDir(src.row.mode) && parent !== newParent) {
+        from.row.nlink -= 1;
+        to.row.nlink += 1;
+      }
+      setTime(src.row, 'ctime', t);
+      touchDir(from.row, t);
+      touchDir(to.row, t);
+      for (const n of new Set([src, from, to])) this.persist(n);
+    });
+    if (dst) this.releaseIfUnused(dst);
+  }
+
+  // ---- files ----
+
+  open(ino: number, flags: number, _ctx?: RequestContext): OpenReply {
+    const node = this.node(ino);
+    if (isDir(node.row.mode)) fail(E.EISDIR);
+    return this.openNode(node, flags);
+  }
+
+  read(ino: number, fh: number, size: number, offset: number): Buffer {
+    const node = this.handleNode(ino, fh);
+    if (!node.content) fail(E.EBADF);
+    return node.content.read(offset, size);
+  }
+
+  write(ino: number, fh: number, data: Buffer, offset: number, _ctx?: RequestContext): number | Promise<number> {
+    const node = this.handleNode(ino, fh);
+    if (!node.content) fail(E.EBADF);
+    if (!Number.isSafeInteger(offset + data.length)) fail(E.EFBIG);
+    node.content.write(data, offset);
+    const t = now();
+    setTime(node.row, 'mtime', t);
+    setTime(node.row, 'ctime', t);
+    const wait = this.writer.admit();
+    return wait ? wait.then(() => data.length) : data.length;
+  }
+
+  async flush(ino: number, fh: number): Promise<void> {
+    const handle = this.files.get(fh);
+    const node = this.nodes.get(ino);
+    if (!handle || !node) return;
+    // The kernel writes cached pages back through any writable handle, so the test is
+    // "could this handle have written", not "did it".
+    if (handle.writable && node.content?.dirty && this.options.syncOnClose) await this.commit(node);
+  }
+
+  async fsync(ino: number, _fh?: number, _datasync?: boolean): Promise<void> {
+    const node = this.node(ino);
+    if (node.content?.dirty) await this.commit(node);
+    else this.volume.meta.barrier();
+  }
+
+  async release(ino: number, fh: number, _flags?: number): Promise<void> {
+    this.files.delete(fh);
+    const node = this.nodes.get(ino);
+    if (!node) return;
+    node.opens -= 1;
+    if (node.opens > 0) return;
+    try {
+      if (node.content?.dirty && node.row.nlink > 0) await this.commit(node);
+    } finally {
+      if (node.opens === 0 && !node.content?.dirty) this.dropContent(node);
+      this.releaseIfUnused(node);
+    }
+  }
+
+  // ---- directories ----
+
+  opendir(ino: number, _flags?: number, _ctx?: RequestContext): OpenReply {
+    const node = this.node(ino);
+    if (!isDir(node.row.mode)) fail(E.ENOTDIR);
+    const parent = ino === ROOT_INO ? ROOT_INO : this.volume.meta.parentOf(ino) ?? ROOT_INO;
+    const list: DirEntry[] = [
+      { name: Buffer.from('.'), ino, mode: S_IFDIR, nextOffset: 1 },
+      { name: Buffer.from('..'), ino: parent, mode: S_IFDIR, nextOffset: 2 },
+    ];
+    for (const row of this.volume.meta.listDir(ino)) {
+      list.push({ name: row.name, ino: row.ino, mode: row.mode, nextOffset: list.length + 1 });
+    }
+    const fh = this.nextFh++;
+    this.dirs.set(fh, list);
+    return { fh, keepCache: true };
+  }
+
+  readdir(ino: number, fh: number, offset: number, size: number): DirEntry[] {
+    const list = this.dirs.get(fh);
+    if (!list) fail(E.EBADF);
+    // Each packed entry takes at least 32 bytes: never hand over far more than fits.
+    return list.slice(offset, offset + Math.ceil(size / 32) + 1);
+  }
+
+  releasedir(_ino: number, fh: number): void {
+    this.dirs.delete(fh);
+  }
+
+  fsyncdir(_ino?: number, _fh?: number, _datasync?: boolean): void {
+    this.volume.meta.barrier();
+  }
+
+  // ---- extended attributes ----
+
+  setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: RequestContext): void {
+    checkXattrName(name);
+    if (value.length > XATTR_SIZE_MAX) fail(E.E2BIG);
+    const node = this.node(ino);
+    const meta = this.volume.meta;
+    const exists = meta.getXattr(ino, name) !== undefined;
+    if (flags & XATTR_CREATE && exists) fail(E.EEXIST);
+    if (flags & XATTR_REPLACE && !exists) fail(E.ENODATA);
+    meta.transaction(() => {
+      meta.setXattr(ino, name, value);
+      setTime(node.row, 'ctime', now());
+      this.persist(node);
+    });
+    if (!this.securityXattrs && name.subarray(0, 9).toString('latin1') === 'security.') {
+      this.securityXattrs = true;
+      this.options.onSecurityXattr?.();
+    }
+  }
+
+  getxattr(ino: number, name: Buffer, _ctx?: RequestContext): Buffer {
+    checkXattrName(name);
+    this.node(ino);
+    const value = this.volume.meta.getXattr(ino, name);
+    if (value === undefined) fail(E.ENODATA);
+    return value;
+  }
+
+  listxattr(ino: number, _ctx?: RequestContext): Buffer {
+    this.node(ino);
+    const names = this.volume.meta.listXattrs(ino);
+    return Buffer.concat(names.flatMap((n) => [n, Buffer.from([0])]));
+  }
+
+  removexattr(ino: number, name: Buffer, _ctx?: RequestContext): void {
+    checkXattrName(name);
+    const node = this.node(ino);
+    const meta = this.volume.meta;
+    meta.transaction(() => {
+      if (!meta.removeXattr(ino, name)) fail(E.ENODATA);
+      setTime(node.row, 'ctime', now());
+      this.persist(node);
+    });
+  }
+
+  // ---- internals ----
+
+  private node(ino: number): Node {
+    let node = this.nodes.get(ino);
+    if (node) return node;
+    const row = this.volume.meta.getInode(ino);
+    if (!row) fail(E.ENOENT);
+    node = { row, lookups: 0, opens: 0 };
+    this.nodes.set(ino, node);
+    return node;
+  }
+
+  private dirNode(ino: number): Node {
+    const node = this.node(ino);
+    if (!isDir(node.row.mode)) fail(E.ENOTDIR);
+    return node;
+  }
+
+  private handleNode(ino: number, fh: number): Node {
+    const handle = this.files.get(fh);
+    if (!handle || handle.ino !== ino) fail(E.EBADF);
+    return this.node(ino);
+  }
+
+  private content(node: Node): FileContent {
+    if (!node.content) {
+      const v = this.volume;
+      node.content = new FileContent(node.row, v.blockSize, v.meta, this.writer, this.reclaimer, this.log);
+    }
+    return node.content;
+  }
+
+  private dropContent(node: Node): void {
+    if (node.content && !node.content.dirty && node.opens === 0) node.content = undefined;
+  }
+
+  private openNode(node: Node, flags: number): OpenReply {
+    if (isReg(node.row.mode)) this.content(node);
+    node.opens += 1;
+    const fh = this.nextFh++;
+    this.files.set(fh, { ino: node.row.ino, writable: (flags & O_ACCMODE) !== O_RDONLY });
+    return { fh, keepCache: true };
+  }
+
+  private commit(node: Node): Promise<void> {
+    if (!node.content) return Promise.resolve();
+    return node.content.commit(() => this.volume.meta.updateInode(this.persistedRow(node)));
+  }
+
+  /** Writes the inode row; a file with uncommitted content keeps its last committed size. */
+  private persist(node: Node): void {
+    this.volume.meta.updateInode(this.persistedRow(node));
+  }
+
+  private persistedRow(node: Node): InodeRow {
+    const c = node.content;
+    return c ? { ...node.row, size: c.committedSize, stored_bytes: c.committedStored } : node.row;
+  }
+
+  /** Forgets a node nobody uses; frees the inode when nothing names it either. */
+  private releaseIfUnused(node: Node): void {
+    if (node.lookups > 0 || node.opens > 0) return;
+    if (node.row.nlink > 0) {
+      if (!node.content) this.nodes.delete(node.row.ino);
+      return;
+    }
+    this.nodes.delete(node.row.ino);
+    void this.free(node).catch((err) => this.log.error(`freeing inode ${node.row.ino} failed`, err));
+  }
+
+  private async free(node: Node): Promise<void> {
+    const hashes = node.content ? await node.content.discard() : [];
+    node.content = undefined;
+    const meta = this.volume.meta;
+    meta.transaction(() => {
+      for (const h of meta.deleteInode(node.row.ino)) hashes.push(h);
+    });
+    this.reclaimer.release(hashes);
+  }
+
+  private makeNode(parent: number, name: Buffer, mode: number, rdev: number, ctx: RequestContext, target?: Buffer): Node {
+    checkName(name);
+    const dir = this.dirNode(parent);
+    const meta = this.volume.meta;
+    if (meta.lookup(parent, name) !== undefined) fail(E.EEXIST);
+    const t = now();
+    // In a set-group-ID directory new entries take the directory's group, and new
+    // subdirectories inherit the bit (as ext4 does).
+    const sgid = (dir.row.mode & S_ISGID) !== 0;
+    if (sgid && isDir(mode)) mode |= S_ISGID;
+    const fresh: NewInode = {
+      mode,
+      uid: ctx.uid,
+      gid: sgid ? dir.row.gid : ctx.gid,
+      nlink: isDir(mode) ? 2 : 1,
+      size: target ? target.length : 0,
+      rdev,
+      atime_s: t.s,
+      atime_ns: t.ns,
+      mtime_s: t.s,
+      mtime_ns: t.ns,
+      ctime_s: t.s,
+      ctime_ns: t.ns,
+      stored_bytes: 0,
+    };
+    const ino = meta.transaction(() => {
+      const id = meta.insertInode(fresh);
+      meta.addEntry(parent, name, id);
+      if (target) meta.setSymlinkTarget(id, target);
+      if (isDir(mode)) dir.row.nlink += 1;
+      touchDir(dir.row, t);
+      this.persist(dir);
+      return id;
+    });
+    const node: Node = { row: { ino, ...fresh }, lookups: 0, opens: 0 };
+    this.nodes.set(ino, node);
+    return node;
+  }
+
+  /** Counts the kernel's new reference before the reply leaves (FORGET can't outrun it). */
+  private entry(node: Node): Entry {
+    node.lookups += 1;
+    return { attr: this.attr(node), entryTimeout: this.options.cacheTimeout, attrTimeout: this.options.cacheTimeout };
+  }
+
+  private attr(node: Node): Attr {
+    const r = node.row;
+    const stored = node.content ? node.content.storedBytes() : r.stored_bytes;
+    return {
+      ino: r.ino,
+      mode: r.mode,
+      nlink: r.nlink,
+      uid: r.uid,
+      gid: r.gid,
+      rdev: r.rdev,
+      size: r.size,
+      blocks: Math.ceil(stored / 512),
+      atimeSec: r.atime_s,
+      atimeNsec: r.atime_ns,
+      mtimeSec: r.mtime_s,
+      mtimeNsec: r.mtime_ns,
+      ctimeSec: r.ctime_s,
+      ctimeNsec: r.ctime_ns,
+    };
+  }
+
+  /** EINVAL when moving directory `ino` under `target` would put it inside itself. */
+  private checkNotAncestor(ino: number, target: number): void {
+    let cur: number | undefined = target;
+    for (let depth = 0; cur !== undefined && depth < 100000; depth++) {
+      if (cur === ino) fail(E.EINVAL);
+      if (cur === ROOT_INO) return;
+      cur = this.volume.meta.parentOf(cur);
+    }
+  }
+}
+
+function checkName(name: Buffer): void {
+  if (name.length > NAME_MAX) fail(E.ENAMETOOLONG);
+  if (name.length === 0) fail(E.ENOENT);
+}
+
+function checkXattrName(name: Buffer): void {
+  if (name.length === 0 || name.length > XATTR_NAME_MAX) fail(E.ERANGE);
+}
+
+function setTime(row: InodeRow, which: 'atime' | 'mtime' | 'ctime', t: Timespec): void {
+  row[`${which}_s`] = t.s;
+  row[`${which}_ns`] = t.ns;
+}
+
+function touchDir(row: InodeRow, t: Timespec): void {
+  setTime(row, 'mtime', t);
+  setTime(row, 'ctime', t);
+}
+
+export { FsError };

@@ -1,0 +1,49 @@
+import type { MetaDb } from '../meta/meta-db';
+import type { BlockStore } from '../store/block-store';
+
+/**
+ * Drops block references once the metadata that released them is durable (DESIGN
+ * invariant 1): hashes wait here, and each round first forces the SQLite WAL to disk,
+ * then releases them in one LMDB transaction. A crash in between only leaks blocks.
+ */
+export class Reclaimer {
+  private hashes: Buffer[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly meta: MetaDb,
+    private readonly store: BlockStore,
+    private readonly delayMs = 1000,
+    private readonly onError: (err: unknown) => void = () => undefined,
+  ) {}
+
+  /** Queues references to drop; the caller has committed the metadata that released them. */
+  release(hashes: readonly Buffer[]): void {
+    if (hashes.length === 0) return;
+    for (const h of hashes) this.hashes.push(h);
+    if (this.hashes.length >= 4096) void this.run();
+    else if (!this.timer) {
+      this.timer = setTimeout(() => void this.run(), this.delayMs);
+      this.timer.unref();
+    }
+  }
+
+  /** Releases everything queued now; resolves when done. */
+  run(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.running = this.running.then(async () => {
+      if (this.hashes.length === 0) return;
+      const batch = this.hashes;
+      this.hashes = [];
+      try {
+        this.meta.barrier();
+        await this.store.release(batch);
+      } catch (err) {
+        this.onError(err);
+      }
+    });
+    return this.running;
+  }
+}

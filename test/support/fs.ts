@@ -1,0 +1,51 @@
+import { join } from 'node:path';
+import type { RequestContext } from '../../src/fuse/types';
+import { PogFs } from '../../src/vfs/filesystem';
+import { Volume } from '../../src/vfs/volume';
+import { tempDir } from './tmp';
+
+export const root: RequestContext = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
+export const user = (uid: number, gid = uid): RequestContext => ({ uid, gid, pid: 1, umask: 0o022 });
+
+export const quietLog = {
+  errors: [] as string[],
+  error(msg: string) {
+    this.errors.push(msg);
+  },
+  info() {},
+};
+
+export interface TestFs {
+  fs: PogFs;
+  volume: Volume;
+  path: string;
+  /** Shuts the filesystem down and closes the volume. */
+  close(): Promise<void>;
+  /** Closes and opens the same volume again (as a remount would). */
+  reopen(): Promise<TestFs>;
+}
+
+export function openFs(path: string, blockSize?: number): TestFs {
+  const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize });
+  const fs = new PogFs(volume, { cacheTimeout: 60, syncOnClose: true, writebackIntervalMs: 60000 }, quietLog);
+  const t: TestFs = {
+    fs,
+    volume,
+    path,
+    async close() {
+      await fs.shutdown();
+      await volume.close();
+    },
+    async reopen() {
+      await t.close();
+      return openFs(path);
+    },
+  };
+  return t;
+}
+
+export function newFs(blockSize?: number): TestFs {
+  return openFs(join(tempDir(), 'vol'), blockSize);
+}
+
+export const b = (s: string) => Buffer.from(s);

@@ -1,0 +1,407 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { constants } from 'node:os';
+import { describe, it } from 'node:test';
+import { SetAttrValid, type SetAttr } from '../src/fuse/types';
+import { ROOT_INO } from '../src/vfs/filesystem';
+import { b, newFs, root, user } from './support/fs';
+
+const E = constants.errno;
+const S_IFREG = 0o100000;
+const S_IFIFO = 0o010000;
+const O_RDWR = 2;
+
+function errno(fn: () => unknown): Promise<number | undefined> {
+  return (async () => {
+    try {
+      await fn();
+      return undefined;
+    } catch (err) {
+      return (err as { errno?: number }).errno;
+    }
+  })();
+}
+
+function setattr(valid: number, fields: Partial<SetAttr>): SetAttr {
+  return {
+    valid,
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    size: 0,
+    atimeSec: 0,
+    atimeNsec: 0,
+    mtimeSec: 0,
+    mtimeNsec: 0,
+    ctimeSec: 0,
+    ctimeNsec: 0,
+    ...fields,
+  };
+}
+
+describe('PogFs files', () => {
+  it('writes and reads across block boundaries with read-modify-write', async () => {
+    const t = newFs(4096);
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
+    const data = randomBytes(4096 * 3 + 100);
+    fs.write(f.attr.ino, f.fh, data, 0, root);
+    fs.write(f.attr.ino, f.fh, b('XYZ'), 4095, root); // straddles blocks 0 and 1
+    data.write('XYZ', 4095, 'latin1');
+    assert.ok(fs.read(f.attr.ino, f.fh, 20000, 0).equals(data));
+    await fs.flush(f.attr.ino, f.fh);
+    await fs.release(f.attr.ino, f.fh, 0);
+    const t2 = await t.reopen();
+    const o = t2.fs.open(f.attr.ino, 0, root);
+    assert.ok(t2.fs.read(f.attr.ino, o.fh, 20000, 0).equals(data));
+    assert.equal(t2.fs.getattr(f.attr.ino, undefined, root).size, data.length);
+    await t2.close();
+  });
+
+  it('reads holes as zeros and stores nothing for them', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('sparse'), 0o644, O_RDWR, root);
+    const TiB = 1024 ** 4;
+    fs.write(f.attr.ino, f.fh, b('end'), TiB - 3, root);
+    const a = fs.getattr(f.attr.ino, undefined, root);
+    assert.equal(a.size, TiB);
+    assert.ok(a.blocks <= 256, `a sparse 1 TiB file holds ${a.blocks} sectors`);
+    assert.ok(fs.read(f.attr.ino, f.fh, 4096, 1024 ** 3).equals(Buffer.alloc(4096)));
+    assert.equal(fs.read(f.attr.ino, f.fh, 10, TiB - 3).toString(), 'end');
+    await fs.release(f.attr.ino, f.fh, 0);
+    assert.ok(t.volume.store.stats().uniqueBytes < 200 * 1024);
+    await t.close();
+  });
+
+  it('all-zero blocks written become holes', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('zeros'), 0o644, O_RDWR, root);
+    fs.write(f.attr.ino, f.fh, Buffer.alloc(1024 * 1024), 0, root);
+    await fs.release(f.attr.ino, f.fh, 0);
+    assert.equal(t.volume.store.stats().blocks, 0);
+    assert.equal(fs.getattr(f.attr.ino, undefined, root).size, 1024 * 1024);
+    await t.close();
+  });
+
+  it('truncate shrinks, zeroes the cut tail, and extends with zeros', async () => {
+    const t = newFs(4096);
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('t'), 0o644, O_RDWR, root);
+    const ino = f.attr.ino;
+    fs.write(ino, f.fh, Buffer.alloc(10000, 0x61), 0, root);
+    await fs.flush(ino, f.fh);
+    await fs.setattr(ino, setattr(SetAttrValid.SIZE, { size: 5000 }), f.fh, root);
+    await fs.setattr(ino, setattr(SetAttrValid.SIZE, { size: 9000 }), f.fh, root);
+    const got = fs.read(ino, f.fh, 10000, 0);
+    assert.equal(got.length, 9000);
+    assert.ok(got.subarray(0, 5000).equals(Buffer.alloc(5000, 0x61)));
+    assert.ok(got.subarray(5000).equals(Buffer.alloc(4000)));
+    await fs.release(ino, f.fh, 0);
+    // truncate(2) on a closed file is committed at once
+    await fs.setattr(ino, setattr(SetAttrValid.SIZE, { size: 0 }), undefined, root);
+    const t2 = await t.reopen();
+    assert.equal(t2.fs.getattr(ino, undefined, root).size, 0);
+    await t2.close();
+  });
+
+  it('two handles see each other’s writes at once', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('shared'), 0o644, O_RDWR, root);
+    const g = fs.open(f.attr.ino, O_RDWR, root);
+    fs.write(f.attr.ino, f.fh, b('one'), 0, root);
+    assert.equal(fs.read(f.attr.ino, g.fh, 10, 0).toString(), 'one');
+    fs.write(f.attr.ino, g.fh, b('TWO'), 3, root);
+    assert.equal(fs.read(f.attr.ino, f.fh, 10, 0).toString(), 'oneTWO');
+    await fs.release(f.attr.ino, f.fh, 0);
+    await fs.release(f.attr.ino, g.fh, 0);
+    await t.close();
+  });
+
+  it('deduplicates identical blocks and releases them when files go', async () => {
+    const t = newFs();
+    const { fs, volume } = t;
+    const data = randomBytes(8 * 131072);
+    for (const name of ['a', 'b']) {
+      const f = fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
+      fs.write(f.attr.ino, f.fh, data, 0, root);
+      await fs.flush(f.attr.ino, f.fh);
+      await fs.release(f.attr.ino, f.fh, 0);
+      fs.forget(f.attr.ino, 1);
+    }
+    assert.equal(volume.store.stats().blocks, 8);
+    assert.equal(volume.store.stats().references, 16);
+    await fs.unlink(ROOT_INO, b('a'), root);
+    await fs.unlink(ROOT_INO, b('b'), root);
+    await new Promise((r) => setImmediate(r));
+    await fs.reclaimer.run();
+    assert.equal(volume.store.stats().blocks, 0);
+    await t.close();
+  });
+
+  it('an unlinked open file stays readable until released, then is freed', async () => {
+    const t = newFs();
+    const { fs, volume } = t;
+    const dir = fs.mkdir(ROOT_INO, b('d'), 0o755, root);
+    const f = fs.create(dir.attr.ino, b('f'), 0o644, O_RDWR, root);
+    const data = randomBytes(300000);
+    fs.write(f.attr.ino, f.fh, data, 0, root);
+    await fs.flush(f.attr.ino, f.fh);
+    await fs.unlink(dir.attr.ino, b('f'), root);
+    fs.rmdir(ROOT_INO, b('d'), root); // its directory can go too: no hidden placeholder
+    assert.ok(fs.read(f.attr.ino, f.fh, 400000, 0).equals(data));
+    assert.equal(fs.getattr(f.attr.ino, undefined, root).nlink, 0);
+    await fs.release(f.attr.ino, f.fh, 0);
+    fs.forget(f.attr.ino, 1);
+    await new Promise((r) => setTimeout(r, 10));
+    await fs.reclaimer.run();
+    assert.equal(volume.meta.getInode(f.attr.ino), undefined);
+    assert.equal(volume.store.stats().blocks, 0);
+    await t.close();
+  });
+
+  it('frees inodes a crash left unlinked', async () => {
+    const t = newFs();
+    const f = t.fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
+    t.fs.write(f.attr.ino, f.fh, randomBytes(1000), 0, root);
+    await t.fs.flush(f.attr.ino, f.fh);
+    await t.fs.unlink(ROOT_INO, b('f'), root);
+    // simulate the crash: the volume is closed while the file is still open
+    await t.volume.close();
+    const t2 = (await import('./support/fs')).openFs(t.path);
+    assert.equal(await t2.fs.recoverUnlinked(), 1);
+    assert.equal(t2.volume.store.stats().blocks, 0);
+    await t2.close();
+  });
+});
+
+describe('PogFs namespace', () => {
+  it('enforces name rules and errnos', async () => {
+    const t = newFs();
+    const { fs } = t;
+    assert.equal(await errno(() => fs.lookup(ROOT_INO, Buffer.alloc(256, 0x61), root)), E.ENAMETOOLONG);
+    assert.ok(fs.create(ROOT_INO, Buffer.alloc(255, 0x61), 0o644, 0, root).attr.ino > 1);
+    assert.equal(await errno(() => fs.lookup(ROOT_INO, b('missing'), root)), E.ENOENT);
+    fs.mkdir(ROOT_INO, b('d'), 0o755, root);
+    assert.equal(await errno(() => fs.mkdir(ROOT_INO, b('d'), 0o755, root)), E.EEXIST);
+    const file = fs.create(ROOT_INO, b('file'), 0o644, 0, root);
+    assert.equal(await errno(() => fs.lookup(file.attr.ino, b('x'), root)), E.ENOTDIR);
+    assert.equal(await errno(() => fs.rmdir(ROOT_INO, b('file'), root)), E.ENOTDIR);
+    assert.equal(await errno(() => fs.unlink(ROOT_INO, b('d'), root)), E.EISDIR);
+    const odd = Buffer.from([0xff, 0xfe, 0x80, 0x0a]);
+    const e = fs.mknod(ROOT_INO, odd, S_IFIFO | 0o644, 0, root);
+    assert.equal(fs.lookup(ROOT_INO, odd, root).attr.ino, e.attr.ino);
+    assert.equal(fs.getattr(e.attr.ino, undefined, root).mode, S_IFIFO | 0o644);
+    await t.close();
+  });
+
+  it('keeps directory link counts right', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const a = fs.mkdir(ROOT_INO, b('a'), 0o755, root);
+    fs.mkdir(a.attr.ino, b('x'), 0o755, root);
+    fs.mkdir(a.attr.ino, b('y'), 0o755, root);
+    assert.equal(fs.getattr(a.attr.ino, undefined, root).nlink, 4);
+    assert.equal(fs.getattr(ROOT_INO, undefined, root).nlink, 3);
+    assert.equal(await errno(() => fs.rmdir(ROOT_INO, b('a'), root)), E.ENOTEMPTY);
+    fs.rename(a.attr.ino, b('x'), ROOT_INO, b('x'), 0, root);
+    assert.equal(fs.getattr(a.attr.ino, undefined, root).nlink, 3);
+    assert.equal(fs.getattr(ROOT_INO, undefined, root).nlink, 4);
+    await t.close();
+  });
+
+  it('renames by Linux rules', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const d = fs.mkdir(ROOT_INO, b('d'), 0o755, root);
+    const sub = fs.mkdir(d.attr.ino, b('sub'), 0o755, root);
+    const full = fs.mkdir(ROOT_INO, b('full'), 0o755, root);
+    fs.create(full.attr.ino, b('inside'), 0o644, 0, root);
+    const empty = fs.mkdir(ROOT_INO, b('empty'), 0o755, root);
+    const f = fs.create(ROOT_INO, b('f'), 0o644, 0, root);
+    const g = fs.create(ROOT_INO, b('g'), 0o644, 0, root);
+
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('d'), sub.attr.ino, b('loop'), 0, root)), E.EINVAL);
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('d'), d.attr.ino, b('self'), 0, root)), E.EINVAL);
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('d'), ROOT_INO, b('full'), 0, root)), E.ENOTEMPTY);
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('d'), ROOT_INO, b('f'), 0, root)), E.ENOTDIR);
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('f'), ROOT_INO, b('empty'), 0, root)), E.EISDIR);
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('nope'), ROOT_INO, b('x'), 0, root)), E.ENOENT);
+    assert.equal(await errno(() => fs.rename(ROOT_INO, b('f'), ROOT_INO, b('g'), 1, root)), E.EEXIST);
+
+    fs.rename(ROOT_INO, b('f'), ROOT_INO, b('f'), 0, root); // onto itself: nothing happens
+    assert.equal(fs.lookup(ROOT_INO, b('f'), root).attr.ino, f.attr.ino);
+
+    fs.rename(ROOT_INO, b('f'), ROOT_INO, b('g'), 0, root); // replaces a file
+    assert.equal(fs.lookup(ROOT_INO, b('g'), root).attr.ino, f.attr.ino);
+    assert.equal(fs.getattr(g.attr.ino, undefined, root).nlink, 0);
+
+    const rootLinks = fs.getattr(ROOT_INO, undefined, root).nlink;
+    fs.rename(ROOT_INO, b('d'), ROOT_INO, b('empty'), 0, root); // replaces an empty dir
+    assert.equal(fs.lookup(ROOT_INO, b('empty'), root).attr.ino, d.attr.ino);
+    assert.equal(fs.getattr(ROOT_INO, undefined, root).nlink, rootLinks - 1);
+    assert.equal(fs.getattr(empty.attr.ino, undefined, root).nlink, 0);
+
+    fs.rename(ROOT_INO, b('g'), ROOT_INO, b('full'), 2, root); // exchange a file and a dir
+    assert.equal(fs.lookup(ROOT_INO, b('full'), root).attr.ino, f.attr.ino);
+    assert.equal(fs.lookup(ROOT_INO, b('g'), root).attr.ino, full.attr.ino);
+    await t.close();
+  });
+
+  it('hard links count names; directories cannot be linked', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, 0, root);
+    const d = fs.mkdir(ROOT_INO, b('d'), 0o755, root);
+    fs.link(f.attr.ino, d.attr.ino, b('f2'), root);
+    assert.equal(fs.getattr(f.attr.ino, undefined, root).nlink, 2);
+    assert.equal(await errno(() => fs.link(d.attr.ino, ROOT_INO, b('d2'), root)), E.EPERM);
+    assert.equal(await errno(() => fs.link(f.attr.ino, ROOT_INO, b('f'), root)), E.EEXIST);
+    await fs.unlink(ROOT_INO, b('f'), root);
+    assert.equal(fs.getattr(f.attr.ino, undefined, root).nlink, 1);
+    assert.equal(fs.lookup(d.attr.ino, b('f2'), root).attr.ino, f.attr.ino);
+    // renaming one link onto another link of the same inode does nothing
+    fs.link(f.attr.ino, d.attr.ino, b('f3'), root);
+    fs.rename(d.attr.ino, b('f2'), d.attr.ino, b('f3'), 0, root);
+    assert.equal(fs.lookup(d.attr.ino, b('f2'), root).attr.ino, f.attr.ino);
+    await t.close();
+  });
+
+  it('symlinks keep their target bytes', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const target = Buffer.from([0x2e, 0x2e, 0x2f, 0xff, 0x61]);
+    const s = fs.symlink(target, ROOT_INO, b('ln'), root);
+    assert.ok(fs.readlink(s.attr.ino, root).equals(target));
+    assert.equal(s.attr.size, target.length);
+    assert.equal(s.attr.mode & 0o170000, 0o120000);
+    await t.close();
+  });
+
+  it('lists directories with . and .. and resumes at any offset', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const d = fs.mkdir(ROOT_INO, b('d'), 0o755, root);
+    for (let i = 0; i < 300; i++) fs.create(d.attr.ino, b(`n${i}`), 0o644, 0, root);
+    const h = fs.opendir(d.attr.ino, 0, root);
+    const seen: string[] = [];
+    let off = 0;
+    for (;;) {
+      const batch = fs.readdir(d.attr.ino, h.fh, off, 512);
+      if (batch.length === 0) break;
+      const take = batch.slice(0, 5); // the binding may pack only some of them
+      for (const e of take) seen.push(e.name.toString());
+      off = take[take.length - 1].nextOffset;
+    }
+    fs.releasedir(d.attr.ino, h.fh);
+    assert.equal(seen.length, 302);
+    assert.deepEqual(seen.slice(0, 2), ['.', '..']);
+    assert.equal(new Set(seen).size, 302);
+    await t.close();
+  });
+
+  it('new entries in a set-group-ID directory take its group', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const d = fs.mkdir(ROOT_INO, b('shared'), 0o2775, root);
+    await fs.setattr(d.attr.ino, setattr(SetAttrValid.GID, { gid: 500 }), undefined, root);
+    const f = fs.create(d.attr.ino, b('f'), 0o644, 0, user(1000));
+    const sub = fs.mkdir(d.attr.ino, b('sub'), 0o755, user(1000));
+    assert.equal(f.attr.uid, 1000);
+    assert.equal(f.attr.gid, 500);
+    assert.equal(sub.attr.gid, 500);
+    assert.ok(sub.attr.mode & 0o2000);
+    await t.close();
+  });
+});
+
+describe('PogFs attributes and xattrs', () => {
+  it('keeps nanosecond times, mode and owner', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, 0, root);
+    const a = await fs.setattr(
+      f.attr.ino,
+      setattr(SetAttrValid.ATIME | SetAttrValid.MTIME | SetAttrValid.MODE | SetAttrValid.UID, {
+        atimeSec: 981173106,
+        atimeNsec: 123456789,
+        mtimeSec: 1000000000,
+        mtimeNsec: 987654321,
+        mode: 0o4750,
+        uid: 42,
+      }),
+      undefined,
+      root,
+    );
+    assert.equal(a.mode, S_IFREG | 0o4750);
+    assert.equal(a.uid, 42);
+    const t2 = await t.reopen();
+    const r = t2.fs.getattr(f.attr.ino, undefined, root);
+    assert.deepEqual([r.atimeSec, r.atimeNsec, r.mtimeSec, r.mtimeNsec], [981173106, 123456789, 1000000000, 987654321]);
+    await t2.close();
+  });
+
+  it('sets, gets, lists and removes xattrs with Linux flags and errnos', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, 0, root);
+    const ino = f.attr.ino;
+    fs.setxattr(ino, b('user.a'), b('1'), 0, root);
+    fs.setxattr(ino, b('user.b'), Buffer.from([0, 1, 2]), 0, root);
+    assert.equal(await errno(() => fs.setxattr(ino, b('user.a'), b('2'), 1, root)), E.EEXIST);
+    assert.equal(await errno(() => fs.setxattr(ino, b('user.c'), b('2'), 2, root)), E.ENODATA);
+    fs.setxattr(ino, b('user.a'), b('22'), 2, root);
+    assert.equal(fs.getxattr(ino, b('user.a'), root).toString(), '22');
+    assert.deepEqual(fs.getxattr(ino, b('user.b'), root), Buffer.from([0, 1, 2]));
+    assert.equal(fs.listxattr(ino, root).toString('latin1'), 'user.a\0user.b\0');
+    fs.removexattr(ino, b('user.a'), root);
+    assert.equal(await errno(() => fs.getxattr(ino, b('user.a'), root)), E.ENODATA);
+    assert.equal(await errno(() => fs.removexattr(ino, b('user.a'), root)), E.ENODATA);
+    assert.equal(await errno(() => fs.setxattr(ino, b('user.big'), Buffer.alloc(65537), 0, root)), E.E2BIG);
+    assert.equal(fs.hasSecurityXattrs, false);
+    fs.setxattr(ino, b('security.selinux'), b('x'), 0, root);
+    assert.equal(fs.hasSecurityXattrs, true);
+    await t.close();
+  });
+
+  it('access follows owner, group and other bits', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o640, 0, user(1000, 100));
+    assert.equal(await errno(() => fs.access(f.attr.ino, 6, user(1000, 100))), undefined);
+    assert.equal(await errno(() => fs.access(f.attr.ino, 4, user(2000, 100))), undefined);
+    assert.equal(await errno(() => fs.access(f.attr.ino, 2, user(2000, 100))), E.EACCES);
+    assert.equal(await errno(() => fs.access(f.attr.ino, 4, user(3000, 300))), E.EACCES);
+    assert.equal(await errno(() => fs.access(f.attr.ino, 1, root)), E.EACCES);
+    assert.equal(await errno(() => fs.access(f.attr.ino, 6, root)), undefined);
+    await t.close();
+  });
+
+  it('statfs reports real numbers', async () => {
+    const t = newFs();
+    const s = t.fs.statfs(ROOT_INO);
+    assert.ok(s.blocks > 0 && s.bfree > 0 && s.bfree <= s.blocks);
+    assert.equal(s.namemax, 255);
+    assert.ok(s.files > 0);
+    await t.close();
+  });
+
+  it('hashes what it stores: stored bytes match content', async () => {
+    const t = newFs();
+    const { fs, volume } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
+    const data = randomBytes(131072 * 2);
+    fs.write(f.attr.ino, f.fh, data, 0, root);
+    await fs.release(f.attr.ino, f.fh, 0);
+    const rows = volume.meta.listBlocks(f.attr.ino);
+    assert.equal(rows.length, 2);
+    for (const r of rows) {
+      const got = volume.store.get(r.hash);
+      assert.ok(got);
+      assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(data.subarray(r.idx * 131072, r.idx * 131072 + r.len)).digest('hex'));
+    }
+    await t.close();
+  });
+});
