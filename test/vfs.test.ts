@@ -405,3 +405,12 @@ describe('PogFs attributes and xattrs', () => {
     await t.close();
   });
 });
+
+describe('PogFs POSIX ACLs', () => {
+  it('refuses system.* attributes so programs fall back to chmod', async () => {
+    const t = newFs();
+    const f = t.fs.create(ROOT_INO, b('f'), 0o600, 0, root);
+    assert.equal(await errno(() => t.fs.setxattr(f.attr.ino, b('system.posix_acl_access'), Buffer.alloc(28), 0, root)), E.EOPNOTSUPP);
+    await t.close();
+  });
+});

@@ -22,27 +22,32 @@ export interface DaemonOptions {
 /** What a running daemon writes into its volume so `umount`, `fsck` and a second mount can find it. */
 export interface DaemonRecord {
   pid: number;
+  /** The process's start time in clock ticks since boot: tells a reused pid apart. */
+  startTicks: string;
   mountpoint: string;
   started: string;
+}
+
+function processStartTicks(pid: number): string | undefined {
+  try {
+    // Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces, so count from its end.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
 }
 
 /** The daemon that holds the volume, if it is alive. */
 export function liveDaemon(volume: string): DaemonRecord | undefined {
   const path = join(volume, VolumeFiles.daemon);
   if (!existsSync(path)) return undefined;
-  let rec: DaemonRecord;
   try {
-    rec = JSON.parse(readFileSync(path, 'utf8')) as DaemonRecord;
-    process.kill(rec.pid, 0);
+    const rec = JSON.parse(readFileSync(path, 'utf8')) as DaemonRecord;
+    return processStartTicks(rec.pid) === rec.startTicks ? rec : undefined;
   } catch {
     return undefined;
   }
-  try {
-    if (!readFileSync(`/proc/${rec.pid}/cmdline`, 'utf8').includes('pogfs')) return undefined;
-  } catch {
-    return undefined;
-  }
-  return rec;
 }
 
 /** Checks the mount point, cleaning up a mount left by a daemon that died. */
@@ -104,20 +109,26 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         defaultPermissions: true,
         writebackCache: true,
         negativeTimeout: 60,
+        attrTimeout: 60,
       },
       { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
     );
     session.setSecurityXattrsPresent(fs.hasSecurityXattrs);
-    const record: DaemonRecord = { pid: process.pid, mountpoint, started: new Date().toISOString() };
+    const record: DaemonRecord = {
+      pid: process.pid,
+      startTicks: processStartTicks(process.pid) ?? '',
+      mountpoint,
+      started: new Date().toISOString(),
+    };
     writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
     log.info(`mounted ${volumePath} at ${mountpoint}`);
 
     const active = session;
     const stop = (signal: string) => {
       log.info(`${signal}: unmounting`);
-      // Lazy: open files keep working until closed; the session ends after that.
-      const err = fuseUnmount(mountpoint, true);
-      if (err) log.error(`unmount failed: ${err}`);
+      // Lazy: open files keep working until closed; the session ends after that. Never
+      // a synchronous unmount here: it flushes dirty pages through this very thread.
+      active.unmount({ lazy: true }).catch((err) => log.error('unmount failed', err));
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

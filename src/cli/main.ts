@@ -108,15 +108,16 @@ function program(): Command {
 
   p.command('mount')
     .description('mount a volume (the default volume when only a mount point is given); returns once the mount is ready')
-    .argument('[volume]', 'volume directory (default: $XDG_DATA_HOME/pogfs/default, created on first use)')
-    .argument('<mountpoint>', 'an existing empty directory')
+    .usage('[options] [volume] <mountpoint>')
+    .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT, or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
     .option('-v, --verbose', 'log more (the log is pogfs.log in the volume)')
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
     .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
     .addOption(new Option('--ipc-ready').hideHelp())
-    .action(async (a: string | undefined, b: string | undefined, flags: MountFlags) => {
-      await mount([a, b].filter((x): x is string => x !== undefined), flags);
+    .action(async (args: string[], flags: MountFlags) => {
+      if (args.length > 2) throw new UsageError(`mount takes [VOLUME] MOUNTPOINT, not ${args.length} arguments`);
+      await mount(args, flags);
     });
 
   p.command('umount')

@@ -159,4 +159,11 @@ export interface MountOptions {
   maxWrite?: number;
   /** Log every request to stderr (debugging only). */
   debug?: boolean;
+  /**
+   * Seconds the kernel may cache a failed lookup (ENOENT) as a negative dentry.
+   * Default 0: ENOENT is not cached.
+   */
+  negativeTimeout?: number;
+  /** Seconds the kernel may cache attributes returned by getattr/setattr (default 1). */
+  attrTimeout?: number;
 }

@@ -461,6 +461,9 @@ export class PogFs implements LowLevelOps {
 
   setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: RequestContext): void {
     checkXattrName(name);
+    // POSIX ACLs are not supported: storing them as plain attributes would make `cp -a`
+    // believe its permissions were set (it tries the ACL first, chmod only on EOPNOTSUPP).
+    if (name.subarray(0, 7).toString('latin1') === 'system.') fail(E.EOPNOTSUPP);
     if (value.length > XATTR_SIZE_MAX) fail(E.E2BIG);
     const node = this.node(ino);
     const meta = this.volume.meta;

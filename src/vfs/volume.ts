@@ -16,7 +16,9 @@ export const VolumeFiles = {
 } as const;
 
 /** A user-facing problem with a volume: the CLI prints the message and exits 2. */
-export class VolumeError extends Error {}
+export class VolumeError extends Error {
+  override readonly name = 'VolumeError';
+}
 
 /** An opened volume: its metadata database and its block store. */
 export class Volume {

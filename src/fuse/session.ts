@@ -1,0 +1,619 @@
+/**
+ * FuseSession: mounts a LowLevelOps filesystem through our own libfuse 3 binding
+ * (build/Release/pogfs_fuse.node, source in src/fuse/native/pogfs_fuse.c).
+ *
+ * Contract for the filesystem (see also types.ts):
+ * - Inode 1 is the root (FUSE_ROOT_ID).
+ * - Every successful lookup/mknod/mkdir/symlink/link/create adds one to the kernel's
+ *   lookup count of the returned inode. Count it BEFORE returning (or resolving): the
+ *   matching forget(ino, n) may arrive as soon as the reply is sent, and the two
+ *   always arrive in that order, never the other way round.
+ * - Requests are dispatched on the JS thread and may complete asynchronously and out of
+ *   order. Never make a synchronous fs call on the mount from the thread that serves it
+ *   (fs.statSync(mnt) in the same thread deadlocks): use fs.promises, a worker, or a
+ *   child process. Same for child_process.spawn/exec with `cwd` inside the mount: Node
+ *   blocks until the child has chdir'ed and exec'ed, and the chdir needs this thread.
+ * - open() never has to handle O_TRUNC (the kernel sends setattr size=0 instead), and
+ *   write() never has to clear suid/sgid (the kernel sends an explicit setattr).
+ * - setattr: with SetAttrValid.ATIME_NOW / MTIME_NOW set, the times are not given: use
+ *   the current time. The kernel sets ATIME (resp. MTIME) along with the _NOW bit.
+ * - A handler answers with an errno by throwing/rejecting with `{ errno: N }` (N > 0).
+ *   Anything else answers EIO and is logged through FuseLog.error.
+ * - getxattr("security.*") is answered ENODATA in C without calling getxattr while
+ *   setSecurityXattrsPresent(false) (the default). Call setSecurityXattrsPresent(true)
+ *   at mount when the FS already stores any security.* attribute. A setxattr of a
+ *   security.* name turns the flag on by itself.
+ */
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type {
+  Attr,
+  DirEntry,
+  Entry,
+  LowLevelOps,
+  MaybePromise,
+  MountOptions,
+  OpenReply,
+  RequestContext,
+  SetAttr,
+  StatFs,
+} from './types';
+
+export interface FuseLog {
+  error(msg: string, err?: unknown): void;
+  debug?(msg: string): void;
+}
+
+/** Handler indices; must match the OP_* enum in pogfs_fuse.c. */
+const enum Op {
+  INIT = 0, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, MKNOD, MKDIR, UNLINK, RMDIR,
+  SYMLINK, RENAME, LINK, OPEN, READ, WRITE, FLUSH, RELEASE, FSYNC, OPENDIR, READDIR,
+  RELEASEDIR, FSYNCDIR, STATFS, SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR, ACCESS,
+  CREATE, END, ERROR, COUNT,
+}
+
+const OP_NAMES = [
+  'init', 'lookup', 'forget', 'getattr', 'setattr', 'readlink', 'mknod', 'mkdir', 'unlink',
+  'rmdir', 'symlink', 'rename', 'link', 'open', 'read', 'write', 'flush', 'release', 'fsync',
+  'opendir', 'readdir', 'releasedir', 'fsyncdir', 'statfs', 'setxattr', 'getxattr',
+  'listxattr', 'removexattr', 'access', 'create',
+];
+
+/** Scratch (Float64Array) slots; must match S_* in pogfs_fuse.c. */
+const enum S {
+  INO = 0, MODE, NLINK, UID, GID, RDEV, SIZE, BLOCKS, ATIME, ATIME_NS, MTIME, MTIME_NS,
+  CTIME, CTIME_NS, ENTRY_TIMEOUT, ATTR_TIMEOUT, FH, OPEN_FLAGS,
+}
+const OPEN_KEEP_CACHE = 1;
+const OPEN_DIRECT_IO = 2;
+
+declare const nativeHandleBrand: unique symbol;
+type NativeHandle = { readonly [nativeHandleBrand]: true };
+type Handler = (...args: never[]) => void;
+
+interface NativeBinding {
+  mount(
+    mountpoint: string,
+    argv: string[],
+    maxWrite: number,
+    writeback: boolean,
+    negativeTimeout: number,
+    handlers: Handler[],
+  ): [NativeHandle, Float64Array];
+  /** Resolves with an errno, 0 on success. Runs umount2 off the JS thread. */
+  umount(mountpoint: string, lazy: boolean): Promise<number>;
+  setSecurityXattrsPresent(h: NativeHandle, present: boolean): void;
+  /** Synchronous lazy unmount, for process exit only. */
+  detach(h: NativeHandle): void;
+  // Each reply returns false when the request was already answered or the session ended.
+  replyErr(h: NativeHandle, id: number, errno: number): boolean;
+  replyEntry(h: NativeHandle, id: number): boolean;
+  replyAttr(h: NativeHandle, id: number): boolean;
+  replyOpen(h: NativeHandle, id: number): boolean;
+  replyWrite(h: NativeHandle, id: number, count: number): boolean;
+  replyBuf(h: NativeHandle, id: number, data: Uint8Array): boolean;
+  replyStatfs(h: NativeHandle, id: number): boolean;
+  replyDir(h: NativeHandle, id: number, entries: readonly DirEntry[]): boolean;
+}
+
+let nativeBinding: NativeBinding | undefined;
+
+/** Loads the addon from <package root>/build/Release, from src/ (ts-node) or dist/src/. */
+function loadNative(): NativeBinding {
+  if (nativeBinding) return nativeBinding;
+  let dir = __dirname;
+  for (;;) {
+    if (fs.existsSync(path.join(dir, 'package.json'))) break;
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`pogfs: no package.json above ${__dirname}; cannot locate the FUSE addon`);
+    dir = up;
+  }
+  const file = path.join(dir, 'build', 'Release', 'pogfs_fuse.node');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    nativeBinding = require(file) as NativeBinding;
+  } catch (err) {
+    throw new Error(`pogfs: cannot load the FUSE addon ${file} (run \`npx node-gyp rebuild\`): ${String(err)}`);
+  }
+  return nativeBinding;
+}
+
+const EIO = os.constants.errno.EIO;
+const ERRNO_NAMES = new Map<number, string>(
+  Object.entries(os.constants.errno).map(([name, num]) => [num, name] as [number, string]),
+);
+
+const LIBFUSE_ERRORS: [string, number][] = [
+  ['Permission denied', os.constants.errno.EACCES],
+  ['Operation not permitted', os.constants.errno.EPERM],
+  ['No such device', os.constants.errno.ENODEV],
+  ['device not found', os.constants.errno.ENODEV],
+  ['Device or resource busy', os.constants.errno.EBUSY],
+  ['No such file or directory', os.constants.errno.ENOENT],
+  ['Not a directory', os.constants.errno.ENOTDIR],
+];
+
+function errnoOf(e: unknown): number | undefined {
+  if (typeof e !== 'object' || e === null) return undefined;
+  const n = (e as { errno?: unknown }).errno;
+  return typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 4096 ? n : undefined;
+}
+
+function isThenable<T>(v: MaybePromise<T>): v is Promise<T> {
+  return (
+    v instanceof Promise ||
+    (typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function')
+  );
+}
+
+function codedError(message: string, errno: number): Error & { errno: number; code: string } {
+  const code = ERRNO_NAMES.get(errno) ?? `E${errno}`;
+  return Object.assign(new Error(message), { errno, code });
+}
+
+/** Bytes of one readdir entry in the kernel buffer; lets readdir stop early for `size`. */
+export function direntSize(nameLength: number): number {
+  return (24 + nameLength + 7) & ~7;
+}
+
+/** /proc/self/mountinfo: mount point (raw bytes as latin1) -> "major:minor". */
+function readMountinfo(): Map<string, string> {
+  const out = new Map<string, string>();
+  const text = fs.readFileSync('/proc/self/mountinfo').toString('latin1');
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 5) continue;
+    out.set(f[4].replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))), f[2]);
+  }
+  return out;
+}
+
+const latin1 = (p: string): string => Buffer.from(p).toString('latin1');
+
+/**
+ * Resolves the mount point without ever stat'ing an existing mount point: if it is a
+ * FUSE mount served by this very thread, a synchronous stat would never return.
+ */
+function resolveMountpoint(mountpoint: string): string {
+  const abs = path.resolve(mountpoint);
+  const fail = (what: string, e: unknown): never => {
+    const errno = typeof (e as { errno?: unknown }).errno === 'number' ? Math.abs((e as { errno: number }).errno) : EIO;
+    throw codedError(`pogfs: cannot mount on ${abs}: ${what}`, errno);
+  };
+  let candidate: string;
+  try {
+    candidate = abs === '/' ? abs : path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+  } catch (e) {
+    return fail(`parent directory: ${(e as Error).message}`, e);
+  }
+  const mounts = readMountinfo();
+  const busy = (p: string): never => {
+    throw codedError(`pogfs: cannot mount on ${p}: it is already a mount point`, os.constants.errno.EBUSY);
+  };
+  if (mounts.has(latin1(candidate))) busy(candidate);
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(candidate);
+    if (st.isSymbolicLink()) {
+      candidate = fs.realpathSync(candidate);
+      if (mounts.has(latin1(candidate))) busy(candidate);
+      st = fs.statSync(candidate);
+    }
+  } catch (e) {
+    return fail((e as Error).message, e);
+  }
+  if (!st.isDirectory()) {
+    throw codedError(`pogfs: cannot mount on ${candidate}: not a directory`, os.constants.errno.ENOTDIR);
+  }
+  return candidate;
+}
+
+/**
+ * Sessions still mounted. If the process exits anyway (process.exit, uncaught
+ * exception), detach their mounts so none is left behind as "Transport endpoint is not
+ * connected". One listener for all sessions.
+ */
+const liveSessions = new Set<FuseSession>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const s of liveSessions) s.detachOnExit();
+  });
+}
+
+/** libfuse option values: ',' separates options and '\' escapes. */
+const optEscape = (v: string): string => v.replace(/[\\,]/g, (c) => `\\${c}`);
+
+export class FuseSession {
+  readonly mountpoint: string;
+  /** Resolves when the session loop has ended for any reason and the session is destroyed. */
+  readonly ended: Promise<void>;
+
+  private readonly native: NativeBinding;
+  private readonly ops: LowLevelOps;
+  private readonly log: FuseLog;
+  private readonly attrTimeout: number;
+  private handle!: NativeHandle;
+  private scratch!: Float64Array;
+  private isEnded = false;
+  private unmounting: Promise<void> | undefined;
+  private resolveEnded!: () => void;
+
+  /**
+   * Mounts synchronously. Throws an Error with `errno`/`code` for the common failures
+   * (ENOENT: missing mount point, ENOTDIR, EBUSY: already a mount point, ENODEV: no
+   * /dev/fuse) and with libfuse's own message for the rest.
+   */
+  static mount(mountpoint: string, ops: LowLevelOps, options: MountOptions, log: FuseLog): FuseSession {
+    const mp = resolveMountpoint(mountpoint);
+    // Existence only: without root, the setuid fusermount3 opens the device for us.
+    let dev: fs.Stats | undefined;
+    try {
+      dev = fs.statSync('/dev/fuse');
+    } catch {
+      dev = undefined;
+    }
+    if (!dev?.isCharacterDevice()) {
+      throw codedError('pogfs: /dev/fuse is missing; is the fuse kernel module loaded?', os.constants.errno.ENODEV);
+    }
+    const opts = [`fsname=${optEscape(options.fsname)}`, `subtype=${optEscape(options.subtype)}`];
+    if (options.allowOther) opts.push('allow_other');
+    if (options.defaultPermissions) opts.push('default_permissions');
+    if (options.readOnly) opts.push('ro');
+    const argv = ['pogfs', '-o', opts.join(',')];
+    if (options.debug) argv.push('-d');
+    return new FuseSession(mp, argv, ops, options, log);
+  }
+
+  private constructor(mp: string, argv: string[], ops: LowLevelOps, options: MountOptions, log: FuseLog) {
+    this.mountpoint = mp;
+    this.ops = ops;
+    this.log = log;
+    this.native = loadNative();
+    this.attrTimeout = options.attrTimeout ?? 1;
+    this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
+    // Requests can only be dispatched once this constructor has returned (they run on
+    // this thread), so handle/scratch are set before any handler uses them.
+    try {
+      [this.handle, this.scratch] = this.native.mount(
+        mp,
+        argv,
+        options.maxWrite ?? 1024 * 1024,
+        options.writebackCache,
+        options.negativeTimeout ?? 0,
+        this.buildHandlers(),
+      );
+    } catch (e) {
+      // libfuse reports through text only; recover the errno when it names a common one.
+      const msg = e instanceof Error ? e.message : String(e);
+      const errno = LIBFUSE_ERRORS.find(([text]) => msg.includes(text))?.[1];
+      throw errno === undefined ? e : codedError(`pogfs: cannot mount on ${mp}: ${msg}`, errno);
+    }
+    liveSessions.add(this);
+    installExitHook();
+    this.tuneReadahead();
+    log.debug?.(`pogfs: mounted ${mp} (${argv.slice(1).join(' ')})`);
+  }
+
+  /** Unmounts and resolves once the loop has ended and the session is destroyed. */
+  unmount(options?: { lazy?: boolean }): Promise<void> {
+    if (this.isEnded) return Promise.resolve();
+    this.unmounting ??= this.doUnmount(options?.lazy ?? false).finally(() => (this.unmounting = undefined));
+    return this.unmounting;
+  }
+
+  setSecurityXattrsPresent(present: boolean): void {
+    if (!this.isEnded) this.native.setSecurityXattrsPresent(this.handle, present);
+  }
+
+  /** @internal Called from the process 'exit' hook only. */
+  detachOnExit(): void {
+    if (!this.isEnded) this.native.detach(this.handle);
+  }
+
+  private async doUnmount(lazy: boolean): Promise<void> {
+    let err: Error | undefined;
+    if (process.geteuid?.() === 0) {
+      const errno = await this.native.umount(this.mountpoint, lazy);
+      if (errno !== 0) err = codedError(`pogfs: umount ${this.mountpoint} failed`, errno);
+    } else {
+      err = await new Promise<Error | undefined>((resolve) => {
+        const args = ['-u', ...(lazy ? ['-z'] : []), '--', this.mountpoint];
+        execFile('fusermount3', args, (e, _stdout, stderr) =>
+          resolve(e ? Object.assign(new Error(`pogfs: fusermount3 -u failed: ${stderr.trim() || e.message}`), { code: 'EFUSERMOUNT' }) : undefined),
+        );
+      });
+    }
+    if (err && !this.isEnded) {
+      // Already unmounted by someone else: the loop is about to end on its own.
+      if (readMountinfo().has(latin1(this.mountpoint))) throw err;
+      const timer = new Promise<'timeout'>((r) => setTimeout(r, 2000, 'timeout').unref());
+      if ((await Promise.race([this.ended, timer])) === 'timeout') throw err;
+    }
+    await this.ended;
+  }
+
+  /**
+   * The kernel caps readahead at the bdi's read_ahead_kb (128 KiB by default), whatever
+   * max_readahead says in INIT. Raise it to match (root only, best effort).
+   */
+  private tuneReadahead(): void {
+    if (process.geteuid?.() !== 0) return;
+    try {
+      const dev = readMountinfo().get(latin1(this.mountpoint));
+      if (dev) fs.writeFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, '1024');
+    } catch (e) {
+      this.log.debug?.(`pogfs: could not raise read_ahead_kb: ${String(e)}`);
+    }
+  }
+
+  // ------------------------------------------------------------------ dispatch
+
+  private onEnd(rc: number): void {
+    this.isEnded = true;
+    liveSessions.delete(this);
+    if (rc !== 0) this.log.error(`pogfs: FUSE session loop for ${this.mountpoint} ended with error ${-rc}`);
+    try {
+      this.ops.destroy?.();
+    } catch (e) {
+      this.log.error('pogfs: destroy() threw', e);
+    }
+    this.log.debug?.(`pogfs: session for ${this.mountpoint} ended`);
+    this.resolveEnded();
+  }
+
+  private fail(id: number, op: Op, e: unknown): void {
+    let errno = errnoOf(e);
+    if (errno === undefined) {
+      errno = EIO;
+      const detail = e instanceof Error ? (e.stack ?? e.message) : String(e);
+      this.log.error(`pogfs: ${OP_NAMES[op]} failed with an unexpected error (replying EIO): ${detail}`, e);
+    }
+    try {
+      this.native.replyErr(this.handle, id, errno);
+    } catch (err) {
+      this.log.error(`pogfs: replying to ${OP_NAMES[op]} failed`, err);
+    }
+  }
+
+  /** Replies now for plain values, later for promises. No Promise is created on the sync path. */
+  private settle<T>(id: number, op: Op, r: MaybePromise<T>, reply: (id: number, v: T) => void): void {
+    if (isThenable(r)) {
+      r.then(
+        (v) => this.complete(id, op, v, reply),
+        (e: unknown) => this.fail(id, op, e),
+      );
+    } else {
+      this.complete(id, op, r, reply);
+    }
+  }
+
+  private complete<T>(id: number, op: Op, v: T, reply: (id: number, v: T) => void): void {
+    try {
+      reply(id, v);
+    } catch (e) {
+      // A malformed reply value: the binding has already answered EIO if it got that far.
+      this.fail(id, op, e);
+    }
+  }
+
+  private putAttr(a: Attr): void {
+    const s = this.scratch;
+    s[S.INO] = a.ino;
+    s[S.MODE] = a.mode;
+    s[S.NLINK] = a.nlink;
+    s[S.UID] = a.uid;
+    s[S.GID] = a.gid;
+    s[S.RDEV] = a.rdev;
+    s[S.SIZE] = a.size;
+    s[S.BLOCKS] = a.blocks;
+    s[S.ATIME] = a.atimeSec;
+    s[S.ATIME_NS] = a.atimeNsec;
+    s[S.MTIME] = a.mtimeSec;
+    s[S.MTIME_NS] = a.mtimeNsec;
+    s[S.CTIME] = a.ctimeSec;
+    s[S.CTIME_NS] = a.ctimeNsec;
+  }
+
+  private putOpen(o: OpenReply): void {
+    this.scratch[S.FH] = o.fh;
+    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0);
+  }
+
+  private readonly rEntry = (id: number, e: Entry): void => {
+    this.putAttr(e.attr);
+    this.scratch[S.ENTRY_TIMEOUT] = e.entryTimeout;
+    this.scratch[S.ATTR_TIMEOUT] = e.attrTimeout;
+    this.native.replyEntry(this.handle, id);
+  };
+  private readonly rCreate = (id: number, e: Entry & OpenReply): void => {
+    this.putAttr(e.attr);
+    this.scratch[S.ENTRY_TIMEOUT] = e.entryTimeout;
+    this.scratch[S.ATTR_TIMEOUT] = e.attrTimeout;
+    this.putOpen(e);
+    this.native.replyEntry(this.handle, id);
+  };
+  private readonly rAttr = (id: number, a: Attr): void => {
+    this.putAttr(a);
+    this.scratch[S.ATTR_TIMEOUT] = this.attrTimeout;
+    this.native.replyAttr(this.handle, id);
+  };
+  private readonly rOpen = (id: number, o: OpenReply): void => {
+    this.putOpen(o);
+    this.native.replyOpen(this.handle, id);
+  };
+  private readonly rVoid = (id: number): void => {
+    this.native.replyErr(this.handle, id, 0);
+  };
+  private readonly rBuf = (id: number, b: Buffer): void => {
+    this.native.replyBuf(this.handle, id, b);
+  };
+  private readonly rWrite = (id: number, n: number): void => {
+    this.native.replyWrite(this.handle, id, n);
+  };
+  private readonly rDir = (id: number, list: DirEntry[]): void => {
+    this.native.replyDir(this.handle, id, list);
+  };
+  private readonly rStatfs = (id: number, st: StatFs): void => {
+    const s = this.scratch;
+    s[0] = st.bsize;
+    s[1] = st.frsize;
+    s[2] = st.blocks;
+    s[3] = st.bfree;
+    s[4] = st.bavail;
+    s[5] = st.files;
+    s[6] = st.ffree;
+    s[7] = st.favail;
+    s[8] = st.namemax;
+    this.native.replyStatfs(this.handle, id);
+  };
+
+  private buildHandlers(): Handler[] {
+    const ops = this.ops;
+    const h: Handler[] = new Array<Handler>(Op.COUNT);
+    const ctx = (uid: number, gid: number, pid: number, umask: number): RequestContext => ({ uid, gid, pid, umask });
+
+    h[Op.INIT] = (): void => {
+      try {
+        ops.init?.();
+      } catch (e) {
+        this.log.error('pogfs: init() threw', e);
+      }
+    };
+    h[Op.FORGET] = (ino: number, nlookup: number): void => {
+      try {
+        ops.forget(ino, nlookup);
+      } catch (e) {
+        this.log.error('pogfs: forget() threw', e);
+      }
+    };
+    h[Op.END] = (rc: number): void => this.onEnd(rc);
+    h[Op.ERROR] = (e: unknown): void => this.log.error('pogfs: uncaught error while dispatching a FUSE request', e);
+
+    h[Op.LOOKUP] = (id: number, parent: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.LOOKUP, ops.lookup(parent, name, ctx(u, g, p, m)), this.rEntry); }
+      catch (e) { this.fail(id, Op.LOOKUP, e); }
+    };
+    h[Op.GETATTR] = (id: number, ino: number, fh: number | undefined, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.GETATTR, ops.getattr(ino, fh, ctx(u, g, p, m)), this.rAttr); }
+      catch (e) { this.fail(id, Op.GETATTR, e); }
+    };
+    h[Op.SETATTR] = (
+      id: number, ino: number, fh: number | undefined, valid: number, mode: number, uid: number, gid: number,
+      size: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number,
+      ctimeSec: number, ctimeNsec: number, u: number, g: number, p: number, m: number,
+    ): void => {
+      const changes: SetAttr = { valid, mode, uid, gid, size, atimeSec, atimeNsec, mtimeSec, mtimeNsec, ctimeSec, ctimeNsec };
+      try { this.settle(id, Op.SETATTR, ops.setattr(ino, changes, fh, ctx(u, g, p, m)), this.rAttr); }
+      catch (e) { this.fail(id, Op.SETATTR, e); }
+    };
+    h[Op.READLINK] = (id: number, ino: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.READLINK, ops.readlink(ino, ctx(u, g, p, m)), this.rBuf); }
+      catch (e) { this.fail(id, Op.READLINK, e); }
+    };
+    h[Op.MKNOD] = (id: number, parent: number, name: Buffer, mode: number, rdev: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.MKNOD, ops.mknod(parent, name, mode, rdev, ctx(u, g, p, m)), this.rEntry); }
+      catch (e) { this.fail(id, Op.MKNOD, e); }
+    };
+    h[Op.MKDIR] = (id: number, parent: number, name: Buffer, mode: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.MKDIR, ops.mkdir(parent, name, mode, ctx(u, g, p, m)), this.rEntry); }
+      catch (e) { this.fail(id, Op.MKDIR, e); }
+    };
+    h[Op.UNLINK] = (id: number, parent: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.UNLINK, ops.unlink(parent, name, ctx(u, g, p, m)), this.rVoid); }
+      catch (e) { this.fail(id, Op.UNLINK, e); }
+    };
+    h[Op.RMDIR] = (id: number, parent: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.RMDIR, ops.rmdir(parent, name, ctx(u, g, p, m)), this.rVoid); }
+      catch (e) { this.fail(id, Op.RMDIR, e); }
+    };
+    h[Op.SYMLINK] = (id: number, target: Buffer, parent: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.SYMLINK, ops.symlink(target, parent, name, ctx(u, g, p, m)), this.rEntry); }
+      catch (e) { this.fail(id, Op.SYMLINK, e); }
+    };
+    h[Op.RENAME] = (
+      id: number, parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number,
+      u: number, g: number, p: number, m: number,
+    ): void => {
+      try { this.settle(id, Op.RENAME, ops.rename(parent, name, newParent, newName, flags, ctx(u, g, p, m)), this.rVoid); }
+      catch (e) { this.fail(id, Op.RENAME, e); }
+    };
+    h[Op.LINK] = (id: number, ino: number, newParent: number, newName: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.LINK, ops.link(ino, newParent, newName, ctx(u, g, p, m)), this.rEntry); }
+      catch (e) { this.fail(id, Op.LINK, e); }
+    };
+    h[Op.OPEN] = (id: number, ino: number, flags: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.OPEN, ops.open(ino, flags, ctx(u, g, p, m)), this.rOpen); }
+      catch (e) { this.fail(id, Op.OPEN, e); }
+    };
+    h[Op.READ] = (id: number, ino: number, fh: number, size: number, offset: number): void => {
+      try { this.settle(id, Op.READ, ops.read(ino, fh, size, offset), this.rBuf); }
+      catch (e) { this.fail(id, Op.READ, e); }
+    };
+    h[Op.WRITE] = (id: number, ino: number, fh: number, data: Buffer, offset: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.WRITE, ops.write(ino, fh, data, offset, ctx(u, g, p, m)), this.rWrite); }
+      catch (e) { this.fail(id, Op.WRITE, e); }
+    };
+    h[Op.FLUSH] = (id: number, ino: number, fh: number): void => {
+      try { this.settle(id, Op.FLUSH, ops.flush(ino, fh), this.rVoid); }
+      catch (e) { this.fail(id, Op.FLUSH, e); }
+    };
+    h[Op.RELEASE] = (id: number, ino: number, fh: number, flags: number): void => {
+      try { this.settle(id, Op.RELEASE, ops.release(ino, fh, flags), this.rVoid); }
+      catch (e) { this.fail(id, Op.RELEASE, e); }
+    };
+    h[Op.FSYNC] = (id: number, ino: number, fh: number, datasync: boolean): void => {
+      try { this.settle(id, Op.FSYNC, ops.fsync(ino, fh, datasync), this.rVoid); }
+      catch (e) { this.fail(id, Op.FSYNC, e); }
+    };
+    h[Op.OPENDIR] = (id: number, ino: number, flags: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.OPENDIR, ops.opendir(ino, flags, ctx(u, g, p, m)), this.rOpen); }
+      catch (e) { this.fail(id, Op.OPENDIR, e); }
+    };
+    h[Op.READDIR] = (id: number, ino: number, fh: number, offset: number, size: number): void => {
+      try { this.settle(id, Op.READDIR, ops.readdir(ino, fh, offset, size), this.rDir); }
+      catch (e) { this.fail(id, Op.READDIR, e); }
+    };
+    h[Op.RELEASEDIR] = (id: number, ino: number, fh: number): void => {
+      try { this.settle(id, Op.RELEASEDIR, ops.releasedir(ino, fh), this.rVoid); }
+      catch (e) { this.fail(id, Op.RELEASEDIR, e); }
+    };
+    h[Op.FSYNCDIR] = (id: number, ino: number, fh: number, datasync: boolean): void => {
+      try { this.settle(id, Op.FSYNCDIR, ops.fsyncdir(ino, fh, datasync), this.rVoid); }
+      catch (e) { this.fail(id, Op.FSYNCDIR, e); }
+    };
+    h[Op.STATFS] = (id: number, ino: number): void => {
+      try { this.settle(id, Op.STATFS, ops.statfs(ino), this.rStatfs); }
+      catch (e) { this.fail(id, Op.STATFS, e); }
+    };
+    h[Op.SETXATTR] = (id: number, ino: number, name: Buffer, value: Buffer, flags: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.SETXATTR, ops.setxattr(ino, name, value, flags, ctx(u, g, p, m)), this.rVoid); }
+      catch (e) { this.fail(id, Op.SETXATTR, e); }
+    };
+    h[Op.GETXATTR] = (id: number, ino: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.GETXATTR, ops.getxattr(ino, name, ctx(u, g, p, m)), this.rBuf); }
+      catch (e) { this.fail(id, Op.GETXATTR, e); }
+    };
+    h[Op.LISTXATTR] = (id: number, ino: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.LISTXATTR, ops.listxattr(ino, ctx(u, g, p, m)), this.rBuf); }
+      catch (e) { this.fail(id, Op.LISTXATTR, e); }
+    };
+    h[Op.REMOVEXATTR] = (id: number, ino: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.REMOVEXATTR, ops.removexattr(ino, name, ctx(u, g, p, m)), this.rVoid); }
+      catch (e) { this.fail(id, Op.REMOVEXATTR, e); }
+    };
+    h[Op.ACCESS] = (id: number, ino: number, mask: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.ACCESS, ops.access(ino, mask, ctx(u, g, p, m)), this.rVoid); }
+      catch (e) { this.fail(id, Op.ACCESS, e); }
+    };
+    h[Op.CREATE] = (id: number, parent: number, name: Buffer, mode: number, flags: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.CREATE, ops.create(parent, name, mode, flags, ctx(u, g, p, m)), this.rCreate); }
+      catch (e) { this.fail(id, Op.CREATE, e); }
+    };
+    return h;
+  }
+}

@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import Database from 'better-sqlite3';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
+import { tempDir } from './support/tmp';
+
+interface Stats {
+  files: number;
+  logicalBytes: number;
+  uniqueBytes: number;
+  storedBytes: number;
+  blocks: number;
+  dedupRatio: number;
+}
+
+function oneLineError(r: { status: number | null; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.status, 2, `exit code ${r.status}, stderr: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `expected one line, got:\n${r.stderr}`);
+  assert.match(lines[0], pattern);
+}
+
+describe('pogfs command line', () => {
+  it('every command has --help; unknown flags are errors', () => {
+    for (const cmd of [[], ['init'], ['mount'], ['umount'], ['stats']]) {
+      const r = pogfs([...cmd, '--help']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /Usage: pogfs/);
+    }
+    const r = pogfs(['init', join(tempDir(), 'v'), '--bogus']);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /unknown option '--bogus'/);
+    assert.equal(pogfs(['frobnicate']).status, 2);
+    assert.match(pogfs(['init', join(tempDir(), 'v'), '--block-size', '100K']).stderr, /power of two/);
+  });
+
+  it('init refuses a non-empty directory and an existing volume', () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'file'), 'x');
+    oneLineError(pogfs(['init', dir]), /not empty/);
+    const vol = join(tempDir(), 'v');
+    pogfsOk(['init', vol]);
+    oneLineError(pogfs(['init', vol]), /already a pogfs volume/);
+  });
+
+  it('mount errors are one line and exit code 2', () => {
+    const dir = tempDir();
+    const mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    oneLineError(pogfs(['mount', join(dir, 'missing'), mnt]), /no volume at .*pogfs init/);
+    mkdirSync(join(dir, 'foreign'));
+    writeFileSync(join(dir, 'foreign', 'x'), 'x');
+    oneLineError(pogfs(['mount', join(dir, 'foreign'), mnt]), /not a pogfs volume/);
+    const newer = join(dir, 'newer');
+    pogfsOk(['init', newer]);
+    const db = new Database(join(newer, 'meta.db'));
+    db.prepare('UPDATE superblock SET format_version = format_version + 1').run();
+    db.close();
+    oneLineError(pogfs(['mount', newer, mnt]), /newer than this pogfs understands/);
+    const vol = join(dir, 'vol');
+    pogfsOk(['init', vol]);
+    oneLineError(pogfs(['mount', vol, join(dir, 'nomnt')]), /does not exist/);
+    assert.equal(isMounted(mnt), false);
+  });
+
+  it('a busy mount point or an already mounted volume is refused', () => {
+    const m = mountFresh();
+    const other = join(tempDir(), 'other');
+    pogfsOk(['init', other]);
+    oneLineError(pogfs(['mount', other, m.mnt]), /busy/);
+    const mnt2 = join(tempDir(), 'mnt2');
+    mkdirSync(mnt2);
+    oneLineError(pogfs(['mount', m.volume, mnt2]), /already mounted at/);
+    m.umount();
+    assert.equal(isMounted(m.mnt), false);
+    oneLineError(pogfs(['umount', m.mnt]), /is not mounted/);
+  });
+
+  it('mount MOUNTPOINT alone creates and uses the default volume under XDG_DATA_HOME', () => {
+    const xdg = tempDir();
+    const mnt = join(tempDir(), 'mnt');
+    mkdirSync(mnt);
+    const env = { ...process.env, XDG_DATA_HOME: xdg };
+    const r = pogfs(['mount', mnt], { env });
+    assert.equal(r.status, 0, r.stderr);
+    try {
+      assert.match(r.stderr, /created the default volume/);
+      writeFileSync(join(mnt, 'hello'), 'world');
+      const s = JSON.parse(pogfsOk(['stats', join(xdg, 'pogfs', 'default'), '--json'])) as Stats;
+      assert.equal(s.files, 1);
+    } finally {
+      pogfs(['umount', mnt]);
+    }
+    assert.equal(isMounted(mnt), false);
+  });
+
+  it('stats by numbers: the same 100 MiB twice grows stored bytes by under 1%', () => {
+    const m = mountFresh();
+    const src = join(tempDir(), 'data');
+    sh(`head -c $((100 * 1024 * 1024)) /dev/urandom > '${src}'`);
+    sh(`cp '${src}' '${m.p('one')}'`);
+    const first = JSON.parse(pogfsOk(['stats', m.mnt, '--json'])) as Stats;
+    sh(`cp '${src}' '${m.p('two')}'`);
+    const second = JSON.parse(pogfsOk(['stats', m.volume, '--json'])) as Stats;
+    assert.equal(second.files, 2);
+    assert.equal(second.logicalBytes, 200 * 1024 * 1024);
+    assert.ok(first.storedBytes >= 100 * 1024 * 1024, `stored ${first.storedBytes}`);
+    const growth = (second.storedBytes - first.storedBytes) / first.storedBytes;
+    assert.ok(growth < 0.01, `stored bytes grew by ${(growth * 100).toFixed(2)}%`);
+    assert.ok(second.dedupRatio > 1.99, `dedup ratio ${second.dedupRatio}`);
+    const text = pogfsOk(['stats', m.mnt]);
+    assert.match(text, /dedup ratio\s+2\.00x/);
+  });
+});
