@@ -32,7 +32,9 @@ function processStartTicks(pid: number): string | undefined {
   try {
     // Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces, so count from its end.
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // A killed daemon nobody has reaped yet is a zombie: as dead as it gets.
+    return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
   } catch {
     return undefined;
   }
