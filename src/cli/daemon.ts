@@ -94,6 +94,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         cacheTimeout: 60,
         syncOnClose: o.syncOnClose,
         writebackIntervalMs: 5000,
+        metadataCommitMs: 1000,
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
       },
       log,

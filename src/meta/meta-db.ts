@@ -43,6 +43,22 @@ export interface BlockRow {
   len: number;
 }
 
+/** An inode without its times and owner: what whole-volume checks need. */
+export interface InodeSummary {
+  ino: number;
+  mode: number;
+  nlink: number;
+  size: number;
+  stored_bytes: number;
+}
+
+/** One directory entry. */
+export interface EntryRow {
+  parent: number;
+  name: Buffer;
+  ino: number;
+}
+
 export interface VolumeTotals {
   files: number;
   directories: number;
@@ -53,6 +69,9 @@ export interface VolumeTotals {
 
 export class MetadataError extends Error {}
 
+/** A group commit closes after this many changes even before its interval is up. */
+const GROUP_COMMIT_MAX_CHANGES = 5000;
+
 /**
  * The volume's metadata in SQLite (WAL). Owns the schema and every statement; callers
  * group calls with `transaction`. Commits are not synced by default (like a journalling
@@ -62,6 +81,10 @@ export class MetadataError extends Error {}
 export class MetaDb {
   readonly db: Database.Database;
   private readonly s;
+  /** Group commit interval in ms; 0 commits every transaction on its own. */
+  groupCommitMs = 0;
+  private groupTimer: NodeJS.Timeout | undefined;
+  private groupChanges = 0;
 
   private constructor(path: string, options: { create: boolean; readOnly: boolean }) {
     this.db = new Database(path, { fileMustExist: !options.create, readonly: options.readOnly });
@@ -173,28 +196,53 @@ export class MetaDb {
     }
   }
 
+  /**
+   * Runs `fn` atomically. With group commit on, it runs as a savepoint inside a
+   * transaction that stays open for up to `groupCommitMs` (like a journalling
+   * filesystem's commit interval): thousands of small metadata changes then cost one
+   * commit instead of one each. Durability points (`durableTransaction`, `barrier`)
+   * commit the group at once.
+   */
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    if (this.groupCommitMs <= 0) return this.db.transaction(fn)();
+    if (!this.db.inTransaction) {
+      this.db.exec('BEGIN');
+      this.groupTimer = setTimeout(() => this.commitGroup(), this.groupCommitMs);
+      this.groupTimer.unref();
+    }
+    const result = this.db.transaction(fn)();
+    if (++this.groupChanges >= GROUP_COMMIT_MAX_CHANGES) this.commitGroup();
+    return result;
+  }
+
+  /** Commits the open group, if any (not synced unless `synchronous` says so). */
+  commitGroup(): void {
+    if (this.groupTimer) clearTimeout(this.groupTimer);
+    this.groupTimer = undefined;
+    this.groupChanges = 0;
+    if (this.db.inTransaction) this.db.exec('COMMIT');
   }
 
   /** Runs `fn` in a transaction whose commit is forced to disk (and with it every earlier commit). */
   durableTransaction<T>(fn: () => T): T {
+    const result = this.transaction(fn);
+    this.barrier();
+    return result;
+  }
+
+  /**
+   * Makes every change so far durable: commits the open group, then commits one small
+   * write with synchronous=FULL, whose fsync of the WAL covers every earlier frame too.
+   * (SQLite refuses to change the safety level inside a transaction, hence two steps.)
+   */
+  barrier(): void {
+    this.commitGroup();
     this.db.pragma('synchronous = FULL');
     try {
-      return this.db.transaction(() => {
-        const result = fn();
-        // A commit that writes nothing syncs nothing: make sure there is a frame to sync.
-        this.s.barrier.run();
-        return result;
-      })();
+      this.s.barrier.run();
     } finally {
       this.db.pragma('synchronous = NORMAL');
     }
-  }
-
-  /** Makes every commit so far durable. */
-  barrier(): void {
-    this.durableTransaction(() => undefined);
   }
 
   getInode(ino: number): InodeRow | undefined {
@@ -296,7 +344,120 @@ export class MetaDb {
     return this.s.totals.get() as VolumeTotals;
   }
 
+  // ---- Whole-volume scans and direct repairs, for fsck and gc on an unmounted volume. ----
+
+  /** PRAGMA user_version: how many schema migrations this database has had. */
+  schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  /** SQLite's own structural check: an empty list when the database file is sound. */
+  quickCheck(): string[] {
+    const rows = this.db.pragma('quick_check') as { quick_check: string }[];
+    const problems = rows.map((r) => r.quick_check).filter((m) => m !== 'ok');
+    return problems;
+  }
+
+  /** Every inode, in inode order, without the times. */
+  allInodes(): IterableIterator<InodeSummary> {
+    return this.db.prepare('SELECT ino, mode, nlink, size, stored_bytes FROM inodes ORDER BY ino').iterate() as IterableIterator<InodeSummary>;
+  }
+
+  /** Every directory entry, ordered by (parent, name). */
+  allEntries(): IterableIterator<EntryRow> {
+    return this.db.prepare('SELECT parent, name, ino FROM dentries ORDER BY parent, name').iterate() as IterableIterator<EntryRow>;
+  }
+
+  /** The entries naming `ino` (its links), ordered by (parent, name). */
+  entriesOf(ino: number): { parent: number; name: Buffer }[] {
+    return this.db.prepare('SELECT parent, name FROM dentries WHERE ino = ? ORDER BY parent, name').all(ino) as { parent: number; name: Buffer }[];
+  }
+
+  /** Block rows per digest, over every row in the index (one pass over the hash index). */
+  blockRowCounts(): IterableIterator<{ hash: Buffer; n: number }> {
+    return this.db.prepare('SELECT hash, count(*) AS n FROM blocks GROUP BY hash').iterate() as IterableIterator<{ hash: Buffer; n: number }>;
+  }
+
+  /** The rows that reference `hash`. */
+  blockRowsOf(hash: Buffer): { ino: number; idx: number; len: number }[] {
+    return this.db.prepare('SELECT ino, idx, len FROM blocks WHERE hash = ? ORDER BY ino, idx').all(hash) as { ino: number; idx: number; len: number }[];
+  }
+
+  /** Number of rows in the block index. */
+  blockRowTotal(): number {
+    return (this.db.prepare('SELECT count(*) AS n FROM blocks').get() as { n: number }).n;
+  }
+
+  /**
+   * Block rows that lie (partly) past their file's size, and rows of inodes that are not
+   * regular files (which hold no blocks).
+   */
+  blockRowsPastSize(blockSize: number): { ino: number; idx: number; hash: Buffer; len: number; size: number; mode: number }[] {
+    return this.db
+      .prepare(
+        `SELECT b.ino AS ino, b.idx AS idx, b.hash AS hash, b.len AS len, i.size AS size, i.mode AS mode
+           FROM blocks b JOIN inodes i ON i.ino = b.ino
+          WHERE (i.mode & 61440) != 32768 OR b.idx * ? >= i.size OR b.idx * ? + b.len > i.size
+          ORDER BY b.ino, b.idx`,
+      )
+      .all(blockSize, blockSize) as { ino: number; idx: number; hash: Buffer; len: number; size: number; mode: number }[];
+  }
+
+  /** Regular files whose stored_bytes disagrees with the lengths of their block rows. */
+  storedBytesMismatches(): { ino: number; stored: number; actual: number }[] {
+    return this.db
+      .prepare(
+        `SELECT i.ino AS ino, i.stored_bytes AS stored, coalesce(s.n, 0) AS actual
+           FROM inodes i LEFT JOIN (SELECT ino, sum(len) AS n FROM blocks GROUP BY ino) s ON s.ino = i.ino
+          WHERE (i.mode & 61440) = 32768 AND i.stored_bytes != coalesce(s.n, 0)`,
+      )
+      .all() as { ino: number; stored: number; actual: number }[];
+  }
+
+  /** Inode numbers that own block, symlink or xattr rows but have no inode row. */
+  strayRowOwners(): { ino: number; blocks: number; symlinks: number; xattrs: number }[] {
+    return this.db
+      .prepare(
+        `SELECT ino, sum(kb) AS blocks, sum(ks) AS symlinks, sum(kx) AS xattrs FROM (
+           SELECT ino, count(*) AS kb, 0 AS ks, 0 AS kx FROM blocks WHERE ino NOT IN (SELECT ino FROM inodes) GROUP BY ino
+           UNION ALL SELECT ino, 0, 1, 0 FROM symlinks WHERE ino NOT IN (SELECT ino FROM inodes)
+           UNION ALL SELECT ino, 0, 0, count(*) FROM xattrs WHERE ino NOT IN (SELECT ino FROM inodes) GROUP BY ino
+         ) GROUP BY ino ORDER BY ino`,
+      )
+      .all() as { ino: number; blocks: number; symlinks: number; xattrs: number }[];
+  }
+
+  /** How many entries name each inode (inodes named by none are absent). */
+  linkCounts(): Map<number, number> {
+    const rows = this.db.prepare('SELECT ino, count(*) AS n FROM dentries GROUP BY ino').raw().all() as [number, number][];
+    return new Map(rows);
+  }
+
+  /** How many entries of each directory name a directory (directories with none are absent). */
+  subdirCounts(): Map<number, number> {
+    const rows = this.db
+      .prepare('SELECT d.parent, count(*) FROM dentries d JOIN inodes c ON c.ino = d.ino WHERE (c.mode & 61440) = 16384 GROUP BY d.parent')
+      .raw()
+      .all() as [number, number][];
+    return new Map(rows);
+  }
+
+  /** Inserts an inode under a given number (fsck recreating the root directory). */
+  insertInodeWithIno(row: InodeRow): void {
+    this.s.insertInodeWithIno.run(row);
+  }
+
+  setNlink(ino: number, nlink: number): void {
+    this.db.prepare('UPDATE inodes SET nlink = ? WHERE ino = ?').run(nlink, ino);
+  }
+
+  setStoredBytes(ino: number, storedBytes: number): void {
+    this.db.prepare('UPDATE inodes SET stored_bytes = ? WHERE ino = ?').run(storedBytes, ino);
+  }
+
   close(): void {
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    this.commitGroup();
+    this.db.close();
   }
 }

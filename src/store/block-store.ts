@@ -1,5 +1,6 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
-import { mkdirSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader, encodeBlock } from './codec';
 
 /** One block to take a reference on: its key and, in case the store lacks it, its bytes. */
@@ -20,6 +21,88 @@ export interface BlockStoreStats {
 }
 
 const STATS_KEY = Buffer.from('stats');
+/** Prefix of the `info` keys that mark known-damaged blocks (see BlockStore.markDamaged). */
+const DAMAGED_PREFIX = Buffer.from('damaged/');
+
+/** Page usage of the LMDB file (see BlockStore.space). */
+export interface StoreSpace {
+  pageSize: number;
+  /** Size of data.mdb on disk. */
+  fileBytes: number;
+  /** Bytes in pages some tree (or a meta page) holds. */
+  usedBytes: number;
+  /** Bytes in free pages inside the file: reused by later writes, given back only by compaction. */
+  freeBytes: number;
+  /** Pages of the `blocks` sub-database (leaf, branch and overflow). */
+  blockPages: number;
+}
+
+/** What the LMDB file's own header says, read with plain file reads (no memory map). */
+export interface StoreFileCheck {
+  /** Undefined when the file looks whole; otherwise why it cannot be opened safely. */
+  problem?: string;
+  fileBytes: number;
+  pageSize: number;
+  /** Bytes the last committed transaction needs the file to hold. */
+  neededBytes: number;
+}
+
+const LMDB_MAGIC = 0xbeefc0de;
+
+/**
+ * Checks `dir`/data.mdb before anything maps it: LMDB maps the whole file, and touching a
+ * page past a truncated end kills the process with SIGBUS, so a truncated or foreign file
+ * must be recognised from its two meta pages first. Layout (LMDB 1.x as built by lmdb-js):
+ * 24-byte page header, then magic u32, version u32, address u64, mapsize u64, two 48-byte
+ * tree records (the first one's first u32 is the page size), last page u64, txnid u64.
+ */
+export function checkStoreFile(dir: string): StoreFileCheck {
+  const path = join(dir, 'data.mdb');
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    return { problem: `cannot open ${path}: ${(err as Error).message}`, fileBytes: 0, pageSize: 0, neededBytes: 0 };
+  }
+  try {
+    const fileBytes = fstatSync(fd).size;
+    const first = Buffer.alloc(160);
+    const n = readSync(fd, first, 0, first.length, 0);
+    const meta = (buf: Buffer) => ({
+      magic: buf.readUInt32LE(24),
+      pageSize: buf.readUInt32LE(48),
+      lastPage: Number(buf.readBigUInt64LE(144)),
+      txnid: buf.readBigUInt64LE(152),
+    });
+    if (n < first.length || meta(first).magic !== LMDB_MAGIC) {
+      return { problem: `${path} is not an LMDB file (bad or missing header; ${fileBytes} bytes)`, fileBytes, pageSize: 0, neededBytes: 0 };
+    }
+    const m0 = meta(first);
+    const pageSize = m0.pageSize;
+    if (pageSize < 512 || pageSize > 65536 || (pageSize & (pageSize - 1)) !== 0) {
+      return { problem: `${path} has an invalid page size ${pageSize}`, fileBytes, pageSize, neededBytes: 0 };
+    }
+    const second = Buffer.alloc(160);
+    const n2 = readSync(fd, second, 0, second.length, pageSize);
+    let best = m0;
+    if (n2 === second.length) {
+      const m1 = meta(second);
+      if (m1.magic === LMDB_MAGIC && m1.txnid > m0.txnid) best = m1;
+    }
+    const neededBytes = (best.lastPage + 1) * pageSize;
+    if (fileBytes < 2 * pageSize || fileBytes < neededBytes) {
+      return {
+        problem: `${path} is truncated: ${fileBytes} bytes, but its last committed transaction uses ${neededBytes}`,
+        fileBytes,
+        pageSize,
+        neededBytes,
+      };
+    }
+    return { fileBytes, pageSize, neededBytes };
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /**
  * Content-addressed blocks in LMDB with reference counts.
@@ -159,6 +242,130 @@ export class BlockStore {
   async close(): Promise<void> {
     await this.flushed();
     await this.env.close();
+  }
+
+  // ---- Maintenance (fsck, gc): whole-store scans and direct edits, for an unmounted volume only. ----
+
+  /** Stored blocks in key order with their raw values (header included); each value is a private copy. */
+  *scanValues(): Generator<{ hash: Buffer; value: Buffer }> {
+    for (const { key, value } of this.blocks.getRange({})) yield { hash: key, value };
+  }
+
+  /** Stored block keys in key order, without reading the values. */
+  *scanHashes(): Generator<Buffer> {
+    for (const key of this.blocks.getKeys({})) yield key;
+  }
+
+  /** Every reference-count entry; `count` is undefined when the entry is malformed (not 4 bytes). */
+  *scanRefCounts(): Generator<{ hash: Buffer; count: number | undefined }> {
+    for (const { key, value } of this.refs.getRange({})) {
+      yield { hash: key, count: value.length === 4 ? value.readUInt32LE(0) : undefined };
+    }
+  }
+
+  /** Number of stored blocks, from LMDB's own statistics (no scan). */
+  blockCount(): number {
+    return (this.blocks.getStats() as { entryCount: number }).entryCount;
+  }
+
+  /** The raw stored value (header included) as a private copy, or undefined when absent. */
+  rawValue(hash: Buffer): Buffer | undefined {
+    const value = this.blocks.getBinary(hash);
+    return value ? Buffer.from(value) : undefined;
+  }
+
+  /**
+   * Runs `fn` in one write transaction and resolves once it is durable. The setters below
+   * (setRefCount, putRawValue, deleteValue, setTotals, markDamaged, clearDamaged) are meant
+   * to be called inside it.
+   */
+  async maintenance<T>(fn: () => T): Promise<T> {
+    const result = await this.env.transaction(fn);
+    await this.env.flushed;
+    return result;
+  }
+
+  /** Sets a block's reference count; 0 removes the entry. Does not touch the block or the totals. */
+  setRefCount(hash: Buffer, count: number): void {
+    if (count <= 0) this.refs.remove(hash);
+    else this.refs.put(hash, u32(count));
+  }
+
+  /** Stores a raw value (header included) under `hash`, replacing any. References and totals unchanged. */
+  putRawValue(hash: Buffer, value: Buffer): void {
+    this.blocks.put(hash, value);
+  }
+
+  /** Deletes a block's value, leaving its reference count and the totals alone. */
+  deleteValue(hash: Buffer): void {
+    this.blocks.remove(hash);
+  }
+
+  /** Overwrites the running totals (after a recount). */
+  setTotals(totals: BlockStoreStats): void {
+    this.writeTotals(totals);
+  }
+
+  /**
+   * Blocks fsck found lost (missing or corrupt) and left referenced so that reads of them
+   * fail with EIO: "known damaged", kept in `info` under `damaged/` + digest.
+   */
+  damagedHashes(): Buffer[] {
+    const out: Buffer[] = [];
+    for (const key of this.info.getKeys({ start: DAMAGED_PREFIX })) {
+      if (!key.subarray(0, DAMAGED_PREFIX.length).equals(DAMAGED_PREFIX)) break;
+      if (key.length === DAMAGED_PREFIX.length + 32) out.push(Buffer.from(key.subarray(DAMAGED_PREFIX.length)));
+    }
+    return out;
+  }
+
+  markDamaged(hash: Buffer): void {
+    const stamp = Buffer.alloc(8);
+    stamp.writeBigUInt64LE(BigInt(Date.now()), 0);
+    this.info.put(Buffer.concat([DAMAGED_PREFIX, hash]), stamp);
+  }
+
+  clearDamaged(hash: Buffer): void {
+    this.info.remove(Buffer.concat([DAMAGED_PREFIX, hash]));
+  }
+
+  /**
+   * How the LMDB file's pages are used: pages in the file, pages held by the trees (data,
+   * reference counts, totals, the catalogue of sub-databases, the free list itself, the two
+   * meta pages) and the rest, which is free (reused by later writes, never given back to
+   * the file system; `compactTo` does that).
+   */
+  space(): StoreSpace {
+    type TreeStats = { treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number };
+    const pages = (s: TreeStats) => s.treeBranchPageCount + s.treeLeafPageCount + s.overflowPages;
+    const all = this.env.getStats() as TreeStats & { pageSize: number; lastPageNumber: number; root: TreeStats; free: TreeStats };
+    const treePages =
+      pages(this.blocks.getStats() as TreeStats) +
+      pages(this.refs.getStats() as TreeStats) +
+      pages(this.info.getStats() as TreeStats) +
+      pages(all.root) +
+      pages(all.free) +
+      2;
+    const totalPages = all.lastPageNumber + 1;
+    let fileBytes = 0;
+    try {
+      fileBytes = statSync(join(this.path, 'data.mdb')).size;
+    } catch {
+      fileBytes = 0;
+    }
+    return {
+      pageSize: all.pageSize,
+      fileBytes,
+      usedBytes: Math.min(treePages, totalPages) * all.pageSize,
+      freeBytes: Math.max(0, totalPages - treePages) * all.pageSize,
+      blockPages: pages(this.blocks.getStats() as TreeStats),
+    };
+  }
+
+  /** Writes a compacted copy of the whole environment (free pages dropped) as `dir`/data.mdb. */
+  async compactTo(dir: string): Promise<void> {
+    mkdirSync(dir, { recursive: true });
+    await this.env.backup(dir, true);
   }
 
   private readTotals(): BlockStoreStats {

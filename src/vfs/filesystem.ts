@@ -48,6 +48,8 @@ export interface FsOptions {
   syncOnClose: boolean;
   /** Commit dirty file content this often even if nobody closes or fsyncs (ms). */
   writebackIntervalMs: number;
+  /** Group metadata changes into one SQLite commit for up to this long (ms; 0: commit each). */
+  metadataCommitMs: number;
   /** Told when the first security.* xattr appears (the binding then stops answering those itself). */
   onSecurityXattr?: () => void;
 }
@@ -94,6 +96,7 @@ export class PogFs implements LowLevelOps {
     this.writer = new BlockWriter(volume.store);
     this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
     this.securityXattrs = volume.meta.anySecurityXattr();
+    volume.meta.groupCommitMs = options.metadataCommitMs;
     this.writeback = setInterval(() => {
       this.commitAll().catch((err) => log.error('periodic writeback failed', err));
     }, options.writebackIntervalMs);

@@ -27,7 +27,7 @@ export interface TestFs {
 
 export function openFs(path: string, blockSize?: number): TestFs {
   const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize });
-  const fs = new PogFs(volume, { cacheTimeout: 60, syncOnClose: true, writebackIntervalMs: 60000 }, quietLog);
+  const fs = new PogFs(volume, { cacheTimeout: 60, syncOnClose: true, writebackIntervalMs: 60000, metadataCommitMs: 1000 }, quietLog);
   const t: TestFs = {
     fs,
     volume,

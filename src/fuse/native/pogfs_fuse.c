@@ -253,6 +253,9 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
      the JS contract has open() never truncate. HANDLE_KILLPRIV would make us clear
      suid/sgid on write/chown; without it the kernel sends an explicit setattr. */
   conn->want &= ~(FUSE_CAP_POSIX_ACL | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV);
+  /* This mount is the only writer: attribute replies never mean "someone else changed
+     the data", so a new mtime must not throw the page cache away (keep_cache rules). */
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 
   /* libfuse has already capped conn->max_write to its receive buffer (256 pages with
      FUSE_MAX_PAGES, 32 without). Never raise it past that: the kernel would send writes
