@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
@@ -112,5 +114,39 @@ describe('pogfs command line', () => {
     assert.ok(second.dedupRatio > 1.99, `dedup ratio ${second.dedupRatio}`);
     const text = pogfsOk(['stats', m.mnt]);
     assert.match(text, /dedup ratio\s+2\.00x/);
+  });
+
+  it('umount refuses while the mount is in use, then works', async () => {
+    const m = mountFresh();
+    const busy = spawn('sleep', ['60'], { cwd: m.mnt, stdio: 'ignore' });
+    await sleep(200);
+    const r = pogfs(['umount', m.mnt]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /busy/i);
+    assert.ok(isMounted(m.mnt));
+    busy.kill('SIGKILL');
+    await new Promise((done) => busy.on('exit', done));
+    m.umount();
+    assert.equal(isMounted(m.mnt), false);
+  });
+
+  it('SIGTERM to the daemon commits, unmounts and exits', async () => {
+    const m = mountFresh();
+    writeFileSync(m.p('kept'), 'kept across SIGTERM');
+    const pid = m.daemonPid();
+    process.kill(pid, 'SIGTERM');
+    for (let i = 0; i < 400; i++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        break;
+      }
+      await sleep(25);
+    }
+    assert.throws(() => process.kill(pid, 0), /ESRCH/);
+    assert.equal(isMounted(m.mnt), false);
+    assert.match(readFileSync(join(m.volume, 'pogfs.log'), 'utf8'), /SIGTERM: unmounting/);
+    m.mount();
+    assert.equal(readFileSync(m.p('kept'), 'utf8'), 'kept across SIGTERM');
   });
 });
