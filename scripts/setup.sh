@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-system-deps.sh
-npm ci --no-audit --no-fund
+# `npm install`, not `npm ci`: the registry reachable here lacks some other platforms'
+# optional binaries (e.g. @napi-rs/blake-hash for darwin), which `npm ci` refuses.
+npm install --no-audit --no-fund
 npm run build
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -102,12 +102,22 @@ export class FileContent {
       const blockStart = idx * B;
       const from = Math.max(offset, blockStart) - blockStart;
       const to = Math.min(end, blockStart + B) - blockStart;
+      if (from === 0 && to === B) {
+        // The write covers the whole block: store a view of the request's own buffer
+        // (ours to keep) instead of copying it.
+        this.pending.delete(idx);
+        this.seal(idx, data.subarray(blockStart - offset, blockStart - offset + B));
+        continue;
+      }
       const p = this.pendingBlock(idx);
       data.copy(p.buf, from, blockStart + from - offset, blockStart + to - offset);
       if (to > p.len) p.len = to;
       // A write that reaches the end of a block is sequential enough: seal it now so
       // hashing and storing overlap with the writes that follow.
-      if (to === B) this.seal(idx, p);
+      if (to === B) {
+        this.pending.delete(idx);
+        this.seal(idx, p.buf);
+      }
     }
     if (end > this.row.size) this.row.size = end;
     this.dirty = true;
@@ -233,16 +243,15 @@ export class FileContent {
   }
 
   private sealAll(): void {
-    for (const [idx, p] of this.pending) this.seal(idx, p);
+    for (const [idx, p] of this.pending) this.seal(idx, p.len === p.buf.length ? p.buf : p.buf.subarray(0, p.len));
+    this.pending.clear();
   }
 
-  /** Hashes a pending block and hands it to the store; all-zero blocks become holes. */
-  private seal(idx: number, p: PendingBlock): void {
-    this.pending.delete(idx);
+  /** Hashes a block's final bytes and hands them to the store; all-zero blocks become holes. */
+  private seal(idx: number, data: Buffer): void {
     const old = this.blocks.get(idx);
     if (old) this.toRelease.push(old.hash);
     this.changed.add(idx);
-    const data = p.len === p.buf.length ? p.buf : p.buf.subarray(0, p.len);
     if (isZero(data)) {
       this.blocks.delete(idx);
       return;
