@@ -133,6 +133,10 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       // a synchronous unmount here: it flushes dirty pages through this very thread.
       active.unmount({ lazy: true }).catch((err) => log.error('unmount failed', err));
     };
+    // DESIGN invariant 5: a bug in some background callback is logged, not fatal; the
+    // mount and every byte already written stay.
+    process.on('uncaughtException', (err) => log.error('uncaught exception (the mount stays up)', err));
+    process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => undefined);
