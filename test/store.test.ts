@@ -58,12 +58,23 @@ describe('BlockStore', () => {
     const hash = hashBlock(data);
     await store.acquire([{ hash, data }]);
     const out = Buffer.alloc(10, 0xee);
-    assert.equal(store.copyOut(hash, 6, 10, out, 0), true);
+    assert.equal(store.copyOut(hash, 6, 10, out, 0), 'ok');
     assert.equal(out.subarray(0, 10).toString('latin1'), 'block stor');
     const tail = Buffer.alloc(8, 0xee);
-    assert.equal(store.copyOut(hash, 12, 8, tail, 0), true);
+    assert.equal(store.copyOut(hash, 12, 8, tail, 0), 'ok');
     assert.deepEqual([...tail], [...Buffer.from('store'), 0, 0, 0]);
-    assert.equal(store.copyOut(hashBlock(Buffer.from('absent')), 0, 4, out, 0), false);
+    assert.equal(store.copyOut(hashBlock(Buffer.from('absent')), 0, 4, out, 0), 'missing');
+    await store.close();
+  });
+
+  it('refuses to hand out bytes that do not match their hash', async () => {
+    const store = BlockStore.open(join(tempDir(), 'blocks'));
+    const data = randomBytes(4096);
+    const wrongKey = hashBlock(Buffer.from('something else'));
+    await store.acquire([{ hash: wrongKey, data }]);
+    const out = Buffer.alloc(16, 0xee);
+    assert.equal(store.copyOut(wrongKey, 0, 16, out, 0), 'corrupt');
+    assert.ok(out.equals(Buffer.alloc(16, 0xee)), 'corrupt bytes were copied out');
     await store.close();
   });
 

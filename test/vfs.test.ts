@@ -4,7 +4,7 @@ import { constants } from 'node:os';
 import { describe, it } from 'node:test';
 import { SetAttrValid, type SetAttr } from '../src/fuse/types';
 import { ROOT_INO } from '../src/vfs/filesystem';
-import { b, newFs, root, user } from './support/fs';
+import { b, newFs, quietLog, root, user } from './support/fs';
 
 const E = constants.errno;
 const S_IFREG = 0o100000;
@@ -411,6 +411,43 @@ describe('PogFs POSIX ACLs', () => {
     const t = newFs();
     const f = t.fs.create(ROOT_INO, b('f'), 0o600, 0, root);
     assert.equal(await errno(() => t.fs.setxattr(f.attr.ino, b('system.posix_acl_access'), Buffer.alloc(28), 0, root)), E.EOPNOTSUPP);
+    await t.close();
+  });
+});
+
+describe('PogFs block accounting and damage', () => {
+  it('st_blocks survives commit, attribute changes and remount', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
+    fs.write(f.attr.ino, f.fh, randomBytes(300000), 0, root);
+    await fs.release(f.attr.ino, f.fh, 0);
+    fs.forget(f.attr.ino, 1);
+    await fs.setattr(f.attr.ino, setattr(SetAttrValid.MODE, { mode: 0o600 }), undefined, root);
+    assert.equal(fs.getattr(f.attr.ino, undefined, root).blocks, Math.ceil(300000 / 512));
+    const t2 = await t.reopen();
+    assert.equal(t2.volume.meta.getInode(f.attr.ino)?.stored_bytes, 300000);
+    assert.equal(t2.fs.getattr(f.attr.ino, undefined, root).blocks, Math.ceil(300000 / 512));
+    await t2.close();
+  });
+
+  it('a block whose bytes no longer match its hash reads as EIO and is logged', async () => {
+    const t = newFs();
+    const { fs, volume } = t;
+    const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
+    const data = randomBytes(2 * 131072);
+    fs.write(f.attr.ino, f.fh, data, 0, root);
+    await fs.release(f.attr.ino, f.fh, 0);
+    const [first] = volume.meta.listBlocks(f.attr.ino);
+    // Swap in other bytes under the same key, as a bad disk would.
+    const other = randomBytes(131072);
+    await volume.store.release([first.hash]);
+    await volume.store.acquire([{ hash: first.hash, data: other }]);
+    const o = fs.open(f.attr.ino, 0, root);
+    assert.equal(await errno(() => fs.read(f.attr.ino, o.fh, 4096, 0)), E.EIO);
+    assert.ok(fs.read(f.attr.ino, o.fh, 131072, 131072).equals(data.subarray(131072)));
+    assert.ok(quietLog.errors.some((l) => /corrupt/.test(l) && l.includes(`inode ${f.attr.ino}`)));
+    await fs.release(f.attr.ino, o.fh, 0);
     await t.close();
   });
 });

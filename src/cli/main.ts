@@ -17,6 +17,8 @@ const commands = {
   daemon: () => import('./daemon'),
   umount: () => import('./umount-command'),
   stats: () => import('./stats-command'),
+  fsck: () => import('./fsck-command'),
+  gc: () => import('./gc-command'),
 };
 
 interface MountFlags {
@@ -136,6 +138,29 @@ function program(): Command {
     .action(async (target: string, opts: { json?: boolean }) => {
       const { stats } = await commands.stats();
       stats(target, !!opts.json);
+    });
+
+  p.command('fsck')
+    .description('check a volume: missing, corrupt and orphan blocks, reference counts, the directory tree; exit 0 clean, 1 repaired, 4 problems left, 8 could not check')
+    .argument('<volume>')
+    .option('--quick', 'do not read and re-hash the block data (structure and counts only)')
+    .option('--repair', 'fix what is found (otherwise nothing is written)')
+    .option('--json', 'machine-readable report')
+    .option('-f, --force', 'accepted for e2fsck habits: every run is a full check; never allows a mounted volume')
+    .action(async (volume: string, opts: { quick?: boolean; repair?: boolean; json?: boolean; force?: boolean }) => {
+      const { fsck } = await commands.fsck();
+      await fsck(volume, opts);
+    });
+
+  p.command('gc')
+    .description('delete blocks nothing references (unmounted volume) and show the block store\'s free space')
+    .argument('<volume>')
+    .option('-n, --dry-run', 'only report what would be removed')
+    .option('--compact', 'rewrite the block store compactly, giving free space back to the file system')
+    .option('--json', 'machine-readable output')
+    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean }) => {
+      const { gc } = await commands.gc();
+      await gc(volume, opts);
     });
 
   return p;

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statfsSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 export interface MountEntry {
@@ -34,10 +34,14 @@ export function isPogfsMount(m: MountEntry): boolean {
   return m.type === 'fuse.pogfs';
 }
 
-/** True when the path is a FUSE mount whose daemon is gone ("Transport endpoint is not connected"). */
+/**
+ * True when the path is a FUSE mount whose daemon is gone ("Transport endpoint is not
+ * connected"). statfs, not stat: the kernel answers stat from cached attributes without
+ * asking the (dead) daemon, but always sends statfs.
+ */
 export function isStaleMount(mountpoint: string): boolean {
   try {
-    statSync(mountpoint);
+    statfsSync(mountpoint);
     return false;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'ENOTCONN';

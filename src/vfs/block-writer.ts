@@ -1,4 +1,4 @@
-import type { BlockStore, BlockToStore } from '../store/block-store';
+import type { BlockRead, BlockStore, BlockToStore } from '../store/block-store';
 
 /**
  * Batches new block references into few LMDB transactions. Callers hand blocks over
@@ -40,15 +40,15 @@ export class BlockWriter {
 
   /**
    * Copies bytes of a block out of the writer's hands or, once committed, out of the
-   * store; bytes past the block's end read as zeros. False when the block is nowhere.
+   * store (verified against its hash); bytes past the block's end read as zeros.
    */
-  copyOut(hash: Buffer, from: number, length: number, target: Buffer, at: number): boolean {
+  copyOut(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead {
     const u = this.unsettled.size > 0 ? this.unsettled.get(hash.toString('latin1')) : undefined;
     if (!u) return this.store.copyOut(hash, from, length, target, at);
     const end = Math.min(from + length, u.data.length);
     if (end > from) u.data.copy(target, at, from, end);
     if (end < from + length) target.fill(0, at + Math.max(0, end - from), at + length);
-    return true;
+    return 'ok';
   }
 
   /** Resolves when buffered bytes are under the limit. */

@@ -1,5 +1,6 @@
 import type { InodeRow, MetaDb } from '../meta/meta-db';
 import { hashBlock } from '../store/hash';
+import type { BlockRead } from '../store/block-store';
 import type { BlockWriter } from './block-writer';
 import { E, FsError } from './errors';
 import type { Reclaimer } from './reclaimer';
@@ -42,9 +43,8 @@ export class FileContent {
   /** References to drop once the next commit is durable. */
   private toRelease: Buffer[] = [];
   private committing: Promise<void> = Promise.resolve();
-  /** Size and stored bytes as last committed: what an attribute-only update may persist. */
+  /** Size as last committed: what an attribute-only update may persist (row.size is live). */
   committedSize: number;
-  committedStored: number;
   /** True when something differs from what is committed. */
   dirty = false;
 
@@ -58,7 +58,6 @@ export class FileContent {
   ) {
     for (const b of meta.listBlocks(row.ino)) this.blocks.set(b.idx, { hash: b.hash, len: b.len });
     this.committedSize = row.size;
-    this.committedStored = row.stored_bytes;
   }
 
   get size(): number {
@@ -85,12 +84,7 @@ export class FileContent {
         out.fill(0, at, at + to - from);
         continue;
       }
-      if (!this.writer.copyOut(ref.hash, from, to - from, out, at)) {
-        this.log.error(
-          `inode ${this.row.ino}: block ${idx} (${ref.hash.toString('hex')}, bytes ${blockStart}-${blockStart + B - 1}) is missing from the block store`,
-        );
-        throw new FsError(E.EIO, 'missing block');
-      }
+      this.checkRead(this.writer.copyOut(ref.hash, from, to - from, out, at), idx, ref);
     }
     return out;
   }
@@ -211,7 +205,7 @@ export class FileContent {
           else this.meta.deleteBlock(this.row.ino, idx);
         }
         this.committedSize = size;
-        this.committedStored = stored;
+        this.row.stored_bytes = stored;
         persistRow();
       });
     } catch (err) {
@@ -232,14 +226,23 @@ export class FileContent {
       p = { buf: Buffer.alloc(this.blockSize), len: 0 };
     } else {
       const buf = Buffer.allocUnsafe(this.blockSize);
-      if (!this.writer.copyOut(ref.hash, 0, this.blockSize, buf, 0)) {
-        this.log.error(`inode ${this.row.ino}: block ${idx} (${ref.hash.toString('hex')}) is missing from the block store`);
-        throw new FsError(E.EIO, 'missing block');
-      }
+      this.checkRead(this.writer.copyOut(ref.hash, 0, this.blockSize, buf, 0), idx, ref);
       p = { buf, len: ref.len };
     }
     this.pending.set(idx, p);
     return p;
+  }
+
+  /** A block that is missing or fails its hash is EIO plus a log line naming the file's inode and range. */
+  private checkRead(result: BlockRead, idx: number, ref: BlockRef): void {
+    if (result === 'ok') return;
+    const start = idx * this.blockSize;
+    this.log.error(
+      `inode ${this.row.ino}: block ${idx} (bytes ${start}-${start + ref.len - 1}, ${ref.hash.toString('hex')}) is ` +
+        (result === 'missing' ? 'missing from the block store' : 'corrupt: its bytes do not match their BLAKE3 hash') +
+        '; reads of that range fail with EIO (run pogfs fsck)',
+    );
+    throw new FsError(E.EIO, `${result} block`);
   }
 
   private sealAll(): void {

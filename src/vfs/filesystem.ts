@@ -565,7 +565,7 @@ export class PogFs implements LowLevelOps {
 
   private persistedRow(node: Node): InodeRow {
     const c = node.content;
-    return c ? { ...node.row, size: c.committedSize, stored_bytes: c.committedStored } : node.row;
+    return c ? { ...node.row, size: c.committedSize } : node.row;
   }
 
   /** Forgets a node nobody uses; frees the inode when nothing names it either. */

@@ -1,0 +1,178 @@
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { checkStoreFile, type StoreSpace } from '../src/store/block-store';
+import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
+import { Volume, VolumeFiles } from '../src/vfs/volume';
+
+/**
+ * Garbage collection of an unmounted volume's block store: deletes every stored block no
+ * block row references (recounted from the index; the reference counts are not trusted),
+ * sets the counts of the blocks that stay to their row counts, and can compact the LMDB
+ * file to give the freed pages back to the file system.
+ *
+ * Safe against interruption: only blocks no row references are deleted, and nothing else
+ * runs on the volume (the caller makes sure no daemon holds it). Compaction writes a copy
+ * beside the store, syncs it and renames it over data.mdb: the file is either the old or
+ * the new one.
+ */
+
+export interface GcOptions {
+  dryRun?: boolean;
+  compact?: boolean;
+  /** Deletions per LMDB transaction. */
+  batch?: number;
+}
+
+export interface GcResult {
+  volume: string;
+  dryRun: boolean;
+  /** Stored blocks before gc. */
+  storedBlocks: number;
+  /** Blocks deleted (or, with dryRun, that would be). */
+  removedBlocks: number;
+  /** Their stored size (headers included). */
+  removedBytes: number;
+  /** Their decoded size. */
+  removedRawBytes: number;
+  /** Reference counts of kept blocks set to their row counts. */
+  refsCorrected: number;
+  /** Reference-count entries of absent, unreferenced blocks removed. */
+  staleRefs: number;
+  /** Blocks referenced by rows but absent from the store (fsck's business; reported). */
+  missingBlocks: number;
+  /** Page usage of the LMDB file after gc (before compaction). */
+  space: StoreSpace;
+  /** With compact: the data.mdb size before and after (with dryRun: after is an estimate). */
+  compacted?: { beforeBytes: number; afterBytes: number };
+}
+
+const COMPACT_DIR = 'blocks.compact';
+
+export async function collectGarbage(path: string, options: GcOptions = {}): Promise<GcResult> {
+  const dryRun = !!options.dryRun;
+  const batch = options.batch ?? 10000;
+  const blocksDir = join(path, VolumeFiles.blocks);
+  const file = checkStoreFile(blocksDir);
+  if (file.problem) throw new Error(`the block store cannot be read safely: ${file.problem} (run pogfs fsck)`);
+  // A compaction interrupted earlier leaves its copy behind: it was never swapped in.
+  if (!dryRun) rmSync(join(path, COMPACT_DIR), { recursive: true, force: true });
+
+  const volume = Volume.open(path, { readOnly: dryRun });
+  let closed = false;
+  try {
+    const meta = volume.meta;
+    const store = volume.store;
+    const rows = new Map<string, number>();
+    for (const r of meta.blockRowCounts()) rows.set(r.hash.toString('latin1'), r.n);
+    const refs = new Map<string, number | undefined>();
+    for (const r of store.scanRefCounts()) refs.set(r.hash.toString('latin1'), r.count);
+
+    const unreferenced: Buffer[] = [];
+    const fixRefs: { hash: Buffer; count: number }[] = [];
+    let storedBlocks = 0;
+    const present = new Set<string>();
+    for (const hash of store.scanHashes()) {
+      storedBlocks++;
+      const k = hash.toString('latin1');
+      present.add(k);
+      const n = rows.get(k) ?? 0;
+      if (n === 0) unreferenced.push(hash);
+      else if (refs.get(k) !== n) fixRefs.push({ hash, count: n });
+    }
+    const staleRefs: Buffer[] = [];
+    for (const k of refs.keys()) if (!present.has(k) && !rows.has(k)) staleRefs.push(Buffer.from(k, 'latin1'));
+    let missingBlocks = 0;
+    for (const k of rows.keys()) if (!present.has(k)) missingBlocks++;
+
+    // Sizes of what goes (only those values are read).
+    let removedBytes = 0;
+    let removedRawBytes = 0;
+    for (const hash of unreferenced) {
+      const value = store.rawValue(hash);
+      if (!value) continue;
+      removedBytes += value.length;
+      try {
+        removedRawBytes += decodeHeader(value).rawLength;
+      } catch {
+        removedRawBytes += Math.max(0, value.length - BLOCK_HEADER_SIZE);
+      }
+    }
+
+    if (!dryRun) {
+      for (let at = 0; at < unreferenced.length; at += batch) {
+        const slice = unreferenced.slice(at, at + batch);
+        await store.maintenance(() => {
+          for (const hash of slice) {
+            store.deleteValue(hash);
+            store.setRefCount(hash, 0);
+          }
+        });
+      }
+      await store.maintenance(() => {
+        for (const { hash, count } of fixRefs) store.setRefCount(hash, count);
+        for (const hash of staleRefs) store.setRefCount(hash, 0);
+        for (const hash of store.damagedHashes()) if (!rows.has(hash.toString('latin1'))) store.clearDamaged(hash);
+        const t = store.stats();
+        let references = 0;
+        for (const n of rows.values()) references += n;
+        store.setTotals({
+          blocks: storedBlocks - unreferenced.length,
+          uniqueBytes: Math.max(0, t.uniqueBytes - removedRawBytes),
+          storedBytes: Math.max(0, t.storedBytes - removedBytes),
+          references,
+        });
+      });
+    }
+
+    const space = store.space();
+    const result: GcResult = {
+      volume: volume.path,
+      dryRun,
+      storedBlocks,
+      removedBlocks: unreferenced.length,
+      removedBytes,
+      removedRawBytes,
+      refsCorrected: fixRefs.length,
+      staleRefs: staleRefs.length,
+      missingBlocks,
+      space,
+    };
+
+    if (options.compact) {
+      const dataFile = join(blocksDir, 'data.mdb');
+      const beforeBytes = statSync(dataFile).size;
+      if (dryRun) {
+        // What compaction would leave: the pages in use now, less what gc would free.
+        const freeable = Math.ceil(removedBytes / space.pageSize) * space.pageSize;
+        result.compacted = { beforeBytes, afterBytes: Math.max(0, space.usedBytes - freeable) };
+      } else {
+        const tmp = join(path, COMPACT_DIR);
+        await store.compactTo(tmp);
+        await volume.close();
+        closed = true;
+        const copy = join(tmp, 'data.mdb');
+        fsyncPath(copy);
+        renameSync(copy, dataFile);
+        fsyncPath(blocksDir);
+        // The lock file describes readers of the old file; with no process attached it is
+        // rebuilt on the next open anyway.
+        rmSync(join(blocksDir, 'lock.mdb'), { force: true });
+        rmSync(tmp, { recursive: true, force: true });
+        result.compacted = { beforeBytes, afterBytes: statSync(dataFile).size };
+      }
+    }
+    return result;
+  } finally {
+    if (!closed) await volume.close();
+  }
+}
+
+function fsyncPath(path: string): void {
+  if (!existsSync(path)) return;
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}

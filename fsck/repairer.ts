@@ -1,0 +1,241 @@
+import { BLOCK_HEADER_SIZE, decodeHeader, encodeBlock } from '../src/store/codec';
+import { hashBlock } from '../src/store/hash';
+import { now } from '../src/vfs/time';
+import { LOST_FOUND, ROOT_INO, hashOf, isDir, isReg, type CheckState } from './checker';
+
+/**
+ * The repairer: applies what a check found, in an order that keeps DESIGN invariant 1 even
+ * if it is interrupted (a crash at any point leaves at worst reference counts too high):
+ *
+ *  1. new block values (partial blocks cut at a file's end) are stored with their
+ *     references taken, durably, before anything points at them;
+ *  2. one durable SQLite transaction fixes the tree and the index: recreates a missing
+ *     root, frees dead inodes, deletes stray rows, drops dangling entries and links that
+ *     close cycles, attaches unreachable inodes under /lost+found as #<ino>, trims block
+ *     rows past the size, corrects stored bytes, and sets every nlink from the entries;
+ *  3. one durable LMDB transaction, recounting from the (now committed) index: reference
+ *     counts rewritten, orphan blocks deleted, corrupt values deleted, blocks that files
+ *     reference but the store lacks recorded as "known damaged" (their rows stay, so reads
+ *     of those ranges fail with EIO instead of returning zeros), totals rewritten.
+ */
+export async function repairVolume(state: CheckState): Promise<void> {
+  const { volume, plan, findings } = state;
+  const meta = volume.meta;
+  const store = volume.store;
+  const bs = state.blockSize;
+  const dead = new Set(plan.dead);
+  const key = (h: Buffer) => h.toString('latin1');
+
+  // --- 1. Rows past the size: deleted, or (a block cut by the size) rewritten shorter.
+  type Trim = { ino: number; idx: number; hash?: Buffer; len?: number };
+  const trims: Trim[] = [];
+  const fresh = new Map<string, { hash: Buffer; data: Buffer; uses: number }>();
+  for (const r of meta.blockRowsPastSize(bs)) {
+    if (dead.has(r.ino)) continue;
+    const start = r.idx * bs;
+    if (!isReg(r.mode) || start >= r.size) {
+      trims.push({ ino: r.ino, idx: r.idx });
+      continue;
+    }
+    const keep = r.size - start;
+    const data = readVerified(state, r.hash);
+    if (!data) {
+      // A lost block stays lost (EIO); only its length follows the size.
+      trims.push({ ino: r.ino, idx: r.idx, hash: r.hash, len: keep });
+      continue;
+    }
+    const cut = Buffer.from(data.subarray(0, keep));
+    if (cut.every((b) => b === 0)) {
+      trims.push({ ino: r.ino, idx: r.idx }); // all zeros: a hole
+      continue;
+    }
+    const hash = hashBlock(cut);
+    const k = key(hash);
+    const f = fresh.get(k);
+    if (f) f.uses += 1;
+    else fresh.set(k, { hash, data: cut, uses: 1 });
+    trims.push({ ino: r.ino, idx: r.idx, hash, len: keep });
+  }
+  if (fresh.size > 0) {
+    await store.maintenance(() => {
+      for (const [k, f] of fresh) {
+        const had = state.stored.get(k);
+        if (!had || had.problem) {
+          store.putRawValue(f.hash, encodeBlock(f.data));
+          state.stored.set(k, { stored: BLOCK_HEADER_SIZE + f.data.length, raw: f.data.length });
+        }
+        const count = (state.refs.get(k) ?? 0) + f.uses;
+        store.setRefCount(f.hash, count);
+        state.refs.set(k, count);
+      }
+    });
+  }
+
+  // --- 2. The tree and the index, in one durable SQLite transaction.
+  let nlinkFixed = 0;
+  meta.durableTransaction(() => {
+    const t = now();
+    const times = { atime_s: t.s, atime_ns: t.ns, mtime_s: t.s, mtime_ns: t.ns, ctime_s: t.s, ctime_ns: t.ns };
+    if (plan.rootMissing) {
+      meta.insertInodeWithIno({
+        ino: ROOT_INO,
+        mode: 0o040755,
+        uid: process.getuid?.() ?? 0,
+        gid: process.getgid?.() ?? 0,
+        nlink: 2,
+        size: 0,
+        rdev: 0,
+        stored_bytes: 0,
+        ...times,
+      });
+    }
+    for (const ino of plan.dead) meta.deleteInode(ino);
+    for (const ino of plan.strayOwners) meta.deleteInode(ino);
+    for (const e of plan.dropEntries) meta.removeEntry(e.parent, e.name);
+
+    if (plan.tops.length > 0 && !plan.rootBroken) {
+      const lf = lostAndFound(state, times);
+      for (const ino of plan.tops) {
+        let name = Buffer.from(`#${ino}`);
+        for (let k = 1; meta.lookup(lf, name) !== undefined; k++) name = Buffer.from(`#${ino}.${k}`);
+        meta.addEntry(lf, name, ino);
+      }
+    }
+
+    for (const tr of trims) {
+      if (tr.hash && tr.len) meta.setBlock(tr.ino, tr.idx, tr.hash, tr.len);
+      else meta.deleteBlock(tr.ino, tr.idx);
+    }
+    for (const m of meta.storedBytesMismatches()) meta.setStoredBytes(m.ino, m.actual);
+
+    const links = meta.linkCounts();
+    const subdirs = meta.subdirCounts();
+    const all = [...meta.allInodes()];
+    for (const r of all) {
+      const want = isDir(r.mode) ? 2 + (subdirs.get(r.ino) ?? 0) : (links.get(r.ino) ?? 0);
+      if (r.nlink !== want) {
+        meta.setNlink(r.ino, want);
+        nlinkFixed++;
+      }
+    }
+  });
+
+  // --- 3. The block store, recounted from the committed index, in one durable transaction.
+  const rows = new Map<string, number>();
+  let references = 0;
+  for (const r of meta.blockRowCounts()) {
+    rows.set(key(r.hash), r.n);
+    references += r.n;
+  }
+  const before = store.stats();
+  await store.maintenance(() => {
+    let blocks = 0;
+    let uniqueBytes = 0;
+    let storedBytes = 0;
+    let removedStored = 0;
+    let removedRaw = 0;
+    for (const [k, s] of state.stored) {
+      const hash = hashOf(k);
+      const n = rows.get(k) ?? 0;
+      if (s.problem || n === 0) {
+        if (state.quick) {
+          const value = store.rawValue(hash);
+          if (value) {
+            removedStored += value.length;
+            removedRaw += safeRawLength(value);
+          }
+        }
+        store.deleteValue(hash);
+        if (n > 0 && !state.damaged.has(k)) store.markDamaged(hash);
+      } else {
+        blocks += 1;
+        uniqueBytes += s.raw;
+        storedBytes += s.stored;
+        if (state.damaged.has(k)) store.clearDamaged(hash); // the block is whole again
+      }
+      if (state.refs.get(k) !== n) store.setRefCount(hash, n);
+    }
+    for (const [k, n] of rows) {
+      if (state.stored.has(k)) continue;
+      // Referenced but absent: the rows stay (reads fail with EIO) and the count stays
+      // equal to them, so a later write of the same bytes can never be dropped early.
+      const hash = hashOf(k);
+      if (state.refs.get(k) !== n) store.setRefCount(hash, n);
+      if (!state.damaged.has(k)) store.markDamaged(hash);
+    }
+    for (const k of state.refs.keys()) if (!state.stored.has(k) && !rows.has(k)) store.setRefCount(hashOf(k), 0);
+    for (const k of state.damaged) if (!rows.has(k)) store.clearDamaged(hashOf(k));
+    if (state.quick) {
+      // A quick check read no values: keep the byte totals, less what was deleted.
+      uniqueBytes = before.uniqueBytes - removedRaw;
+      storedBytes = before.storedBytes - removedStored;
+      for (const f of fresh.values()) {
+        uniqueBytes += f.data.length;
+        storedBytes += f.data.length + BLOCK_HEADER_SIZE;
+      }
+    }
+    store.setTotals({ blocks, uniqueBytes, storedBytes, references });
+  });
+
+  // --- What was done.
+  const all = (kind: Parameters<typeof findings.setRepaired>[0], action: string) => findings.setRepaired(kind, findings.count(kind), action);
+  all('missing-block', 'kept the files; the lost ranges read as EIO and are recorded as known damaged (restore those files from a backup)');
+  all('corrupt-block', 'deleted the bad values; referenced ranges now read as EIO and are recorded as known damaged');
+  all('wrong-refcount', 'rewrote reference counts from the block index');
+  all('orphan-block', 'deleted');
+  all('wrong-nlink', `set link counts from the entries (${nlinkFixed} inodes changed)`);
+  all('dangling-entry', 'removed the entries');
+  findings.setRepaired(
+    'unreachable',
+    plan.rootBroken ? 0 : findings.count('unreachable'),
+    plan.rootBroken ? 'the root is not a directory: nothing was attached' : `removed links closing cycles; attached ${plan.tops.length} inodes under /${LOST_FOUND} as #<ino>`,
+  );
+  all('dead-inode', 'freed (rows deleted, references dropped)');
+  all('size-mismatch', 'trimmed block rows past the size; corrected stored bytes');
+  all('stray-rows', 'deleted');
+  all('bad-totals', 'rewrote the totals from the recount');
+  findings.setRepaired('metadata-corrupt', 0, 'not repaired: restore meta.db from a backup or rebuild it with sqlite3 .recover');
+}
+
+/** A block's decoded bytes, only if they hash to its key. */
+function readVerified(state: CheckState, hash: Buffer): Buffer | undefined {
+  const s = state.stored.get(hash.toString('latin1'));
+  if (!s || s.problem) return undefined;
+  let data: Buffer | undefined;
+  try {
+    data = state.volume.store.get(hash);
+  } catch {
+    return undefined;
+  }
+  return data && hashBlock(data).equals(hash) ? data : undefined;
+}
+
+function safeRawLength(value: Buffer): number {
+  try {
+    return decodeHeader(value).rawLength;
+  } catch {
+    return Math.max(0, value.length - BLOCK_HEADER_SIZE);
+  }
+}
+
+/** The /lost+found directory (mode 0700, owned like the root), created when missing. */
+function lostAndFound(
+  state: CheckState,
+  times: { atime_s: number; atime_ns: number; mtime_s: number; mtime_ns: number; ctime_s: number; ctime_ns: number },
+): number {
+  const meta = state.volume.meta;
+  for (let k = 0; ; k++) {
+    const name = Buffer.from(k === 0 ? LOST_FOUND : `${LOST_FOUND}.${k}`);
+    const existing = meta.lookup(ROOT_INO, name);
+    if (existing !== undefined) {
+      const row = meta.getInode(existing);
+      if (row && isDir(row.mode)) return existing;
+      continue;
+    }
+    const root = meta.getInode(ROOT_INO)!;
+    const ino = meta.insertInode({ mode: 0o040700, uid: root.uid, gid: root.gid, nlink: 2, size: 0, rdev: 0, stored_bytes: 0, ...times });
+    meta.addEntry(ROOT_INO, name, ino);
+    meta.updateInode({ ...root, mtime_s: times.mtime_s, mtime_ns: times.mtime_ns, ctime_s: times.ctime_s, ctime_ns: times.ctime_ns });
+    return ino;
+  }
+}

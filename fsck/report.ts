@@ -1,0 +1,254 @@
+/**
+ * What `pogfs fsck` found and did: the finding types, the exit code they make, and their
+ * text and JSON renderings. Also the one-line progress display used on a terminal.
+ */
+
+export type FindingKind =
+  | 'metadata-corrupt'
+  | 'missing-block'
+  | 'corrupt-block'
+  | 'wrong-refcount'
+  | 'orphan-block'
+  | 'wrong-nlink'
+  | 'dangling-entry'
+  | 'unreachable'
+  | 'dead-inode'
+  | 'size-mismatch'
+  | 'stray-rows'
+  | 'bad-totals'
+  | 'known-damaged';
+
+/**
+ * - `error`: the volume is inconsistent (or has lost data);
+ * - `leak`: space a crash left behind (orphan blocks, dead inodes): harmless, still a finding;
+ * - `notice`: not an error: blocks an earlier repair recorded as lost ("known damaged").
+ */
+export type Severity = 'error' | 'leak' | 'notice';
+
+/** What each check looks for, in report order. */
+export const CHECKS: readonly { kind: FindingKind; severity: Severity; title: string }[] = [
+  { kind: 'metadata-corrupt', severity: 'error', title: 'the metadata database fails SQLite\'s own check' },
+  { kind: 'missing-block', severity: 'error', title: 'blocks referenced by files but absent from the block store' },
+  { kind: 'corrupt-block', severity: 'error', title: 'stored blocks whose bytes do not match their BLAKE3 key (or whose header is invalid)' },
+  { kind: 'wrong-refcount', severity: 'error', title: 'reference counts that differ from the number of block rows' },
+  { kind: 'orphan-block', severity: 'leak', title: 'stored blocks no block row references' },
+  { kind: 'wrong-nlink', severity: 'error', title: 'inodes whose link count differs from the entries naming them' },
+  { kind: 'dangling-entry', severity: 'error', title: 'directory entries pointing to a missing inode or sitting in a missing directory' },
+  { kind: 'unreachable', severity: 'error', title: 'inodes not reachable from the root, directory cycles, directories linked twice' },
+  { kind: 'dead-inode', severity: 'leak', title: 'inodes with no links left behind by a crash' },
+  { kind: 'size-mismatch', severity: 'error', title: 'files whose blocks extend past their size (or whose stored-bytes count is wrong)' },
+  { kind: 'stray-rows', severity: 'error', title: 'block, symlink or xattr rows of inodes that do not exist' },
+  { kind: 'bad-totals', severity: 'error', title: 'block store running totals that disagree with a recount' },
+  { kind: 'known-damaged', severity: 'notice', title: 'blocks lost earlier and recorded by a repair: reads of these ranges return EIO' },
+];
+
+export const MAX_EXAMPLES = 10;
+
+export interface Finding {
+  kind: FindingKind;
+  severity: Severity;
+  title: string;
+  /** How many things are wrong (blocks, inodes, entries, ... as the examples say). */
+  count: number;
+  /** Bytes involved, where that means something (orphaned or lost data). */
+  bytes?: number;
+  /** Up to MAX_EXAMPLES lines naming what is affected, files by path. */
+  examples: string[];
+  /** With --repair: how many were repaired. */
+  repaired?: number;
+  /** With --repair: what was done. */
+  action?: string;
+}
+
+export interface FsckStats {
+  inodes: number;
+  files: number;
+  directories: number;
+  entries: number;
+  blockRows: number;
+  storedBlocks: number;
+  /** Bytes of stored values read and hashed (0 with --quick). */
+  bytesVerified: number;
+  /** Seconds spent reading and hashing block values. */
+  verifySeconds: number;
+  seconds: number;
+}
+
+export interface FsckReport {
+  volume: string;
+  mode: 'full' | 'quick';
+  repair: boolean;
+  /** Non-empty findings, in CHECKS order. */
+  findings: Finding[];
+  stats: FsckStats;
+  /** e2fsck's convention: 0 clean, 1 errors corrected, 4 errors left uncorrected. */
+  exitCode: 0 | 1 | 4;
+}
+
+export class FindingSet {
+  private readonly byKind = new Map<FindingKind, Finding>();
+
+  /** Counts one more problem of `kind`; `example` is kept while fewer than MAX_EXAMPLES are. */
+  add(kind: FindingKind, example?: string | (() => string), bytes = 0): void {
+    const f = this.get(kind);
+    f.count += 1;
+    if (bytes) f.bytes = (f.bytes ?? 0) + bytes;
+    if (example !== undefined && f.examples.length < MAX_EXAMPLES) f.examples.push(typeof example === 'function' ? example() : example);
+  }
+
+  /** Adds an example line without counting a problem (more detail on one already counted). */
+  note(kind: FindingKind, example: string): void {
+    const f = this.get(kind);
+    if (f.examples.length < MAX_EXAMPLES) f.examples.push(example);
+  }
+
+  wants(kind: FindingKind): boolean {
+    return (this.byKind.get(kind)?.examples.length ?? 0) < MAX_EXAMPLES;
+  }
+
+  count(kind: FindingKind): number {
+    return this.byKind.get(kind)?.count ?? 0;
+  }
+
+  setRepaired(kind: FindingKind, repaired: number, action: string): void {
+    const f = this.byKind.get(kind);
+    if (!f || f.count === 0) return;
+    f.repaired = repaired;
+    f.action = action;
+  }
+
+  list(): Finding[] {
+    return CHECKS.map((c) => this.byKind.get(c.kind)).filter((f): f is Finding => f !== undefined && f.count > 0);
+  }
+
+  private get(kind: FindingKind): Finding {
+    let f = this.byKind.get(kind);
+    if (!f) {
+      const c = CHECKS.find((x) => x.kind === kind)!;
+      f = { kind, severity: c.severity, title: c.title, count: 0, examples: [] };
+      this.byKind.set(kind, f);
+    }
+    return f;
+  }
+}
+
+/** Exit code for a set of findings: notices never count; with --repair, 1 if all were repaired. */
+export function exitCodeFor(findings: Finding[], repair: boolean): 0 | 1 | 4 {
+  const problems = findings.filter((f) => f.severity !== 'notice' && f.count > 0);
+  if (problems.length === 0) return 0;
+  if (!repair) return 4;
+  return problems.every((f) => (f.repaired ?? 0) >= f.count) ? 1 : 4;
+}
+
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
+}
+
+export function mbPerSecond(bytes: number, seconds: number): number {
+  return seconds > 0 ? bytes / 1e6 / seconds : 0;
+}
+
+export function renderText(r: FsckReport): string {
+  const out: string[] = [];
+  const s = r.stats;
+  out.push(`pogfs fsck ${r.volume} (${r.mode} check${r.repair ? ', repair' : ''})`);
+  out.push(
+    `${s.inodes} inodes (${s.files} files, ${s.directories} directories), ${s.entries} entries, ` +
+      `${s.blockRows} block rows, ${s.storedBlocks} stored blocks`,
+  );
+  for (const f of r.findings) {
+    const bytes = f.bytes ? ` (${formatBytes(f.bytes)})` : '';
+    const tag = f.severity === 'leak' ? ' [leak: harmless]' : f.severity === 'notice' ? ' [notice]' : '';
+    out.push(`${f.kind}: ${f.count}${bytes}${tag} - ${f.title}`);
+    for (const e of f.examples) out.push(`    ${e}`);
+    if (f.count > f.examples.length && f.examples.length > 0) out.push(`    ... (${f.count - f.examples.length} more)`);
+    if (r.repair && f.action) out.push(`  repaired ${f.repaired ?? 0} of ${f.count}: ${f.action}`);
+  }
+  if (r.mode === 'full') {
+    out.push(
+      `verified ${formatBytes(s.bytesVerified)} of block data in ${s.verifySeconds.toFixed(2)} s ` +
+        `(${mbPerSecond(s.bytesVerified, s.verifySeconds).toFixed(0)} MB/s); total ${s.seconds.toFixed(2)} s`,
+    );
+  } else out.push(`quick check (block bytes not verified) in ${s.seconds.toFixed(2)} s`);
+  const problems = r.findings.filter((f) => f.severity !== 'notice');
+  if (problems.length === 0) out.push('clean: no problems found');
+  else if (r.exitCode === 1) out.push('all problems found were repaired');
+  else if (r.repair) out.push('some problems could not be repaired');
+  else out.push(`${problems.length} kind${problems.length > 1 ? 's' : ''} of problem found; nothing was changed (run with --repair to fix them)`);
+  return out.join('\n');
+}
+
+export function renderJson(r: FsckReport): string {
+  return JSON.stringify(
+    { ...r, stats: { ...r.stats, mbPerSecond: Number(mbPerSecond(r.stats.bytesVerified, r.stats.verifySeconds).toFixed(1)) } },
+    null,
+    2,
+  );
+}
+
+/**
+ * A single status line on stderr, redrawn at most 5 times a second, only when stderr is
+ * a terminal (silent otherwise): phase, done/total, rate and time left.
+ */
+export class ProgressLine {
+  private last = 0;
+  private shown = false;
+  private phaseStart = 0;
+  private phase = '';
+
+  constructor(
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+    readonly enabled: boolean = !!process.stderr.isTTY,
+  ) {}
+
+  start(phase: string): void {
+    this.phase = phase;
+    this.phaseStart = Date.now();
+    this.last = 0;
+  }
+
+  /** `done`/`total` items; `bytes` so far for a rate in MB/s (else items/s). */
+  update(done: number, total: number, bytes?: number): void {
+    if (!this.enabled) return;
+    const t = Date.now();
+    if (t - this.last < 200) return;
+    this.last = t;
+    const secs = (t - this.phaseStart) / 1000;
+    const pct = total > 0 ? Math.min(100, (100 * done) / total) : 0;
+    const rate = bytes !== undefined ? `${mbPerSecond(bytes, secs).toFixed(0)} MB/s` : `${secs > 0 ? (done / secs).toFixed(0) : 0}/s`;
+    const eta = done > 0 && total > done ? ((total - done) * secs) / done : 0;
+    const line = `${this.phase}: ${done}/${total} (${pct.toFixed(0)}%) ${rate}, ETA ${formatEta(eta)}`;
+    this.stream.write(`\r\x1b[K${line}`);
+    this.shown = true;
+  }
+
+  clear(): void {
+    if (this.shown) this.stream.write('\r\x1b[K');
+    this.shown = false;
+  }
+}
+
+function formatEta(seconds: number): string {
+  const s = Math.round(seconds);
+  const m = Math.floor(s / 60);
+  return `${m}:${String(s % 60).padStart(2, '0')}`;
+}
+
+/** A name (bytes) for display: UTF-8 when it is valid, control and invalid bytes as \xNN. */
+export function displayName(name: Buffer): string {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(name);
+  } catch {
+    text = Array.from(name, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
+    return text;
+  }
+  return text.replace(/[\x00-\x1f\x7f\\]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
