@@ -298,7 +298,10 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
     const n = rows.get(k) ?? 0;
     if (count === n) continue;
     if (n === 0 && stored.has(k)) continue; // an orphan: reported as such below
-    findings.add('wrong-refcount', () => {
+    // Too high is what a crash leaves (references are taken before the metadata commits);
+    // too low would let a block go while files still use it.
+    const kind = count !== undefined && count > n && stored.has(k) ? 'excess-refcount' : 'wrong-refcount';
+    findings.add(kind, () => {
       const where = n > 0 ? ` (${paths.of(meta.blockRowsOf(hashOf(k))[0]?.ino ?? 0)})` : stored.has(k) ? '' : ', block absent';
       return `${short(k)}: reference count ${count ?? 'malformed'}, block rows ${n}${where}`;
     });

@@ -182,6 +182,7 @@ export async function repairVolume(state: CheckState): Promise<void> {
   all('missing-block', 'kept the files; the lost ranges read as EIO and are recorded as known damaged (restore those files from a backup)');
   all('corrupt-block', 'deleted the bad values; referenced ranges now read as EIO and are recorded as known damaged');
   all('wrong-refcount', 'rewrote reference counts from the block index');
+  all('excess-refcount', 'rewrote reference counts from the block index');
   all('orphan-block', 'deleted');
   all('wrong-nlink', `set link counts from the entries (${nlinkFixed} inodes changed)`);
   all('dangling-entry', 'removed the entries');

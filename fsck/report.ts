@@ -8,6 +8,7 @@ export type FindingKind =
   | 'missing-block'
   | 'corrupt-block'
   | 'wrong-refcount'
+  | 'excess-refcount'
   | 'orphan-block'
   | 'wrong-nlink'
   | 'dangling-entry'
@@ -30,7 +31,8 @@ export const CHECKS: readonly { kind: FindingKind; severity: Severity; title: st
   { kind: 'metadata-corrupt', severity: 'error', title: 'the metadata database fails SQLite\'s own check' },
   { kind: 'missing-block', severity: 'error', title: 'blocks referenced by files but absent from the block store' },
   { kind: 'corrupt-block', severity: 'error', title: 'stored blocks whose bytes do not match their BLAKE3 key (or whose header is invalid)' },
-  { kind: 'wrong-refcount', severity: 'error', title: 'reference counts that differ from the number of block rows' },
+  { kind: 'wrong-refcount', severity: 'error', title: 'reference counts below the number of block rows (a later delete could lose data), or malformed' },
+  { kind: 'excess-refcount', severity: 'leak', title: 'reference counts above the number of block rows (left by a crash: the block would outlive its files)' },
   { kind: 'orphan-block', severity: 'leak', title: 'stored blocks no block row references' },
   { kind: 'wrong-nlink', severity: 'error', title: 'inodes whose link count differs from the entries naming them' },
   { kind: 'dangling-entry', severity: 'error', title: 'directory entries pointing to a missing inode or sitting in a missing directory' },

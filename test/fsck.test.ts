@@ -317,7 +317,7 @@ describe('fsck: blocks', () => {
     await assertFilesIntact(path, ['/dir/shared1', '/shared2']);
   });
 
-  it('raised and lowered reference counts: wrong-refcount; repair recounts from the index', async () => {
+  it('raised and lowered reference counts: excess-refcount (a leak) and wrong-refcount; repair recounts from the index', async () => {
     const path = copyVolume();
     const x = raw(path);
     const high = x.rowsOf(golden.ino.a)[0].hash;
@@ -327,11 +327,11 @@ describe('fsck: blocks', () => {
     x.setRef(low, 1); // two rows use it
     x.refs.removeSync(gone);
     await x.close();
-    const { first } = await repairCycle(path, ['wrong-refcount', 'bad-totals']);
+    const { first } = await repairCycle(path, ['wrong-refcount', 'excess-refcount', 'bad-totals']);
     const f = finding(first, 'wrong-refcount')!;
-    assert.equal(f.count, 3);
+    assert.equal(f.count, 2);
     const text = f.examples.join('\n');
-    assert.match(text, /reference count 7, block rows 1 \(\/a\.txt\)/);
+    assert.match(finding(first, 'excess-refcount')!.examples.join('\n'), /reference count 7, block rows 1 \(\/a\.txt\)/);
     assert.match(text, /reference count 1, block rows 2 \((\/dir\/shared1|\/shared2)/);
     assert.match(text, /no reference count, block rows 1 \(\/dir\/sub\/c\.txt\)/);
     const y = raw(path);
@@ -708,7 +708,7 @@ describe('fsck: several kinds of damage at once', () => {
     x.db.prepare('UPDATE inodes SET nlink = 7 WHERE ino = ?').run(golden.ino.shared2);
     x.db.prepare('INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)').run(ROOT_INO, b('ghost'), 999999);
     await x.close();
-    const { first } = await repairCycle(path, ['missing-block', 'corrupt-block', 'wrong-refcount', 'wrong-nlink', 'dangling-entry', 'unreachable']);
+    const { first } = await repairCycle(path, ['missing-block', 'corrupt-block', 'excess-refcount', 'wrong-nlink', 'dangling-entry', 'unreachable']);
     assert.match(finding(first, 'dangling-entry')!.examples[0], /^\/ghost: points to inode #999999/);
     const checker = checkVolume; // the checker is also usable on its own
     const v2 = Volume.open(path, { readOnly: true });
