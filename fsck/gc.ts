@@ -176,3 +176,78 @@ function fsyncPath(path: string): void {
     closeSync(fd);
   }
 }
+
+export interface LiveGcResult {
+  dryRun: boolean;
+  storedBlocks: number;
+  removedBlocks: number;
+  removedBytes: number;
+  removedRawBytes: number;
+  /** Unreferenced blocks left alone because a write took them while gc ran. */
+  skippedBusy: number;
+  space: StoreSpace;
+}
+
+/**
+ * Garbage collection of a mounted volume, run by its daemon. The caller has committed
+ * every open file first; `liveKeys` tells which blocks open files and the write path still
+ * hold without a committed block row (written but not yet committed). Reference counts
+ * are not rewritten here: a count above the row count may be a write in flight.
+ *
+ * A block is deleted only if no committed row names it, nothing live holds it, and its
+ * reference count did not change between the scan and the delete (the delete runs in
+ * LMDB's single write transaction, which every new reference also goes through): so a
+ * write that deduplicates against a block while gc runs always wins.
+ */
+export async function collectGarbageLive(volume: Volume, liveKeys: () => ReadonlySet<string>, dryRun: boolean): Promise<LiveGcResult> {
+  const { meta, store } = volume;
+  const rows = new Set<string>();
+  for (const r of meta.blockRowCounts()) rows.add(r.hash.toString('latin1'));
+  const candidates: { hash: Buffer; key: string; refs: number }[] = [];
+  let storedBlocks = 0;
+  const liveAtScan = liveKeys();
+  for (const hash of store.scanHashes()) {
+    storedBlocks++;
+    const key = hash.toString('latin1');
+    if (!rows.has(key) && !liveAtScan.has(key)) candidates.push({ hash, key, refs: store.refCount(hash) });
+  }
+  let removedBlocks = 0;
+  let removedBytes = 0;
+  let removedRawBytes = 0;
+  let skippedBusy = 0;
+  const remove = () => {
+    const live = liveKeys();
+    let references = 0;
+    for (const c of candidates) {
+      if (store.refCount(c.hash) !== c.refs || live.has(c.key)) {
+        skippedBusy++;
+        continue;
+      }
+      const value = store.rawValue(c.hash);
+      if (!value) continue;
+      removedBlocks++;
+      removedBytes += value.length;
+      try {
+        removedRawBytes += decodeHeader(value).rawLength;
+      } catch {
+        removedRawBytes += Math.max(0, value.length - BLOCK_HEADER_SIZE);
+      }
+      references += c.refs;
+      if (dryRun) continue;
+      store.deleteValue(c.hash);
+      store.setRefCount(c.hash, 0);
+    }
+    if (dryRun) return;
+    const t = store.stats();
+    store.setTotals({
+      blocks: Math.max(0, t.blocks - removedBlocks),
+      uniqueBytes: Math.max(0, t.uniqueBytes - removedRawBytes),
+      storedBytes: Math.max(0, t.storedBytes - removedBytes),
+      references: Math.max(0, t.references - references),
+    });
+  };
+  if (dryRun) remove();
+  else await store.maintenance(remove);
+  return { dryRun, storedBlocks, removedBlocks, removedBytes, removedRawBytes, skippedBusy, space: store.space() };
+}
+

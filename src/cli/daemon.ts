@@ -1,9 +1,11 @@
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { collectGarbageLive } from '../../fsck/gc';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { UsageError } from './errors';
+import { serveControl } from './control-socket';
 import { fileLogger, type Logger } from './log';
 import { findMount, fuseUnmount, isStaleMount } from './mounts';
 
@@ -126,6 +128,19 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
     log.info(`mounted ${volumePath} at ${mountpoint}`);
 
+    // The daemon's working directory is its volume: it keeps no user directory busy,
+    // and the control socket's path stays short.
+    process.chdir(volumePath);
+    const control = serveControl(
+      async (req) => {
+        if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
+        await fs.quiesceForGc();
+        const result = await collectGarbageLive(volume, () => fs.liveBlockKeys(), !!req.dryRun);
+        log.info(`gc: removed ${result.removedBlocks} blocks (${result.removedBytes} bytes)${req.dryRun ? ' [dry run]' : ''}`);
+        return result;
+      },
+      (err) => log.error('control request failed', err),
+    );
     const active = session;
     const stop = (signal: string) => {
       log.info(`${signal}: unmounting`);
@@ -143,6 +158,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     o.onReady();
     await active.ended;
     log.info('session ended: committing and closing');
+    control.close();
     await fs.shutdown();
   } catch (err) {
     log.error('daemon failed', err);

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { collectGarbage, type GcResult } from '../../fsck/gc';
+import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
+import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
@@ -19,10 +20,24 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
   if (!Volume.exists(path)) throw new UsageError(`${path} is not a pogfs volume`);
   const holder = liveDaemon(path);
   if (holder) {
-    throw new UsageError(
-      `${path} is mounted at ${holder.mountpoint} (daemon pid ${holder.pid}): gc runs on an unmounted volume only for now ` +
-        `(running it through the daemon will come later); unmount it first (pogfs umount ${holder.mountpoint})`,
-    );
+    if (flags.compact) {
+      throw new UsageError(`--compact rewrites the block store file and needs the volume unmounted (pogfs umount ${holder.mountpoint})`);
+    }
+    // Mounted: the daemon does the work, so blocks being written or held open are safe.
+    process.chdir(path);
+    let live: LiveGcResult;
+    try {
+      live = await callControl<LiveGcResult>({ op: 'gc', dryRun: !!flags.dryRun });
+    } catch (err) {
+      throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
+    }
+    if (flags.json) console.log(JSON.stringify({ volume: path, mounted: holder.mountpoint, ...live }, null, 2));
+    else {
+      printRemoved(path, live, holder.mountpoint);
+      if (live.skippedBusy) console.log(`${live.skippedBusy} unreferenced blocks were taken by writes while gc ran and were kept`);
+      printSpace(live.space, false);
+    }
+    return;
   }
   let result: GcResult;
   try {
@@ -35,12 +50,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     console.log(JSON.stringify(result, null, 2));
     return;
   }
-  const would = result.dryRun ? 'would remove' : 'removed';
-  console.log(`pogfs gc ${result.volume}${result.dryRun ? ' (dry run: nothing changed)' : ''}`);
-  console.log(
-    `blocks: ${result.storedBlocks} stored, ${result.removedBlocks} unreferenced: ${would} ` +
-      `${formatBytes(result.removedBytes)} (${result.removedBytes} bytes stored, ${result.removedRawBytes} bytes of data)`,
-  );
+  printRemoved(result.volume, result);
   if (result.refsCorrected || result.staleRefs) {
     console.log(
       `reference counts: ${result.refsCorrected} ${result.dryRun ? 'would be' : ''} set to their row counts, ` +
@@ -48,11 +58,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     );
   }
   if (result.missingBlocks) console.log(`warning: ${result.missingBlocks} referenced blocks are missing from the store: run pogfs fsck`);
-  const s = result.space;
-  console.log(
-    `block store file: ${formatBytes(s.fileBytes)}, ${formatBytes(s.usedBytes)} in use, ${formatBytes(s.freeBytes)} free inside ` +
-      `(reused by new writes${result.compacted ? '' : '; --compact gives it back to the file system'})`,
-  );
+  printSpace(result.space, !!result.compacted);
   if (result.compacted) {
     const c = result.compacted;
     console.log(
@@ -61,4 +67,20 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
         : `compacted: ${formatBytes(c.beforeBytes)} -> ${formatBytes(c.afterBytes)}`,
     );
   }
+}
+
+function printRemoved(volume: string, r: Pick<GcResult, 'dryRun' | 'storedBlocks' | 'removedBlocks' | 'removedBytes' | 'removedRawBytes'>, mountpoint?: string): void {
+  const would = r.dryRun ? 'would remove' : 'removed';
+  console.log(`pogfs gc ${volume}${mountpoint ? ` (mounted at ${mountpoint}: done by its daemon)` : ''}${r.dryRun ? ' (dry run: nothing changed)' : ''}`);
+  console.log(
+    `blocks: ${r.storedBlocks} stored, ${r.removedBlocks} unreferenced: ${would} ` +
+      `${formatBytes(r.removedBytes)} (${r.removedBytes} bytes stored, ${r.removedRawBytes} bytes of data)`,
+  );
+}
+
+function printSpace(s: GcResult['space'], compacted: boolean): void {
+  console.log(
+    `block store file: ${formatBytes(s.fileBytes)}, ${formatBytes(s.usedBytes)} in use, ${formatBytes(s.freeBytes)} free inside ` +
+      `(reused by new writes${compacted ? '' : '; --compact, on an unmounted volume, gives it back to the file system'})`,
+  );
 }

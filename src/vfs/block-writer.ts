@@ -51,6 +51,11 @@ export class BlockWriter {
     return 'ok';
   }
 
+  /** Adds the keys (hash as latin1) of blocks handed over but not yet committed. */
+  collectBlockKeys(into: Set<string>): void {
+    for (const key of this.unsettled.keys()) into.add(key);
+  }
+
   /** Resolves when buffered bytes are under the limit. */
   admit(): Promise<void> | undefined {
     if (this.queuedBytes + this.inFlightBytes < this.maxBytes) return undefined;

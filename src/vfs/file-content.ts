@@ -150,6 +150,11 @@ export class FileContent {
     this.dirty = true;
   }
 
+  /** Adds the keys (hash as latin1) of every block the file's current content uses. */
+  collectBlockKeys(into: Set<string>): void {
+    for (const ref of this.blocks.values()) into.add(ref.hash.toString('latin1'));
+  }
+
   /** Bytes held in stored blocks (holes excluded), for st_blocks. */
   storedBytes(): number {
     let n = 0;

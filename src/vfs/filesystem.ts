@@ -126,6 +126,24 @@ export class PogFs implements LowLevelOps {
     this.volume.meta.barrier();
   }
 
+  /**
+   * Brings the volume to a state gc can reason about: open files committed, blocks in
+   * flight stored, released references dropped.
+   */
+  async quiesceForGc(): Promise<void> {
+    await this.commitAll();
+    await this.writer.drain();
+    await this.reclaimer.run();
+  }
+
+  /** Keys (hash as latin1) of blocks in use right now that may lack a committed block row. */
+  liveBlockKeys(): Set<string> {
+    const keys = new Set<string>();
+    this.writer.collectBlockKeys(keys);
+    for (const node of this.nodes.values()) node.content?.collectBlockKeys(keys);
+    return keys;
+  }
+
   async commitAll(): Promise<void> {
     const work: Promise<void>[] = [];
     for (const node of this.nodes.values()) if (node.content?.dirty) work.push(this.commit(node));

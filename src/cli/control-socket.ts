@@ -1,0 +1,74 @@
+import { chmodSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
+
+/**
+ * A mounted volume's daemon answers requests of other pogfs commands (gc) on a Unix
+ * socket inside the volume directory: one JSON line in, one JSON line out. The socket
+ * is created with mode 0600 in a 0700 directory, so only the volume's owner reaches it.
+ * Paths are relative to the volume directory (both sides chdir there) because socket
+ * paths are limited to 107 bytes.
+ */
+export const CONTROL_SOCKET = 'control.sock';
+const MAX_REQUEST = 64 * 1024;
+
+export interface ControlRequest {
+  op: 'gc';
+  dryRun?: boolean;
+}
+
+export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, onError: (err: unknown) => void): Server {
+  rmSync(CONTROL_SOCKET, { force: true });
+  const server = createServer((sock) => {
+    let buf = '';
+    sock.setEncoding('utf8');
+    sock.on('error', () => undefined);
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) {
+        if (buf.length > MAX_REQUEST) sock.destroy();
+        return;
+      }
+      const line = buf.slice(0, nl);
+      buf = '';
+      let req: ControlRequest;
+      try {
+        req = JSON.parse(line) as ControlRequest;
+      } catch {
+        sock.end(`${JSON.stringify({ error: 'the request is not JSON' })}\n`);
+        return;
+      }
+      handle(req).then(
+        (result) => sock.end(`${JSON.stringify({ result })}\n`),
+        (err: Error) => {
+          onError(err);
+          sock.end(`${JSON.stringify({ error: err.message })}\n`);
+        },
+      );
+    });
+  });
+  server.listen(CONTROL_SOCKET, () => chmodSync(CONTROL_SOCKET, 0o600));
+  server.on('error', onError);
+  return server;
+}
+
+/** Sends one request to the daemon of the volume in the current directory. */
+export function callControl<T>(req: ControlRequest): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(CONTROL_SOCKET);
+    let buf = '';
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write(`${JSON.stringify(req)}\n`));
+    sock.on('data', (chunk: string) => (buf += chunk));
+    sock.on('error', (err) => reject(new Error(`cannot reach the volume's daemon: ${err.message}`)));
+    sock.on('end', () => {
+      try {
+        const answer = JSON.parse(buf) as { result?: T; error?: string };
+        if (answer.error !== undefined) reject(new Error(answer.error));
+        else resolve(answer.result as T);
+      } catch {
+        reject(new Error('the daemon gave no answer'));
+      }
+    });
+  });
+}
