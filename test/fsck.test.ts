@@ -688,9 +688,9 @@ describe('fsck: what it will not check', () => {
       assert.equal(r.status, 8);
       assert.match(r.stderr, /mounted at \/somewhere .*unmount it first/);
     }
-    const g = pogfs(['gc', path]);
+    const g = pogfs(['gc', path, '--compact']);
     assert.equal(g.status, 2);
-    assert.match(g.stderr, /unmounted volume only for now .*through the daemon will come later/);
+    assert.match(g.stderr, /--compact .*needs the volume unmounted/);
   });
 });
 

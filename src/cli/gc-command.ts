@@ -13,7 +13,7 @@ export interface GcFlags {
   json?: boolean;
 }
 
-/** `pogfs gc VOLUME [--dry-run] [--compact] [--json]` on an unmounted volume. */
+/** `pogfs gc VOLUME [--dry-run] [--compact] [--json]`: directly when unmounted, through the daemon when mounted. */
 export async function gc(target: string, flags: GcFlags): Promise<void> {
   const path = resolve(target);
   if (!existsSync(path)) throw new UsageError(`no volume at ${path}`);

@@ -153,7 +153,7 @@ function program(): Command {
     });
 
   p.command('gc')
-    .description('delete blocks nothing references (unmounted volume) and show the block store\'s free space')
+    .description('delete blocks nothing references (through the daemon when mounted) and show the block store\'s free space')
     .argument('<volume>')
     .option('-n, --dry-run', 'only report what would be removed')
     .option('--compact', 'rewrite the block store compactly, giving free space back to the file system')
