@@ -138,8 +138,10 @@ export class BlockStore {
       cache: false,
       noMemInit: true,
       readOnly,
-      // Commits return when visible; `flushed` (awaited by every write below) says durable.
-      overlappingSync: true,
+      // Every commit is durable when it returns (synchronous ones included). Overlapping
+      // sync would return first and flush later, which only pays for large batches; a
+      // file being closed waits for its commit either way.
+      overlappingSync: false,
     });
     const dbOptions = { encoding: 'binary' as const, keyEncoding: 'binary' as const, compression: false, cache: false };
     this.blocks = this.env.openDB<Buffer, Buffer>({ name: 'blocks', ...dbOptions });
@@ -157,7 +159,23 @@ export class BlockStore {
    */
   async acquire(items: readonly BlockToStore[]): Promise<void> {
     if (items.length === 0) return;
-    await this.env.transaction(() => {
+    await this.env.transaction(() => this.takeReferences(items));
+    await this.env.flushed;
+  }
+
+  /**
+   * `acquire` done on the calling thread: durable when it returns. For a few small
+   * blocks (a file being closed) this saves the hand-offs to and from LMDB's writer
+   * thread, about a quarter of a millisecond per commit here; large batches should use
+   * `acquire`, which does not block the caller while the disk writes.
+   */
+  acquireSync(items: readonly BlockToStore[]): void {
+    if (items.length === 0) return;
+    this.env.transactionSync(() => this.takeReferences(items));
+  }
+
+  private takeReferences(items: readonly BlockToStore[]): void {
+    {
       const totals = this.readTotals();
       for (const { hash, data } of items) {
         const count = this.refCount(hash);
@@ -172,8 +190,7 @@ export class BlockStore {
         totals.references += 1;
       }
       this.writeTotals(totals);
-    });
-    await this.env.flushed;
+    }
   }
 
   /** Drops one reference per listed hash (a hash may repeat); a block at zero is deleted. */

@@ -6,6 +6,9 @@ import type { BlockRead, BlockStore, BlockToStore } from '../store/block-store';
  * Memory held by queued and in-flight blocks is bounded: `admit()` waits while it is
  * above the limit, which slows writers down instead of failing them.
  */
+/** Up to this much, a drain commits on the calling thread (see drain). */
+const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
+
 export class BlockWriter {
   /** Blocks handed over but not yet committed, readable meanwhile (key: hash as latin1). */
   private readonly unsettled = new Map<string, { data: Buffer; count: number }>();
@@ -64,12 +67,35 @@ export class BlockWriter {
 
   /** Resolves once every block added so far is durable in the store; rejects if a write failed. */
   async drain(): Promise<void> {
+    // A few blocks and nothing in flight (a small file being closed): commit them right
+    // here, without the round trip through LMDB's writer thread.
+    if (this.pending.size === 0 && this.queue.length > 0 && this.queuedBytes <= SYNC_COMMIT_MAX_BYTES) {
+      const batch = this.queue;
+      this.queue = [];
+      this.queuedBytes = 0;
+      this.scheduled = false;
+      try {
+        this.store.acquireSync(batch);
+      } finally {
+        this.settle(batch);
+      }
+      return;
+    }
     this.submit();
     while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
     if (this.failure) {
       const err = this.failure;
       this.failure = undefined;
       throw err;
+    }
+  }
+
+  /** The batch is committed (or failed): its blocks are the store's to serve now. */
+  private settle(batch: readonly BlockToStore[]): void {
+    for (const { hash } of batch) {
+      const key = hash.toString('latin1');
+      const u = this.unsettled.get(key);
+      if (u && --u.count === 0) this.unsettled.delete(key);
     }
   }
 
@@ -87,11 +113,7 @@ export class BlockWriter {
         this.failure = err;
       })
       .finally(() => {
-        for (const { hash } of batch) {
-          const key = hash.toString('latin1');
-          const u = this.unsettled.get(key);
-          if (u && --u.count === 0) this.unsettled.delete(key);
-        }
+        this.settle(batch);
         this.inFlightBytes -= bytes;
         this.pending.delete(p);
         if (this.queuedBytes + this.inFlightBytes < this.maxBytes) {
