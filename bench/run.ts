@@ -9,12 +9,16 @@
  * Workloads: sequential write of 1 GiB of unique data, sequential read of it (page
  * cache warm, and cold after drop_caches), 1 GiB of data that is all duplicates, and
  * `tar x` of a tree of about 20,000 small files.
- * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files.
+ * pogfs runs twice: with the default durability (close after write is durable: two
+ * fsyncs per written file) and with --no-sync-on-close. Then fsck and gc (bench/fsck.ts).
+ * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
+ * POGFS_BENCH_FILES the tar tree, POGFS_BENCH_FSCK_FILES the fsck volume (0 skips it).
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { benchFsck, printFsck } from './fsck';
 
 const ROOT = resolve(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -65,16 +69,19 @@ async function memfs(dir: string): Promise<Target> {
   };
 }
 
-async function pogfs(work: string): Promise<Target> {
-  const vol = join(work, 'vol');
-  const dir = join(work, 'pogfs-mnt');
+const POGFS = `'${process.execPath}' '${CLI}'`;
+
+async function pogfs(work: string, syncOnClose: boolean): Promise<Target> {
+  const tag = syncOnClose ? 'sync' : 'nosync';
+  const vol = join(work, `vol-${tag}`);
+  const dir = join(work, `pogfs-mnt-${tag}`);
   mkdirSync(dir);
-  sh(`'${process.execPath}' '${CLI}' init '${vol}'`);
-  sh(`'${process.execPath}' '${CLI}' mount '${vol}' '${dir}'`);
+  sh(`${POGFS} init '${vol}'`);
+  sh(`${POGFS} mount '${vol}' '${dir}'${syncOnClose ? '' : ' --no-sync-on-close'}`);
   return {
-    name: 'pogfs',
+    name: syncOnClose ? 'pogfs' : 'pogfs no-sync-on-close',
     dir,
-    stop: async () => void sh(`'${process.execPath}' '${CLI}' umount '${dir}'`),
+    stop: async () => void sh(`${POGFS} umount '${dir}'`),
   };
 }
 
@@ -158,7 +165,8 @@ async function main(): Promise<void> {
       ['tmpfs', async () => tmpfs(join(work, 'tmpfs'))],
       ['backing disk', async () => ({ name: 'backing disk', dir: backing, stop: async () => undefined })],
       ['memfs', () => memfs(join(work, 'memfs-mnt'))],
-      ['pogfs', () => pogfs(work)],
+      ['pogfs', () => pogfs(work, true)],
+      ['pogfs --no-sync-on-close', () => pogfs(work, false)],
     ];
     for (const [label, start] of runs) {
       process.stdout.write(`measuring ${label}...\n`);
@@ -172,7 +180,10 @@ async function main(): Promise<void> {
       }
     }
     print(rows, entries);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows }, null, 2));
+    const fsckFiles = Number(process.env.POGFS_BENCH_FSCK_FILES ?? 50000);
+    const fsck = fsckFiles > 0 ? benchFsck(work, POGFS, fsckFiles, MIB) : undefined;
+    if (fsck) printFsck(fsck);
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);
@@ -181,7 +192,7 @@ async function main(): Promise<void> {
 }
 
 function print(rows: Row[], entries: number): void {
-  const get = (name: string) => rows.find((r) => r.target.startsWith(name));
+  const get = (name: string) => rows.find((r) => r.target === name || r.target.startsWith(`${name} (`));
   const ceiling = get('memfs');
   const tmp = get('tmpfs');
   const pog = get('pogfs');
@@ -196,8 +207,13 @@ function print(rows: Row[], entries: number): void {
   if (!ceiling || !tmp || !pog) return;
   const ratio = (a: number, b: number) => (a / b).toFixed(2);
   console.log(`pogfs / FUSE ceiling: seq write ${ratio(pog.seqWrite, ceiling.seqWrite)} (target >= 0.4), warm read ${ratio(pog.seqReadWarm, ceiling.seqReadWarm)} (target >= 0.6), cold read ${ratio(pog.seqReadCold, ceiling.seqReadCold)}, dup write ${ratio(pog.dupWrite, ceiling.seqWrite)}`);
-  console.log(`tar x time / tmpfs: pogfs ${ratio(pog.tarSeconds, tmp.tarSeconds)}x (target <= 25), memfs ${ratio(ceiling.tarSeconds, tmp.tarSeconds)}x`);
-  const disk = get('backing');
+  const fast = get('pogfs no-sync-on-close');
+  console.log(
+    `tar x time / tmpfs: pogfs ${ratio(pog.tarSeconds, tmp.tarSeconds)}x (target <= 25)` +
+      (fast ? `, pogfs --no-sync-on-close ${ratio(fast.tarSeconds, tmp.tarSeconds)}x` : '') +
+      `, memfs ${ratio(ceiling.tarSeconds, tmp.tarSeconds)}x`,
+  );
+  const disk = get('backing disk');
   if (disk) console.log(`pogfs / backing disk: seq write ${ratio(pog.seqWrite, disk.seqWrite)}, tar x time ${ratio(pog.tarSeconds, disk.tarSeconds)}x`);
 }
 
