@@ -4,6 +4,7 @@
  * slower than that read, and `--quick` under a tenth of it.
  */
 import { execFileSync } from 'node:child_process';
+import { dropCaches, seconds, sh } from './shell';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -17,19 +18,8 @@ export interface FsckBench {
   gcSeconds: number;
 }
 
-function sh(cmd: string): string {
-  return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 26 });
-}
 
-function timed(cmd: string): number {
-  const t = process.hrtime.bigint();
-  sh(cmd);
-  return Number(process.hrtime.bigint() - t) / 1e9;
-}
 
-function coldCaches(): void {
-  sh('sync; echo 3 > /proc/sys/vm/drop_caches');
-}
 
 export function benchFsck(work: string, pogfs: string, files: number, totalMiB: number): FsckBench {
   const vol = join(work, 'fsck-vol');
@@ -50,17 +40,17 @@ for i in range(n):
 `;
     execFileSync('python3', ['-c', script]);
     const bytes = Number(sh(`du -sb --apparent-size '${mnt}' | cut -f1`).trim());
-    coldCaches();
-    const catSeconds = timed(`find '${mnt}' -type f -print0 | xargs -0 cat > /dev/null`);
+    dropCaches();
+    const catSeconds = seconds(`find '${mnt}' -type f -print0 | xargs -0 cat > /dev/null`);
     sh(`${pogfs} umount '${mnt}'`);
-    coldCaches();
+    dropCaches();
     const t = process.hrtime.bigint();
     const report = JSON.parse(sh(`${pogfs} fsck '${vol}' --json; true`)) as { stats: { mbPerSecond: number } };
     const fsckSeconds = Number(process.hrtime.bigint() - t) / 1e9;
-    coldCaches();
-    const quickSeconds = timed(`${pogfs} fsck '${vol}' --quick --json > /dev/null; true`);
-    coldCaches();
-    const gcSeconds = timed(`${pogfs} gc '${vol}' --json > /dev/null`);
+    dropCaches();
+    const quickSeconds = seconds(`${pogfs} fsck '${vol}' --quick --json > /dev/null; true`);
+    dropCaches();
+    const gcSeconds = seconds(`${pogfs} gc '${vol}' --json > /dev/null`);
     return { files, bytes, catSeconds, fsckSeconds, fsckMBps: report.stats.mbPerSecond, quickSeconds, gcSeconds };
   } finally {
     sh(`grep -q ' ${mnt} ' /proc/mounts && ${pogfs} umount '${mnt}' || true`);

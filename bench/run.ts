@@ -19,6 +19,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { benchFsck, printFsck } from './fsck';
+import { dropCaches, seconds, sh } from './shell';
 
 const ROOT = resolve(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -26,19 +27,8 @@ const MEMFS = join(ROOT, 'dist', 'bench', 'memfs.js');
 const MIB = Number(process.env.POGFS_BENCH_MIB ?? 1024);
 const TREE_FILES = Number(process.env.POGFS_BENCH_FILES ?? 20000);
 
-function sh(cmd: string): string {
-  return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 26 });
-}
 
-function seconds(cmd: string): number {
-  const t = process.hrtime.bigint();
-  sh(cmd);
-  return Number(process.hrtime.bigint() - t) / 1e9;
-}
 
-function dropCaches(): void {
-  sh('sync; echo 3 > /proc/sys/vm/drop_caches');
-}
 
 interface Target {
   name: string;

@@ -1,6 +1,7 @@
 import { BLOCK_HEADER_SIZE, decodeHeader, encodeBlock } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
-import { now } from '../src/vfs/time';
+import { newInode } from '../src/meta/meta-db';
+import { now, type Timespec } from '../src/vfs/time';
 import { LOST_FOUND, ROOT_INO, hashOf, isDir, isReg, type CheckState } from './checker';
 
 /**
@@ -75,18 +76,10 @@ export async function repairVolume(state: CheckState): Promise<void> {
   let nlinkFixed = 0;
   meta.durableTransaction(() => {
     const t = now();
-    const times = { atime_s: t.s, atime_ns: t.ns, mtime_s: t.s, mtime_ns: t.ns, ctime_s: t.s, ctime_ns: t.ns };
     if (plan.rootMissing) {
       meta.insertInodeWithIno({
         ino: ROOT_INO,
-        mode: 0o040755,
-        uid: process.getuid?.() ?? 0,
-        gid: process.getgid?.() ?? 0,
-        nlink: 2,
-        size: 0,
-        rdev: 0,
-        stored_bytes: 0,
-        ...times,
+        ...newInode({ mode: 0o040755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, nlink: 2 }, t),
       });
     }
     for (const ino of plan.dead) meta.deleteInode(ino);
@@ -94,7 +87,7 @@ export async function repairVolume(state: CheckState): Promise<void> {
     for (const e of plan.dropEntries) meta.removeEntry(e.parent, e.name);
 
     if (plan.tops.length > 0 && !plan.rootBroken) {
-      const lf = lostAndFound(state, times);
+      const lf = lostAndFound(state, t);
       for (const ino of plan.tops) {
         let name = Buffer.from(`#${ino}`);
         for (let k = 1; meta.lookup(lf, name) !== undefined; k++) name = Buffer.from(`#${ino}.${k}`);
@@ -222,7 +215,7 @@ function safeRawLength(value: Buffer): number {
 /** The /lost+found directory (mode 0700, owned like the root), created when missing. */
 function lostAndFound(
   state: CheckState,
-  times: { atime_s: number; atime_ns: number; mtime_s: number; mtime_ns: number; ctime_s: number; ctime_ns: number },
+  t: Timespec,
 ): number {
   const meta = state.volume.meta;
   for (let k = 0; ; k++) {
@@ -234,9 +227,9 @@ function lostAndFound(
       continue;
     }
     const root = meta.getInode(ROOT_INO)!;
-    const ino = meta.insertInode({ mode: 0o040700, uid: root.uid, gid: root.gid, nlink: 2, size: 0, rdev: 0, stored_bytes: 0, ...times });
+    const ino = meta.insertInode(newInode({ mode: 0o040700, uid: root.uid, gid: root.gid, nlink: 2 }, t));
     meta.addEntry(ROOT_INO, name, ino);
-    meta.updateInode({ ...root, mtime_s: times.mtime_s, mtime_ns: times.mtime_ns, ctime_s: times.ctime_s, ctime_ns: times.ctime_ns });
+    meta.updateInode({ ...root, mtime_s: t.s, mtime_ns: t.ns, ctime_s: t.s, ctime_ns: t.ns });
     return ino;
   }
 }

@@ -31,6 +31,28 @@ export interface InodeRow {
 
 export type NewInode = Omit<InodeRow, 'ino'>;
 
+/** A fresh inode row: all three times set to `t`, nothing stored yet. */
+export function newInode(
+  f: { mode: number; uid: number; gid: number; nlink: number; size?: number; rdev?: number },
+  t: { s: number; ns: number },
+): NewInode {
+  return {
+    mode: f.mode,
+    uid: f.uid,
+    gid: f.gid,
+    nlink: f.nlink,
+    size: f.size ?? 0,
+    rdev: f.rdev ?? 0,
+    atime_s: t.s,
+    atime_ns: t.ns,
+    mtime_s: t.s,
+    mtime_ns: t.ns,
+    ctime_s: t.s,
+    ctime_ns: t.ns,
+    stored_bytes: 0,
+  };
+}
+
 export interface DirRow {
   name: Buffer;
   ino: number;

@@ -10,7 +10,7 @@ import type {
   StatFs,
 } from '../fuse/types';
 import { SetAttrValid } from '../fuse/types';
-import type { InodeRow, NewInode } from '../meta/meta-db';
+import { newInode, type InodeRow } from '../meta/meta-db';
 import { BlockWriter } from './block-writer';
 import { E, FsError, fail } from './errors';
 import { FileContent } from './file-content';
@@ -617,21 +617,10 @@ export class PogFs implements LowLevelOps {
     // subdirectories inherit the bit (as ext4 does).
     const sgid = (dir.row.mode & S_ISGID) !== 0;
     if (sgid && isDir(mode)) mode |= S_ISGID;
-    const fresh: NewInode = {
-      mode,
-      uid: ctx.uid,
-      gid: sgid ? dir.row.gid : ctx.gid,
-      nlink: isDir(mode) ? 2 : 1,
-      size: target ? target.length : 0,
-      rdev,
-      atime_s: t.s,
-      atime_ns: t.ns,
-      mtime_s: t.s,
-      mtime_ns: t.ns,
-      ctime_s: t.s,
-      ctime_ns: t.ns,
-      stored_bytes: 0,
-    };
+    const fresh = newInode(
+      { mode, uid: ctx.uid, gid: sgid ? dir.row.gid : ctx.gid, nlink: isDir(mode) ? 2 : 1, size: target?.length, rdev },
+      t,
+    );
     const ino = meta.transaction(() => {
       const id = meta.insertInode(fresh);
       meta.addEntry(parent, name, id);

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { MetaDb, MetadataError, type Superblock } from '../meta/meta-db';
+import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
 import { BlockStore } from '../store/block-store';
 import { HASH_ALGORITHM } from '../store/hash';
 import { now } from './time';
@@ -53,21 +53,7 @@ export class Volume {
     const meta = MetaDb.create(join(dir, VolumeFiles.meta), {
       blockSize,
       hashAlgorithm: HASH_ALGORITHM,
-      root: {
-        mode: 0o040755,
-        uid: process.getuid?.() ?? 0,
-        gid: process.getgid?.() ?? 0,
-        nlink: 2,
-        size: 0,
-        rdev: 0,
-        atime_s: t.s,
-        atime_ns: t.ns,
-        mtime_s: t.s,
-        mtime_ns: t.ns,
-        ctime_s: t.s,
-        ctime_ns: t.ns,
-        stored_bytes: 0,
-      },
+      root: newInode({ mode: 0o040755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, nlink: 2 }, t),
     });
     const store = BlockStore.open(join(dir, VolumeFiles.blocks));
     return new Volume(dir, meta, store, meta.superblock());
