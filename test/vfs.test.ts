@@ -22,6 +22,12 @@ function errno(fn: () => unknown): Promise<number | undefined> {
   })();
 }
 
+/** What the kernel sends on close: flush, then release. */
+async function close(fs: { flush(ino: number, fh: number): Promise<void>; release(ino: number, fh: number, flags: number): void }, ino: number, fh: number): Promise<void> {
+  await fs.flush(ino, fh);
+  fs.release(ino, fh, 0);
+}
+
 function setattr(valid: number, fields: Partial<SetAttr>): SetAttr {
   return {
     valid,
@@ -49,8 +55,7 @@ describe('PogFs files', () => {
     fs.write(f.attr.ino, f.fh, b('XYZ'), 4095, root); // straddles blocks 0 and 1
     data.write('XYZ', 4095, 'latin1');
     assert.ok(fs.read(f.attr.ino, f.fh, 20000, 0).equals(data));
-    await fs.flush(f.attr.ino, f.fh);
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     const t2 = await t.reopen();
     const o = t2.fs.open(f.attr.ino, 0, root);
     assert.ok(t2.fs.read(f.attr.ino, o.fh, 20000, 0).equals(data));
@@ -69,7 +74,7 @@ describe('PogFs files', () => {
     assert.ok(a.blocks <= 256, `a sparse 1 TiB file holds ${a.blocks} sectors`);
     assert.ok(fs.read(f.attr.ino, f.fh, 4096, 1024 ** 3).equals(Buffer.alloc(4096)));
     assert.equal(fs.read(f.attr.ino, f.fh, 10, TiB - 3).toString(), 'end');
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     assert.ok(t.volume.store.stats().uniqueBytes < 200 * 1024);
     await t.close();
   });
@@ -79,7 +84,7 @@ describe('PogFs files', () => {
     const { fs } = t;
     const f = fs.create(ROOT_INO, b('zeros'), 0o644, O_RDWR, root);
     fs.write(f.attr.ino, f.fh, Buffer.alloc(1024 * 1024), 0, root);
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     assert.equal(t.volume.store.stats().blocks, 0);
     assert.equal(fs.getattr(f.attr.ino, undefined, root).size, 1024 * 1024);
     await t.close();
@@ -98,7 +103,7 @@ describe('PogFs files', () => {
     assert.equal(got.length, 9000);
     assert.ok(got.subarray(0, 5000).equals(Buffer.alloc(5000, 0x61)));
     assert.ok(got.subarray(5000).equals(Buffer.alloc(4000)));
-    await fs.release(ino, f.fh, 0);
+    await close(fs, ino, f.fh);
     // truncate(2) on a closed file is committed at once
     await fs.setattr(ino, setattr(SetAttrValid.SIZE, { size: 0 }), undefined, root);
     const t2 = await t.reopen();
@@ -115,8 +120,8 @@ describe('PogFs files', () => {
     assert.equal(fs.read(f.attr.ino, g.fh, 10, 0).toString(), 'one');
     fs.write(f.attr.ino, g.fh, b('TWO'), 3, root);
     assert.equal(fs.read(f.attr.ino, f.fh, 10, 0).toString(), 'oneTWO');
-    await fs.release(f.attr.ino, f.fh, 0);
-    await fs.release(f.attr.ino, g.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
+    await close(fs, f.attr.ino, g.fh);
     await t.close();
   });
 
@@ -127,8 +132,7 @@ describe('PogFs files', () => {
     for (const name of ['a', 'b']) {
       const f = fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
       fs.write(f.attr.ino, f.fh, data, 0, root);
-      await fs.flush(f.attr.ino, f.fh);
-      await fs.release(f.attr.ino, f.fh, 0);
+      await close(fs, f.attr.ino, f.fh);
       fs.forget(f.attr.ino, 1);
     }
     assert.equal(volume.store.stats().blocks, 8);
@@ -153,7 +157,7 @@ describe('PogFs files', () => {
     fs.rmdir(ROOT_INO, b('d'), root); // its directory can go too: no hidden placeholder
     assert.ok(fs.read(f.attr.ino, f.fh, 400000, 0).equals(data));
     assert.equal(fs.getattr(f.attr.ino, undefined, root).nlink, 0);
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     fs.forget(f.attr.ino, 1);
     await new Promise((r) => setTimeout(r, 10));
     await fs.reclaimer.run();
@@ -394,7 +398,7 @@ describe('PogFs attributes and xattrs', () => {
     const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
     const data = randomBytes(131072 * 2);
     fs.write(f.attr.ino, f.fh, data, 0, root);
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     const rows = volume.meta.listBlocks(f.attr.ino);
     assert.equal(rows.length, 2);
     for (const r of rows) {
@@ -421,7 +425,7 @@ describe('PogFs block accounting and damage', () => {
     const { fs } = t;
     const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
     fs.write(f.attr.ino, f.fh, randomBytes(300000), 0, root);
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     fs.forget(f.attr.ino, 1);
     await fs.setattr(f.attr.ino, setattr(SetAttrValid.MODE, { mode: 0o600 }), undefined, root);
     assert.equal(fs.getattr(f.attr.ino, undefined, root).blocks, Math.ceil(300000 / 512));
@@ -437,7 +441,7 @@ describe('PogFs block accounting and damage', () => {
     const f = fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
     const data = randomBytes(2 * 131072);
     fs.write(f.attr.ino, f.fh, data, 0, root);
-    await fs.release(f.attr.ino, f.fh, 0);
+    await close(fs, f.attr.ino, f.fh);
     const [first] = volume.meta.listBlocks(f.attr.ino);
     // Swap in other bytes under the same key, as a bad disk would.
     const other = randomBytes(131072);
@@ -447,7 +451,7 @@ describe('PogFs block accounting and damage', () => {
     assert.equal(await errno(() => fs.read(f.attr.ino, o.fh, 4096, 0)), E.EIO);
     assert.ok(fs.read(f.attr.ino, o.fh, 131072, 131072).equals(data.subarray(131072)));
     assert.ok(quietLog.errors.some((l) => /corrupt/.test(l) && l.includes(`inode ${f.attr.ino}`)));
-    await fs.release(f.attr.ino, o.fh, 0);
+    await close(fs, f.attr.ino, o.fh);
     await t.close();
   });
 });

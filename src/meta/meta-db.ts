@@ -130,10 +130,11 @@ export class MetaDb {
         `INSERT INTO inodes (ino, mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
          VALUES (@ino, @mode, @uid, @gid, @nlink, @size, @rdev, @atime_s, @atime_ns, @mtime_s, @mtime_ns, @ctime_s, @ctime_ns, @stored_bytes)`,
       ),
+      // Positional parameters: binding 14 named ones from an object costs several times more,
+      // and this runs for every attribute change.
       updateInode: db.prepare(
-        `UPDATE inodes SET mode=@mode, uid=@uid, gid=@gid, nlink=@nlink, size=@size, rdev=@rdev,
-         atime_s=@atime_s, atime_ns=@atime_ns, mtime_s=@mtime_s, mtime_ns=@mtime_ns, ctime_s=@ctime_s, ctime_ns=@ctime_ns,
-         stored_bytes=@stored_bytes WHERE ino=@ino`,
+        `UPDATE inodes SET mode=?, uid=?, gid=?, nlink=?, size=?, rdev=?,
+         atime_s=?, atime_ns=?, mtime_s=?, mtime_ns=?, ctime_s=?, ctime_ns=?, stored_bytes=? WHERE ino=?`,
       ),
       deleteInode: db.prepare('DELETE FROM inodes WHERE ino = ?'),
       deleteSymlink: db.prepare('DELETE FROM symlinks WHERE ino = ?'),
@@ -275,8 +276,11 @@ export class MetaDb {
     return Number(this.s.insertInode.run(row).lastInsertRowid);
   }
 
-  updateInode(row: InodeRow): void {
-    this.s.updateInode.run(row);
+  updateInode(r: InodeRow): void {
+    this.s.updateInode.run(
+      r.mode, r.uid, r.gid, r.nlink, r.size, r.rdev,
+      r.atime_s, r.atime_ns, r.mtime_s, r.mtime_ns, r.ctime_s, r.ctime_ns, r.stored_bytes, r.ino,
+    );
   }
 
   /** Deletes an inode and everything it owns; returns the block hashes it referenced. */

@@ -12,6 +12,14 @@ export class FsError extends Error {
   }
 }
 
+/**
+ * Throws the errno. No stack trace is taken: these are answers (ENOENT for every name
+ * that does not exist yet), not bugs, and capturing a stack costs more than the lookup.
+ */
 export function fail(errno: number, message?: string): never {
-  throw new FsError(errno, message);
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  const err = new FsError(errno, message);
+  Error.stackTraceLimit = limit;
+  throw err;
 }

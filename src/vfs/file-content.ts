@@ -3,7 +3,6 @@ import { hashBlock } from '../store/hash';
 import type { BlockRead } from '../store/block-store';
 import type { BlockWriter } from './block-writer';
 import { E, FsError } from './errors';
-import type { Reclaimer } from './reclaimer';
 
 /** A block of the file as the block index knows it. */
 interface BlockRef {
@@ -11,7 +10,18 @@ interface BlockRef {
   len: number;
 }
 
-/** A block being written: a full-size buffer whose bytes past `len` are zero. */
+/** What one file's commit writes: block rows, the size, and the references it then drops. */
+export interface PreparedCommit {
+  rows: Map<number, BlockRef | undefined>;
+  releases: Buffer[];
+  size: number;
+  stored: number;
+}
+
+/**
+ * A block being written. `buf` holds its first bytes and grows as writes reach further
+ * (a 1 KiB file must not cost a 128 KiB allocation); bytes past `len` are zero.
+ */
 interface PendingBlock {
   buf: Buffer;
   len: number;
@@ -42,7 +52,8 @@ export class FileContent {
   private readonly changed = new Set<number>();
   /** References to drop once the next commit is durable. */
   private toRelease: Buffer[] = [];
-  private committing: Promise<void> = Promise.resolve();
+  /** The commit round this file is part of, if any (set by the Committer). */
+  committing: Promise<void> = Promise.resolve();
   /** Size as last committed: what an attribute-only update may persist (row.size is live). */
   committedSize: number;
   /** True when something differs from what is committed. */
@@ -53,7 +64,6 @@ export class FileContent {
     private readonly blockSize: number,
     private readonly meta: MetaDb,
     private readonly writer: BlockWriter,
-    private readonly reclaimer: Reclaimer,
     private readonly log: ContentLog,
   ) {
     for (const b of meta.listBlocks(row.ino)) this.blocks.set(b.idx, { hash: b.hash, len: b.len });
@@ -76,7 +86,8 @@ export class FileContent {
       const at = blockStart + from - offset;
       const p = this.pending.get(idx);
       if (p) {
-        p.buf.copy(out, at, from, to);
+        const copied = from < p.buf.length ? p.buf.copy(out, at, from, Math.min(to, p.buf.length)) : 0;
+        if (copied < to - from) out.fill(0, at + copied, at + to - from);
         continue;
       }
       const ref = this.blocks.get(idx);
@@ -103,14 +114,14 @@ export class FileContent {
         this.seal(idx, data.subarray(blockStart - offset, blockStart - offset + B));
         continue;
       }
-      const p = this.pendingBlock(idx);
+      const p = this.pendingBlock(idx, to);
       data.copy(p.buf, from, blockStart + from - offset, blockStart + to - offset);
       if (to > p.len) p.len = to;
       // A write that reaches the end of a block is sequential enough: seal it now so
       // hashing and storing overlap with the writes that follow.
       if (to === B) {
         this.pending.delete(idx);
-        this.seal(idx, p.buf);
+        this.seal(idx, p.buf.subarray(0, p.len));
       }
     }
     if (end > this.row.size) this.row.size = end;
@@ -140,7 +151,7 @@ export class FileContent {
           p.buf.fill(0, cut);
           p.len = cut;
         } else if (!p && ref && ref.len > cut) {
-          const loaded = this.pendingBlock(idx);
+          const loaded = this.pendingBlock(idx, cut);
           loaded.buf.fill(0, cut);
           loaded.len = cut;
         }
@@ -164,14 +175,36 @@ export class FileContent {
   }
 
   /**
-   * Makes the content durable: seals pending blocks, waits for the store, then commits
-   * the block index, size and `extra` (the rest of the inode row) in one durable
-   * transaction. Commits of one file run one after another.
+   * Starts a commit (the Committer's first step, synchronous): seals pending blocks and
+   * takes what differs from the committed state. Undefined when nothing does.
    */
-  commit(persistRow: () => void): Promise<void> {
-    const run = this.committing.then(() => this.commitNow(persistRow));
-    this.committing = run.catch(() => undefined);
-    return run;
+  prepareCommit(): PreparedCommit | undefined {
+    if (!this.dirty) return undefined;
+    this.sealAll();
+    const rows = new Map<number, BlockRef | undefined>();
+    for (const idx of this.changed) rows.set(idx, this.blocks.get(idx));
+    this.changed.clear();
+    const releases = this.toRelease;
+    this.toRelease = [];
+    this.dirty = false;
+    return { rows, releases, size: this.row.size, stored: this.storedBytes() };
+  }
+
+  /** Writes a prepared commit's rows; runs inside the Committer's transaction, after the blocks are durable. */
+  applyCommit(p: PreparedCommit): void {
+    for (const [idx, ref] of p.rows) {
+      if (ref) this.meta.setBlock(this.row.ino, idx, ref.hash, ref.len);
+      else this.meta.deleteBlock(this.row.ino, idx);
+    }
+    this.committedSize = p.size;
+    this.row.stored_bytes = p.stored;
+  }
+
+  /** The commit failed before it was durable: put the work back so a later one retries it. */
+  abortCommit(p: PreparedCommit): void {
+    for (const idx of p.rows.keys()) if (!this.changed.has(idx)) this.changed.add(idx);
+    this.toRelease = p.releases.concat(this.toRelease);
+    this.dirty = true;
   }
 
   /** Everything the file references, committed or not: released when the inode is freed. */
@@ -191,44 +224,20 @@ export class FileContent {
     return released;
   }
 
-  private async commitNow(persistRow: () => void): Promise<void> {
-    if (!this.dirty) return;
-    this.sealAll();
-    const snapshot = new Map<number, BlockRef | undefined>();
-    for (const idx of this.changed) snapshot.set(idx, this.blocks.get(idx));
-    this.changed.clear();
-    const releases = this.toRelease;
-    this.toRelease = [];
-    const size = this.row.size;
-    const stored = this.storedBytes();
-    this.dirty = false;
-    try {
-      await this.writer.drain();
-      this.meta.durableTransaction(() => {
-        for (const [idx, ref] of snapshot) {
-          if (ref) this.meta.setBlock(this.row.ino, idx, ref.hash, ref.len);
-          else this.meta.deleteBlock(this.row.ino, idx);
-        }
-        this.committedSize = size;
-        this.row.stored_bytes = stored;
-        persistRow();
-      });
-    } catch (err) {
-      // Nothing was committed: put the work back so a later commit retries it.
-      for (const idx of snapshot.keys()) this.changed.add(idx);
-      this.toRelease = releases.concat(this.toRelease);
-      this.dirty = true;
-      throw err;
-    }
-    this.reclaimer.release(releases);
-  }
-
-  private pendingBlock(idx: number): PendingBlock {
+  /** The pending block `idx`, loaded from the store if it exists, with room for `need` bytes. */
+  private pendingBlock(idx: number, need: number): PendingBlock {
     let p = this.pending.get(idx);
-    if (p) return p;
+    if (p) {
+      if (p.buf.length < need) {
+        const grown = Buffer.alloc(Math.min(this.blockSize, Math.max(need, p.buf.length * 2)));
+        p.buf.copy(grown, 0, 0, p.len);
+        p.buf = grown;
+      }
+      return p;
+    }
     const ref = this.blocks.get(idx);
     if (!ref) {
-      p = { buf: Buffer.alloc(this.blockSize), len: 0 };
+      p = { buf: Buffer.alloc(Math.min(this.blockSize, Math.max(need, 4096))), len: 0 };
     } else {
       const buf = Buffer.allocUnsafe(this.blockSize);
       this.checkRead(this.writer.copyOut(ref.hash, 0, this.blockSize, buf, 0), idx, ref);
@@ -251,7 +260,7 @@ export class FileContent {
   }
 
   private sealAll(): void {
-    for (const [idx, p] of this.pending) this.seal(idx, p.len === p.buf.length ? p.buf : p.buf.subarray(0, p.len));
+    for (const [idx, p] of this.pending) this.seal(idx, p.buf.subarray(0, p.len));
     this.pending.clear();
   }
 

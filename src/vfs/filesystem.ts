@@ -12,6 +12,7 @@ import type {
 import { SetAttrValid } from '../fuse/types';
 import { newInode, type InodeRow } from '../meta/meta-db';
 import { BlockWriter } from './block-writer';
+import { Committer } from './committer';
 import { E, FsError, fail } from './errors';
 import { FileContent } from './file-content';
 import { Reclaimer } from './reclaimer';
@@ -85,6 +86,7 @@ export class PogFs implements LowLevelOps {
   private nextFh = 1;
   readonly writer: BlockWriter;
   readonly reclaimer: Reclaimer;
+  private readonly committer: Committer;
   private readonly writeback: NodeJS.Timeout;
   private securityXattrs: boolean;
 
@@ -95,6 +97,7 @@ export class PogFs implements LowLevelOps {
   ) {
     this.writer = new BlockWriter(volume.store);
     this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
+    this.committer = new Committer(volume.meta, this.writer, this.reclaimer);
     this.securityXattrs = volume.meta.anySecurityXattr();
     volume.meta.groupCommitMs = options.metadataCommitMs;
     this.writeback = setInterval(() => {
@@ -431,18 +434,27 @@ export class PogFs implements LowLevelOps {
     else this.volume.meta.barrier();
   }
 
-  async release(ino: number, fh: number, _flags?: number): Promise<void> {
+  release(ino: number, fh: number, _flags?: number): void {
     this.files.delete(fh);
     const node = this.nodes.get(ino);
     if (!node) return;
     node.opens -= 1;
     if (node.opens > 0) return;
-    try {
-      if (node.content?.dirty && node.row.nlink > 0) await this.commit(node);
-    } finally {
-      if (node.opens === 0 && !node.content?.dirty) this.dropContent(node);
+    if (!node.content?.dirty || node.row.nlink === 0) {
+      this.dropContent(node);
       this.releaseIfUnused(node);
+      return;
     }
+    // Nobody waits for this commit (a close that had to be durable was made so by its
+    // flush), so the next files' commits can join its round. The content stays in
+    // memory, readable, until it is committed; a failed commit is retried by writeback.
+    this.commit(node, false).then(
+      () => {
+        this.dropContent(node);
+        this.releaseIfUnused(node);
+      },
+      (err) => this.log.error(`committing inode ${ino} after its last close failed; writeback retries it`, err),
+    );
   }
 
   // ---- directories ----
@@ -554,7 +566,7 @@ export class PogFs implements LowLevelOps {
   private content(node: Node): FileContent {
     if (!node.content) {
       const v = this.volume;
-      node.content = new FileContent(node.row, v.blockSize, v.meta, this.writer, this.reclaimer, this.log);
+      node.content = new FileContent(node.row, v.blockSize, v.meta, this.writer, this.log);
     }
     return node.content;
   }
@@ -571,9 +583,10 @@ export class PogFs implements LowLevelOps {
     return { fh, keepCache: true };
   }
 
-  private commit(node: Node): Promise<void> {
+  /** Makes the node's content durable; `urgent` when a caller waits for that (fsync, close). */
+  private commit(node: Node, urgent = true): Promise<void> {
     if (!node.content) return Promise.resolve();
-    return node.content.commit(() => this.volume.meta.updateInode(this.persistedRow(node)));
+    return this.committer.commit(node.content, () => this.volume.meta.updateInode(this.persistedRow(node)), urgent);
   }
 
   /** Writes the inode row; a file with uncommitted content keeps its last committed size. */
