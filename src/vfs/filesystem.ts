@@ -450,6 +450,7 @@ export class PogFs implements LowLevelOps {
     // memory, readable, until it is committed; a failed commit is retried by writeback.
     this.commit(node, false).then(
       () => {
+        if (this.nodes.get(ino) !== node) return; // freed meanwhile (unlinked and forgotten)
         this.dropContent(node);
         this.releaseIfUnused(node);
       },
