@@ -3,7 +3,7 @@ import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockStoreStats } from '../src/store/block-store';
-import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
+import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader } from '../src/store/codec';
 import { HASH_LENGTH, hashBlock } from '../src/store/hash';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
 import { FindingSet, ProgressLine, displayName, type FsckStats } from './report';
@@ -252,7 +252,8 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
         try {
           if (hash.length !== HASH_LENGTH) throw new Error(`key of ${hash.length} bytes, not ${HASH_LENGTH}`);
           s.raw = decodeHeader(value).rawLength;
-          if (!hashBlock(value.subarray(BLOCK_HEADER_SIZE)).equals(hash)) throw new Error('bytes do not match their BLAKE3 key');
+          // The key is the hash of the decoded bytes: LZ4 values are decompressed first.
+          if (!hashBlock(decodeBlock(value)).equals(hash)) throw new Error('bytes do not match their BLAKE3 key');
         } catch (err) {
           s.problem = (err as Error).message;
           corrupt.push(k);

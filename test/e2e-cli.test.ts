@@ -26,7 +26,7 @@ function oneLineError(r: { status: number | null; stderr: string }, pattern: Reg
 
 describe('pogfs command line', () => {
   it('every command has --help; unknown flags are errors', () => {
-    for (const cmd of [[], ['init'], ['mount'], ['umount'], ['stats'], ['fsck'], ['gc']]) {
+    for (const cmd of [[], ['init'], ['mount'], ['umount'], ['stats'], ['fsck'], ['gc'], ['tune']]) {
       const r = pogfs([...cmd, '--help']);
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stdout, /Usage: pogfs/);

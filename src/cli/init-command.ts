@@ -1,4 +1,5 @@
-import { Volume } from '../vfs/volume';
+import type { Compression } from '../store/codec';
+import { DEFAULT_COMPRESSION, Volume } from '../vfs/volume';
 import { UsageError } from './errors';
 import { formatBytes } from './units';
 
@@ -7,11 +8,11 @@ function checkBlockSize(blockSize: number): void {
   if (!ok) throw new UsageError(`block size ${blockSize} is not a power of two between 4K and 4M`);
 }
 
-export function initVolume(path: string, blockSize: number): void {
+export function initVolume(path: string, blockSize: number, compression: Compression = DEFAULT_COMPRESSION): void {
   checkBlockSize(blockSize);
-  const v = Volume.create(path, { blockSize });
+  const v = Volume.create(path, { blockSize, compression });
   void v.close();
-  console.log(`created pogfs volume ${v.path} (block size ${formatBytes(blockSize)})`);
+  console.log(`created pogfs volume ${v.path} (block size ${formatBytes(blockSize)}, compression ${compression})`);
 }
 
 /** Creates the volume unless it exists; returns true when it was created. */

@@ -14,6 +14,7 @@ function defaultVolume(): string {
 /** Lazily loaded so `--help` and argument errors never touch native modules. */
 const commands = {
   init: () => import('./init-command'),
+  tune: () => import('./tune-command'),
   daemon: () => import('./daemon'),
   umount: () => import('./umount-command'),
   stats: () => import('./stats-command'),
@@ -103,9 +104,19 @@ function program(): Command {
     .description('create a volume directory (metadata database and block store)')
     .argument('<volume>', 'directory to create (must be new or empty)')
     .option('--block-size <size>', 'block size for deduplication, 4K to 4M, a power of two', parseSize, 128 * 1024)
-    .action(async (volume: string, opts: { blockSize: number }) => {
+    .addOption(new Option('--compression <codec>', 'compress each block (kept only when it saves 1/8)').choices(['lz4', 'none']).default('lz4'))
+    .action(async (volume: string, opts: { blockSize: number; compression: 'lz4' | 'none' }) => {
       const { initVolume } = await commands.init();
-      initVolume(volume, opts.blockSize);
+      initVolume(volume, opts.blockSize, opts.compression);
+    });
+
+  p.command('tune')
+    .description('change settings of an unmounted volume (compression applies to blocks written from then on)')
+    .argument('<volume>')
+    .addOption(new Option('--compression <codec>', 'codec for new blocks').choices(['lz4', 'none']))
+    .action(async (volume: string, opts: { compression?: 'lz4' | 'none' }) => {
+      const { tune } = await commands.tune();
+      tune(volume, opts);
     });
 
   p.command('mount')

@@ -13,6 +13,10 @@ export interface VolumeStats {
   referencedBytes: number;
   uniqueBytes: number;
   storedBytes: number;
+  /** The codec setting for new blocks ('lz4' or 'none'). */
+  compression: string;
+  /** storedBytes / uniqueBytes (1 for an empty store); below 1 when compression pays. */
+  compressionRatio: number;
   blocks: number;
   blockReferences: number;
   dedupRatio: number;
@@ -45,6 +49,8 @@ export function collectStats(target: string): VolumeStats {
       referencedBytes,
       uniqueBytes: s.uniqueBytes,
       storedBytes: s.storedBytes,
+      compression: v.compression,
+      compressionRatio: s.uniqueBytes > 0 ? s.storedBytes / s.uniqueBytes : 1,
       blocks: s.blocks,
       blockReferences: totals.blockRefs,
       dedupRatio: s.uniqueBytes > 0 ? referencedBytes / s.uniqueBytes : 1,
@@ -68,7 +74,8 @@ export function stats(target: string, json: boolean): void {
     ['logical bytes', `${formatBytes(s.logicalBytes)} (${s.logicalBytes})`],
     ['referenced bytes', `${formatBytes(s.referencedBytes)} (${s.referencedBytes}; holes excluded)`],
     ['unique bytes', `${formatBytes(s.uniqueBytes)} (${s.uniqueBytes})`],
-    ['stored bytes', `${formatBytes(s.storedBytes)} (${s.storedBytes})`],
+    ['stored bytes', `${formatBytes(s.storedBytes)} (${s.storedBytes}; headers included)`],
+    ['compression', `${s.compression} for new blocks; stored/unique ${s.compressionRatio.toFixed(3)}`],
     ['dedup ratio', `${s.dedupRatio.toFixed(2)}x`],
     ['blocks', `${s.blocks} (${s.blockReferences} references)`],
     ['block store file', formatBytes(s.blockStoreFileBytes)],

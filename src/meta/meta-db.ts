@@ -9,6 +9,8 @@ export interface Superblock {
   hash_algorithm: string;
   uuid: string;
   created_ns: bigint | number;
+  /** Codec for new blocks: 'lz4' or 'none' ('none' for volumes whose schema predates the setting). */
+  compression: string;
 }
 
 /** One inode row. Times are (seconds, nanoseconds) pairs so nanoseconds survive JS numbers. */
@@ -119,7 +121,8 @@ export class MetaDb {
     if (!options.readOnly) migrate(this.db);
     const db = this.db;
     this.s = {
-      superblock: db.prepare('SELECT magic, format_version, block_size, hash_algorithm, uuid, created_ns FROM superblock WHERE id = 1'),
+      // `*`: a read-only open does not migrate, so an older volume may lack later columns.
+      superblock: db.prepare('SELECT * FROM superblock WHERE id = 1'),
       barrier: db.prepare('UPDATE superblock SET barrier = barrier + 1 WHERE id = 1'),
       getInode: db.prepare('SELECT * FROM inodes WHERE ino = ?'),
       insertInode: db.prepare(
@@ -184,14 +187,14 @@ export class MetaDb {
   }
 
   /** Creates a new volume database with its superblock and root directory. */
-  static create(path: string, init: { blockSize: number; hashAlgorithm: string; root: NewInode }): MetaDb {
+  static create(path: string, init: { blockSize: number; hashAlgorithm: string; compression?: string; root: NewInode }): MetaDb {
     const meta = new MetaDb(path, { create: true, readOnly: false });
     meta.db.transaction(() => {
       meta.db
         .prepare(
-          'INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns) VALUES (1, ?, ?, ?, ?, ?, ?)',
+          'INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns, compression) VALUES (1, ?, ?, ?, ?, ?, ?, ?)',
         )
-        .run(VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), BigInt(Date.now()) * 1000000n);
+        .run(VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), BigInt(Date.now()) * 1000000n, init.compression ?? 'none');
       meta.s.insertInodeWithIno.run({ ino: 1, ...init.root });
     })();
     meta.barrier();
@@ -199,14 +202,29 @@ export class MetaDb {
   }
 
   superblock(): Superblock {
-    let row: Superblock | undefined;
+    let row: (Partial<Superblock> & Omit<Superblock, 'compression'>) | undefined;
     try {
-      row = this.s.superblock.get() as Superblock | undefined;
+      row = this.s.superblock.get() as typeof row;
     } catch {
       row = undefined;
     }
     if (!row) throw new MetadataError('the metadata database has no superblock: not a pogfs volume');
-    return row;
+    return {
+      magic: row.magic,
+      format_version: row.format_version,
+      block_size: row.block_size,
+      hash_algorithm: row.hash_algorithm,
+      uuid: row.uuid,
+      created_ns: row.created_ns,
+      compression: row.compression ?? 'none',
+    };
+  }
+
+  /** Sets the codec for new blocks (durable on return); existing blocks keep theirs. */
+  setCompression(compression: string): void {
+    // Prepared here, not with the others: a read-only open of an older schema lacks the column.
+    this.db.prepare('UPDATE superblock SET compression = ? WHERE id = 1').run(compression);
+    this.barrier();
   }
 
   private checkSuperblock(): void {

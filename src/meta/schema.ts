@@ -64,6 +64,11 @@ const MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX blocks_hash ON blocks(hash);
   `,
+  // 2: the codec new blocks are written with ('lz4' or 'none'). Volumes made before this
+  // keep writing raw blocks; `pogfs init` sets 'lz4' for new ones, `pogfs tune` changes it.
+  `
+  ALTER TABLE superblock ADD COLUMN compression TEXT NOT NULL DEFAULT 'none';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

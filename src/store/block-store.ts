@@ -2,7 +2,7 @@ import { open, type RootDatabase, type Database } from 'lmdb';
 import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashBlock } from './hash';
-import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader, encodeBlock } from './codec';
+import { BLOCK_HEADER_SIZE, Codec, decodeBlock, decodeHeader, encodeBlock } from './codec';
 
 /** What reading a block found: its verified bytes, nothing, or bytes that fail their hash. */
 export type BlockRead = 'ok' | 'missing' | 'corrupt';
@@ -127,7 +127,12 @@ export class BlockStore {
   private readonly refs: Database<Buffer, Buffer>;
   private readonly info: Database<Buffer, Buffer>;
 
-  private constructor(readonly path: string, readOnly: boolean) {
+  private constructor(
+    readonly path: string,
+    readOnly: boolean,
+    /** The codec new blocks are written with (encodeBlock stores raw what does not compress). */
+    readonly codec: Codec,
+  ) {
     mkdirSync(path, { recursive: true });
     this.env = open<Buffer, Buffer>({
       path,
@@ -149,8 +154,8 @@ export class BlockStore {
     this.info = this.env.openDB<Buffer, Buffer>({ name: 'info', ...dbOptions });
   }
 
-  static open(path: string, options: { readOnly?: boolean } = {}): BlockStore {
-    return new BlockStore(path, options.readOnly ?? false);
+  static open(path: string, options: { readOnly?: boolean; codec?: Codec } = {}): BlockStore {
+    return new BlockStore(path, options.readOnly ?? false, options.codec ?? Codec.Raw);
   }
 
   /**
@@ -180,7 +185,7 @@ export class BlockStore {
       for (const { hash, data } of items) {
         const count = this.refCount(hash);
         if (count === 0) {
-          const value = encodeBlock(data);
+          const value = encodeBlock(data, this.codec);
           this.blocks.put(hash, value);
           totals.blocks += 1;
           totals.uniqueBytes += data.length;

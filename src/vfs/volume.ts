@@ -2,10 +2,13 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
 import { BlockStore } from '../store/block-store';
+import { codecFor, type Compression } from '../store/codec';
 import { HASH_ALGORITHM } from '../store/hash';
 import { now } from './time';
 
 export const DEFAULT_BLOCK_SIZE = 128 * 1024;
+/** New volumes compress blocks with LZ4 unless told otherwise. */
+export const DEFAULT_COMPRESSION: Compression = 'lz4';
 
 /** Where a volume keeps its parts, relative to the volume directory. */
 export const VolumeFiles = {
@@ -37,9 +40,16 @@ export class Volume {
     return existsSync(join(path, VolumeFiles.meta));
   }
 
-  static create(path: string, options: { blockSize?: number } = {}): Volume {
+  /** The codec setting new blocks are written with ('lz4' or 'none'). */
+  get compression(): string {
+    return this.superblock.compression;
+  }
+
+  static create(path: string, options: { blockSize?: number; compression?: Compression } = {}): Volume {
     const dir = resolve(path);
     const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+    const compression = options.compression ?? DEFAULT_COMPRESSION;
+    const codec = codecFor(compression);
     if (existsSync(dir)) {
       if (!statSync(dir).isDirectory()) throw new VolumeError(`${dir} exists and is not a directory`);
       if (readdirSync(dir).length > 0) {
@@ -53,9 +63,10 @@ export class Volume {
     const meta = MetaDb.create(join(dir, VolumeFiles.meta), {
       blockSize,
       hashAlgorithm: HASH_ALGORITHM,
+      compression,
       root: newInode({ mode: 0o040755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, nlink: 2 }, t),
     });
-    const store = BlockStore.open(join(dir, VolumeFiles.blocks));
+    const store = BlockStore.open(join(dir, VolumeFiles.blocks), { codec });
     return new Volume(dir, meta, store, meta.superblock());
   }
 
@@ -83,7 +94,14 @@ export class Volume {
       meta.close();
       throw new VolumeError(`${dir}: the block store (${VolumeFiles.blocks}/) is missing`);
     }
-    const store = BlockStore.open(join(dir, VolumeFiles.blocks), options);
+    let codec;
+    try {
+      codec = codecFor(superblock.compression);
+    } catch (err) {
+      meta.close();
+      throw new VolumeError(`${dir}: ${(err as Error).message}; upgrade pogfs`);
+    }
+    const store = BlockStore.open(join(dir, VolumeFiles.blocks), { readOnly: options.readOnly, codec });
     return new Volume(dir, meta, store, superblock);
   }
 

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import type { RequestContext } from '../../src/fuse/types';
+import type { Compression } from '../../src/store/codec';
 import { PogFs } from '../../src/vfs/filesystem';
 import { Volume } from '../../src/vfs/volume';
 import { tempDir } from './tmp';
@@ -25,8 +26,9 @@ export interface TestFs {
   reopen(): Promise<TestFs>;
 }
 
-export function openFs(path: string, blockSize?: number): TestFs {
-  const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize });
+/** Opens the volume at `path`, creating it (with `blockSize` and `compression`) when absent. */
+export function openFs(path: string, blockSize?: number, compression?: Compression): TestFs {
+  const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize, compression });
   const fs = new PogFs(volume, { cacheTimeout: 60, syncOnClose: true, writebackIntervalMs: 60000, metadataCommitMs: 1000 }, quietLog);
   const t: TestFs = {
     fs,
@@ -44,8 +46,8 @@ export function openFs(path: string, blockSize?: number): TestFs {
   return t;
 }
 
-export function newFs(blockSize?: number): TestFs {
-  return openFs(join(tempDir(), 'vol'), blockSize);
+export function newFs(blockSize?: number, compression?: Compression): TestFs {
+  return openFs(join(tempDir(), 'vol'), blockSize, compression);
 }
 
 export const b = (s: string) => Buffer.from(s);
