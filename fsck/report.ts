@@ -1,3 +1,4 @@
+import { formatBytes } from '../src/format';
 /**
  * What `pogfs fsck` found and did: the finding types, the exit code they make, and their
  * text and JSON renderings. Also the one-line progress display used on a terminal.
@@ -142,16 +143,6 @@ export function exitCodeFor(findings: Finding[], repair: boolean): 0 | 1 | 4 {
   return problems.every((f) => (f.repaired ?? 0) >= f.count) ? 1 : 4;
 }
 
-function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
-}
 
 export function mbPerSecond(bytes: number, seconds: number): number {
   return seconds > 0 ? bytes / 1e6 / seconds : 0;

@@ -5,7 +5,7 @@ import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
-import { formatBytes } from './units';
+import { formatBytes } from '../format';
 
 export interface GcFlags {
   dryRun?: boolean;

@@ -1,7 +1,7 @@
 import type { Compression } from '../store/codec';
 import { DEFAULT_COMPRESSION, Volume } from '../vfs/volume';
 import { UsageError } from './errors';
-import { formatBytes } from './units';
+import { formatBytes } from '../format';
 
 function checkBlockSize(blockSize: number): void {
   const ok = blockSize >= 4096 && blockSize <= 4 * 1024 * 1024 && (blockSize & (blockSize - 1)) === 0;

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { UsageError } from './errors';
 import { findMount, isPogfsMount } from './mounts';
-import { formatBytes } from './units';
+import { formatBytes } from '../format';
 
 export interface VolumeStats {
   volume: string;
