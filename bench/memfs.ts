@@ -58,20 +58,8 @@ interface DirData {
   nextCookie: number;
 }
 
-interface Inode {
-  ino: number;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  rdev: number;
-  size: number;
-  atimeSec: number;
-  atimeNsec: number;
-  mtimeSec: number;
-  mtimeNsec: number;
-  ctimeSec: number;
-  ctimeNsec: number;
+/** The kernel's attributes (st_blocks is derived from the chunks) plus what memfs keeps. */
+interface Inode extends Omit<Attr, 'blocks'> {
   /** Kernel lookup count. */
   lookups: number;
   opens: number;

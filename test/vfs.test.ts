@@ -111,6 +111,18 @@ describe('PogFs files', () => {
     await t2.close();
   });
 
+  it('truncate(2) to the current size still records the other changes of the call', async () => {
+    const t = newFs();
+    const f = t.fs.create(ROOT_INO, b('same'), 0o644, O_RDWR, root);
+    t.fs.write(f.attr.ino, f.fh, b('abc'), 0, root);
+    await close(t.fs, f.attr.ino, f.fh);
+    await t.fs.setattr(f.attr.ino, setattr(SetAttrValid.SIZE | SetAttrValid.MTIME | SetAttrValid.MODE, { size: 3, mtimeSec: 1234, mtimeNsec: 5, mode: 0o600 }), undefined, root);
+    const t2 = await t.reopen();
+    const a = t2.fs.getattr(f.attr.ino, undefined, root);
+    assert.deepEqual([a.size, a.mtimeSec, a.mtimeNsec, a.mode & 0o7777], [3, 1234, 5, 0o600]);
+    await t2.close();
+  });
+
   it('two handles see each other’s writes at once', async () => {
     const t = newFs();
     const { fs } = t;

@@ -198,13 +198,12 @@ export class PogFs implements LowLevelOps {
         if (!(ch.valid & (SetAttrValid.MTIME | SetAttrValid.MTIME_NOW))) setTime(row, 'mtime', t);
       }
       // A truncate with no open handle is committed now: nothing else would commit it.
-      if (node.opens === 0) {
-        await this.commit(node);
-        this.dropContent(node);
-        return this.attr(node);
-      }
+      if (node.opens === 0) await this.commit(node);
     }
+    // Also after a commit: a truncate to the current size commits nothing, yet the
+    // other changes of the same call (times, mode) must reach the row.
     this.persist(node);
+    if (node.opens === 0) this.dropContent(node);
     return this.attr(node);
   }
 
