@@ -11,7 +11,9 @@
  * `tar x` of a tree of about 20,000 small files.
  * pogfs runs twice: with the default durability (close after write is durable: two
  * fsyncs per written file) and with --no-sync-on-close. Then fsck and gc (bench/fsck.ts).
- * Then compression, lz4 vs none vs borg (bench/compression.ts; POGFS_BENCH_COMPRESSION=0 skips it).
+ * Then compression, none vs lz4 per block vs lz4 with super-chunks vs borg
+ * (bench/compression.ts), and where LZ4 runs best (bench/codec-threads.ts);
+ * POGFS_BENCH_COMPRESSION=0 skips both.
  * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
  * POGFS_BENCH_FILES the tar tree, POGFS_BENCH_FSCK_FILES the fsck volume (0 skips it).
  */
@@ -19,6 +21,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { benchCodecThreads, printCodecThreads } from './codec-threads';
 import { benchCompression, printCompression } from './compression';
 import { benchFsck, printFsck } from './fsck';
 import { dropCaches, seconds, sh } from './shell';
@@ -177,7 +180,9 @@ async function main(): Promise<void> {
     if (fsck) printFsck(fsck);
     const compression = process.env.POGFS_BENCH_COMPRESSION === '0' ? undefined : benchCompression(work, POGFS);
     if (compression) printCompression(compression);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression }, null, 2));
+    const codecThreads = process.env.POGFS_BENCH_COMPRESSION === '0' ? undefined : await benchCodecThreads();
+    if (codecThreads) printCodecThreads(codecThreads);
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression, codecThreads }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);

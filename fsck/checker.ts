@@ -2,8 +2,8 @@ import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { BlockStoreStats } from '../src/store/block-store';
-import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader } from '../src/store/codec';
+import type { BlockStoreStats, ChunkInfo } from '../src/store/block-store';
+import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader, decodeLocator, isLocator, type Locator } from '../src/store/codec';
 import { HASH_LENGTH, hashBlock } from '../src/store/hash';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
 import { FindingSet, ProgressLine, displayName, type FsckStats } from './report';
@@ -85,8 +85,14 @@ export interface CheckState {
   damaged: Set<string>;
   /** Digests referenced by rows but absent from the store (and not known damaged). */
   missing: string[];
-  /** Digests whose stored value is bad. */
+  /** Digests whose stored value is bad (blocks inside a bad super-chunk included). */
   corrupt: string[];
+  /** Blocks stored inside super-chunks: digest → where. */
+  locators: Map<string, Locator>;
+  /** Stored super-chunks by id: stored size, and why the chunk is bad (undefined when good or not verified). */
+  chunks: Map<number, { stored: number; problem?: string }>;
+  /** Super-chunk bookkeeping as stored (undefined: malformed). */
+  chunkInfo: Map<number, ChunkInfo | undefined>;
   plan: TreePlan;
   findings: FindingSet;
   stats: FsckStats;
@@ -97,6 +103,8 @@ export interface CheckState {
 }
 
 const key = (hash: Buffer) => hash.toString('latin1');
+/** Files named in one corrupt-superchunk example (a chunk holds at most a few hundred blocks). */
+const MAX_FILES_PER_CHUNK = 1000;
 export const hashOf = (k: string) => Buffer.from(k, 'latin1');
 const short = (k: string) => hashOf(k).toString('hex').slice(0, 16);
 
@@ -174,6 +182,9 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
       damaged: new Set(),
       missing: [],
       corrupt: [],
+      locators: new Map(),
+      chunks: new Map(),
+      chunkInfo: new Map(),
       plan: { rootMissing: false, rootBroken: false, dead: [], strayOwners: [], dropEntries: [], tops: [] },
       findings,
       recount: { blocks: -1, uniqueBytes: -1, storedBytes: -1, references: -1 },
@@ -226,6 +237,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   // --- The stored blocks: one streaming pass (values hashed unless --quick).
   const stored = new Map<string, StoredBlock>();
   const corrupt: string[] = [];
+  const locators = new Map<string, Locator>();
   const total = store.blockCount();
   let bytesVerified = 0;
   const verifyStart = performance.now();
@@ -252,8 +264,13 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
         try {
           if (hash.length !== HASH_LENGTH) throw new Error(`key of ${hash.length} bytes, not ${HASH_LENGTH}`);
           s.raw = decodeHeader(value).rawLength;
-          // The key is the hash of the decoded bytes: LZ4 values are decompressed first.
-          if (!hashBlock(decodeBlock(value)).equals(hash)) throw new Error('bytes do not match their BLAKE3 key');
+          if (isLocator(value)) {
+            // Verified below, a chunk at a time.
+            locators.set(k, decodeLocator(value));
+          } else if (!hashBlock(decodeBlock(value)).equals(hash)) {
+            // The key is the hash of the decoded bytes: LZ4 values are decompressed first.
+            throw new Error('bytes do not match their BLAKE3 key');
+          }
         } catch (err) {
           s.problem = (err as Error).message;
           corrupt.push(k);
@@ -264,6 +281,63 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
       }
     } finally {
       stopPrefetch();
+    }
+  }
+
+  // --- Super-chunks: each decoded once, every block inside checked against its key.
+  const chunks = new Map<number, { stored: number; problem?: string }>();
+  const chunkInfo = new Map<number, ChunkInfo | undefined>();
+  for (const { chunk, info } of store.scanChunkInfo()) chunkInfo.set(chunk, info);
+  const members = new Map<number, string[]>();
+  for (const [k, loc] of locators) {
+    let list = members.get(loc.chunk);
+    if (!list) members.set(loc.chunk, (list = []));
+    list.push(k);
+  }
+  const badChunk = (chunk: number, problem: string, inside: string[]) => {
+    for (const k of inside) {
+      const s = stored.get(k)!;
+      if (s.problem) continue;
+      s.problem = `in super-chunk ${chunk}, which ${problem}`;
+      corrupt.push(k);
+    }
+  };
+  if (options.quick) {
+    progress?.start('listing super-chunks');
+    for (const { chunk, value } of store.scanChunks()) chunks.set(chunk, { stored: value.length });
+  } else {
+    progress?.start('verifying super-chunks');
+    for (const { chunk, value } of store.scanChunks()) {
+      const c: { stored: number; problem?: string } = { stored: value.length };
+      chunks.set(chunk, c);
+      bytesVerified += value.length;
+      const inside = members.get(chunk) ?? [];
+      let data: Buffer;
+      try {
+        data = decodeBlock(value);
+      } catch (err) {
+        c.problem = `does not decompress (${(err as Error).message})`;
+        badChunk(chunk, 'does not decompress', inside);
+        continue;
+      }
+      for (const k of inside) {
+        const loc = locators.get(k)!;
+        const s = stored.get(k)!;
+        if (loc.offset + loc.length > data.length) {
+          c.problem ??= `is ${data.length} bytes, shorter than its blocks say`;
+          s.problem = `past the end of super-chunk ${chunk} (${data.length} bytes)`;
+          corrupt.push(k);
+        } else if (!hashBlock(data.subarray(loc.offset, loc.offset + loc.length)).equals(hashOf(k))) {
+          s.problem = `bytes do not match their BLAKE3 key (in super-chunk ${chunk})`;
+          corrupt.push(k);
+        }
+      }
+      progress?.update(chunks.size, chunkInfo.size, bytesVerified);
+    }
+    for (const [chunk, inside] of members) {
+      if (chunks.has(chunk)) continue;
+      chunks.set(chunk, { stored: 0, problem: 'is missing' });
+      badChunk(chunk, 'is missing', inside);
     }
   }
   const verifySeconds = (performance.now() - verifyStart) / 1000;
@@ -291,7 +365,47 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
       describeRows('missing-block', k);
     }
   }
-  for (const k of corrupt) describeRows('corrupt-block', k, ` [${stored.get(k)!.problem}]`);
+  for (const k of corrupt) {
+    // Blocks of a bad super-chunk are named under the chunk's own finding.
+    if (/^in super-chunk \d+, which /.test(stored.get(k)!.problem ?? '')) continue;
+    describeRows('corrupt-block', k, ` [${stored.get(k)!.problem}]`);
+  }
+  const describeChunk = (chunk: number, problem: string, inside: string[]): string => {
+    // Every file it hurts, by path (the finding's point: what to restore).
+    const hurt: string[] = [];
+    for (const k of inside) for (const r of meta.blockRowsOf(hashOf(k))) hurt.push(`${paths.of(r.ino)} bytes ${r.idx * bs}-${r.idx * bs + r.len - 1}`);
+    const listed = hurt.slice(0, MAX_FILES_PER_CHUNK);
+    const more = hurt.length > listed.length ? `; and ${hurt.length - listed.length} more` : '';
+    return `super-chunk ${chunk} ${problem}: ${inside.length} block${inside.length === 1 ? '' : 's'}, ${hurt.length} file range${hurt.length === 1 ? '' : 's'} hurt: ${listed.join(', ') || 'none'}${more}`;
+  };
+
+  for (const [chunk, c] of chunks) {
+    if (!c.problem) continue;
+    const inside = members.get(chunk) ?? [];
+    findings.add('corrupt-superchunk', () => describeChunk(chunk, c.problem!, inside), c.stored);
+  }
+  // --- Super-chunk bookkeeping: live counts against the locators pointing in.
+  for (const [chunk, c] of chunks) {
+    const inside = members.get(chunk) ?? [];
+    if (!options.quick && inside.length === 0 && !c.problem) {
+      findings.add('orphan-superchunk', `super-chunk ${chunk}: ${c.stored} bytes stored, no block points into it`, c.stored);
+      continue;
+    }
+    if (options.quick) continue; // locators were not read
+    const info = chunkInfo.get(chunk);
+    const liveBytes = inside.reduce((n, k) => n + locators.get(k)!.length, 0);
+    if (!info || info.liveBlocks !== inside.length || info.liveBytes !== liveBytes) {
+      findings.add(
+        'chunk-bookkeeping',
+        info
+          ? `super-chunk ${chunk}: recorded ${info.liveBlocks} blocks (${info.liveBytes} bytes), ${inside.length} point into it (${liveBytes} bytes)`
+          : `super-chunk ${chunk}: no live count recorded, ${inside.length} blocks point into it`,
+      );
+    }
+  }
+  for (const [chunk] of chunkInfo) {
+    if (!chunks.has(chunk)) findings.add('chunk-bookkeeping', `super-chunk ${chunk}: counted, but not stored`);
+  }
 
   let sumRefs = 0;
   for (const [k, count] of refs) {
@@ -341,6 +455,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
       recount.uniqueBytes += s.raw;
       recount.storedBytes += s.stored;
     }
+    for (const c of chunks.values()) recount.storedBytes += c.stored;
   }
   const totals = store.stats();
   for (const field of ['blocks', 'uniqueBytes', 'storedBytes', 'references'] as const) {
@@ -359,6 +474,9 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
     damaged,
     missing,
     corrupt,
+    locators,
+    chunks,
+    chunkInfo,
     plan,
     findings,
     recount,

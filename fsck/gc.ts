@@ -2,13 +2,16 @@ import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSyn
 import { join } from 'node:path';
 import { checkStoreFile, type StoreSpace } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
+import type { RepackResult, SuperChunkPacker } from '../src/store/super-chunk-packer';
 import { Volume, VolumeFiles } from '../src/vfs/volume';
 
 /**
  * Garbage collection of an unmounted volume's block store: deletes every stored block no
  * block row references (recounted from the index; the reference counts are not trusted),
- * sets the counts of the blocks that stay to their row counts, and can compact the LMDB
- * file to give the freed pages back to the file system.
+ * sets the counts of the blocks that stay to their row counts, packs short blocks still
+ * waiting for a super-chunk, rewrites super-chunks whose live share fell below the
+ * volume's repack threshold (so deleted small files really give their space back), and
+ * can compact the LMDB file to give the freed pages back to the file system.
  *
  * Safe against interruption: only blocks no row references are deleted, and nothing else
  * runs on the volume (the caller makes sure no daemon holds it). Compaction writes a copy
@@ -19,6 +22,8 @@ import { Volume, VolumeFiles } from '../src/vfs/volume';
 export interface GcOptions {
   dryRun?: boolean;
   compact?: boolean;
+  /** Repack super-chunks whose live share is below this (default: the volume's repack-below setting). */
+  repackBelow?: number;
   /** Deletions per LMDB transaction. */
   batch?: number;
 }
@@ -40,6 +45,8 @@ export interface GcResult {
   staleRefs: number;
   /** Blocks referenced by rows but absent from the store (fsck's business; reported). */
   missingBlocks: number;
+  /** Super-chunks rewritten because most of them was dead (with dryRun: the ones that would be). */
+  repack: RepackResult;
   /** Page usage of the LMDB file after gc (before compaction). */
   space: StoreSpace;
   /** With compact: the data.mdb size before and after (with dryRun: after is an estimate). */
@@ -84,12 +91,16 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     let missingBlocks = 0;
     for (const k of rows.keys()) if (!present.has(k)) missingBlocks++;
 
-    // Sizes of what goes (only those values are read).
+    // Sizes of what goes (only those values are read). A block inside a super-chunk
+    // also frees the chunk when it was its last one: added once the deletes have run.
     let removedBytes = 0;
     let removedRawBytes = 0;
+    let freedStored = 0;
+    const sizes = new Map<string, number>();
     for (const hash of unreferenced) {
       const value = store.rawValue(hash);
       if (!value) continue;
+      sizes.set(hash.toString('latin1'), value.length);
       removedBytes += value.length;
       try {
         removedRawBytes += decodeHeader(value).rawLength;
@@ -103,8 +114,8 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
         const slice = unreferenced.slice(at, at + batch);
         await store.maintenance(() => {
           for (const hash of slice) {
-            store.deleteValue(hash);
-            store.setRefCount(hash, 0);
+            const gone = store.dropBlock(hash);
+            if (gone) freedStored += gone.stored - (sizes.get(hash.toString('latin1')) ?? 0);
           }
         });
       }
@@ -112,17 +123,14 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
         for (const { hash, count } of fixRefs) store.setRefCount(hash, count);
         for (const hash of staleRefs) store.setRefCount(hash, 0);
         for (const hash of store.damagedHashes()) if (!rows.has(hash.toString('latin1'))) store.clearDamaged(hash);
-        const t = store.stats();
         let references = 0;
         for (const n of rows.values()) references += n;
-        store.setTotals({
-          blocks: storedBlocks - unreferenced.length,
-          uniqueBytes: Math.max(0, t.uniqueBytes - removedRawBytes),
-          storedBytes: Math.max(0, t.storedBytes - removedBytes),
-          references,
-        });
+        store.setTotals({ ...store.stats(), blocks: storedBlocks - unreferenced.length, references });
       });
     }
+    removedBytes += freedStored;
+    const repackBelow = options.repackBelow ?? volume.settings.repackBelow;
+    const repack = await superChunkUpkeep(volume.packer(), store, repackBelow, dryRun);
 
     const space = store.space();
     const result: GcResult = {
@@ -135,6 +143,7 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
       refsCorrected: fixRefs.length,
       staleRefs: staleRefs.length,
       missingBlocks,
+      repack,
       space,
     };
 
@@ -185,7 +194,27 @@ export interface LiveGcResult {
   removedRawBytes: number;
   /** Unreferenced blocks left alone because a write took them while gc ran. */
   skippedBusy: number;
+  repack: RepackResult;
   space: StoreSpace;
+}
+
+/**
+ * Packs the queue of short blocks, then rewrites the super-chunks whose live share is
+ * below `threshold`. A dry run only counts the sparse chunks and their stored bytes.
+ */
+async function superChunkUpkeep(packer: SuperChunkPacker, store: Volume['store'], threshold: number, dryRun: boolean): Promise<RepackResult> {
+  if (!dryRun) {
+    await packer.flush();
+    return threshold > 0 ? packer.repack(threshold) : { sparseChunks: 0, bytesBefore: 0, bytesAfter: 0, blocksMoved: 0, chunksWritten: 0 };
+  }
+  const result: RepackResult = { sparseChunks: 0, bytesBefore: 0, bytesAfter: 0, blocksMoved: 0, chunksWritten: 0 };
+  for (const { chunk, info } of store.scanChunkInfo()) {
+    if (!info || info.totalBytes === 0 || info.liveBytes / info.totalBytes >= threshold) continue;
+    result.sparseChunks++;
+    result.blocksMoved += info.liveBlocks;
+    result.bytesBefore += store.chunkValue(chunk)?.length ?? 0;
+  }
+  return result;
 }
 
 /**
@@ -197,9 +226,16 @@ export interface LiveGcResult {
  * A block is deleted only if no committed row names it, nothing live holds it, and its
  * reference count did not change between the scan and the delete (the delete runs in
  * LMDB's single write transaction, which every new reference also goes through): so a
- * write that deduplicates against a block while gc runs always wins.
+ * write that deduplicates against a block while gc runs always wins. Super-chunks are
+ * then repacked by the daemon's own packer, whose swaps check each block in the same way.
  */
-export async function collectGarbageLive(volume: Volume, liveKeys: () => ReadonlySet<string>, dryRun: boolean): Promise<LiveGcResult> {
+export async function collectGarbageLive(
+  volume: Volume,
+  packer: SuperChunkPacker,
+  liveKeys: () => ReadonlySet<string>,
+  dryRun: boolean,
+  repackBelow = volume.settings.repackBelow,
+): Promise<LiveGcResult> {
   const { meta, store } = volume;
   const rows = new Set<string>();
   for (const r of meta.blockRowCounts()) rows.add(r.hash.toString('latin1'));
@@ -217,37 +253,32 @@ export async function collectGarbageLive(volume: Volume, liveKeys: () => Readonl
   let skippedBusy = 0;
   const remove = () => {
     const live = liveKeys();
-    let references = 0;
     for (const c of candidates) {
       if (store.refCount(c.hash) !== c.refs || live.has(c.key)) {
         skippedBusy++;
         continue;
       }
-      const value = store.rawValue(c.hash);
-      if (!value) continue;
-      removedBlocks++;
-      removedBytes += value.length;
-      try {
-        removedRawBytes += decodeHeader(value).rawLength;
-      } catch {
-        removedRawBytes += Math.max(0, value.length - BLOCK_HEADER_SIZE);
+      if (dryRun) {
+        const value = store.rawValue(c.hash);
+        if (!value) continue;
+        removedBlocks++;
+        removedBytes += value.length;
+        try {
+          removedRawBytes += decodeHeader(value).rawLength;
+        } catch {
+          removedRawBytes += Math.max(0, value.length - BLOCK_HEADER_SIZE);
+        }
+        continue;
       }
-      references += c.refs;
-      if (dryRun) continue;
-      store.deleteValue(c.hash);
-      store.setRefCount(c.hash, 0);
+      const gone = store.dropBlock(c.hash);
+      if (!gone) continue;
+      removedBlocks++;
+      removedBytes += gone.stored;
+      removedRawBytes += gone.raw;
     }
-    if (dryRun) return;
-    const t = store.stats();
-    store.setTotals({
-      blocks: Math.max(0, t.blocks - removedBlocks),
-      uniqueBytes: Math.max(0, t.uniqueBytes - removedRawBytes),
-      storedBytes: Math.max(0, t.storedBytes - removedBytes),
-      references: Math.max(0, t.references - references),
-    });
   };
   if (dryRun) remove();
   else await store.maintenance(remove);
-  return { dryRun, storedBlocks, removedBlocks, removedBytes, removedRawBytes, skippedBusy, space: store.space() };
+  const repack = await superChunkUpkeep(packer, store, repackBelow, dryRun);
+  return { dryRun, storedBlocks, removedBlocks, removedBytes, removedRawBytes, skippedBusy, repack, space: store.space() };
 }
-

@@ -120,30 +120,31 @@ export async function repairVolume(state: CheckState): Promise<void> {
     rows.set(key(r.hash), r.n);
     references += r.n;
   }
-  const before = store.stats();
   await store.maintenance(() => {
     let blocks = 0;
     let uniqueBytes = 0;
     let storedBytes = 0;
-    let removedStored = 0;
-    let removedRaw = 0;
+    /** Per kept super-chunk: the blocks that still point into it. */
+    const survivors = new Map<number, { hash: Buffer; offset: number; length: number }[]>();
     for (const [k, s] of state.stored) {
       const hash = hashOf(k);
       const n = rows.get(k) ?? 0;
       if (s.problem || n === 0) {
-        if (state.quick) {
-          const value = store.rawValue(hash);
-          if (value) {
-            removedStored += value.length;
-            removedRaw += safeRawLength(value);
-          }
-        }
-        store.deleteValue(hash);
+        // A quick check read no values: the store's own bookkeeping (chunk shares,
+        // totals) follows each deletion. A full one recounts everything below.
+        if (state.quick) store.dropBlock(hash);
+        else store.deleteValue(hash);
         if (n > 0 && !state.damaged.has(k)) store.markDamaged(hash);
       } else {
         blocks += 1;
         uniqueBytes += s.raw;
         storedBytes += s.stored;
+        const loc = state.locators.get(k);
+        if (loc) {
+          let list = survivors.get(loc.chunk);
+          if (!list) survivors.set(loc.chunk, (list = []));
+          list.push({ hash, offset: loc.offset, length: loc.length });
+        }
         if (state.damaged.has(k)) store.clearDamaged(hash); // the block is whole again
       }
       if (state.refs.get(k) !== n) store.setRefCount(hash, n);
@@ -158,10 +159,26 @@ export async function repairVolume(state: CheckState): Promise<void> {
     }
     for (const k of state.refs.keys()) if (!state.stored.has(k) && !rows.has(k)) store.setRefCount(hashOf(k), 0);
     for (const k of state.damaged) if (!rows.has(k)) store.clearDamaged(hashOf(k));
-    if (state.quick) {
-      // A quick check read no values: keep the byte totals, less what was deleted.
-      uniqueBytes = before.uniqueBytes - removedRaw;
-      storedBytes = before.storedBytes - removedStored;
+    if (!state.quick) {
+      // Super-chunks: bad or empty ones go; the rest get counts and member lists recounted.
+      for (const [chunk, c] of state.chunks) {
+        const inside = survivors.get(chunk);
+        if (c.problem || !inside) {
+          store.deleteChunk(chunk);
+          continue;
+        }
+        const value = store.chunkValue(chunk);
+        const totalBytes = value ? safeRawLength(value) : inside.reduce((n, m) => Math.max(n, m.offset + m.length), 0);
+        store.setChunkInfo(chunk, { liveBlocks: inside.length, liveBytes: inside.reduce((n, m) => n + m.length, 0), totalBytes });
+        store.setChunkMembers(chunk, inside);
+        storedBytes += c.stored;
+      }
+      for (const chunk of state.chunkInfo.keys()) if (!state.chunks.has(chunk)) store.deleteChunk(chunk);
+    } else {
+      // The totals kept by dropBlock, plus the values written in step 1.
+      const t = store.stats();
+      uniqueBytes = t.uniqueBytes;
+      storedBytes = t.storedBytes;
       for (const f of fresh.values()) {
         uniqueBytes += f.data.length;
         storedBytes += f.data.length + BLOCK_HEADER_SIZE;
@@ -174,6 +191,9 @@ export async function repairVolume(state: CheckState): Promise<void> {
   const all = (kind: Parameters<typeof findings.setRepaired>[0], action: string) => findings.setRepaired(kind, findings.count(kind), action);
   all('missing-block', 'kept the files; the lost ranges read as EIO and are recorded as known damaged (restore those files from a backup)');
   all('corrupt-block', 'deleted the bad values; referenced ranges now read as EIO and are recorded as known damaged');
+  all('corrupt-superchunk', 'deleted the super-chunks; the ranges of the files named above read as EIO and are recorded as known damaged');
+  all('chunk-bookkeeping', 'recounted the live blocks of every super-chunk');
+  all('orphan-superchunk', 'deleted');
   all('wrong-refcount', 'rewrote reference counts from the block index');
   all('excess-refcount', 'rewrote reference counts from the block index');
   all('orphan-block', 'deleted');

@@ -8,6 +8,9 @@ export type FindingKind =
   | 'metadata-corrupt'
   | 'missing-block'
   | 'corrupt-block'
+  | 'corrupt-superchunk'
+  | 'chunk-bookkeeping'
+  | 'orphan-superchunk'
   | 'wrong-refcount'
   | 'excess-refcount'
   | 'orphan-block'
@@ -32,6 +35,9 @@ export const CHECKS: readonly { kind: FindingKind; severity: Severity; title: st
   { kind: 'metadata-corrupt', severity: 'error', title: 'the metadata database fails SQLite\'s own check' },
   { kind: 'missing-block', severity: 'error', title: 'blocks referenced by files but absent from the block store' },
   { kind: 'corrupt-block', severity: 'error', title: 'stored blocks whose bytes do not match their BLAKE3 key (or whose header is invalid)' },
+  { kind: 'corrupt-superchunk', severity: 'error', title: 'super-chunks that are missing, do not decompress, or are shorter than their blocks (every file with a block inside is named)' },
+  { kind: 'chunk-bookkeeping', severity: 'error', title: 'super-chunk live counts that disagree with the blocks pointing into them' },
+  { kind: 'orphan-superchunk', severity: 'leak', title: 'super-chunks no block points into' },
   { kind: 'wrong-refcount', severity: 'error', title: 'reference counts below the number of block rows (a later delete could lose data), or malformed' },
   { kind: 'excess-refcount', severity: 'leak', title: 'reference counts above the number of block rows (left by a crash: the block would outlive its files)' },
   { kind: 'orphan-block', severity: 'leak', title: 'stored blocks no block row references' },

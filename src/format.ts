@@ -9,3 +9,14 @@ export function formatBytes(n: number): string {
   }
   return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
 }
+
+const UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+
+/** Parses sizes such as `131072`, `128K`, `1.5M`, `10GiB` (binary units). */
+export function parseByteSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
+  if (!m) throw new Error(`"${text}" is not a size (examples: 131072, 128K, 1M)`);
+  const n = Math.round(Number(m[1]) * UNITS[m[2].toLowerCase()]);
+  if (!Number.isSafeInteger(n)) throw new Error(`"${text}" is too large`);
+  return n;
+}

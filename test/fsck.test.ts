@@ -13,7 +13,7 @@ import { encodeBlock } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
 import { ROOT_INO } from '../src/vfs/filesystem';
 import { Volume } from '../src/vfs/volume';
-import { b, openFs, root, type TestFs } from './support/fs';
+import { b, openFs, readThrough, root, type TestFs } from './support/fs';
 import { pogfs } from './support/mount';
 import { tempDir } from './support/tmp';
 
@@ -140,18 +140,6 @@ function fingerprint(path: string): string {
   return h.digest('hex');
 }
 
-/** Reads a file through PogFs; returns the bytes or the errno. */
-function readThrough(t: TestFs, ino: number, offset = 0, length = 1 << 20): Buffer | number {
-  const o = t.fs.open(ino, 0, root);
-  try {
-    return t.fs.read(ino, o.fh, length, offset);
-  } catch (err) {
-    return (err as { errno?: number }).errno ?? -1;
-  } finally {
-    void t.fs.release(ino, o.fh, 0);
-  }
-}
-
 function lookupPath(t: TestFs, path: string): number {
   let ino = ROOT_INO;
   for (const part of path.split('/').filter(Boolean)) ino = t.fs.lookup(ino, b(part), root).attr.ino;
@@ -172,7 +160,7 @@ async function assertFilesIntact(path: string, skip: string[] = []): Promise<voi
     ];
     for (const [p, data] of expect) {
       if (skip.includes(p)) continue;
-      const got = readThrough(t, lookupPath(t, p));
+      const got = await readThrough(t, lookupPath(t, p));
       assert.ok(Buffer.isBuffer(got) && got.equals(data), `${p} reads back intact`);
     }
   } finally {
@@ -265,9 +253,9 @@ describe('fsck: blocks', () => {
     // The damaged range reads as EIO, the rest of the file and the other files read fine.
     const t = openFs(path);
     try {
-      assert.equal(readThrough(t, golden.ino.b, 2 * BS, BS), EIO);
-      assert.ok((readThrough(t, golden.ino.b, 0, 2 * BS) as Buffer).equals(content.b.subarray(0, 2 * BS)));
-      assert.ok((readThrough(t, golden.ino.b, 3 * BS, 2 * BS) as Buffer).equals(content.b.subarray(3 * BS)));
+      assert.equal(await readThrough(t, golden.ino.b, 2 * BS, BS), EIO);
+      assert.ok((await readThrough(t, golden.ino.b, 0, 2 * BS) as Buffer).equals(content.b.subarray(0, 2 * BS)));
+      assert.ok((await readThrough(t, golden.ino.b, 3 * BS, 2 * BS) as Buffer).equals(content.b.subarray(3 * BS)));
     } finally {
       await t.close();
     }
@@ -309,8 +297,8 @@ describe('fsck: blocks', () => {
 
     const t = openFs(path);
     try {
-      assert.equal(readThrough(t, golden.ino.shared2, BS, BS), EIO);
-      assert.ok((readThrough(t, golden.ino.shared2, 0, BS) as Buffer).equals(content.shared.subarray(0, BS)));
+      assert.equal(await readThrough(t, golden.ino.shared2, BS, BS), EIO);
+      assert.ok((await readThrough(t, golden.ino.shared2, 0, BS) as Buffer).equals(content.shared.subarray(0, BS)));
     } finally {
       await t.close();
     }
@@ -400,7 +388,7 @@ describe('fsck: the directory tree', () => {
     try {
       const lf = t.fs.lookup(ROOT_INO, b('lost+found'), root).attr;
       assert.equal(lf.mode & 0o7777, 0o700);
-      const got = readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.a}`));
+      const got = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.a}`));
       assert.ok(Buffer.isBuffer(got) && got.equals(content.a));
       assert.equal(t.fs.getattr(ROOT_INO, undefined, root).nlink, 4, 'root: ".", "..", dir, lost+found');
     } finally {
@@ -421,9 +409,9 @@ describe('fsck: the directory tree', () => {
     assert.match(finding(first, 'wrong-nlink')!.examples.join('\n'), /^\/: link count 3, should be 2$/m);
     const t = openFs(path);
     try {
-      const c = readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.dir}/sub/c.txt`));
+      const c = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.dir}/sub/c.txt`));
       assert.ok(Buffer.isBuffer(c) && c.equals(content.c));
-      const bb = readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.dir}/b.bin`));
+      const bb = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.dir}/b.bin`));
       assert.ok(Buffer.isBuffer(bb) && bb.equals(content.b));
     } finally {
       await t.close();
@@ -480,7 +468,7 @@ describe('fsck: the directory tree', () => {
     assert.match(finding(first, 'wrong-nlink')!.examples.join('\n'), /^\/dir: link count 3, should be 2$/m);
     const t = openFs(path);
     try {
-      const got = readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.c}`));
+      const got = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.c}`));
       assert.ok(Buffer.isBuffer(got) && got.equals(content.c));
     } finally {
       await t.close();
@@ -501,7 +489,7 @@ describe('fsck: the directory tree', () => {
     assert.equal(left.length, 1);
     const t = openFs(path);
     try {
-      const got = readThrough(t, lookupPath(t, `/${left[0].name.toString()}/sub/c.txt`));
+      const got = await readThrough(t, lookupPath(t, `/${left[0].name.toString()}/sub/c.txt`));
       assert.ok(Buffer.isBuffer(got) && got.equals(content.c));
     } finally {
       await t.close();
@@ -588,7 +576,7 @@ describe('fsck: the directory tree', () => {
     await y.close();
     const t = openFs(path);
     try {
-      const got = readThrough(t, golden.ino.a);
+      const got = await readThrough(t, golden.ino.a);
       assert.ok(Buffer.isBuffer(got) && got.equals(content.a.subarray(0, 2 * BS + 10)));
     } finally {
       await t.close();

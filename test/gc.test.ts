@@ -51,7 +51,7 @@ async function assertReadBack(path: string, files: Files): Promise<void> {
     for (const [name, data] of files) {
       const e = t.fs.lookup(ROOT_INO, b(name), root);
       const o = t.fs.open(e.attr.ino, 0, root);
-      const got = t.fs.read(e.attr.ino, o.fh, data.length + 1, 0);
+      const got = await t.fs.read(e.attr.ino, o.fh, data.length + 1, 0);
       await t.fs.release(e.attr.ino, o.fh, 0);
       assert.ok(got.equals(data), `${name} reads back byte-identical`);
     }

@@ -12,8 +12,11 @@ export const CONTROL_SOCKET = 'control.sock';
 const MAX_REQUEST = 64 * 1024;
 
 export interface ControlRequest {
-  op: 'gc';
+  /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues). */
+  op: 'gc' | 'status';
   dryRun?: boolean;
+  /** gc: repack super-chunks whose live share is below this (default: the volume's setting). */
+  repackBelow?: number;
 }
 
 export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, onError: (err: unknown) => void): Server {

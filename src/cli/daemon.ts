@@ -133,9 +133,11 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     process.chdir(volumePath);
     const control = serveControl(
       async (req) => {
+        if (req.op === 'status') return fs.status();
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
         await fs.quiesceForGc();
-        const result = await collectGarbageLive(volume, () => fs.liveBlockKeys(), !!req.dryRun);
+        const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
+        const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow);
         log.info(`gc: removed ${result.removedBlocks} blocks (${result.removedBytes} bytes)${req.dryRun ? ' [dry run]' : ''}`);
         return result;
       },

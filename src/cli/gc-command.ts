@@ -11,11 +11,21 @@ export interface GcFlags {
   dryRun?: boolean;
   compact?: boolean;
   json?: boolean;
+  /** Overrides the volume's repack-below setting for this run (text from the command line). */
+  repackBelow?: string;
+}
+
+function parseShare(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new UsageError(`--repack-below ${text}: give a share from 0 (never repack) to 1`);
+  return n;
 }
 
 /** `pogfs gc VOLUME [--dry-run] [--compact] [--json]`: directly when unmounted, through the daemon when mounted. */
 export async function gc(target: string, flags: GcFlags): Promise<void> {
   const path = resolve(target);
+  const repackBelow = parseShare(flags.repackBelow);
   if (!existsSync(path)) throw new UsageError(`no volume at ${path}`);
   if (!Volume.exists(path)) throw new UsageError(`${path} is not a pogfs volume`);
   const holder = liveDaemon(path);
@@ -27,7 +37,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     process.chdir(path);
     let live: LiveGcResult;
     try {
-      live = await callControl<LiveGcResult>({ op: 'gc', dryRun: !!flags.dryRun });
+      live = await callControl<LiveGcResult>({ op: 'gc', dryRun: !!flags.dryRun, repackBelow });
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
     }
@@ -35,13 +45,14 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     else {
       printRemoved(path, live, holder.mountpoint);
       if (live.skippedBusy) console.log(`${live.skippedBusy} unreferenced blocks were taken by writes while gc ran and were kept`);
+      printRepack(live.repack, live.dryRun);
       printSpace(live.space, false);
     }
     return;
   }
   let result: GcResult;
   try {
-    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact });
+    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow });
   } catch (err) {
     if ((err as Error).name === 'VolumeError') throw err;
     throw new UsageError(`gc of ${path} failed: ${(err as Error).message}`, 1);
@@ -58,6 +69,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     );
   }
   if (result.missingBlocks) console.log(`warning: ${result.missingBlocks} referenced blocks are missing from the store: run pogfs fsck`);
+  printRepack(result.repack, result.dryRun);
   printSpace(result.space, !!result.compacted);
   if (result.compacted) {
     const c = result.compacted;
@@ -75,6 +87,18 @@ function printRemoved(volume: string, r: Pick<GcResult, 'dryRun' | 'storedBlocks
   console.log(
     `blocks: ${r.storedBlocks} stored, ${r.removedBlocks} unreferenced: ${would} ` +
       `${formatBytes(r.removedBytes)} (${r.removedBytes} bytes stored, ${r.removedRawBytes} bytes of data)`,
+  );
+}
+
+function printRepack(r: GcResult['repack'], dryRun: boolean): void {
+  if (r.sparseChunks === 0) return;
+  if (dryRun) {
+    console.log(`super-chunks: ${r.sparseChunks} mostly dead (${formatBytes(r.bytesBefore)} stored, ${r.blocksMoved} live blocks) would be repacked`);
+    return;
+  }
+  console.log(
+    `super-chunks: repacked ${r.sparseChunks} mostly dead (${formatBytes(r.bytesBefore)}) into ${r.chunksWritten} ` +
+      `(${formatBytes(r.bytesAfter)}; ${r.blocksMoved} live blocks moved): ${formatBytes(Math.max(0, r.bytesBefore - r.bytesAfter))} given back`,
   );
 }
 

@@ -1,5 +1,5 @@
-import type { Compression } from '../store/codec';
-import { DEFAULT_COMPRESSION, Volume } from '../vfs/volume';
+import { Volume } from '../vfs/volume';
+import type { VolumeSettings } from '../vfs/volume-settings';
 import { UsageError } from './errors';
 import { formatBytes } from '../format';
 
@@ -8,11 +8,14 @@ function checkBlockSize(blockSize: number): void {
   if (!ok) throw new UsageError(`block size ${blockSize} is not a power of two between 4K and 4M`);
 }
 
-export function initVolume(path: string, blockSize: number, compression: Compression = DEFAULT_COMPRESSION): void {
+export function initVolume(path: string, blockSize: number, settings: Partial<VolumeSettings> = {}): void {
   checkBlockSize(blockSize);
-  const v = Volume.create(path, { blockSize, compression });
+  const v = Volume.create(path, { blockSize, ...settings });
   void v.close();
-  console.log(`created pogfs volume ${v.path} (block size ${formatBytes(blockSize)}, compression ${compression})`);
+  const s = v.settings;
+  console.log(
+    `created pogfs volume ${v.path} (block size ${formatBytes(blockSize)}, compression ${s.compression}, super-chunks ${s.superchunks ? 'on' : 'off'})`,
+  );
 }
 
 /** Creates the volume unless it exists; returns true when it was created. */

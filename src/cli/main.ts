@@ -105,18 +105,22 @@ function program(): Command {
     .argument('<volume>', 'directory to create (must be new or empty)')
     .option('--block-size <size>', 'block size for deduplication, 4K to 4M, a power of two', parseSize, 128 * 1024)
     .addOption(new Option('--compression <codec>', 'compress each block (kept only when it saves 1/8)').choices(['lz4', 'none']).default('lz4'))
-    .action(async (volume: string, opts: { blockSize: number; compression: 'lz4' | 'none' }) => {
+    .addOption(new Option('--superchunks <on|off>', 'pack small files and file tails into super-chunks compressed together').choices(['on', 'off']).default('on'))
+    .action(async (volume: string, opts: { blockSize: number; compression: 'lz4' | 'none'; superchunks: 'on' | 'off' }) => {
       const { initVolume } = await commands.init();
-      initVolume(volume, opts.blockSize, opts.compression);
+      initVolume(volume, opts.blockSize, { compression: opts.compression, superchunks: opts.superchunks === 'on' });
     });
 
   p.command('tune')
-    .description('change settings of an unmounted volume (compression applies to blocks written from then on)')
+    .description('change settings of an unmounted volume (compression and super-chunks apply to blocks written from then on)')
     .argument('<volume>')
     .addOption(new Option('--compression <codec>', 'codec for new blocks').choices(['lz4', 'none']))
-    .action(async (volume: string, opts: { compression?: 'lz4' | 'none' }) => {
+    .addOption(new Option('--superchunks <on|off>', 'pack short blocks of new files into super-chunks').choices(['on', 'off']))
+    .option('--chunk-cache <size>', 'memory for decompressed super-chunks while mounted (e.g. 64M; 0 keeps none)')
+    .option('--repack-below <share>', 'gc rewrites a super-chunk when less than this share (0 to 1) of it is live')
+    .action(async (volume: string, opts: { compression?: string; superchunks?: string; chunkCache?: string; repackBelow?: string }) => {
       const { tune } = await commands.tune();
-      tune(volume, opts);
+      tune(volume, { compression: opts.compression, superchunks: opts.superchunks, 'chunk-cache': opts.chunkCache, 'repack-below': opts.repackBelow });
     });
 
   p.command('mount')
@@ -148,7 +152,7 @@ function program(): Command {
     .option('--json', 'machine-readable output')
     .action(async (target: string, opts: { json?: boolean }) => {
       const { stats } = await commands.stats();
-      stats(target, !!opts.json);
+      await stats(target, !!opts.json);
     });
 
   p.command('fsck')
@@ -168,8 +172,9 @@ function program(): Command {
     .argument('<volume>')
     .option('-n, --dry-run', 'only report what would be removed')
     .option('--compact', 'rewrite the block store compactly, giving free space back to the file system')
+    .option('--repack-below <share>', 'repack super-chunks less live than this share (0 to 1; default: the volume\'s repack-below setting)')
     .option('--json', 'machine-readable output')
-    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean }) => {
+    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; repackBelow?: string }) => {
       const { gc } = await commands.gc();
       await gc(volume, opts);
     });

@@ -1,6 +1,9 @@
 import { statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Volume, VolumeFiles } from '../vfs/volume';
+import type { DaemonStatus } from '../vfs/filesystem';
+import { callControl } from './control-socket';
+import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
 import { findMount, isPogfsMount } from './mounts';
 import { formatBytes } from '../format';
@@ -21,17 +24,29 @@ export interface VolumeStats {
   blockReferences: number;
   dedupRatio: number;
   blockStoreFileBytes: number;
+  /** Super-chunks stored, and short blocks still waiting to be packed. */
+  superChunks: { enabled: boolean; chunks: number; queuedBlocks: number };
+  /** The chunk cache setting; on a mounted volume, also its use and hit counts. */
+  chunkCache: { capacityBytes: number; bytes?: number; chunks?: number; hits?: number; misses?: number };
+  /** Where the volume is mounted, when it is. */
+  mountpoint?: string;
 }
 
-export function collectStats(target: string): VolumeStats {
+export async function collectStats(target: string): Promise<VolumeStats> {
   let path = resolve(target);
   const m = findMount(path);
   if (m) {
     if (!isPogfsMount(m)) throw new UsageError(`${path} is a ${m.type} mount, not pogfs`);
     path = m.source;
   }
+  const holder = liveDaemon(path);
+  const status = holder ? await daemonStatus(path) : undefined;
   const v = Volume.open(path, { readOnly: true });
   try {
+    const chunk = v.store.chunkStats();
+    const live = status
+      ? { bytes: status.chunkCache.bytes, chunks: status.chunkCache.chunks, hits: status.chunkCache.hits, misses: status.chunkCache.misses }
+      : {};
     const totals = v.meta.totals();
     const referencedBytes = (v.meta.db.prepare('SELECT coalesce(sum(len), 0) AS n FROM blocks').get() as { n: number }).n;
     const s = v.store.stats();
@@ -55,14 +70,30 @@ export function collectStats(target: string): VolumeStats {
       blockReferences: totals.blockRefs,
       dedupRatio: s.uniqueBytes > 0 ? referencedBytes / s.uniqueBytes : 1,
       blockStoreFileBytes: fileBytes,
+      superChunks: { enabled: v.settings.superchunks, chunks: chunk.chunks, queuedBlocks: chunk.queuedBlocks },
+      chunkCache: { capacityBytes: v.settings.chunkCacheBytes, ...live },
+      mountpoint: holder?.mountpoint,
     };
   } finally {
-    void v.close();
+    await v.close();
   }
 }
 
-export function stats(target: string, json: boolean): void {
-  const s = collectStats(target);
+/** The daemon's in-memory figures, when one holds the volume (none if it does not answer). */
+async function daemonStatus(path: string): Promise<DaemonStatus | undefined> {
+  const cwd = process.cwd();
+  try {
+    process.chdir(path);
+    return await callControl<DaemonStatus>({ op: 'status' });
+  } catch {
+    return undefined;
+  } finally {
+    process.chdir(cwd);
+  }
+}
+
+export async function stats(target: string, json: boolean): Promise<void> {
+  const s = await collectStats(target);
   if (json) {
     console.log(JSON.stringify(s, null, 2));
     return;
@@ -78,8 +109,17 @@ export function stats(target: string, json: boolean): void {
     ['compression', `${s.compression} for new blocks; stored/unique ${s.compressionRatio.toFixed(3)}`],
     ['dedup ratio', `${s.dedupRatio.toFixed(2)}x`],
     ['blocks', `${s.blocks} (${s.blockReferences} references)`],
+    ['super-chunks', `${s.superChunks.enabled ? 'on' : 'off'} for new files; ${s.superChunks.chunks} stored, ${s.superChunks.queuedBlocks} short blocks waiting to be packed`],
+    [
+      'chunk cache',
+      `${formatBytes(s.chunkCache.capacityBytes)}` +
+        (s.chunkCache.bytes !== undefined
+          ? `; ${formatBytes(s.chunkCache.bytes)} in use (${s.chunkCache.chunks} chunks), ${s.chunkCache.hits} hits, ${s.chunkCache.misses} misses`
+          : ' (use and hit counts show while mounted)'),
+    ],
     ['block store file', formatBytes(s.blockStoreFileBytes)],
   ];
+  if (s.mountpoint) rows.splice(1, 0, ['mounted at', s.mountpoint]);
   const w = Math.max(...rows.map(([k]) => k.length));
   for (const [k, v] of rows) console.log(`${k.padEnd(w)}  ${v}`);
 }

@@ -9,8 +9,6 @@ export interface Superblock {
   hash_algorithm: string;
   uuid: string;
   created_ns: bigint | number;
-  /** Codec for new blocks: 'lz4' or 'none' ('none' for volumes whose schema predates the setting). */
-  compression: string;
 }
 
 /** One inode row. Times are (seconds, nanoseconds) pairs so nanoseconds survive JS numbers. */
@@ -187,14 +185,13 @@ export class MetaDb {
   }
 
   /** Creates a new volume database with its superblock and root directory. */
-  static create(path: string, init: { blockSize: number; hashAlgorithm: string; compression?: string; root: NewInode }): MetaDb {
+  static create(path: string, init: { blockSize: number; hashAlgorithm: string; settings?: Record<string, string>; root: NewInode }): MetaDb {
     const meta = new MetaDb(path, { create: true, readOnly: false });
     meta.db.transaction(() => {
       meta.db
-        .prepare(
-          'INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns, compression) VALUES (1, ?, ?, ?, ?, ?, ?, ?)',
-        )
-        .run(VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), BigInt(Date.now()) * 1000000n, init.compression ?? 'none');
+        .prepare('INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns) VALUES (1, ?, ?, ?, ?, ?, ?)')
+        .run(VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), BigInt(Date.now()) * 1000000n);
+      for (const [key, value] of Object.entries(init.settings ?? {})) meta.db.prepare('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)').run(key, value);
       meta.s.insertInodeWithIno.run({ ino: 1, ...init.root });
     })();
     meta.barrier();
@@ -202,9 +199,9 @@ export class MetaDb {
   }
 
   superblock(): Superblock {
-    let row: (Partial<Superblock> & Omit<Superblock, 'compression'>) | undefined;
+    let row: Superblock | undefined;
     try {
-      row = this.s.superblock.get() as typeof row;
+      row = this.s.superblock.get() as Superblock | undefined;
     } catch {
       row = undefined;
     }
@@ -216,14 +213,31 @@ export class MetaDb {
       hash_algorithm: row.hash_algorithm,
       uuid: row.uuid,
       created_ns: row.created_ns,
-      compression: row.compression ?? 'none',
     };
   }
 
-  /** Sets the codec for new blocks (durable on return); existing blocks keep theirs. */
-  setCompression(compression: string): void {
-    // Prepared here, not with the others: a read-only open of an older schema lacks the column.
-    this.db.prepare('UPDATE superblock SET compression = ? WHERE id = 1').run(compression);
+  /**
+   * The volume's settings as stored (key → value text; absent keys take their defaults).
+   * A read-only open does not migrate, so an older schema is read where it kept them.
+   */
+  settings(): Record<string, string> {
+    const out: Record<string, string> = {};
+    const version = this.schemaVersion();
+    if (version >= 3) {
+      for (const r of this.db.prepare('SELECT key, value FROM settings').all() as { key: string; value: string }[]) out[r.key] = r.value;
+    } else {
+      const row = this.db.prepare('SELECT * FROM superblock WHERE id = 1').get() as { compression?: string } | undefined;
+      out.compression = row?.compression ?? 'none';
+      out.superchunks = 'off';
+    }
+    return out;
+  }
+
+  /** Stores settings (durable on return). */
+  setSettings(values: Record<string, string>): void {
+    this.db.transaction(() => {
+      for (const [key, value] of Object.entries(values)) this.db.prepare('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)').run(key, value);
+    })();
     this.barrier();
   }
 

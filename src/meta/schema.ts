@@ -69,6 +69,17 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE superblock ADD COLUMN compression TEXT NOT NULL DEFAULT 'none';
   `,
+  // 3: volume settings as (key, value) rows, so a new setting needs no migration of its own.
+  // The compression setting moves here; super-chunks stay off for volumes made before them.
+  `
+  CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+  INSERT INTO settings (key, value) SELECT 'compression', compression FROM superblock WHERE id = 1;
+  INSERT INTO settings (key, value) VALUES ('superchunks', 'off');
+  ALTER TABLE superblock DROP COLUMN compression;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

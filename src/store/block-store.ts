@@ -2,7 +2,21 @@ import { open, type RootDatabase, type Database } from 'lmdb';
 import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashBlock } from './hash';
-import { BLOCK_HEADER_SIZE, Codec, decodeBlock, decodeHeader, encodeBlock } from './codec';
+import { ChunkCache, type ChunkCacheStats, type DecodedChunk } from './chunk-cache';
+import {
+  BLOCK_HEADER_SIZE,
+  Codec,
+  LOCATOR_SIZE,
+  decodeBlock,
+  decodeBlockAsync,
+  decodeHeader,
+  decodeLocator,
+  encodeBlock,
+  encodeLocator,
+  isLocator,
+  rawValue,
+  type Locator,
+} from './codec';
 
 /** What reading a block found: its verified bytes, nothing, or bytes that fail their hash. */
 export type BlockRead = 'ok' | 'missing' | 'corrupt';
@@ -11,6 +25,8 @@ export type BlockRead = 'ok' | 'missing' | 'corrupt';
 export interface BlockToStore {
   hash: Buffer;
   data: Buffer;
+  /** The value to store if the store lacks the block, encoded beforehand (off the JS thread). */
+  value?: Buffer;
 }
 
 export interface BlockStoreStats {
@@ -18,15 +34,53 @@ export interface BlockStoreStats {
   blocks: number;
   /** Sum of the decoded lengths of those blocks. */
   uniqueBytes: number;
-  /** Sum of the stored value sizes (headers and codec output). */
+  /** Sum of the stored value sizes: loose values, locators and super-chunks, headers included. */
   storedBytes: number;
   /** Sum of all reference counts. */
   references: number;
 }
 
+/** The bookkeeping of one super-chunk. */
+export interface ChunkInfo {
+  /** Blocks whose locator points into it. */
+  liveBlocks: number;
+  /** Their decoded bytes. */
+  liveBytes: number;
+  /** Decoded bytes of the whole chunk (live and dead blocks). */
+  totalBytes: number;
+}
+
+export interface BlockStoreOptions {
+  readOnly?: boolean;
+  /** The codec new values are written with (encodeBlock stores raw what does not compress). */
+  codec?: Codec;
+  /**
+   * Blocks shorter than this are packed into super-chunks (0: never). They are stored raw
+   * at first, queued, and packed by the SuperChunkPacker within seconds; only with LZ4.
+   */
+  packBelow?: number;
+  /** Decoded super-chunks kept in memory (bytes). */
+  chunkCacheBytes?: number;
+}
+
+/** A block inside a super-chunk: where its bytes sit in the chunk's decoded bytes. */
+export interface ChunkMember {
+  hash: Buffer;
+  offset: number;
+  length: number;
+}
+
+/** A short block stored loose and waiting to be packed into a super-chunk. */
+export interface QueuedBlock {
+  seq: number;
+  hash: Buffer;
+}
+
 const STATS_KEY = Buffer.from('stats');
+const NEXT_CHUNK_KEY = Buffer.from('next-chunk');
 /** Prefix of the `info` keys that mark known-damaged blocks (see BlockStore.markDamaged). */
 const DAMAGED_PREFIX = Buffer.from('damaged/');
+export const DEFAULT_CHUNK_CACHE_BYTES = 64 * 1024 * 1024;
 
 /** Page usage of the LMDB file (see BlockStore.space). */
 export interface StoreSpace {
@@ -111,11 +165,21 @@ export function checkStoreFile(dir: string): StoreFileCheck {
 /**
  * Content-addressed blocks in LMDB with reference counts.
  *
- * Three sub-databases share one environment (one file, one transaction for all):
- *  - `blocks`: BLAKE3 digest → header + bytes (see codec.ts);
- *  - `refs`:   digest → uint32 reference count. Counts live apart from the bytes so that
- *              taking or dropping a reference never rewrites a 128 KiB value;
- *  - `info`:   running totals, so `stats` costs one read instead of a scan.
+ * Sub-databases of one environment (one file, one transaction for all):
+ *  - `blocks`:    BLAKE3 digest → value (codec.ts): the bytes of a loose block (raw or
+ *                 LZ4), or a locator into a super-chunk;
+ *  - `refs`:      digest → uint32 reference count. Counts live apart from the bytes so that
+ *                 taking or dropping a reference never rewrites a 128 KiB value;
+ *  - `chunks`:    chunk id (u64 big-endian) → a super-chunk: many short blocks, concatenated
+ *                 and compressed as one unit (a raw or LZ4 value);
+ *  - `chunkinfo`: chunk id → live blocks, live bytes, total bytes: a chunk goes when its
+ *                 last block does, and gc repacks the ones mostly dead;
+ *  - `chunkdir`:  chunk id → the blocks packed into it (digest, offset, length), written
+ *                 once: what repacking and uploading a chunk start from;
+ *  - `unpacked`:  sequence number → digest of a short block stored loose that waits to be
+ *                 packed (in write order, so files written together are packed together);
+ *  - `info`:      running totals (so `stats` costs one read), the next chunk id, and the
+ *                 blocks fsck recorded as damaged.
  *
  * Counts are only ever too high after a crash, never too low: callers take references
  * (and wait for durability) before committing metadata that points at a block, and drop
@@ -125,18 +189,32 @@ export class BlockStore {
   private readonly env: RootDatabase<Buffer, Buffer>;
   private readonly blocks: Database<Buffer, Buffer>;
   private readonly refs: Database<Buffer, Buffer>;
+  private readonly chunks: Database<Buffer, Buffer>;
+  private readonly chunkinfo: Database<Buffer, Buffer>;
+  private readonly chunkdir: Database<Buffer, Buffer>;
+  private readonly unpacked: Database<Buffer, Buffer>;
   private readonly info: Database<Buffer, Buffer>;
+  /** The codec new values are written with. */
+  codec: Codec;
+  /** Blocks shorter than this wait to be packed into super-chunks (0: super-chunks off). */
+  packBelow: number;
+  readonly chunkCache: ChunkCache;
+  private nextSeq = 0;
+  /** Told after a commit queued short blocks for packing (the SuperChunkPacker listens). */
+  onQueued: ((bytes: number) => void) | undefined;
 
   private constructor(
     readonly path: string,
     readOnly: boolean,
-    /** The codec new blocks are written with (encodeBlock stores raw what does not compress). */
-    readonly codec: Codec,
+    options: BlockStoreOptions,
   ) {
+    this.codec = options.codec ?? Codec.Raw;
+    this.packBelow = options.packBelow ?? 0;
+    this.chunkCache = new ChunkCache(options.chunkCacheBytes ?? DEFAULT_CHUNK_CACHE_BYTES);
     mkdirSync(path, { recursive: true });
     this.env = open<Buffer, Buffer>({
       path,
-      maxDbs: 8,
+      maxDbs: 12,
       encoding: 'binary',
       keyEncoding: 'binary',
       compression: false,
@@ -152,10 +230,27 @@ export class BlockStore {
     this.blocks = this.env.openDB<Buffer, Buffer>({ name: 'blocks', ...dbOptions });
     this.refs = this.env.openDB<Buffer, Buffer>({ name: 'refs', ...dbOptions });
     this.info = this.env.openDB<Buffer, Buffer>({ name: 'info', ...dbOptions });
+    // A read-only open of a store written before super-chunks existed has no such
+    // sub-databases, and cannot create them: it reads them as empty.
+    this.chunks = this.env.openDB<Buffer, Buffer>({ name: 'chunks', ...dbOptions });
+    this.chunkinfo = this.env.openDB<Buffer, Buffer>({ name: 'chunkinfo', ...dbOptions });
+    this.chunkdir = this.env.openDB<Buffer, Buffer>({ name: 'chunkdir', ...dbOptions });
+    this.unpacked = this.env.openDB<Buffer, Buffer>({ name: 'unpacked', ...dbOptions });
+    for (const key of this.unpacked.getKeys({ reverse: true, limit: 1 })) this.nextSeq = Number(key.readBigUInt64BE(0)) + 1;
   }
 
-  static open(path: string, options: { readOnly?: boolean; codec?: Codec } = {}): BlockStore {
-    return new BlockStore(path, options.readOnly ?? false, options.codec ?? Codec.Raw);
+  static open(path: string, options: BlockStoreOptions = {}): BlockStore {
+    return new BlockStore(path, options.readOnly ?? false, options);
+  }
+
+  /** True when a new block of this length goes to the packing queue rather than being encoded alone. */
+  packs(length: number): boolean {
+    return this.packBelow > 0 && this.codec === Codec.Lz4 && length > 0 && length < this.packBelow;
+  }
+
+  /** True when storing this block would compress it alone (the caller may do that off this thread first). */
+  wantsEncoding(hash: Buffer, length: number): boolean {
+    return this.codec !== Codec.Raw && !this.packs(length) && !this.blocks.doesExist(hash);
   }
 
   /**
@@ -164,8 +259,9 @@ export class BlockStore {
    */
   async acquire(items: readonly BlockToStore[]): Promise<void> {
     if (items.length === 0) return;
-    await this.env.transaction(() => this.takeReferences(items));
+    const queued = await this.env.transaction(() => this.takeReferences(items));
     await this.env.flushed;
+    if (queued > 0) this.onQueued?.(queued);
   }
 
   /**
@@ -176,26 +272,35 @@ export class BlockStore {
    */
   acquireSync(items: readonly BlockToStore[]): void {
     if (items.length === 0) return;
-    this.env.transactionSync(() => this.takeReferences(items));
+    const queued = this.env.transactionSync(() => this.takeReferences(items));
+    if (queued > 0) this.onQueued?.(queued);
   }
 
-  private takeReferences(items: readonly BlockToStore[]): void {
-    {
-      const totals = this.readTotals();
-      for (const { hash, data } of items) {
-        const count = this.refCount(hash);
-        if (count === 0) {
-          const value = encodeBlock(data, this.codec);
-          this.blocks.put(hash, value);
-          totals.blocks += 1;
-          totals.uniqueBytes += data.length;
-          totals.storedBytes += value.length;
-        }
-        this.refs.put(hash, u32(count + 1));
-        totals.references += 1;
+  /** Returns the bytes queued for packing. */
+  private takeReferences(items: readonly BlockToStore[]): number {
+    const totals = this.readTotals();
+    let queued = 0;
+    for (const { hash, data, value: encoded } of items) {
+      const count = this.refCount(hash);
+      if (count === 0 && !this.blocks.doesExist(hash)) {
+        let value: Buffer;
+        if (this.packs(data.length)) {
+          // Stored raw for now (durable at once, no compression on this path); the
+          // packer compresses it together with its neighbours shortly.
+          value = rawValue(data);
+          this.unpacked.put(seqKey(this.nextSeq++), hash);
+          queued += data.length;
+        } else value = encoded ?? encodeBlock(data, this.codec);
+        this.blocks.put(hash, value);
+        totals.blocks += 1;
+        totals.uniqueBytes += data.length;
+        totals.storedBytes += value.length;
       }
-      this.writeTotals(totals);
+      this.refs.put(hash, u32(count + 1));
+      totals.references += 1;
     }
+    this.writeTotals(totals);
+    return queued;
   }
 
   /** Drops one reference per listed hash (a hash may repeat); a block at zero is deleted. */
@@ -212,32 +317,112 @@ export class BlockStore {
           continue;
         }
         this.refs.remove(hash);
-        const value = this.blocks.getBinaryFast(hash);
-        if (value) {
-          totals.blocks -= 1;
-          totals.storedBytes -= value.length;
-          totals.uniqueBytes -= value.length >= BLOCK_HEADER_SIZE ? decodeHeader(value).rawLength : 0;
-          this.blocks.remove(hash);
-        }
+        this.removeBlock(hash, totals);
       }
       this.writeTotals(totals);
     });
     await this.env.flushed;
   }
 
-  /** The decoded bytes of a block (a private copy), or undefined when absent. */
+  /**
+   * Deletes a block's value (for a locator, also its share of the super-chunk, and the
+   * chunk itself when it was its last block) and takes it out of `totals`. Runs inside a
+   * write transaction. Returns what went, or undefined when the block was absent.
+   */
+  private removeBlock(hash: Buffer, totals: BlockStoreStats): { stored: number; raw: number } | undefined {
+    // Everything is read out of the value before any other get: getBinaryFast hands out
+    // one shared buffer that the next get overwrites.
+    const value = this.blocks.getBinaryFast(hash);
+    if (!value) return undefined;
+    const valueLength = value.length;
+    let raw = 0;
+    try {
+      raw = decodeHeader(value).rawLength;
+    } catch {
+      raw = Math.max(0, valueLength - BLOCK_HEADER_SIZE);
+    }
+    let loc: Locator | undefined;
+    if (isLocator(value)) {
+      try {
+        loc = decodeLocator(value);
+      } catch {
+        loc = undefined;
+      }
+    }
+    let stored = valueLength;
+    if (loc) stored += this.releaseFromChunk(loc.chunk, loc.length, totals);
+    totals.blocks -= 1;
+    totals.storedBytes -= valueLength;
+    totals.uniqueBytes -= raw;
+    this.blocks.remove(hash);
+    return { stored, raw };
+  }
+
+  /** A block of `chunk` went: counts it out, deleting the chunk with its last block. Returns stored bytes freed. */
+  private releaseFromChunk(chunk: number, length: number, totals: BlockStoreStats): number {
+    const key = chunkKey(chunk);
+    const info = decodeChunkInfo(this.chunkinfo.getBinaryFast(key));
+    if (!info) return 0;
+    info.liveBlocks -= 1;
+    info.liveBytes = Math.max(0, info.liveBytes - length);
+    if (info.liveBlocks > 0) {
+      this.chunkinfo.put(key, encodeChunkInfo(info));
+      return 0;
+    }
+    this.chunkinfo.remove(key);
+    this.chunkdir.remove(key);
+    const value = this.chunks.getBinaryFast(key);
+    this.chunkCache.drop(chunk);
+    if (!value) return 0;
+    const freed = value.length;
+    totals.storedBytes -= freed;
+    this.chunks.remove(key);
+    return freed;
+  }
+
+  /** The decoded bytes of a block (a private copy), or undefined when absent. Decodes super-chunks on this thread. */
   get(hash: Buffer): Buffer | undefined {
     const value = this.blocks.getBinary(hash);
-    return value ? decodeBlock(value) : undefined;
+    if (!value) return undefined;
+    if (!isLocator(value)) return Buffer.from(decodeBlock(value));
+    const loc = decodeLocator(value);
+    const chunk = this.chunkCache.loadSync(loc.chunk, () => {
+      const v = this.chunks.getBinary(chunkKey(loc.chunk));
+      if (!v) throw new MissingChunkError(loc.chunk);
+      return decodeBlock(v);
+    });
+    if (loc.offset + loc.length > chunk.data.length) throw new Error(`super-chunk ${loc.chunk} is shorter than its locators say`);
+    return Buffer.from(chunk.data.subarray(loc.offset, loc.offset + loc.length));
   }
 
   /**
-   * Copies `length` bytes starting at `from` within the block into `target` at `at`
-   * without an intermediate copy. Returns false when the block is absent.
+   * Copies `length` bytes starting at `from` within the block into `target` at `at`,
+   * verified against the block's hash; bytes past the block's end read as zeros. A
+   * block inside a super-chunk that is not in the chunk cache answers with a promise
+   * (the chunk is decompressed off this thread); everything else answers at once.
    */
-  copyOut(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead {
+  read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
     const value = this.blocks.getBinaryFast(hash);
     if (!value) return 'missing';
+    if (isLocator(value)) {
+      let loc: Locator;
+      try {
+        loc = decodeLocator(value);
+      } catch {
+        return 'corrupt';
+      }
+      const cached = this.chunkCache.get(loc.chunk);
+      if (cached) return serveFromChunk(cached, loc, hash, from, length, target, at);
+      return this.chunkCache
+        .load(loc.chunk, () => {
+          const v = this.chunks.getBinary(chunkKey(loc.chunk));
+          return v ? decodeBlockAsync(v) : Promise.reject(new MissingChunkError(loc.chunk));
+        })
+        .then(
+          (chunk) => serveFromChunk(chunk, loc, hash, from, length, target, at),
+          (err: unknown): BlockRead => (err instanceof MissingChunkError ? 'missing' : 'corrupt'),
+        );
+    }
     let data: Buffer;
     try {
       data = decodeBlock(value);
@@ -247,10 +432,7 @@ export class BlockStore {
     // DESIGN invariant 2: wrong bytes are never served. Re-hashing a 128 KiB block costs
     // about 37 us here; the kernel's page cache keeps repeated reads from paying it.
     if (!hashBlock(data).equals(hash)) return 'corrupt';
-    const end = Math.min(from + length, data.length);
-    if (end > from) data.copy(target, at, from, end);
-    // Bytes past the stored length (a short block inside the file) read as zeros.
-    if (end < from + length) target.fill(0, at + Math.max(0, end - from), at + length);
+    copyRange(data, from, length, target, at);
     return 'ok';
   }
 
@@ -267,6 +449,12 @@ export class BlockStore {
     return this.readTotals();
   }
 
+  /** Super-chunks held and the chunk cache's state. */
+  chunkStats(): { chunks: number; queuedBlocks: number; cache: ChunkCacheStats } {
+    const entries = (db: Database<Buffer, Buffer>) => (db.getStats() as { entryCount: number }).entryCount;
+    return { chunks: entries(this.chunks), queuedBlocks: entries(this.unpacked), cache: this.chunkCache.stats() };
+  }
+
   /** Waits until every write issued so far is durable. */
   async flushed(): Promise<void> {
     await this.env.committed;
@@ -278,7 +466,123 @@ export class BlockStore {
     await this.env.close();
   }
 
-  // ---- Maintenance (fsck, gc): whole-store scans and direct edits, for an unmounted volume only. ----
+  // ---- Super-chunks: packing short blocks and repacking sparse chunks (SuperChunkPacker). ----
+
+  /** Up to `limit` queued short blocks, oldest first. */
+  queuedBlocks(limit: number): QueuedBlock[] {
+    const out: QueuedBlock[] = [];
+    for (const { key, value } of this.unpacked.getRange({ limit })) out.push({ seq: Number(key.readBigUInt64BE(0)), hash: Buffer.from(value) });
+    return out;
+  }
+
+  /** The decoded bytes of a loose block (a private copy), or undefined when it is absent or not loose any more. */
+  looseBytes(hash: Buffer): Buffer | undefined {
+    const value = this.blocks.getBinaryFast(hash);
+    if (!value || isLocator(value)) return undefined;
+    try {
+      return Buffer.from(decodeBlock(value));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The locator of a block inside a super-chunk, or undefined. */
+  locatorOf(hash: Buffer): Locator | undefined {
+    const value = this.blocks.getBinaryFast(hash);
+    if (!value || !isLocator(value)) return undefined;
+    try {
+      return decodeLocator(value);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Stores a new super-chunk and points the listed blocks into it, in one durable
+   * transaction. `members` are (hash, offset, length) of the blocks in `value`'s decoded
+   * bytes; `replaces` says what each block must be right now for its value to be swapped
+   * (still loose, or still at a given place in another chunk): a block that changed
+   * meanwhile (released, or moved by someone else) keeps its value, and its bytes in the
+   * new chunk are dead from the start. `done` queue entries are removed in the same
+   * transaction. Returns the new chunk's id, or undefined when no block moved into it.
+   */
+  async commitChunk(
+    value: Buffer,
+    totalBytes: number,
+    members: readonly { hash: Buffer; offset: number; length: number; from: 'loose' | Locator }[],
+    done: readonly number[],
+  ): Promise<number | undefined> {
+    const result = await this.env.transaction(() => {
+      const totals = this.readTotals();
+      const id = this.allocateChunk();
+      let liveBlocks = 0;
+      let liveBytes = 0;
+      const moved: ChunkMember[] = [];
+      for (const m of members) {
+        if (this.refCount(m.hash) === 0) continue;
+        // Read out before any other get (getBinaryFast's buffer is shared).
+        const cur = this.blocks.getBinaryFast(m.hash);
+        if (!cur) continue;
+        const curLength = cur.length;
+        const curLoc = isLocator(cur) ? decodeLocator(cur) : undefined;
+        if (m.from === 'loose') {
+          if (curLoc) continue;
+        } else {
+          if (!curLoc || curLoc.chunk !== m.from.chunk || curLoc.offset !== m.from.offset) continue;
+          this.releaseFromChunk(curLoc.chunk, curLoc.length, totals);
+        }
+        totals.storedBytes += LOCATOR_SIZE - curLength;
+        this.blocks.put(m.hash, encodeLocator({ chunk: id, offset: m.offset, length: m.length }));
+        moved.push(m);
+        liveBlocks++;
+        liveBytes += m.length;
+      }
+      for (const seq of done) this.unpacked.remove(seqKey(seq));
+      if (liveBlocks > 0) {
+        this.chunks.put(chunkKey(id), value);
+        this.chunkinfo.put(chunkKey(id), encodeChunkInfo({ liveBlocks, liveBytes, totalBytes }));
+        this.chunkdir.put(chunkKey(id), encodeChunkDir(moved));
+        totals.storedBytes += value.length;
+      }
+      this.writeTotals(totals);
+      return liveBlocks > 0 ? id : undefined;
+    });
+    await this.env.flushed;
+    return result;
+  }
+
+  /**
+   * Replaces loose values by others of the same bytes (a short block that did not pack
+   * well, compressed alone after all) and removes `done` queue entries. Values are only
+   * swapped while the block is still loose with the given raw length.
+   */
+  async replaceLoose(values: readonly { hash: Buffer; value: Buffer }[], done: readonly number[]): Promise<void> {
+    await this.env.transaction(() => {
+      const totals = this.readTotals();
+      for (const { hash, value } of values) {
+        const cur = this.blocks.getBinaryFast(hash);
+        if (!cur || isLocator(cur) || cur.readUInt32LE(4) !== value.readUInt32LE(4)) continue;
+        totals.storedBytes += value.length - cur.length;
+        this.blocks.put(hash, value);
+      }
+      for (const seq of done) this.unpacked.remove(seqKey(seq));
+      this.writeTotals(totals);
+    });
+    await this.env.flushed;
+  }
+
+  private allocateChunk(): number {
+    const raw = this.info.getBinaryFast(NEXT_CHUNK_KEY);
+    let next = raw && raw.length === 8 ? Number(raw.readBigUInt64LE(0)) : 1;
+    // Never reuse an id still present (a store whose counter was lost or rolled back).
+    while (this.chunkinfo.doesExist(chunkKey(next)) || this.chunks.doesExist(chunkKey(next))) next++;
+    const b = Buffer.allocUnsafe(8);
+    b.writeBigUInt64LE(BigInt(next + 1), 0);
+    this.info.put(NEXT_CHUNK_KEY, b);
+    return next;
+  }
+
+  // ---- Maintenance (fsck, gc): whole-store scans and direct edits. ----
 
   /** Stored blocks in key order with their raw values (header included); each value is a private copy. */
   *scanValues(): Generator<{ hash: Buffer; value: Buffer }> {
@@ -288,6 +592,16 @@ export class BlockStore {
   /** Stored block keys in key order, without reading the values. */
   *scanHashes(): Generator<Buffer> {
     for (const key of this.blocks.getKeys({})) yield key;
+  }
+
+  /** Super-chunks in id order with their values (private copies). */
+  *scanChunks(): Generator<{ chunk: number; value: Buffer }> {
+    for (const { key, value } of this.chunks.getRange({})) yield { chunk: Number(key.readBigUInt64BE(0)), value };
+  }
+
+  /** Every super-chunk's bookkeeping; `info` is undefined when the entry is malformed. */
+  *scanChunkInfo(): Generator<{ chunk: number; info: ChunkInfo | undefined }> {
+    for (const { key, value } of this.chunkinfo.getRange({})) yield { chunk: Number(key.readBigUInt64BE(0)), info: decodeChunkInfo(value) };
   }
 
   /** Every reference-count entry; `count` is undefined when the entry is malformed (not 4 bytes). */
@@ -308,10 +622,25 @@ export class BlockStore {
     return value ? Buffer.from(value) : undefined;
   }
 
+  /** A super-chunk's stored value as a private copy, or undefined. */
+  chunkValue(chunk: number): Buffer | undefined {
+    const value = this.chunks.getBinary(chunkKey(chunk));
+    return value ? Buffer.from(value) : undefined;
+  }
+
+  /** The blocks packed into a chunk when it was written (some may have died or moved since). */
+  chunkMembers(chunk: number): ChunkMember[] {
+    return decodeChunkDir(this.chunkdir.getBinaryFast(chunkKey(chunk)));
+  }
+
+  chunkInfo(chunk: number): ChunkInfo | undefined {
+    return decodeChunkInfo(this.chunkinfo.getBinaryFast(chunkKey(chunk)));
+  }
+
   /**
    * Runs `fn` in one write transaction and resolves once it is durable. The setters below
-   * (setRefCount, putRawValue, deleteValue, setTotals, markDamaged, clearDamaged) are meant
-   * to be called inside it.
+   * (setRefCount, putRawValue, deleteValue, putChunk, deleteChunk, setChunkInfo,
+   * clearQueue, setTotals, markDamaged, clearDamaged, dropBlock) are meant to be called inside it.
    */
   async maintenance<T>(fn: () => T): Promise<T> {
     const result = await this.env.transaction(fn);
@@ -330,9 +659,49 @@ export class BlockStore {
     this.blocks.put(hash, value);
   }
 
-  /** Deletes a block's value, leaving its reference count and the totals alone. */
+  /** Deletes a block's value, leaving its reference count, its chunk's bookkeeping and the totals alone. */
   deleteValue(hash: Buffer): void {
     this.blocks.remove(hash);
+  }
+
+  putChunk(chunk: number, value: Buffer): void {
+    this.chunks.put(chunkKey(chunk), value);
+    this.chunkCache.drop(chunk);
+  }
+
+  deleteChunk(chunk: number): void {
+    this.chunks.remove(chunkKey(chunk));
+    this.chunkinfo.remove(chunkKey(chunk));
+    this.chunkdir.remove(chunkKey(chunk));
+    this.chunkCache.drop(chunk);
+  }
+
+  setChunkInfo(chunk: number, info: ChunkInfo): void {
+    this.chunkinfo.put(chunkKey(chunk), encodeChunkInfo(info));
+  }
+
+  setChunkMembers(chunk: number, members: readonly ChunkMember[]): void {
+    this.chunkdir.put(chunkKey(chunk), encodeChunkDir(members));
+  }
+
+  /** Empties the packing queue (fsck --repair, after which nothing is queued that is not loose). */
+  clearQueue(): void {
+    for (const key of this.unpacked.getKeys({})) this.unpacked.remove(key);
+  }
+
+  /**
+   * Deletes a block with all its bookkeeping (reference count, super-chunk share, totals):
+   * what gc does to a block nothing references. Returns what went, or undefined when absent.
+   */
+  dropBlock(hash: Buffer): { stored: number; raw: number; references: number } | undefined {
+    const totals = this.readTotals();
+    const references = this.refCount(hash);
+    const gone = this.removeBlock(hash, totals);
+    if (!gone) return undefined;
+    this.refs.remove(hash);
+    totals.references -= references;
+    this.writeTotals(totals);
+    return { ...gone, references };
   }
 
   /** Overwrites the running totals (after a recount). */
@@ -377,6 +746,10 @@ export class BlockStore {
       pages(this.blocks.getStats() as TreeStats) +
       pages(this.refs.getStats() as TreeStats) +
       pages(this.info.getStats() as TreeStats) +
+      pages(this.chunks.getStats() as TreeStats) +
+      pages(this.chunkinfo.getStats() as TreeStats) +
+      pages(this.chunkdir.getStats() as TreeStats) +
+      pages(this.unpacked.getStats() as TreeStats) +
       pages(all.root) +
       pages(all.free) +
       2;
@@ -392,7 +765,7 @@ export class BlockStore {
       fileBytes,
       usedBytes: Math.min(treePages, totalPages) * all.pageSize,
       freeBytes: Math.max(0, totalPages - treePages) * all.pageSize,
-      blockPages: pages(this.blocks.getStats() as TreeStats),
+      blockPages: pages(this.blocks.getStats() as TreeStats) + pages(this.chunks.getStats() as TreeStats),
     };
   }
 
@@ -421,6 +794,73 @@ export class BlockStore {
     raw.writeBigUInt64LE(BigInt(Math.max(0, t.references)), 24);
     this.info.put(STATS_KEY, raw);
   }
+}
+
+class MissingChunkError extends Error {
+  constructor(chunk: number) {
+    super(`super-chunk ${chunk} is missing`);
+  }
+}
+
+function serveFromChunk(chunk: DecodedChunk, loc: Locator, hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead {
+  if (loc.offset + loc.length > chunk.data.length) return 'corrupt';
+  const data = chunk.data.subarray(loc.offset, loc.offset + loc.length);
+  // Verified once per decoding of the chunk: its decoded bytes then sit in memory.
+  if (!chunk.verified.has(loc.offset)) {
+    if (!hashBlock(data).equals(hash)) return 'corrupt';
+    chunk.verified.add(loc.offset);
+  }
+  copyRange(data, from, length, target, at);
+  return 'ok';
+}
+
+/** Copies data[from, from+length) to target at `at`; bytes past the data's end read as zeros. */
+function copyRange(data: Buffer, from: number, length: number, target: Buffer, at: number): void {
+  const end = Math.min(from + length, data.length);
+  if (end > from) data.copy(target, at, from, end);
+  if (end < from + length) target.fill(0, at + Math.max(0, end - from), at + length);
+}
+
+function chunkKey(chunk: number): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(BigInt(chunk), 0);
+  return b;
+}
+
+const seqKey = chunkKey;
+
+function encodeChunkInfo(info: ChunkInfo): Buffer {
+  const b = Buffer.allocUnsafe(12);
+  b.writeUInt32LE(Math.max(0, info.liveBlocks), 0);
+  b.writeUInt32LE(Math.max(0, info.liveBytes), 4);
+  b.writeUInt32LE(info.totalBytes, 8);
+  return b;
+}
+
+function decodeChunkInfo(raw: Buffer | undefined): ChunkInfo | undefined {
+  if (!raw || raw.length !== 12) return undefined;
+  return { liveBlocks: raw.readUInt32LE(0), liveBytes: raw.readUInt32LE(4), totalBytes: raw.readUInt32LE(8) };
+}
+
+const DIR_ENTRY = 40;
+
+function encodeChunkDir(members: readonly ChunkMember[]): Buffer {
+  const b = Buffer.allocUnsafe(members.length * DIR_ENTRY);
+  members.forEach((m, i) => {
+    m.hash.copy(b, i * DIR_ENTRY);
+    b.writeUInt32LE(m.offset, i * DIR_ENTRY + 32);
+    b.writeUInt32LE(m.length, i * DIR_ENTRY + 36);
+  });
+  return b;
+}
+
+function decodeChunkDir(raw: Buffer | undefined): ChunkMember[] {
+  if (!raw || raw.length % DIR_ENTRY !== 0) return [];
+  const out: ChunkMember[] = [];
+  for (let at = 0; at < raw.length; at += DIR_ENTRY) {
+    out.push({ hash: Buffer.from(raw.subarray(at, at + 32)), offset: raw.readUInt32LE(at + 32), length: raw.readUInt32LE(at + 36) });
+  }
+  return out;
 }
 
 function u32(n: number): Buffer {

@@ -1,18 +1,30 @@
 import type { BlockRead, BlockStore, BlockToStore } from '../store/block-store';
+import { encodeBlockAsync } from '../store/codec';
+
+/** Up to this much, a drain commits on the calling thread (see drain). */
+const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
+
+/** A block handed over, with its compressed value being made off this thread if it needs one. */
+interface QueuedBlock extends BlockToStore {
+  encoding?: Promise<Buffer>;
+}
 
 /**
  * Batches new block references into few LMDB transactions. Callers hand blocks over
  * and go on; `drain()` resolves when everything handed over so far is durable.
+ * A block the store lacks is compressed on libuv's thread pool as soon as it is handed
+ * over, so compression overlaps with the writes that follow and never holds up the
+ * JavaScript thread, which serves every FUSE request.
  * Memory held by queued and in-flight blocks is bounded: `admit()` waits while it is
  * above the limit, which slows writers down instead of failing them.
  */
-/** Up to this much, a drain commits on the calling thread (see drain). */
-const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
 
 export class BlockWriter {
   /** Blocks handed over but not yet committed, readable meanwhile (key: hash as latin1). */
   private readonly unsettled = new Map<string, { data: Buffer; count: number }>();
-  private queue: BlockToStore[] = [];
+  private queue: QueuedBlock[] = [];
+  /** Queued blocks whose compression has not finished. */
+  private encodingCount = 0;
   private queuedBytes = 0;
   private inFlightBytes = 0;
   private scheduled = false;
@@ -32,7 +44,24 @@ export class BlockWriter {
     const u = this.unsettled.get(key);
     if (u) u.count += 1;
     else this.unsettled.set(key, { data, count: 1 });
-    this.queue.push({ hash, data });
+    const item: QueuedBlock = { hash, data };
+    if (this.store.wantsEncoding(hash, data.length)) {
+      this.encodingCount++;
+      item.encoding = encodeBlockAsync(data, this.store.codec).then(
+        (value) => {
+          item.value = value;
+          this.encodingCount--;
+          return value;
+        },
+        (err: unknown) => {
+          this.encodingCount--;
+          throw err;
+        },
+      );
+      // A failure shows when the batch is submitted; this keeps it from being "unhandled" before.
+      item.encoding.catch(() => undefined);
+    }
+    this.queue.push(item);
     this.queuedBytes += data.length;
     if (this.queue.length >= this.batchBlocks) this.submit();
     else if (!this.scheduled) {
@@ -43,11 +72,12 @@ export class BlockWriter {
 
   /**
    * Copies bytes of a block out of the writer's hands or, once committed, out of the
-   * store (verified against its hash); bytes past the block's end read as zeros.
+   * store (verified against its hash); bytes past the block's end read as zeros. A
+   * promise when the store has to decompress a super-chunk first.
    */
-  copyOut(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead {
+  read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
     const u = this.unsettled.size > 0 ? this.unsettled.get(hash.toString('latin1')) : undefined;
-    if (!u) return this.store.copyOut(hash, from, length, target, at);
+    if (!u) return this.store.read(hash, from, length, target, at);
     const end = Math.min(from + length, u.data.length);
     if (end > from) u.data.copy(target, at, from, end);
     if (end < from + length) target.fill(0, at + Math.max(0, end - from), at + length);
@@ -69,7 +99,7 @@ export class BlockWriter {
   async drain(): Promise<void> {
     // A few blocks and nothing in flight (a small file being closed): commit them right
     // here, without the round trip through LMDB's writer thread.
-    if (this.pending.size === 0 && this.queue.length > 0 && this.queuedBytes <= SYNC_COMMIT_MAX_BYTES) {
+    if (this.pending.size === 0 && this.queue.length > 0 && this.queuedBytes <= SYNC_COMMIT_MAX_BYTES && this.encodingCount === 0) {
       const batch = this.queue;
       this.queue = [];
       this.queuedBytes = 0;
@@ -107,8 +137,9 @@ export class BlockWriter {
     this.queue = [];
     this.queuedBytes = 0;
     this.inFlightBytes += bytes;
-    const p: Promise<void> = this.store
-      .acquire(batch)
+    const encodings = batch.filter((b) => b.encoding && !b.value).map((b) => b.encoding);
+    const stored = encodings.length > 0 ? Promise.all(encodings).then(() => this.store.acquire(batch)) : this.store.acquire(batch);
+    const p: Promise<void> = stored
       .catch((err: Error) => {
         this.failure = err;
       })

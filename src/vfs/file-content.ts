@@ -58,6 +58,8 @@ export class FileContent {
   committedSize: number;
   /** True when something differs from what is committed. */
   dirty = false;
+  /** Writes and truncates waiting for a block to load, in order (see `after`). */
+  private gate: Promise<void> | undefined;
 
   constructor(
     readonly row: InodeRow,
@@ -74,11 +76,13 @@ export class FileContent {
     return this.row.size;
   }
 
-  read(offset: number, length: number): Buffer {
+  /** The bytes at [offset, offset+length) clipped to the size; a promise when a super-chunk must be decompressed first. */
+  read(offset: number, length: number): Buffer | Promise<Buffer> {
     const end = Math.min(offset + length, this.row.size);
     if (offset >= end) return Buffer.alloc(0);
     const out = Buffer.allocUnsafe(end - offset);
     const B = this.blockSize;
+    let waits: Promise<void>[] | undefined;
     for (let idx = Math.floor(offset / B); idx * B < end; idx++) {
       const blockStart = idx * B;
       const from = Math.max(offset, blockStart) - blockStart;
@@ -95,12 +99,41 @@ export class FileContent {
         out.fill(0, at, at + to - from);
         continue;
       }
-      this.checkRead(this.writer.copyOut(ref.hash, from, to - from, out, at), idx, ref);
+      const r = this.writer.read(ref.hash, from, to - from, out, at);
+      if (typeof r === 'string') this.checkRead(r, idx, ref);
+      else (waits ??= []).push(r.then((res) => this.checkRead(res, idx, ref)));
     }
-    return out;
+    return waits ? Promise.all(waits).then(() => out) : out;
   }
 
-  write(data: Buffer, offset: number): void {
+  /**
+   * Applies a write. Usually at once; when a partly overwritten block has to be read
+   * first and that means decompressing a super-chunk, the write waits for it (and the
+   * file's later writes and truncates wait behind it, so they apply in order).
+   */
+  write(data: Buffer, offset: number): void | Promise<void> {
+    if (this.gate) return this.after(() => this.writeNow(data, offset));
+    const running = this.writeNow(data, offset);
+    if (running) return this.after(() => running);
+  }
+
+  private writeNow(data: Buffer, offset: number): Promise<void> | undefined {
+    const B = this.blockSize;
+    const end = offset + data.length;
+    const partial: number[] = [];
+    const first = Math.floor(offset / B);
+    const last = Math.floor((end - 1) / B);
+    if (data.length > 0) {
+      if (offset % B !== 0) partial.push(first);
+      if (end % B !== 0 && !(last === first && partial.length > 0)) partial.push(last);
+    }
+    const loading = this.load(partial);
+    if (loading) return loading.then(() => this.applyWrite(data, offset));
+    this.applyWrite(data, offset);
+    return undefined;
+  }
+
+  private applyWrite(data: Buffer, offset: number): void {
     const B = this.blockSize;
     const end = offset + data.length;
     for (let idx = Math.floor(offset / B); idx * B < end; idx++) {
@@ -129,7 +162,22 @@ export class FileContent {
     if (this.pending.size > MAX_PENDING_BLOCKS) this.sealAll();
   }
 
-  truncate(size: number): void {
+  /** Cuts or extends the file; waits like `write` when the new last block must be read first. */
+  truncate(size: number): void | Promise<void> {
+    if (this.gate) return this.after(() => this.truncateNow(size));
+    const running = this.truncateNow(size);
+    if (running) return this.after(() => running);
+  }
+
+  private truncateNow(size: number): Promise<void> | undefined {
+    const B = this.blockSize;
+    const loading = size < this.row.size && size % B !== 0 ? this.load([Math.ceil(size / B) - 1]) : undefined;
+    if (loading) return loading.then(() => this.applyTruncate(size));
+    this.applyTruncate(size);
+    return undefined;
+  }
+
+  private applyTruncate(size: number): void {
     const B = this.blockSize;
     if (size < this.row.size) {
       const keep = Math.ceil(size / B); // blocks [0, keep) survive
@@ -159,6 +207,44 @@ export class FileContent {
     }
     this.row.size = size;
     this.dirty = true;
+  }
+
+  /** Runs `step` once the file's waiting writes are done; later writes and truncates queue behind it. */
+  private after(step: () => void | Promise<void>): Promise<void> {
+    const run = (this.gate ?? Promise.resolve()).then(step);
+    // A failed step fails only its own write; the queue goes on.
+    const gate = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.gate = gate;
+    void gate.then(() => {
+      if (this.gate === gate) this.gate = undefined;
+    });
+    return run;
+  }
+
+  /**
+   * Makes the listed blocks pending (loaded for a read-modify-write). Undefined when that
+   * was done at once; a promise when some had to wait for a super-chunk's decompression.
+   */
+  private load(indexes: readonly number[]): Promise<void> | undefined {
+    let waits: Promise<void>[] | undefined;
+    for (const idx of indexes) {
+      if (this.pending.has(idx)) continue;
+      const ref = this.blocks.get(idx);
+      if (!ref) continue;
+      const buf = Buffer.allocUnsafe(this.blockSize);
+      const r = this.writer.read(ref.hash, 0, this.blockSize, buf, 0);
+      const install = (res: BlockRead) => {
+        this.checkRead(res, idx, ref);
+        // The block may have been replaced while it loaded: only install what is still current.
+        if (this.blocks.get(idx) === ref && !this.pending.has(idx)) this.pending.set(idx, { buf, len: ref.len });
+      };
+      if (typeof r === 'string') install(r);
+      else (waits ??= []).push(r.then(install));
+    }
+    return waits ? Promise.all(waits).then(() => undefined) : undefined;
   }
 
   /** Adds the keys (hash as latin1) of every block the file's current content uses. */
@@ -224,7 +310,7 @@ export class FileContent {
     return released;
   }
 
-  /** The pending block `idx`, loaded from the store if it exists, with room for `need` bytes. */
+  /** The pending block `idx` (loaded by `load` if it has stored bytes), with room for `need` bytes. */
   private pendingBlock(idx: number, need: number): PendingBlock {
     let p = this.pending.get(idx);
     if (p) {
@@ -235,14 +321,13 @@ export class FileContent {
       }
       return p;
     }
-    const ref = this.blocks.get(idx);
-    if (!ref) {
-      p = { buf: Buffer.alloc(Math.min(this.blockSize, Math.max(need, 4096))), len: 0 };
-    } else {
-      const buf = Buffer.allocUnsafe(this.blockSize);
-      this.checkRead(this.writer.copyOut(ref.hash, 0, this.blockSize, buf, 0), idx, ref);
-      p = { buf, len: ref.len };
+    if (this.blocks.has(idx)) {
+      // Callers load stored blocks first; one that could only be read asynchronously is a bug here.
+      if (this.load([idx])) throw new FsError(E.EIO, `block ${idx} of inode ${this.row.ino} was not loaded before a partial write`);
+      p = this.pending.get(idx);
+      if (p) return p;
     }
+    p = { buf: Buffer.alloc(Math.min(this.blockSize, Math.max(need, 4096))), len: 0 };
     this.pending.set(idx, p);
     return p;
   }

@@ -16,6 +16,8 @@ import { Committer } from './committer';
 import { E, FsError, fail } from './errors';
 import { FileContent } from './file-content';
 import { Reclaimer } from './reclaimer';
+import type { SuperChunkPacker } from '../store/super-chunk-packer';
+import type { ChunkCacheStats } from '../store/chunk-cache';
 import { now, type Timespec } from './time';
 import type { Volume } from './volume';
 
@@ -55,6 +57,14 @@ export interface FsOptions {
   onSecurityXattr?: () => void;
 }
 
+/** A mounted volume's in-memory state, as `pogfs stats` shows it. */
+export interface DaemonStatus {
+  chunkCache: ChunkCacheStats;
+  queuedShortBlocks: number;
+  superChunks: number;
+  openFiles: number;
+}
+
 /** An inode the kernel knows of or that is open: its row, counts and (for open files) content. */
 interface Node {
   row: InodeRow;
@@ -86,6 +96,7 @@ export class PogFs implements LowLevelOps {
   private nextFh = 1;
   readonly writer: BlockWriter;
   readonly reclaimer: Reclaimer;
+  readonly packer: SuperChunkPacker;
   private readonly committer: Committer;
   private readonly writeback: NodeJS.Timeout;
   private securityXattrs: boolean;
@@ -98,6 +109,7 @@ export class PogFs implements LowLevelOps {
     this.writer = new BlockWriter(volume.store);
     this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
     this.committer = new Committer(volume.meta, this.writer, this.reclaimer);
+    this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));
     this.securityXattrs = volume.meta.anySecurityXattr();
     volume.meta.groupCommitMs = options.metadataCommitMs;
     this.writeback = setInterval(() => {
@@ -126,6 +138,7 @@ export class PogFs implements LowLevelOps {
     clearInterval(this.writeback);
     await this.commitAll();
     await this.reclaimer.run();
+    await this.packer.flush();
     this.volume.meta.barrier();
   }
 
@@ -137,6 +150,13 @@ export class PogFs implements LowLevelOps {
     await this.commitAll();
     await this.writer.drain();
     await this.reclaimer.run();
+    await this.packer.flush();
+  }
+
+  /** What the mounted volume holds in memory and in its queues (for `pogfs stats` on a mount). */
+  status(): DaemonStatus {
+    const c = this.volume.store.chunkStats();
+    return { chunkCache: c.cache, queuedShortBlocks: c.queuedBlocks, superChunks: c.chunks, openFiles: this.files.size };
   }
 
   /** Keys (hash as latin1) of blocks in use right now that may lack a committed block row. */
@@ -194,7 +214,7 @@ export class PogFs implements LowLevelOps {
       if (ch.size < 0 || !Number.isSafeInteger(ch.size)) fail(E.EINVAL);
       const content = this.content(node);
       if (ch.size !== content.size) {
-        content.truncate(ch.size);
+        await content.truncate(ch.size);
         if (!(ch.valid & (SetAttrValid.MTIME | SetAttrValid.MTIME_NOW))) setTime(row, 'mtime', t);
       }
       // A truncate with no open handle is committed now: nothing else would commit it.
@@ -400,7 +420,7 @@ export class PogFs implements LowLevelOps {
     return this.openNode(node, flags);
   }
 
-  read(ino: number, fh: number, size: number, offset: number): Buffer {
+  read(ino: number, fh: number, size: number, offset: number): Buffer | Promise<Buffer> {
     const node = this.handleNode(ino, fh);
     if (!node.content) fail(E.EBADF);
     return node.content.read(offset, size);
@@ -410,10 +430,11 @@ export class PogFs implements LowLevelOps {
     const node = this.handleNode(ino, fh);
     if (!node.content) fail(E.EBADF);
     if (!Number.isSafeInteger(offset + data.length)) fail(E.EFBIG);
-    node.content.write(data, offset);
+    const applying = node.content.write(data, offset);
     const t = now();
     setTime(node.row, 'mtime', t);
     setTime(node.row, 'ctime', t);
+    if (applying) return applying.then(() => this.writer.admit()).then(() => data.length);
     const wait = this.writer.admit();
     return wait ? wait.then(() => data.length) : data.length;
   }

@@ -1,14 +1,18 @@
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
-import { BlockStore } from '../store/block-store';
-import { codecFor, type Compression } from '../store/codec';
+import { BlockStore, type BlockStoreOptions } from '../store/block-store';
+import { codecFor } from '../store/codec';
 import { HASH_ALGORITHM } from '../store/hash';
+import { SUPER_CHUNK_BYTES, SuperChunkPacker } from '../store/super-chunk-packer';
 import { now } from './time';
+import { formatSettings, initialSettings, readSettings, type VolumeSettings } from './volume-settings';
 
 export const DEFAULT_BLOCK_SIZE = 128 * 1024;
-/** New volumes compress blocks with LZ4 unless told otherwise. */
-export const DEFAULT_COMPRESSION: Compression = 'lz4';
+/** LZ4 matches reach 64 KiB back: a block at least that long has its context within itself. */
+const LZ4_WINDOW = 64 * 1024;
+/** A partial super-chunk is packed once no short block was written for this long. */
+const PACK_IDLE_MS = 1000;
 
 /** Where a volume keeps its parts, relative to the volume directory. */
 export const VolumeFiles = {
@@ -23,13 +27,25 @@ export class VolumeError extends Error {
   override readonly name = 'VolumeError';
 }
 
-/** An opened volume: its metadata database and its block store. */
+/** The block store's options that follow from a volume's settings. */
+function storeOptions(settings: VolumeSettings, blockSize: number): BlockStoreOptions {
+  const codec = codecFor(settings.compression);
+  // Super-chunks take the blocks that are short of a full LZ4 window or of a full block:
+  // small files and file tails (all blocks when blocks are smaller than the window).
+  const packBelow = settings.superchunks ? (blockSize < LZ4_WINDOW ? blockSize + 1 : blockSize) : 0;
+  return { codec, packBelow, chunkCacheBytes: settings.chunkCacheBytes };
+}
+
+/** An opened volume: its metadata database, its block store and its settings. */
 export class Volume {
+  private superChunkPacker: SuperChunkPacker | undefined;
+
   private constructor(
     readonly path: string,
     readonly meta: MetaDb,
     readonly store: BlockStore,
     readonly superblock: Superblock,
+    readonly settings: VolumeSettings,
   ) {}
 
   get blockSize(): number {
@@ -42,14 +58,23 @@ export class Volume {
 
   /** The codec setting new blocks are written with ('lz4' or 'none'). */
   get compression(): string {
-    return this.superblock.compression;
+    return this.settings.compression;
   }
 
-  static create(path: string, options: { blockSize?: number; compression?: Compression } = {}): Volume {
+  /**
+   * The packer of short blocks into super-chunks, started on first use (a mounted
+   * volume, gc). Closed with the volume.
+   */
+  packer(onError: (err: unknown) => void = () => undefined): SuperChunkPacker {
+    this.superChunkPacker ??= new SuperChunkPacker(this.store, { targetBytes: SUPER_CHUNK_BYTES, idleMs: PACK_IDLE_MS, onError });
+    return this.superChunkPacker;
+  }
+
+  static create(path: string, options: { blockSize?: number } & Partial<VolumeSettings> = {}): Volume {
     const dir = resolve(path);
     const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-    const compression = options.compression ?? DEFAULT_COMPRESSION;
-    const codec = codecFor(compression);
+    const { blockSize: _ignored, ...overrides } = options;
+    const settings = initialSettings(overrides);
     if (existsSync(dir)) {
       if (!statSync(dir).isDirectory()) throw new VolumeError(`${dir} exists and is not a directory`);
       if (readdirSync(dir).length > 0) {
@@ -63,11 +88,11 @@ export class Volume {
     const meta = MetaDb.create(join(dir, VolumeFiles.meta), {
       blockSize,
       hashAlgorithm: HASH_ALGORITHM,
-      compression,
+      settings: formatSettings(settings),
       root: newInode({ mode: 0o040755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, nlink: 2 }, t),
     });
-    const store = BlockStore.open(join(dir, VolumeFiles.blocks), { codec });
-    return new Volume(dir, meta, store, meta.superblock());
+    const store = BlockStore.open(join(dir, VolumeFiles.blocks), storeOptions(settings, blockSize));
+    return new Volume(dir, meta, store, meta.superblock(), settings);
   }
 
   static open(path: string, options: { readOnly?: boolean } = {}): Volume {
@@ -94,18 +119,26 @@ export class Volume {
       meta.close();
       throw new VolumeError(`${dir}: the block store (${VolumeFiles.blocks}/) is missing`);
     }
-    let codec;
+    let settings: VolumeSettings;
     try {
-      codec = codecFor(superblock.compression);
+      settings = readSettings(meta.settings());
     } catch (err) {
       meta.close();
-      throw new VolumeError(`${dir}: ${(err as Error).message}; upgrade pogfs`);
+      throw new VolumeError(`${dir}: ${(err as Error).message}`);
     }
-    const store = BlockStore.open(join(dir, VolumeFiles.blocks), { readOnly: options.readOnly, codec });
-    return new Volume(dir, meta, store, superblock);
+    const store = BlockStore.open(join(dir, VolumeFiles.blocks), { readOnly: options.readOnly, ...storeOptions(settings, superblock.block_size) });
+    return new Volume(dir, meta, store, superblock, settings);
+  }
+
+  /** Stores changed settings (the volume must not be mounted: a daemon reads them once). */
+  changeSettings(changes: Partial<VolumeSettings>): VolumeSettings {
+    const next = { ...this.settings, ...changes };
+    this.meta.setSettings(formatSettings(next));
+    return next;
   }
 
   async close(): Promise<void> {
+    await this.superChunkPacker?.close();
     await this.store.close();
     this.meta.close();
   }

@@ -26,9 +26,9 @@ export interface TestFs {
   reopen(): Promise<TestFs>;
 }
 
-/** Opens the volume at `path`, creating it (with `blockSize` and `compression`) when absent. */
-export function openFs(path: string, blockSize?: number, compression?: Compression): TestFs {
-  const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize, compression });
+/** Opens the volume at `path`, creating it (with `blockSize`, `compression`, `superchunks`) when absent. */
+export function openFs(path: string, blockSize?: number, compression?: Compression, superchunks?: boolean): TestFs {
+  const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize, compression, superchunks });
   const fs = new PogFs(volume, { cacheTimeout: 60, syncOnClose: true, writebackIntervalMs: 60000, metadataCommitMs: 1000 }, quietLog);
   const t: TestFs = {
     fs,
@@ -46,8 +46,20 @@ export function openFs(path: string, blockSize?: number, compression?: Compressi
   return t;
 }
 
-export function newFs(blockSize?: number, compression?: Compression): TestFs {
-  return openFs(join(tempDir(), 'vol'), blockSize, compression);
+export function newFs(blockSize?: number, compression?: Compression, superchunks?: boolean): TestFs {
+  return openFs(join(tempDir(), 'vol'), blockSize, compression, superchunks);
 }
 
 export const b = (s: string) => Buffer.from(s);
+
+/** Reads a file through PogFs as a program would (open, read, release); the bytes, or the errno. */
+export async function readThrough(t: TestFs, ino: number, offset = 0, length = 64 << 20): Promise<Buffer | number> {
+  const o = t.fs.open(ino, 0, root);
+  try {
+    return await t.fs.read(ino, o.fh, length, offset);
+  } catch (err) {
+    return (err as { errno?: number }).errno ?? -1;
+  } finally {
+    t.fs.release(ino, o.fh, 0);
+  }
+}
