@@ -13,7 +13,9 @@
  * fsyncs per written file) and with --no-sync-on-close. Then fsck and gc (bench/fsck.ts).
  * Then compression, none vs lz4 per block vs lz4 with super-chunks vs borg
  * (bench/compression.ts), and where LZ4 runs best (bench/codec-threads.ts);
- * POGFS_BENCH_COMPRESSION=0 skips both.
+ * POGFS_BENCH_COMPRESSION=0 skips both. Then the Google Drive remote against the Drive
+ * emulator: upload rate, cold read after a restore, calls per GiB (bench/remote.ts);
+ * POGFS_BENCH_REMOTE=0 skips it, POGFS_BENCH_REMOTE_MIB sizes it.
  * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
  * POGFS_BENCH_FILES the tar tree, POGFS_BENCH_FSCK_FILES the fsck volume (0 skips it).
  */
@@ -24,6 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { benchCodecThreads, printCodecThreads } from './codec-threads';
 import { benchCompression, printCompression } from './compression';
 import { benchFsck, printFsck } from './fsck';
+import { benchRemote, printRemote } from './remote';
 import { dropCaches, seconds, sh } from './shell';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -182,7 +185,9 @@ async function main(): Promise<void> {
     if (compression) printCompression(compression);
     const codecThreads = process.env.POGFS_BENCH_COMPRESSION === '0' ? undefined : await benchCodecThreads();
     if (codecThreads) printCodecThreads(codecThreads);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression, codecThreads }, null, 2));
+    const remote = process.env.POGFS_BENCH_REMOTE === '0' ? undefined : await benchRemote(work, POGFS);
+    if (remote) printRemote(remote);
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression, codecThreads, remote }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);

@@ -6,7 +6,8 @@ import type { BlockStoreStats, ChunkInfo } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader, decodeLocator, isLocator, type Locator } from '../src/store/codec';
 import { HASH_LENGTH, hashBlock } from '../src/store/hash';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
-import { FindingSet, ProgressLine, displayName, type FsckStats } from './report';
+import { FindingSet, ProgressLine, type FsckStats } from './report';
+import { PathNamer, displayName } from '../src/meta/path-namer';
 
 /**
  * The checker: reads a closed volume's metadata (SQLite) and block store (LMDB) directly
@@ -108,49 +109,6 @@ const MAX_FILES_PER_CHUNK = 1000;
 export const hashOf = (k: string) => Buffer.from(k, 'latin1');
 const short = (k: string) => hashOf(k).toString('hex').slice(0, 16);
 
-/** Names inodes by path, walking entries up to the root (memoized per directory). */
-export class PathNamer {
-  private readonly dirs = new Map<number, string>();
-
-  constructor(private readonly volume: Volume) {}
-
-  /** One path of `ino`, plus "(and N more links)" when several entries name it. */
-  of(ino: number): string {
-    if (ino === ROOT_INO) return '/';
-    const links = this.volume.meta.entriesOf(ino);
-    if (links.length === 0) return `<inode #${ino}, named by no entry>`;
-    const base = `${this.dir(links[0].parent)}${displayName(links[0].name)}`;
-    return links.length > 1 ? `${base} (and ${links.length - 1} more link${links.length > 2 ? 's' : ''})` : base;
-  }
-
-  /** The path of a directory, ending in '/'. */
-  dir(ino: number): string {
-    const known = this.dirs.get(ino);
-    if (known !== undefined) return known;
-    const parts: string[] = [];
-    const seen = new Set<number>();
-    let cur = ino;
-    let prefix = '/';
-    while (cur !== ROOT_INO) {
-      if (seen.has(cur) || seen.size > 4096) {
-        prefix = `<directory cycle at #${cur}>/`;
-        break;
-      }
-      seen.add(cur);
-      const up = this.volume.meta.entriesOf(cur)[0];
-      if (!up) {
-        prefix = `<unreachable #${cur}>/`;
-        break;
-      }
-      parts.unshift(displayName(up.name));
-      cur = up.parent;
-    }
-    const path = prefix + parts.map((p) => `${p}/`).join('');
-    this.dirs.set(ino, path);
-    return path;
-  }
-}
-
 /** Checks a volume; writes nothing. */
 export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   const started = performance.now();
@@ -159,7 +117,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   const progress = options.progress;
   const bs = volume.blockSize;
   const findings = new FindingSet();
-  const paths = new PathNamer(volume);
+  const paths = new PathNamer(volume.meta);
 
   // --- SQLite's own check first: if the file is damaged, the rest may read garbage.
   let problems: string[];
@@ -189,7 +147,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
       findings,
       recount: { blocks: -1, uniqueBytes: -1, storedBytes: -1, references: -1 },
       paths,
-      stats: { inodes: 0, files: 0, directories: 0, entries: 0, blockRows: 0, storedBlocks: 0, bytesVerified: 0, verifySeconds: 0, seconds: 0 },
+      stats: { inodes: 0, files: 0, directories: 0, entries: 0, blockRows: 0, storedBlocks: 0, remoteOnlyBlocks: 0, bytesVerified: 0, verifySeconds: 0, seconds: 0 },
     };
   }
 
@@ -357,8 +315,15 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   };
 
   const missing: string[] = [];
+  // With a remote, a block absent here but named by a pack lives on the remote: not missing.
+  const hasRemote = volume.settings.remote !== '';
+  let remoteOnly = 0;
   for (const k of rows.keys()) {
     if (stored.has(k)) continue;
+    if (hasRemote && meta.remote.has(hashOf(k))) {
+      remoteOnly++;
+      continue;
+    }
     if (damaged.has(k)) describeRows('known-damaged', k);
     else {
       missing.push(k);
@@ -488,6 +453,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
       entries,
       blockRows,
       storedBlocks: stored.size,
+      remoteOnlyBlocks: remoteOnly,
       bytesVerified,
       verifySeconds,
       seconds: (performance.now() - started) / 1000,

@@ -89,7 +89,8 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     const staleRefs: Buffer[] = [];
     for (const k of refs.keys()) if (!present.has(k) && !rows.has(k)) staleRefs.push(Buffer.from(k, 'latin1'));
     let missingBlocks = 0;
-    for (const k of rows.keys()) if (!present.has(k)) missingBlocks++;
+    const remote = volume.settings.remote !== '';
+    for (const k of rows.keys()) if (!present.has(k) && !(remote && meta.remote.has(Buffer.from(k, 'latin1')))) missingBlocks++;
 
     // Sizes of what goes (only those values are read). A block inside a super-chunk
     // also frees the chunk when it was its last one: added once the deletes have run.

@@ -149,13 +149,15 @@ export async function repairVolume(state: CheckState): Promise<void> {
       }
       if (state.refs.get(k) !== n) store.setRefCount(hash, n);
     }
+    const remote = volume.settings.remote !== '';
     for (const [k, n] of rows) {
       if (state.stored.has(k)) continue;
-      // Referenced but absent: the rows stay (reads fail with EIO) and the count stays
-      // equal to them, so a later write of the same bytes can never be dropped early.
+      // Referenced but absent: the rows stay (reads fail with EIO, or fetch the block from
+      // the remote when a pack holds it) and the count stays equal to them, so a later
+      // write of the same bytes can never be dropped early.
       const hash = hashOf(k);
       if (state.refs.get(k) !== n) store.setRefCount(hash, n);
-      if (!state.damaged.has(k)) store.markDamaged(hash);
+      if (!state.damaged.has(k) && !(remote && meta.remote.has(hash))) store.markDamaged(hash);
     }
     for (const k of state.refs.keys()) if (!state.stored.has(k) && !rows.has(k)) store.setRefCount(hashOf(k), 0);
     for (const k of state.damaged) if (!rows.has(k)) store.clearDamaged(hashOf(k));

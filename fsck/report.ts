@@ -21,6 +21,8 @@ export type FindingKind =
   | 'size-mismatch'
   | 'stray-rows'
   | 'bad-totals'
+  | 'missing-pack'
+  | 'orphan-pack'
   | 'known-damaged';
 
 /**
@@ -48,6 +50,8 @@ export const CHECKS: readonly { kind: FindingKind; severity: Severity; title: st
   { kind: 'size-mismatch', severity: 'error', title: 'files whose blocks extend past their size (or whose stored-bytes count is wrong)' },
   { kind: 'stray-rows', severity: 'error', title: 'block, symlink or xattr rows of inodes that do not exist' },
   { kind: 'bad-totals', severity: 'error', title: 'block store running totals that disagree with a recount' },
+  { kind: 'missing-pack', severity: 'error', title: 'packs the index names that the remote does not have (files whose blocks lived only there are named)' },
+  { kind: 'orphan-pack', severity: 'leak', title: 'packs on the remote that the index does not know (left by a crash between upload and commit)' },
   { kind: 'known-damaged', severity: 'notice', title: 'blocks lost earlier and recorded by a repair: reads of these ranges return EIO' },
 ];
 
@@ -77,6 +81,8 @@ export interface FsckStats {
   blockRows: number;
   storedBlocks: number;
   /** Bytes of stored values read and hashed (0 with --quick). */
+  /** Blocks files reference that only the remote holds (evicted from the local cache). */
+  remoteOnlyBlocks: number;
   bytesVerified: number;
   /** Seconds spent reading and hashing block values. */
   verifySeconds: number;
@@ -160,7 +166,7 @@ export function renderText(r: FsckReport): string {
   out.push(`pogfs fsck ${r.volume} (${r.mode} check${r.repair ? ', repair' : ''})`);
   out.push(
     `${s.inodes} inodes (${s.files} files, ${s.directories} directories), ${s.entries} entries, ` +
-      `${s.blockRows} block rows, ${s.storedBlocks} stored blocks`,
+      `${s.blockRows} block rows, ${s.storedBlocks} stored blocks${s.remoteOnlyBlocks ? `, ${s.remoteOnlyBlocks} more on the remote only` : ''}`,
   );
   for (const f of r.findings) {
     const bytes = f.bytes ? ` (${formatBytes(f.bytes)})` : '';
@@ -240,14 +246,3 @@ function formatEta(seconds: number): string {
   return `${m}:${String(s % 60).padStart(2, '0')}`;
 }
 
-/** A name (bytes) for display: UTF-8 when it is valid, control and invalid bytes as \xNN. */
-export function displayName(name: Buffer): string {
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(name);
-  } catch {
-    text = Array.from(name, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
-    return text;
-  }
-  return text.replace(/[\x00-\x1f\x7f\\]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
-}

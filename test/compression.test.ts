@@ -214,7 +214,8 @@ describe('volumes with compression', () => {
     await t.close();
     // Turn it back into a schema-1 volume: no compression column.
     const db = new Database(join(t.path, 'meta.db'));
-    db.exec('DROP TABLE settings'); // schema 1: no settings, no compression column
+    // Schema 1: none of the later tables, no compression column.
+    db.exec('DROP TABLE settings; DROP TABLE packs; DROP TABLE pack_blocks; DROP TABLE pins; DROP TABLE volume_state');
     db.pragma('user_version = 1');
     db.close();
     const ro = Volume.open(t.path, { readOnly: true });

@@ -13,8 +13,10 @@ const MAX_REQUEST = 64 * 1024;
 
 export interface ControlRequest {
   /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues). */
-  op: 'gc' | 'status';
+  op: 'gc' | 'status' | 'pin' | 'unpin';
   dryRun?: boolean;
+  /** pin, unpin: a path inside the mount, relative to its root. */
+  path?: string;
   /** gc: repack super-chunks whose live share is below this (default: the volume's setting). */
   repackBelow?: number;
 }

@@ -8,6 +8,8 @@ import { UsageError } from './errors';
 import { serveControl } from './control-socket';
 import { fileLogger, type Logger } from './log';
 import { findMount, fuseUnmount, isStaleMount } from './mounts';
+import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
+import { collectRemoteGarbage } from '../../fsck/remote-gc';
 
 export interface DaemonOptions {
   volume: string;
@@ -15,6 +17,10 @@ export interface DaemonOptions {
   verbose: boolean;
   allowOther: boolean;
   syncOnClose: boolean;
+  /** Mount read-only: no writes, no writer lock, no uploads. */
+  readOnly: boolean;
+  /** Take the remote's writer lock from another holder (with a warning). */
+  breakLock: boolean;
   /** Called once the mount is ready (or with the reason it is not). */
   onReady: (error?: UsageError) => void;
   /** Lines the user should see (stale mount cleaned up, and so on). */
@@ -89,7 +95,13 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const log: Logger = fileLogger(join(volumePath, VolumeFiles.log), o.verbose);
   const recordPath = join(volumePath, VolumeFiles.daemon);
   let session: FuseSession | undefined;
+  let attached: AttachedRemote | undefined;
   try {
+    if (volume.settings.remote) {
+      attached = await attachRemote(volume, { readOnly: o.readOnly, breakLock: o.breakLock, log, notice: o.notice });
+      log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.store.dirtyStats().blocks} blocks waiting for upload`);
+    }
+    const cache = attached?.cache;
     const fs = new PogFs(
       volume,
       {
@@ -98,9 +110,12 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         writebackIntervalMs: 5000,
         metadataCommitMs: 1000,
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
+        cache,
+        readaheadBytes: volume.settings.readaheadBytes,
       },
       log,
     );
+    if (attached) startBackups(attached, volume, () => fs.reclaimer.hold(), log);
     const freed = await fs.recoverUnlinked();
     if (freed > 0) log.info(`freed ${freed} inodes left unlinked by an earlier crash`);
     const isRoot = process.getuid?.() === 0;
@@ -115,6 +130,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         writebackCache: true,
         negativeTimeout: 60,
         attrTimeout: 60,
+        readOnly: o.readOnly,
       },
       { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
     );
@@ -131,15 +147,36 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     // The daemon's working directory is its volume: it keeps no user directory busy,
     // and the control socket's path stays short.
     process.chdir(volumePath);
+    // gc, backups and pins change what the store and the remote hold: one at a time.
+    let maintenance: Promise<unknown> = Promise.resolve();
+    const exclusive = <T>(fn: () => Promise<T>): Promise<T> => {
+      const run = maintenance.then(fn);
+      maintenance = run.catch(() => undefined);
+      return run;
+    };
     const control = serveControl(
       async (req) => {
-        if (req.op === 'status') return fs.status();
+        if (req.op === 'status') {
+          return { ...fs.status(), mountpoint, readOnly: o.readOnly, remote: attached?.cache.status(), backup: attached?.backup?.lastResult, backupError: attached?.backup?.lastError };
+        }
+        if (req.op === 'pin' || req.op === 'unpin') {
+          if (!attached) throw new Error('this volume has no remote: everything is local already');
+          const ino = fs.inoOfPath(req.path ?? '');
+          const cache = attached.cache;
+          return req.op === 'pin' ? exclusive(() => cache.pin(ino)) : exclusive(() => cache.unpin(ino));
+        }
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
-        await fs.quiesceForGc();
-        const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
-        const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow);
-        log.info(`gc: removed ${result.removedBlocks} blocks (${result.removedBytes} bytes)${req.dryRun ? ' [dry run]' : ''}`);
-        return result;
+        if (o.readOnly) throw new Error('the volume is mounted read-only: gc changes it');
+        return exclusive(async () => {
+          await fs.quiesceForGc();
+          const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
+          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow);
+          const remote = attached
+            ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log })
+            : undefined;
+          log.info(`gc: removed ${result.removedBlocks} blocks (${result.removedBytes} bytes)${req.dryRun ? ' [dry run]' : ''}`);
+          return { ...result, remote };
+        });
       },
       (err) => log.error('control request failed', err),
     );
@@ -161,12 +198,19 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     await active.ended;
     log.info('session ended: committing and closing');
     control.close();
+    await maintenance;
     await fs.shutdown();
+    if (attached) {
+      const a = attached;
+      attached = undefined;
+      await detachRemote(a, log);
+    }
   } catch (err) {
     log.error('daemon failed', err);
     if (session === undefined) o.onReady(new UsageError(`cannot mount ${mountpoint}: ${(err as Error).message}`));
     else throw err;
   } finally {
+    if (attached) await detachRemote(attached, log);
     await volume.close();
     rmSync(recordPath, { force: true });
     log.info('volume closed');

@@ -1,10 +1,16 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { checkVolume } from '../../fsck/checker';
+import { checkVolume, type CheckState } from '../../fsck/checker';
+import { checkPacks, repairFromRemote } from '../../fsck/remote-check';
+import type { Remote } from '../remote/remote';
+import { normalizeRemoteSpec, openVolumeRemote } from './remote-attachment';
+import { rebuildFromRemote } from '../../fsck/rebuild';
+import { MetaDb } from '../meta/meta-db';
+import { readSettings } from '../vfs/volume-settings';
 import { repairVolume } from '../../fsck/repairer';
 import { ProgressLine, exitCodeFor, renderJson, renderText, type FsckReport } from '../../fsck/report';
 import { SCHEMA_VERSION } from '../meta/schema';
-import { checkStoreFile } from '../store/block-store';
+import { BlockStore, checkStoreFile } from '../store/block-store';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
@@ -14,6 +20,12 @@ export interface FsckFlags {
   repair?: boolean;
   json?: boolean;
   force?: boolean;
+  /** Check the pack index against the remote's listing. */
+  remote?: boolean;
+  /** Rebuild lost metadata from the remote (true: the volume's own remote; a string: that remote). */
+  rebuildFromRemote?: boolean | string;
+  /** Remote settings for the rebuild (credentials, Drive URLs). */
+  settings?: Record<string, string | undefined>;
 }
 
 /** e2fsck's exit code for "operational error": the check could not run; nothing was changed. */
@@ -81,36 +93,126 @@ export async function runFsck(target: string, flags: FsckFlags, progress?: Progr
     } finally {
       progress?.clear();
     }
-    const findings = state.findings.list();
-    const problems = findings.some((f) => f.severity !== 'notice');
-    if (flags.repair && findings.some((f) => f.kind === 'metadata-corrupt')) {
-      // Writing into a damaged SQLite file can only make it worse: repair nothing.
-      for (const f of findings) {
-        if (f.severity !== 'notice') state.findings.setRepaired(f.kind, 0, 'not repaired: the metadata database itself is damaged; restore meta.db from a backup (or sqlite3 .recover) first');
-      }
-    } else if (flags.repair && problems) {
-      try {
-        await repairVolume(state);
-      } catch (err) {
-        throw new FsckAbort(`${path}: the repair failed part way (run fsck again): ${(err as Error).message}`);
-      }
+    // The remote, when it is needed: --remote, or a repair that may fetch damaged blocks back.
+    const hasRemote = volume.settings.remote !== '';
+    if (flags.remote && !hasRemote) throw new FsckAbort(`${path} has no remote (--remote checks a volume's packs)`);
+    const remote = hasRemote && (flags.remote || flags.repair) ? await openVolumeRemote(volume.settings).catch((err: unknown) => {
+      if (flags.remote) throw new FsckAbort(`${path}: ${(err as Error).message}`);
+      return undefined;
+    }) : undefined;
+    try {
+      const packs = flags.remote && remote ? await checkPacks(state, remote) : undefined;
+      return await finish(path, state, flags, started, remote, packs);
+    } finally {
+      await remote?.close();
     }
-    const list = state.findings.list();
-    return {
-      volume: path,
-      mode: flags.quick ? 'quick' : 'full',
-      repair: !!flags.repair,
-      findings: list,
-      stats: { ...state.stats, seconds: (performance.now() - started) / 1000 },
-      exitCode: exitCodeFor(list, !!flags.repair),
-    };
   } finally {
     await volume.close();
   }
 }
 
+/** Repairs what was found (if asked) and makes the report. */
+async function finish(
+  path: string,
+  state: CheckState,
+  flags: FsckFlags,
+  started: number,
+  remote: Remote | undefined,
+  packs: Awaited<ReturnType<typeof checkPacks>> | undefined,
+): Promise<FsckReport> {
+  const findings = state.findings.list();
+  const problems = findings.some((f) => f.severity !== 'notice');
+  if (flags.repair && findings.some((f) => f.kind === 'metadata-corrupt')) {
+    // Writing into a damaged SQLite file can only make it worse: repair nothing.
+    for (const f of findings) {
+      if (f.severity !== 'notice') state.findings.setRepaired(f.kind, 0, 'not repaired: the metadata database itself is damaged; restore meta.db from a backup (or sqlite3 .recover) first');
+    }
+  } else if (flags.repair && problems) {
+    try {
+      await repairVolume(state);
+      if (remote) await repairFromRemote(state, remote, packs);
+    } catch (err) {
+      throw new FsckAbort(`${path}: the repair failed part way (run fsck again): ${(err as Error).message}`);
+    }
+  }
+  const list = state.findings.list();
+  return {
+    volume: path,
+    mode: flags.quick ? 'quick' : 'full',
+    repair: !!flags.repair,
+    findings: list,
+    stats: { ...state.stats, seconds: (performance.now() - started) / 1000 },
+    exitCode: exitCodeFor(list, !!flags.repair),
+  };
+}
+
+/** The remote a rebuild reads: given on the command line, or named by the volume's (still readable) settings. */
+function rebuildSpec(path: string, flag: boolean | string): string {
+  if (typeof flag === 'string') return normalizeRemoteSpec(flag);
+  try {
+    const meta = MetaDb.open(join(path, VolumeFiles.meta), { readOnly: true });
+    try {
+      const spec = readSettings(meta.settings()).remote;
+      if (spec) return spec;
+    } finally {
+      meta.close();
+    }
+  } catch {
+    // unreadable: the block store keeps a copy of the name
+  }
+  try {
+    const store = BlockStore.open(join(path, VolumeFiles.blocks), { readOnly: true });
+    try {
+      const spec = store.rememberedRemote();
+      if (spec) return spec;
+    } finally {
+      void store.close();
+    }
+  } catch {
+    // no block store either: the user must name the remote
+  }
+  throw new FsckAbort(`${path}: say which remote to rebuild from: --rebuild-from-remote local:DIR or drive:FOLDER`);
+}
+
+/** `pogfs fsck VOLUME --rebuild-from-remote [SPEC]`: metadata from the remote, then a repairing check. */
+async function rebuild(path: string, flags: FsckFlags): Promise<void> {
+  if (liveDaemon(path)) throw new FsckAbort(`${path} is mounted: unmount it first`);
+  const spec = rebuildSpec(path, flags.rebuildFromRemote!);
+  const given = Object.fromEntries(Object.entries(flags.settings ?? {}).filter(([, v]) => v !== undefined)) as Record<string, string>;
+  let settings;
+  try {
+    settings = readSettings({ ...given, remote: spec });
+  } catch (err) {
+    throw new FsckAbort((err as Error).message);
+  }
+  const remote = await openVolumeRemote(settings);
+  try {
+    const r = await rebuildFromRemote(path, spec, remote, given);
+    const lines = [
+      `rebuilt ${path} from ${spec}:`,
+      r.setAside ? `  the old metadata database was set aside as ${r.setAside}` : '  there was no metadata database',
+      r.generation !== undefined
+        ? `  restored metadata generation ${r.generation} (${r.files} files)`
+        : '  the remote holds no metadata backup: no file names could be recovered (the block index was rebuilt)',
+      `  block index rebuilt from ${r.scan.packs} packs (${r.scan.blocks} blocks)` + (r.scan.unreadable.length ? `; ${r.scan.unreadable.length} packs unreadable: ${r.scan.unreadable.map((u) => `${u.name} (${u.problem})`).join(', ')}` : ''),
+      r.unrecoverableBlocks > 0
+        ? `  could not recover ${r.unrecoverableBlocks} blocks (in no pack and not local); files hurt: ${r.unrecoverableFiles.join(', ')}`
+        : '  every block the files reference is in a pack or in the local store',
+    ];
+    console.error(lines.join('\n'));
+  } catch (err) {
+    throw new FsckAbort(`${path}: rebuilding from ${spec} failed: ${(err as Error).message}`);
+  } finally {
+    await remote.close();
+  }
+}
+
 /** `pogfs fsck VOLUME [--quick] [--repair] [--json]`: prints the report, sets e2fsck's exit code. */
 export async function fsck(target: string, flags: FsckFlags): Promise<void> {
+  if (flags.rebuildFromRemote !== undefined && flags.rebuildFromRemote !== false) {
+    await rebuild(resolve(target), flags);
+    flags = { ...flags, repair: true, rebuildFromRemote: undefined };
+  }
   const progress = new ProgressLine();
   let report: FsckReport;
   try {

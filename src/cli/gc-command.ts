@@ -6,6 +6,11 @@ import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
 import { formatBytes } from '../format';
+import { join } from 'node:path';
+import { collectRemoteGarbage, type RemoteGcResult } from '../../fsck/remote-gc';
+import { VolumeFiles } from '../vfs/volume';
+import { fileLogger } from './log';
+import { attachRemote, detachRemote, remoteUsageError, startBackups } from './remote-attachment';
 
 export interface GcFlags {
   dryRun?: boolean;
@@ -35,9 +40,9 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     }
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
     process.chdir(path);
-    let live: LiveGcResult;
+    let live: LiveGcResult & { remote?: RemoteGcResult };
     try {
-      live = await callControl<LiveGcResult>({ op: 'gc', dryRun: !!flags.dryRun, repackBelow });
+      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>({ op: 'gc', dryRun: !!flags.dryRun, repackBelow });
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
     }
@@ -46,6 +51,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
       printRemoved(path, live, holder.mountpoint);
       if (live.skippedBusy) console.log(`${live.skippedBusy} unreferenced blocks were taken by writes while gc ran and were kept`);
       printRepack(live.repack, live.dryRun);
+      if (live.remote) printRemoteGc(live.remote);
       printSpace(live.space, false);
     }
     return;
@@ -57,11 +63,13 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     if ((err as Error).name === 'VolumeError') throw err;
     throw new UsageError(`gc of ${path} failed: ${(err as Error).message}`, 1);
   }
+  const remote = await remoteGcOffline(path, !!flags.dryRun);
   if (flags.json) {
-    console.log(JSON.stringify(result, null, 2));
+    console.log(JSON.stringify({ ...result, remote }, null, 2));
     return;
   }
   printRemoved(result.volume, result);
+  if (remote) printRemoteGc(remote);
   if (result.refsCorrected || result.staleRefs) {
     console.log(
       `reference counts: ${result.refsCorrected} ${result.dryRun ? 'would be' : ''} set to their row counts, ` +
@@ -87,6 +95,36 @@ function printRemoved(volume: string, r: Pick<GcResult, 'dryRun' | 'storedBlocks
   console.log(
     `blocks: ${r.storedBlocks} stored, ${r.removedBlocks} unreferenced: ${would} ` +
       `${formatBytes(r.removedBytes)} (${r.removedBytes} bytes stored, ${r.removedRawBytes} bytes of data)`,
+  );
+}
+
+/** gc of an unmounted volume's remote: takes the writer lock like a mount, and gives it back. */
+async function remoteGcOffline(path: string, dryRun: boolean): Promise<RemoteGcResult | undefined> {
+  const volume = Volume.open(path);
+  try {
+    if (!volume.settings.remote) return undefined;
+    const log = fileLogger(join(path, VolumeFiles.log), false);
+    const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
+    try {
+      startBackups(attached, volume, () => () => undefined, log);
+      return await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log });
+    } catch (err) {
+      throw remoteUsageError(volume.settings.remote, err);
+    } finally {
+      await detachRemote(attached, log);
+      log.flush();
+    }
+  } finally {
+    await volume.close();
+  }
+}
+
+function printRemoteGc(r: RemoteGcResult): void {
+  const would = r.dryRun ? 'would be ' : '';
+  console.log(
+    `remote: ${r.packs} packs; ${r.deadLocations} locations of deleted blocks ${would}forgotten; ${r.repackedPacks} mostly dead packs ${would}repacked (${r.movedBlocks} live blocks moved); ` +
+      `${r.deletedPacks} empty packs ${would}deleted (${formatBytes(r.deletedBytes)}); ${r.orphanPacks} orphan packs ${would}deleted` +
+      (r.prunedGenerations ? `; ${r.prunedGenerations} older metadata generations that named them deleted` : ''),
   );
 }
 

@@ -1,5 +1,9 @@
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { Volume } from '../vfs/volume';
-import type { VolumeSettings } from '../vfs/volume-settings';
+import { SETTING_SPECS, readSettings, type VolumeSettings } from '../vfs/volume-settings';
+import { normalizeRemoteSpec } from './remote-attachment';
+import { attachNewVolume } from './remote-volume';
 import { UsageError } from './errors';
 import { formatBytes } from '../format';
 
@@ -8,13 +12,50 @@ function checkBlockSize(blockSize: number): void {
   if (!ok) throw new UsageError(`block size ${blockSize} is not a power of two between 4K and 4M`);
 }
 
-export function initVolume(path: string, blockSize: number, settings: Partial<VolumeSettings> = {}): void {
+/**
+ * Creates a volume. With a remote, the remote must not hold another volume; the new
+ * volume's first metadata generation goes there at once, so it can be mounted from the
+ * remote alone. If that fails, the new volume directory is removed again.
+ */
+export async function initVolume(
+  path: string,
+  blockSize: number,
+  settings: Partial<VolumeSettings> = {},
+  remote?: string,
+  remoteFlags: Record<string, string | undefined> = {},
+): Promise<void> {
   checkBlockSize(blockSize);
-  const v = Volume.create(path, { blockSize, ...settings });
-  void v.close();
+  const extra: Partial<VolumeSettings> = {};
+  if (remote !== undefined) {
+    const parsed = settingsOrUsage(() => readSettings({ ...Object.fromEntries(Object.entries(remoteFlags).filter(([, v]) => v !== undefined)) as Record<string, string>, remote: normalizeRemoteSpec(remote) }));
+    for (const spec of SETTING_SPECS) {
+      if (spec.key === 'remote' || remoteFlags[spec.key] !== undefined) (extra as Record<string, unknown>)[spec.field] = parsed[spec.field];
+    }
+    if (!parsed.remote) throw new UsageError('--remote none is the same as no --remote');
+  } else {
+    const stray = Object.entries(remoteFlags).find(([, v]) => v !== undefined);
+    if (stray) throw new UsageError(`--${stray[0]} only means something with --remote`);
+  }
+  const existed = existsSync(resolve(path));
+  let v: Volume;
+  try {
+    v = Volume.create(path, { blockSize, ...settings, ...extra });
+  } catch (err) {
+    throw err instanceof Error && err.name === 'VolumeError' ? err : new UsageError((err as Error).message);
+  }
+  try {
+    if (v.settings.remote) await attachNewVolume(v);
+  } catch (err) {
+    await v.close();
+    rmSync(v.path, { recursive: true, force: true });
+    if (existed) mkdirSync(v.path, { recursive: true });
+    throw err;
+  }
+  await v.close();
   const s = v.settings;
   console.log(
-    `created pogfs volume ${v.path} (block size ${formatBytes(blockSize)}, compression ${s.compression}, super-chunks ${s.superchunks ? 'on' : 'off'})`,
+    `created pogfs volume ${v.path} (block size ${formatBytes(blockSize)}, compression ${s.compression}, super-chunks ${s.superchunks ? 'on' : 'off'}` +
+      `${s.remote ? `, remote ${s.remote}, cache ${formatBytes(s.cacheBytes)}` : ''})`,
   );
 }
 
@@ -23,4 +64,13 @@ export function ensureVolume(path: string): boolean {
   if (Volume.exists(path)) return false;
   void Volume.create(path).close();
   return true;
+}
+
+/** Settings parsed from flags: a bad value is the user's to fix (exit 2). */
+function settingsOrUsage(read: () => VolumeSettings): VolumeSettings {
+  try {
+    return read();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }

@@ -20,13 +20,45 @@ const commands = {
   stats: () => import('./stats-command'),
   fsck: () => import('./fsck-command'),
   gc: () => import('./gc-command'),
+  remoteVolume: () => import('./remote-volume'),
+  pin: () => import('./pin-command'),
+  status: () => import('./status-command'),
+  auth: () => import('./auth-command'),
 };
 
-interface MountFlags {
+/** `--credentials`, `--drive-api-url` ... as setting keys: given with init and with a mount of a remote. */
+interface RemoteFlags {
+  credentials?: string;
+  driveApiUrl?: string;
+  driveTokenUrl?: string;
+  cacheSize?: string;
+  packSize?: string;
+}
+
+function remoteSettingFlags(f: RemoteFlags): Record<string, string | undefined> {
+  return { 'drive-credentials': f.credentials, 'drive-api-url': f.driveApiUrl, 'drive-token-url': f.driveTokenUrl, 'cache-size': f.cacheSize, 'pack-size': f.packSize };
+}
+
+/** The options every command that reaches a remote takes. */
+function withRemoteOptions(c: Command): Command {
+  return c
+    .option('--credentials <file>', 'Drive credentials: a token saved by pogfs auth, a service-account key, or an access token')
+    .option('--drive-api-url <url>', 'Drive API root URL (a Drive-compatible server; default Google\'s)')
+    .option('--drive-token-url <url>', 'OAuth token endpoint (default Google\'s)')
+    .option('--cache-size <size>', 'with a remote: the local store is a cache of at most this size (default 10G)')
+    .option('--pack-size <size>', 'with a remote: bytes per uploaded pack (default 64M)');
+}
+
+const REMOTE_SPEC = /^(local|drive):./;
+
+interface MountFlags extends RemoteFlags {
   foreground?: boolean;
   verbose?: boolean;
   allowOther?: boolean;
   syncOnClose: boolean;
+  readOnly?: boolean;
+  breakLock?: boolean;
+  cacheDir?: string;
   ipcReady?: boolean;
 }
 
@@ -39,6 +71,11 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     const { ensureVolume } = await commands.init();
     if (ensureVolume(volume)) console.error(`pogfs: created the default volume at ${volume}`);
   } else [volume, mountpoint] = args;
+  if (REMOTE_SPEC.test(volume) && !flags.ipcReady) {
+    // A remote: mount its local copy, restored first if this machine has none.
+    const { localCopyFor } = await commands.remoteVolume();
+    volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line) });
+  }
 
   if (flags.foreground) {
     const { runDaemon } = await commands.daemon();
@@ -50,11 +87,13 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
       verbose: !!flags.verbose,
       allowOther: !!flags.allowOther,
       syncOnClose: flags.syncOnClose,
+      readOnly: !!flags.readOnly,
+      breakLock: !!flags.breakLock,
       notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
       onReady: (err) => {
         failed = err;
         if (ipc) {
-          ipc(err ? { error: err.message } : { ready: true });
+          ipc(err ? { error: err.message, exitCode: err.exitCode } : { ready: true });
           process.disconnect?.();
         } else if (err) console.error(`pogfs: ${err.message}`);
       },
@@ -69,16 +108,18 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (flags.verbose) argv.push('--verbose');
   if (flags.allowOther) argv.push('--allow-other');
   if (!flags.syncOnClose) argv.push('--no-sync-on-close');
+  if (flags.readOnly) argv.push('--read-only');
+  if (flags.breakLock) argv.push('--break-lock');
   const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
   await new Promise<void>((done) => {
     let settled = false;
-    child.on('message', (m: { ready?: boolean; error?: string; notice?: string }) => {
+    child.on('message', (m: { ready?: boolean; error?: string; exitCode?: number; notice?: string }) => {
       if (m.notice) console.error(m.notice);
       if (m.ready || m.error) {
         settled = true;
         if (m.error) {
           console.error(`pogfs: ${m.error}`);
-          process.exitCode = 2;
+          process.exitCode = m.exitCode ?? 2;
         }
         child.disconnect();
         child.unref();
@@ -106,10 +147,12 @@ function program(): Command {
     .option('--block-size <size>', 'block size for deduplication, 4K to 4M, a power of two', parseSize, 128 * 1024)
     .addOption(new Option('--compression <codec>', 'compress each block (kept only when it saves 1/8)').choices(['lz4', 'none']).default('lz4'))
     .addOption(new Option('--superchunks <on|off>', 'pack small files and file tails into super-chunks compressed together').choices(['on', 'off']).default('on'))
-    .action(async (volume: string, opts: { blockSize: number; compression: 'lz4' | 'none'; superchunks: 'on' | 'off' }) => {
+    .option('--remote <spec>', 'keep the durable copy on a remote: local:DIR or drive:FOLDER (a name in My Drive, or a folder id); the local store becomes a cache')
+    .action(async (volume: string, opts: { blockSize: number; compression: 'lz4' | 'none'; superchunks: 'on' | 'off'; remote?: string } & RemoteFlags) => {
       const { initVolume } = await commands.init();
-      initVolume(volume, opts.blockSize, { compression: opts.compression, superchunks: opts.superchunks === 'on' });
+      await initVolume(volume, opts.blockSize, { compression: opts.compression, superchunks: opts.superchunks === 'on' }, opts.remote, remoteSettingFlags(opts));
     });
+  withRemoteOptions(p.commands.find((c) => c.name() === 'init')!);
 
   p.command('tune')
     .description('change settings of an unmounted volume (compression and super-chunks apply to blocks written from then on)')
@@ -125,17 +168,22 @@ function program(): Command {
 
   p.command('mount')
     .description('mount a volume (the default volume when only a mount point is given); returns once the mount is ready')
-    .usage('[options] [volume] <mountpoint>')
-    .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT, or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
+    .usage('[options] [volume | local:DIR | drive:FOLDER] <mountpoint>')
+    .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
     .option('-v, --verbose', 'log more (the log is pogfs.log in the volume)')
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
     .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
+    .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
+    .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
+    .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
       if (args.length > 2) throw new UsageError(`mount takes [VOLUME] MOUNTPOINT, not ${args.length} arguments`);
       await mount(args, flags);
     });
+
+  withRemoteOptions(p.commands.find((c) => c.name() === 'mount')!);
 
   p.command('umount')
     .alias('unmount')
@@ -159,13 +207,16 @@ function program(): Command {
     .description('check a volume: missing, corrupt and orphan blocks, reference counts, the directory tree; exit 0 clean, 1 repaired, 4 problems left, 8 could not check')
     .argument('<volume>')
     .option('--quick', 'do not read and re-hash the block data (structure and counts only)')
-    .option('--repair', 'fix what is found (otherwise nothing is written)')
+    .option('--repair', 'fix what is found (otherwise nothing is written); with a remote, damaged blocks are fetched back from their packs')
+    .option('--remote', 'also check the pack index against the remote (packs missing there, or there but unknown)')
+    .option('--rebuild-from-remote [remote]', 'the metadata database is lost or damaged: restore the newest backup from the remote (the volume\'s own, or local:DIR / drive:FOLDER), rebuild the block index from the packs, then repair')
     .option('--json', 'machine-readable report')
     .option('-f, --force', 'accepted for e2fsck habits: every run is a full check; never allows a mounted volume')
-    .action(async (volume: string, opts: { quick?: boolean; repair?: boolean; json?: boolean; force?: boolean }) => {
+    .action(async (volume: string, opts: { quick?: boolean; repair?: boolean; json?: boolean; force?: boolean; remote?: boolean; rebuildFromRemote?: boolean | string } & RemoteFlags) => {
       const { fsck } = await commands.fsck();
-      await fsck(volume, opts);
+      await fsck(volume, { ...opts, settings: remoteSettingFlags(opts) });
     });
+  withRemoteOptions(p.commands.find((c) => c.name() === 'fsck')!);
 
   p.command('gc')
     .description('delete blocks nothing references (through the daemon when mounted) and show the block store\'s free space')
@@ -178,6 +229,57 @@ function program(): Command {
       const { gc } = await commands.gc();
       await gc(volume, opts);
     });
+
+  p.command('status')
+    .description('a mounted volume now: cache use, data waiting for upload with rate and ETA, pinned bytes, remote calls')
+    .argument('<mountpoint>')
+    .option('--json', 'machine-readable output')
+    .action(async (mountpoint: string, opts: { json?: boolean }) => {
+      const { status } = await commands.status();
+      await status(mountpoint, !!opts.json);
+    });
+
+  p.command('pin')
+    .description('keep a file or tree local (for offline use); its blocks are fetched now and never evicted')
+    .argument('<path>', 'a file or directory inside a mounted volume')
+    .option('--json', 'machine-readable output')
+    .action(async (path: string, opts: { json?: boolean }) => {
+      const { pin } = await commands.pin();
+      await pin('pin', path, !!opts.json);
+    });
+
+  p.command('unpin')
+    .description('let a pinned file or tree be evicted from the local cache again')
+    .argument('<path>')
+    .option('--json', 'machine-readable output')
+    .action(async (path: string, opts: { json?: boolean }) => {
+      const { pin } = await commands.pin();
+      await pin('unpin', path, !!opts.json);
+    });
+
+  p.command('auth')
+    .description('authorize pogfs to keep its files in your Google Drive (saves a refresh token, mode 0600)')
+    .option('--client-secret-file <file>', 'JSON of a "Desktop app" OAuth client from the Google Cloud console')
+    .option('--client-id <id>', 'OAuth client id (instead of --client-secret-file)')
+    .option('--client-secret <secret>', 'OAuth client secret, with --client-id')
+    .option('--credentials <file>', 'where to save the token (default ~/.config/pogfs/drive-credentials.json)')
+    .option('--auth-url <url>', 'OAuth authorization endpoint')
+    .option('--token-url <url>', 'OAuth token endpoint')
+    .option('--no-browser', 'only print the address; do not try to open a browser')
+    .action(
+      async (o: { clientSecretFile?: string; clientId?: string; clientSecret?: string; credentials?: string; authUrl?: string; tokenUrl?: string; browser?: boolean }) => {
+        const { auth } = await commands.auth();
+        await auth({
+          clientSecretFile: o.clientSecretFile,
+          clientId: o.clientId,
+          clientSecret: o.clientSecret,
+          credentials: o.credentials,
+          authUrl: o.authUrl,
+          tokenUrl: o.tokenUrl,
+          noBrowser: o.browser === false,
+        });
+      },
+    );
 
   return p;
 }

@@ -30,6 +30,14 @@ export function findMount(mountpoint: string): MountEntry | undefined {
     .find((m) => m.target === target);
 }
 
+/** The innermost pogfs mount that holds `path` (the mount point itself included), if any. */
+export function pogfsMountContaining(path: string): MountEntry | undefined {
+  const abs = resolve(path);
+  return listMounts()
+    .filter((m) => isPogfsMount(m) && (abs === m.target || abs.startsWith(m.target.endsWith('/') ? m.target : `${m.target}/`)))
+    .sort((a, b) => b.target.length - a.target.length)[0];
+}
+
 export function isPogfsMount(m: MountEntry): boolean {
   return m.type === 'fuse.pogfs';
 }

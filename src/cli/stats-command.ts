@@ -1,7 +1,8 @@
 import { statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Volume, VolumeFiles } from '../vfs/volume';
-import type { DaemonStatus } from '../vfs/filesystem';
+import { GENERATION_KEY } from '../cache/meta-backup';
+import type { MountStatus } from './status-command';
 import { callControl } from './control-socket';
 import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
@@ -30,6 +31,23 @@ export interface VolumeStats {
   chunkCache: { capacityBytes: number; bytes?: number; chunks?: number; hits?: number; misses?: number };
   /** Where the volume is mounted, when it is. */
   mountpoint?: string;
+  /** With a remote: what it holds, what waits for upload, and (mounted) the calls made. */
+  remote?: {
+    spec: string;
+    packs: number;
+    packBytes: number;
+    /** Distinct blocks the files reference, local or not, and their bytes. */
+    uniqueBlocks: number;
+    uniqueBytes: number;
+    dirtyBlocks: number;
+    dirtyBytes: number;
+    cacheBytes: number;
+    /** Stored bytes held locally (the cache's use). */
+    localBytes: number;
+    backupGeneration: number;
+    calls?: Record<string, number>;
+    backpressure?: boolean;
+  };
 }
 
 export async function collectStats(target: string): Promise<VolumeStats> {
@@ -56,6 +74,28 @@ export async function collectStats(target: string): Promise<VolumeStats> {
     } catch {
       fileBytes = 0;
     }
+    let remote: VolumeStats['remote'];
+    let unique = s.uniqueBytes;
+    if (v.settings.remote) {
+      const u = v.meta.db.prepare('SELECT count(*) AS n, coalesce(sum(len), 0) AS bytes FROM (SELECT hash, max(len) AS len FROM blocks GROUP BY hash)').get() as { n: number; bytes: number };
+      const packs = v.meta.remote.totals();
+      const dirty = v.store.dirtyStats();
+      unique = u.bytes;
+      remote = {
+        spec: v.settings.remote,
+        packs: packs.packs,
+        packBytes: packs.bytes,
+        uniqueBlocks: u.n,
+        uniqueBytes: u.bytes,
+        dirtyBlocks: dirty.blocks,
+        dirtyBytes: dirty.bytes,
+        cacheBytes: v.settings.cacheBytes,
+        localBytes: s.storedBytes,
+        backupGeneration: Number(v.meta.remote.state(GENERATION_KEY) ?? '0'),
+        calls: status?.remote?.calls,
+        backpressure: status?.remote?.backpressure,
+      };
+    }
     return {
       volume: v.path,
       files: totals.files,
@@ -68,11 +108,13 @@ export async function collectStats(target: string): Promise<VolumeStats> {
       compressionRatio: s.uniqueBytes > 0 ? s.storedBytes / s.uniqueBytes : 1,
       blocks: s.blocks,
       blockReferences: totals.blockRefs,
-      dedupRatio: s.uniqueBytes > 0 ? referencedBytes / s.uniqueBytes : 1,
+      // With a remote the local store holds only part: the ratio is over every block the files use.
+      dedupRatio: unique > 0 ? referencedBytes / unique : 1,
       blockStoreFileBytes: fileBytes,
       superChunks: { enabled: v.settings.superchunks, chunks: chunk.chunks, queuedBlocks: chunk.queuedBlocks },
       chunkCache: { capacityBytes: v.settings.chunkCacheBytes, ...live },
       mountpoint: holder?.mountpoint,
+      remote,
     };
   } finally {
     await v.close();
@@ -80,11 +122,11 @@ export async function collectStats(target: string): Promise<VolumeStats> {
 }
 
 /** The daemon's in-memory figures, when one holds the volume (none if it does not answer). */
-async function daemonStatus(path: string): Promise<DaemonStatus | undefined> {
+async function daemonStatus(path: string): Promise<MountStatus | undefined> {
   const cwd = process.cwd();
   try {
     process.chdir(path);
-    return await callControl<DaemonStatus>({ op: 'status' });
+    return await callControl<MountStatus>({ op: 'status' });
   } catch {
     return undefined;
   } finally {
@@ -120,6 +162,16 @@ export async function stats(target: string, json: boolean): Promise<void> {
     ['block store file', formatBytes(s.blockStoreFileBytes)],
   ];
   if (s.mountpoint) rows.splice(1, 0, ['mounted at', s.mountpoint]);
+  const r = s.remote;
+  if (r) {
+    rows.push(
+      ['remote', `${r.spec}: ${r.packs} packs, ${formatBytes(r.packBytes)}; metadata generation ${r.backupGeneration}`],
+      ['all unique blocks', `${r.uniqueBlocks} (${formatBytes(r.uniqueBytes)}); the lines above count the local cache only`],
+      ['local cache', `${formatBytes(r.localBytes)} of ${formatBytes(r.cacheBytes)}`],
+      ['not uploaded', `${r.dirtyBlocks} blocks (${formatBytes(r.dirtyBytes)})${r.backpressure ? '; writers are being slowed until uploads catch up' : ''}`],
+    );
+    if (r.calls) rows.push(['remote calls', Object.entries(r.calls).map(([k, n]) => `${k} ${n}`).join(', ') || 'none']);
+  }
   const w = Math.max(...rows.map(([k]) => k.length));
   for (const [k, v] of rows) console.log(`${k.padEnd(w)}  ${v}`);
 }

@@ -1,5 +1,6 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
+import { RemoteIndex } from './remote-index';
 import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
 
 export interface Superblock {
@@ -107,8 +108,12 @@ export class MetaDb {
   groupCommitMs = 0;
   private groupTimer: NodeJS.Timeout | undefined;
   private groupChanges = 0;
+  private remoteIndex: RemoteIndex | undefined;
 
-  private constructor(path: string, options: { create: boolean; readOnly: boolean }) {
+  private constructor(
+    readonly path: string,
+    options: { create: boolean; readOnly: boolean },
+  ) {
     this.db = new Database(path, { fileMustExist: !options.create, readonly: options.readOnly });
     if (!options.readOnly) {
       this.db.pragma('journal_mode = WAL');
@@ -196,6 +201,12 @@ export class MetaDb {
     })();
     meta.barrier();
     return meta;
+  }
+
+  /** Packs, block locations, pins and volume state (schema 4 on). */
+  get remote(): RemoteIndex {
+    this.remoteIndex ??= new RemoteIndex(this.db);
+    return this.remoteIndex;
   }
 
   superblock(): Superblock {

@@ -80,6 +80,35 @@ const MIGRATIONS: readonly string[] = [
   INSERT INTO settings (key, value) VALUES ('superchunks', 'off');
   ALTER TABLE superblock DROP COLUMN compression;
   `,
+  // 4: the remote. Packs uploaded (name, the backend's id for it), where each block lives
+  // in one (the byte range of the stored value holding it, and the block's place in that
+  // value's decoded bytes), trees pinned to the local cache, and small state kept with the
+  // metadata (backup generation numbers).
+  `
+  CREATE TABLE packs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    remote_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL
+  );
+  CREATE TABLE pack_blocks (
+    hash BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    value_offset INTEGER NOT NULL,
+    value_length INTEGER NOT NULL,
+    block_offset INTEGER NOT NULL,
+    length INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX pack_blocks_pack ON pack_blocks(pack, value_offset);
+  CREATE TABLE pins (
+    ino INTEGER PRIMARY KEY
+  );
+  CREATE TABLE volume_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -1,5 +1,6 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { closeSync, fstatSync, mkdirSync, openSync, readSync, statSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { hashBlock } from './hash';
 import { ChunkCache, type ChunkCacheStats, type DecodedChunk } from './chunk-cache';
@@ -61,7 +62,23 @@ export interface BlockStoreOptions {
   packBelow?: number;
   /** Decoded super-chunks kept in memory (bytes). */
   chunkCacheBytes?: number;
+  /** Keep track of blocks not yet on the remote (a volume with a remote). */
+  trackDirty?: boolean;
 }
+
+/** Where to read a block from: the store itself, or the remote cache in front of it. */
+export interface BlockSource {
+  read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead>;
+}
+
+/** A block waiting for upload, in the order blocks were stored. */
+export interface DirtyBlock {
+  seq: number;
+  hash: Buffer;
+}
+
+/** Something the local store can give up once it is on the remote: a loose block or a whole super-chunk. */
+export type Evictable = { hash: Buffer } | { chunk: number };
 
 /** A block inside a super-chunk: where its bytes sit in the chunk's decoded bytes. */
 export interface ChunkMember {
@@ -78,6 +95,9 @@ export interface QueuedBlock {
 
 const STATS_KEY = Buffer.from('stats');
 const NEXT_CHUNK_KEY = Buffer.from('next-chunk');
+const DIRTY_KEY = Buffer.from('dirty');
+const INSTANCE_KEY = Buffer.from('instance');
+const REMOTE_KEY = Buffer.from('remote');
 /** Prefix of the `info` keys that mark known-damaged blocks (see BlockStore.markDamaged). */
 const DAMAGED_PREFIX = Buffer.from('damaged/');
 export const DEFAULT_CHUNK_CACHE_BYTES = 64 * 1024 * 1024;
@@ -178,14 +198,20 @@ export function checkStoreFile(dir: string): StoreFileCheck {
  *                 once: what repacking and uploading a chunk start from;
  *  - `unpacked`:  sequence number → digest of a short block stored loose that waits to be
  *                 packed (in write order, so files written together are packed together);
- *  - `info`:      running totals (so `stats` costs one read), the next chunk id, and the
- *                 blocks fsck recorded as damaged.
+ *  - `dirty`, `dirtyq`: with a remote, the blocks not uploaded yet (digest → sequence
+ *                 number, and sequence number → digest: upload in write order). A dirty
+ *                 block is never evicted (DESIGN invariant 4);
+ *  - `info`:      running totals (so `stats` costs one read), dirty totals, the next chunk
+ *                 id, and the blocks fsck recorded as damaged.
+ *
+ * With a remote, the store is a cache: a block may be referenced (counted in `refs`)
+ * without being held here, its bytes living only in a pack on the remote.
  *
  * Counts are only ever too high after a crash, never too low: callers take references
  * (and wait for durability) before committing metadata that points at a block, and drop
  * them only after the metadata that released it is durable. fsck recounts from the index.
  */
-export class BlockStore {
+export class BlockStore implements BlockSource {
   private readonly env: RootDatabase<Buffer, Buffer>;
   private readonly blocks: Database<Buffer, Buffer>;
   private readonly refs: Database<Buffer, Buffer>;
@@ -193,7 +219,11 @@ export class BlockStore {
   private readonly chunkinfo: Database<Buffer, Buffer>;
   private readonly chunkdir: Database<Buffer, Buffer>;
   private readonly unpacked: Database<Buffer, Buffer>;
+  private readonly dirty: Database<Buffer, Buffer>;
+  private readonly dirtyq: Database<Buffer, Buffer>;
   private readonly info: Database<Buffer, Buffer>;
+  private readonly trackDirty: boolean;
+  private nextDirtySeq = 0;
   /** The codec new values are written with. */
   codec: Codec;
   /** Blocks shorter than this wait to be packed into super-chunks (0: super-chunks off). */
@@ -202,6 +232,8 @@ export class BlockStore {
   private nextSeq = 0;
   /** Told after a commit queued short blocks for packing (the SuperChunkPacker listens). */
   onQueued: ((bytes: number) => void) | undefined;
+  /** Told after a commit stored new blocks (the remote cache listens: uploads, eviction). */
+  onStored: (() => void) | undefined;
 
   private constructor(
     readonly path: string,
@@ -209,6 +241,7 @@ export class BlockStore {
     options: BlockStoreOptions,
   ) {
     this.codec = options.codec ?? Codec.Raw;
+    this.trackDirty = options.trackDirty ?? false;
     this.packBelow = options.packBelow ?? 0;
     this.chunkCache = new ChunkCache(options.chunkCacheBytes ?? DEFAULT_CHUNK_CACHE_BYTES);
     mkdirSync(path, { recursive: true });
@@ -236,7 +269,11 @@ export class BlockStore {
     this.chunkinfo = this.env.openDB<Buffer, Buffer>({ name: 'chunkinfo', ...dbOptions });
     this.chunkdir = this.env.openDB<Buffer, Buffer>({ name: 'chunkdir', ...dbOptions });
     this.unpacked = this.env.openDB<Buffer, Buffer>({ name: 'unpacked', ...dbOptions });
+    this.dirty = this.env.openDB<Buffer, Buffer>({ name: 'dirty', ...dbOptions });
+    this.dirtyq = this.env.openDB<Buffer, Buffer>({ name: 'dirtyq', ...dbOptions });
     for (const key of this.unpacked.getKeys({ reverse: true, limit: 1 })) this.nextSeq = Number(key.readBigUInt64BE(0)) + 1;
+    for (const key of this.dirtyq.getKeys({ reverse: true, limit: 1 })) this.nextDirtySeq = Number(key.readBigUInt64BE(0)) + 1;
+    if (!readOnly && !this.info.doesExist(INSTANCE_KEY)) this.info.putSync(INSTANCE_KEY, Buffer.from(randomUUID()));
   }
 
   static open(path: string, options: BlockStoreOptions = {}): BlockStore {
@@ -259,9 +296,9 @@ export class BlockStore {
    */
   async acquire(items: readonly BlockToStore[]): Promise<void> {
     if (items.length === 0) return;
-    const queued = await this.env.transaction(() => this.takeReferences(items));
+    const r = await this.env.transaction(() => this.takeReferences(items));
     await this.env.flushed;
-    if (queued > 0) this.onQueued?.(queued);
+    this.afterStore(r);
   }
 
   /**
@@ -272,14 +309,19 @@ export class BlockStore {
    */
   acquireSync(items: readonly BlockToStore[]): void {
     if (items.length === 0) return;
-    const queued = this.env.transactionSync(() => this.takeReferences(items));
-    if (queued > 0) this.onQueued?.(queued);
+    this.afterStore(this.env.transactionSync(() => this.takeReferences(items)));
   }
 
-  /** Returns the bytes queued for packing. */
-  private takeReferences(items: readonly BlockToStore[]): number {
+  private afterStore(r: { queued: number; stored: number }): void {
+    if (r.queued > 0) this.onQueued?.(r.queued);
+    if (r.stored > 0) this.onStored?.();
+  }
+
+  /** Returns the bytes queued for packing and the number of blocks newly stored. */
+  private takeReferences(items: readonly BlockToStore[]): { queued: number; stored: number } {
     const totals = this.readTotals();
     let queued = 0;
+    let stored = 0;
     for (const { hash, data, value: encoded } of items) {
       const count = this.refCount(hash);
       if (count === 0 && !this.blocks.doesExist(hash)) {
@@ -295,12 +337,14 @@ export class BlockStore {
         totals.blocks += 1;
         totals.uniqueBytes += data.length;
         totals.storedBytes += value.length;
+        if (this.trackDirty) this.markDirty(hash, data.length);
+        stored++;
       }
       this.refs.put(hash, u32(count + 1));
       totals.references += 1;
     }
     this.writeTotals(totals);
-    return queued;
+    return { queued, stored };
   }
 
   /** Drops one reference per listed hash (a hash may repeat); a block at zero is deleted. */
@@ -351,6 +395,7 @@ export class BlockStore {
     }
     let stored = valueLength;
     if (loc) stored += this.releaseFromChunk(loc.chunk, loc.length, totals);
+    this.unmarkDirty(hash, raw);
     totals.blocks -= 1;
     totals.storedBytes -= valueLength;
     totals.uniqueBytes -= raw;
@@ -447,6 +492,26 @@ export class BlockStore {
 
   stats(): BlockStoreStats {
     return this.readTotals();
+  }
+
+  /**
+   * This local copy's identity: made when the store is created, so a volume restored on
+   * another machine (a new store) is another owner of the remote's writer lock.
+   */
+  instanceId(): string {
+    return this.info.getBinary(INSTANCE_KEY)?.toString() ?? 'unknown';
+  }
+
+  /**
+   * The volume's remote, kept here as well as in the metadata database: when that database
+   * is lost, this names where to rebuild it from.
+   */
+  rememberRemote(spec: string): void {
+    if (this.rememberedRemote() !== spec) this.info.putSync(REMOTE_KEY, Buffer.from(spec));
+  }
+
+  rememberedRemote(): string | undefined {
+    return this.info.getBinary(REMOTE_KEY)?.toString() || undefined;
   }
 
   /** Super-chunks held and the chunk cache's state. */
@@ -582,11 +647,208 @@ export class BlockStore {
     return next;
   }
 
+  // ---- The store as a cache of the remote: dirty blocks, eviction, fetched blocks. ----
+
+  private markDirty(hash: Buffer, length: number): void {
+    if (this.dirty.doesExist(hash)) return;
+    const seq = seqKey(this.nextDirtySeq++);
+    this.dirty.put(hash, seq);
+    this.dirtyq.put(seq, hash);
+    const t = this.dirtyStats();
+    this.writeDirtyTotals(t.blocks + 1, t.bytes + length);
+  }
+
+  private unmarkDirty(hash: Buffer, length: number): boolean {
+    const seq = this.dirty.getBinary(hash);
+    if (!seq) return false;
+    this.dirtyq.remove(seq);
+    this.dirty.remove(hash);
+    const t = this.dirtyStats();
+    this.writeDirtyTotals(t.blocks - 1, t.bytes - length);
+    return true;
+  }
+
+  /** Blocks not yet on the remote, and their decoded bytes. */
+  dirtyStats(): { blocks: number; bytes: number } {
+    const raw = this.info.getBinaryFast(DIRTY_KEY);
+    if (!raw || raw.length !== 16) return { blocks: 0, bytes: 0 };
+    return { blocks: Number(raw.readBigUInt64LE(0)), bytes: Number(raw.readBigUInt64LE(8)) };
+  }
+
+  private writeDirtyTotals(blocks: number, bytes: number): void {
+    const raw = Buffer.alloc(16);
+    raw.writeBigUInt64LE(BigInt(Math.max(0, blocks)), 0);
+    raw.writeBigUInt64LE(BigInt(Math.max(0, bytes)), 8);
+    this.info.put(DIRTY_KEY, raw);
+  }
+
+  isDirty(hash: Buffer): boolean {
+    return this.dirty.doesExist(hash);
+  }
+
+  /** Up to `limit` dirty blocks, oldest first, starting after sequence number `after`. */
+  dirtyBlocks(limit: number, after = -1): DirtyBlock[] {
+    const out: DirtyBlock[] = [];
+    for (const { key, value } of this.dirtyq.getRange({ start: seqKey(after + 1), limit })) out.push({ seq: Number(key.readBigUInt64BE(0)), hash: Buffer.from(value) });
+    return out;
+  }
+
+  /** The blocks are on the remote now (their pack's rows are durable): they may be evicted. */
+  async markClean(hashes: readonly Buffer[]): Promise<void> {
+    if (hashes.length === 0) return;
+    await this.env.transaction(() => {
+      for (const hash of hashes) {
+        const value = this.blocks.getBinaryFast(hash);
+        const raw = value && value.length >= BLOCK_HEADER_SIZE ? value.readUInt32LE(4) : 0;
+        this.unmarkDirty(hash, raw);
+      }
+    });
+    await this.env.flushed;
+  }
+
+  /** Marks blocks dirty again so the uploader writes them into a new pack (repacking the remote). */
+  async markDirtyAgain(hashes: readonly Buffer[]): Promise<number> {
+    if (hashes.length === 0) return 0;
+    const marked = await this.env.transaction(() => {
+      let n = 0;
+      for (const hash of hashes) {
+        const value = this.blocks.getBinaryFast(hash);
+        if (!value || this.dirty.doesExist(hash)) continue;
+        this.markDirty(hash, value.readUInt32LE(4));
+        n++;
+      }
+      return n;
+    });
+    await this.env.flushed;
+    return marked;
+  }
+
+  /** The stored value of a block, or of the super-chunk holding it, with that value's members (for a pack). */
+  uploadUnit(hash: Buffer): { key: string; value: Buffer; members: { hash: Buffer; blockOffset: number; length: number }[] } | undefined {
+    const value = this.blocks.getBinary(hash);
+    if (!value) return undefined;
+    if (!isLocator(value)) {
+      const copy = Buffer.from(value);
+      return { key: `b${hash.toString('hex')}`, value: copy, members: [{ hash, blockOffset: 0, length: copy.readUInt32LE(4) }] };
+    }
+    const loc = decodeLocator(value);
+    const chunk = this.chunkValue(loc.chunk);
+    if (!chunk) return undefined;
+    const members = this.chunkMembers(loc.chunk)
+      .filter((m) => {
+        const l = this.locatorOf(m.hash);
+        return l !== undefined && l.chunk === loc.chunk && l.offset === m.offset;
+      })
+      .map((m) => ({ hash: m.hash, blockOffset: m.offset, length: m.length }));
+    return { key: `c${loc.chunk}`, value: chunk, members };
+  }
+
+  /** What holds a block locally, for the evictor's bookkeeping: its super-chunk, or the block itself. */
+  holderOf(hash: Buffer): Evictable | undefined {
+    const value = this.blocks.getBinaryFast(hash);
+    if (!value) return undefined;
+    if (!isLocator(value)) return { hash };
+    try {
+      return { chunk: decodeLocator(value).chunk };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Gives up local copies of blocks that are on the remote: loose blocks, or super-chunks
+   * with every block pointing into them. Skips anything dirty (DESIGN invariant 4) and
+   * anything that changed shape meanwhile. Reference counts stay: the blocks are still
+   * referenced, their bytes now live only in their packs. Returns the stored bytes freed.
+   */
+  async evict(items: readonly Evictable[]): Promise<number> {
+    if (items.length === 0) return 0;
+    return this.env.transaction(() => {
+      const totals = this.readTotals();
+      let freed = 0;
+      for (const item of items) {
+        if ('hash' in item) {
+          const value = this.blocks.getBinaryFast(item.hash);
+          if (!value || isLocator(value) || this.dirty.doesExist(item.hash)) continue;
+          const length = value.length;
+          const raw = value.readUInt32LE(4);
+          this.blocks.remove(item.hash);
+          totals.blocks -= 1;
+          totals.uniqueBytes -= raw;
+          totals.storedBytes -= length;
+          freed += length;
+          continue;
+        }
+        const inside = this.chunkMembers(item.chunk).filter((m) => {
+          const l = this.locatorOf(m.hash);
+          return l !== undefined && l.chunk === item.chunk && l.offset === m.offset;
+        });
+        if (inside.some((m) => this.dirty.doesExist(m.hash))) continue;
+        const chunk = this.chunks.getBinaryFast(chunkKey(item.chunk));
+        if (!chunk) continue;
+        freed += chunk.length;
+        totals.storedBytes -= chunk.length;
+        for (const m of inside) {
+          this.blocks.remove(m.hash);
+          totals.blocks -= 1;
+          totals.uniqueBytes -= m.length;
+          totals.storedBytes -= LOCATOR_SIZE;
+          freed += LOCATOR_SIZE;
+        }
+        this.deleteChunk(item.chunk);
+      }
+      this.writeTotals(totals);
+      return freed;
+    });
+  }
+
+  /**
+   * Stores a value fetched from the remote (already verified by the caller): a loose block
+   * as it is, or a super-chunk with locators for its members. Only members still
+   * referenced and absent here are taken; nothing becomes dirty (it is on the remote).
+   */
+  async installFetched(value: Buffer, members: readonly { hash: Buffer; blockOffset: number; length: number }[]): Promise<number> {
+    return this.env.transaction(() => {
+      const totals = this.readTotals();
+      const wanted = members.filter((m) => this.refCount(m.hash) > 0 && !this.blocks.doesExist(m.hash));
+      if (wanted.length === 0) return 0;
+      const loose = !isLocator(value) && members.length === 1 && members[0].blockOffset === 0 && value.readUInt32LE(4) === members[0].length;
+      if (loose) {
+        this.blocks.put(wanted[0].hash, value);
+        totals.blocks += 1;
+        totals.uniqueBytes += wanted[0].length;
+        totals.storedBytes += value.length;
+        this.writeTotals(totals);
+        return 1;
+      }
+      const id = this.allocateChunk();
+      let liveBytes = 0;
+      for (const m of wanted) {
+        this.blocks.put(m.hash, encodeLocator({ chunk: id, offset: m.blockOffset, length: m.length }));
+        liveBytes += m.length;
+        totals.blocks += 1;
+        totals.uniqueBytes += m.length;
+        totals.storedBytes += LOCATOR_SIZE;
+      }
+      this.chunks.put(chunkKey(id), value);
+      this.chunkinfo.put(chunkKey(id), encodeChunkInfo({ liveBlocks: wanted.length, liveBytes, totalBytes: value.readUInt32LE(4) }));
+      this.chunkdir.put(chunkKey(id), encodeChunkDir(wanted.map((m) => ({ hash: m.hash, offset: m.blockOffset, length: m.length }))));
+      totals.storedBytes += value.length;
+      this.writeTotals(totals);
+      return wanted.length;
+    });
+  }
+
   // ---- Maintenance (fsck, gc): whole-store scans and direct edits. ----
 
   /** Stored blocks in key order with their raw values (header included); each value is a private copy. */
   *scanValues(): Generator<{ hash: Buffer; value: Buffer }> {
     for (const { key, value } of this.blocks.getRange({})) yield { hash: key, value };
+  }
+
+  /** Up to `limit` stored block keys from `start` on (inclusive), in key order. */
+  *scanHashesFrom(start: Buffer | undefined, limit: number): Generator<Buffer> {
+    for (const key of this.blocks.getKeys(start ? { start, limit } : { limit })) yield key;
   }
 
   /** Stored block keys in key order, without reading the values. */

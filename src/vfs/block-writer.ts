@@ -1,8 +1,15 @@
-import type { BlockRead, BlockStore, BlockToStore } from '../store/block-store';
+import type { BlockRead, BlockSource, BlockStore, BlockToStore } from '../store/block-store';
 import { encodeBlockAsync } from '../store/codec';
 
 /** Up to this much, a drain commits on the calling thread (see drain). */
 const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
+
+/** A BlockSource that may also read ahead and hold writers back (the remote cache). */
+export interface ContentSource extends BlockSource {
+  prefetch?(hashes: readonly Buffer[]): void;
+  /** Undefined when writers may go on; otherwise resolves when they may. */
+  admit?(): Promise<void> | undefined;
+}
 
 /** A block handed over, with its compressed value being made off this thread if it needs one. */
 interface QueuedBlock extends BlockToStore {
@@ -34,9 +41,16 @@ export class BlockWriter {
 
   constructor(
     private readonly store: BlockStore,
+    /** Where committed blocks are read: the store, or a cache of the remote in front of it. */
+    private readonly source: ContentSource = store,
     private readonly batchBlocks = 64,
     private readonly maxBytes = 256 * 1024 * 1024,
   ) {}
+
+  /** Starts fetching blocks a sequential reader will want (only a remote cache does anything). */
+  prefetch(hashes: readonly Buffer[]): void {
+    this.source.prefetch?.(hashes);
+  }
 
   /** Takes a reference on `hash`, storing `data` if the store lacks it. */
   add(hash: Buffer, data: Buffer): void {
@@ -77,7 +91,7 @@ export class BlockWriter {
    */
   read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
     const u = this.unsettled.size > 0 ? this.unsettled.get(hash.toString('latin1')) : undefined;
-    if (!u) return this.store.read(hash, from, length, target, at);
+    if (!u) return this.source.read(hash, from, length, target, at);
     const end = Math.min(from + length, u.data.length);
     if (end > from) u.data.copy(target, at, from, end);
     if (end < from + length) target.fill(0, at + Math.max(0, end - from), at + length);
@@ -89,10 +103,12 @@ export class BlockWriter {
     for (const key of this.unsettled.keys()) into.add(key);
   }
 
-  /** Resolves when buffered bytes are under the limit. */
+  /** Resolves when buffered bytes are under the limit (and the cache has room for more dirty data). */
   admit(): Promise<void> | undefined {
-    if (this.queuedBytes + this.inFlightBytes < this.maxBytes) return undefined;
-    return new Promise((resolve) => this.waiters.push(resolve));
+    const room = this.source.admit?.();
+    if (this.queuedBytes + this.inFlightBytes < this.maxBytes) return room;
+    const buffered = new Promise<void>((resolve) => this.waiters.push(resolve));
+    return room ? Promise.all([buffered, room]).then(() => undefined) : buffered;
   }
 
   /** Resolves once every block added so far is durable in the store; rejects if a write failed. */

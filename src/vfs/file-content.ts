@@ -1,4 +1,5 @@
 import type { InodeRow, MetaDb } from '../meta/meta-db';
+import { PathNamer } from '../meta/path-namer';
 import { hashBlock } from '../store/hash';
 import type { BlockRead } from '../store/block-store';
 import type { BlockWriter } from './block-writer';
@@ -60,6 +61,9 @@ export class FileContent {
   dirty = false;
   /** Writes and truncates waiting for a block to load, in order (see `after`). */
   private gate: Promise<void> | undefined;
+  /** Where the last read ended, and how far read-ahead has been asked for (block index). */
+  private lastReadEnd = -1;
+  private readaheadTo = 0;
 
   constructor(
     readonly row: InodeRow,
@@ -67,6 +71,8 @@ export class FileContent {
     private readonly meta: MetaDb,
     private readonly writer: BlockWriter,
     private readonly log: ContentLog,
+    /** Blocks to fetch ahead of a sequential reader (0: none). */
+    private readonly readaheadBlocks = 0,
   ) {
     for (const b of meta.listBlocks(row.ino)) this.blocks.set(b.idx, { hash: b.hash, len: b.len });
     this.committedSize = row.size;
@@ -82,6 +88,7 @@ export class FileContent {
     if (offset >= end) return Buffer.alloc(0);
     const out = Buffer.allocUnsafe(end - offset);
     const B = this.blockSize;
+    if (this.readaheadBlocks > 0) this.readAhead(offset, end);
     let waits: Promise<void>[] | undefined;
     for (let idx = Math.floor(offset / B); idx * B < end; idx++) {
       const blockStart = idx * B;
@@ -111,6 +118,34 @@ export class FileContent {
    * first and that means decompressing a super-chunk, the write waits for it (and the
    * file's later writes and truncates wait behind it, so they apply in order).
    */
+  /**
+   * A reader going forward (near where the last read ended, or at the start) gets the
+   * next blocks fetched ahead, a window at a time: asked for again only once it has read
+   * half of what was asked, so the fetches come in few large ranges, not one per block.
+   */
+  private readAhead(offset: number, end: number): void {
+    const B = this.blockSize;
+    const sequential = offset === 0 || Math.abs(offset - this.lastReadEnd) <= 4 * B;
+    this.lastReadEnd = end;
+    if (!sequential) {
+      this.readaheadTo = 0;
+      return;
+    }
+    const next = Math.ceil(end / B);
+    const window = this.readaheadBlocks;
+    if (next + window / 2 < this.readaheadTo) return;
+    // The blocks of this read too: fetched in the same ranges as the ones after them.
+    const from = Math.max(Math.floor(offset / B), this.readaheadTo);
+    const to = Math.min(next + window, Math.ceil(this.row.size / B));
+    const hashes: Buffer[] = [];
+    for (let idx = from; idx < to; idx++) {
+      const ref = this.blocks.get(idx);
+      if (ref && !this.pending.has(idx)) hashes.push(ref.hash);
+    }
+    this.readaheadTo = to;
+    if (hashes.length > 0) this.writer.prefetch(hashes);
+  }
+
   write(data: Buffer, offset: number): void | Promise<void> {
     if (this.gate) return this.after(() => this.writeNow(data, offset));
     const running = this.writeNow(data, offset);
@@ -332,13 +367,13 @@ export class FileContent {
     return p;
   }
 
-  /** A block that is missing or fails its hash is EIO plus a log line naming the file's inode and range. */
+  /** A block that is missing or fails its hash is EIO plus a log line naming the file (path and inode) and range. */
   private checkRead(result: BlockRead, idx: number, ref: BlockRef): void {
     if (result === 'ok') return;
     const start = idx * this.blockSize;
     this.log.error(
-      `inode ${this.row.ino}: block ${idx} (bytes ${start}-${start + ref.len - 1}, ${ref.hash.toString('hex')}) is ` +
-        (result === 'missing' ? 'missing from the block store' : 'corrupt: its bytes do not match their BLAKE3 hash') +
+      `${new PathNamer(this.meta).of(this.row.ino)} (inode ${this.row.ino}): block ${idx} (bytes ${start}-${start + ref.len - 1}, ${ref.hash.toString('hex')}) is ` +
+        (result === 'missing' ? 'missing from the block store (or its pack could not be fetched)' : 'corrupt: its bytes do not match their BLAKE3 hash') +
         '; reads of that range fail with EIO (run pogfs fsck)',
     );
     throw new FsError(E.EIO, `${result} block`);

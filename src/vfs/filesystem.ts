@@ -11,7 +11,7 @@ import type {
 } from '../fuse/types';
 import { SetAttrValid } from '../fuse/types';
 import { newInode, type InodeRow } from '../meta/meta-db';
-import { BlockWriter } from './block-writer';
+import { BlockWriter, type ContentSource } from './block-writer';
 import { Committer } from './committer';
 import { E, FsError, fail } from './errors';
 import { FileContent } from './file-content';
@@ -55,6 +55,10 @@ export interface FsOptions {
   metadataCommitMs: number;
   /** Told when the first security.* xattr appears (the binding then stops answering those itself). */
   onSecurityXattr?: () => void;
+  /** The remote cache in front of the block store, when the volume has a remote. */
+  cache?: ContentSource;
+  /** Bytes to fetch ahead of a sequential reader (with a cache). */
+  readaheadBytes?: number;
 }
 
 /** A mounted volume's in-memory state, as `pogfs stats` shows it. */
@@ -106,7 +110,7 @@ export class PogFs implements LowLevelOps {
     private readonly options: FsOptions,
     private readonly log: FsLog,
   ) {
-    this.writer = new BlockWriter(volume.store);
+    this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
     this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
     this.committer = new Committer(volume.meta, this.writer, this.reclaimer);
     this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));
@@ -157,6 +161,20 @@ export class PogFs implements LowLevelOps {
   status(): DaemonStatus {
     const c = this.volume.store.chunkStats();
     return { chunkCache: c.cache, queuedShortBlocks: c.queuedBlocks, superChunks: c.chunks, openFiles: this.files.size };
+  }
+
+  /** The inode at a path relative to the root (for pin/unpin); ENOENT and ENOTDIR as a lookup would say. */
+  inoOfPath(path: string): number {
+    let ino = ROOT_INO;
+    for (const part of path.split('/').filter((p) => p !== '' && p !== '.')) {
+      if (part === '..') fail(E.EINVAL);
+      const dir = this.node(ino);
+      if (!isDir(dir.row.mode)) fail(E.ENOTDIR);
+      const next = this.volume.meta.lookup(ino, Buffer.from(part));
+      if (next === undefined) fail(E.ENOENT);
+      ino = next;
+    }
+    return ino;
   }
 
   /** Keys (hash as latin1) of blocks in use right now that may lack a committed block row. */
@@ -587,7 +605,8 @@ export class PogFs implements LowLevelOps {
   private content(node: Node): FileContent {
     if (!node.content) {
       const v = this.volume;
-      node.content = new FileContent(node.row, v.blockSize, v.meta, this.writer, this.log);
+      const readahead = this.options.cache ? Math.floor((this.options.readaheadBytes ?? 0) / v.blockSize) : 0;
+      node.content = new FileContent(node.row, v.blockSize, v.meta, this.writer, this.log, readahead);
     }
     return node.content;
   }

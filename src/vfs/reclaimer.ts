@@ -10,6 +10,8 @@ export class Reclaimer {
   private hashes: Buffer[] = [];
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
+  /** Holds in place (a metadata backup in progress): releases wait in the queue. */
+  private holds = 0;
 
   constructor(
     private readonly meta: MetaDb,
@@ -29,12 +31,28 @@ export class Reclaimer {
     }
   }
 
-  /** Releases everything queued now; resolves when done. */
+  /**
+   * Keeps queued releases queued until the returned function is called: a metadata backup
+   * in progress may name blocks that the live volume no longer uses, and those must stay
+   * until the backup's blocks are on the remote.
+   */
+  hold(): () => void {
+    this.holds++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.holds--;
+      if (this.holds === 0 && this.hashes.length > 0) void this.run();
+    };
+  }
+
+  /** Releases everything queued now (unless held); resolves when done. */
   run(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.running = this.running.then(async () => {
-      if (this.hashes.length === 0) return;
+      if (this.hashes.length === 0 || this.holds > 0) return;
       const batch = this.hashes;
       this.hashes = [];
       try {

@@ -15,6 +15,26 @@ export interface VolumeSettings {
   chunkCacheBytes: number;
   /** gc rewrites a super-chunk when less than this share of its bytes is still live. */
   repackBelow: number;
+  /** Where the durable copy lives: '' (none: the local store is the only copy), `local:DIR` or `drive:FOLDER`. */
+  remote: string;
+  /** With a remote: the local store is a cache of at most this many bytes. */
+  cacheBytes: number;
+  /** With a remote: bytes of blocks per uploaded pack. */
+  packBytes: number;
+  /** With a remote: bytes fetched ahead of a sequential reader. */
+  readaheadBytes: number;
+  /** With a remote: seconds between metadata backups (0: only at unmount). */
+  backupIntervalSec: number;
+  /** With a remote: metadata backup generations kept. */
+  backupKeep: number;
+  /** gc rewrites a remote pack when less than this share of it is live. */
+  packRepackBelow: number;
+  /** Drive API root URL (a Drive-compatible server, or a test emulator); '' for Google's. */
+  driveApiUrl: string;
+  /** OAuth token endpoint; '' for Google's. */
+  driveTokenUrl: string;
+  /** Credentials file for Drive; '' for the default ($XDG_CONFIG_HOME/pogfs/drive-credentials.json). */
+  driveCredentials: string;
 }
 
 interface SettingSpec<K extends keyof VolumeSettings> {
@@ -85,16 +105,158 @@ export const SETTING_SPECS = [
     field: 'repackBelow',
     describe: 'gc rewrites a super-chunk when less than this share of it is live',
     accepts: 'a number from 0 (never) to 1',
-    parse: (t) => {
-      const n = Number(t);
-      if (t.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new Error(`repack threshold ${JSON.stringify(t)} is not a number from 0 to 1`);
-      return n;
-    },
+    parse: (t) => share(t, 'repack threshold'),
     format: (v) => String(v),
     legacy: 0.5,
     initial: 0.5,
   }),
+  spec({
+    key: 'remote',
+    field: 'remote',
+    describe: 'where the durable copy of the blocks and metadata lives',
+    accepts: 'none, local:DIR or drive:FOLDER (a folder name or id)',
+    parse: (t) => {
+      const v = t.trim();
+      if (v === '' || v === 'none') return '';
+      if (!/^(local|drive):.+/.test(v)) throw new Error(`remote ${JSON.stringify(t)} is not none, local:DIR or drive:FOLDER`);
+      return v;
+    },
+    format: (v) => v || 'none',
+    legacy: '',
+    initial: '',
+  }),
+  spec({
+    key: 'cache-size',
+    field: 'cacheBytes',
+    describe: 'with a remote: the local store is a cache of at most this size',
+    accepts: 'a size of at least 16M, such as 10G',
+    parse: (t) => {
+      const n = parseByteSize(t);
+      if (n < 16 * 1024 * 1024) throw new Error(`cache size ${t} is below 16M`);
+      return n;
+    },
+    format: (v) => String(v),
+    legacy: 10 * 1024 ** 3,
+    initial: 10 * 1024 ** 3,
+  }),
+  spec({
+    key: 'pack-size',
+    field: 'packBytes',
+    describe: 'with a remote: bytes of blocks per uploaded pack',
+    accepts: 'a size from 1M to 512M',
+    parse: (t) => {
+      const n = parseByteSize(t);
+      if (n < 1024 * 1024 || n > 512 * 1024 * 1024) throw new Error(`pack size ${t} is not between 1M and 512M`);
+      return n;
+    },
+    format: (v) => String(v),
+    legacy: 64 * 1024 * 1024,
+    initial: 64 * 1024 * 1024,
+  }),
+  spec({
+    key: 'readahead',
+    field: 'readaheadBytes',
+    describe: 'with a remote: bytes fetched ahead of a sequential reader',
+    accepts: 'a size such as 32M (0: no read-ahead)',
+    parse: (t) => {
+      const n = parseByteSize(t);
+      if (n > 1024 ** 3) throw new Error(`read-ahead ${t} is more than 1G`);
+      return n;
+    },
+    format: (v) => String(v),
+    legacy: 32 * 1024 * 1024,
+    initial: 32 * 1024 * 1024,
+  }),
+  spec({
+    key: 'backup-interval',
+    field: 'backupIntervalSec',
+    describe: 'with a remote: seconds between metadata backups while mounted (0: only at unmount)',
+    accepts: 'a whole number of seconds',
+    parse: (t) => wholeNumber(t, 'backup interval'),
+    format: (v) => String(v),
+    legacy: 600,
+    initial: 600,
+  }),
+  spec({
+    key: 'backup-keep',
+    field: 'backupKeep',
+    describe: 'with a remote: metadata backup generations kept',
+    accepts: 'a whole number from 1',
+    parse: (t) => {
+      const n = wholeNumber(t, 'backup-keep');
+      if (n < 1) throw new Error('keep at least 1 metadata backup');
+      return n;
+    },
+    format: (v) => String(v),
+    legacy: 5,
+    initial: 5,
+  }),
+  spec({
+    key: 'pack-repack-below',
+    field: 'packRepackBelow',
+    describe: 'gc rewrites a remote pack when less than this share of it is live',
+    accepts: 'a number from 0 (never) to 1',
+    parse: (t) => share(t, 'pack repack threshold'),
+    format: (v) => String(v),
+    legacy: 0.5,
+    initial: 0.5,
+  }),
+  spec({
+    key: 'drive-api-url',
+    field: 'driveApiUrl',
+    describe: 'Drive API root URL (default: Google\'s)',
+    accepts: 'an http(s) URL, or default',
+    parse: (t) => url(t, true),
+    format: (v) => v || 'default',
+    legacy: '',
+    initial: '',
+  }),
+  spec({
+    key: 'drive-token-url',
+    field: 'driveTokenUrl',
+    describe: 'OAuth token endpoint (default: Google\'s)',
+    accepts: 'an http(s) URL, or default',
+    parse: (t) => url(t, false),
+    format: (v) => v || 'default',
+    legacy: '',
+    initial: '',
+  }),
+  spec({
+    key: 'drive-credentials',
+    field: 'driveCredentials',
+    describe: 'credentials file for Drive (default: the one pogfs auth writes)',
+    accepts: 'a file path, or default',
+    parse: (t) => (t.trim() === 'default' ? '' : t.trim()),
+    format: (v) => v || 'default',
+    legacy: '',
+    initial: '',
+  }),
 ];
+
+function wholeNumber(t: string, what: string): number {
+  if (!/^\s*\d+\s*$/.test(t)) throw new Error(`${what} ${JSON.stringify(t)} is not a whole number`);
+  return Number(t);
+}
+
+function share(t: string, what: string): number {
+  const n = Number(t);
+  if (t.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new Error(`${what} ${JSON.stringify(t)} is not a number from 0 to 1`);
+  return n;
+}
+
+/** A URL setting; a root URL (`asRoot`) ends in '/' so paths resolve under it. */
+function url(t: string, asRoot: boolean): string {
+  const v = t.trim();
+  if (v === '' || v === 'default') return '';
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    throw new Error(`${JSON.stringify(t)} is not a URL`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`${JSON.stringify(t)} is not an http(s) URL`);
+  return asRoot && !v.endsWith('/') ? `${v}/` : v;
+}
 
 type AnySpec = (typeof SETTING_SPECS)[number];
 

@@ -33,7 +33,7 @@ function storeOptions(settings: VolumeSettings, blockSize: number): BlockStoreOp
   // Super-chunks take the blocks that are short of a full LZ4 window or of a full block:
   // small files and file tails (all blocks when blocks are smaller than the window).
   const packBelow = settings.superchunks ? (blockSize < LZ4_WINDOW ? blockSize + 1 : blockSize) : 0;
-  return { codec, packBelow, chunkCacheBytes: settings.chunkCacheBytes };
+  return { codec, packBelow, chunkCacheBytes: settings.chunkCacheBytes, trackDirty: settings.remote !== '' };
 }
 
 /** An opened volume: its metadata database, its block store and its settings. */
@@ -92,6 +92,7 @@ export class Volume {
       root: newInode({ mode: 0o040755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, nlink: 2 }, t),
     });
     const store = BlockStore.open(join(dir, VolumeFiles.blocks), storeOptions(settings, blockSize));
+    if (settings.remote) store.rememberRemote(settings.remote);
     return new Volume(dir, meta, store, meta.superblock(), settings);
   }
 
@@ -127,6 +128,7 @@ export class Volume {
       throw new VolumeError(`${dir}: ${(err as Error).message}`);
     }
     const store = BlockStore.open(join(dir, VolumeFiles.blocks), { readOnly: options.readOnly, ...storeOptions(settings, superblock.block_size) });
+    if (settings.remote && !options.readOnly) store.rememberRemote(settings.remote);
     return new Volume(dir, meta, store, superblock, settings);
   }
 
@@ -134,6 +136,7 @@ export class Volume {
   changeSettings(changes: Partial<VolumeSettings>): VolumeSettings {
     const next = { ...this.settings, ...changes };
     this.meta.setSettings(formatSettings(next));
+    if (next.remote) this.store.rememberRemote(next.remote);
     return next;
   }
 

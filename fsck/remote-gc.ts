@@ -1,0 +1,117 @@
+import { listGenerations, type MetaBackup } from '../src/cache/meta-backup';
+import type { RemoteCache } from '../src/cache/remote-cache';
+import type { Remote } from '../src/remote/remote';
+import type { Volume } from '../src/vfs/volume';
+
+/**
+ * Garbage collection of a volume's remote: forgets the locations of blocks no file
+ * references, rewrites packs that are mostly dead (their live blocks are fetched, marked
+ * dirty and uploaded into new packs), deletes packs that hold nothing live and packs on
+ * the remote that the index does not know (left by a crash between an upload and its
+ * commit).
+ *
+ * Deleted packs may be named by older metadata generations; so before anything is
+ * deleted a new generation is uploaded, and the older ones are pruned (a restore of one
+ * of them would look for the deleted packs).
+ */
+
+export interface RemoteGcOptions {
+  dryRun: boolean;
+  /** Repack packs whose live share is below this (default: the volume's pack-repack-below). */
+  repackBelow?: number;
+  log: { info(msg: string): void; error(msg: string, err?: unknown): void };
+}
+
+export interface RemoteGcResult {
+  dryRun: boolean;
+  packs: number;
+  /** Locations of blocks no file references any more, forgotten. */
+  deadLocations: number;
+  /** Packs rewritten because most of them was dead, and the live blocks moved out. */
+  repackedPacks: number;
+  movedBlocks: number;
+  /** Packs deleted (nothing live left), with their bytes. */
+  deletedPacks: number;
+  deletedBytes: number;
+  /** Packs on the remote that the index did not know, deleted. */
+  orphanPacks: number;
+  /** Older metadata generations deleted because they named deleted packs. */
+  prunedGenerations: number;
+}
+
+export interface RemoteParts {
+  remote: Remote;
+  cache: RemoteCache;
+  backup?: MetaBackup;
+}
+
+export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o: RemoteGcOptions): Promise<RemoteGcResult> {
+  const { meta, store } = volume;
+  const index = meta.remote;
+  const threshold = o.repackBelow ?? volume.settings.packRepackBelow;
+  const dead = index.deadEntries();
+  const result: RemoteGcResult = {
+    dryRun: o.dryRun,
+    packs: index.packs().length,
+    deadLocations: dead.length,
+    repackedPacks: 0,
+    movedBlocks: 0,
+    deletedPacks: 0,
+    deletedBytes: 0,
+    orphanPacks: 0,
+    prunedGenerations: 0,
+  };
+  if (!o.dryRun && dead.length > 0) meta.durableTransaction(() => index.deleteEntries(dead));
+
+  // Mostly dead packs: their live blocks go into new packs.
+  const usage = index.usage();
+  const sparse = usage.filter((u) => u.liveBlocks > 0 && u.size > 0 && u.liveValueBytes / u.size < threshold);
+  result.repackedPacks = sparse.length;
+  if (!o.dryRun && sparse.length > 0) {
+    for (const u of sparse) {
+      const hashes = index.entriesOf(u.pack).map((e) => e.hash);
+      const outcomes = await Promise.all(parts.cache.fetcher.fetch(hashes).values());
+      if (outcomes.some((r) => r !== 'ok')) {
+        o.log.error(`gc: pack ${u.name} could not be read whole; it is kept as it is`);
+        continue;
+      }
+      const moved = await store.markDirtyAgain(hashes);
+      result.movedBlocks += moved;
+    }
+    await parts.cache.flush();
+  }
+  for (const u of sparse) result.movedBlocks += o.dryRun ? u.liveBlocks : 0;
+
+  // Packs with nothing live: everything after the repack whose rows are all gone.
+  const empty = index.usage().filter((u) => u.liveBlocks === 0 && index.entriesOf(u.pack).length === 0);
+  const known = new Set(index.packs().map((p) => p.name));
+  const orphans = (await parts.remote.list('pack')).filter((p) => !known.has(p.name) && !parts.cache.uploader.inFlight.has(p.name));
+  result.deletedPacks = empty.length;
+  result.deletedBytes = empty.reduce((n, u) => n + u.size, 0);
+  result.orphanPacks = orphans.length;
+  if (o.dryRun || (empty.length === 0 && orphans.length === 0)) return result;
+
+  // The newest generation must not name what goes; older ones may, and go too. Without a
+  // way to write one (a read-only mount), nothing is deleted.
+  if (!parts.backup) {
+    result.deletedPacks = 0;
+    result.deletedBytes = 0;
+    result.orphanPacks = 0;
+    return result;
+  }
+  // Forgotten first: a crash after this leaves orphans on the remote (the next gc's), never
+  // a generation naming a pack that is gone.
+  meta.durableTransaction(() => {
+    for (const u of empty) index.deletePack(u.pack);
+  });
+  const fresh = await parts.backup.backup('gc');
+  for (const g of await listGenerations(parts.remote)) {
+    if (g.generation >= fresh.generation) continue;
+    await parts.remote.delete(g);
+    result.prunedGenerations++;
+  }
+  for (const u of empty) await parts.remote.delete({ kind: 'pack', name: u.name, id: u.remoteId });
+  for (const p of orphans) await parts.remote.delete(p);
+  o.log.info(`gc on the remote: ${result.deletedPacks} packs deleted (${result.deletedBytes} bytes), ${result.repackedPacks} repacked, ${result.orphanPacks} orphans`);
+  return result;
+}

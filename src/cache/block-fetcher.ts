@@ -1,0 +1,208 @@
+import type { RemoteIndex } from '../meta/remote-index';
+import type { Remote } from '../remote/remote';
+import type { BlockRead, BlockStore } from '../store/block-store';
+import { decodeBlockAsync } from '../store/codec';
+import { hashBlock } from '../store/hash';
+
+/**
+ * Fetches blocks missing from the local store out of their packs on the remote.
+ *
+ * A block's pack row names the stored value holding it (a loose block, or a whole
+ * super-chunk); the value is downloaded with a ranged read, every block in it is checked
+ * against its BLAKE3 key (DESIGN invariant 2), and the value is stored locally. Values
+ * wanted together (read-ahead) that sit close in one pack are fetched with one request,
+ * so a streamed file costs one call per range rather than one per block. Concurrent
+ * requests for one block share one download. A value whose bytes fail their key is
+ * downloaded once more; failing again, its blocks read as EIO.
+ */
+
+export interface FetcherOptions {
+  /** Largest single ranged read. */
+  maxRangeBytes: number;
+  /** Values at most this far apart in a pack are fetched in one read (the gap is downloaded too). */
+  maxGapBytes: number;
+  /** Downloads at once. */
+  concurrency: number;
+  log: { error(msg: string, err?: unknown): void; warn(msg: string): void };
+}
+
+export interface FetcherStats {
+  /** Ranged reads made. */
+  reads: number;
+  bytes: number;
+  blocks: number;
+  /** Values whose bytes failed their keys (each counted once per download). */
+  corrupt: number;
+  failures: number;
+}
+
+interface Value {
+  pack: number;
+  name: string;
+  remoteId: string;
+  offset: number;
+  length: number;
+}
+
+const key = (hash: Buffer) => hash.toString('latin1');
+
+export class BlockFetcher {
+  private readonly inflight = new Map<string, Promise<BlockRead>>();
+  private running = 0;
+  private readonly queue: (() => void)[] = [];
+  readonly stats: FetcherStats = { reads: 0, bytes: 0, blocks: 0, corrupt: 0, failures: 0 };
+
+  constructor(
+    private readonly store: BlockStore,
+    private readonly index: RemoteIndex,
+    private readonly remote: Remote,
+    private readonly options: FetcherOptions,
+  ) {}
+
+  /** Makes one block local: 'ok' once it is, 'missing' when no pack holds it, 'corrupt' when the remote's bytes are wrong. */
+  fetchOne(hash: Buffer): Promise<BlockRead> {
+    return this.fetch([hash]).get(key(hash)) ?? Promise.resolve('missing');
+  }
+
+  /** Starts fetching every listed block not held locally; the promises say how each ended. */
+  fetch(hashes: readonly Buffer[]): Map<string, Promise<BlockRead>> {
+    const out = new Map<string, Promise<BlockRead>>();
+    const byValue = new Map<string, { value: Value; hashes: Buffer[] }>();
+    for (const hash of hashes) {
+      const k = key(hash);
+      if (out.has(k)) continue;
+      const running = this.inflight.get(k);
+      if (running) {
+        out.set(k, running);
+        continue;
+      }
+      if (this.store.has(hash)) {
+        out.set(k, Promise.resolve('ok'));
+        continue;
+      }
+      const loc = this.index.locate(hash);
+      if (!loc) {
+        out.set(k, Promise.resolve('missing'));
+        continue;
+      }
+      const vk = `${loc.pack}:${loc.valueOffset}`;
+      let v = byValue.get(vk);
+      if (!v) byValue.set(vk, (v = { value: { pack: loc.pack, name: loc.name, remoteId: loc.remoteId, offset: loc.valueOffset, length: loc.valueLength }, hashes: [] }));
+      v.hashes.push(hash);
+    }
+    for (const range of this.ranges([...byValue.values()])) {
+      const done = this.limited(() => this.fetchRange(range.values.map((v) => v.value)));
+      for (const v of range.values) {
+        for (const hash of v.hashes) {
+          const k = key(hash);
+          const p = done.then((results) => results.get(`${v.value.pack}:${v.value.offset}`)?.get(k) ?? 'missing').finally(() => this.inflight.delete(k));
+          this.inflight.set(k, p);
+          out.set(k, p);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Values grouped into ranged reads: same pack, in offset order, close together, bounded in size. */
+  private ranges(values: { value: Value; hashes: Buffer[] }[]): { values: { value: Value; hashes: Buffer[] }[] }[] {
+    values.sort((a, b) => a.value.pack - b.value.pack || a.value.offset - b.value.offset);
+    const out: { values: { value: Value; hashes: Buffer[] }[] }[] = [];
+    let cur: { values: { value: Value; hashes: Buffer[] }[]; start: number; end: number; pack: number } | undefined;
+    for (const v of values) {
+      const end = v.value.offset + v.value.length;
+      if (cur && cur.pack === v.value.pack && v.value.offset - cur.end <= this.options.maxGapBytes && end - cur.start <= this.options.maxRangeBytes) {
+        cur.values.push(v);
+        cur.end = Math.max(cur.end, end);
+        continue;
+      }
+      cur = { values: [v], start: v.value.offset, end, pack: v.value.pack };
+      out.push(cur);
+    }
+    return out;
+  }
+
+  /** Downloads the values (one ranged read), verifies and installs them; results by value, then by block. */
+  private async fetchRange(values: Value[]): Promise<Map<string, Map<string, BlockRead>>> {
+    const results = new Map<string, Map<string, BlockRead>>();
+    const start = values[0].offset;
+    const end = Math.max(...values.map((v) => v.offset + v.length));
+    let bytes: Buffer | undefined;
+    try {
+      bytes = await this.download(values[0], start, end - start);
+    } catch (err) {
+      this.stats.failures++;
+      this.options.log.error(`fetching ${end - start} bytes of pack ${values[0].name} failed`, err);
+    }
+    for (const v of values) {
+      const vk = `${v.pack}:${v.offset}`;
+      const members = this.index.valueMembers(v.pack, v.offset);
+      if (!bytes) {
+        // The remote could not be read: the blocks are not lost, only unreachable now.
+        results.set(vk, new Map(members.map((m) => [key(m.hash), 'missing' as BlockRead])));
+        continue;
+      }
+      let r = await this.install(v, bytes.subarray(v.offset - start, v.offset - start + v.length), members);
+      if ([...r.values()].includes('corrupt')) {
+        // Bytes damaged in transit are not bytes damaged on the remote: one more try.
+        try {
+          r = await this.install(v, await this.download(v, v.offset, v.length), members);
+        } catch (err) {
+          this.options.log.error(`fetching ${v.length} bytes of pack ${v.name} again failed`, err);
+        }
+      }
+      results.set(vk, r);
+    }
+    return results;
+  }
+
+  private async download(v: Value, offset: number, length: number): Promise<Buffer> {
+    const data = await this.remote.read({ kind: 'pack', name: v.name, id: v.remoteId }, offset, length);
+    this.stats.reads++;
+    this.stats.bytes += data.length;
+    return data;
+  }
+
+  /** Verifies every block of a downloaded value and stores the value with the blocks that passed. */
+  private async install(v: Value, value: Buffer, members: { hash: Buffer; blockOffset: number; length: number }[]): Promise<Map<string, BlockRead>> {
+    const result = new Map<string, BlockRead>();
+    let data: Buffer | undefined;
+    try {
+      data = await decodeBlockAsync(Buffer.from(value));
+    } catch {
+      data = undefined;
+    }
+    const good: typeof members = [];
+    for (const m of members) {
+      const ok = data !== undefined && m.blockOffset + m.length <= data.length && hashBlock(data.subarray(m.blockOffset, m.blockOffset + m.length)).equals(m.hash);
+      result.set(key(m.hash), ok ? 'ok' : 'corrupt');
+      if (ok) good.push(m);
+    }
+    if (good.length < members.length) {
+      this.stats.corrupt++;
+      this.options.log.warn(`pack ${v.name} bytes ${v.offset}-${v.offset + v.length - 1}: ${members.length - good.length} of ${members.length} blocks do not match their BLAKE3 key`);
+    }
+    if (good.length > 0) {
+      // A super-chunk with a bad member is kept for its good ones only if its decoded bytes are whole.
+      const installed = await this.store.installFetched(Buffer.from(value), good);
+      this.stats.blocks += installed;
+    }
+    return result;
+  }
+
+  private limited<T>(fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const run = () => {
+        this.running++;
+        fn()
+          .then(resolve, reject)
+          .finally(() => {
+            this.running--;
+            this.queue.shift()?.();
+          });
+      };
+      if (this.running < this.options.concurrency) run();
+      else this.queue.push(run);
+    });
+  }
+}

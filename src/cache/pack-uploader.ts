@@ -1,0 +1,218 @@
+import type { MetaDb } from '../meta/meta-db';
+import type { Remote } from '../remote/remote';
+import type { BlockStore } from '../store/block-store';
+import { hashHex, hashBlock } from '../store/hash';
+import type { SuperChunkPacker } from '../store/super-chunk-packer';
+import { PackBuilder } from './pack-format';
+
+/**
+ * Uploads dirty blocks to the remote in packs, in the order they were written, so the
+ * blocks of one file sit together in a pack and a streamed read fetches them in few
+ * requests. Writes never wait on the network: the uploader runs behind them, starting
+ * a pack once a pack's worth is dirty or writing has paused, and on `flush`.
+ *
+ * Order per pack (DESIGN invariant 1 with the remote as the durable copy): the pack is
+ * uploaded (the remote holds it durably when `put` resolves), then its rows are
+ * committed to SQLite durably, and only then are its blocks marked clean, which is what
+ * allows evicting them. A crash in between leaves an unreferenced pack (gc removes it)
+ * or blocks still dirty (uploaded again): never a block whose only copy is gone.
+ */
+
+export interface UploaderOptions {
+  /** Bytes of values per pack. */
+  packBytes: number;
+  /** A partial pack is uploaded once nothing new became dirty for this long (ms). */
+  idleMs: number;
+  /** After a failed upload, wait this long before trying again (ms). */
+  retryMs: number;
+  log: { error(msg: string, err?: unknown): void; info(msg: string): void };
+}
+
+export interface UploaderStatus {
+  dirtyBlocks: number;
+  dirtyBytes: number;
+  uploading: boolean;
+  packsUploaded: number;
+  bytesUploaded: number;
+  /** Upload rate over the last uploads (bytes/s), 0 before the first. */
+  rateBytesPerSec: number;
+  /** Seconds to upload what is dirty now at that rate (undefined without a rate). */
+  etaSeconds: number | undefined;
+  lastError: string | undefined;
+}
+
+/** Dirty entries looked at per step of building a pack. */
+const SCAN_STEP = 4096;
+
+export class PackUploader {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> = Promise.resolve();
+  private uploading = false;
+  private closed = false;
+  private packsUploaded = 0;
+  private bytesUploaded = 0;
+  private lastError: string | undefined;
+  /** Recent uploads (time ms, bytes), for the rate. */
+  private recent: { at: number; bytes: number; ms: number }[] = [];
+  private waiters: (() => void)[] = [];
+  /** Names of packs being uploaded whose rows are not committed yet (gc must not take them for orphans). */
+  readonly inFlight = new Set<string>();
+  /** Listeners told after each pack (the cache evicts, blocked writers wake). */
+  onUploaded: (() => void) | undefined;
+
+  constructor(
+    private readonly store: BlockStore,
+    private readonly meta: MetaDb,
+    private readonly remote: Remote,
+    private readonly packer: SuperChunkPacker,
+    private readonly options: UploaderOptions,
+  ) {
+    if (store.dirtyStats().blocks > 0) this.notify();
+  }
+
+  /** New blocks are dirty: upload a pack now if there is a pack's worth, else once writing pauses. */
+  notify(): void {
+    if (this.closed) return;
+    if (this.store.dirtyStats().bytes >= this.options.packBytes && !this.uploading) {
+      this.kick(false);
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.kick(true), this.options.idleMs);
+    this.timer.unref();
+  }
+
+  /** Uploads everything dirty now; resolves when it is on the remote (rejects if the remote fails). */
+  async flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    let failure: unknown;
+    const step = this.running.then(async () => {
+      try {
+        await this.uploadAll(true);
+      } catch (err) {
+        failure = err;
+      }
+    });
+    this.running = step;
+    await step;
+    if (failure) throw failure;
+  }
+
+  /** Resolves after the next pack is uploaded (or an upload fails): what a blocked writer waits for. */
+  uploaded(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  status(): UploaderStatus {
+    const d = this.store.dirtyStats();
+    const cutoff = Date.now() - 60_000;
+    this.recent = this.recent.filter((r) => r.at >= cutoff);
+    const bytes = this.recent.reduce((n, r) => n + r.bytes, 0);
+    const ms = this.recent.reduce((n, r) => n + r.ms, 0);
+    const rate = ms > 0 ? (bytes * 1000) / ms : 0;
+    return {
+      dirtyBlocks: d.blocks,
+      dirtyBytes: d.bytes,
+      uploading: this.uploading,
+      packsUploaded: this.packsUploaded,
+      bytesUploaded: this.bytesUploaded,
+      rateBytesPerSec: rate,
+      etaSeconds: rate > 0 ? d.bytes / rate : undefined,
+      lastError: this.lastError,
+    };
+  }
+
+  /** Stops scheduling and waits for an upload in progress (nothing is lost: dirty stays dirty). */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  private kick(all: boolean): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.running = this.running.then(async () => {
+      try {
+        await this.uploadAll(all);
+      } catch (err) {
+        this.lastError = (err as Error).message;
+        this.options.log.error(`uploading a pack to ${this.remote.description} failed; the blocks stay dirty and are tried again`, err);
+        if (!this.closed) {
+          this.timer = setTimeout(() => this.kick(true), this.options.retryMs);
+          this.timer.unref();
+        }
+      }
+    });
+  }
+
+  /** Uploads full packs while there are enough dirty blocks (with `all`, the partial rest too). */
+  private async uploadAll(all: boolean): Promise<void> {
+    // Short blocks first go into super-chunks: packs then carry them compressed together.
+    if (this.store.queuedBlocks(1).length > 0) await this.packer.flush();
+    for (;;) {
+      const d = this.store.dirtyStats();
+      if (d.blocks === 0) return;
+      if (!all && d.bytes < this.options.packBytes) return;
+      const sent = await this.uploadOne();
+      if (!sent) return;
+    }
+  }
+
+  /** Builds and uploads one pack from the oldest dirty blocks; false when nothing was left to send. */
+  private async uploadOne(): Promise<boolean> {
+    const builder = new PackBuilder();
+    const units = new Set<string>();
+    const clean: Buffer[] = [];
+    let after = -1;
+    while (builder.size < this.options.packBytes) {
+      const batch = this.store.dirtyBlocks(SCAN_STEP, after);
+      if (batch.length === 0) break;
+      for (const d of batch) {
+        after = d.seq;
+        const unit = this.store.uploadUnit(d.hash);
+        if (!unit) {
+          clean.push(d.hash); // dirty but gone: nothing to upload
+          continue;
+        }
+        if (units.has(unit.key)) continue;
+        units.add(unit.key);
+        builder.add(unit.value, unit.members);
+        for (const m of unit.members) clean.push(m.hash);
+        if (builder.size >= this.options.packBytes) break;
+      }
+    }
+    if (builder.blockCount === 0) {
+      await this.store.markClean(clean);
+      return clean.length > 0;
+    }
+    const { data, entries } = builder.finish();
+    // Named by content: a pack uploaded twice (a retry after a crash) has the same name.
+    const name = `p${hashHex(hashBlock(data)).slice(0, 40)}`;
+    this.uploading = true;
+    this.inFlight.add(name);
+    const started = Date.now();
+    try {
+      const object = await this.remote.put('pack', name, data, { fresh: true });
+      const existing = this.meta.remote.packByName(name);
+      if (existing) this.meta.remote.deletePack(existing.id);
+      this.meta.durableTransaction(() => this.meta.remote.addPack(name, object.id, data.length, entries));
+      await this.store.markClean(clean);
+    } finally {
+      this.uploading = false;
+      this.inFlight.delete(name);
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
+    }
+    const ms = Math.max(1, Date.now() - started);
+    this.packsUploaded++;
+    this.bytesUploaded += data.length;
+    this.recent.push({ at: Date.now(), bytes: data.length, ms });
+    this.lastError = undefined;
+    this.onUploaded?.();
+    return true;
+  }
+}

@@ -1,0 +1,197 @@
+import type { MetaDb } from '../meta/meta-db';
+import type { Remote, RemoteCounters } from '../remote/remote';
+import type { BlockRead, BlockSource, BlockStore } from '../store/block-store';
+import type { SuperChunkPacker } from '../store/super-chunk-packer';
+import { BlockFetcher, type FetcherStats } from './block-fetcher';
+import { CacheEvictor } from './cache-evictor';
+import { PackUploader, type UploaderStatus } from './pack-uploader';
+
+/**
+ * The local block store as a bounded cache over the remote: reads that miss are fetched
+ * from packs, new blocks go up in packs behind the writes, and clean blocks are evicted
+ * when the store outgrows the cache size. Writers slow down (never fail) while dirty data
+ * alone fills the cache (DESIGN invariant 4).
+ */
+
+export interface RemoteCacheOptions {
+  cacheBytes: number;
+  packBytes: number;
+  /** Bytes read ahead of a sequential reader. */
+  readaheadBytes: number;
+  uploadIdleMs: number;
+  log: { error(msg: string, err?: unknown): void; warn(msg: string): void; info(msg: string): void };
+}
+
+export interface CacheStatus {
+  remote: string;
+  cacheBytes: number;
+  /** What the local store holds (stored bytes, headers included). */
+  localBytes: number;
+  upload: UploaderStatus;
+  fetch: FetcherStats;
+  evictedBytes: number;
+  pinnedBytes: number;
+  /** True while writers wait because dirty data fills the cache. */
+  backpressure: boolean;
+  /** Writes that had to wait for uploads so far. */
+  throttledWrites: number;
+  calls: RemoteCounters;
+}
+
+export interface PinResult {
+  ino: number;
+  /** Distinct blocks in the pinned tree, and their bytes. */
+  blocks: number;
+  bytes: number;
+  /** Fetched now (the rest were local already), and not fetched (missing or corrupt on the remote). */
+  fetched: number;
+  failed: number;
+}
+
+export class RemoteCache implements BlockSource {
+  readonly fetcher: BlockFetcher;
+  readonly uploader: PackUploader;
+  readonly evictor: CacheEvictor;
+  private throttled = 0;
+  private waitingWriters = 0;
+  private evictTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: BlockStore,
+    private readonly meta: MetaDb,
+    readonly remote: Remote,
+    packer: SuperChunkPacker,
+    readonly options: RemoteCacheOptions,
+  ) {
+    this.fetcher = new BlockFetcher(store, meta.remote, remote, {
+      maxRangeBytes: Math.max(4 << 20, Math.min(32 << 20, options.readaheadBytes)),
+      maxGapBytes: 1 << 20,
+      concurrency: 4,
+      log: options.log,
+    });
+    this.uploader = new PackUploader(store, meta, remote, packer, {
+      packBytes: options.packBytes,
+      idleMs: options.uploadIdleMs,
+      retryMs: 5000,
+      log: options.log,
+    });
+    this.evictor = new CacheEvictor(store, meta.remote, { cacheBytes: options.cacheBytes, lowWater: 0.9, log: options.log });
+    this.uploader.onUploaded = () => this.scheduleEviction();
+    store.onStored = () => {
+      this.uploader.notify();
+      this.scheduleEviction();
+    };
+  }
+
+  /** Reads through the cache: a block missing locally is fetched from its pack first. */
+  read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
+    this.evictor.touch(hash);
+    const r = this.store.read(hash, from, length, target, at);
+    if (r === 'missing') return this.fetchAndRead(hash, from, length, target, at);
+    if (typeof r === 'string') return r;
+    return r.then((res) => (res === 'missing' ? this.fetchAndRead(hash, from, length, target, at) : res));
+  }
+
+  private async fetchAndRead(hash: Buffer, from: number, length: number, target: Buffer, at: number): Promise<BlockRead> {
+    const fetched = await this.fetcher.fetchOne(hash);
+    if (fetched !== 'ok') return fetched;
+    this.scheduleEviction();
+    return this.store.read(hash, from, length, target, at);
+  }
+
+  /** Starts fetching blocks a reader will want soon (read-ahead); never waits. */
+  prefetch(hashes: readonly Buffer[]): void {
+    const missing = hashes.filter((h) => !this.store.has(h));
+    if (missing.length === 0) return;
+    for (const p of this.fetcher.fetch(missing).values()) p.catch(() => undefined);
+  }
+
+  /**
+   * Backpressure: resolves once dirty data is below the cache size again (undefined at
+   * once when it is). Dirty blocks cannot be evicted, so this is where writers wait.
+   */
+  admit(): Promise<void> | undefined {
+    if (this.store.dirtyStats().bytes < this.options.cacheBytes) return undefined;
+    this.throttled++;
+    return this.waitForRoom();
+  }
+
+  private async waitForRoom(): Promise<void> {
+    this.waitingWriters++;
+    try {
+      while (this.store.dirtyStats().bytes >= this.options.cacheBytes) {
+        this.uploader.notify();
+        await Promise.race([this.uploader.uploaded(), new Promise((r) => setTimeout(r, 1000))]);
+      }
+    } finally {
+      this.waitingWriters--;
+    }
+  }
+
+  private scheduleEviction(): void {
+    if (this.evictTimer || this.store.stats().storedBytes <= this.options.cacheBytes) return;
+    this.evictTimer = setTimeout(() => {
+      this.evictTimer = undefined;
+      this.evictor.maybeEvict().catch((err) => this.options.log.error('eviction failed', err));
+    }, 50);
+    this.evictTimer.unref();
+  }
+
+  /**
+   * Keeps a tree's blocks local (for offline use): recorded durably, then every block of
+   * it not held locally is fetched. Pinned blocks are never evicted.
+   */
+  async pin(ino: number): Promise<PinResult> {
+    this.meta.durableTransaction(() => this.meta.remote.addPin(ino));
+    this.evictor.pinsChanged();
+    const blocks = this.meta.remote.treeBlocks(ino);
+    const result: PinResult = { ino, blocks: blocks.length, bytes: blocks.reduce((n, b) => n + b.len, 0), fetched: 0, failed: 0 };
+    for (let at = 0; at < blocks.length; at += 1024) {
+      const batch = blocks.slice(at, at + 1024).map((b) => b.hash).filter((h) => !this.store.has(h));
+      const outcomes = await Promise.all(this.fetcher.fetch(batch).values());
+      for (const r of outcomes) {
+        if (r === 'ok') result.fetched++;
+        else result.failed++;
+      }
+    }
+    if (this.store.stats().storedBytes > this.options.cacheBytes) {
+      this.options.log.warn(`pinned data (${result.bytes} bytes) and dirty data leave the cache over its size`);
+    }
+    return result;
+  }
+
+  /** Lets a pinned tree's blocks be evicted again. */
+  async unpin(ino: number): Promise<{ ino: number; unpinned: boolean }> {
+    const unpinned = this.meta.durableTransaction(() => this.meta.remote.removePin(ino));
+    this.evictor.pinsChanged();
+    this.scheduleEviction();
+    return { ino, unpinned };
+  }
+
+  /** Uploads everything dirty (metadata backup, unmount). */
+  flush(): Promise<void> {
+    return this.uploader.flush();
+  }
+
+  status(): CacheStatus {
+    return {
+      remote: this.remote.description,
+      cacheBytes: this.options.cacheBytes,
+      localBytes: this.store.stats().storedBytes,
+      upload: this.uploader.status(),
+      fetch: { ...this.fetcher.stats },
+      evictedBytes: this.evictor.evictedBytes,
+      pinnedBytes: this.evictor.pinnedBytes(),
+      backpressure: this.waitingWriters > 0,
+      throttledWrites: this.throttled,
+      calls: this.remote.counters(),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.evictTimer) clearTimeout(this.evictTimer);
+    this.evictTimer = undefined;
+    this.store.onStored = undefined;
+    await this.uploader.close();
+  }
+}
