@@ -20,3 +20,9 @@ export function parseByteSize(text: string): number {
   if (!Number.isSafeInteger(n)) throw new Error(`"${text}" is too large`);
   return n;
 }
+
+/** `key  value` lines with the values aligned, as `pogfs stats` and `pogfs status` print them. */
+export function formatRows(rows: readonly (readonly [string, string])[]): string {
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n');
+}

@@ -8,29 +8,13 @@ import { openRemote, type RemoteSettings } from '../src/remote/open-remote';
 import { RemoteError, type Remote } from '../src/remote/remote';
 import type { FaultKind } from './support/drive-emulator';
 import { EmulatorProcess } from './support/drive-emulator-process';
+import { emulatorSettings } from './support/remote-settings';
 import { tempDir } from './support/tmp';
 
 const MiB = 1024 * 1024;
 
 function md5(data: Buffer): string {
   return createHash('md5').update(data).digest('hex');
-}
-
-/** Fast retries, so faults cost little time; small chunks unless a test asks otherwise. */
-function settings(emu: EmulatorProcess, credentialsPath: string, extra: Partial<RemoteSettings>): Partial<RemoteSettings> {
-  return {
-    driveRootUrl: emu.rootUrl,
-    tokenUrl: emu.tokenUrl,
-    authUrl: emu.authUrl,
-    credentialsPath,
-    minCallSpacingMs: 0,
-    retryBaseMs: 2,
-    retryMaxMs: 40,
-    maxAttempts: 8,
-    uploadChunkBytes: MiB,
-    multipartMaxBytes: 512 * 1024,
-    ...extra,
-  };
 }
 
 /** Drive methods only (the client also counts retries and bytes). */
@@ -94,7 +78,7 @@ describe('Drive emulator in a process of its own', () => {
   const open = async (folder: string, extra: Partial<RemoteSettings> = {}) => {
     const credentials = join(dir, `${folder.replace(/\W/g, '-')}.json`);
     await emu.writeAccessTokenFile(credentials);
-    const remote = await openRemote(`drive:${folder}`, settings(emu, credentials, extra));
+    const remote = await openRemote(`drive:${folder}`, emulatorSettings(emu, credentials, { maxAttempts: 8, ...extra }));
     remotes.push(remote);
     return { remote, credentials };
   };
@@ -219,7 +203,7 @@ describe('Drive emulator in a process of its own', () => {
     writeFileSync(keyFile, JSON.stringify(key), { mode: 0o600 });
     for (const [folder, path] of [['as user', userCredentials], ['as robot', keyFile]]) {
       const tokensBefore = (await emu.calls())['oauth.token'] ?? 0;
-      const remote = await openRemote(`drive:${folder}`, settings(emu, path, {}));
+      const remote = await openRemote(`drive:${folder}`, emulatorSettings(emu, path, { maxAttempts: 8 }));
       remotes.push(remote);
       const obj = await remote.put('meta', 'm1', Buffer.from(folder));
       assert.equal((await remote.read(obj)).toString(), folder);

@@ -11,26 +11,10 @@ import { LocalRemote } from '../src/remote/local-remote';
 import { openRemote, parseRemoteSpec, type RemoteSettings } from '../src/remote/open-remote';
 import { RemoteError, type Remote, type RemoteLock } from '../src/remote/remote';
 import { DriveEmulator, FOLDER_MIME } from './support/drive-emulator';
+import { emulatorSettings } from './support/remote-settings';
 import { tempDir } from './support/tmp';
 
 const MiB = 1024 * 1024;
-
-/** Fast retries and small chunks, so faults cost little time and big uploads take several chunks. */
-function testSettings(emu: DriveEmulator, credentialsPath: string, extra: Partial<RemoteSettings> = {}): Partial<RemoteSettings> {
-  return {
-    driveRootUrl: emu.rootUrl,
-    tokenUrl: emu.tokenUrl,
-    authUrl: emu.authUrl,
-    credentialsPath,
-    minCallSpacingMs: 0,
-    retryBaseMs: 2,
-    retryMaxMs: 40,
-    maxAttempts: 12,
-    uploadChunkBytes: MiB,
-    multipartMaxBytes: 512 * 1024,
-    ...extra,
-  };
-}
 
 function accessTokenFile(emu: DriveEmulator, dir: string, name = 'token.json'): string {
   const path = join(dir, name);
@@ -243,7 +227,7 @@ after(async () => {
 conformance('DriveRemote on the emulator', async () => {
   sharedEmulator ??= await DriveEmulator.start({ seed: 3 });
   const n = ++driveCount;
-  return openRemote(`drive:conformance ${n}`, testSettings(sharedEmulator, accessTokenFile(sharedEmulator, driveBase, `t${n}.json`)));
+  return openRemote(`drive:conformance ${n}`, emulatorSettings(sharedEmulator, accessTokenFile(sharedEmulator, driveBase, `t${n}.json`)));
 });
 
 describe('LocalRemote layout', () => {
@@ -335,10 +319,10 @@ describe('DriveRemote', () => {
   it('finds its folder again by name (no duplicate), by id and by id:ID; a missing id is not-found', async () => {
     const emu = await start();
     const creds = accessTokenFile(emu, dir, 'find.json');
-    const first = await open('drive:Shared name', testSettings(emu, creds));
+    const first = await open('drive:Shared name', emulatorSettings(emu, creds));
     await first.init();
     await first.put('pack', 'aa11', Buffer.from('hello'));
-    const second = await open('drive:Shared name', testSettings(emu, creds));
+    const second = await open('drive:Shared name', emulatorSettings(emu, creds));
     await second.init();
     assert.deepEqual((await second.list('pack')).map((o) => o.name), ['aa11']);
     const tops = emu.storedFiles().filter((f) => f.name === 'Shared name' && f.parents.includes(emu.rootFolderId));
@@ -346,7 +330,7 @@ describe('DriveRemote', () => {
     assert.equal(tops[0].mimeType, FOLDER_MIME);
     assert.match(second.description, new RegExp(`^drive:Shared name \\(${tops[0].id}\\)$`));
     for (const spec of [`drive:${tops[0].id}`, `drive:id:${tops[0].id}`]) {
-      const byId = await open(spec, testSettings(emu, creds));
+      const byId = await open(spec, emulatorSettings(emu, creds));
       assert.deepEqual((await byId.list('pack')).map((o) => o.name), ['aa11'], spec);
     }
     // The layout inside: packs/aa/aa11, meta/.
@@ -354,13 +338,13 @@ describe('DriveRemote', () => {
     const sub = emu.storedFiles().find((f) => f.name === 'aa' && f.parents.includes(packs.id))!;
     assert.ok(emu.storedFiles().some((f) => f.name === 'aa11' && f.parents.includes(sub.id)));
     assert.ok(emu.storedFiles().some((f) => f.name === 'meta' && f.parents.includes(tops[0].id)));
-    const missing = await open('drive:id:1NoSuchFolderAnywhere0123456789', testSettings(emu, creds));
+    const missing = await open('drive:id:1NoSuchFolderAnywhere0123456789', emulatorSettings(emu, creds));
     await rejectsWith(missing.init(), 'not-found', /not found/);
   });
 
   it('round-trips 32 MiB of packs byte-identical through 20% error answers, resets and truncated bodies; counters match the server', async (t) => {
     const emu = await start({ seed: 11 });
-    const r = await open('drive:faulty', testSettings(emu, accessTokenFile(emu, dir, 'faulty.json')));
+    const r = await open('drive:faulty', emulatorSettings(emu, accessTokenFile(emu, dir, 'faulty.json')));
     await r.init();
     emu.setFaults({ errorRate: 0.2, errorKinds: [429, 500, 503, 'rateLimitExceeded', 'userRateLimitExceeded'], resetRate: 0.04, truncateRate: 0.04 });
     const packs = Array.from({ length: 8 }, (_, i) => ({ name: `${(i * 37).toString(16).padStart(2, '0')}pack${i}`, data: randomBytes(3 * MiB + i * 200_000) }));
@@ -390,7 +374,7 @@ describe('DriveRemote', () => {
 
   it('resumes an interrupted resumable upload from what the server holds instead of starting over', async () => {
     const emu = await start();
-    const r = await open('drive:resume', testSettings(emu, accessTokenFile(emu, dir, 'resume.json'), { uploadChunkBytes: 4 * MiB }));
+    const r = await open('drive:resume', emulatorSettings(emu, accessTokenFile(emu, dir, 'resume.json'), { uploadChunkBytes: 4 * MiB }));
     await r.init();
     const data = randomBytes(16 * MiB);
     emu.resetStats();
@@ -411,7 +395,7 @@ describe('DriveRemote', () => {
   it('refreshes the access token once on a 401; a refused refresh is RemoteError auth without secrets', async () => {
     const emu = await start();
     const { path, refreshToken } = userCredentialsFile(emu, dir);
-    const r = await open('drive:refresh', testSettings(emu, path));
+    const r = await open('drive:refresh', emulatorSettings(emu, path));
     await r.init();
     const obj = await r.put('meta', 'm1', Buffer.from('meta'));
     const tokenCalls = emu.calls()['oauth.token'];
@@ -436,7 +420,7 @@ describe('DriveRemote', () => {
   it('refreshes a token that expires in the middle of a resumable upload and carries on with the session', async () => {
     const emu = await start();
     const { path } = userCredentialsFile(emu, dir);
-    const r = await open('drive:midway', testSettings(emu, path));
+    const r = await open('drive:midway', emulatorSettings(emu, path));
     await r.init();
     emu.setFaults({ bandwidthBytesPerSec: 20e6 });
     const data = randomBytes(6 * MiB);
@@ -454,7 +438,7 @@ describe('DriveRemote', () => {
 
   it('retries a request that times out', async () => {
     const emu = await start();
-    const r = await open('drive:slow', testSettings(emu, accessTokenFile(emu, dir, 'slow.json'), { requestTimeoutMs: 150 }));
+    const r = await open('drive:slow', emulatorSettings(emu, accessTokenFile(emu, dir, 'slow.json'), { requestTimeoutMs: 150 }));
     const obj = await r.put('pack', 'ad01', Buffer.from('patience'));
     emu.setFaults({ latencyMs: 400 });
     const reading = r.read(obj);
@@ -466,7 +450,7 @@ describe('DriveRemote', () => {
 
   it('lists every object through many short pages across pack subfolders', async () => {
     const emu = await start({ maxPageSize: 3 });
-    const r = await open('drive:pages', testSettings(emu, accessTokenFile(emu, dir, 'pages.json')));
+    const r = await open('drive:pages', emulatorSettings(emu, accessTokenFile(emu, dir, 'pages.json')));
     const names = Array.from({ length: 20 }, (_, i) => `${(i % 5).toString(16)}${i % 2}obj${i}`);
     for (const name of names) await r.put('pack', name, Buffer.from(name));
     for (let i = 0; i < 7; i++) await r.put('meta', `m${i}`, Buffer.from('m'));
@@ -478,7 +462,7 @@ describe('DriveRemote', () => {
   it('with only an access token: a 401 is RemoteError auth, and a token replaced in the file is picked up', async () => {
     const emu = await start();
     const path = accessTokenFile(emu, dir, 'rotating.json');
-    const r = await open('drive:rotating', testSettings(emu, path));
+    const r = await open('drive:rotating', emulatorSettings(emu, path));
     const obj = await r.put('pack', 'dd01', Buffer.from('x'));
     emu.expireAccessTokens();
     const e = await rejectsWith(r.read(obj), 'auth', /rotating\.json/);
@@ -492,7 +476,7 @@ describe('DriveRemote', () => {
     const emu = await start();
     const path = join(dir, 'sa.json');
     writeFileSync(path, JSON.stringify(emu.createServiceAccount()), { mode: 0o600 });
-    const r = await open('drive:service', testSettings(emu, path));
+    const r = await open('drive:service', emulatorSettings(emu, path));
     const obj = await r.put('pack', 'ee01', Buffer.from('from a robot'));
     assert.equal((await r.read(obj)).toString(), 'from a robot');
     assert.equal(emu.calls()['oauth.token'], 1);
@@ -506,7 +490,7 @@ describe('DriveRemote', () => {
     const token = emu.issueAccessToken();
     const path = join(dir, 'garbage-lock.json');
     writeFileSync(path, JSON.stringify({ access_token: token }), { mode: 0o600 });
-    const r = await open('drive:garbage lock', testSettings(emu, path));
+    const r = await open('drive:garbage lock', emulatorSettings(emu, path));
     await r.init();
     const top = emu.storedFiles().find((f) => f.name === 'garbage lock')!;
     const made = await fetch(`${emu.rootUrl}upload/drive/v3/files?uploadType=media&fields=id`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: 'garbage' });
@@ -521,7 +505,7 @@ describe('DriveRemote', () => {
 
   it('out of storage is RemoteError quota, for multipart and resumable uploads alike', async () => {
     const emu = await start();
-    const r = await open('drive:quota', testSettings(emu, accessTokenFile(emu, dir, 'quota.json')));
+    const r = await open('drive:quota', emulatorSettings(emu, accessTokenFile(emu, dir, 'quota.json')));
     await r.init();
     emu.setStorageQuota(MiB);
     await rejectsWith(r.put('pack', 'ab01', randomBytes(300_000 + MiB)), 'quota', /storage/);
@@ -532,13 +516,13 @@ describe('DriveRemote', () => {
   it('paces calls: bounded concurrency and minimum spacing, as the server sees them', async () => {
     const emu = await start({ faults: { latencyMs: 40 } });
     const creds = accessTokenFile(emu, dir, 'pace.json');
-    const r = await open('drive:paced', testSettings(emu, creds, { maxConcurrentCalls: 2 }));
+    const r = await open('drive:paced', emulatorSettings(emu, creds, { maxConcurrentCalls: 2 }));
     const obj = await r.put('pack', 'ac01', randomBytes(1000));
     emu.resetStats();
     await Promise.all(Array.from({ length: 10 }, () => r.read(obj)));
     assert.equal(emu.stats().maxInFlight, 2);
     emu.setFaults({ latencyMs: 0 });
-    const spaced = await open('drive:paced', testSettings(emu, creds, { minCallSpacingMs: 30, maxConcurrentCalls: 8 }));
+    const spaced = await open('drive:paced', emulatorSettings(emu, creds, { minCallSpacingMs: 30, maxConcurrentCalls: 8 }));
     await spaced.list('meta'); // resolves the folders first
     const t0 = performance.now();
     await Promise.all(Array.from({ length: 8 }, () => spaced.read(obj)));
@@ -547,7 +531,7 @@ describe('DriveRemote', () => {
 
   it('measures upload and download rates, with no cap and with a 100 MB/s cap', async (t) => {
     const emu = await start();
-    const r = await open('drive:speed', testSettings(emu, accessTokenFile(emu, dir, 'speed.json'), { uploadChunkBytes: 8 * MiB, multipartMaxBytes: 5 * MiB }));
+    const r = await open('drive:speed', emulatorSettings(emu, accessTokenFile(emu, dir, 'speed.json'), { uploadChunkBytes: 8 * MiB, multipartMaxBytes: 5 * MiB }));
     await r.init();
     const data = randomBytes(64 * MiB);
     const rate = async (label: string, name: string) => {
@@ -632,7 +616,7 @@ describe('pogfs auth against the emulator', () => {
     assert.ok(saved.refresh_token);
     assert.ok(!output.includes(saved.refresh_token));
     assert.match(output, /Saved Drive credentials to /);
-    const r = await openRemote('drive:after auth', testSettings(emu, credentials));
+    const r = await openRemote('drive:after auth', emulatorSettings(emu, credentials));
     try {
       const obj = await r.put('pack', 'ab12', Buffer.from('authorized'));
       assert.equal((await r.read(obj)).toString(), 'authorized');

@@ -19,15 +19,24 @@ const ENTRY_SIZE = 32 + 8 + 4 + 4 + 4;
 
 export class PackFormatError extends Error {}
 
+/**
+ * The most bytes a pack built to `packBytes` usually has: it stops once it reaches that size,
+ * so it overshoots by one stored value (a block of at most 4 MiB, or a 1 MiB super-chunk)
+ * with its index entries.
+ */
+export function maxPackSize(packBytes: number): number {
+  return packBytes + (5 << 20);
+}
+
 /** Builds a pack in memory. */
 export class PackBuilder {
   private readonly parts: Buffer[] = [];
   private readonly entries: PackEntry[] = [];
   private bytes = 0;
 
-  /** Bytes of values added so far. */
+  /** Bytes the pack would have if finished now: values, index and trailer. */
   get size(): number {
-    return this.bytes;
+    return this.bytes + 4 + this.entries.length * ENTRY_SIZE + PACK_TRAILER_SIZE;
   }
 
   get blockCount(): number {

@@ -57,10 +57,19 @@ export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, 
   return server;
 }
 
-/** Sends one request to the daemon of the volume in the current directory. */
-export function callControl<T>(req: ControlRequest): Promise<T> {
+/** Sends one request to the daemon of the volume in `volumeDir`. */
+export function callControl<T>(volumeDir: string, req: ControlRequest): Promise<T> {
   return new Promise((resolve, reject) => {
-    const sock = createConnection(CONTROL_SOCKET);
+    // A socket path is limited to 108 bytes: connect by its name relative to the volume. Node
+    // starts a Unix socket's connect synchronously, so the directory is restored at once.
+    const cwd = process.cwd();
+    process.chdir(volumeDir);
+    let sock;
+    try {
+      sock = createConnection(CONTROL_SOCKET);
+    } finally {
+      process.chdir(cwd);
+    }
     let buf = '';
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(`${JSON.stringify(req)}\n`));

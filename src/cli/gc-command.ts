@@ -39,10 +39,9 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
       throw new UsageError(`--compact rewrites the block store file and needs the volume unmounted (pogfs umount ${holder.mountpoint})`);
     }
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
-    process.chdir(path);
     let live: LiveGcResult & { remote?: RemoteGcResult };
     try {
-      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>({ op: 'gc', dryRun: !!flags.dryRun, repackBelow });
+      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow });
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
     }

@@ -11,10 +11,9 @@ export async function pin(op: 'pin' | 'unpin', path: string, json: boolean): Pro
   const m = pogfsMountContaining(abs);
   if (!m) throw new UsageError(`${abs} is not inside a mounted pogfs volume`);
   const rel = relative(m.target, abs);
-  process.chdir(m.source);
   let result: PinResult | { ino: number; unpinned: boolean };
   try {
-    result = await callControl<PinResult | { ino: number; unpinned: boolean }>({ op, path: rel });
+    result = await callControl<PinResult | { ino: number; unpinned: boolean }>(m.source, { op, path: rel });
   } catch (err) {
     throw new UsageError(`${op} ${abs}: ${(err as Error).message}`);
   }

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { MetaBackup } from '../cache/meta-backup';
+import { maxPackSize } from '../cache/pack-format';
 import { RemoteCache } from '../cache/remote-cache';
 import { openRemote, type RemoteSettings } from '../remote/open-remote';
 import { RemoteError, type Remote } from '../remote/remote';
@@ -24,8 +25,8 @@ export function normalizeRemoteSpec(spec: string): string {
 /** The remote layer's settings that follow from a volume's settings. */
 export function remoteSettingsFor(s: VolumeSettings): Partial<RemoteSettings> {
   const out: Partial<RemoteSettings> = {
-    // A pack goes up in one request (plus the session's start): resumable chunks at least a pack's size.
-    uploadChunkBytes: Math.max(8 << 20, Math.ceil(s.packBytes / (256 * 1024)) * 256 * 1024),
+    // A pack goes up in one request (plus the session's start): resumable chunks hold the largest pack.
+    uploadChunkBytes: Math.max(8 << 20, Math.ceil(maxPackSize(s.packBytes) / (256 * 1024)) * 256 * 1024),
   };
   if (s.driveApiUrl) out.driveRootUrl = s.driveApiUrl;
   if (s.driveTokenUrl) out.tokenUrl = s.driveTokenUrl;

@@ -7,7 +7,7 @@ import { callControl } from './control-socket';
 import { liveDaemon } from './daemon';
 import { UsageError } from './errors';
 import { findMount, isPogfsMount } from './mounts';
-import { formatBytes } from '../format';
+import { formatBytes, formatRows } from '../format';
 
 export interface VolumeStats {
   volume: string;
@@ -123,14 +123,10 @@ export async function collectStats(target: string): Promise<VolumeStats> {
 
 /** The daemon's in-memory figures, when one holds the volume (none if it does not answer). */
 async function daemonStatus(path: string): Promise<MountStatus | undefined> {
-  const cwd = process.cwd();
   try {
-    process.chdir(path);
-    return await callControl<MountStatus>({ op: 'status' });
+    return await callControl<MountStatus>(path, { op: 'status' });
   } catch {
     return undefined;
-  } finally {
-    process.chdir(cwd);
   }
 }
 
@@ -172,6 +168,5 @@ export async function stats(target: string, json: boolean): Promise<void> {
     );
     if (r.calls) rows.push(['remote calls', Object.entries(r.calls).map(([k, n]) => `${k} ${n}`).join(', ') || 'none']);
   }
-  const w = Math.max(...rows.map(([k]) => k.length));
-  for (const [k, v] of rows) console.log(`${k.padEnd(w)}  ${v}`);
+  console.log(formatRows(rows));
 }

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { CacheStatus } from '../cache/remote-cache';
 import type { BackupResult } from '../cache/meta-backup';
 import type { DaemonStatus } from '../vfs/filesystem';
-import { formatBytes } from '../format';
+import { formatBytes, formatRows } from '../format';
 import { callControl } from './control-socket';
 import { UsageError } from './errors';
 import { pogfsMountContaining } from './mounts';
@@ -19,14 +19,10 @@ export interface MountStatus extends DaemonStatus {
 export async function mountStatus(target: string): Promise<MountStatus> {
   const m = pogfsMountContaining(resolve(target));
   if (!m) throw new UsageError(`${resolve(target)} is not a mounted pogfs volume`);
-  const cwd = process.cwd();
   try {
-    process.chdir(m.source);
-    return await callControl<MountStatus>({ op: 'status' });
+    return await callControl<MountStatus>(m.source, { op: 'status' });
   } catch (err) {
     throw new UsageError(`${m.target}: ${(err as Error).message}`, 1);
-  } finally {
-    process.chdir(cwd);
   }
 }
 
@@ -70,6 +66,5 @@ export async function status(target: string, json: boolean): Promise<void> {
       ['remote calls', Object.entries(r.calls).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'],
     );
   }
-  const w = Math.max(...rows.map(([k]) => k.length));
-  for (const [k, v] of rows) console.log(`${k.padEnd(w)}  ${v}`);
+  console.log(formatRows(rows));
 }

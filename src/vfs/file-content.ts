@@ -114,11 +114,6 @@ export class FileContent {
   }
 
   /**
-   * Applies a write. Usually at once; when a partly overwritten block has to be read
-   * first and that means decompressing a super-chunk, the write waits for it (and the
-   * file's later writes and truncates wait behind it, so they apply in order).
-   */
-  /**
    * A reader going forward (near where the last read ended, or at the start) gets the
    * next blocks fetched ahead, a window at a time: asked for again only once it has read
    * half of what was asked, so the fetches come in few large ranges, not one per block.
@@ -146,6 +141,11 @@ export class FileContent {
     if (hashes.length > 0) this.writer.prefetch(hashes);
   }
 
+  /**
+   * Applies a write. Usually at once; when a partly overwritten block has to be read
+   * first and that means decompressing a super-chunk, the write waits for it (and the
+   * file's later writes and truncates wait behind it, so they apply in order).
+   */
   write(data: Buffer, offset: number): void | Promise<void> {
     if (this.gate) return this.after(() => this.writeNow(data, offset));
     const running = this.writeNow(data, offset);

@@ -1,5 +1,8 @@
-import { parseByteSize } from '../format';
+import { formatBytes, parseByteSize } from '../format';
 import { COMPRESSIONS, type Compression } from '../store/codec';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 
 /**
  * A volume's settings: what `pogfs init` sets, `pogfs tune` changes and the daemon reads
@@ -91,11 +94,7 @@ export const SETTING_SPECS = [
     field: 'chunkCacheBytes',
     describe: 'memory for decompressed super-chunks while mounted',
     accepts: 'a size such as 64M (0 keeps none)',
-    parse: (t) => {
-      const n = parseByteSize(t);
-      if (n > 64 * 1024 ** 3) throw new Error(`chunk cache of ${t} is more than 64G`);
-      return n;
-    },
+    parse: (t) => sizeWithin(t, 'chunk cache', 0, 64 * GiB),
     format: (v) => String(v),
     legacy: 64 * 1024 * 1024,
     initial: 64 * 1024 * 1024,
@@ -130,11 +129,7 @@ export const SETTING_SPECS = [
     field: 'cacheBytes',
     describe: 'with a remote: the local store is a cache of at most this size',
     accepts: 'a size of at least 16M, such as 10G',
-    parse: (t) => {
-      const n = parseByteSize(t);
-      if (n < 16 * 1024 * 1024) throw new Error(`cache size ${t} is below 16M`);
-      return n;
-    },
+    parse: (t) => sizeWithin(t, 'cache size', 16 * MiB, Infinity),
     format: (v) => String(v),
     legacy: 10 * 1024 ** 3,
     initial: 10 * 1024 ** 3,
@@ -144,11 +139,7 @@ export const SETTING_SPECS = [
     field: 'packBytes',
     describe: 'with a remote: bytes of blocks per uploaded pack',
     accepts: 'a size from 1M to 512M',
-    parse: (t) => {
-      const n = parseByteSize(t);
-      if (n < 1024 * 1024 || n > 512 * 1024 * 1024) throw new Error(`pack size ${t} is not between 1M and 512M`);
-      return n;
-    },
+    parse: (t) => sizeWithin(t, 'pack size', MiB, 512 * MiB),
     format: (v) => String(v),
     legacy: 64 * 1024 * 1024,
     initial: 64 * 1024 * 1024,
@@ -158,11 +149,7 @@ export const SETTING_SPECS = [
     field: 'readaheadBytes',
     describe: 'with a remote: bytes fetched ahead of a sequential reader',
     accepts: 'a size such as 32M (0: no read-ahead)',
-    parse: (t) => {
-      const n = parseByteSize(t);
-      if (n > 1024 ** 3) throw new Error(`read-ahead ${t} is more than 1G`);
-      return n;
-    },
+    parse: (t) => sizeWithin(t, 'read-ahead', 0, GiB),
     format: (v) => String(v),
     legacy: 32 * 1024 * 1024,
     initial: 32 * 1024 * 1024,
@@ -232,6 +219,14 @@ export const SETTING_SPECS = [
     initial: '',
   }),
 ];
+
+/** A byte size (64M, 10G ...) from `min` to `max`. */
+function sizeWithin(t: string, what: string, min: number, max: number): number {
+  const n = parseByteSize(t);
+  if (n < min) throw new Error(`${what} ${t} is below ${formatBytes(min)}`);
+  if (n > max) throw new Error(`${what} ${t} is more than ${formatBytes(max)}`);
+  return n;
+}
 
 function wholeNumber(t: string, what: string): number {
   if (!/^\s*\d+\s*$/.test(t)) throw new Error(`${what} ${JSON.stringify(t)} is not a whole number`);
