@@ -184,6 +184,19 @@ async function waitDrained(POGFS: string, mnt: string, timeoutMs: number): Promi
   }
 }
 
+/** Polls the status until the fetches have stopped (the read-ahead a read started is done), bounded. */
+async function waitFetchesSettled(POGFS: string, mnt: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = -1;
+  for (;;) {
+    const reads = status(POGFS, mnt).remote?.fetch.reads ?? 0;
+    if (reads === last) return;
+    if (Date.now() > deadline) throw new Error(`fetches still running after ${timeoutMs / 1000} s`);
+    last = reads;
+    await sleep(500);
+  }
+}
+
 function logTail(path: string, lines = 30): string {
   if (!existsSync(path)) return `(no ${path})`;
   return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
@@ -310,10 +323,12 @@ export async function benchRemote(work: string, POGFS: string): Promise<RemoteBe
       if (!isMounted(mnt2)) throw new Error(`the restore mount of drive:${FOLDER} at ${mnt2} did not mount`);
 
       const ttfb = timed(`head -c 4096 ${q(join(mnt2, 'small.bin'))} > /dev/null`);
-      const c2 = await emu.calls();
-      firstByte = { seconds: ttfb, calls: driveCalls(c1, c2, 0) };
+      firstByte = { seconds: ttfb, calls: driveCalls(c1, await emu.calls(), 0) };
+      // The read-ahead that first read started must not share the link with the timed read.
+      await waitFetchesSettled(POGFS, mnt2, 60_000);
 
       const before = status(POGFS, mnt2).remote?.fetch ?? { reads: 0, bytes: 0, blocks: 0 };
+      const c2 = await emu.calls();
       await emu.resetStats();
       const bytes = mib * MiB;
       const readSeconds = timed(`dd if=${q(join(mnt2, 'big.bin'))} of=/dev/null bs=1M status=none`);

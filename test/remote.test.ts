@@ -8,6 +8,7 @@ import { auth } from '../src/cli/auth-command';
 import { UsageError } from '../src/cli/errors';
 import { DriveAuth, parseCredentials } from '../src/remote/credentials';
 import { LocalRemote } from '../src/remote/local-remote';
+import { packName, PACK_PREFIXES } from '../src/remote/object-names';
 import { openRemote, parseRemoteSpec, type RemoteSettings } from '../src/remote/open-remote';
 import { RemoteError, type Remote, type RemoteLock } from '../src/remote/remote';
 import { DriveEmulator, FOLDER_MIME } from './support/drive-emulator';
@@ -431,9 +432,60 @@ describe('DriveRemote', () => {
     emu.setFaults({ bandwidthBytesPerSec: 0 });
     assert.equal(r.counters()['retry.401'], 1);
     assert.equal(emu.calls()['oauth.token'], 2);
-    assert.equal(emu.calls()['files.create'], 5); // folders top, packs, meta, packs/fe, then one upload session: it was not restarted
+    // Folders top, packs, meta, the pack subfolders, packs/fe, then one upload session: it was not restarted.
+    assert.equal(emu.calls()['files.create'], 3 + PACK_PREFIXES.length + 1 + 1);
     assert.equal(emu.calls()['upload.resumable.status'], 1);
     assert.ok((await r.read(obj)).equals(data));
+  });
+
+  it('streams a ranged read: the front is usable before the end arrives, and a body cut off midway is read again', async () => {
+    const emu = await start();
+    const r = await open('drive:stream', emulatorSettings(emu, accessTokenFile(emu, dir, 'stream.json')));
+    const data = randomBytes(4 * MiB);
+    const obj = await r.put('pack', 'st01', data);
+    emu.setFaults({ bandwidthBytesPerSec: 8e6 });
+    let firstSeenAt = -1;
+    let attempts = 0;
+    let lastFilled = -1;
+    const start0 = Date.now();
+    emu.injectFault({ method: 'files.get', fault: 'reset', afterBytes: 1 * MiB });
+    const got = await r.read(obj, 1000, 3 * MiB, (buf, filled) => {
+      if (filled < lastFilled) attempts++; // a new attempt starts from 0
+      else assert.ok(filled > lastFilled, 'each report brings new bytes');
+      lastFilled = filled;
+      // Whatever is reported as in must already be the right bytes.
+      assert.ok(buf.subarray(0, Math.min(filled, 4096)).equals(data.subarray(1000, 1000 + Math.min(filled, 4096))));
+      if (firstSeenAt < 0 && filled > 0) firstSeenAt = Date.now() - start0;
+    });
+    const total = Date.now() - start0;
+    emu.setFaults({ bandwidthBytesPerSec: 0 });
+    assert.ok(got.equals(data.subarray(1000, 1000 + 3 * MiB)));
+    assert.equal(attempts, 1, 'the reset attempt, then one that completed');
+    assert.equal(r.counters()['retry.short'], 1);
+    assert.ok(firstSeenAt >= 0 && firstSeenAt < total / 2, `first bytes at ${firstSeenAt} ms of ${total} ms`);
+    await r.close();
+  });
+
+  it('makes the pack subfolders once, so a pack costs only its upload', async () => {
+    const emu = await start();
+    const token = accessTokenFile(emu, dir, 'buckets.json');
+    const first = await open('drive:buckets', emulatorSettings(emu, token));
+    await first.init();
+    await first.close();
+    const folders = emu.storedFiles().filter((f) => f.mimeType === FOLDER_MIME).map((f) => f.name);
+    for (const prefix of PACK_PREFIXES) assert.ok(folders.includes(prefix), `packs/${prefix} made by init`);
+    // A later mount learns them with one listing and makes none.
+    const r = await open('drive:buckets', emulatorSettings(emu, token));
+    const before = emu.calls();
+    await r.init();
+    const mid = emu.calls();
+    assert.equal((mid['files.create'] ?? 0) - (before['files.create'] ?? 0), 0);
+    assert.ok((mid['files.list'] ?? 0) - (before['files.list'] ?? 0) <= 4, 'top, packs, meta and the subfolders: one listing each');
+    for (const digit of '0123456789abcdef') await r.put('pack', packName(`${digit}${'0'.repeat(39)}`), randomBytes(1000), { fresh: true });
+    const after = emu.calls();
+    assert.equal((after['files.list'] ?? 0) - (mid['files.list'] ?? 0), 0, 'no folder look-ups while writing');
+    assert.equal((after['files.create'] ?? 0) - (mid['files.create'] ?? 0), 16, 'one create per pack, no folder creates');
+    await r.close();
   });
 
   it('retries a request that times out', async () => {

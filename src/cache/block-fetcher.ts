@@ -1,5 +1,5 @@
 import type { RemoteIndex } from '../meta/remote-index';
-import type { Remote } from '../remote/remote';
+import type { ReadProgress, Remote } from '../remote/remote';
 import type { BlockRead, BlockStore } from '../store/block-store';
 import { decodeBlockAsync } from '../store/codec';
 import { hashBlock } from '../store/hash';
@@ -24,6 +24,8 @@ export interface FetcherOptions {
   /** Downloads at once. */
   concurrency: number;
   log: { error(msg: string, err?: unknown): void; warn(msg: string): void };
+  /** Told of blocks just made local (the evictor counts them as used now, so read-ahead is not evicted before it is read). */
+  onInstalled?: (hashes: readonly Buffer[]) => void;
 }
 
 export interface FetcherStats {
@@ -45,6 +47,7 @@ interface Value {
 }
 
 const key = (hash: Buffer) => hash.toString('latin1');
+const valueKey = (v: Value) => `${v.pack}:${v.offset}`;
 
 export class BlockFetcher {
   private readonly inflight = new Map<string, Promise<BlockRead>>();
@@ -91,11 +94,23 @@ export class BlockFetcher {
       v.hashes.push(hash);
     }
     for (const range of this.ranges([...byValue.values()])) {
-      const done = this.limited(() => this.fetchRange(range.values.map((v) => v.value)));
+      const settled = new Map<string, (r: Map<string, BlockRead>) => void>();
+      const outcomes = new Map<string, Promise<Map<string, BlockRead>>>();
       for (const v of range.values) {
+        const vk = valueKey(v.value);
+        outcomes.set(vk, new Promise((resolve) => settled.set(vk, resolve)));
+      }
+      const settle = (v: Value, r: Map<string, BlockRead>) => settled.get(valueKey(v))?.(r);
+      this.limited(() => this.fetchRange(range.values.map((v) => v.value), settle)).catch((err: unknown) => {
+        // Not a remote failure (fetchRange settles those itself) but a bug: nobody may wait forever.
+        this.options.log.error('installing fetched blocks failed', err);
+        for (const v of range.values) settle(v.value, this.unreachable(v.value));
+      });
+      for (const v of range.values) {
+        const outcome = outcomes.get(valueKey(v.value))!;
         for (const hash of v.hashes) {
           const k = key(hash);
-          const p = done.then((results) => results.get(`${v.value.pack}:${v.value.offset}`)?.get(k) ?? 'missing').finally(() => this.inflight.delete(k));
+          const p = outcome.then((results) => results.get(k) ?? 'missing').finally(() => this.inflight.delete(k));
           this.inflight.set(k, p);
           out.set(k, p);
         }
@@ -122,42 +137,57 @@ export class BlockFetcher {
     return out;
   }
 
-  /** Downloads the values (one ranged read), verifies and installs them; results by value, then by block. */
-  private async fetchRange(values: Value[]): Promise<Map<string, Map<string, BlockRead>>> {
-    const results = new Map<string, Map<string, BlockRead>>();
+  /**
+   * Downloads the values with one ranged read and installs each as soon as its bytes are
+   * in (a reader waits for its block, not for the end of the range), telling `settle`
+   * how each value's blocks ended. Never rejects: a failure settles the rest as missing.
+   */
+  private async fetchRange(values: Value[], settle: (v: Value, results: Map<string, BlockRead>) => void): Promise<void> {
     const start = values[0].offset;
     const end = Math.max(...values.map((v) => v.offset + v.length));
-    let bytes: Buffer | undefined;
+    // Values in offset order (ranges() sorts them); `next` is the first not yet handed to install.
+    let next = 0;
+    const installing: Promise<void>[] = [];
+    const take = (data: Buffer, filled: number) => {
+      while (next < values.length && values[next].offset + values[next].length - start <= filled) {
+        const v = values[next++];
+        // A view, not a copy: an attempt's buffer is only ever written past `filled`.
+        installing.push(this.installChecked(v, data.subarray(v.offset - start, v.offset - start + v.length)).then((r) => settle(v, r)));
+      }
+    };
     try {
-      bytes = await this.download(values[0], start, end - start);
+      take(await this.download(values[0], start, end - start, take), end - start);
     } catch (err) {
       this.stats.failures++;
       this.options.log.error(`fetching ${end - start} bytes of pack ${values[0].name} failed`, err);
+      // The remote could not be read: the blocks are not lost, only unreachable now.
+      for (const v of values.slice(next)) settle(v, this.unreachable(v));
     }
-    for (const v of values) {
-      const vk = `${v.pack}:${v.offset}`;
-      const members = this.index.valueMembers(v.pack, v.offset);
-      if (!bytes) {
-        // The remote could not be read: the blocks are not lost, only unreachable now.
-        results.set(vk, new Map(members.map((m) => [key(m.hash), 'missing' as BlockRead])));
-        continue;
-      }
-      let r = await this.install(v, bytes.subarray(v.offset - start, v.offset - start + v.length), members);
-      if ([...r.values()].includes('corrupt')) {
-        // Bytes damaged in transit are not bytes damaged on the remote: one more try.
-        try {
-          r = await this.install(v, await this.download(v, v.offset, v.length), members);
-        } catch (err) {
-          this.options.log.error(`fetching ${v.length} bytes of pack ${v.name} again failed`, err);
-        }
-      }
-      results.set(vk, r);
-    }
-    return results;
+    await Promise.all(installing);
   }
 
-  private async download(v: Value, offset: number, length: number): Promise<Buffer> {
-    const data = await this.remote.read({ kind: 'pack', name: v.name, id: v.remoteId }, offset, length);
+  /** Every block of a value as 'missing': not lost, only not reachable now. */
+  private unreachable(v: Value): Map<string, BlockRead> {
+    return new Map(this.index.valueMembers(v.pack, v.offset).map((m) => [key(m.hash), 'missing' as BlockRead]));
+  }
+
+  /** Installs a downloaded value; when its bytes fail their keys, downloads it once more. */
+  private async installChecked(v: Value, bytes: Buffer): Promise<Map<string, BlockRead>> {
+    const members = this.index.valueMembers(v.pack, v.offset);
+    let r = await this.install(v, bytes, members);
+    if ([...r.values()].includes('corrupt')) {
+      // Bytes damaged in transit are not bytes damaged on the remote: one more try.
+      try {
+        r = await this.install(v, await this.download(v, v.offset, v.length), members);
+      } catch (err) {
+        this.options.log.error(`fetching ${v.length} bytes of pack ${v.name} again failed`, err);
+      }
+    }
+    return r;
+  }
+
+  private async download(v: Value, offset: number, length: number, onProgress?: ReadProgress): Promise<Buffer> {
+    const data = await this.remote.read({ kind: 'pack', name: v.name, id: v.remoteId }, offset, length, onProgress);
     this.stats.reads++;
     this.stats.bytes += data.length;
     return data;
@@ -186,6 +216,7 @@ export class BlockFetcher {
       // A super-chunk with a bad member is kept for its good ones only if its decoded bytes are whole.
       const installed = await this.store.installFetched(Buffer.from(value), good);
       this.stats.blocks += installed;
+      this.options.onInstalled?.(good.map((m) => m.hash));
     }
     return result;
   }

@@ -1,8 +1,10 @@
 import type { MetaDb } from '../meta/meta-db';
 import type { Remote } from '../remote/remote';
 import type { BlockStore } from '../store/block-store';
+import { packName } from '../remote/object-names';
 import { hashHex, hashBlock } from '../store/hash';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
+import type { PackEntry } from '../meta/remote-index';
 import { PackBuilder } from './pack-format';
 
 /**
@@ -23,6 +25,8 @@ export interface UploaderOptions {
   packBytes: number;
   /** A partial pack is uploaded once nothing new became dirty for this long (ms). */
   idleMs: number;
+  /** Packs uploading at once. */
+  parallel: number;
   /** After a failed upload, wait this long before trying again (ms). */
   retryMs: number;
   log: { error(msg: string, err?: unknown): void; info(msg: string): void };
@@ -47,7 +51,6 @@ const SCAN_STEP = 4096;
 export class PackUploader {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
-  private uploading = false;
   private closed = false;
   private packsUploaded = 0;
   private bytesUploaded = 0;
@@ -57,6 +60,11 @@ export class PackUploader {
   private waiters: (() => void)[] = [];
   /** Names of packs being uploaded whose rows are not committed yet (gc must not take them for orphans). */
   readonly inFlight = new Set<string>();
+  /** Blocks in packs being uploaded (latin1 keys), which the next pack leaves out, and those packs' bytes. */
+  private readonly sendingHashes = new Set<string>();
+  private sendingBytes = 0;
+  /** Set while uploadAll waits with a slot free: calling it makes it look for another pack. */
+  private wake: (() => void) | undefined;
   /** Listeners told after each pack (the cache evicts, blocked writers wake). */
   onUploaded: (() => void) | undefined;
 
@@ -73,9 +81,15 @@ export class PackUploader {
   /** New blocks are dirty: upload a pack now if there is a pack's worth, else once writing pauses. */
   notify(): void {
     if (this.closed) return;
-    if (this.store.dirtyStats().bytes >= this.options.packBytes && !this.uploading) {
-      this.kick(false);
-      return;
+    if (this.store.dirtyStats().bytes - this.sendingBytes >= this.options.packBytes) {
+      if (this.inFlight.size === 0) {
+        this.kick(false);
+        return;
+      }
+      if (this.wake) {
+        this.wake();
+        return;
+      }
     }
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => this.kick(true), this.options.idleMs);
@@ -114,7 +128,7 @@ export class PackUploader {
     return {
       dirtyBlocks: d.blocks,
       dirtyBytes: d.bytes,
-      uploading: this.uploading,
+      uploading: this.inFlight.size > 0,
       packsUploaded: this.packsUploaded,
       bytesUploaded: this.bytesUploaded,
       rateBytesPerSec: rate,
@@ -148,21 +162,45 @@ export class PackUploader {
     });
   }
 
-  /** Uploads full packs while there are enough dirty blocks (with `all`, the partial rest too). */
+  /**
+   * Uploads full packs while there are enough dirty blocks (with `all`, the partial rest
+   * too), `parallel` at a time: one pack's hashing and its rows' commit overlap another's
+   * transfer, and a pack going up does not stall the next one behind a slow request.
+   */
   private async uploadAll(all: boolean): Promise<void> {
     // Short blocks first go into super-chunks: packs then carry them compressed together.
     if (this.store.queuedBlocks(1).length > 0) await this.packer.flush();
+    const sending = new Set<Promise<void>>();
+    let failure: { err: unknown } | undefined;
     for (;;) {
-      const d = this.store.dirtyStats();
-      if (d.blocks === 0) return;
-      if (!all && d.bytes < this.options.packBytes) return;
-      const sent = await this.uploadOne();
-      if (!sent) return;
+      while (sending.size < this.options.parallel && !failure) {
+        const d = this.store.dirtyStats();
+        if (d.blocks <= this.sendingHashes.size) break;
+        if (!all && d.bytes - this.sendingBytes < this.options.packBytes) break;
+        const pack = await this.buildPack();
+        if (pack === 'nothing') break;
+        if (pack === 'cleaned') continue;
+        const p: Promise<void> = this.send(pack)
+          .catch((err: unknown) => {
+            failure ??= { err };
+          })
+          .finally(() => sending.delete(p));
+        sending.add(p);
+      }
+      if (sending.size === 0) break;
+      // Woken when a pack finishes, or when writers have dirtied another pack's worth.
+      await Promise.race([...sending, new Promise<void>((resolve) => (this.wake = resolve))]);
+      this.wake = undefined;
     }
+    if (failure) throw failure.err;
   }
 
-  /** Builds and uploads one pack from the oldest dirty blocks; false when nothing was left to send. */
-  private async uploadOne(): Promise<boolean> {
+  /**
+   * Builds a pack from the oldest dirty blocks no pack in flight holds. 'cleaned' when
+   * the blocks looked at were all gone (marked clean, nothing to send), 'nothing' when
+   * no such block was left.
+   */
+  private async buildPack(): Promise<OutgoingPack | 'cleaned' | 'nothing'> {
     const builder = new PackBuilder();
     const units = new Set<string>();
     const clean: Buffer[] = [];
@@ -172,6 +210,7 @@ export class PackUploader {
       if (batch.length === 0) break;
       for (const d of batch) {
         after = d.seq;
+        if (this.sendingHashes.has(d.hash.toString('latin1'))) continue;
         const unit = this.store.uploadUnit(d.hash);
         if (!unit) {
           clean.push(d.hash); // dirty but gone: nothing to upload
@@ -185,13 +224,21 @@ export class PackUploader {
       }
     }
     if (builder.blockCount === 0) {
+      if (clean.length === 0) return 'nothing';
       await this.store.markClean(clean);
-      return clean.length > 0;
+      return 'cleaned';
     }
     const { data, entries } = builder.finish();
     // Named by content: a pack uploaded twice (a retry after a crash) has the same name.
-    const name = `p${hashHex(hashBlock(data)).slice(0, 40)}`;
-    this.uploading = true;
+    return { name: packName(hashHex(hashBlock(data))), data, entries, clean };
+  }
+
+  /** Uploads one pack, then records its rows durably, then marks its blocks clean (in that order). */
+  private async send(pack: OutgoingPack): Promise<void> {
+    const { name, data, entries, clean } = pack;
+    const keys = clean.map((h) => h.toString('latin1'));
+    for (const k of keys) this.sendingHashes.add(k);
+    this.sendingBytes += data.length;
     this.inFlight.add(name);
     const started = Date.now();
     try {
@@ -201,7 +248,8 @@ export class PackUploader {
       this.meta.durableTransaction(() => this.meta.remote.addPack(name, object.id, data.length, entries));
       await this.store.markClean(clean);
     } finally {
-      this.uploading = false;
+      for (const k of keys) this.sendingHashes.delete(k);
+      this.sendingBytes -= data.length;
       this.inFlight.delete(name);
       const waiters = this.waiters;
       this.waiters = [];
@@ -213,6 +261,13 @@ export class PackUploader {
     this.recent.push({ at: Date.now(), bytes: data.length, ms });
     this.lastError = undefined;
     this.onUploaded?.();
-    return true;
   }
+}
+
+interface OutgoingPack {
+  name: string;
+  data: Buffer;
+  entries: PackEntry[];
+  /** The dirty blocks it carries (and gone ones met while building it), marked clean once it is recorded. */
+  clean: Buffer[];
 }

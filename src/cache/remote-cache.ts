@@ -64,14 +64,20 @@ export class RemoteCache implements BlockSource {
     readonly options: RemoteCacheOptions,
   ) {
     this.fetcher = new BlockFetcher(store, meta.remote, remote, {
-      maxRangeBytes: Math.max(4 << 20, Math.min(32 << 20, options.readaheadBytes)),
+      // A read-ahead window goes out as two ranges or more, so a second download keeps the
+      // link busy while a reader drains the first (blocks are usable as their bytes arrive).
+      maxRangeBytes: Math.max(1 << 20, Math.min(16 << 20, Math.floor(options.readaheadBytes / 2))),
       maxGapBytes: 1 << 20,
       concurrency: 4,
       log: options.log,
+      onInstalled: (hashes) => {
+        for (const h of hashes) this.evictor.touch(h);
+      },
     });
     this.uploader = new PackUploader(store, meta, remote, packer, {
       packBytes: options.packBytes,
       idleMs: options.uploadIdleMs,
+      parallel: 2,
       retryMs: 5000,
       log: options.log,
     });

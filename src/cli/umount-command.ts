@@ -18,13 +18,8 @@ export async function umount(mountpoint: string): Promise<void> {
   }
   const err = fuseUnmount(target);
   if (err) throw new UsageError(`cannot unmount ${target}: ${err}`, 1);
-  // The daemon commits everything once the kernel lets go, then exits.
-  for (;;) {
-    try {
-      process.kill(daemon.pid, 0);
-    } catch {
-      return;
-    }
-    await sleep(25);
-  }
+  // The daemon commits everything once the kernel lets go, then exits. Asked through
+  // liveDaemon, not kill(pid, 0): an exited daemon nobody reaps stays a zombie, which
+  // kill() still finds.
+  while (liveDaemon(m.source)?.pid === daemon.pid) await sleep(25);
 }

@@ -18,7 +18,7 @@ import { drive, type drive_v3, type MethodOptions } from '@googleapis/drive';
 import type { DriveAuth } from './credentials';
 import { oauthErrorText } from './credentials';
 import { backoffDelay, Pacer } from './pacer';
-import { RemoteError, type RemoteCounters } from './remote';
+import { RemoteError, type ReadProgress, type RemoteCounters } from './remote';
 
 export const FOLDER_MIME = 'application/vnd.google-apps.folder';
 /** Resumable upload chunks must be multiples of this, except the last. */
@@ -204,15 +204,16 @@ export class DriveClient {
    * Reads a file's content, or `length` bytes at `offset` (a Range request). Resolves with
    * exactly the bytes asked for: a short body is retried, a range past the end rejects.
    */
-  async download(fileId: string, offset?: number, length?: number): Promise<Buffer> {
+  async download(fileId: string, offset?: number, length?: number, onProgress?: ReadProgress): Promise<Buffer> {
     const ranged = offset !== undefined || length !== undefined;
     const start = offset ?? 0;
     if (length === 0) return Buffer.alloc(0);
     const range = length === undefined ? `bytes=${start}-` : `bytes=${start}-${start + length - 1}`;
     const body = await this.call('files.get', async (o) => {
       let answer;
+      const streamed = onProgress !== undefined && length !== undefined;
       try {
-        answer = await this.api.files.get({ fileId, alt: 'media', supportsAllDrives: true }, { ...o, responseType: 'arraybuffer', headers: ranged ? { Range: range } : {} });
+        answer = await this.api.files.get({ fileId, alt: 'media', supportsAllDrives: true }, { ...o, responseType: streamed ? 'stream' : 'arraybuffer', headers: ranged ? { Range: range } : {} });
       } catch (e) {
         const res = (e as { response?: HttpResponseLike }).response;
         if (res?.status !== 416) throw e;
@@ -221,10 +222,65 @@ export class DriveClient {
         if (length === undefined && total === start) return Buffer.alloc(0);
         throw new RemoteError(`Drive files.get: range ${start}+${length ?? 0} past the end of a ${Number.isFinite(total) ? total : '?'}-byte file`, 'io');
       }
-      return this.checkDownload(answer, Buffer.from(answer.data as unknown as ArrayBuffer), ranged, start, length);
+      if (streamed && answer.status === 206) return this.receive(answer, answer.data as unknown as Readable, start, length, onProgress);
+      const whole = streamed ? await this.readAll(answer.data as unknown as Readable) : Buffer.from(answer.data as unknown as ArrayBuffer);
+      return this.checkDownload(answer, whole, ranged, start, length);
     });
     this.add('bytes.down', body.length);
     return body;
+  }
+
+  /** Reads a 206 answer's body into a buffer of `length` as it arrives, telling `onProgress`. */
+  private async receive(answer: HttpResponseLike, stream: Readable, start: number, length: number, onProgress: ReadProgress): Promise<Buffer> {
+    const contentRange = headerOf(answer.headers, 'content-range');
+    const served = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange ?? '');
+    if (!served || Number(served[1]) !== start) {
+      stream.destroy();
+      throw new ShortBody(`answer covers ${contentRange ?? 'no range'}, asked from ${start}`);
+    }
+    const total = Number(served[3]);
+    if (Number(served[2]) - start + 1 < length) {
+      stream.destroy();
+      if (Number.isFinite(total) && start + length > total) throw new RemoteError(`Drive files.get: range ${start}+${length} past the end of a ${total}-byte file`, 'io');
+      throw new ShortBody(`answer covers ${contentRange}, asked for ${length} bytes`);
+    }
+    const data = Buffer.allocUnsafe(length);
+    let filled = 0;
+    // The request's timeout ends with the headers; a body that stalls is cut here.
+    let idle: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => stream.destroy(new ShortBody(`no body bytes for ${this.settings.requestTimeoutMs} ms`)), this.settings.requestTimeoutMs);
+    };
+    try {
+      arm();
+      for await (const chunk of stream as AsyncIterable<Uint8Array>) {
+        if (filled + chunk.length > length) throw new ShortBody(`body longer than the ${length} bytes asked for`);
+        data.set(chunk, filled);
+        filled += chunk.length;
+        arm();
+        onProgress(data, filled);
+      }
+    } catch (e) {
+      // Cut off mid-body (a reset, a stall): the read is retried like a short body.
+      if (e instanceof ShortBody) throw e;
+      throw new ShortBody(`body cut off after ${filled} of ${length} bytes (${(e as Error).message})`);
+    } finally {
+      clearTimeout(idle);
+      stream.destroy();
+    }
+    if (filled !== length) throw new ShortBody(`body of ${filled} bytes, asked for ${length}`);
+    return data;
+  }
+
+  private async readAll(stream: Readable): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
+    } catch (e) {
+      throw new ShortBody(`body cut off (${(e as Error).message})`);
+    }
+    return Buffer.concat(chunks);
   }
 
   private checkDownload(answer: HttpResponseLike, body: Buffer, ranged: boolean, start: number, length: number | undefined): Buffer {

@@ -15,8 +15,8 @@
  */
 import type { DriveClient, DriveFile } from './drive-client';
 import { FOLDER_MIME, md5Hex } from './drive-client';
-import { assertObjectName, LOCK_NAME, packPrefix } from './object-names';
-import { RemoteError, type PutOptions, type Remote, type RemoteCounters, type RemoteKind, type RemoteLock, type RemoteObject } from './remote';
+import { assertObjectName, LOCK_NAME, PACK_PREFIXES, packPrefix } from './object-names';
+import { RemoteError, type PutOptions, type ReadProgress, type Remote, type RemoteCounters, type RemoteKind, type RemoteLock, type RemoteObject } from './remote';
 
 const OBJECT_MIME = 'application/octet-stream';
 /** How many `'id' in parents` terms one listing query ORs together (Drive limits the length of `q`). */
@@ -55,9 +55,22 @@ export class DriveRemote implements Remote {
     return this.topFolder ? `drive:${this.topFolder.name} (${this.topFolder.id})` : `drive:${this.folderSpec}`;
   }
 
+  /**
+   * Besides the layout, learns every pack subfolder with one listing and makes the missing
+   * ones now (16, once per remote): found or made one at a time while writing, each new
+   * subfolder cost two calls, as many as the pack going into it.
+   */
   async init(): Promise<void> {
-    await this.folderId('packs', true);
+    const packs = (await this.folderId('packs', true))!;
     await this.folderId('meta', true);
+    await this.learnPackFolders(packs);
+    for (const prefix of PACK_PREFIXES) {
+      const path = `packs/${prefix}`;
+      if (this.folderIds.has(path)) continue;
+      // The listing just said it is missing: no look-up before the create, only before a retry of it.
+      const query = folderQuery(packs, prefix);
+      this.folderIds.set(path, (await this.client.createFolder(prefix, packs, async () => oldestFirst(await this.client.listFiles(query))[0])).id);
+    }
   }
 
   async put(kind: RemoteKind, name: string, data: Buffer, options: PutOptions = {}): Promise<RemoteObject> {
@@ -82,11 +95,11 @@ export class DriveRemote implements Remote {
     return { kind, name, id: file.id, size: data.length };
   }
 
-  async read(object: Pick<RemoteObject, 'kind' | 'name' | 'id'>, offset?: number, length?: number): Promise<Buffer> {
+  async read(object: Pick<RemoteObject, 'kind' | 'name' | 'id'>, offset?: number, length?: number, onProgress?: ReadProgress): Promise<Buffer> {
     checkRange(offset, length);
     if (object.id) {
       try {
-        return await this.client.download(object.id, offset, length);
+        return await this.client.download(object.id, offset, length, onProgress);
       } catch (e) {
         if (!(e instanceof RemoteError && e.code === 'not-found')) throw e;
       }
@@ -94,7 +107,7 @@ export class DriveRemote implements Remote {
     // No id, or a stale one: the name decides.
     const found = await this.findObject(object.kind, object.name);
     if (!found || found.id === object.id) throw new RemoteError(`${object.kind} ${object.name} is not in ${this.description}`, 'not-found');
-    return this.client.download(found.id, offset, length);
+    return this.client.download(found.id, offset, length, onProgress);
   }
 
   async list(kind: RemoteKind): Promise<RemoteObject[]> {
@@ -105,8 +118,7 @@ export class DriveRemote implements Remote {
     } else {
       const packs = await this.folderId('packs', false);
       if (!packs) return [];
-      const subfolders = await this.client.listFiles(`${queryString(packs)} in parents and mimeType = ${queryString(FOLDER_MIME)} and trashed = false`);
-      for (const sub of oldestFirst(subfolders)) if (!this.folderIds.has(`packs/${sub.name}`)) this.folderIds.set(`packs/${sub.name}`, sub.id);
+      const subfolders = await this.learnPackFolders(packs);
       files = [];
       for (let i = 0; i < subfolders.length; i += PARENTS_PER_QUERY) {
         const parents = subfolders.slice(i, i + PARENTS_PER_QUERY).map((f) => `${queryString(f.id)} in parents`);
@@ -180,6 +192,13 @@ export class DriveRemote implements Remote {
   }
 
   // ---- folders -----------------------------------------------------------------------
+
+  /** Lists the subfolders of `packs/` and remembers their ids (the oldest of a name twice). */
+  private async learnPackFolders(packs: string): Promise<DriveFile[]> {
+    const subfolders = await this.client.listFiles(`${queryString(packs)} in parents and mimeType = ${queryString(FOLDER_MIME)} and trashed = false`);
+    for (const sub of oldestFirst(subfolders)) if (!this.folderIds.has(`packs/${sub.name}`)) this.folderIds.set(`packs/${sub.name}`, sub.id);
+    return subfolders;
+  }
 
   private async lockFiles(top: string): Promise<DriveFile[]> {
     return oldestFirst(await this.filesNamed(top, LOCK_NAME));

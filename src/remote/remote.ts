@@ -61,6 +61,13 @@ export class RemoteError extends Error {
   }
 }
 
+/**
+ * Bytes of a ranged read so far: `data[0, filled)` holds the range's first `filled`
+ * bytes. After a failed attempt a read may start over, with a new buffer and `filled`
+ * from 0 again.
+ */
+export type ReadProgress = (data: Buffer, filled: number) => void;
+
 export interface Remote {
   /** How the user named it: `local:/abs/dir` or `drive:Folder name (id)`. */
   readonly description: string;
@@ -78,8 +85,10 @@ export interface Remote {
   /**
    * Reads `length` bytes at `offset` of an object (the whole object when both are
    * omitted). Resolves with exactly that many bytes or rejects; never a short buffer.
+   * A backend that streams tells `onProgress` as the bytes arrive, so a caller can use
+   * the front of a long range before its end is in.
    */
-  read(object: Pick<RemoteObject, 'kind' | 'name' | 'id'>, offset?: number, length?: number): Promise<Buffer>;
+  read(object: Pick<RemoteObject, 'kind' | 'name' | 'id'>, offset?: number, length?: number, onProgress?: ReadProgress): Promise<Buffer>;
 
   /** Every object of a kind, in no particular order. */
   list(kind: RemoteKind): Promise<RemoteObject[]>;

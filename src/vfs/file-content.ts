@@ -129,15 +129,21 @@ export class FileContent {
     const next = Math.ceil(end / B);
     const window = this.readaheadBlocks;
     if (next + window / 2 < this.readaheadTo) return;
-    // The blocks of this read too: fetched in the same ranges as the ones after them.
     const from = Math.max(Math.floor(offset / B), this.readaheadTo);
     const to = Math.min(next + window, Math.ceil(this.row.size / B));
+    this.readaheadTo = to;
+    // The blocks of this read, when not asked for already (a reader starting, or after a
+    // seek), go first on their own: the reader waits for them, not for a whole window.
+    this.prefetchBlocks(from, Math.min(next, to));
+    this.prefetchBlocks(Math.max(from, next), to);
+  }
+
+  private prefetchBlocks(from: number, to: number): void {
     const hashes: Buffer[] = [];
     for (let idx = from; idx < to; idx++) {
       const ref = this.blocks.get(idx);
       if (ref && !this.pending.has(idx)) hashes.push(ref.hash);
     }
-    this.readaheadTo = to;
     if (hashes.length > 0) this.writer.prefetch(hashes);
   }
 
