@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -240,5 +240,37 @@ describe('fsck --rebuild-from-remote', () => {
     pogfsOk(['umount', mnt]);
     const check = pogfs(['fsck', volume, '--remote']);
     assert.equal(check.status, 0, check.stdout + check.stderr);
+  });
+});
+
+describe('a file bigger than the cache', () => {
+  const dir = tempDir('pogfs-stream-', () => [mnt, mnt2].forEach(unmountQuietly));
+  const remote = `local:${join(dir, 'remote')}`;
+  const volume = join(dir, 'vol');
+  const mnt = join(dir, 'mnt');
+  const mnt2 = join(dir, 'mnt2');
+  mkdirSync(mnt);
+  mkdirSync(mnt2);
+
+  it('streams from the remote with each block fetched once: read-ahead is not evicted before it is read', async () => {
+    // The read-ahead setting (32 MiB) is twice the cache: a window that size would evict its own front.
+    pogfsOk(['init', volume, '--remote', remote, '--cache-size', '16M', '--pack-size', '4M']);
+    pogfsOk(['mount', volume, mnt]);
+    const data = randomBytes(48 * MiB);
+    writeFileSync(join(mnt, 'movie.bin'), data);
+    await waitUploaded(mnt);
+    pogfsOk(['umount', mnt]);
+
+    pogfsOk(['mount', remote, mnt2, '--cache-dir', join(dir, 'fresh')]);
+    const fd = openSync(join(mnt2, 'movie.bin'), 'r');
+    const buf = Buffer.alloc(128 * 1024);
+    const digest = createHash('sha256');
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) digest.update(buf.subarray(0, n));
+    closeSync(fd);
+    assert.equal(digest.digest('hex'), sha256(data));
+    const s = mountStatus(mnt2).remote!;
+    assert.equal(s.fetch.blocks, (48 * MiB) / (128 * 1024), `${s.fetch.blocks} blocks fetched for 384 in the file`);
+    assert.ok(s.evictedBytes > 0, 'the cache did have to evict');
+    pogfsOk(['umount', mnt2]);
   });
 });

@@ -66,7 +66,7 @@ export class RemoteCache implements BlockSource {
     this.fetcher = new BlockFetcher(store, meta.remote, remote, {
       // A read-ahead window goes out as two ranges or more, so a second download keeps the
       // link busy while a reader drains the first (blocks are usable as their bytes arrive).
-      maxRangeBytes: Math.max(1 << 20, Math.min(16 << 20, Math.floor(options.readaheadBytes / 2))),
+      maxRangeBytes: Math.max(1 << 20, Math.min(16 << 20, Math.floor(this.readaheadBytes / 2))),
       maxGapBytes: 1 << 20,
       concurrency: 4,
       log: options.log,
@@ -87,6 +87,15 @@ export class RemoteCache implements BlockSource {
       this.uploader.notify();
       this.scheduleEviction();
     };
+  }
+
+  /**
+   * Bytes a sequential reader gets fetched ahead: the setting, but at most a quarter of
+   * the cache. A window near the cache's size would have its own front evicted (read
+   * ahead, not read yet) to make room for its back, and fetched again.
+   */
+  get readaheadBytes(): number {
+    return Math.min(this.options.readaheadBytes, Math.floor(this.options.cacheBytes / 4));
   }
 
   /** Reads through the cache: a block missing locally is fetched from its pack first. */

@@ -111,7 +111,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         metadataCommitMs: 1000,
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
         cache,
-        readaheadBytes: volume.settings.readaheadBytes,
+        readaheadBytes: cache?.readaheadBytes ?? volume.settings.readaheadBytes,
       },
       log,
     );
