@@ -75,7 +75,9 @@ export class RemoteCache implements BlockSource {
       },
     });
     this.uploader = new PackUploader(store, meta, remote, packer, {
-      packBytes: options.packBytes,
+      // Writers wait once dirty data reaches the cache size; a pack larger than that would
+      // never fill, and the uploader waits for a full pack while writing goes on.
+      packBytes: Math.min(options.packBytes, options.cacheBytes),
       idleMs: options.uploadIdleMs,
       parallel: 2,
       retryMs: 5000,
@@ -124,17 +126,19 @@ export class RemoteCache implements BlockSource {
   /**
    * Backpressure: resolves once dirty data is below the cache size again (undefined at
    * once when it is). Dirty blocks cannot be evicted, so this is where writers wait.
+   * `pendingBytes` is what the writer holds that is not in the store yet: it becomes dirty
+   * within moments, and without it a fast writer runs far past the cache size.
    */
-  admit(): Promise<void> | undefined {
-    if (this.store.dirtyStats().bytes < this.options.cacheBytes) return undefined;
+  admit(pendingBytes: () => number = () => 0): Promise<void> | undefined {
+    if (this.store.dirtyStats().bytes + pendingBytes() < this.options.cacheBytes) return undefined;
     this.throttled++;
-    return this.waitForRoom();
+    return this.waitForRoom(pendingBytes);
   }
 
-  private async waitForRoom(): Promise<void> {
+  private async waitForRoom(pendingBytes: () => number): Promise<void> {
     this.waitingWriters++;
     try {
-      while (this.store.dirtyStats().bytes >= this.options.cacheBytes) {
+      while (this.store.dirtyStats().bytes + pendingBytes() >= this.options.cacheBytes) {
         this.uploader.notify();
         await Promise.race([this.uploader.uploaded(), new Promise((r) => setTimeout(r, 1000))]);
       }

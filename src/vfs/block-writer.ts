@@ -8,7 +8,7 @@ const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
 export interface ContentSource extends BlockSource {
   prefetch?(hashes: readonly Buffer[]): void;
   /** Undefined when writers may go on; otherwise resolves when they may. */
-  admit?(): Promise<void> | undefined;
+  admit?(pendingBytes: () => number): Promise<void> | undefined;
 }
 
 /** A block handed over, with its compressed value being made off this thread if it needs one. */
@@ -105,7 +105,7 @@ export class BlockWriter {
 
   /** Resolves when buffered bytes are under the limit (and the cache has room for more dirty data). */
   admit(): Promise<void> | undefined {
-    const room = this.source.admit?.();
+    const room = this.source.admit?.(() => this.queuedBytes + this.inFlightBytes);
     if (this.queuedBytes + this.inFlightBytes < this.maxBytes) return room;
     const buffered = new Promise<void>((resolve) => this.waiters.push(resolve));
     return room ? Promise.all([buffered, room]).then(() => undefined) : buffered;
