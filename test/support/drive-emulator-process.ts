@@ -45,6 +45,8 @@ const DEFAULT_READY_TIMEOUT_MS = 10_000;
 const STOP_GRACE_MS = 5_000;
 /** Admin calls are local and small, except reading a stored file; none should take this long. */
 const ADMIN_TIMEOUT_MS = 60_000;
+/** After a failed admin call, how long to wait for the child's exit to be seen, so the message can say it died. */
+const DEATH_NOTICE_MS = 1_000;
 const MAX_READY_LINE = 64 * 1024;
 const STDERR_TAIL = 8 * 1024;
 /** Tokens from writeAccessTokenFile outlive any test or benchmark run. */
@@ -320,12 +322,24 @@ export class EmulatorProcess {
     try {
       res = await fetch(new URL(`${ADMIN_PATH_PREFIX}${path}`, this.ready.rootUrl), {
         method,
-        headers: { [ADMIN_SECRET_HEADER]: this.ready.adminSecret, ...(body ? { 'content-type': 'application/json' } : {}) },
+        headers: {
+          [ADMIN_SECRET_HEADER]: this.ready.adminSecret,
+          // A connection of its own per call, never one kept alive from an earlier call. The
+          // emulator closes idle connections after 60 s of real time, but undici's keep-alive
+          // clock only advances while this process's event loop runs (a tick adds 499 ms),
+          // and tests spend minutes blocked in spawnSync and synchronous writes to a mount:
+          // a pooled connection the server has closed, or is closing just then, would be
+          // reused and the call fail with UND_ERR_SOCKET.
+          connection: 'close',
+          ...(body ? { 'content-type': 'application/json' } : {}),
+        },
         body: body ? JSON.stringify(body) : undefined,
         signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS),
       });
     } catch (e) {
       const cause = (e as { cause?: { code?: unknown } }).cause?.code;
+      // A dying emulator drops its connections before its 'exit' reaches us: wait a moment for it, or the message would not say why.
+      if (!this.exitResult) await Promise.race([this.exitPromise, new Promise((resolve) => setTimeout(resolve, DEATH_NOTICE_MS).unref())]);
       throw new Error(`${what}: ${typeof cause === 'string' ? cause : (e as Error).message}${this.deathNote()}`);
     }
     if (!res.ok) {
