@@ -65,6 +65,8 @@ export class PackUploader {
   private sendingBytes = 0;
   /** Set while uploadAll waits with a slot free: calling it makes it look for another pack. */
   private wake: (() => void) | undefined;
+  /** The run queued behind the current one, if any (see kick). */
+  private queued: { all: boolean } | undefined;
   /** Listeners told after each pack (the cache evicts, blocked writers wake). */
   onUploaded: (() => void) | undefined;
 
@@ -145,12 +147,29 @@ export class PackUploader {
     await this.running;
   }
 
+  /**
+   * Writers are waiting for room: upload what is dirty now, a partial pack too (a full one
+   * may never come while they wait). After a failure the retry timer decides instead.
+   */
+  hurry(): void {
+    if (this.closed || this.lastError !== undefined) return;
+    if (this.inFlight.size === 0) this.kick(true);
+    else this.wake?.();
+  }
+
   private kick(all: boolean): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    // One run waiting behind the current one is enough; it takes the widest request.
+    if (this.queued) {
+      this.queued.all ||= all;
+      return;
+    }
+    const queued = (this.queued = { all });
     this.running = this.running.then(async () => {
+      this.queued = undefined;
       try {
-        await this.uploadAll(all);
+        await this.uploadAll(queued.all);
       } catch (err) {
         this.lastError = (err as Error).message;
         this.options.log.error(`uploading a pack to ${this.remote.description} failed; the blocks stay dirty and are tried again`, err);

@@ -75,9 +75,9 @@ export class RemoteCache implements BlockSource {
       },
     });
     this.uploader = new PackUploader(store, meta, remote, packer, {
-      // Writers wait once dirty data reaches the cache size; a pack larger than that would
-      // never fill, and the uploader waits for a full pack while writing goes on.
-      packBytes: Math.min(options.packBytes, options.cacheBytes),
+      // Writers wait once dirty data reaches the cache size: packs of at most half of it
+      // let one pack fill while the one before goes up.
+      packBytes: Math.min(options.packBytes, Math.floor(options.cacheBytes / 2)),
       idleMs: options.uploadIdleMs,
       parallel: 2,
       retryMs: 5000,
@@ -139,7 +139,7 @@ export class RemoteCache implements BlockSource {
     this.waitingWriters++;
     try {
       while (this.store.dirtyStats().bytes + pendingBytes() >= this.options.cacheBytes) {
-        this.uploader.notify();
+        this.uploader.hurry();
         await Promise.race([this.uploader.uploaded(), new Promise((r) => setTimeout(r, 1000))]);
       }
     } finally {
