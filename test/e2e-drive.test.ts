@@ -219,8 +219,12 @@ describe('a volume on a drive: remote (the Drive emulator in a child process)', 
       }
       assert.ok(slowed, `backpressure never showed while dd ran (dd ${dd.running() ? 'still running' : `exited: ${dd.stderr()}`})`);
       assert.ok(dd.running(), 'the writer waits for uploads instead of finishing or failing');
-      const during = mountStatus(mnt).remote!;
+      // Writers are held back counting what they buffered too; that reaches the store within the writeback interval.
+      let during = mountStatus(mnt).remote!;
+      for (const deadline = Date.now() + 30_000; during.upload.dirtyBytes < during.cacheBytes && Date.now() < deadline; await sleep(200)) during = mountStatus(mnt).remote!;
       assert.ok(during.upload.dirtyBytes >= during.cacheBytes, `dirty ${during.upload.dirtyBytes} fills the cache of ${during.cacheBytes}`);
+      assert.ok(dd.running(), 'still waiting once the cache is full of dirty data');
+      assert.ok(during.backpressure, 'and the status still says writers are slowed');
       assert.match(pogfsOk(['status', mnt]), /writers are being slowed until uploads catch up/);
 
       await emu.setFaults({ errorRate: 0 });
