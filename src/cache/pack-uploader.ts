@@ -195,10 +195,15 @@ export class PackUploader {
       while (sending.size < this.options.parallel && !failure) {
         const d = this.store.dirtyStats();
         if (d.blocks <= this.sendingHashes.size) break;
-        if (!all && d.bytes - this.sendingBytes < this.options.packBytes) break;
+        // A partial pack goes only alone, and once per run: it holds everything dirty that is
+        // not in a pack yet, which is what `all` asks for. Sending what was written since
+        // would be a stream of tiny packs, two calls each, while writing goes on.
+        const partial = d.bytes - this.sendingBytes < this.options.packBytes;
+        if (partial && (!all || sending.size > 0)) break;
         const pack = await this.buildPack();
         if (pack === 'nothing') break;
         if (pack === 'cleaned') continue;
+        if (partial) all = false;
         const p: Promise<void> = this.send(pack)
           .catch((err: unknown) => {
             failure ??= { err };

@@ -232,7 +232,11 @@ export class BlockStore implements BlockSource {
   private nextSeq = 0;
   /** Told after a commit queued short blocks for packing (the SuperChunkPacker listens). */
   onQueued: ((bytes: number) => void) | undefined;
-  /** Told after a commit stored new blocks (the remote cache listens: uploads, eviction). */
+  /**
+   * Told after a commit stored new blocks or queued short ones for packing (the remote
+   * cache listens: uploads, eviction). Queued ones count: they are writing going on, and
+   * the uploader must not take a pause in stored blocks for the end of the writing.
+   */
   onStored: (() => void) | undefined;
 
   private constructor(
@@ -314,7 +318,7 @@ export class BlockStore implements BlockSource {
 
   private afterStore(r: { queued: number; stored: number }): void {
     if (r.queued > 0) this.onQueued?.(r.queued);
-    if (r.stored > 0) this.onStored?.();
+    if (r.stored > 0 || r.queued > 0) this.onStored?.();
   }
 
   /** Returns the bytes queued for packing and the number of blocks newly stored. */
