@@ -29,7 +29,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MountStatus } from '../src/cli/status-command';
-import { EmulatorProcess } from '../test/support/drive-emulator-process';
+import { driveCallsBetween, EmulatorProcess } from '../test/support/drive-emulator-process';
+import { endDaemon } from '../test/support/remote-mount';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -117,29 +118,10 @@ function status(POGFS: string, mnt: string): MountStatus {
   return JSON.parse(run(`${POGFS} status ${q(mnt)} --json`, 60_000)) as MountStatus;
 }
 
-/** Drive calls only: the OAuth token endpoint is not Drive. */
+/** Drive calls between two counts, and per GiB of `bytes`. */
 function driveCalls(before: Record<string, number>, after: Record<string, number>, bytes: number): RemoteCalls {
-  const byMethod: Record<string, number> = {};
-  let total = 0;
-  for (const [method, n] of Object.entries(after)) {
-    if (method.startsWith('oauth.')) continue;
-    const d = n - (before[method] ?? 0);
-    if (d <= 0) continue;
-    byMethod[method] = d;
-    total += d;
-  }
+  const { total, byMethod } = driveCallsBetween(before, after);
   return { total, perGiB: bytes > 0 ? (total * GiB) / bytes : 0, byMethod };
-}
-
-/** The daemon of a volume, from its daemon.json, if it still runs. */
-function daemonPid(volume: string): number | undefined {
-  try {
-    const pid = (JSON.parse(readFileSync(join(volume, 'daemon.json'), 'utf8')) as { pid: number }).pid;
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined;
-  }
 }
 
 /**
@@ -155,20 +137,8 @@ async function unmountQuietly(POGFS: string, mnt: string, volume: string): Promi
     }
     if (isMounted(mnt)) spawnSync('fusermount3', ['-u', '-z', mnt]);
   }
-  for (let i = 0; i < 600; i++) {
-    const pid = daemonPid(volume);
-    if (pid === undefined) return;
-    if (i === 599) {
-      console.error(`bench remote: the daemon of ${volume} (pid ${pid}) did not exit; ending it`);
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // gone meanwhile
-      }
-      return;
-    }
-    await sleep(100);
-  }
+  const killed = await endDaemon(volume, 60_000);
+  if (killed !== undefined) console.error(`bench remote: the daemon of ${volume} (pid ${killed}) did not exit; ended it`);
 }
 
 /** Polls the status until nothing is dirty and no pack is in flight (bounded). */

@@ -7,9 +7,9 @@ import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { textCorpus } from './support/corpus';
 import type { ErrorFault } from './support/drive-emulator';
-import { EmulatorProcess } from './support/drive-emulator-process';
+import { driveCallsBetween, EmulatorProcess } from './support/drive-emulator-process';
 import { isMounted, pogfs, pogfsOk } from './support/mount';
-import { mountStatus, sha256, treeDigests, unmountQuietly, waitUploaded } from './support/remote-mount';
+import { endDaemon, mountStatus, sha256, treeDigests, unmountQuietly, waitUploaded } from './support/remote-mount';
 import { tempDir } from './support/tmp';
 
 /**
@@ -27,43 +27,10 @@ function driveFlags(emu: EmulatorProcess, credentials: string): string[] {
   return ['--credentials', credentials, '--drive-api-url', emu.rootUrl, '--drive-token-url', emu.tokenUrl];
 }
 
-/** Drive calls between two counts; the OAuth token endpoint is not Drive and is left out. */
-function driveCalls(before: Record<string, number>, after: Record<string, number>): { total: number; byMethod: Record<string, number> } {
-  const byMethod: Record<string, number> = {};
-  let total = 0;
-  for (const [method, n] of Object.entries(after)) {
-    const d = n - (before[method] ?? 0);
-    if (method.startsWith('oauth.') || d <= 0) continue;
-    byMethod[method] = d;
-    total += d;
-  }
-  return { total, byMethod };
-}
-
-/** The pid in a volume's daemon.json, while that process runs. */
-function livePid(volume: string): number | undefined {
-  try {
-    const pid = (JSON.parse(readFileSync(join(volume, 'daemon.json'), 'utf8')) as { pid: number }).pid;
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Clean-up after a test, passing or not: unmounts (lazily if it must), then waits (bounded)
- * for the volume's daemon to exit and ends it if it will not, so no daemon of a failed
- * test lives on holding its remote's writer lock or the emulator's attention.
- */
+/** Clean-up after a test, passing or not: unmounts (lazily if it must), then makes sure the volume's daemon is gone. */
 async function release(mnt: string, volume: string): Promise<void> {
   unmountQuietly(mnt);
-  for (let i = 0; i < 300; i++) {
-    const pid = livePid(volume);
-    if (pid === undefined) return;
-    if (i === 299) process.kill(pid, 'SIGKILL');
-    else await sleep(100);
-  }
+  await endDaemon(volume, 30_000);
 }
 
 /** `dd` in the background (spawn, not spawnSync: the test watches the mount while it runs). */
@@ -155,7 +122,7 @@ describe('a volume on a drive: remote (the Drive emulator in a child process)', 
       assert.ok(r.upload.packsUploaded <= 40, `no stream of small packs: ${r.upload.packsUploaded} packs`);
       pogfsOk(['umount', mnt]);
       assert.ok(!isMounted(mnt));
-      const calls = driveCalls(before, await emu.calls());
+      const calls = driveCallsBetween(before, await emu.calls());
       const stats = await emu.stats();
       const perGiB = (calls.total * GiB) / written;
       const byMethod = Object.entries(calls.byMethod).map(([m, n]) => `${m} ${n}`).join(', ');

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, closeSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { textCorpus } from './support/corpus';
@@ -272,5 +272,26 @@ describe('a file bigger than the cache', () => {
     assert.equal(s.fetch.blocks, (48 * MiB) / (128 * 1024), `${s.fetch.blocks} blocks fetched for 384 in the file`);
     assert.ok(s.evictedBytes > 0, 'the cache did have to evict');
     pogfsOk(['umount', mnt2]);
+  });
+});
+
+describe('uploads without a flush', () => {
+  const dir = tempDir('pogfs-tail-', () => unmountQuietly(mnt));
+  const volume = join(dir, 'vol');
+  const mnt = join(dir, 'mnt');
+  mkdirSync(mnt);
+
+  it('what is left past the last full pack goes up once writing pauses, not only at unmount', async () => {
+    pogfsOk(['init', volume, '--remote', `local:${join(dir, 'remote')}`, '--pack-size', '4M']);
+    pogfsOk(['mount', volume, mnt]);
+    // Written in one go: the last commit finds more than a pack's worth dirty.
+    const fd = openSync(join(mnt, 'f.bin'), 'w');
+    writeSync(fd, randomBytes(6 * MiB));
+    fsyncSync(fd);
+    closeSync(fd);
+    const s = await waitUploaded(mnt, 20_000);
+    assert.equal(s.remote!.upload.dirtyBytes, 0);
+    assert.ok(s.remote!.upload.packsUploaded >= 2, `a full pack and the rest: ${s.remote!.upload.packsUploaded}`);
+    pogfsOk(['umount', mnt]);
   });
 });

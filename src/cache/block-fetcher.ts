@@ -94,20 +94,21 @@ export class BlockFetcher {
       v.hashes.push(hash);
     }
     for (const range of this.ranges([...byValue.values()])) {
-      const settled = new Map<string, (r: Map<string, BlockRead>) => void>();
-      const outcomes = new Map<string, Promise<Map<string, BlockRead>>>();
+      // One outcome per value, settled as soon as that value is installed (or cannot be).
+      const outcomes = new Map<string, { done: Promise<Map<string, BlockRead>>; settle: (r: Map<string, BlockRead>) => void }>();
       for (const v of range.values) {
-        const vk = valueKey(v.value);
-        outcomes.set(vk, new Promise((resolve) => settled.set(vk, resolve)));
+        let settle!: (r: Map<string, BlockRead>) => void;
+        const done = new Promise<Map<string, BlockRead>>((resolve) => (settle = resolve));
+        outcomes.set(valueKey(v.value), { done, settle });
       }
-      const settle = (v: Value, r: Map<string, BlockRead>) => settled.get(valueKey(v))?.(r);
+      const settle = (v: Value, r: Map<string, BlockRead>) => outcomes.get(valueKey(v))?.settle(r);
       this.limited(() => this.fetchRange(range.values.map((v) => v.value), settle)).catch((err: unknown) => {
         // Not a remote failure (fetchRange settles those itself) but a bug: nobody may wait forever.
         this.options.log.error('installing fetched blocks failed', err);
         for (const v of range.values) settle(v.value, this.unreachable(v.value));
       });
       for (const v of range.values) {
-        const outcome = outcomes.get(valueKey(v.value))!;
+        const outcome = outcomes.get(valueKey(v.value))!.done;
         for (const hash of v.hashes) {
           const k = key(hash);
           const p = outcome.then((results) => results.get(k) ?? 'missing').finally(() => this.inflight.delete(k));

@@ -84,15 +84,11 @@ export class PackUploader {
   notify(): void {
     if (this.closed) return;
     if (this.store.dirtyStats().bytes - this.sendingBytes >= this.options.packBytes) {
-      if (this.inFlight.size === 0) {
-        this.kick(false);
-        return;
-      }
-      if (this.wake) {
-        this.wake();
-        return;
-      }
+      // A run waiting with a slot free takes it at once; otherwise one is queued.
+      if (this.wake) this.wake();
+      else this.kick(false);
     }
+    // Armed after every write, so what is left past the last full pack goes up once writing pauses.
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => this.kick(true), this.options.idleMs);
     this.timer.unref();
@@ -153,8 +149,8 @@ export class PackUploader {
    */
   hurry(): void {
     if (this.closed || this.lastError !== undefined) return;
-    if (this.inFlight.size === 0) this.kick(true);
-    else this.wake?.();
+    this.wake?.();
+    this.kick(true);
   }
 
   private kick(all: boolean): void {

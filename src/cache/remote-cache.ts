@@ -129,7 +129,7 @@ export class RemoteCache implements BlockSource {
    * `pendingBytes` is what the writer holds that is not in the store yet: it becomes dirty
    * within moments, and without it a fast writer runs far past the cache size.
    */
-  admit(pendingBytes: () => number = () => 0): Promise<void> | undefined {
+  admit(pendingBytes: () => number): Promise<void> | undefined {
     if (this.store.dirtyStats().bytes + pendingBytes() < this.options.cacheBytes) return undefined;
     this.throttled++;
     return this.waitForRoom(pendingBytes);

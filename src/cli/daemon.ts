@@ -1,9 +1,10 @@
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { collectGarbageLive } from '../../fsck/gc';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
 import { Volume, VolumeFiles } from '../vfs/volume';
+import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
 import { UsageError } from './errors';
 import { serveControl } from './control-socket';
 import { fileLogger, type Logger } from './log';
@@ -25,39 +26,6 @@ export interface DaemonOptions {
   onReady: (error?: UsageError) => void;
   /** Lines the user should see (stale mount cleaned up, and so on). */
   notice: (line: string) => void;
-}
-
-/** What a running daemon writes into its volume so `umount`, `fsck` and a second mount can find it. */
-export interface DaemonRecord {
-  pid: number;
-  /** The process's start time in clock ticks since boot: tells a reused pid apart. */
-  startTicks: string;
-  mountpoint: string;
-  started: string;
-}
-
-function processStartTicks(pid: number): string | undefined {
-  try {
-    // Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces, so count from its end.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // A killed daemon nobody has reaped yet is a zombie: as dead as it gets.
-    return fields[0] === 'Z' || fields[0] === 'X' ? undefined : fields[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** The daemon that holds the volume, if it is alive. */
-export function liveDaemon(volume: string): DaemonRecord | undefined {
-  const path = join(volume, VolumeFiles.daemon);
-  if (!existsSync(path)) return undefined;
-  try {
-    const rec = JSON.parse(readFileSync(path, 'utf8')) as DaemonRecord;
-    return processStartTicks(rec.pid) === rec.startTicks ? rec : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Checks the mount point, cleaning up a mount left by a daemon that died. */

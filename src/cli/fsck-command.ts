@@ -12,7 +12,7 @@ import { ProgressLine, exitCodeFor, renderJson, renderText, type FsckReport } fr
 import { SCHEMA_VERSION } from '../meta/schema';
 import { BlockStore, checkStoreFile } from '../store/block-store';
 import { Volume, VolumeFiles } from '../vfs/volume';
-import { liveDaemon } from './daemon';
+import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 
 export interface FsckFlags {

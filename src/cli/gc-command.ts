@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
 import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
-import { liveDaemon } from './daemon';
+import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { formatBytes } from '../format';
 import { join } from 'node:path';

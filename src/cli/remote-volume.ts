@@ -9,7 +9,7 @@ import { BlockStore } from '../store/block-store';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { SETTING_SPECS, formatSettings, readSettings } from '../vfs/volume-settings';
 import { UsageError } from './errors';
-import { liveDaemon } from './daemon';
+import { liveDaemon } from './daemon-record';
 import { normalizeRemoteSpec, openVolumeRemote, remoteUsageError } from './remote-attachment';
 
 /**

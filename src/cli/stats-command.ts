@@ -4,7 +4,7 @@ import { Volume, VolumeFiles } from '../vfs/volume';
 import { GENERATION_KEY } from '../cache/meta-backup';
 import type { MountStatus } from './status-command';
 import { callControl } from './control-socket';
-import { liveDaemon } from './daemon';
+import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { findMount, isPogfsMount } from './mounts';
 import { formatBytes, formatRows } from '../format';

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Volume } from '../vfs/volume';
 import { SETTING_SPECS, formatSettings, type VolumeSettings } from '../vfs/volume-settings';
-import { liveDaemon } from './daemon';
+import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 
 /** Setting key (as on the command line, without the dashes) → the text given. */

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { liveDaemon } from './daemon';
+import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { findMount, fuseUnmount, isPogfsMount, isStaleMount } from './mounts';
 

@@ -65,11 +65,8 @@ export class DriveRemote implements Remote {
     await this.folderId('meta', true);
     await this.learnPackFolders(packs);
     for (const prefix of PACK_PREFIXES) {
-      const path = `packs/${prefix}`;
-      if (this.folderIds.has(path)) continue;
-      // The listing just said it is missing: no look-up before the create, only before a retry of it.
-      const query = folderQuery(packs, prefix);
-      this.folderIds.set(path, (await this.client.createFolder(prefix, packs, async () => oldestFirst(await this.client.listFiles(query))[0])).id);
+      // The listing just said it is missing: no look-up before the create.
+      if (!this.folderIds.has(`packs/${prefix}`)) this.folderIds.set(`packs/${prefix}`, (await this.createFolderIn(packs, prefix)).id);
     }
   }
 
@@ -259,10 +256,13 @@ export class DriveRemote implements Remote {
     if (path === '') return (await this.resolveTop(true))?.id;
     const { parentPath, name } = splitPath(path);
     const parent = (await this.folderId(parentPath, true))!;
-    const query = folderQuery(parent, name);
-    const [found] = oldestFirst(await this.client.listFiles(query));
-    if (found) return found.id;
-    return (await this.client.createFolder(name, parent, async () => oldestFirst(await this.client.listFiles(query))[0])).id;
+    const [found] = oldestFirst(await this.client.listFiles(folderQuery(parent, name)));
+    return (found ?? (await this.createFolderIn(parent, name))).id;
+  }
+
+  /** Creates a folder; a retry after an ambiguous failure first looks for the one that attempt may have made. */
+  private async createFolderIn(parent: string, name: string): Promise<DriveFile> {
+    return this.client.createFolder(name, parent, async () => oldestFirst(await this.client.listFiles(folderQuery(parent, name)))[0]);
   }
 
   /** Finds the top folder by id or by name in My Drive; with `create`, makes it there when missing. */
@@ -283,9 +283,8 @@ export class DriveRemote implements Remote {
         // Not an id after all: a folder name that happens to look like one.
       }
     }
-    const query = folderQuery('root', spec);
-    let [found] = oldestFirst(await this.client.listFiles(query));
-    if (!found && create) found = await this.client.createFolder(spec, 'root', async () => oldestFirst(await this.client.listFiles(query))[0]);
+    let [found] = oldestFirst(await this.client.listFiles(folderQuery('root', spec)));
+    if (!found && create) found = await this.createFolderIn('root', spec);
     if (found) this.topFolder = { id: found.id, name: found.name };
     return found && this.topFolder;
   }

@@ -54,6 +54,19 @@ const LONG_TOKEN_TTL_SEC = 7 * 24 * 3600;
 
 type EmulatorChild = ChildProcessByStdio<Writable, Readable, Readable>;
 
+/** Drive calls between two `calls()` counts, by method; the OAuth token endpoint is not Drive and is left out. */
+export function driveCallsBetween(before: Record<string, number>, after: Record<string, number>): { total: number; byMethod: Record<string, number> } {
+  const byMethod: Record<string, number> = {};
+  let total = 0;
+  for (const [method, n] of Object.entries(after)) {
+    const d = n - (before[method] ?? 0);
+    if (method.startsWith('oauth.') || d <= 0) continue;
+    byMethod[method] = d;
+    total += d;
+  }
+  return { total, byMethod };
+}
+
 /** Emulators still running, told to stop when this process exits without having stopped them. */
 const running = new Set<EmulatorChild>();
 let exitHookInstalled = false;

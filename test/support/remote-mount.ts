@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { liveDaemon } from '../../src/cli/daemon-record';
 import type { MountStatus } from '../../src/cli/status-command';
 import { isMounted, pogfs, pogfsOk } from './mount';
 
@@ -45,4 +46,23 @@ export function unmountQuietly(mnt: string): void {
   if (!isMounted(mnt)) return;
   const r = pogfs(['umount', mnt]);
   if (r.status !== 0 || isMounted(mnt)) spawnSync('fusermount3', ['-u', '-z', mnt]);
+}
+
+/**
+ * Waits (bounded) for a volume's daemon to exit after an unmount, and ends it with
+ * SIGKILL if it will not, so no daemon of a failed run lives on holding its remote's
+ * writer lock. Resolves with the pid it had to kill, if any.
+ */
+export async function endDaemon(volume: string, timeoutMs: number): Promise<number | undefined> {
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(100)) {
+    if (!liveDaemon(volume)) return undefined;
+  }
+  const pid = liveDaemon(volume)?.pid;
+  if (pid === undefined) return undefined;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone meanwhile
+  }
+  return pid;
 }
