@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -65,6 +65,77 @@ describe('pogfs command line', () => {
     pogfsOk(['init', vol]);
     oneLineError(pogfs(['mount', vol, join(dir, 'nomnt')]), /does not exist/);
     assert.equal(isMounted(mnt), false);
+  });
+
+  it('a mount point inside its volume, or a volume under its mount point, is refused at once', () => {
+    const dir = tempDir();
+    const vol = join(dir, 'vol');
+    pogfsOk(['init', vol]);
+    // Before the check these hung for ever: the daemon waited on its own mount.
+    oneLineError(pogfs(['mount', vol, vol]), /mount point .* is the volume itself/);
+    mkdirSync(join(vol, 'sub'));
+    oneLineError(pogfs(['mount', vol, join(vol, 'sub')]), /mount point .* is inside the volume/);
+    oneLineError(pogfs(['mount', vol, dir]), /the volume .* is inside mount point/);
+    // The default volume under $XDG_DATA_HOME: `pogfs mount ~` must not even create it.
+    const home = tempDir();
+    const data = join(home, '.local', 'share');
+    oneLineError(pogfs(['mount', home], { env: { ...process.env, XDG_DATA_HOME: data } }), /the volume .* is inside mount point/);
+    assert.equal(existsSync(join(data, 'pogfs')), false);
+    // A remote whose local copy or directory lies under the mount point.
+    const remoteDir = join(dir, 'remote');
+    oneLineError(pogfs(['mount', `local:${remoteDir}`, dir, '--cache-dir', join(tempDir(), 'copy')]), /the remote directory .* is inside mount point/);
+    const mnt = join(tempDir(), 'mnt');
+    mkdirSync(mnt);
+    oneLineError(pogfs(['mount', `local:${remoteDir}`, mnt, '--cache-dir', join(mnt, 'copy')]), /local copy .* is inside mount point/);
+    for (const m of [vol, join(vol, 'sub'), dir, home, mnt]) assert.equal(isMounted(m), false);
+  });
+
+  it('a non-empty mount point is refused unless --allow-non-empty', () => {
+    const vol = join(tempDir(), 'vol');
+    pogfsOk(['init', vol]);
+    const mnt = join(tempDir(), 'mnt');
+    mkdirSync(mnt);
+    writeFileSync(join(mnt, 'precious'), 'hidden by a mount');
+    oneLineError(pogfs(['mount', vol, mnt]), /not empty .*--allow-non-empty/);
+    assert.equal(isMounted(mnt), false);
+    pogfsOk(['mount', vol, mnt, '--allow-non-empty']);
+    try {
+      assert.equal(existsSync(join(mnt, 'precious')), false);
+    } finally {
+      pogfsOk(['umount', mnt]);
+    }
+    assert.equal(readFileSync(join(mnt, 'precious'), 'utf8'), 'hidden by a mount');
+  });
+
+  it('messages point the right way: a file as volume, a bad remote, a missing remote, missing credentials', () => {
+    const dir = tempDir();
+    const mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    writeFileSync(join(dir, 'afile'), 'x');
+    const asFile = pogfs(['mount', join(dir, 'afile'), mnt]);
+    oneLineError(asFile, /is a file, not a volume directory/);
+    assert.doesNotMatch(asFile.stderr, /with: pogfs init/);
+    mkdirSync(join(dir, 'empty'));
+    oneLineError(pogfs(['mount', join(dir, 'empty'), mnt]), /not a pogfs volume .*pogfs init/);
+    const s3 = pogfs(['init', join(dir, 'v1'), '--remote', 's3:bucket']);
+    oneLineError(s3, /--remote: remote "s3:bucket" is not/);
+    assert.doesNotMatch(s3.stderr, /tune/);
+    const nope = pogfs(['mount', 'local:/nope/nothing', mnt]);
+    oneLineError(nope, /holds no pogfs metadata backup/);
+    assert.equal(nope.stderr.split('local:/nope/nothing').length, 2, `the source is named once: ${nope.stderr}`);
+    const cred = pogfs(['init', join(dir, 'v2'), '--remote', 'drive:x', '--credentials', join(dir, 'none.json')]);
+    assert.equal(cred.stderr.match(/pogfs auth/g)?.length, 1, cred.stderr);
+    assert.equal(cred.stderr.trim().split('\n').length, 1, cred.stderr);
+  });
+
+  it('with --json, errors are JSON on stdout with the exit code', () => {
+    for (const args of [['stats', join(tempDir(), 'none'), '--json'], ['stats', '--json', '--bogus'], ['fsck', join(tempDir(), 'none'), '--json']]) {
+      const r = pogfs(args);
+      assert.notEqual(r.status, 0);
+      const parsed = JSON.parse(r.stdout) as { error: string; exitCode: number };
+      assert.equal(parsed.exitCode, r.status);
+      assert.ok(parsed.error.length > 0);
+    }
   });
 
   it('a busy mount point or an already mounted volume is refused', () => {

@@ -57,8 +57,14 @@ export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, 
   return server;
 }
 
-/** Sends one request to the daemon of the volume in `volumeDir`. */
-export function callControl<T>(volumeDir: string, req: ControlRequest): Promise<T> {
+/** How long a quick request (status) may wait for the daemon before the user is told it is stuck. */
+export const CONTROL_ANSWER_MS = 30_000;
+
+/**
+ * Sends one request to the daemon of the volume in `volumeDir`. `timeoutMs` bounds the
+ * wait for a request that should be quick; long work (gc, pin) passes Infinity.
+ */
+export function callControl<T>(volumeDir: string, req: ControlRequest, timeoutMs = CONTROL_ANSWER_MS): Promise<T> {
   return new Promise((resolve, reject) => {
     // A socket path is limited to 108 bytes: connect by its name relative to the volume. Node
     // starts a Unix socket's connect synchronously, so the directory is restored at once.
@@ -71,6 +77,12 @@ export function callControl<T>(volumeDir: string, req: ControlRequest): Promise<
       process.chdir(cwd);
     }
     let buf = '';
+    if (Number.isFinite(timeoutMs)) {
+      sock.setTimeout(timeoutMs, () => {
+        sock.destroy();
+        reject(new Error(`the volume's daemon did not answer within ${Math.round(timeoutMs / 1000)} s (it may be stuck; see pogfs.log in ${volumeDir})`));
+      });
+    }
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(`${JSON.stringify(req)}\n`));
     sock.on('data', (chunk: string) => (buf += chunk));

@@ -1,14 +1,14 @@
-import { rmSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { collectGarbageLive } from '../../fsck/gc';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
-import { UsageError } from './errors';
+import { UsageError, userFacingError } from './errors';
 import { serveControl } from './control-socket';
 import { fileLogger, type Logger } from './log';
-import { findMount, fuseUnmount, isStaleMount } from './mounts';
+import { findMount, fuseUnmount, isStaleMount, mountOverlap } from './mounts';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { collectRemoteGarbage } from '../../fsck/remote-gc';
 
@@ -22,14 +22,22 @@ export interface DaemonOptions {
   readOnly: boolean;
   /** Take the remote's writer lock from another holder (with a warning). */
   breakLock: boolean;
+  /** Mount over a directory that has entries (hiding them) instead of refusing. */
+  allowNonEmpty: boolean;
   /** Called once the mount is ready (or with the reason it is not). */
   onReady: (error?: UsageError) => void;
   /** Lines the user should see (stale mount cleaned up, and so on). */
   notice: (line: string) => void;
 }
 
-/** Checks the mount point, cleaning up a mount left by a daemon that died. */
-function prepareMountpoint(mountpoint: string, notice: (line: string) => void): void {
+/**
+ * Checks the mount point, cleaning up a mount left by a daemon that died. The overlap
+ * check comes first: anything else done to a mount point inside the volume could
+ * already wait on a mount of this very daemon.
+ */
+function prepareMountpoint(mountpoint: string, volumePath: string, allowNonEmpty: boolean, notice: (line: string) => void): void {
+  const overlap = mountOverlap(mountpoint, [{ what: 'volume', path: volumePath }]);
+  if (overlap) throw new UsageError(overlap);
   if (isStaleMount(mountpoint)) {
     const err = fuseUnmount(mountpoint, true);
     if (err) throw new UsageError(`${mountpoint} is a dead FUSE mount and cleaning it up failed: ${err}`);
@@ -44,6 +52,19 @@ function prepareMountpoint(mountpoint: string, notice: (line: string) => void): 
   if (!st.isDirectory()) throw new UsageError(`mount point ${mountpoint} is not a directory`);
   const existing = findMount(mountpoint);
   if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
+  if (!allowNonEmpty) {
+    const entries = readdirSync(mountpoint).length;
+    if (entries > 0) {
+      throw new UsageError(`mount point ${mountpoint} is not empty (${entries} entries the mount would hide): use an empty directory, or pass --allow-non-empty`);
+    }
+  }
+}
+
+/** A `local:DIR` remote served from under the mount point would also wait on itself. */
+function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined): void {
+  if (!remote?.startsWith('local:')) return;
+  const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: remote.slice('local:'.length) }]);
+  if (overlap) throw new UsageError(overlap);
 }
 
 /** Runs the filesystem until it is unmounted or told to stop. Resolves after a clean shutdown. */
@@ -52,12 +73,18 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const mountpoint = resolve(o.mountpoint);
   let volume: Volume;
   try {
-    prepareMountpoint(mountpoint, o.notice);
+    prepareMountpoint(mountpoint, volumePath, o.allowNonEmpty, o.notice);
     const holder = liveDaemon(volumePath);
     if (holder) throw new UsageError(`volume ${volumePath} is already mounted at ${holder.mountpoint} (daemon pid ${holder.pid})`);
     volume = Volume.open(volumePath);
+    try {
+      checkRemoteOutsideMount(mountpoint, volume.settings.remote);
+    } catch (err) {
+      await volume.close();
+      throw err;
+    }
   } catch (err) {
-    o.onReady(err instanceof UsageError ? err : new UsageError((err as Error).message));
+    o.onReady(userFacingError(err) ?? new UsageError((err as Error).message));
     return;
   }
   const log: Logger = fileLogger(join(volumePath, VolumeFiles.log), o.verbose);

@@ -181,7 +181,7 @@ async function rebuild(path: string, flags: FsckFlags): Promise<void> {
   const given = Object.fromEntries(Object.entries(flags.settings ?? {}).filter(([, v]) => v !== undefined)) as Record<string, string>;
   let settings;
   try {
-    settings = readSettings({ ...given, remote: spec });
+    settings = readSettings({ ...given, remote: spec }, 'given');
   } catch (err) {
     throw new FsckAbort((err as Error).message);
   }

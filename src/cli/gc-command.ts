@@ -41,7 +41,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
     let live: LiveGcResult & { remote?: RemoteGcResult };
     try {
-      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow });
+      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow }, Infinity);
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
     }

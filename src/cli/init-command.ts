@@ -27,7 +27,7 @@ export async function initVolume(
   checkBlockSize(blockSize);
   const extra: Partial<VolumeSettings> = {};
   if (remote !== undefined) {
-    const parsed = settingsOrUsage(() => readSettings({ ...Object.fromEntries(Object.entries(remoteFlags).filter(([, v]) => v !== undefined)) as Record<string, string>, remote: normalizeRemoteSpec(remote) }));
+    const parsed = settingsOrUsage(() => readSettings({ ...Object.fromEntries(Object.entries(remoteFlags).filter(([, v]) => v !== undefined)) as Record<string, string>, remote: normalizeRemoteSpec(remote) }, 'given'));
     for (const spec of SETTING_SPECS) {
       if (spec.key === 'remote' || remoteFlags[spec.key] !== undefined) (extra as Record<string, unknown>)[spec.field] = parsed[spec.field];
     }

@@ -3,7 +3,8 @@ import { Command, CommanderError, Option } from 'commander';
 import { spawn } from 'node:child_process';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { UsageError } from './errors';
+import { UsageError, userFacingError } from './errors';
+import { findMount, fuseUnmount, mountOverlap } from './mounts';
 import { parseSize } from './units';
 
 function defaultVolume(): string {
@@ -58,9 +59,30 @@ interface MountFlags extends RemoteFlags {
   syncOnClose: boolean;
   readOnly?: boolean;
   breakLock?: boolean;
+  allowNonEmpty?: boolean;
   cacheDir?: string;
   ipcReady?: boolean;
 }
+
+/**
+ * Refuses a mount that would serve the daemon's own files through itself (it would
+ * hang in the kernel for ever), before anything is created, restored or spawned.
+ */
+async function checkMountOverlap(volume: string, mountpoint: string, cacheDir: string | undefined): Promise<void> {
+  const dirs: { what: string; path: string }[] = [];
+  if (REMOTE_SPEC.test(volume)) {
+    const { normalizeRemoteSpec } = await import('./remote-attachment');
+    const { defaultLocalCopy } = await commands.remoteVolume();
+    const spec = normalizeRemoteSpec(volume);
+    dirs.push({ what: 'local copy (cache directory)', path: cacheDir ?? defaultLocalCopy(spec) });
+    if (spec.startsWith('local:')) dirs.push({ what: 'remote directory', path: spec.slice('local:'.length) });
+  } else dirs.push({ what: 'volume', path: volume });
+  const overlap = mountOverlap(mountpoint, dirs);
+  if (overlap) throw new UsageError(overlap);
+}
+
+/** How long the daemon may stay silent while getting a mount ready (a notice restarts the clock). */
+const READY_TIMEOUT_MS = Number(process.env.POGFS_READY_TIMEOUT_SECONDS ?? 120) * 1000;
 
 async function mount(args: string[], flags: MountFlags): Promise<void> {
   let volume: string;
@@ -68,9 +90,13 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (args.length === 1) {
     volume = defaultVolume();
     mountpoint = args[0];
+    await checkMountOverlap(volume, mountpoint, flags.cacheDir);
     const { ensureVolume } = await commands.init();
     if (ensureVolume(volume)) console.error(`pogfs: created the default volume at ${volume}`);
-  } else [volume, mountpoint] = args;
+  } else {
+    [volume, mountpoint] = args;
+    await checkMountOverlap(volume, mountpoint, flags.cacheDir);
+  }
   if (REMOTE_SPEC.test(volume) && !flags.ipcReady) {
     // A remote: mount its local copy, restored first if this machine has none.
     const { localCopyFor } = await commands.remoteVolume();
@@ -89,6 +115,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
       syncOnClose: flags.syncOnClose,
       readOnly: !!flags.readOnly,
       breakLock: !!flags.breakLock,
+      allowNonEmpty: !!flags.allowNonEmpty,
       notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
       onReady: (err) => {
         failed = err;
@@ -110,12 +137,34 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (!flags.syncOnClose) argv.push('--no-sync-on-close');
   if (flags.readOnly) argv.push('--read-only');
   if (flags.breakLock) argv.push('--break-lock');
+  if (flags.allowNonEmpty) argv.push('--allow-non-empty');
   const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+  const log = join(resolve(volume), 'pogfs.log');
   await new Promise<void>((done) => {
     let settled = false;
+    // Every wait for the daemon ends: a daemon silent for too long is stopped, and a
+    // mount it may have made is detached, so nothing is left hanging.
+    let timer: NodeJS.Timeout;
+    const armTimer = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        child.kill('SIGKILL');
+        if (findMount(resolve(mountpoint))) fuseUnmount(resolve(mountpoint), true);
+        console.error(`pogfs: the mount daemon (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${log}`);
+        process.exitCode = 1;
+        child.unref();
+        done();
+      }, READY_TIMEOUT_MS);
+    };
+    armTimer();
     child.on('message', (m: { ready?: boolean; error?: string; exitCode?: number; notice?: string }) => {
+      if (settled) return;
+      armTimer();
       if (m.notice) console.error(m.notice);
       if (m.ready || m.error) {
+        clearTimeout(timer);
         settled = true;
         if (m.error) {
           console.error(`pogfs: ${m.error}`);
@@ -128,7 +177,9 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     });
     child.on('exit', (code, signal) => {
       if (settled) return;
-      console.error(`pogfs: the mount daemon exited (${signal ?? `code ${code}`}) before the mount was ready; see ${join(resolve(volume), 'pogfs.log')}`);
+      settled = true;
+      clearTimeout(timer);
+      console.error(`pogfs: the mount daemon exited (${signal ?? `code ${code}`}) before the mount was ready; see ${log}`);
       process.exitCode = 1;
       done();
     });
@@ -139,6 +190,13 @@ function program(): Command {
   const p = new Command('pogfs')
     .description('a deduplicating FUSE filesystem: SQLite inodes, LMDB content-addressed blocks')
     .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({
+      // Argument errors as JSON when the command was asked for JSON.
+      outputError: (text, write) => {
+        if (jsonOutput) process.stdout.write(`${JSON.stringify({ error: text.replace(/^error: /, '').trim(), exitCode: 2 })}\n`);
+        write(text);
+      },
+    })
     .exitOverride();
 
   p.command('init')
@@ -176,6 +234,7 @@ function program(): Command {
     .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
     .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
+    .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
@@ -284,6 +343,16 @@ function program(): Command {
   return p;
 }
 
+/** With `--json`, scripts read errors as JSON on stdout too. */
+const jsonOutput = process.argv.includes('--json');
+
+/** The one line on stderr for people; with --json also a JSON object on stdout for scripts. */
+function reportError(message: string, exitCode: number): void {
+  if (jsonOutput) process.stdout.write(`${JSON.stringify({ error: message, exitCode })}\n`);
+  console.error(`pogfs: ${message}`);
+  process.exitCode = exitCode;
+}
+
 async function main(): Promise<void> {
   try {
     await program().parseAsync(process.argv);
@@ -293,11 +362,9 @@ async function main(): Promise<void> {
       process.exitCode = err.exitCode === 0 ? 0 : 2;
       return;
     }
-    if (err instanceof UsageError || (err as Error).name === 'VolumeError') {
-      console.error(`pogfs: ${(err as Error).message}`);
-      process.exitCode = err instanceof UsageError ? err.exitCode : 2;
-      return;
-    }
+    const user = userFacingError(err);
+    if (user) return reportError(user.message, user.exitCode);
+    if (jsonOutput) return reportError(`unexpected error: ${(err as Error).message}`, 1);
     console.error(`pogfs: unexpected error: ${(err as Error).stack ?? String(err)}`);
     process.exitCode = 1;
   }

@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync, statfsSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readFileSync, realpathSync, statfsSync } from 'node:fs';
+import { dirname, basename, join, resolve } from 'node:path';
 
 export interface MountEntry {
   source: string;
@@ -61,5 +61,37 @@ export function fuseUnmount(mountpoint: string, lazy = false): string | undefine
   const r = spawnSync('fusermount3', lazy ? ['-u', '-z', mountpoint] : ['-u', mountpoint], { encoding: 'utf8' });
   if (r.error) return `cannot run fusermount3 (${r.error.message}); is the fuse3 package installed?`;
   if (r.status !== 0) return (r.stderr || r.stdout || `fusermount3 exited with ${r.status}`).trim();
+  return undefined;
+}
+
+/** The real path of `path`, or of its nearest existing ancestor with the rest appended (for paths not created yet). */
+function realPathOf(path: string): string {
+  const abs = resolve(path);
+  try {
+    return realpathSync(abs);
+  } catch {
+    const parent = dirname(abs);
+    return parent === abs ? abs : join(realPathOf(parent), basename(abs));
+  }
+}
+
+function isWithin(inner: string, outer: string): boolean {
+  return inner === outer || inner.startsWith(outer.endsWith('/') ? outer : `${outer}/`);
+}
+
+/**
+ * Why the daemon would serve its own files through its own mount, or undefined. A
+ * volume (or cache or remote directory) under the mount point would be hidden by the
+ * mount, and the daemon would wait on itself in the kernel for ever; so would a mount
+ * point inside the volume. `dirs` name what each directory is, for the message.
+ */
+export function mountOverlap(mountpoint: string, dirs: readonly { what: string; path: string }[]): string | undefined {
+  const mnt = realPathOf(mountpoint);
+  for (const d of dirs) {
+    const dir = realPathOf(d.path);
+    if (mnt === dir) return `mount point ${mnt} is the ${d.what} itself: choose another (empty) directory as the mount point`;
+    if (isWithin(mnt, dir)) return `mount point ${mnt} is inside the ${d.what} ${dir}: choose a mount point outside it`;
+    if (isWithin(dir, mnt)) return `the ${d.what} ${dir} is inside mount point ${mnt}: the mount would hide it; choose a mount point outside it`;
+  }
   return undefined;
 }

@@ -13,7 +13,7 @@ export async function pin(op: 'pin' | 'unpin', path: string, json: boolean): Pro
   const rel = relative(m.target, abs);
   let result: PinResult | { ino: number; unpinned: boolean };
   try {
-    result = await callControl<PinResult | { ino: number; unpinned: boolean }>(m.source, { op, path: rel });
+    result = await callControl<PinResult | { ino: number; unpinned: boolean }>(m.source, { op, path: rel }, Infinity);
   } catch (err) {
     throw new UsageError(`${op} ${abs}: ${(err as Error).message}`);
   }

@@ -47,9 +47,15 @@ export async function openVolumeRemote(settings: VolumeSettings): Promise<Remote
 export function remoteUsageError(spec: string, err: unknown): UsageError {
   if (err instanceof UsageError) return err;
   const e = err as Error;
-  if (e instanceof RemoteError && e.code === 'auth') return new UsageError(`${spec}: ${e.message} (run pogfs auth, or give --credentials FILE)`);
+  if (e instanceof RemoteError && e.code === 'auth') {
+    // Said once: some messages already say what to run.
+    const hint = /pogfs auth/.test(e.message) ? '' : ' (run pogfs auth, or give --credentials FILE)';
+    return new UsageError(`${spec}: ${e.message}${hint}`);
+  }
   if (e instanceof RemoteError && e.code === 'quota') return new UsageError(`${spec}: ${e.message} (free space on the remote, then try again)`, 1);
-  return new UsageError(`${spec}: ${e.message}`, 1);
+  // A remote that holds nothing to mount is the user's mistake (a wrong path), not a failure.
+  const code = e instanceof RemoteError && e.code === 'not-found' ? 2 : 1;
+  return new UsageError(e.message.includes(spec) ? e.message : `${spec}: ${e.message}`, code);
 }
 
 export interface AttachOptions {

@@ -89,7 +89,7 @@ export async function localCopyFor(rawSpec: string, o: LocalCopyOptions): Promis
       if (v.settings.remote !== spec) throw new UsageError(`${dir} is the local copy of ${v.settings.remote || 'a volume with no remote'}, not of ${spec}: give another --cache-dir`);
       if (liveDaemon(dir)) return dir; // mounted already: the mount itself says so
       const local = Number(v.meta.remote.state(GENERATION_KEY) ?? '0');
-      const remote = await openVolumeRemote(readSettings({ ...formatSettings(v.settings), ...overrides }));
+      const remote = await openVolumeRemote(readSettings({ ...formatSettings(v.settings), ...overrides }, 'given'));
       let newest = 0;
       try {
         newest = (await listGenerations(remote))[0]?.generation ?? 0;
@@ -99,7 +99,7 @@ export async function localCopyFor(rawSpec: string, o: LocalCopyOptions): Promis
         await remote.close();
       }
       if (newest <= local) {
-        if (Object.keys(given(o.settings)).length > 0) v.changeSettings(readSettings({ ...formatSettings(v.settings), ...overrides }));
+        if (Object.keys(given(o.settings)).length > 0) v.changeSettings(readSettings({ ...formatSettings(v.settings), ...overrides }, 'given'));
         return dir;
       }
       const dirty = v.store.dirtyStats().blocks;
@@ -122,7 +122,7 @@ export async function localCopyFor(rawSpec: string, o: LocalCopyOptions): Promis
 
 async function restoreInto(dir: string, spec: string, overrides: Record<string, string>, notice: (line: string) => void): Promise<void> {
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new UsageError(`${dir} exists and is not a pogfs volume: give another --cache-dir`);
-  const remote = await openVolumeRemote(readSettings(overrides));
+  const remote = await openVolumeRemote(readSettings(overrides, 'given'));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   let done = false;
   try {

@@ -1,4 +1,4 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
@@ -21,5 +21,25 @@ export async function umount(mountpoint: string): Promise<void> {
   // The daemon commits everything once the kernel lets go, then exits. Asked through
   // liveDaemon, not kill(pid, 0): an exited daemon nobody reaps stays a zombie, which
   // kill() still finds.
-  while (liveDaemon(m.source)?.pid === daemon.pid) await sleep(25);
+  const started = Date.now();
+  let told = false;
+  while (liveDaemon(m.source)?.pid === daemon.pid) {
+    const waited = Date.now() - started;
+    if (!told && waited > UMOUNT_NOTICE_MS) {
+      told = true;
+      console.error(`pogfs: ${target} is unmounted; waiting for its daemon (pid ${daemon.pid}) to write out what it holds (see ${join(m.source, 'pogfs.log')})`);
+    }
+    if (waited > UMOUNT_TIMEOUT_MS) {
+      throw new UsageError(
+        `${target} is unmounted, but its daemon (pid ${daemon.pid}) is still finishing after ${UMOUNT_TIMEOUT_MS / 1000} s; it keeps going in the background (see ${join(m.source, 'pogfs.log')})`,
+        1,
+      );
+    }
+    await sleep(25);
+  }
 }
+
+/** After this long the user is told what the wait is for. */
+const UMOUNT_NOTICE_MS = 10_000;
+/** The bound on waiting for a daemon to finish after the unmount (it flushes, maybe uploads). */
+const UMOUNT_TIMEOUT_MS = Number(process.env.POGFS_UMOUNT_TIMEOUT_SECONDS ?? 600) * 1000;

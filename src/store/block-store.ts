@@ -230,6 +230,11 @@ export class BlockStore implements BlockSource {
   packBelow: number;
   readonly chunkCache: ChunkCache;
   private nextSeq = 0;
+  /**
+   * A transaction deleted values: LMDB hands their pages only to transactions after the
+   * next one, so a small commit goes first before a large batch (see reusableFirst).
+   */
+  private pagesFreed = false;
   /** Told after a commit queued short blocks for packing (the SuperChunkPacker listens). */
   onQueued: ((bytes: number) => void) | undefined;
   /**
@@ -300,6 +305,7 @@ export class BlockStore implements BlockSource {
    */
   async acquire(items: readonly BlockToStore[]): Promise<void> {
     if (items.length === 0) return;
+    await this.reusableFirst();
     const r = await this.env.transaction(() => this.takeReferences(items));
     await this.env.flushed;
     this.afterStore(r);
@@ -369,7 +375,20 @@ export class BlockStore implements BlockSource {
       }
       this.writeTotals(totals);
     });
+    await this.reusableFirst();
     await this.env.flushed;
+  }
+
+  /**
+   * LMDB hands pages freed by transaction N only to transactions after N + 1 (the
+   * previous snapshot may still be read). After values were deleted, one small commit
+   * goes first, so the next batch reuses what was freed instead of growing the file
+   * (and, on a full disk, failing although deleting made room).
+   */
+  private async reusableFirst(): Promise<void> {
+    if (!this.pagesFreed) return;
+    this.pagesFreed = false;
+    await this.env.transaction(() => this.writeTotals(this.readTotals()));
   }
 
   /**
@@ -404,6 +423,7 @@ export class BlockStore implements BlockSource {
     totals.storedBytes -= valueLength;
     totals.uniqueBytes -= raw;
     this.blocks.remove(hash);
+    this.pagesFreed = true;
     return { stored, raw };
   }
 
@@ -426,6 +446,7 @@ export class BlockStore implements BlockSource {
     const freed = value.length;
     totals.storedBytes -= freed;
     this.chunks.remove(key);
+    this.pagesFreed = true;
     return freed;
   }
 
@@ -602,6 +623,7 @@ export class BlockStore implements BlockSource {
         }
         totals.storedBytes += LOCATOR_SIZE - curLength;
         this.blocks.put(m.hash, encodeLocator({ chunk: id, offset: m.offset, length: m.length }));
+        this.pagesFreed = true;
         moved.push(m);
         liveBlocks++;
         liveBytes += m.length;
@@ -777,6 +799,7 @@ export class BlockStore implements BlockSource {
           const length = value.length;
           const raw = value.readUInt32LE(4);
           this.blocks.remove(item.hash);
+          this.pagesFreed = true;
           totals.blocks -= 1;
           totals.uniqueBytes -= raw;
           totals.storedBytes -= length;
@@ -794,6 +817,7 @@ export class BlockStore implements BlockSource {
         totals.storedBytes -= chunk.length;
         for (const m of inside) {
           this.blocks.remove(m.hash);
+          this.pagesFreed = true;
           totals.blocks -= 1;
           totals.uniqueBytes -= m.length;
           totals.storedBytes -= LOCATOR_SIZE;
@@ -829,6 +853,7 @@ export class BlockStore implements BlockSource {
       let liveBytes = 0;
       for (const m of wanted) {
         this.blocks.put(m.hash, encodeLocator({ chunk: id, offset: m.blockOffset, length: m.length }));
+        this.pagesFreed = true;
         liveBytes += m.length;
         totals.blocks += 1;
         totals.uniqueBytes += m.length;
@@ -928,6 +953,7 @@ export class BlockStore implements BlockSource {
   /** Deletes a block's value, leaving its reference count, its chunk's bookkeeping and the totals alone. */
   deleteValue(hash: Buffer): void {
     this.blocks.remove(hash);
+    this.pagesFreed = true;
   }
 
   putChunk(chunk: number, value: Buffer): void {
@@ -937,6 +963,7 @@ export class BlockStore implements BlockSource {
 
   deleteChunk(chunk: number): void {
     this.chunks.remove(chunkKey(chunk));
+    this.pagesFreed = true;
     this.chunkinfo.remove(chunkKey(chunk));
     this.chunkdir.remove(chunkKey(chunk));
     this.chunkCache.drop(chunk);

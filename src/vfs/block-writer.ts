@@ -103,6 +103,11 @@ export class BlockWriter {
     for (const key of this.unsettled.keys()) into.add(key);
   }
 
+  /** Bytes handed over and not yet durable in the store (they will take room on disk). */
+  bufferedBytes(): number {
+    return this.queuedBytes + this.inFlightBytes;
+  }
+
   /** Resolves when buffered bytes are under the limit (and the cache has room for more dirty data). */
   admit(): Promise<void> | undefined {
     const room = this.source.admit?.(() => this.queuedBytes + this.inFlightBytes);

@@ -16,6 +16,7 @@ import { Committer } from './committer';
 import { E, FsError, fail } from './errors';
 import { FileContent } from './file-content';
 import { Reclaimer } from './reclaimer';
+import { SpaceGuard } from './space-guard';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import type { ChunkCacheStats } from '../store/chunk-cache';
 import { now, type Timespec } from './time';
@@ -102,6 +103,8 @@ export class PogFs implements LowLevelOps {
   readonly reclaimer: Reclaimer;
   readonly packer: SuperChunkPacker;
   private readonly committer: Committer;
+  /** Says when the disk is too full for new data or names (ENOSPC), and why a commit failed. */
+  readonly space: SpaceGuard;
   private readonly writeback: NodeJS.Timeout;
   private securityXattrs: boolean;
 
@@ -113,6 +116,11 @@ export class PogFs implements LowLevelOps {
     this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
     this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
     this.committer = new Committer(volume.meta, this.writer, this.reclaimer);
+    this.space = new SpaceGuard({
+      path: volume.path,
+      storeFreeBytes: () => volume.store.space().freeBytes,
+      bufferedBytes: () => this.writer.bufferedBytes(),
+    });
     this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));
     this.securityXattrs = volume.meta.anySecurityXattr();
     volume.meta.groupCommitMs = options.metadataCommitMs;
@@ -268,12 +276,18 @@ export class PogFs implements LowLevelOps {
   statfs(_ino?: number): StatFs {
     const backing = statfsSync(this.volume.path);
     const totals = this.volume.meta.totals();
+    // Free is what new data may really use: the disk's free space and the store's free
+    // pages, less what is buffered and the reserve writes never get (as df shows ext4's).
+    this.space.measure();
+    const free = Math.floor(this.space.writableBytes() / backing.bsize);
     return {
-      bsize: this.volume.blockSize,
+      // f_bsize as f_frsize: counts are in f_frsize units, and programs that multiply by
+      // f_bsize (Node's statfs among them) would otherwise see 32 times the room.
+      bsize: backing.bsize,
       frsize: backing.bsize,
       blocks: backing.blocks,
-      bfree: backing.bfree,
-      bavail: backing.bavail,
+      bfree: Math.min(backing.blocks, free),
+      bavail: Math.min(backing.blocks, free),
       files: totals.inodes + backing.ffree,
       ffree: backing.ffree,
       favail: backing.ffree,
@@ -309,6 +323,7 @@ export class PogFs implements LowLevelOps {
     if (isDir(node.row.mode)) fail(E.EPERM);
     const dir = this.dirNode(newParent);
     if (this.volume.meta.lookup(newParent, newName) !== undefined) fail(E.EEXIST);
+    this.space.admitMetadata();
     const t = now();
     this.volume.meta.transaction(() => {
       this.volume.meta.addEntry(newParent, newName, ino);
@@ -448,6 +463,7 @@ export class PogFs implements LowLevelOps {
     const node = this.handleNode(ino, fh);
     if (!node.content) fail(E.EBADF);
     if (!Number.isSafeInteger(offset + data.length)) fail(E.EFBIG);
+    this.space.admitData(data.length);
     const applying = node.content.write(data, offset);
     const t = now();
     setTime(node.row, 'mtime', t);
@@ -542,6 +558,7 @@ export class PogFs implements LowLevelOps {
     const exists = meta.getXattr(ino, name) !== undefined;
     if (flags & XATTR_CREATE && exists) fail(E.EEXIST);
     if (flags & XATTR_REPLACE && !exists) fail(E.ENODATA);
+    this.space.admitMetadata();
     meta.transaction(() => {
       meta.setXattr(ino, name, value);
       setTime(node.row, 'ctime', now());
@@ -626,7 +643,10 @@ export class PogFs implements LowLevelOps {
   /** Makes the node's content durable; `urgent` when a caller waits for that (fsync, close). */
   private commit(node: Node, urgent = true): Promise<void> {
     if (!node.content) return Promise.resolve();
-    return this.committer.commit(node.content, () => this.volume.meta.updateInode(this.persistedRow(node)), urgent);
+    // A commit that failed for want of room says ENOSPC to fsync and close, as Linux does.
+    return this.committer.commit(node.content, () => this.volume.meta.updateInode(this.persistedRow(node)), urgent).catch((err: unknown) => {
+      throw this.space.classify(err);
+    });
   }
 
   /** Writes the inode row; a file with uncommitted content keeps its last committed size. */
@@ -665,6 +685,7 @@ export class PogFs implements LowLevelOps {
     const dir = this.dirNode(parent);
     const meta = this.volume.meta;
     if (meta.lookup(parent, name) !== undefined) fail(E.EEXIST);
+    this.space.admitMetadata();
     const t = now();
     // In a set-group-ID directory new entries take the directory's group, and new
     // subdirectories inherit the bit (as ext4 does).

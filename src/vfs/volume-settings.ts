@@ -259,8 +259,12 @@ export function settingSpec(key: string): AnySpec | undefined {
   return SETTING_SPECS.find((s) => s.key === key);
 }
 
-/** Parses stored settings; a value this version cannot parse is an error naming the setting. */
-export function readSettings(stored: Record<string, string>): VolumeSettings {
+/**
+ * Parses settings; a value this version cannot parse is an error naming the setting.
+ * `given` says the text came from the command line (a flag to correct), not from a
+ * volume (which a newer pogfs may have written, or `pogfs tune` can fix).
+ */
+export function readSettings(stored: Record<string, string>, origin: 'volume' | 'given' = 'volume'): VolumeSettings {
   const out = {} as Record<keyof VolumeSettings, unknown>;
   for (const s of SETTING_SPECS) {
     const text = stored[s.key];
@@ -271,7 +275,8 @@ export function readSettings(stored: Record<string, string>): VolumeSettings {
     try {
       out[s.field] = s.parse(text);
     } catch (err) {
-      throw new Error(`setting ${s.key}: ${(err as Error).message}; upgrade pogfs or fix it with pogfs tune`);
+      const message = (err as Error).message;
+      throw new Error(origin === 'given' ? `--${s.key}: ${message}` : `setting ${s.key}: ${message}; upgrade pogfs or fix it with pogfs tune`);
     }
   }
   return out as unknown as VolumeSettings;

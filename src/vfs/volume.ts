@@ -7,6 +7,7 @@ import { HASH_ALGORITHM } from '../store/hash';
 import { SUPER_CHUNK_BYTES, SuperChunkPacker } from '../store/super-chunk-packer';
 import { now } from './time';
 import { formatSettings, initialSettings, readSettings, type VolumeSettings } from './volume-settings';
+import { isNativeModuleMismatch } from '../native-modules';
 
 export const DEFAULT_BLOCK_SIZE = 128 * 1024;
 /** LZ4 matches reach 64 KiB back: a block at least that long has its context within itself. */
@@ -100,12 +101,16 @@ export class Volume {
     const dir = resolve(path);
     if (!existsSync(dir)) throw new VolumeError(`no volume at ${dir} (create one with: pogfs init ${path})`);
     if (!Volume.exists(dir)) {
-      throw new VolumeError(`${dir} is not a pogfs volume (no ${VolumeFiles.meta}; create one with: pogfs init DIR)`);
+      if (!statSync(dir).isDirectory()) throw new VolumeError(`${dir} is a file, not a volume directory (give the directory pogfs init created)`);
+      // init takes only a new or empty directory: suggest it only where it would work.
+      const hint = readdirSync(dir).length === 0 ? `create a volume there with: pogfs init ${path}` : 'give the directory pogfs init created';
+      throw new VolumeError(`${dir} is not a pogfs volume (no ${VolumeFiles.meta}; ${hint})`);
     }
     let meta: MetaDb;
     try {
       meta = MetaDb.open(join(dir, VolumeFiles.meta), options);
     } catch (err) {
+      if (isNativeModuleMismatch(err)) throw err;
       if (err instanceof MetadataError || (err as Error).name === 'SchemaTooNewError') {
         throw new VolumeError(`${dir}: ${(err as Error).message}`);
       }
