@@ -11,6 +11,10 @@ npm run build
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 $SUDO npm link --no-audit --no-fund >/dev/null
+# mount(8) runs /sbin/mount.TYPE for `mount -t pogfs` (and mount.fuse3, for
+# `-t fuse.pogfs`, finds `pogfs` where npm link put it): see "fstab and systemd" in the README.
+chmod +x dist/src/cli/main.js
+$SUDO ln -sf "$PWD/dist/src/cli/main.js" /sbin/mount.pogfs
 mnt="${POGFS_DEMO_MOUNT:-$HOME/pogfs}"
 mkdir -p "$mnt"
 if grep -q " $mnt fuse.pogfs " /proc/mounts; then

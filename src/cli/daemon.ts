@@ -24,6 +24,8 @@ export interface DaemonOptions {
   breakLock: boolean;
   /** Mount over a directory that has entries (hiding them) instead of refusing. */
   allowNonEmpty: boolean;
+  /** Where to write the daemon's pid once the mount is ready (systemd Type=forking). */
+  pidFile?: string;
   /** Called once the mount is ready (or with the reason it is not). */
   onReady: (error?: UsageError) => void;
   /** Lines the user should see (stale mount cleaned up, and so on). */
@@ -137,6 +139,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       started: new Date().toISOString(),
     };
     writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+    if (o.pidFile) writeFileSync(o.pidFile, `${process.pid}\n`);
     log.info(`mounted ${volumePath} at ${mountpoint}`);
 
     // The daemon's working directory is its volume: it keeps no user directory busy,
@@ -208,6 +211,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     if (attached) await detachRemote(attached, log);
     await volume.close();
     rmSync(recordPath, { force: true });
+    if (o.pidFile) rmSync(o.pidFile, { force: true });
     log.info('volume closed');
     log.flush();
   }

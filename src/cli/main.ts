@@ -2,8 +2,10 @@
 import { Command, CommanderError, Option } from 'commander';
 import { spawn } from 'node:child_process';
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import { UsageError, userFacingError } from './errors';
+import { mountArgsFromHelper } from './mount-helper';
 import { findMount, fuseUnmount, mountOverlap } from './mounts';
 import { parseSize } from './units';
 
@@ -60,6 +62,7 @@ interface MountFlags extends RemoteFlags {
   readOnly?: boolean;
   breakLock?: boolean;
   allowNonEmpty?: boolean;
+  pidFile?: string;
   cacheDir?: string;
   ipcReady?: boolean;
 }
@@ -116,6 +119,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
       readOnly: !!flags.readOnly,
       breakLock: !!flags.breakLock,
       allowNonEmpty: !!flags.allowNonEmpty,
+      pidFile: flags.pidFile ? resolve(flags.pidFile) : undefined,
       notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
       onReady: (err) => {
         failed = err;
@@ -131,13 +135,15 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
 
   // Background: run this same command in the foreground as a detached child and
   // return once it says the mount is ready (or why it is not).
-  const argv = [process.argv[1], 'mount', resolve(volume), resolve(mountpoint), '--foreground', '--ipc-ready'];
+  // This file, not argv[1]: invoked through a mount.pogfs link, argv[1] names the link.
+  const argv = [__filename, 'mount', resolve(volume), resolve(mountpoint), '--foreground', '--ipc-ready'];
   if (flags.verbose) argv.push('--verbose');
   if (flags.allowOther) argv.push('--allow-other');
   if (!flags.syncOnClose) argv.push('--no-sync-on-close');
   if (flags.readOnly) argv.push('--read-only');
   if (flags.breakLock) argv.push('--break-lock');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
+  if (flags.pidFile) argv.push('--pid-file', resolve(flags.pidFile));
   const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
   const log = join(resolve(volume), 'pogfs.log');
   await new Promise<void>((done) => {
@@ -235,6 +241,7 @@ function program(): Command {
     .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
+    .option('--pid-file <file>', 'write the daemon\'s pid here once the mount is ready (systemd Type=forking)')
     .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
@@ -353,9 +360,31 @@ function reportError(message: string, exitCode: number): void {
   process.exitCode = exitCode;
 }
 
+/** Names `pogfs` answers to as a command; anything else first is a mount(8)-style call. */
+function isCommandName(p: Command, name: string): boolean {
+  return name === 'help' || p.commands.some((c) => c.name() === name || c.aliases().includes(name));
+}
+
+/**
+ * mount(8) reaches pogfs as `mount.pogfs SRC DIR -o OPTS` (a link named so) or, through
+ * mount.fuse3 for `-t fuse.pogfs`, as `pogfs SRC DIR -o OPTS`: both become `pogfs mount`.
+ * Undefined when this is an ordinary command line.
+ */
+function mountHelperArgs(p: Command): string[] | undefined {
+  const args = process.argv.slice(2);
+  const invokedAsHelper = basename(process.argv[1] ?? '').startsWith('mount.');
+  const first = args[0];
+  const looksLikeSource = first !== undefined && !first.startsWith('-') && !isCommandName(p, first) && (first.includes('/') || REMOTE_SPEC.test(first) || existsSync(first));
+  if (!invokedAsHelper && !looksLikeSource) return undefined;
+  return mountArgsFromHelper(args) ?? [];
+}
+
 async function main(): Promise<void> {
   try {
-    await program().parseAsync(process.argv);
+    const p = program();
+    const helper = mountHelperArgs(p);
+    if (helper && helper.length === 0) return; // mount -f: nothing to do
+    await p.parseAsync(helper ? [process.argv[0], process.argv[1], ...helper] : process.argv);
   } catch (err) {
     if (err instanceof CommanderError) {
       // --help and --version end up here with exit code 0; usage errors were printed already.
