@@ -16,8 +16,10 @@ import {
   encodeLocator,
   isLocator,
   rawValue,
+  type EncodeOptions,
   type Locator,
 } from './codec';
+import { DEFAULT_ZSTD_LEVEL } from './zstd';
 
 /** What reading a block found: its verified bytes, nothing, or bytes that fail their hash. */
 export type BlockRead = 'ok' | 'missing' | 'corrupt';
@@ -55,9 +57,12 @@ export interface BlockStoreOptions {
   readOnly?: boolean;
   /** The codec new values are written with (encodeBlock stores raw what does not compress). */
   codec?: Codec;
+  /** zstd's level, with Codec.Zstd (default DEFAULT_ZSTD_LEVEL). */
+  zstdLevel?: number;
   /**
    * Blocks shorter than this are packed into super-chunks (0: never). They are stored raw
-   * at first, queued, and packed by the SuperChunkPacker within seconds; only with LZ4.
+   * at first, queued, and packed by the SuperChunkPacker within seconds; only with a
+   * compressing codec.
    */
   packBelow?: number;
   /** Decoded super-chunks kept in memory (bytes). */
@@ -186,12 +191,12 @@ export function checkStoreFile(dir: string): StoreFileCheck {
  * Content-addressed blocks in LMDB with reference counts.
  *
  * Sub-databases of one environment (one file, one transaction for all):
- *  - `blocks`:    BLAKE3 digest → value (codec.ts): the bytes of a loose block (raw or
- *                 LZ4), or a locator into a super-chunk;
+ *  - `blocks`:    BLAKE3 digest → value (codec.ts): the bytes of a loose block (raw,
+ *                 LZ4 or zstd), or a locator into a super-chunk;
  *  - `refs`:      digest → uint32 reference count. Counts live apart from the bytes so that
  *                 taking or dropping a reference never rewrites a 128 KiB value;
  *  - `chunks`:    chunk id (u64 big-endian) → a super-chunk: many short blocks, concatenated
- *                 and compressed as one unit (a raw or LZ4 value);
+ *                 and compressed as one unit (a raw, LZ4 or zstd value);
  *  - `chunkinfo`: chunk id → live blocks, live bytes, total bytes: a chunk goes when its
  *                 last block does, and gc repacks the ones mostly dead;
  *  - `chunkdir`:  chunk id → the blocks packed into it (digest, offset, length), written
@@ -226,6 +231,8 @@ export class BlockStore implements BlockSource {
   private nextDirtySeq = 0;
   /** The codec new values are written with. */
   codec: Codec;
+  /** zstd's level for new values (with Codec.Zstd). */
+  zstdLevel: number;
   /** Blocks shorter than this wait to be packed into super-chunks (0: super-chunks off). */
   packBelow: number;
   readonly chunkCache: ChunkCache;
@@ -245,6 +252,7 @@ export class BlockStore implements BlockSource {
     options: BlockStoreOptions,
   ) {
     this.codec = options.codec ?? Codec.Raw;
+    this.zstdLevel = options.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
     this.trackDirty = options.trackDirty ?? false;
     this.packBelow = options.packBelow ?? 0;
     this.chunkCache = new ChunkCache(options.chunkCacheBytes ?? DEFAULT_CHUNK_CACHE_BYTES);
@@ -286,7 +294,12 @@ export class BlockStore implements BlockSource {
 
   /** True when a new block of this length goes to the packing queue rather than being encoded alone. */
   packs(length: number): boolean {
-    return this.packBelow > 0 && this.codec === Codec.Lz4 && length > 0 && length < this.packBelow;
+    return this.packBelow > 0 && this.codec !== Codec.Raw && length > 0 && length < this.packBelow;
+  }
+
+  /** How encodeBlock(Async) is to compress new values for this store (the zstd level). */
+  encodeOptions(): EncodeOptions {
+    return { level: this.zstdLevel };
   }
 
   /** True when storing this block would compress it alone (the caller may do that off this thread first). */
@@ -336,7 +349,7 @@ export class BlockStore implements BlockSource {
           value = rawValue(data);
           this.unpacked.put(seqKey(this.nextSeq++), hash);
           queued += data.length;
-        } else value = encoded ?? encodeBlock(data, this.codec);
+        } else value = encoded ?? encodeBlock(data, this.codec, this.encodeOptions());
         this.blocks.put(hash, value);
         totals.blocks += 1;
         totals.uniqueBytes += data.length;
@@ -892,6 +905,12 @@ export class BlockStore implements BlockSource {
   chunkValue(chunk: number): Buffer | undefined {
     const value = this.chunks.getBinary(chunkKey(chunk));
     return value ? Buffer.from(value) : undefined;
+  }
+
+  /** The kind byte of a super-chunk's value (its codec), or undefined when absent or malformed. */
+  chunkKind(chunk: number): number | undefined {
+    const value = this.chunks.getBinaryFast(chunkKey(chunk));
+    return value && value.length >= BLOCK_HEADER_SIZE ? value[1] : undefined;
   }
 
   /** The blocks packed into a chunk when it was written (some may have died or moved since). */
