@@ -49,6 +49,11 @@ export function kindName(kind: number): string {
   return `unknown(${kind})`;
 }
 
+/** A codec's name in error messages ("LZ4 block does not decompress", "zstd block ..."). */
+function codecLabel(codec: Codec): string {
+  return codec === Codec.Lz4 ? 'LZ4' : kindName(codec);
+}
+
 /**
  * A volume's compression setting, as stored in its settings and printed: `none`, `lz4`,
  * or `zstd:LEVEL` (the command line also takes `zstd` alone, for the default level).
@@ -285,7 +290,7 @@ export function decodeBlock(value: Buffer): Buffer {
     // LZ4: bytes 4-7 (the raw length, little-endian) serve as lz4-napi's size prefix.
     out = codec === Codec.Zstd ? zstdDecompressSync(value.subarray(BLOCK_HEADER_SIZE), rawLength) : uncompressSync(value.subarray(4));
   } catch (err) {
-    throw new CorruptBlockError(`${kindName(codec)} block does not decompress: ${(err as Error).message}`);
+    throw new CorruptBlockError(`${codecLabel(codec)} block does not decompress: ${(err as Error).message}`);
   }
   return checkLength(out, codec, rawLength);
 }
@@ -299,14 +304,14 @@ export async function decodeBlockAsync(value: Buffer): Promise<Buffer> {
   try {
     out = codec === Codec.Zstd ? await zstdDecompress(value.subarray(BLOCK_HEADER_SIZE), rawLength) : await uncompress(value.subarray(4));
   } catch (err) {
-    throw new CorruptBlockError(`${kindName(codec)} block does not decompress: ${(err as Error).message}`);
+    throw new CorruptBlockError(`${codecLabel(codec)} block does not decompress: ${(err as Error).message}`);
   }
   return checkLength(out, codec, rawLength);
 }
 
 function checkLength(out: Buffer, codec: Codec, rawLength: number): Buffer {
   if (out.length !== rawLength) {
-    throw new CorruptBlockError(`${kindName(codec)} block decompresses to ${out.length} bytes, its header says ${rawLength}`);
+    throw new CorruptBlockError(`${codecLabel(codec)} block decompresses to ${out.length} bytes, its header says ${rawLength}`);
   }
   return out;
 }
