@@ -15,14 +15,15 @@
  * Reads (`cat` of every file) on a fresh mount: "warm" right after writing (the volume's
  * files are still in the host page cache, the FUSE page cache is empty, so every block
  * goes through the daemon: LMDB read, LZ4 decode, BLAKE3 check) and "cold" after
- * drop_caches. Stored sizes are taken twice: after the text (the corpus borg is given and
+ * drop_caches. Then sequential: the text as one tar file written with `dd conv=fsync` (full
+ * blocks, each through the codec) and read back cold. Stored sizes are taken twice: after the text (the corpus borg is given and
  * the issue's figures are about) and after the media too. borg (if on PATH: Debian's
  * borgbackup; never installed from here) stores the text with `--compression lz4` and
  * `zstd,3` and its chunk-level dedup, as the size reference. POGFS_BENCH_COMPRESSION_MODES
  * (comma-separated) measures only some modes; `none` is always measured, as the reference.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { zstdVersion } from '../src/store/zstd';
 import { dropCaches, seconds, sh } from './shell';
@@ -69,6 +70,9 @@ export interface CompressionRow {
   textWriteMBps: number;
   textWarmReadMBps: number;
   textColdReadMBps: number;
+  /** The text as one tar file: `dd ... conv=fsync` into the volume, and back after drop_caches. */
+  seqWriteMBps: number;
+  seqColdReadMBps: number;
 }
 
 export interface BorgResult {
@@ -149,6 +153,8 @@ interface Corpus {
   dir: string;
   text: string;
   media: string;
+  /** The text as one tar file: the sequential write and read. */
+  tarball: string;
   sources: string[];
   copies: number;
   modifiedFiles: number;
@@ -158,7 +164,8 @@ function buildCorpus(dir: string, sources: string[], copies: number, mediaMiB: n
   const srcBytes = sources.reduce((n, s) => n + fileBytes(s), 0);
   const srcFiles = sources.reduce((n, s) => n + fileCount(s), 0);
   // tmpfs rounds every file up to a page; the size is a limit, not an allocation.
-  const sizeMiB = Math.ceil((copies * (srcBytes + srcFiles * 8192)) / 2 ** 20) + mediaMiB + 512;
+  // The text twice: as files, and as one tar.
+  const sizeMiB = Math.ceil((copies * (2 * srcBytes + srcFiles * 8192)) / 2 ** 20) + mediaMiB + 512;
   mkdirSync(dir, { recursive: true });
   sh(`mount -t tmpfs -o size=${sizeMiB}m pogfs-bench-corpus ${q(dir)}`);
   const text = join(dir, 'text');
@@ -176,7 +183,9 @@ function buildCorpus(dir: string, sources: string[], copies: number, mediaMiB: n
     const mib = Math.min(MEDIA_FILE_MIB, mediaMiB - i * MEDIA_FILE_MIB);
     sh(`head -c ${mib * 2 ** 20} /dev/urandom > ${q(join(media, `media${String(i).padStart(3, '0')}.bin`))}`);
   }
-  return { dir, text, media, sources, copies, modifiedFiles };
+  const tarball = join(dir, 'text.tar');
+  sh(`tar -C ${q(text)} -cf ${q(tarball)} .`);
+  return { dir, text, media, tarball, sources, copies, modifiedFiles };
 }
 
 const catAll = (dir: string) => `find ${q(dir)} -type f -print0 | xargs -0 -r cat > /dev/null`;
@@ -207,6 +216,17 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
     dropCaches();
     const mediaCold = seconds(catAll(join(mnt, 'media')));
     sh(umount);
+    // Sequential: one big file of the same text (blocks full, so every one goes through
+    // the codec alone), written durably with the default mount options, then read cold.
+    const seqFile = join(mnt, 'seq.tar');
+    const seqBytes = statSync(corpus.tarball).size;
+    mount();
+    const seqWrite = seconds(`dd if=${q(corpus.tarball)} of=${q(seqFile)} bs=1M conv=fsync status=none`);
+    sh(umount);
+    mount();
+    dropCaches();
+    const seqCold = seconds(`dd if=${q(seqFile)} of=/dev/null bs=1M status=none`);
+    sh(umount);
     const text: CompressionPart = { logicalBytes: textBytes, writeSeconds: textWrite, warmReadSeconds: textWarm, coldReadSeconds: textCold };
     const media: CompressionPart = { logicalBytes: mediaBytes, writeSeconds: mediaWrite, warmReadSeconds: mediaWarm, coldReadSeconds: mediaCold };
     const all = textBytes + mediaBytes;
@@ -228,6 +248,8 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
       textWriteMBps: mbs(textBytes, textWrite),
       textWarmReadMBps: mbs(textBytes, textWarm),
       textColdReadMBps: mbs(textBytes, textCold),
+      seqWriteMBps: mbs(seqBytes, seqWrite),
+      seqColdReadMBps: mbs(seqBytes, seqCold),
     };
   } finally {
     if (isMounted(mnt)) {
@@ -320,10 +342,10 @@ export function printCompression(r: CompressionBench): void {
   console.log(
     `\ncompression, ${r.files} files, ${(r.corpusBytes / 2 ** 20).toFixed(0)} MiB (text ${(r.textBytes / 2 ** 20).toFixed(0)} MiB, media ${(r.mediaBytes / 2 ** 20).toFixed(0)} MiB); libzstd ${r.zstdVersion}:`,
   );
-  console.log('mode             stored/logical  text stored/logical  write MB/s  warm read MB/s  cold read MB/s | text: write  warm read  cold read');
+  console.log('mode             stored/logical  text stored/logical  write MB/s  warm read MB/s  cold read MB/s | text: write  warm read  cold read | seq: write  cold read');
   for (const x of r.rows) {
     console.log(
-      `${x.mode.padEnd(16)} ${f(x.storedPerLogical, 3)}      ${f(x.textStoredPerLogical, 3)}            ${f(x.writeMBps)}   ${f(x.warmReadMBps)}       ${f(x.coldReadMBps)}       |  ${f(x.textWriteMBps)}  ${f(x.textWarmReadMBps)}  ${f(x.textColdReadMBps)}`,
+      `${x.mode.padEnd(16)} ${f(x.storedPerLogical, 3)}      ${f(x.textStoredPerLogical, 3)}            ${f(x.writeMBps)}   ${f(x.warmReadMBps)}       ${f(x.coldReadMBps)}       |  ${f(x.textWriteMBps)}  ${f(x.textWarmReadMBps)}  ${f(x.textColdReadMBps)} | ${f(x.seqWriteMBps)}  ${f(x.seqColdReadMBps)}`,
     );
   }
   if ('skipped' in r.borg) {
@@ -333,7 +355,10 @@ export function printCompression(r: CompressionBench): void {
       console.log(`borg ${b.compression.padEnd(11)}                 ${f(b.uniqueCsize / r.textBytes, 3)}            ${f(b.writeMBps)}   (${b.version}, create --compression ${b.compression}, text only)`);
     }
   }
-  console.log('(stored/logical: pogfs storedBytes, headers included, over file sizes; write = cp -a up to the end of umount)');
+  console.log(
+    '(stored/logical: pogfs storedBytes, headers included, over file sizes; write = cp -a up to the end of umount; ' +
+      'seq = the text as one tar file, dd conv=fsync in, dd out after drop_caches)',
+  );
   const none = r.rows.find((x) => x.mode === 'none');
   if (!none) return;
   const ratio = (a: number, b: number) => (a / b).toFixed(2);
@@ -344,14 +369,15 @@ export function printCompression(r: CompressionBench): void {
       `${x.mode} / none: read warm ${ratio(x.warmReadMBps, none.warmReadMBps)}, cold ${ratio(x.coldReadMBps, none.coldReadMBps)} ` +
         `(text only: warm ${ratio(x.textWarmReadMBps, none.textWarmReadMBps)}, cold ${ratio(x.textColdReadMBps, none.textColdReadMBps)}) (target >= 0.8); ` +
         `write ${ratio(x.writeMBps, none.writeMBps)}: text ${ratio(x.textWriteMBps, none.textWriteMBps)}, media ${ratio(mediaWrite(x), mediaWrite(none))} ` +
-        `(targets >= 0.6, >= 0.9); stored ${ratio(x.storedBytes, none.storedBytes)}`,
+        `(targets >= 0.6, >= 0.9); seq write ${ratio(x.seqWriteMBps, none.seqWriteMBps)}, seq cold read ${ratio(x.seqColdReadMBps, none.seqColdReadMBps)}; ` +
+        `stored ${ratio(x.storedBytes, none.storedBytes)}`,
     );
   }
   const lz4 = r.rows.find((x) => x.mode === 'lz4-superchunks');
   if (lz4) {
     for (const x of r.rows.filter((y) => y.mode.startsWith('zstd'))) {
       console.log(
-        `${x.mode} / lz4-superchunks: write ${ratio(x.writeMBps, lz4.writeMBps)} (text ${ratio(x.textWriteMBps, lz4.textWriteMBps)}, target >= 0.7), ` +
+        `${x.mode} / lz4-superchunks: write ${ratio(x.writeMBps, lz4.writeMBps)} (text ${ratio(x.textWriteMBps, lz4.textWriteMBps)}, seq ${ratio(x.seqWriteMBps, lz4.seqWriteMBps)}; target >= 0.7), ` +
           `cold read ${ratio(x.coldReadMBps, lz4.coldReadMBps)} (text ${ratio(x.textColdReadMBps, lz4.textColdReadMBps)}), text stored ${ratio(x.textStoredBytes, lz4.textStoredBytes)}`,
       );
     }
