@@ -233,6 +233,9 @@ describe('volumes mixing LZ4, zstd and raw', () => {
     }
     report = await runFsck(t.path, {});
     assert.deepEqual(report.findings.filter((f) => f.severity !== 'notice').map((f) => f.kind), []);
+    const again = await collectGarbage(t.path, { recompress: true });
+    assert.equal(again.repack.otherCodecChunks, 0, 'nothing left to convert: a second run rewrites nothing');
+    assert.equal(again.repack.chunksWritten, 0);
 
     // Damage: a loose zstd block whose header claims one byte more, and a zstd super-chunk cut short.
     const vol = Volume.open(t.path);

@@ -267,8 +267,8 @@ export function emptyRepackResult(): RepackResult {
 
 /**
  * The super-chunks a repack rewrites: those whose live share is below `threshold`, and
- * with `recompress` (and a compressing codec set) those stored with another codec than
- * the store's current one. Counts them into `result`.
+ * with `recompress` (and a compressing codec set) those compressed with another codec
+ * than the store's current one. Counts them into `result`.
  */
 export function repackCandidates(store: BlockStore, threshold: number, recompress: boolean, result: RepackResult): number[] {
   const out: number[] = [];
@@ -276,7 +276,9 @@ export function repackCandidates(store: BlockStore, threshold: number, recompres
   for (const { chunk, info } of store.scanChunkInfo()) {
     if (!info || info.totalBytes === 0) continue;
     const sparse = info.liveBytes / info.totalBytes < threshold;
-    const otherCodec = convert && !sparse && store.chunkKind(chunk) !== store.codec;
+    // Raw chunks stay: they are raw because compressing them did not pay.
+    const kind = convert && !sparse ? store.chunkKind(chunk) : undefined;
+    const otherCodec = (kind === Codec.Lz4 || kind === Codec.Zstd) && kind !== store.codec;
     if (!sparse && !otherCodec) continue;
     out.push(chunk);
     if (otherCodec) result.otherCodecChunks++;
