@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { runFsck } from '../src/cli/fsck-command';
@@ -26,6 +27,7 @@ import { Volume } from '../src/vfs/volume';
 import { realFiles, textCorpus } from './support/corpus';
 import { b, newFs, openFs, readThrough, root, type TestFs } from './support/fs';
 import { isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
+import { treeDigests, unmountQuietly, waitUploaded } from './support/remote-mount';
 import { tempDir } from './support/tmp';
 
 const BS = 128 * 1024;
@@ -298,5 +300,37 @@ describe('zstd through a real mount', () => {
       if (isMounted(m.mnt)) m.umount();
     }
     assert.ok(!isMounted(m.mnt));
+  });
+});
+
+describe('zstd through a local: remote', () => {
+  it('zstd values and zstd super-chunks go up in packs and come back on a machine with no local copy', async () => {
+    const mounts: string[] = [];
+    const dir = tempDir('pogfs-zstd-remote-', () => mounts.forEach(unmountQuietly));
+    const remote = `local:${join(dir, 'remote')}`;
+    const volume = join(dir, 'vol');
+    const mnt = join(dir, 'mnt');
+    const mnt2 = join(dir, 'mnt2');
+    mkdirSync(mnt);
+    mkdirSync(mnt2);
+    mounts.push(mnt, mnt2);
+    pogfsOk(['init', volume, '--remote', remote, '--compression', 'zstd:3', '--pack-size', '4M']);
+    pogfsOk(['mount', volume, mnt]);
+    for (const [i, f] of small.slice(0, 100).entries()) writeFileSync(join(mnt, `h${i}.h`), f.data);
+    writeFileSync(join(mnt, 'big.txt'), text.subarray(0, 3 * BS + 4321));
+    const digests = treeDigests(mnt);
+    await waitUploaded(mnt);
+    pogfsOk(['umount', mnt]);
+    const s = JSON.parse(pogfsOk(['stats', volume, '--json'])) as { codecs: { loose: Record<string, { values: number }>; superChunks: Record<string, { values: number }> } };
+    assert.ok(s.codecs.superChunks.zstd.values >= 1 && s.codecs.loose.zstd.values >= 3, JSON.stringify(s.codecs));
+
+    rmSync(volume, { recursive: true, force: true });
+    const copy = join(dir, 'copy');
+    const out = pogfs(['mount', remote, mnt2, '--cache-dir', copy]);
+    assert.equal(out.status, 0, out.stderr);
+    assert.deepEqual(treeDigests(mnt2), digests, 'every file fetched, decoded and verified');
+    pogfsOk(['umount', mnt2]);
+    const fsck = pogfs(['fsck', copy, '--remote']);
+    assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
   });
 });
