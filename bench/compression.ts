@@ -1,9 +1,11 @@
 /**
- * Compression: what `--compression lz4` stores (per 128 KiB block, and with small files
- * and tails packed into super-chunks), and what it costs to write and read, against
- * `--compression none` and against borg, all in the same run. The corpus is built from what any Debian machine has, in a tmpfs:
+ * Compression: what `--compression lz4` (per 128 KiB block, and with small files and
+ * tails packed into super-chunks) and `--compression zstd:1/3/9` (with super-chunks) store,
+ * and what they cost to write and read, against `--compression none` and against borg
+ * (`--compression lz4` and `zstd,3`), all in the same run. The corpus is built from what
+ * any Debian machine has, in a tmpfs:
  *   - text: POGFS_BENCH_COMPRESSION_COPIES (3) slightly different copies of
- *     POGFS_BENCH_COMPRESSION_SOURCES (`/usr/include:/usr/share/doc`); copy 0 is
+ *     POGFS_BENCH_COMPRESSION_SOURCES (`/usr/include:/usr/share/perl`); copy 0 is
  *     pristine, later copies get a deterministic pseudo-random subset of files changed
  *     (a line appended, or a few bytes overwritten);
  *   - media: POGFS_BENCH_MEDIA_MIB (200) MiB of random bytes in 16 MiB files.
@@ -13,21 +15,31 @@
  * Reads (`cat` of every file) on a fresh mount: "warm" right after writing (the volume's
  * files are still in the host page cache, the FUSE page cache is empty, so every block
  * goes through the daemon: LMDB read, LZ4 decode, BLAKE3 check) and "cold" after
- * drop_caches. borg (if on PATH; never installed from here) stores the same corpus with
- * `--compression lz4` and its chunk-level dedup, as the size reference.
+ * drop_caches. Then sequential: the text as one tar file written with `dd conv=fsync` (full
+ * blocks, each through the codec) and read back cold. Stored sizes are taken twice: after the text (the corpus borg is given and
+ * the issue's figures are about) and after the media too. borg (if on PATH: Debian's
+ * borgbackup; never installed from here) stores the text with `--compression lz4` and
+ * `zstd,3` and its chunk-level dedup, as the size reference. POGFS_BENCH_COMPRESSION_MODES
+ * (comma-separated) measures only some modes; `none` is always measured, as the reference.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
+import { zstdVersion } from '../src/store/zstd';
 import { dropCaches, seconds, sh } from './shell';
 
-const MODES = ['none', 'lz4', 'lz4-superchunks'] as const;
-/** `pogfs init` flags per mode. */
+const MODES = ['none', 'lz4', 'lz4-superchunks', 'zstd:1', 'zstd:3', 'zstd:9'] as const;
+/** `pogfs init` flags per mode (zstd always with super-chunks, as `pogfs init` gives them). */
 const INIT_FLAGS: Record<(typeof MODES)[number], string> = {
   none: '--compression none --superchunks off',
   lz4: '--compression lz4 --superchunks off',
   'lz4-superchunks': '--compression lz4 --superchunks on',
+  'zstd:1': '--compression zstd:1 --superchunks on',
+  'zstd:3': '--compression zstd:3 --superchunks on',
+  'zstd:9': '--compression zstd:9 --superchunks on',
 };
+/** What borg is run with, on the text. */
+const BORG_COMPRESSIONS = ['lz4', 'zstd,3'] as const;
 type Mode = (typeof MODES)[number];
 const MEDIA_FILE_MIB = 16;
 const MAX_COPIES = 10;
@@ -47,6 +59,9 @@ export interface CompressionRow {
   storedBytes: number;
   storedPerLogical: number;
   storedPerUnique: number;
+  /** After the text alone (borg's corpus): stored bytes and stored/logical. */
+  textStoredBytes: number;
+  textStoredPerLogical: number;
   text: CompressionPart;
   media: CompressionPart;
   writeMBps: number;
@@ -55,9 +70,14 @@ export interface CompressionRow {
   textWriteMBps: number;
   textWarmReadMBps: number;
   textColdReadMBps: number;
+  /** The text as one tar file: `dd ... conv=fsync` into the volume, and back after drop_caches. */
+  seqWriteMBps: number;
+  seqColdReadMBps: number;
 }
 
 export interface BorgResult {
+  /** `borg create --compression` value. */
+  compression: string;
   version: string;
   createSeconds: number;
   writeMBps: number;
@@ -76,7 +96,10 @@ export interface CompressionBench {
   mediaBytes: number;
   corpusBytes: number;
   rows: CompressionRow[];
-  borg: BorgResult | { skipped: string };
+  /** On the text only; one per BORG_COMPRESSIONS value. */
+  borg: BorgResult[] | { skipped: string };
+  /** libzstd's version, as the zstd rows used it. */
+  zstdVersion: string;
 }
 
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -130,6 +153,8 @@ interface Corpus {
   dir: string;
   text: string;
   media: string;
+  /** The text as one tar file: the sequential write and read. */
+  tarball: string;
   sources: string[];
   copies: number;
   modifiedFiles: number;
@@ -139,7 +164,8 @@ function buildCorpus(dir: string, sources: string[], copies: number, mediaMiB: n
   const srcBytes = sources.reduce((n, s) => n + fileBytes(s), 0);
   const srcFiles = sources.reduce((n, s) => n + fileCount(s), 0);
   // tmpfs rounds every file up to a page; the size is a limit, not an allocation.
-  const sizeMiB = Math.ceil((copies * (srcBytes + srcFiles * 8192)) / 2 ** 20) + mediaMiB + 512;
+  // The text twice: as files, and as one tar.
+  const sizeMiB = Math.ceil((copies * (2 * srcBytes + srcFiles * 8192)) / 2 ** 20) + mediaMiB + 512;
   mkdirSync(dir, { recursive: true });
   sh(`mount -t tmpfs -o size=${sizeMiB}m pogfs-bench-corpus ${q(dir)}`);
   const text = join(dir, 'text');
@@ -157,7 +183,9 @@ function buildCorpus(dir: string, sources: string[], copies: number, mediaMiB: n
     const mib = Math.min(MEDIA_FILE_MIB, mediaMiB - i * MEDIA_FILE_MIB);
     sh(`head -c ${mib * 2 ** 20} /dev/urandom > ${q(join(media, `media${String(i).padStart(3, '0')}.bin`))}`);
   }
-  return { dir, text, media, sources, copies, modifiedFiles };
+  const tarball = join(dir, 'text.tar');
+  sh(`tar -C ${q(text)} -cf ${q(tarball)} .`);
+  return { dir, text, media, tarball, sources, copies, modifiedFiles };
 }
 
 const catAll = (dir: string) => `find ${q(dir)} -type f -print0 | xargs -0 -r cat > /dev/null`;
@@ -173,6 +201,7 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
     // Writes: cp -a, then umount, which waits until every block is durable.
     mount(' --no-sync-on-close');
     const textWrite = seconds(`cp -a ${q(corpus.text)} ${q(mnt)}/ && ${umount}`);
+    const textSt = JSON.parse(sh(`${pogfs} stats ${q(vol)} --json`)) as { logicalBytes: number; storedBytes: number };
     mount(' --no-sync-on-close');
     const mediaWrite = seconds(`cp -a ${q(corpus.media)} ${q(mnt)}/ && ${umount}`);
     const st = JSON.parse(sh(`${pogfs} stats ${q(vol)} --json`)) as { logicalBytes: number; uniqueBytes: number; storedBytes: number };
@@ -187,6 +216,17 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
     dropCaches();
     const mediaCold = seconds(catAll(join(mnt, 'media')));
     sh(umount);
+    // Sequential: one big file of the same text (blocks full, so every one goes through
+    // the codec alone), written durably with the default mount options, then read cold.
+    const seqFile = join(mnt, 'seq.tar');
+    const seqBytes = statSync(corpus.tarball).size;
+    mount();
+    const seqWrite = seconds(`dd if=${q(corpus.tarball)} of=${q(seqFile)} bs=1M conv=fsync status=none`);
+    sh(umount);
+    mount();
+    dropCaches();
+    const seqCold = seconds(`dd if=${q(seqFile)} of=/dev/null bs=1M status=none`);
+    sh(umount);
     const text: CompressionPart = { logicalBytes: textBytes, writeSeconds: textWrite, warmReadSeconds: textWarm, coldReadSeconds: textCold };
     const media: CompressionPart = { logicalBytes: mediaBytes, writeSeconds: mediaWrite, warmReadSeconds: mediaWarm, coldReadSeconds: mediaCold };
     const all = textBytes + mediaBytes;
@@ -198,6 +238,8 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
       storedBytes: st.storedBytes,
       storedPerLogical: st.storedBytes / st.logicalBytes,
       storedPerUnique: st.uniqueBytes > 0 ? st.storedBytes / st.uniqueBytes : 1,
+      textStoredBytes: textSt.storedBytes,
+      textStoredPerLogical: textSt.storedBytes / textSt.logicalBytes,
       text,
       media,
       writeMBps: mbs(all, textWrite + mediaWrite),
@@ -206,6 +248,8 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
       textWriteMBps: mbs(textBytes, textWrite),
       textWarmReadMBps: mbs(textBytes, textWarm),
       textColdReadMBps: mbs(textBytes, textCold),
+      seqWriteMBps: mbs(seqBytes, seqWrite),
+      seqColdReadMBps: mbs(seqBytes, seqCold),
     };
   } finally {
     if (isMounted(mnt)) {
@@ -220,32 +264,37 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
   }
 }
 
-function benchBorg(work: string, corpus: Corpus, corpusBytes: number): BorgResult | { skipped: string } {
+function benchBorg(work: string, corpus: Corpus, textBytes: number): BorgResult[] | { skipped: string } {
   const which = spawnSync('/bin/sh', ['-c', 'command -v borg'], { encoding: 'utf8' });
   if (which.status !== 0) return { skipped: 'borg is not on PATH (Debian package borgbackup)' };
-  const base = join(work, 'borg-base');
-  const repo = join(work, 'borg-repo');
-  mkdirSync(base);
-  const env =
-    `BORG_BASE_DIR=${q(base)} BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes ` +
-    `BORG_RELOCATED_REPO_ACCESS_IS_OK=yes `;
-  try {
-    const version = sh(`${env}borg --version`).trim();
-    sh(`${env}borg init --encryption=none ${q(repo)}`);
-    // Relative paths (text/..., media/...), as pogfs holds them.
-    const createSeconds = seconds(`cd ${q(corpus.dir)} && ${env}borg create --compression lz4 ${q(repo)}::a text media`);
-    const info = JSON.parse(sh(`${env}borg info --json ${q(repo)}`)) as { cache: { stats: { unique_csize: number; unique_size: number } } };
-    return {
-      version,
-      createSeconds,
-      writeMBps: corpusBytes / createSeconds / 1e6,
-      uniqueCsize: info.cache.stats.unique_csize,
-      uniqueSize: info.cache.stats.unique_size,
-    };
-  } finally {
-    rmSync(repo, { recursive: true, force: true });
-    rmSync(base, { recursive: true, force: true });
+  const out: BorgResult[] = [];
+  for (const compression of BORG_COMPRESSIONS) {
+    const base = join(work, 'borg-base');
+    const repo = join(work, 'borg-repo');
+    mkdirSync(base);
+    const env =
+      `BORG_BASE_DIR=${q(base)} BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes ` +
+      `BORG_RELOCATED_REPO_ACCESS_IS_OK=yes `;
+    try {
+      const version = sh(`${env}borg --version`).trim();
+      sh(`${env}borg init --encryption=none ${q(repo)}`);
+      // Relative paths (text/...), as pogfs holds them.
+      const createSeconds = seconds(`cd ${q(corpus.dir)} && ${env}borg create --compression ${compression} ${q(repo)}::a text`);
+      const info = JSON.parse(sh(`${env}borg info --json ${q(repo)}`)) as { cache: { stats: { unique_csize: number; unique_size: number } } };
+      out.push({
+        compression,
+        version,
+        createSeconds,
+        writeMBps: textBytes / createSeconds / 1e6,
+        uniqueCsize: info.cache.stats.unique_csize,
+        uniqueSize: info.cache.stats.unique_size,
+      });
+    } finally {
+      rmSync(repo, { recursive: true, force: true });
+      rmSync(base, { recursive: true, force: true });
+    }
   }
+  return out;
 }
 
 /**
@@ -253,7 +302,7 @@ function benchBorg(work: string, corpus: Corpus, corpusBytes: number): BorgResul
  * removes everything it created. `pogfs` is the shell prefix that runs the CLI.
  */
 export function benchCompression(work: string, pogfs: string): CompressionBench {
-  const sources = (process.env.POGFS_BENCH_COMPRESSION_SOURCES ?? '/usr/include:/usr/share/doc')
+  const sources = (process.env.POGFS_BENCH_COMPRESSION_SOURCES ?? '/usr/include:/usr/share/perl')
     .split(':')
     .filter((s) => s !== '')
     .map((s) => resolve(s));
@@ -272,14 +321,16 @@ export function benchCompression(work: string, pogfs: string): CompressionBench 
         `(text ${(textBytes / 2 ** 20).toFixed(0)} MiB: ${copies} copies of ${sources.join(', ')}, ${corpus.modifiedFiles} files changed in copies 1+; ` +
         `media ${(mediaBytes / 2 ** 20).toFixed(0)} MiB random)`,
     );
+    const only = (process.env.POGFS_BENCH_COMPRESSION_MODES ?? '').split(',').filter((m) => m !== '');
+    const modes = MODES.filter((m) => m === 'none' || only.length === 0 || only.includes(m));
     const rows: CompressionRow[] = [];
-    for (const mode of MODES) {
+    for (const mode of modes) {
       process.stdout.write(`measuring pogfs --compression ${mode}...\n`);
       rows.push(measureMode(dir, pogfs, mode, corpus, textBytes, mediaBytes));
     }
     process.stdout.write('measuring borg...\n');
-    const borg = benchBorg(dir, corpus, textBytes + mediaBytes);
-    return { sources, copies, files, modifiedFiles: corpus.modifiedFiles, textBytes, mediaBytes, corpusBytes: textBytes + mediaBytes, rows, borg };
+    const borg = benchBorg(dir, corpus, textBytes);
+    return { sources, copies, files, modifiedFiles: corpus.modifiedFiles, textBytes, mediaBytes, corpusBytes: textBytes + mediaBytes, rows, borg, zstdVersion: zstdVersion() };
   } finally {
     if (isMounted(corpusDir)) spawnSync('umount', ['-l', corpusDir]);
     rmSync(dir, { recursive: true, force: true });
@@ -288,40 +339,60 @@ export function benchCompression(work: string, pogfs: string): CompressionBench 
 
 export function printCompression(r: CompressionBench): void {
   const f = (n: number, d = 0) => n.toFixed(d).padStart(9);
-  console.log(`\ncompression, ${r.files} files, ${(r.corpusBytes / 2 ** 20).toFixed(0)} MiB (text ${(r.textBytes / 2 ** 20).toFixed(0)} MiB, media ${(r.mediaBytes / 2 ** 20).toFixed(0)} MiB):`);
-  console.log('mode             stored/logical  write MB/s  warm read MB/s  cold read MB/s | text: write  warm read  cold read');
+  console.log(
+    `\ncompression, ${r.files} files, ${(r.corpusBytes / 2 ** 20).toFixed(0)} MiB (text ${(r.textBytes / 2 ** 20).toFixed(0)} MiB, media ${(r.mediaBytes / 2 ** 20).toFixed(0)} MiB); libzstd ${r.zstdVersion}:`,
+  );
+  console.log('mode             stored/logical  text stored/logical  write MB/s  warm read MB/s  cold read MB/s | text: write  warm read  cold read | seq: write  cold read');
   for (const x of r.rows) {
     console.log(
-      `${x.mode.padEnd(16)} ${f(x.storedPerLogical, 3)}      ${f(x.writeMBps)}   ${f(x.warmReadMBps)}       ${f(x.coldReadMBps)}       |  ${f(x.textWriteMBps)}  ${f(x.textWarmReadMBps)}  ${f(x.textColdReadMBps)}`,
+      `${x.mode.padEnd(16)} ${f(x.storedPerLogical, 3)}      ${f(x.textStoredPerLogical, 3)}            ${f(x.writeMBps)}   ${f(x.warmReadMBps)}       ${f(x.coldReadMBps)}       |  ${f(x.textWriteMBps)}  ${f(x.textWarmReadMBps)}  ${f(x.textColdReadMBps)} | ${f(x.seqWriteMBps)}  ${f(x.seqColdReadMBps)}`,
     );
   }
   if ('skipped' in r.borg) {
     console.log(`borg             skipped: ${r.borg.skipped}`);
   } else {
-    console.log(`borg             ${f(r.borg.uniqueCsize / r.corpusBytes, 3)}      ${f(r.borg.writeMBps)}   (${r.borg.version}, create --compression lz4)`);
+    for (const b of r.borg) {
+      console.log(`borg ${b.compression.padEnd(11)}                 ${f(b.uniqueCsize / r.textBytes, 3)}            ${f(b.writeMBps)}   (${b.version}, create --compression ${b.compression}, text only)`);
+    }
   }
-  console.log('(stored/logical: pogfs storedBytes, headers included, over file sizes; write = cp -a up to the end of umount)');
+  console.log(
+    '(stored/logical: pogfs storedBytes, headers included, over file sizes; write = cp -a up to the end of umount; ' +
+      'seq = the text as one tar file, dd conv=fsync in, dd out after drop_caches)',
+  );
   const none = r.rows.find((x) => x.mode === 'none');
   if (!none) return;
   const ratio = (a: number, b: number) => (a / b).toFixed(2);
+  const mediaWrite = (x: CompressionRow) => x.media.logicalBytes / x.media.writeSeconds;
   for (const x of r.rows) {
     if (x === none) continue;
     console.log(
       `${x.mode} / none: read warm ${ratio(x.warmReadMBps, none.warmReadMBps)}, cold ${ratio(x.coldReadMBps, none.coldReadMBps)} ` +
         `(text only: warm ${ratio(x.textWarmReadMBps, none.textWarmReadMBps)}, cold ${ratio(x.textColdReadMBps, none.textColdReadMBps)}) (target >= 0.8); ` +
-        `text write ${ratio(x.textWriteMBps, none.textWriteMBps)}, media write ${ratio(x.media.logicalBytes / x.media.writeSeconds, none.media.logicalBytes / none.media.writeSeconds)} ` +
-        `(targets >= 0.6, >= 0.9); stored ${ratio(x.storedBytes, none.storedBytes)}`,
+        `write ${ratio(x.writeMBps, none.writeMBps)}: text ${ratio(x.textWriteMBps, none.textWriteMBps)}, media ${ratio(mediaWrite(x), mediaWrite(none))} ` +
+        `(targets >= 0.6, >= 0.9); seq write ${ratio(x.seqWriteMBps, none.seqWriteMBps)}, seq cold read ${ratio(x.seqColdReadMBps, none.seqColdReadMBps)}; ` +
+        `stored ${ratio(x.storedBytes, none.storedBytes)}`,
     );
+  }
+  const lz4 = r.rows.find((x) => x.mode === 'lz4-superchunks');
+  if (lz4) {
+    for (const x of r.rows.filter((y) => y.mode.startsWith('zstd'))) {
+      console.log(
+        `${x.mode} / lz4-superchunks: write ${ratio(x.writeMBps, lz4.writeMBps)} (text ${ratio(x.textWriteMBps, lz4.textWriteMBps)}, seq ${ratio(x.seqWriteMBps, lz4.seqWriteMBps)}; target >= 0.7), ` +
+          `cold read ${ratio(x.coldReadMBps, lz4.coldReadMBps)} (text ${ratio(x.textColdReadMBps, lz4.textColdReadMBps)}), text stored ${ratio(x.textStoredBytes, lz4.textStoredBytes)}`,
+      );
+    }
   }
   if ('skipped' in r.borg) {
     console.log('pogfs / borg stored: skipped (no borg)');
     return;
   }
-  const borg = r.borg;
-  console.log(
-    `pogfs / borg stored: ${r.rows.map((x) => `${x.mode} ${ratio(x.storedBytes, borg.uniqueCsize)}`).join(', ')} (target for lz4-superchunks < 1.0); ` +
-      `borg deduplicated before compression ${(borg.uniqueSize / 2 ** 20).toFixed(0)} MiB vs pogfs unique ${(none.uniqueBytes / 2 ** 20).toFixed(0)} MiB`,
-  );
+  for (const b of r.borg) {
+    console.log(
+      `pogfs text stored / borg ${b.compression}: ${r.rows.map((x) => `${x.mode} ${ratio(x.textStoredBytes, b.uniqueCsize)}`).join(', ')}` +
+        `${b.compression === 'zstd,3' ? ' (target for zstd:3 < 1.0)' : ' (target for lz4-superchunks < 1.0)'}; ` +
+        `borg deduplicated before compression ${(b.uniqueSize / 2 ** 20).toFixed(0)} MiB`,
+    );
+  }
 }
 
 if (require.main === module) {

@@ -11,7 +11,7 @@
  * `tar x` of a tree of about 20,000 small files.
  * pogfs runs twice: with the default durability (close after write is durable: two
  * fsyncs per written file) and with --no-sync-on-close. Then fsck and gc (bench/fsck.ts).
- * Then compression, none vs lz4 per block vs lz4 with super-chunks vs borg
+ * Then compression, none vs lz4 per block vs lz4 with super-chunks vs zstd:1/3/9 vs borg
  * (bench/compression.ts), and where LZ4 runs best (bench/codec-threads.ts);
  * POGFS_BENCH_COMPRESSION=0 skips both. Then the Google Drive remote against the Drive
  * emulator: upload rate, cold read after a restore, calls per GiB (bench/remote.ts);

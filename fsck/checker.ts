@@ -226,7 +226,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
             // Verified below, a chunk at a time.
             locators.set(k, decodeLocator(value));
           } else if (!hashBlock(decodeBlock(value)).equals(hash)) {
-            // The key is the hash of the decoded bytes: LZ4 values are decompressed first.
+            // The key is the hash of the decoded bytes: LZ4 and zstd values are decompressed first.
             throw new Error('bytes do not match their BLAKE3 key');
           }
         } catch (err) {

@@ -2,7 +2,7 @@ import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSyn
 import { join } from 'node:path';
 import { checkStoreFile, type StoreSpace } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
-import type { RepackResult, SuperChunkPacker } from '../src/store/super-chunk-packer';
+import { emptyRepackResult, repackCandidates, type RepackResult, type SuperChunkPacker } from '../src/store/super-chunk-packer';
 import { Volume, VolumeFiles } from '../src/vfs/volume';
 
 /**
@@ -24,6 +24,8 @@ export interface GcOptions {
   compact?: boolean;
   /** Repack super-chunks whose live share is below this (default: the volume's repack-below setting). */
   repackBelow?: number;
+  /** Also rewrite super-chunks stored with another codec than the volume's current one. */
+  recompress?: boolean;
   /** Deletions per LMDB transaction. */
   batch?: number;
 }
@@ -131,7 +133,7 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     }
     removedBytes += freedStored;
     const repackBelow = options.repackBelow ?? volume.settings.repackBelow;
-    const repack = await superChunkUpkeep(volume.packer(), store, repackBelow, dryRun);
+    const repack = await superChunkUpkeep(volume.packer(), store, repackBelow, !!options.recompress, dryRun);
 
     const space = store.space();
     const result: GcResult = {
@@ -201,18 +203,17 @@ export interface LiveGcResult {
 
 /**
  * Packs the queue of short blocks, then rewrites the super-chunks whose live share is
- * below `threshold`. A dry run only counts the sparse chunks and their stored bytes.
+ * below `threshold` (and with `recompress` those in another codec than the volume's). A
+ * dry run only counts those chunks, their live blocks and their stored bytes.
  */
-async function superChunkUpkeep(packer: SuperChunkPacker, store: Volume['store'], threshold: number, dryRun: boolean): Promise<RepackResult> {
+async function superChunkUpkeep(packer: SuperChunkPacker, store: Volume['store'], threshold: number, recompress: boolean, dryRun: boolean): Promise<RepackResult> {
   if (!dryRun) {
     await packer.flush();
-    return threshold > 0 ? packer.repack(threshold) : { sparseChunks: 0, bytesBefore: 0, bytesAfter: 0, blocksMoved: 0, chunksWritten: 0 };
+    return threshold > 0 || recompress ? packer.repack(threshold, recompress) : emptyRepackResult();
   }
-  const result: RepackResult = { sparseChunks: 0, bytesBefore: 0, bytesAfter: 0, blocksMoved: 0, chunksWritten: 0 };
-  for (const { chunk, info } of store.scanChunkInfo()) {
-    if (!info || info.totalBytes === 0 || info.liveBytes / info.totalBytes >= threshold) continue;
-    result.sparseChunks++;
-    result.blocksMoved += info.liveBlocks;
+  const result = emptyRepackResult();
+  for (const chunk of repackCandidates(store, threshold, recompress, result)) {
+    result.blocksMoved += store.chunkInfo(chunk)?.liveBlocks ?? 0;
     result.bytesBefore += store.chunkValue(chunk)?.length ?? 0;
   }
   return result;
@@ -236,6 +237,7 @@ export async function collectGarbageLive(
   liveKeys: () => ReadonlySet<string>,
   dryRun: boolean,
   repackBelow = volume.settings.repackBelow,
+  recompress = false,
 ): Promise<LiveGcResult> {
   const { meta, store } = volume;
   const rows = new Set<string>();
@@ -280,6 +282,6 @@ export async function collectGarbageLive(
   };
   if (dryRun) remove();
   else await store.maintenance(remove);
-  const repack = await superChunkUpkeep(packer, store, repackBelow, dryRun);
+  const repack = await superChunkUpkeep(packer, store, repackBelow, recompress, dryRun);
   return { dryRun, storedBlocks, removedBlocks, removedBytes, removedRawBytes, skippedBusy, repack, space: store.space() };
 }

@@ -303,8 +303,9 @@ describe('compression through a real mount', () => {
     assert.ok(!isMounted(m.mnt));
     assert.match(pogfsOk(['tune', m.volume, '--compression', 'none']), /compression lz4 -> none/);
     assert.match(pogfsOk(['stats', m.volume]), /compression\s+none for new blocks; stored\/unique 0\.\d+/);
-    const bad = pogfs(['tune', m.volume, '--compression', 'zstd']);
+    const bad = pogfs(['tune', m.volume, '--compression', 'zstd:99']);
     assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /^pogfs: --compression: zstd level "99" is not a whole number from 1 to 19\n$/);
     m.mount();
     sh(`diff -r /usr/include ${m.p('include')}`);
     m.umount();

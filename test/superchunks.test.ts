@@ -180,6 +180,9 @@ describe('volumes with every codec and layout', () => {
     ['lz4', true, BS],
     ['lz4', true, 4096],
     ['none', true, 4096],
+    ['zstd:3', false, BS],
+    ['zstd:9', true, BS],
+    ['zstd:1', true, 4096],
   ];
   for (const [compression, superchunks, blockSize] of layouts) {
     it(`${compression}, super-chunks ${superchunks ? 'on' : 'off'}, ${blockSize / 1024} KiB blocks: files of every shape read back after reopen; fsck clean`, async () => {
@@ -200,7 +203,7 @@ describe('volumes with every codec and layout', () => {
         const part = await readThrough(t, inos.textTail, blockSize * 3 + 100, 600);
         assert.ok(Buffer.isBuffer(part) && part.equals(files.textTail.subarray(blockSize * 3 + 100, blockSize * 3 + 700)));
         const tailHash = t.volume.meta.listBlocks(inos.textTail).at(-1)!.hash;
-        const packed = compression === 'lz4' && superchunks;
+        const packed = compression !== 'none' && superchunks;
         assert.equal(kindOf(t, tailHash) === LOCATOR_KIND, packed, 'the short tail is in a super-chunk exactly when both are on');
         assert.equal(t.volume.store.stats().storedBytes, storedRecount(t.volume.store));
       } finally {

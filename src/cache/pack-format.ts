@@ -3,7 +3,7 @@ import type { PackEntry } from '../meta/remote-index';
 
 /**
  * A pack: stored values (loose blocks and super-chunks, exactly as the local store keeps
- * them: header + raw or LZ4 bytes) one after another, then the pack's own index, then a
+ * them: header + raw, LZ4 or zstd bytes) one after another, then the pack's own index, then a
  * trailer. The index lists every block: which value holds it (offset and length in the
  * pack) and where in that value's decoded bytes it sits. The metadata database keeps the
  * same rows; the copy inside the pack is what rebuilds them when the database is lost.

@@ -19,6 +19,8 @@ export interface ControlRequest {
   path?: string;
   /** gc: repack super-chunks whose live share is below this (default: the volume's setting). */
   repackBelow?: number;
+  /** gc: also rewrite super-chunks stored with another codec than the volume's current one. */
+  recompress?: boolean;
 }
 
 export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, onError: (err: unknown) => void): Server {

@@ -168,7 +168,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         return exclusive(async () => {
           await fs.quiesceForGc();
           const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
-          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow);
+          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow, req.recompress === true);
           const remote = attached
             ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log })
             : undefined;

@@ -18,6 +18,8 @@ export interface GcFlags {
   json?: boolean;
   /** Overrides the volume's repack-below setting for this run (text from the command line). */
   repackBelow?: string;
+  /** Also rewrite super-chunks stored with another codec than the volume's current one. */
+  recompress?: boolean;
 }
 
 function parseShare(text: string | undefined): number | undefined {
@@ -41,7 +43,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
     let live: LiveGcResult & { remote?: RemoteGcResult };
     try {
-      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow }, Infinity);
+      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow, recompress: !!flags.recompress }, Infinity);
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
     }
@@ -57,7 +59,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
   }
   let result: GcResult;
   try {
-    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow });
+    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow, recompress: flags.recompress });
   } catch (err) {
     if ((err as Error).name === 'VolumeError') throw err;
     throw new UsageError(`gc of ${path} failed: ${(err as Error).message}`, 1);
@@ -129,12 +131,13 @@ function printRemoteGc(r: RemoteGcResult): void {
 
 function printRepack(r: GcResult['repack'], dryRun: boolean): void {
   if (r.sparseChunks === 0) return;
+  const recoded = r.otherCodecChunks ? ` (${r.otherCodecChunks} of them in another codec than the volume's, --recompress)` : '';
   if (dryRun) {
-    console.log(`super-chunks: ${r.sparseChunks} mostly dead (${formatBytes(r.bytesBefore)} stored, ${r.blocksMoved} live blocks) would be repacked`);
+    console.log(`super-chunks: ${r.sparseChunks} mostly dead${recoded} (${formatBytes(r.bytesBefore)} stored, ${r.blocksMoved} live blocks) would be repacked`);
     return;
   }
   console.log(
-    `super-chunks: repacked ${r.sparseChunks} mostly dead (${formatBytes(r.bytesBefore)}) into ${r.chunksWritten} ` +
+    `super-chunks: repacked ${r.sparseChunks} mostly dead${recoded} (${formatBytes(r.bytesBefore)}) into ${r.chunksWritten} ` +
       `(${formatBytes(r.bytesAfter)}; ${r.blocksMoved} live blocks moved): ${formatBytes(Math.max(0, r.bytesBefore - r.bytesAfter))} given back`,
   );
 }

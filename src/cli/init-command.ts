@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Volume } from '../vfs/volume';
 import { SETTING_SPECS, readSettings, type VolumeSettings } from '../vfs/volume-settings';
+import { parseCompression } from '../store/codec';
 import { normalizeRemoteSpec } from './remote-attachment';
 import { attachNewVolume } from './remote-volume';
 import { UsageError } from './errors';
@@ -12,6 +13,9 @@ function checkBlockSize(blockSize: number): void {
   if (!ok) throw new UsageError(`block size ${blockSize} is not a power of two between 4K and 4M`);
 }
 
+/** Settings given to `pogfs init`; compression as typed (none, lz4, zstd, zstd:LEVEL), parsed here. */
+export type InitSettings = Partial<Omit<VolumeSettings, 'compression'>> & { compression?: string };
+
 /**
  * Creates a volume. With a remote, the remote must not hold another volume; the new
  * volume's first metadata generation goes there at once, so it can be mounted from the
@@ -20,11 +24,20 @@ function checkBlockSize(blockSize: number): void {
 export async function initVolume(
   path: string,
   blockSize: number,
-  settings: Partial<VolumeSettings> = {},
+  given: InitSettings = {},
   remote?: string,
   remoteFlags: Record<string, string | undefined> = {},
 ): Promise<void> {
   checkBlockSize(blockSize);
+  const { compression, ...rest } = given;
+  const settings: Partial<VolumeSettings> = { ...rest };
+  if (compression !== undefined) {
+    try {
+      settings.compression = parseCompression(compression);
+    } catch (err) {
+      throw new UsageError(`--compression: ${(err as Error).message}`);
+    }
+  }
   const extra: Partial<VolumeSettings> = {};
   if (remote !== undefined) {
     const parsed = settingsOrUsage(() => readSettings({ ...Object.fromEntries(Object.entries(remoteFlags).filter(([, v]) => v !== undefined)) as Record<string, string>, remote: normalizeRemoteSpec(remote) }, 'given'));

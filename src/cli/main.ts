@@ -209,10 +209,10 @@ function program(): Command {
     .description('create a volume directory (metadata database and block store)')
     .argument('<volume>', 'directory to create (must be new or empty)')
     .option('--block-size <size>', 'block size for deduplication, 4K to 4M, a power of two', parseSize, 128 * 1024)
-    .addOption(new Option('--compression <codec>', 'compress each block (kept only when it saves 1/8)').choices(['lz4', 'none']).default('lz4'))
+    .option('--compression <codec>', 'compress each block (kept only when it saves 1/8): lz4, zstd, zstd:LEVEL (1 to 19) or none', 'lz4')
     .addOption(new Option('--superchunks <on|off>', 'pack small files and file tails into super-chunks compressed together').choices(['on', 'off']).default('on'))
     .option('--remote <spec>', 'keep the durable copy on a remote: local:DIR or drive:FOLDER (a name in My Drive, or a folder id); the local store becomes a cache')
-    .action(async (volume: string, opts: { blockSize: number; compression: 'lz4' | 'none'; superchunks: 'on' | 'off'; remote?: string } & RemoteFlags) => {
+    .action(async (volume: string, opts: { blockSize: number; compression: string; superchunks: 'on' | 'off'; remote?: string } & RemoteFlags) => {
       const { initVolume } = await commands.init();
       await initVolume(volume, opts.blockSize, { compression: opts.compression, superchunks: opts.superchunks === 'on' }, opts.remote, remoteSettingFlags(opts));
     });
@@ -221,7 +221,7 @@ function program(): Command {
   p.command('tune')
     .description('change settings of an unmounted volume (compression and super-chunks apply to blocks written from then on)')
     .argument('<volume>')
-    .addOption(new Option('--compression <codec>', 'codec for new blocks').choices(['lz4', 'none']))
+    .option('--compression <codec>', 'codec for new blocks: lz4, zstd, zstd:LEVEL (1 to 19) or none')
     .addOption(new Option('--superchunks <on|off>', 'pack short blocks of new files into super-chunks').choices(['on', 'off']))
     .option('--chunk-cache <size>', 'memory for decompressed super-chunks while mounted (e.g. 64M; 0 keeps none)')
     .option('--repack-below <share>', 'gc rewrites a super-chunk when less than this share (0 to 1) of it is live')
@@ -290,8 +290,9 @@ function program(): Command {
     .option('-n, --dry-run', 'only report what would be removed')
     .option('--compact', 'rewrite the block store compactly, giving free space back to the file system')
     .option('--repack-below <share>', 'repack super-chunks less live than this share (0 to 1; default: the volume\'s repack-below setting)')
+    .option('--recompress', 'also rewrite super-chunks stored with another codec than the volume\'s current compression')
     .option('--json', 'machine-readable output')
-    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; repackBelow?: string }) => {
+    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; repackBelow?: string; recompress?: boolean }) => {
       const { gc } = await commands.gc();
       await gc(volume, opts);
     });

@@ -8,6 +8,7 @@ import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { findMount, isPogfsMount } from './mounts';
 import { formatBytes, formatRows } from '../format';
+import type { CodecMix, KindCount } from '../store/block-store';
 
 export interface VolumeStats {
   volume: string;
@@ -17,8 +18,10 @@ export interface VolumeStats {
   referencedBytes: number;
   uniqueBytes: number;
   storedBytes: number;
-  /** The codec setting for new blocks ('lz4' or 'none'). */
+  /** The codec setting for new blocks ('none', 'lz4' or 'zstd:LEVEL'). */
   compression: string;
+  /** What the local store holds by codec (raw, lz4, zstd): loose blocks and super-chunks. */
+  codecs: CodecMix;
   /** storedBytes / uniqueBytes (1 for an empty store); below 1 when compression pays. */
   compressionRatio: number;
   blocks: number;
@@ -105,6 +108,7 @@ export async function collectStats(target: string): Promise<VolumeStats> {
       uniqueBytes: s.uniqueBytes,
       storedBytes: s.storedBytes,
       compression: v.compression,
+      codecs: v.store.codecMix(),
       compressionRatio: s.uniqueBytes > 0 ? s.storedBytes / s.uniqueBytes : 1,
       blocks: s.blocks,
       blockReferences: totals.blockRefs,
@@ -119,6 +123,16 @@ export async function collectStats(target: string): Promise<VolumeStats> {
   } finally {
     await v.close();
   }
+}
+
+/** "loose: lz4 120 (1.2 MiB of 3.0 MiB), raw 4 (...); super-chunks: zstd 3 (...)". */
+function formatMix(mix: CodecMix): string {
+  const part = (label: string, counts: Record<string, KindCount>) => {
+    const kinds = Object.entries(counts).sort((a, b) => b[1].storedBytes - a[1].storedBytes);
+    if (kinds.length === 0) return `${label}: none`;
+    return `${label}: ${kinds.map(([k, c]) => `${k} ${c.values} (${formatBytes(c.storedBytes)} of ${formatBytes(c.rawBytes)})`).join(', ')}`;
+  };
+  return `${part('loose blocks', mix.loose)}; ${part('super-chunks', mix.superChunks)} holding ${mix.locators} blocks`;
 }
 
 /** The daemon's in-memory figures, when one holds the volume (none if it does not answer). */
@@ -145,6 +159,7 @@ export async function stats(target: string, json: boolean): Promise<void> {
     ['unique bytes', `${formatBytes(s.uniqueBytes)} (${s.uniqueBytes})`],
     ['stored bytes', `${formatBytes(s.storedBytes)} (${s.storedBytes}; headers included)`],
     ['compression', `${s.compression} for new blocks; stored/unique ${s.compressionRatio.toFixed(3)}`],
+    ['codecs', formatMix(s.codecs)],
     ['dedup ratio', `${s.dedupRatio.toFixed(2)}x`],
     ['blocks', `${s.blocks} (${s.blockReferences} references)`],
     ['super-chunks', `${s.superChunks.enabled ? 'on' : 'off'} for new files; ${s.superChunks.chunks} stored, ${s.superChunks.queuedBlocks} short blocks waiting to be packed`],

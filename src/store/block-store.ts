@@ -15,9 +15,12 @@ import {
   encodeBlock,
   encodeLocator,
   isLocator,
+  kindName,
   rawValue,
+  type EncodeOptions,
   type Locator,
 } from './codec';
+import { DEFAULT_ZSTD_LEVEL } from './zstd';
 
 /** What reading a block found: its verified bytes, nothing, or bytes that fail their hash. */
 export type BlockRead = 'ok' | 'missing' | 'corrupt';
@@ -55,15 +58,34 @@ export interface BlockStoreOptions {
   readOnly?: boolean;
   /** The codec new values are written with (encodeBlock stores raw what does not compress). */
   codec?: Codec;
+  /** zstd's level, with Codec.Zstd (default DEFAULT_ZSTD_LEVEL). */
+  zstdLevel?: number;
   /**
    * Blocks shorter than this are packed into super-chunks (0: never). They are stored raw
-   * at first, queued, and packed by the SuperChunkPacker within seconds; only with LZ4.
+   * at first, queued, and packed by the SuperChunkPacker within seconds; only with a
+   * compressing codec.
    */
   packBelow?: number;
   /** Decoded super-chunks kept in memory (bytes). */
   chunkCacheBytes?: number;
   /** Keep track of blocks not yet on the remote (a volume with a remote). */
   trackDirty?: boolean;
+}
+
+/** Values of one kind (codec.ts kindName: raw, lz4, zstd; locators are counted apart) and their stored bytes. */
+export interface KindCount {
+  values: number;
+  storedBytes: number;
+  /** Decoded bytes they hold. */
+  rawBytes: number;
+}
+
+/** What the store holds, by codec: loose blocks and super-chunks apart (see BlockStore.codecMix). */
+export interface CodecMix {
+  loose: Record<string, KindCount>;
+  superChunks: Record<string, KindCount>;
+  /** Blocks inside super-chunks (their locators). */
+  locators: number;
 }
 
 /** Where to read a block from: the store itself, or the remote cache in front of it. */
@@ -186,12 +208,12 @@ export function checkStoreFile(dir: string): StoreFileCheck {
  * Content-addressed blocks in LMDB with reference counts.
  *
  * Sub-databases of one environment (one file, one transaction for all):
- *  - `blocks`:    BLAKE3 digest → value (codec.ts): the bytes of a loose block (raw or
- *                 LZ4), or a locator into a super-chunk;
+ *  - `blocks`:    BLAKE3 digest → value (codec.ts): the bytes of a loose block (raw,
+ *                 LZ4 or zstd), or a locator into a super-chunk;
  *  - `refs`:      digest → uint32 reference count. Counts live apart from the bytes so that
  *                 taking or dropping a reference never rewrites a 128 KiB value;
  *  - `chunks`:    chunk id (u64 big-endian) → a super-chunk: many short blocks, concatenated
- *                 and compressed as one unit (a raw or LZ4 value);
+ *                 and compressed as one unit (a raw, LZ4 or zstd value);
  *  - `chunkinfo`: chunk id → live blocks, live bytes, total bytes: a chunk goes when its
  *                 last block does, and gc repacks the ones mostly dead;
  *  - `chunkdir`:  chunk id → the blocks packed into it (digest, offset, length), written
@@ -226,6 +248,8 @@ export class BlockStore implements BlockSource {
   private nextDirtySeq = 0;
   /** The codec new values are written with. */
   codec: Codec;
+  /** zstd's level for new values (with Codec.Zstd). */
+  zstdLevel: number;
   /** Blocks shorter than this wait to be packed into super-chunks (0: super-chunks off). */
   packBelow: number;
   readonly chunkCache: ChunkCache;
@@ -250,6 +274,7 @@ export class BlockStore implements BlockSource {
     options: BlockStoreOptions,
   ) {
     this.codec = options.codec ?? Codec.Raw;
+    this.zstdLevel = options.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
     this.trackDirty = options.trackDirty ?? false;
     this.packBelow = options.packBelow ?? 0;
     this.chunkCache = new ChunkCache(options.chunkCacheBytes ?? DEFAULT_CHUNK_CACHE_BYTES);
@@ -291,7 +316,12 @@ export class BlockStore implements BlockSource {
 
   /** True when a new block of this length goes to the packing queue rather than being encoded alone. */
   packs(length: number): boolean {
-    return this.packBelow > 0 && this.codec === Codec.Lz4 && length > 0 && length < this.packBelow;
+    return this.packBelow > 0 && this.codec !== Codec.Raw && length > 0 && length < this.packBelow;
+  }
+
+  /** How encodeBlock(Async) is to compress new values for this store (the zstd level). */
+  encodeOptions(): EncodeOptions {
+    return { level: this.zstdLevel };
   }
 
   /** True when storing this block would compress it alone (the caller may do that off this thread first). */
@@ -342,7 +372,7 @@ export class BlockStore implements BlockSource {
           value = rawValue(data);
           this.unpacked.put(seqKey(this.nextSeq++), hash);
           queued += data.length;
-        } else value = encoded ?? encodeBlock(data, this.codec);
+        } else value = encoded ?? encodeBlock(data, this.codec, this.encodeOptions());
         this.blocks.put(hash, value);
         totals.blocks += 1;
         totals.uniqueBytes += data.length;
@@ -902,6 +932,33 @@ export class BlockStore implements BlockSource {
     }
   }
 
+  /**
+   * Loose blocks and super-chunks counted by codec, from each value's header. A scan of the
+   * whole store (LMDB copies each value out: about 0.15 s per GiB held in the page cache),
+   * so `stats` pays it, not the write path: no running per-codec totals to keep right.
+   */
+  codecMix(): CodecMix {
+    const mix: CodecMix = { loose: {}, superChunks: {}, locators: 0 };
+    const add = (into: Record<string, KindCount>, value: Buffer) => {
+      const kind = value.length >= BLOCK_HEADER_SIZE ? kindName(value[1]) : 'malformed';
+      const c = (into[kind] ??= { values: 0, storedBytes: 0, rawBytes: 0 });
+      c.values++;
+      c.storedBytes += value.length;
+      c.rawBytes += value.length >= BLOCK_HEADER_SIZE ? value.readUInt32LE(4) : 0;
+    };
+    for (const key of this.blocks.getKeys({})) {
+      const value = this.blocks.getBinaryFast(key);
+      if (!value) continue;
+      if (isLocator(value)) mix.locators++;
+      else add(mix.loose, value);
+    }
+    for (const key of this.chunks.getKeys({})) {
+      const value = this.chunks.getBinaryFast(key);
+      if (value) add(mix.superChunks, value);
+    }
+    return mix;
+  }
+
   /** Number of stored blocks, from LMDB's own statistics (no scan). */
   blockCount(): number {
     return (this.blocks.getStats() as { entryCount: number }).entryCount;
@@ -917,6 +974,12 @@ export class BlockStore implements BlockSource {
   chunkValue(chunk: number): Buffer | undefined {
     const value = this.chunks.getBinary(chunkKey(chunk));
     return value ? Buffer.from(value) : undefined;
+  }
+
+  /** The kind byte of a super-chunk's value (its codec), or undefined when absent or malformed. */
+  chunkKind(chunk: number): number | undefined {
+    const value = this.chunks.getBinaryFast(chunkKey(chunk));
+    return value && value.length >= BLOCK_HEADER_SIZE ? value[1] : undefined;
   }
 
   /** The blocks packed into a chunk when it was written (some may have died or moved since). */

@@ -1,10 +1,12 @@
 import type { BlockStore, ChunkMember } from './block-store';
-import { Codec, decodeBlockAsync, encodeBlockAsync, type Locator } from './codec';
+import { Codec, decodeBlockAsync, encodeBlockAsync, isCompressed, type Locator } from './codec';
 import { hashBlock } from './hash';
 
 /**
  * Packs short blocks (small files, file tails) into super-chunks, and rewrites super-
  * chunks that are mostly dead.
+ *
+ * Either compressing codec packs (LZ4 or zstd: the volume's current one, see BlockStore.codec).
  *
  * Why short blocks only: LZ4 finds matches at most 64 KiB back, so a 128 KiB block has
  * nearly all the context it can use on its own; measured on /usr/include and
@@ -30,8 +32,10 @@ export interface PackerOptions {
 }
 
 export interface RepackResult {
-  /** Chunks whose live share was below the threshold. */
+  /** Chunks rewritten (or, in a dry run, to be): those whose live share was below the threshold, and with `recompress` those in another codec. */
   sparseChunks: number;
+  /** Of those, the chunks taken because their codec is not the volume's current one (`recompress`). */
+  otherCodecChunks: number;
   /** Their stored bytes, and the stored bytes of the chunks that replaced them. */
   bytesBefore: number;
   bytesAfter: number;
@@ -87,11 +91,14 @@ export class SuperChunkPacker {
   /**
    * Rewrites the super-chunks whose live share (live bytes / all bytes) is below
    * `threshold`: their live blocks go into new, full chunks, and the old ones are deleted
-   * with their last block. Safe while the volume is in use (see commitChunk).
+   * with their last block. With `recompress`, chunks stored with another codec than the
+   * volume's current (compressing) one are rewritten too, whatever their live share: how a
+   * volume tuned from lz4 to zstd (or back) converts what it holds. Safe while the volume
+   * is in use (see commitChunk).
    */
-  repack(threshold: number): Promise<RepackResult> {
-    const result: RepackResult = { sparseChunks: 0, bytesBefore: 0, bytesAfter: 0, blocksMoved: 0, chunksWritten: 0 };
-    const step = this.running.then(() => this.repackSparse(threshold, result));
+  repack(threshold: number, recompress = false): Promise<RepackResult> {
+    const result = emptyRepackResult();
+    const step = this.running.then(() => this.repackSparse(threshold, recompress, result));
     this.running = step.then(
       () => undefined,
       () => undefined,
@@ -180,21 +187,23 @@ export class SuperChunkPacker {
    */
   private async writeChunk(entries: Entry[], done: number[]): Promise<number> {
     const raw = entries.length === 1 ? entries[0].data : Buffer.concat(entries.map((e) => e.data));
-    const lz4 = this.store.codec === Codec.Lz4;
-    let value = entries.length > 1 && lz4 ? await encodeBlockAsync(raw, Codec.Lz4, { probeBytes: 0 }) : undefined;
-    if ((!value || value[1] !== Codec.Lz4) && entries.every((e) => e.from === 'loose')) {
+    const codec = this.store.codec;
+    const options = this.store.encodeOptions();
+    const compressing = codec !== Codec.Raw;
+    let value = entries.length > 1 && compressing ? await encodeBlockAsync(raw, codec, { ...options, probeBytes: 0 }) : undefined;
+    if ((!value || !isCompressed(value)) && entries.every((e) => e.from === 'loose')) {
       const loose: { hash: Buffer; value: Buffer }[] = [];
-      if (lz4) {
+      if (compressing) {
         for (const e of entries) {
-          const v = await encodeBlockAsync(e.data, Codec.Lz4);
-          if (v[1] === Codec.Lz4) loose.push({ hash: e.hash, value: v });
+          const v = await encodeBlockAsync(e.data, codec, options);
+          if (isCompressed(v)) loose.push({ hash: e.hash, value: v });
         }
       }
       await this.store.replaceLoose(loose, done);
       return 0;
     }
     // Blocks moving out of a sparse chunk must go somewhere: a chunk of its own, raw if need be.
-    value ??= await encodeBlockAsync(raw, lz4 ? Codec.Lz4 : Codec.Raw, { probeBytes: 0 });
+    value ??= await encodeBlockAsync(raw, codec, { ...options, probeBytes: 0 });
     const members = entries.map((e) => ({ hash: e.hash, offset: e.offset, length: e.data.length, from: e.from }));
     const id = await this.store.commitChunk(value, raw.length, members, done);
     if (id === undefined) return 0;
@@ -204,12 +213,8 @@ export class SuperChunkPacker {
     return value.length;
   }
 
-  private async repackSparse(threshold: number, result: RepackResult): Promise<void> {
-    const sparse: number[] = [];
-    for (const { chunk, info } of this.store.scanChunkInfo()) {
-      if (info && info.totalBytes > 0 && info.liveBytes / info.totalBytes < threshold) sparse.push(chunk);
-    }
-    result.sparseChunks = sparse.length;
+  private async repackSparse(threshold: number, recompress: boolean, result: RepackResult): Promise<void> {
+    const sparse = repackCandidates(this.store, threshold, recompress, result);
     let entries: Entry[] = [];
     let bytes = 0;
     const flush = async () => {
@@ -254,4 +259,30 @@ export class SuperChunkPacker {
       return loc !== undefined && loc.chunk === chunk && loc.offset === m.offset;
     });
   }
+}
+
+export function emptyRepackResult(): RepackResult {
+  return { sparseChunks: 0, otherCodecChunks: 0, bytesBefore: 0, bytesAfter: 0, blocksMoved: 0, chunksWritten: 0 };
+}
+
+/**
+ * The super-chunks a repack rewrites: those whose live share is below `threshold`, and
+ * with `recompress` (and a compressing codec set) those compressed with another codec
+ * than the store's current one. Counts them into `result`.
+ */
+export function repackCandidates(store: BlockStore, threshold: number, recompress: boolean, result: RepackResult): number[] {
+  const out: number[] = [];
+  const convert = recompress && store.codec !== Codec.Raw;
+  for (const { chunk, info } of store.scanChunkInfo()) {
+    if (!info || info.totalBytes === 0) continue;
+    const sparse = info.liveBytes / info.totalBytes < threshold;
+    // Raw chunks stay: they are raw because compressing them did not pay.
+    const kind = convert && !sparse ? store.chunkKind(chunk) : undefined;
+    const otherCodec = (kind === Codec.Lz4 || kind === Codec.Zstd) && kind !== store.codec;
+    if (!sparse && !otherCodec) continue;
+    out.push(chunk);
+    if (otherCodec) result.otherCodecChunks++;
+  }
+  result.sparseChunks = out.length;
+  return out;
 }

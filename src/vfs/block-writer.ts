@@ -61,7 +61,7 @@ export class BlockWriter {
     const item: QueuedBlock = { hash, data };
     if (this.store.wantsEncoding(hash, data.length)) {
       this.encodingCount++;
-      item.encoding = encodeBlockAsync(data, this.store.codec).then(
+      item.encoding = encodeBlockAsync(data, this.store.codec, this.store.encodeOptions()).then(
         (value) => {
           item.value = value;
           this.encodingCount--;

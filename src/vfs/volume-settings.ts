@@ -1,5 +1,5 @@
 import { formatBytes, parseByteSize } from '../format';
-import { COMPRESSIONS, type Compression } from '../store/codec';
+import { COMPRESSION_CHOICES, parseCompression, type Compression } from '../store/codec';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -70,11 +70,8 @@ export const SETTING_SPECS = [
     key: 'compression',
     field: 'compression',
     describe: 'codec for blocks written from now on',
-    accepts: COMPRESSIONS.join(' or '),
-    parse: (t) => {
-      if (!(COMPRESSIONS as readonly string[]).includes(t)) throw new Error(`unknown compression ${JSON.stringify(t)} (choose ${COMPRESSIONS.join(' or ')})`);
-      return t as Compression;
-    },
+    accepts: COMPRESSION_CHOICES,
+    parse: (t): Compression => parseCompression(t),
     format: (v) => v,
     legacy: 'none',
     initial: 'lz4',
@@ -82,7 +79,7 @@ export const SETTING_SPECS = [
   spec({
     key: 'superchunks',
     field: 'superchunks',
-    describe: 'pack small files and file tails into super-chunks compressed together (with lz4)',
+    describe: 'pack small files and file tails into super-chunks compressed together (with lz4 or zstd)',
     accepts: 'on or off',
     parse: parseOnOff,
     format: (v) => (v ? 'on' : 'off'),

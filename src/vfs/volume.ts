@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
-import { codecFor } from '../store/codec';
+import { encodingOf } from '../store/codec';
 import { HASH_ALGORITHM } from '../store/hash';
 import { SUPER_CHUNK_BYTES, SuperChunkPacker } from '../store/super-chunk-packer';
 import { now } from './time';
@@ -30,11 +30,11 @@ export class VolumeError extends Error {
 
 /** The block store's options that follow from a volume's settings. */
 function storeOptions(settings: VolumeSettings, blockSize: number): BlockStoreOptions {
-  const codec = codecFor(settings.compression);
+  const { codec, level } = encodingOf(settings.compression);
   // Super-chunks take the blocks that are short of a full LZ4 window or of a full block:
   // small files and file tails (all blocks when blocks are smaller than the window).
   const packBelow = settings.superchunks ? (blockSize < LZ4_WINDOW ? blockSize + 1 : blockSize) : 0;
-  return { codec, packBelow, chunkCacheBytes: settings.chunkCacheBytes, trackDirty: settings.remote !== '' };
+  return { codec, zstdLevel: level, packBelow, chunkCacheBytes: settings.chunkCacheBytes, trackDirty: settings.remote !== '' };
 }
 
 /** An opened volume: its metadata database, its block store and its settings. */
@@ -57,7 +57,7 @@ export class Volume {
     return existsSync(join(path, VolumeFiles.meta));
   }
 
-  /** The codec setting new blocks are written with ('lz4' or 'none'). */
+  /** The codec setting new blocks are written with ('none', 'lz4' or 'zstd:LEVEL'). */
   get compression(): string {
     return this.settings.compression;
   }
