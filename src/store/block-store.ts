@@ -115,6 +115,17 @@ export interface QueuedBlock {
   hash: Buffer;
 }
 
+/**
+ * A value read without a copy. getBinaryFast hands out a view of LMDB's shared read
+ * buffer whose `length` lmdb-js sets by hand; Node 24's subarray ignores that and runs to
+ * the end of the 16 MiB shared buffer (every block then failed its hash check). A plain
+ * view of exactly the value, still without a copy, slices right on every Node.
+ */
+function readFast(db: Database<Buffer, Buffer>, key: Buffer): Buffer | undefined {
+  const v = db.getBinaryFast(key);
+  return v ? Buffer.from(v.buffer, v.byteOffset, v.length) : undefined;
+}
+
 const STATS_KEY = Buffer.from('stats');
 const NEXT_CHUNK_KEY = Buffer.from('next-chunk');
 const DIRTY_KEY = Buffer.from('dirty');
@@ -429,7 +440,7 @@ export class BlockStore implements BlockSource {
   private removeBlock(hash: Buffer, totals: BlockStoreStats): { stored: number; raw: number } | undefined {
     // Everything is read out of the value before any other get: getBinaryFast hands out
     // one shared buffer that the next get overwrites.
-    const value = this.blocks.getBinaryFast(hash);
+    const value = readFast(this.blocks, hash);
     if (!value) return undefined;
     const valueLength = value.length;
     let raw = 0;
@@ -460,7 +471,7 @@ export class BlockStore implements BlockSource {
   /** A block of `chunk` went: counts it out, deleting the chunk with its last block. Returns stored bytes freed. */
   private releaseFromChunk(chunk: number, length: number, totals: BlockStoreStats): number {
     const key = chunkKey(chunk);
-    const info = decodeChunkInfo(this.chunkinfo.getBinaryFast(key));
+    const info = decodeChunkInfo(readFast(this.chunkinfo, key));
     if (!info) return 0;
     info.liveBlocks -= 1;
     info.liveBytes = Math.max(0, info.liveBytes - length);
@@ -470,7 +481,7 @@ export class BlockStore implements BlockSource {
     }
     this.chunkinfo.remove(key);
     this.chunkdir.remove(key);
-    const value = this.chunks.getBinaryFast(key);
+    const value = readFast(this.chunks, key);
     this.chunkCache.drop(chunk);
     if (!value) return 0;
     const freed = value.length;
@@ -502,7 +513,7 @@ export class BlockStore implements BlockSource {
    * (the chunk is decompressed off this thread); everything else answers at once.
    */
   read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
-    const value = this.blocks.getBinaryFast(hash);
+    const value = readFast(this.blocks, hash);
     if (!value) return 'missing';
     if (isLocator(value)) {
       let loc: Locator;
@@ -541,7 +552,7 @@ export class BlockStore implements BlockSource {
   }
 
   refCount(hash: Buffer): number {
-    const value = this.refs.getBinaryFast(hash);
+    const value = readFast(this.refs, hash);
     return value && value.length === 4 ? value.readUInt32LE(0) : 0;
   }
 
@@ -597,7 +608,7 @@ export class BlockStore implements BlockSource {
 
   /** The decoded bytes of a loose block (a private copy), or undefined when it is absent or not loose any more. */
   looseBytes(hash: Buffer): Buffer | undefined {
-    const value = this.blocks.getBinaryFast(hash);
+    const value = readFast(this.blocks, hash);
     if (!value || isLocator(value)) return undefined;
     try {
       return Buffer.from(decodeBlock(value));
@@ -608,7 +619,7 @@ export class BlockStore implements BlockSource {
 
   /** The locator of a block inside a super-chunk, or undefined. */
   locatorOf(hash: Buffer): Locator | undefined {
-    const value = this.blocks.getBinaryFast(hash);
+    const value = readFast(this.blocks, hash);
     if (!value || !isLocator(value)) return undefined;
     try {
       return decodeLocator(value);
@@ -641,7 +652,7 @@ export class BlockStore implements BlockSource {
       for (const m of members) {
         if (this.refCount(m.hash) === 0) continue;
         // Read out before any other get (getBinaryFast's buffer is shared).
-        const cur = this.blocks.getBinaryFast(m.hash);
+        const cur = readFast(this.blocks, m.hash);
         if (!cur) continue;
         const curLength = cur.length;
         const curLoc = isLocator(cur) ? decodeLocator(cur) : undefined;
@@ -681,7 +692,7 @@ export class BlockStore implements BlockSource {
     await this.env.transaction(() => {
       const totals = this.readTotals();
       for (const { hash, value } of values) {
-        const cur = this.blocks.getBinaryFast(hash);
+        const cur = readFast(this.blocks, hash);
         if (!cur || isLocator(cur) || cur.readUInt32LE(4) !== value.readUInt32LE(4)) continue;
         totals.storedBytes += value.length - cur.length;
         this.blocks.put(hash, value);
@@ -693,7 +704,7 @@ export class BlockStore implements BlockSource {
   }
 
   private allocateChunk(): number {
-    const raw = this.info.getBinaryFast(NEXT_CHUNK_KEY);
+    const raw = readFast(this.info, NEXT_CHUNK_KEY);
     let next = raw && raw.length === 8 ? Number(raw.readBigUInt64LE(0)) : 1;
     // Never reuse an id still present (a store whose counter was lost or rolled back).
     while (this.chunkinfo.doesExist(chunkKey(next)) || this.chunks.doesExist(chunkKey(next))) next++;
@@ -726,7 +737,7 @@ export class BlockStore implements BlockSource {
 
   /** Blocks not yet on the remote, and their decoded bytes. */
   dirtyStats(): { blocks: number; bytes: number } {
-    const raw = this.info.getBinaryFast(DIRTY_KEY);
+    const raw = readFast(this.info, DIRTY_KEY);
     if (!raw || raw.length !== 16) return { blocks: 0, bytes: 0 };
     return { blocks: Number(raw.readBigUInt64LE(0)), bytes: Number(raw.readBigUInt64LE(8)) };
   }
@@ -754,7 +765,7 @@ export class BlockStore implements BlockSource {
     if (hashes.length === 0) return;
     await this.env.transaction(() => {
       for (const hash of hashes) {
-        const value = this.blocks.getBinaryFast(hash);
+        const value = readFast(this.blocks, hash);
         const raw = value && value.length >= BLOCK_HEADER_SIZE ? value.readUInt32LE(4) : 0;
         this.unmarkDirty(hash, raw);
       }
@@ -768,7 +779,7 @@ export class BlockStore implements BlockSource {
     const marked = await this.env.transaction(() => {
       let n = 0;
       for (const hash of hashes) {
-        const value = this.blocks.getBinaryFast(hash);
+        const value = readFast(this.blocks, hash);
         if (!value || this.dirty.doesExist(hash)) continue;
         this.markDirty(hash, value.readUInt32LE(4));
         n++;
@@ -801,7 +812,7 @@ export class BlockStore implements BlockSource {
 
   /** What holds a block locally, for the evictor's bookkeeping: its super-chunk, or the block itself. */
   holderOf(hash: Buffer): Evictable | undefined {
-    const value = this.blocks.getBinaryFast(hash);
+    const value = readFast(this.blocks, hash);
     if (!value) return undefined;
     if (!isLocator(value)) return { hash };
     try {
@@ -824,7 +835,7 @@ export class BlockStore implements BlockSource {
       let freed = 0;
       for (const item of items) {
         if ('hash' in item) {
-          const value = this.blocks.getBinaryFast(item.hash);
+          const value = readFast(this.blocks, item.hash);
           if (!value || isLocator(value) || this.dirty.doesExist(item.hash)) continue;
           const length = value.length;
           const raw = value.readUInt32LE(4);
@@ -841,7 +852,7 @@ export class BlockStore implements BlockSource {
           return l !== undefined && l.chunk === item.chunk && l.offset === m.offset;
         });
         if (inside.some((m) => this.dirty.doesExist(m.hash))) continue;
-        const chunk = this.chunks.getBinaryFast(chunkKey(item.chunk));
+        const chunk = readFast(this.chunks, chunkKey(item.chunk));
         if (!chunk) continue;
         freed += chunk.length;
         totals.storedBytes -= chunk.length;
@@ -947,13 +958,13 @@ export class BlockStore implements BlockSource {
       c.rawBytes += value.length >= BLOCK_HEADER_SIZE ? value.readUInt32LE(4) : 0;
     };
     for (const key of this.blocks.getKeys({})) {
-      const value = this.blocks.getBinaryFast(key);
+      const value = readFast(this.blocks, key);
       if (!value) continue;
       if (isLocator(value)) mix.locators++;
       else add(mix.loose, value);
     }
     for (const key of this.chunks.getKeys({})) {
-      const value = this.chunks.getBinaryFast(key);
+      const value = readFast(this.chunks, key);
       if (value) add(mix.superChunks, value);
     }
     return mix;
@@ -978,17 +989,17 @@ export class BlockStore implements BlockSource {
 
   /** The kind byte of a super-chunk's value (its codec), or undefined when absent or malformed. */
   chunkKind(chunk: number): number | undefined {
-    const value = this.chunks.getBinaryFast(chunkKey(chunk));
+    const value = readFast(this.chunks, chunkKey(chunk));
     return value && value.length >= BLOCK_HEADER_SIZE ? value[1] : undefined;
   }
 
   /** The blocks packed into a chunk when it was written (some may have died or moved since). */
   chunkMembers(chunk: number): ChunkMember[] {
-    return decodeChunkDir(this.chunkdir.getBinaryFast(chunkKey(chunk)));
+    return decodeChunkDir(readFast(this.chunkdir, chunkKey(chunk)));
   }
 
   chunkInfo(chunk: number): ChunkInfo | undefined {
-    return decodeChunkInfo(this.chunkinfo.getBinaryFast(chunkKey(chunk)));
+    return decodeChunkInfo(readFast(this.chunkinfo, chunkKey(chunk)));
   }
 
   /**
@@ -1132,7 +1143,7 @@ export class BlockStore implements BlockSource {
   }
 
   private readTotals(): BlockStoreStats {
-    const raw = this.info.getBinaryFast(STATS_KEY);
+    const raw = readFast(this.info, STATS_KEY);
     if (!raw || raw.length !== 32) return { blocks: 0, uniqueBytes: 0, storedBytes: 0, references: 0 };
     return {
       blocks: Number(raw.readBigUInt64LE(0)),
