@@ -2,6 +2,8 @@
 // Runs before the binding is built (npm's install step): says plainly which system
 // package is missing, instead of a page of compiler errors.
 'use strict';
+// A plain script: npm runs it before anything is built, so no TypeScript and no imports.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
 const { spawnSync } = require('node:child_process');
 
 const has = (cmd, args) => {
