@@ -144,6 +144,7 @@ export class MirrorDb {
     dirInoOf: Database.Statement<[string], { dir_ino: number | null }>;
     parentOf: Database.Statement<[number], { dir: number; name: Buffer }>;
     fileInosOf: Database.Statement<[string], { ino: number }>;
+    linkInos: Database.Statement<[], { ino: number }>;
   };
 
   constructor(path: string) {
@@ -181,6 +182,7 @@ export class MirrorDb {
       dirInoOf: this.db.prepare('SELECT dir_ino FROM items WHERE id = ?'),
       parentOf: this.db.prepare('SELECT dir, name FROM dirents WHERE ino = ?'),
       fileInosOf: this.db.prepare('SELECT ino FROM dirents WHERE item = ? AND kind = 1'),
+      linkInos: this.db.prepare('SELECT ino FROM dirents WHERE kind = 3'),
     };
     this.rootId = this.getState('root_id') ?? '';
   }
@@ -273,12 +275,15 @@ export class MirrorDb {
         queue.push(ino);
       }
     };
+    const before = inval.entries.length;
     for (let n = 0; queue.length > 0; n++) {
       if (n > MAX_RECOMPUTES) throw new Error('mirror: renaming did not settle');
       const ino = queue.shift()!;
       queued.delete(ino);
       this.renameDir(ino, push, inval);
     }
+    // The kernel caches symlink targets: when names moved, shortcuts may point elsewhere now.
+    if (inval.entries.length > before) for (const r of this.st.linkInos.all()) inval.inodes.push(r.ino);
   }
 
   private renameDir(dirIno: number, push: (ino: number) => void, inval: Invalidation): void {
