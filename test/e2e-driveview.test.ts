@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, readlink, lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -37,7 +37,7 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
       { name: 'TV', mimeType: FOLDER_MIME },
     ]);
     Object.assign(ids, { movies, movies2, tv });
-    const [alien, alienCopy, dupA, dupB, slash, dot, dotdot, long, same, sameDir, doc, trashed, big] = emu.seedItems([
+    const [alien, alienCopy, dupA, dupB, slash, dot, dotdot, long, same, sameDir, doc, trashed, big, extra] = emu.seedItems([
       { name: 'Alien.mkv', parent: movies, size: 300 * KiB, contentSeed: 1 },
       { name: 'Alien (copy).mkv', parent: movies2, size: 300 * KiB, contentSeed: 1 },
       { name: 'x.mkv', parent: tv, size: 10 * KiB, contentSeed: 2 },
@@ -51,8 +51,9 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
       { name: 'Notes', parent: tv, mimeType: 'application/vnd.google-apps.document' },
       { name: 'old.mkv', parent: tv, size: 10, contentSeed: 9, trashed: true },
       { name: 'big.bin', parent: movies2, size: 5 * 1024 * KiB + 123, contentSeed: 10 },
+      { name: 'extra.mkv', parent: movies, size: 100, contentSeed: 11 },
     ]);
-    Object.assign(ids, { alien, alienCopy, dupA, dupB, slash, dot, dotdot, long, same, sameDir, doc, trashed, big });
+    Object.assign(ids, { alien, alienCopy, dupA, dupB, slash, dot, dotdot, long, same, sameDir, doc, trashed, big, extra });
     const [link, dangling] = emu.seedItems([
       { name: 'alien-link', parent: tv, mimeType: SHORTCUT_MIME, shortcutTargetId: alien },
       { name: 'nowhere', parent: tv, mimeType: SHORTCUT_MIME, shortcutTargetId: 'missing123' },
@@ -78,7 +79,7 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
 
     assert.deepEqual((await readdir(mnt)).sort(), ['Movies', 'TV']);
     // The two Movies folders are one directory.
-    assert.deepEqual((await readdir(join(mnt, 'Movies'))).sort(), ['Alien (copy).mkv', 'Alien.mkv', 'big.bin']);
+    assert.deepEqual((await readdir(join(mnt, 'Movies'))).sort(), ['Alien (copy).mkv', 'Alien.mkv', 'big.bin', 'extra.mkv']);
     const tvNames = (await readdir(join(mnt, 'TV'))).sort();
     const longName = tvNames.find((n) => n.startsWith('é'))!;
     assert.ok(Buffer.byteLength(longName) <= 255 && longName.endsWith('.mkv'), longName);
@@ -193,6 +194,32 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
     assert.equal(plan.folders[0].path, '/Movies');
     // movies2 holds more entries (Alien (copy), big.bin, fresh.mkv): it stays.
     assert.deepEqual(plan.folders[0], { path: '/Movies', keep: { id: ids.movies2 }, merge: [{ id: ids.movies }] });
+  });
+
+  it('dupes --apply needs the full scope, merges folders and trashes exactly the extras; --undo puts them back', { timeout: 60_000 }, async () => {
+    const trashedNow = () => new Set(emu.storedFiles().filter((f) => f.trashed).map((f) => f.id));
+    const before = trashedNow();
+    const refused = await pogfsAsync(['drive', 'dupes', mnt, '--apply', '--json', ...flags]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /pogfs auth --scope full/);
+    assert.deepEqual(trashedNow(), before);
+
+    const full = join(dir, 'token-full.json');
+    writeFileSync(full, `${JSON.stringify({ access_token: emu.issueAccessToken(3600, 'https://www.googleapis.com/auth/drive') })}\n`, { mode: 0o600 });
+    const out = JSON.parse(await pogfsAsyncOk(['drive', 'dupes', mnt, '--apply', '--json', ...driveFlags(emu, full)])) as { log: string; files: unknown[] };
+    assert.equal(out.files.length, 1);
+    assert.ok(existsSync(out.log));
+    const after = trashedNow();
+    assert.deepEqual([...after].filter((id) => !before.has(id)).sort(), [ids.alienCopy, ids.movies].sort());
+    assert.deepEqual(emu.storedFile(ids.extra)?.parents, [ids.movies2]);
+    await pogfsAsyncOk(['drive', 'refresh', mnt]);
+    assert.deepEqual((await readdir(join(mnt, 'Movies'))).sort(), ['big.bin', 'extra.mkv', 'fresh.mkv']);
+
+    await pogfsAsyncOk(['drive', 'dupes', '--undo', out.log, ...driveFlags(emu, full)]);
+    assert.deepEqual(trashedNow(), before);
+    assert.deepEqual(emu.storedFile(ids.extra)?.parents, [ids.movies]);
+    await pogfsAsyncOk(['drive', 'refresh', mnt]);
+    assert.deepEqual((await readdir(join(mnt, 'Movies'))).sort(), ['Alien (copy).mkv', 'big.bin', 'extra.mkv', 'fresh.mkv']);
   });
 
   it('unmounts with pogfs umount, and a restart costs one changes call before serving', { timeout: 60_000 }, async () => {

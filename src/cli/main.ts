@@ -271,8 +271,9 @@ function program(): Command {
     .option('--auth-url <url>', 'OAuth authorization endpoint')
     .option('--token-url <url>', 'OAuth token endpoint')
     .option('--no-browser', 'only print the address; do not try to open a browser')
+    .addOption(new Option('--scope <scope>', 'file: only files pogfs makes (volumes); readonly: read all your files (drive mount); full: change them too (drive dupes --apply)').choices(['file', 'readonly', 'full']).default('file'))
     .action(
-      async (o: { clientSecretFile?: string; clientId?: string; clientSecret?: string; credentials?: string; authUrl?: string; tokenUrl?: string; browser?: boolean }) => {
+      async (o: { clientSecretFile?: string; clientId?: string; clientSecret?: string; credentials?: string; authUrl?: string; tokenUrl?: string; browser?: boolean; scope?: 'file' | 'readonly' | 'full' }) => {
         const { auth } = await commands.auth();
         await auth({
           clientSecretFile: o.clientSecretFile,
@@ -282,6 +283,7 @@ function program(): Command {
           authUrl: o.authUrl,
           tokenUrl: o.tokenUrl,
           noBrowser: o.browser === false,
+          scope: o.scope,
         });
       },
     );

@@ -159,33 +159,53 @@ interface StoredFile extends EmulatedFile {
   contentSeed: number | undefined;
 }
 
-/** Bytes of synthetic content are a 65521-byte pattern from the seed, xored with the pattern's round number. */
+/**
+ * Bytes of synthetic content: one of 64 random 65521-byte patterns (seed mod 64), rotated by
+ * the seed (65521 is prime, so every seed below 64 × 65521 gives different bytes), xored
+ * with the pattern's round number so that no two 64 KiB stretches of a file are alike.
+ */
 const PATTERN_LENGTH = 65521;
 const patterns = new Map<number, Buffer>();
 
 function patternOf(seed: number): Buffer {
-  let p = patterns.get(seed);
+  const base = seed % 64;
+  let p = patterns.get(base);
   if (!p) {
-    const next = prng(seed * 2654435761 + 17);
+    const next = prng(base * 2654435761 + 17);
     p = Buffer.allocUnsafe(PATTERN_LENGTH);
     for (let i = 0; i < PATTERN_LENGTH; i++) p[i] = Math.floor(next() * 256);
-    if (patterns.size >= 64) patterns.delete(patterns.keys().next().value!);
-    patterns.set(seed, p);
+    patterns.set(base, p);
   }
   return p;
+}
+
+const variants = new Map<number, Buffer>();
+
+/** A pattern xored with a round number, kept (a few hundred of them) so streaming stays fast. */
+function variantOf(base: number, p: Buffer, round: number): Buffer {
+  if (round === 0) return p;
+  const key = base * 256 + round;
+  let v = variants.get(key);
+  if (!v) {
+    v = Buffer.allocUnsafe(PATTERN_LENGTH);
+    for (let k = 0; k < PATTERN_LENGTH; k++) v[k] = p[k] ^ round;
+    if (variants.size >= 512) variants.delete(variants.keys().next().value!);
+    variants.set(key, v);
+  }
+  return v;
 }
 
 /** `length` bytes at `offset` of the synthetic content of `seed`. */
 export function syntheticBytes(seed: number, offset: number, length: number): Buffer {
   const p = patternOf(seed);
+  const shift = ((Math.floor(seed / 64) % PATTERN_LENGTH) * 977) % PATTERN_LENGTH;
   const out = Buffer.allocUnsafe(length);
   for (let i = 0; i < length; ) {
-    const at = offset + i;
+    const at = offset + i + shift;
     const within = at % PATTERN_LENGTH;
     const round = Math.floor(at / PATTERN_LENGTH) & 0xff;
     const n = Math.min(length - i, PATTERN_LENGTH - within);
-    if (round === 0) p.copy(out, i, within, within + n);
-    else for (let k = 0; k < n; k++) out[i + k] = p[within + k] ^ round;
+    variantOf(seed % 64, p, round).copy(out, i, within, within + n);
     i += n;
   }
   return out;
@@ -1157,7 +1177,11 @@ export class DriveEmulator {
         }
       }
       if (route.isDrive) {
-        this.checkBearer(req);
+        const scope = this.checkBearer(req);
+        // A read-only token reads; anything that changes the Drive is refused, as by Drive.
+        if (scope.split(' ').every((s) => s.endsWith('.readonly')) && !['files.list', 'files.get', 'changes.list', 'changes.getStartPageToken', 'about.get'].includes(route.method)) {
+          throw new ApiError(403, 'insufficientPermissions', 'Request had insufficient authentication scopes.');
+        }
         this.drawFault(x);
       }
       await route.run(x);
@@ -1176,7 +1200,8 @@ export class DriveEmulator {
     }
   }
 
-  private checkBearer(req: IncomingMessage): void {
+  /** Checks the access token and returns its scope. */
+  private checkBearer(req: IncomingMessage): string {
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (\S+)$/.exec(header);
     const token = m && this.accessTokens.get(m[1]);
@@ -1186,6 +1211,7 @@ export class DriveEmulator {
         locationType: 'header',
       });
     }
+    return token.scope;
   }
 
   /** Decides this request's fault: error answers are thrown here; resets and cuts are armed on the exchange. */
@@ -1915,13 +1941,13 @@ export class DriveEmulator {
       }
       this.authCodes.delete(form.get('code') ?? '');
       const refresh = this.issueRefreshToken(code.clientId, code.scope);
-      return this.sendJson(x, 200, { access_token: this.issueAccessToken(), expires_in: this.accessTokenTtlSec, refresh_token: refresh, scope: code.scope, token_type: 'Bearer' });
+      return this.sendJson(x, 200, { access_token: this.issueAccessToken(this.accessTokenTtlSec, code.scope), expires_in: this.accessTokenTtlSec, refresh_token: refresh, scope: code.scope, token_type: 'Bearer' });
     }
     if (grant === 'refresh_token') {
       if (!clientOk()) return fail(401, 'invalid_client', 'The OAuth client was not found.');
       const refresh = this.refreshTokens.get(form.get('refresh_token') ?? '');
       if (!refresh || refresh.clientId !== form.get('client_id')) return fail(400, 'invalid_grant', 'Token has been expired or revoked.');
-      return this.sendJson(x, 200, { access_token: this.issueAccessToken(), expires_in: this.accessTokenTtlSec, scope: refresh.scope, token_type: 'Bearer' });
+      return this.sendJson(x, 200, { access_token: this.issueAccessToken(this.accessTokenTtlSec, refresh.scope), expires_in: this.accessTokenTtlSec, scope: refresh.scope, token_type: 'Bearer' });
     }
     if (grant === 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
       const claims = this.verifyAssertion(form.get('assertion') ?? '');
