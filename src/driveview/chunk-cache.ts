@@ -37,6 +37,8 @@ export class DiskChunkCache {
   private readonly memory = new Map<string, Buffer>();
   private memoryBytes = 0;
   private tmpSeq = 0;
+  /** Content (md5.size.) whose chunks were dropped: a store of one still on its way is undone. */
+  private readonly dropped = new Set<string>();
 
   constructor(
     private readonly dir: string,
@@ -110,6 +112,8 @@ export class DiskChunkCache {
 
   /** Stores a chunk (memory and disk), then evicts the least recently used beyond the capacity. */
   async put(key: string, data: Buffer): Promise<void> {
+    const content = key.slice(0, key.indexOf('.', key.indexOf('.') + 1) + 1);
+    if (this.dropped.has(content)) return;
     this.remember(key, data);
     if (this.capacityBytes <= 0 || data.length > this.capacityBytes || this.index.hasChunk(key)) return;
     const path = this.path(key);
@@ -118,6 +122,11 @@ export class DiskChunkCache {
       mkdirSync(join(this.dir, key.slice(0, 2)), { recursive: true, mode: 0o700 });
       await writeFile(tmp, data, { mode: 0o600 });
       await rename(tmp, path);
+      if (this.dropped.has(content)) {
+        await rm(path, { force: true });
+        this.dropMemory(key);
+        return;
+      }
     } catch (e) {
       await rm(tmp, { force: true });
       this.onError(`chunk cache: cannot store a chunk in ${this.dir}`, e);
@@ -134,6 +143,7 @@ export class DiskChunkCache {
   /** Drops every chunk of one content (its md5 turned out wrong). */
   async dropContent(md5: string, size: number): Promise<void> {
     const prefix = `${md5}.${size}.`;
+    this.dropped.add(prefix);
     for (const key of [...this.memory.keys()]) if (key.startsWith(prefix)) this.dropMemory(key);
     for (const key of this.index.chunkKeysWithPrefix(prefix)) {
       await rm(this.path(key), { force: true });

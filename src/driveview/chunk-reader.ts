@@ -78,6 +78,8 @@ export interface ReadHandle {
   next: number;
   /** Chunks of read-ahead after the current read (0 until the reader proves sequential). */
   window: number;
+  /** The last chunk the reader reached: read-ahead doubles each time a sequential reader enters a new one. */
+  chunkAt: number;
   readahead: Set<Span>;
   verify: { hash: Hash; upTo: number; pending: Map<number, Buffer>; pendingBytes: number } | undefined;
 }
@@ -95,6 +97,12 @@ export class ChunkReader {
   private readonly inflight = new Map<string, InFlight>();
   private downloads = 0;
   private readonly blocked = new Map<string, number>();
+  /**
+   * Content (md5.size) whose bytes did not match its md5: every read of it fails with EIO
+   * from then on (the kernel retries a failed read-ahead page by page, which must not
+   * succeed either), until Drive gives the file another md5.
+   */
+  private readonly poisoned = new Set<string>();
   readonly stats: DownloadStats = { bytes: 0, downloads: 0, byProgram: {}, byFile: {}, md5Mismatches: 0, refused: 0 };
 
   constructor(
@@ -110,6 +118,7 @@ export class ChunkReader {
       program,
       next: 0,
       window: 0,
+      chunkAt: 0,
       readahead: new Set(),
       verify: target.md5 ? { hash: createHash('md5'), upTo: 0, pending: new Map(), pendingBytes: 0 } : undefined,
     };
@@ -127,6 +136,7 @@ export class ChunkReader {
       if (Date.now() < until) throw errnoError(`Drive refuses to serve ${t.path}`, EIO);
       this.blocked.delete(t.id);
     }
+    if (t.md5 && this.poisoned.has(`${t.md5}.${t.size}`)) throw errnoError(`${t.path} does not match its md5`, EIO);
     const end = Math.min(t.size, offset + size);
     const cs = this.settings.chunkSize;
     const first = Math.floor(offset / cs);
@@ -134,12 +144,14 @@ export class ChunkReader {
     // Sequential (within a chunk of where the last read ended): read-ahead doubles. A seek
     // resets it and cancels what was read ahead. The first read at 0 is neither.
     const sequential = h.next > 0 && Math.abs(offset - h.next) < cs;
-    if (sequential) h.window = Math.max(1, Math.min(h.window * 2, Math.ceil(this.settings.maxReadaheadBytes / cs)));
-    else if (offset !== 0 || h.next !== 0) {
+    if (sequential) {
+      if (last > h.chunkAt) h.window = Math.max(1, Math.min(h.window * 2, Math.ceil(this.settings.maxReadaheadBytes / cs)));
+    } else if (offset !== 0 || h.next !== 0) {
       h.window = 0;
       this.cancelReadahead(h);
     }
     h.next = end;
+    h.chunkAt = last;
 
     const parts: Promise<Buffer>[] = [];
     for (let i = first; i <= last; i++) parts.push(this.chunk(h, i, last, true));
@@ -332,6 +344,7 @@ export class ChunkReader {
     const digest = v.hash.digest('hex');
     if (digest === t.md5) return;
     this.stats.md5Mismatches++;
+    this.poisoned.add(`${t.md5}.${t.size}`);
     this.log.warn(`md5 mismatch for ${t.path}: Drive says ${t.md5}, the bytes read give ${digest}; its cached chunks are dropped`);
     await this.cache.dropContent(t.md5!, t.size);
     throw errnoError(`md5 mismatch for ${t.path}`, EIO);

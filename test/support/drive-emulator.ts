@@ -611,6 +611,7 @@ export class DriveEmulator {
   private readonly sharedDrives = new Map<string, string>();
   /** Files whose download answers 403 with this reason (downloadQuotaExceeded, cannotDownloadFile). */
   private readonly blockedDownloads = new Map<string, string>();
+  private readonly served: Array<{ id: string; start: number; end: number }> = [];
   /** Spaces out the createdTime of seeded items. */
   private seedClock = Date.parse('2020-01-01T00:00:00Z');
   private nextChangeToken = 1;
@@ -936,6 +937,18 @@ export class DriveEmulator {
   blockDownload(id: string, reason: 'downloadQuotaExceeded' | 'cannotDownloadFile' | undefined): void {
     if (reason === undefined) this.blockedDownloads.delete(id);
     else this.blockedDownloads.set(id, reason);
+  }
+
+  /** Gives a file a wrong md5Checksum, its bytes unchanged (silent corruption, as Drive sees it). */
+  setStoredMd5(id: string, md5: string): void {
+    const f = this.files.get(id);
+    if (!f) throw new Error(`emulator: no item ${id}`);
+    f.md5Checksum = md5;
+  }
+
+  /** The byte ranges of content served so far (alt=media), oldest first (the last 10,000). */
+  mediaRanges(): Array<{ id: string; start: number; end: number }> {
+    return [...this.served];
   }
 
   /** The token a changes.getStartPageToken call would answer now. */
@@ -1593,6 +1606,8 @@ export class DriveEmulator {
       }
     }
     const length = Math.max(0, end - start + 1);
+    this.served.push({ id: f.id, start, end: start + length });
+    if (this.served.length > 10_000) this.served.shift();
     const headers: Record<string, string | number> = { 'content-type': f.mimeType, 'accept-ranges': 'bytes', etag: `"${f.md5Checksum}"` };
     if (partial) headers['content-range'] = `bytes ${start}-${end}/${f.size}`;
     const source = f.contentSeed !== undefined ? { seed: f.contentSeed, start, length } : { path: this.blobPath(f.id), start, length };
