@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readdir, readFile, readlink, lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -232,5 +233,79 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
     const again = emu.calls();
     assert.equal((await readFile(join(mnt, 'Movies', 'big.bin'))).length, 5 * 1024 * KiB + 123);
     assert.deepEqual(callsBetween(again, emu.calls()), {});
+  });
+});
+
+describe('drive view: a shared drive, polling, a failing Drive, a bounded cache', () => {
+  const mnt = join(dir, 'shared-mnt');
+  const state = join(dir, 'shared-state');
+  let emu: DriveEmulator;
+  let flags: string[];
+  let driveId: string;
+  const ids: Record<string, string> = {};
+
+  before(async () => {
+    mkdirSync(mnt);
+    emu = await DriveEmulator.start();
+    flags = driveFlags(emu, writeToken(emu, join(dir, 'shared-token.json')));
+    driveId = emu.createSharedDrive('Team Media');
+    const [music] = emu.seedItems([{ name: 'Music', parent: driveId, mimeType: FOLDER_MIME }]);
+    const [song, big] = emu.seedItems([
+      { name: 'song.flac', parent: music, size: 40 * KiB, contentSeed: 21 },
+      { name: 'big.iso', parent: driveId, size: 10 * 1024 * KiB, contentSeed: 22 },
+    ]);
+    emu.seedItems([{ name: 'mine.txt', size: 10, contentSeed: 23 }]);
+    Object.assign(ids, { music, song, big });
+  });
+
+  after(async () => {
+    await releaseView(mnt, state);
+    await emu.close();
+  });
+
+  it('mounts a shared drive (corpora=drive) and shows only its items', { timeout: 60_000 }, async () => {
+    const r = await pogfsAsync(['drive', 'mount', mnt, '--shared-drive', driveId, '--state-dir', state, '--poll-interval', '1', '--cache-size', '4M', ...flags]);
+    assert.equal(r.code, 0, `${r.stderr}\n${logTail(state)}`);
+    assert.deepEqual((await readdir(mnt)).sort(), ['Music', 'big.iso']);
+    assert.equal((await readFile(join(mnt, 'Music', 'song.flac'))).length, 40 * KiB);
+  });
+
+  it('polls the changes feed by itself every --poll-interval seconds', { timeout: 60_000 }, async () => {
+    emu.changeItem(ids.song, { name: 'song (remaster).flac' });
+    emu.touchSharedDrive(driveId);
+    let names: string[] = [];
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline; await sleep(100)) {
+      names = await readdir(join(mnt, 'Music'));
+      if (names.includes('song (remaster).flac')) break;
+    }
+    assert.deepEqual(names, ['song (remaster).flac']);
+  });
+
+  it('keeps the chunk cache within --cache-size', { timeout: 60_000 }, async () => {
+    const data = await readFile(join(mnt, 'big.iso'));
+    assert.equal(md5(data), md5(syntheticBytes(22, 0, 10 * 1024 * KiB)));
+    const s = await viewStatus(mnt);
+    assert.ok(s.cache.bytes <= 4 * 1024 * KiB && s.cache.bytes > 0, JSON.stringify(s.cache));
+    const onDisk = readdirSync(join(state, 'chunks'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+    assert.ok(onDisk.length <= 4, `${onDisk.length} chunk files`);
+  });
+
+  it('a Drive that refuses the token keeps the last tree served, and says what is wrong', { timeout: 60_000 }, async () => {
+    emu.expireAccessTokens();
+    const r = await pogfsAsync(['drive', 'refresh', mnt]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /changes poll failed: .*access token/);
+    assert.deepEqual((await readdir(mnt)).sort(), ['Music', 'big.iso']);
+    const s = await viewStatus(mnt);
+    assert.equal(s.lastPoll?.ok, false);
+    assert.match(s.lastPoll?.error ?? '', /pogfs auth/);
+  });
+
+  it('pogfs stats shows which programs pulled how many bytes', async () => {
+    const out = await pogfsAsyncOk(['stats', mnt]);
+    assert.match(out, /downloaded by node/);
+    const s = await viewStatus(mnt);
+    assert.ok((s.downloads.byProgram.node ?? 0) >= 10 * 1024 * KiB, JSON.stringify(s.downloads.byProgram));
+    assert.ok(s.calls['changes.list'] >= 2, JSON.stringify(s.calls));
   });
 });
