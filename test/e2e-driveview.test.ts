@@ -223,6 +223,17 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
     assert.deepEqual((await readdir(join(mnt, 'Movies'))).sort(), ['Alien (copy).mkv', 'big.bin', 'extra.mkv', 'fresh.mkv']);
   });
 
+  it('an expired changes token makes the view scan again, serving the old tree meanwhile', { timeout: 60_000 }, async () => {
+    emu.forgetChanges();
+    emu.changeItem(ids.extra, { name: 'extra (renamed).mkv' });
+    const before = emu.calls();
+    await pogfsAsyncOk(['drive', 'refresh', mnt]);
+    const calls = callsBetween(before, emu.calls());
+    assert.ok(calls['files.list'] >= 1 && calls['changes.getStartPageToken'] === 1, JSON.stringify(calls));
+    assert.deepEqual((await readdir(join(mnt, 'Movies'))).sort(), ['Alien (copy).mkv', 'big.bin', 'extra (renamed).mkv', 'fresh.mkv']);
+    assert.ok((await readdir(join(mnt, 'TV'))).includes('renamed.mp3'));
+  });
+
   it('unmounts with pogfs umount, and a restart costs one changes call before serving', { timeout: 60_000 }, async () => {
     await pogfsAsyncOk(['umount', mnt]);
     const before = emu.calls();

@@ -254,6 +254,11 @@ export class MirrorDb {
     if (d !== null && d !== undefined) dirty.add(d);
   }
 
+  /** Every directory shown (for a full rename pass after a rescan). */
+  directoryInos(): number[] {
+    return (this.db.prepare('SELECT ino FROM dirents WHERE kind = 2').all() as { ino: number }[]).map((r) => r.ino);
+  }
+
   itemCount(): { items: number; folders: number; files: number; bytes: number } {
     const r = this.db.prepare(`SELECT count(*) AS items, coalesce(sum(mime = '${FOLDER_MIME}'), 0) AS folders, coalesce(sum(md5 IS NOT NULL), 0) AS files, coalesce(sum(size), 0) AS bytes FROM items`).get() as { items: number; folders: number; files: number; bytes: number };
     return r;
@@ -341,19 +346,24 @@ export class MirrorDb {
     const rowByIno = new Map(existing.map((r) => [r.ino, r]));
     const rowByItem = new Map(existing.filter((r) => r.kind !== KIND_CODE.dir && r.item !== null).map((r) => [r.item!, r]));
     const used = new Set<number>();
-    for (const e of entities) {
-      if (e.kind === 'dir') {
-        let best: DirentRow | undefined;
-        for (const f of e.folders) {
-          const r = f.dir_ino === null ? undefined : rowByIno.get(f.dir_ino);
-          if (r && r.kind === KIND_CODE.dir && !used.has(r.ino) && (!best || r.ino < best.ino)) best = r;
+    // Directories first take an entry made from their own name (a group that split keeps its
+    // inode under its name), then any entry one of their folders had.
+    for (const sameBase of [true, false]) {
+      for (const e of entities) {
+        if (e.row) continue;
+        if (e.kind === 'dir') {
+          let best: DirentRow | undefined;
+          for (const f of e.folders) {
+            const r = f.dir_ino === null ? undefined : rowByIno.get(f.dir_ino);
+            if (r && r.kind === KIND_CODE.dir && !used.has(r.ino) && (!sameBase || r.base === e.base) && (!best || r.ino < best.ino)) best = r;
+          }
+          e.row = best;
+        } else if (sameBase) {
+          const r = rowByItem.get(e.id);
+          e.row = r && r.kind === KIND_CODE[e.kind] && !used.has(r.ino) ? r : undefined;
         }
-        e.row = best;
-      } else {
-        const r = rowByItem.get(e.id);
-        e.row = r && r.kind === KIND_CODE[e.kind] && !used.has(r.ino) ? r : undefined;
+        if (e.row) used.add(e.row.ino);
       }
-      if (e.row) used.add(e.row.ino);
     }
 
     // Names: an entry keeps its name while it is made from the same base; the rest are given one.
@@ -408,6 +418,8 @@ export class MirrorDb {
         let grew = !e.row;
         for (const f of e.folders) {
           if (f.dir_ino !== ino) {
+            // The directory it came from lost it (a group that split): that one is renamed too.
+            if (f.dir_ino !== null) push(f.dir_ino);
             this.st.setDirIno.run(ino, f.id);
             grew = true;
           }

@@ -32,6 +32,8 @@ export interface PollResult {
   changes: number;
   calls: number;
   error?: string;
+  /** Drive refused the changes token: the Drive was scanned again (the old tree served meanwhile). */
+  rescanned?: boolean;
 }
 
 export interface ScanProgress {
@@ -69,7 +71,8 @@ export class MirrorSync {
     }
     const inval: Invalidation = { entries: [], inodes: [] };
     this.mirror.transaction(() => {
-      const dirty = new Set<number>([1]);
+      // A rescan of a known Drive looks at every directory again; the first scan starts from the root.
+      const dirty = new Set<number>([1, ...this.mirror.directoryInos()]);
       this.mirror.setRoot(rootId);
       this.mirror.removeUnscanned(scan, dirty);
       this.mirror.setState('scan', String(scan));
@@ -149,8 +152,17 @@ export class MirrorSync {
       return { at, ok: true, changes, calls, inval };
     } catch (e) {
       const msg = (e as Error).message;
-      const hint = isBadPageToken(e) ? ' (the changes token was refused; remount with --rescan to scan the Drive again)' : '';
-      return { at, ok: false, changes, calls, error: `${msg}${hint}`, inval };
+      if (isBadPageToken(e) && from === undefined) {
+        // The token expired or was refused: scan again. The tree stays served while the
+        // listing runs (it only upserts items); the names are brought up to date at its end.
+        try {
+          const again = await this.bootstrap();
+          return { at, ok: true, changes, calls, inval: again, rescanned: true };
+        } catch (e2) {
+          return { at, ok: false, changes, calls, error: `the changes token was refused and scanning the Drive again failed: ${(e2 as Error).message}`, inval };
+        }
+      }
+      return { at, ok: false, changes, calls, error: msg, inval };
     }
   }
 

@@ -951,6 +951,11 @@ export class DriveEmulator {
     return [...this.served];
   }
 
+  /** Forgets the changes recorded so far: every page token handed out before is refused (as when one expires). */
+  forgetChanges(): void {
+    this.changes.length = 0;
+  }
+
   /** The token a changes.getStartPageToken call would answer now. */
   currentChangeToken(): string {
     return String(this.nextChangeToken);
