@@ -954,6 +954,8 @@ export class DriveEmulator {
   /** Forgets the changes recorded so far: every page token handed out before is refused (as when one expires). */
   forgetChanges(): void {
     this.changes.length = 0;
+    // A gap: the token handed out last is now older than anything retained.
+    this.nextChangeToken++;
   }
 
   /** The token a changes.getStartPageToken call would answer now. */
