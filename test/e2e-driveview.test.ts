@@ -245,6 +245,27 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
     assert.equal((await readFile(join(mnt, 'Movies', 'big.bin'))).length, 5 * 1024 * KiB + 123);
     assert.deepEqual(callsBetween(again, emu.calls()), {});
   });
+
+  it('--root shows one folder: what lies outside is not in the view, and shortcuts to it dangle', { timeout: 60_000 }, async () => {
+    emu.seedItems([{ name: 'big-link', parent: ids.tv, mimeType: SHORTCUT_MIME, shortcutTargetId: ids.big }]);
+    const mnt2 = join(dir, 'mnt-tv');
+    const state2 = join(dir, 'state-tv');
+    mkdirSync(mnt2);
+    try {
+      const before = emu.calls();
+      await pogfsAsyncOk(['drive', 'mount', mnt2, '--root', ids.tv, '--state-dir', state2, '--poll-interval', '0', ...flags]);
+      const calls = callsBetween(before, emu.calls());
+      assert.equal(calls['files.get'], undefined, JSON.stringify(calls));
+      const names = await readdir(mnt2);
+      assert.ok(names.includes('renamed.mp3') && names.includes('Alien.mkv'), names.join(' '));
+      assert.ok(!names.includes('TV') && !names.includes('Movies'));
+      assert.equal(await readlink(join(mnt2, 'alien-link')), 'Alien.mkv');
+      assert.match(await readlink(join(mnt2, 'big-link')), /^\.pogfs-shortcut-target-not-in-view\//);
+      await assert.rejects(readFile(join(mnt2, 'big-link')), { code: 'ENOENT' });
+    } finally {
+      await releaseView(mnt2, state2);
+    }
+  });
 });
 
 describe('drive view: a shared drive, polling, a failing Drive, a bounded cache', () => {
