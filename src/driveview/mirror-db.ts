@@ -112,6 +112,7 @@ CREATE TABLE IF NOT EXISTS dirents (
   base TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS dirents_name ON dirents(dir, name);
+CREATE INDEX IF NOT EXISTS dirents_listing ON dirents(dir, ino);
 CREATE INDEX IF NOT EXISTS dirents_item ON dirents(item);
 CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, used INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_used ON chunks(used);
@@ -145,6 +146,11 @@ export class MirrorDb {
     parentOf: Database.Statement<[number], { dir: number; name: Buffer }>;
     fileInosOf: Database.Statement<[string], { ino: number }>;
     linkInos: Database.Statement<[], { ino: number }>;
+    chunkBytes: Database.Statement<[string], { bytes: number }>;
+    addChunk: Database.Statement<[string, number, number]>;
+    touchChunk: Database.Statement<[number, string]>;
+    oldestChunks: Database.Statement<[number], { key: string; bytes: number }>;
+    removeChunk: Database.Statement<[string]>;
   };
 
   constructor(path: string) {
@@ -183,6 +189,11 @@ export class MirrorDb {
       parentOf: this.db.prepare('SELECT dir, name FROM dirents WHERE ino = ?'),
       fileInosOf: this.db.prepare('SELECT ino FROM dirents WHERE item = ? AND kind = 1'),
       linkInos: this.db.prepare('SELECT ino FROM dirents WHERE kind = 3'),
+      chunkBytes: this.db.prepare('SELECT bytes FROM chunks WHERE key = ?'),
+      addChunk: this.db.prepare('INSERT INTO chunks (key, bytes, used) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET used = excluded.used'),
+      touchChunk: this.db.prepare('UPDATE chunks SET used = ? WHERE key = ?'),
+      oldestChunks: this.db.prepare('SELECT key, bytes FROM chunks ORDER BY used LIMIT ?'),
+      removeChunk: this.db.prepare('DELETE FROM chunks WHERE key = ?'),
     };
     this.rootId = this.getState('root_id') ?? '';
   }
@@ -513,31 +524,30 @@ export class MirrorDb {
   }
 
   chunkSizeOf(key: string): number | undefined {
-    return (this.db.prepare('SELECT bytes FROM chunks WHERE key = ?').get(key) as { bytes: number } | undefined)?.bytes;
+    return this.st.chunkBytes.get(key)?.bytes;
   }
 
   hasChunk(key: string): boolean {
-    return this.db.prepare('SELECT 1 FROM chunks WHERE key = ?').get(key) !== undefined;
+    return this.st.chunkBytes.get(key) !== undefined;
   }
 
   addChunk(key: string, bytes: number, used: number): void {
-    this.db.prepare('INSERT INTO chunks (key, bytes, used) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET used = excluded.used').run(key, bytes, used);
+    this.st.addChunk.run(key, bytes, used);
   }
 
   touchChunks(uses: Array<[string, number]>): void {
-    const st = this.db.prepare('UPDATE chunks SET used = ? WHERE key = ?');
     this.transaction(() => {
-      for (const [key, used] of uses) st.run(used, key);
+      for (const [key, used] of uses) this.st.touchChunk.run(used, key);
     });
   }
 
   /** The least recently used chunks, oldest first. */
   oldestChunks(limit: number): Array<{ key: string; bytes: number }> {
-    return this.db.prepare('SELECT key, bytes FROM chunks ORDER BY used LIMIT ?').all(limit) as Array<{ key: string; bytes: number }>;
+    return this.st.oldestChunks.all(limit);
   }
 
   removeChunk(key: string): void {
-    this.db.prepare('DELETE FROM chunks WHERE key = ?').run(key);
+    this.st.removeChunk.run(key);
   }
 
   chunkKeysWithPrefix(prefix: string): string[] {
