@@ -64,11 +64,17 @@ interface Span {
   /** Readers waiting on one of its chunks: a span nobody waits for may be cancelled. */
   waiters: number;
   done: boolean;
+  /** The span's bytes as they arrive (`filled` of them so far), so a read can be answered before its chunk is whole. */
+  data: Buffer | undefined;
+  filled: number;
+  listeners: Set<() => void>;
 }
 
 interface InFlight {
   promise: Promise<Buffer>;
   span: Span;
+  /** Where the chunk starts in its span's bytes. */
+  from: number;
 }
 
 export interface ReadHandle {
@@ -154,7 +160,8 @@ export class ChunkReader {
     h.chunkAt = last;
 
     const parts: Promise<Buffer>[] = [];
-    for (let i = first; i <= last; i++) parts.push(this.chunk(h, i, last, true));
+    // The last chunk is needed only up to the end of this read: a read answers as soon as its bytes are in.
+    for (let i = first; i <= last; i++) parts.push(this.chunk(h, i, last, i === last ? end - i * cs : cs));
     if (h.window > 0) this.readAhead(h, last + 1, Math.min(this.chunkCount(t) - 1, last + h.window));
     let chunks: Buffer[];
     try {
@@ -177,28 +184,46 @@ export class ChunkReader {
     return t.md5 ? contentKey(t.md5, t.size, this.settings.chunkSize, index) : `nomd5.${t.id}.${t.version}.${this.settings.chunkSize}.${index}`;
   }
 
-  /** One chunk: shared in-flight download, else the cache, else a download of it and what follows up to `spanEnd`. */
-  private async chunk(h: ReadHandle, index: number, spanEnd: number, wait: boolean): Promise<Buffer> {
+  /**
+   * The first `need` bytes (at least) of one chunk: from a download in flight (shared, and
+   * answered as soon as those bytes have arrived), else the cache, else a new download of it
+   * and of what follows up to `spanEnd`.
+   */
+  private async chunk(h: ReadHandle, index: number, spanEnd: number, need: number): Promise<Buffer> {
     const t = h.target;
     const key = this.key(t, index);
     const flying = this.inflight.get(key);
-    if (flying) return this.await(flying, wait);
+    if (flying) return this.await(flying, need);
     const cached = await this.cache.get(key);
     if (cached) return cached;
     // Checked again: a download may have started while the cache was read.
     const again = this.inflight.get(key);
-    if (again) return this.await(again, wait);
-    const span = this.startSpan(h, index, Math.min(spanEnd, index + this.settings.maxSpanChunks - 1));
-    return this.await(this.inflight.get(key) ?? { promise: Promise.reject(new Error('download did not start')), span }, wait);
+    if (again) return this.await(again, need);
+    this.startSpan(h, index, Math.min(spanEnd, index + this.settings.maxSpanChunks - 1));
+    const started = this.inflight.get(key);
+    if (!started) throw new Error('download did not start');
+    return this.await(started, need);
   }
 
-  private async await(f: InFlight, wait: boolean): Promise<Buffer> {
-    if (!wait) return f.promise;
-    f.span.waiters++;
+  private async await(f: InFlight, need: number): Promise<Buffer> {
+    const span = f.span;
+    const ready = () => (span.data && span.filled >= f.from + need ? Buffer.from(span.data.subarray(f.from, f.from + need)) : undefined);
+    const now = ready();
+    if (now) return now;
+    span.waiters++;
+    let listener: (() => void) | undefined;
     try {
-      return await f.promise;
+      return await new Promise<Buffer>((resolve, reject) => {
+        listener = () => {
+          const b = ready();
+          if (b) resolve(b);
+        };
+        span.listeners.add(listener);
+        f.promise.then(resolve, reject);
+      });
     } finally {
-      f.span.waiters--;
+      if (listener) span.listeners.delete(listener);
+      span.waiters--;
     }
   }
 
@@ -228,7 +253,7 @@ export class ChunkReader {
   private startSpan(h: ReadHandle, first: number, last: number): Span {
     const t = h.target;
     const cs = this.settings.chunkSize;
-    const span: Span = { ctrl: new AbortController(), waiters: 0, done: false };
+    const span: Span = { ctrl: new AbortController(), waiters: 0, done: false, data: undefined, filled: 0, listeners: new Set() };
     const start = first * cs;
     const end = Math.min(t.size, (last + 1) * cs);
     const resolvers: Array<{ key: string; resolve: (b: Buffer) => void; reject: (e: unknown) => void; from: number; to: number; done: boolean }> = [];
@@ -242,7 +267,7 @@ export class ChunkReader {
       });
       // A read-ahead chunk nobody reads fails unobserved when cancelled: that is fine.
       promise.catch(() => undefined);
-      this.inflight.set(key, { promise, span });
+      this.inflight.set(key, { promise, span, from: i * cs - start });
       resolvers.push({ key, resolve, reject, from: i * cs - start, to: Math.min(t.size, (i + 1) * cs) - start, done: false });
     }
     const settle = (r: (typeof resolvers)[number], data: Buffer) => {
@@ -262,7 +287,10 @@ export class ChunkReader {
     this.client
       .download(t.id, start, end - start, (data, filled) => {
         received = filled;
+        span.data = data;
+        span.filled = filled;
         for (const r of resolvers) if (!r.done && r.to <= filled) settle(r, data);
+        for (const l of [...span.listeners]) l();
       }, span.ctrl.signal)
       .then(
         (data) => {
@@ -280,6 +308,10 @@ export class ChunkReader {
       )
       .finally(() => {
         span.done = true;
+        // Every chunk is settled: the span's buffer and its place among the read-ahead go.
+        span.data = undefined;
+        span.listeners.clear();
+        h.readahead.delete(span);
         this.downloads--;
         this.count(t, program, received);
       });
