@@ -86,6 +86,8 @@ export interface ReadHandle {
   window: number;
   /** The last chunk the reader reached: read-ahead doubles each time a sequential reader enters a new one. */
   chunkAt: number;
+  /** Chunks entered in sequence since the last seek (the kernel's own read-ahead enters one after any read). */
+  seqChunks: number;
   readahead: Set<Span>;
   verify: { hash: Hash; upTo: number; pending: Map<number, Buffer>; pendingBytes: number } | undefined;
 }
@@ -125,6 +127,7 @@ export class ChunkReader {
       next: 0,
       window: 0,
       chunkAt: 0,
+      seqChunks: 0,
       readahead: new Set(),
       verify: target.md5 ? { hash: createHash('md5'), upTo: 0, pending: new Map(), pendingBytes: 0 } : undefined,
     };
@@ -151,9 +154,12 @@ export class ChunkReader {
     // resets it and cancels what was read ahead. The first read at 0 is neither.
     const sequential = h.next > 0 && Math.abs(offset - h.next) < cs;
     if (sequential) {
-      if (last > h.chunkAt) h.window = Math.max(1, Math.min(h.window * 2, Math.ceil(this.settings.maxReadaheadBytes / cs)));
+      // Read-ahead starts at the second chunk entered in sequence: one is what the kernel's
+      // read-ahead asks after any read, a seeking player's included.
+      if (last > h.chunkAt && ++h.seqChunks >= 2) h.window = Math.max(1, Math.min(h.window * 2, Math.ceil(this.settings.maxReadaheadBytes / cs)));
     } else if (offset !== 0 || h.next !== 0) {
       h.window = 0;
+      h.seqChunks = 0;
       this.cancelReadahead(h);
     }
     h.next = end;
