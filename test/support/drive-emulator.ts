@@ -32,7 +32,8 @@ const MAX_TOKENS = 10_000;
 const IO_SLICE = 256 * 1024;
 
 export type ErrorFault = 429 | 500 | 503 | 'rateLimitExceeded' | 'userRateLimitExceeded';
-export type FaultKind = ErrorFault | 'reset' | 'truncate';
+/** 'invalidPageToken': a listing's page token is refused (400), as when Drive forgets a listing; only hits requests that carry one. */
+export type FaultKind = ErrorFault | 'reset' | 'truncate' | 'invalidPageToken';
 
 export interface DriveFaults {
   /** Added before every Drive and OAuth request is handled. */
@@ -1237,7 +1238,7 @@ export class DriveEmulator {
   /** Decides this request's fault: error answers are thrown here; resets and cuts are armed on the exchange. */
   private drawFault(x: Exchange): void {
     const hasBody = Number(x.req.headers['content-length'] ?? 0) > 0 || x.req.headers['transfer-encoding'] !== undefined;
-    const one = this.injected.find((f) => f.method === x.method);
+    const one = this.injected.find((f) => f.method === x.method && (f.fault !== 'invalidPageToken' || x.url.searchParams.has('pageToken')));
     let kind: FaultKind | undefined;
     let afterBytes: number | undefined;
     if (one) {
@@ -1252,6 +1253,10 @@ export class DriveEmulator {
       else if (r < errorRate + resetRate + truncateRate) kind = 'truncate';
     }
     if (kind === undefined) return;
+    if (kind === 'invalidPageToken') {
+      this.noteFault(kind);
+      throw new ApiError(400, 'invalid', 'Invalid Value', 'global', { location: 'pageToken', locationType: 'parameter' });
+    }
     if (kind === 'reset' && hasBody) {
       const length = Number(x.req.headers['content-length'] ?? 0);
       x.resetRequestAfter = afterBytes ?? Math.floor(length / 2);
