@@ -60,6 +60,9 @@ describe('drive view: streaming over a slow link', () => {
     const sent = emu.stats().bytesSent;
     assert.ok(rate >= 0.85 * CAP, `${(rate / 1e6).toFixed(1)} MB/s is below 0.85 of the ${CAP / 1e6} MB/s link`);
     assert.ok(sent <= 1.05 * size, `downloaded ${sent} bytes for a ${size}-byte file`);
+    // The reads carry the caller: the bytes are dd's.
+    const s = await viewStatus(mnt);
+    assert.ok((s.downloads.byProgram.dd ?? 0) >= size, JSON.stringify(s.downloads.byProgram));
   });
 
   it('a scanner reading the first and last bytes costs two small ranged reads', { timeout: 60_000 }, async () => {

@@ -59,6 +59,7 @@ export class DriveView {
   private readonly handles = new Map<number, ReadHandle>();
   private nextFh = 1;
   private polling: Promise<PollResult & { inval: Invalidation }> | undefined;
+  private readonly programs = new ProgramNames();
 
   constructor(
     readonly client: DriveClient,
@@ -140,13 +141,15 @@ export class DriveView {
     const e = this.entry(ino);
     if (e.kind !== 'file' || !e.item) throw errnoError('not a file', 21 /* EISDIR */);
     const fh = this.nextFh++;
-    this.handles.set(fh, this.reader.open({ id: e.item, size: e.size, md5: e.md5, version: String(e.modifiedMs), path: this.pathOf(ino) }, programOf(pid)));
+    this.handles.set(fh, this.reader.open({ id: e.item, size: e.size, md5: e.md5, version: String(e.modifiedMs), path: this.pathOf(ino) }, this.programs.of(pid)));
     return fh;
   }
 
-  read(fh: number, offset: number, size: number): Promise<Buffer> {
+  /** A read; what it downloads is counted for the program of `pid` (the reader, which need not be who opened the file). */
+  read(fh: number, offset: number, size: number, pid = 0): Promise<Buffer> {
     const h = this.handles.get(fh);
     if (!h) return Promise.reject(errnoError('bad file handle', EBADF));
+    if (pid) h.program = this.programs.of(pid);
     return this.reader.read(h, offset, size);
   }
 
@@ -175,12 +178,24 @@ export class DriveView {
 
 export { ROOT_INO };
 
-/** The program behind a pid (its comm), for download accounting. */
-function programOf(pid: number): string {
-  if (!pid) return 'unknown';
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() || 'unknown';
-  } catch {
-    return 'unknown';
+/** The program behind a pid (its comm), for download accounting; remembered briefly, since every read asks. */
+class ProgramNames {
+  private readonly names = new Map<number, { name: string; at: number }>();
+
+  of(pid: number): string {
+    if (!pid) return 'unknown';
+    const now = Date.now();
+    const known = this.names.get(pid);
+    // A pid is reused only after its process is gone; a few seconds of memory are safe enough for accounting.
+    if (known && now - known.at < 5000) return known.name;
+    let name: string;
+    try {
+      name = readFileSync(`/proc/${pid}/comm`, 'utf8').trim() || 'unknown';
+    } catch {
+      name = known?.name ?? 'unknown';
+    }
+    if (this.names.size >= 1024) this.names.clear();
+    this.names.set(pid, { name, at: now });
+    return name;
   }
 }

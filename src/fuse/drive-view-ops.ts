@@ -104,8 +104,8 @@ export class DriveViewOps implements LowLevelOps {
     return { fh: this.view.open(ino, ctx.pid), keepCache: true };
   }
 
-  read(_ino: number, fh: number, size: number, offset: number): Promise<Buffer> {
-    return this.view.read(fh, offset, size);
+  read(_ino: number, fh: number, size: number, offset: number, ctx: RequestContext): Promise<Buffer> {
+    return this.view.read(fh, offset, size, ctx.pid);
   }
 
   release(_ino: number, fh: number): void {

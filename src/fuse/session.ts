@@ -569,8 +569,8 @@ export class FuseSession {
       try { this.settle(id, Op.OPEN, ops.open(ino, flags, ctx(u, g, p, m)), this.rOpen); }
       catch (e) { this.fail(id, Op.OPEN, e); }
     };
-    h[Op.READ] = (id: number, ino: number, fh: number, size: number, offset: number): void => {
-      try { this.settle(id, Op.READ, ops.read(ino, fh, size, offset), this.rBuf); }
+    h[Op.READ] = (id: number, ino: number, fh: number, size: number, offset: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.READ, ops.read(ino, fh, size, offset, ctx(u, g, p, m)), this.rBuf); }
       catch (e) { this.fail(id, Op.READ, e); }
     };
     h[Op.WRITE] = (id: number, ino: number, fh: number, data: Buffer, offset: number, u: number, g: number, p: number, m: number): void => {

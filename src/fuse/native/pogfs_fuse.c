@@ -820,8 +820,9 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   case OP_OPEN: case OP_OPENDIR:
     a_num(&a, (double)r->ino); a_num(&a, r->flags); a_ctx(&a, r); break;
   case OP_READ:
+    /* The caller too: the Drive view counts downloads per program. */
     a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->size);
-    a_num(&a, (double)r->off); break;
+    a_num(&a, (double)r->off); a_ctx(&a, r); break;
   case OP_WRITE:
     a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_payload(&a, r); a_num(&a, (double)r->off);
     a_ctx(&a, r); break;
