@@ -344,3 +344,21 @@ describe('drive view: a shared drive, polling, a failing Drive, a bounded cache'
     assert.ok(s.calls['changes.list'] >= 2, JSON.stringify(s.calls));
   });
 });
+
+describe('drive view: user errors', () => {
+  it('says in one line what is wrong and what to do, exit code 2', async () => {
+    const noMnt = await pogfsAsync(['drive', 'mount', join(dir, 'no-such-dir'), '--state-dir', join(dir, 'err-state'), '--credentials', join(dir, 'none.json')]);
+    assert.equal(noMnt.code, 2);
+    assert.match(noMnt.stderr.trim(), /^pogfs: mount point .*no-such-dir does not exist \(create it with: mkdir -p .*\)$/);
+    mkdirSync(join(dir, 'err-mnt'));
+    const noToken = await pogfsAsync(['drive', 'mount', join(dir, 'err-mnt'), '--state-dir', join(dir, 'err-state'), '--credentials', join(dir, 'none.json')]);
+    assert.equal(noToken.code, 2);
+    assert.match(noToken.stderr.trim(), /^pogfs: no Drive credentials at .*none\.json: run `pogfs auth --scope readonly` or pass --credentials FILE$/);
+    const notView = await pogfsAsync(['drive', 'refresh', dir]);
+    assert.equal(notView.code, 2);
+    assert.match(notView.stderr.trim(), /^pogfs: .* is not a mounted Drive view \(mount one with: pogfs drive mount MOUNTPOINT\)$/);
+    const noState = await pogfsAsync(['drive', 'dupes', '--state-dir', join(dir, 'nothing-here')]);
+    assert.equal(noState.code, 2);
+    assert.match(noState.stderr.trim(), /holds no Drive view state/);
+  });
+});

@@ -94,7 +94,8 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
         [DRIVE_READONLY_SCOPE],
       );
     } catch (err) {
-      o.onReady(new UsageError((err as Error).message));
+      const msg = (err as Error).message;
+      o.onReady(new UsageError(/pogfs auth/.test(msg) ? msg.replace('`pogfs auth`', '`pogfs auth --scope readonly`') : msg));
       return;
     }
     view = new DriveView(client, {
