@@ -21,6 +21,8 @@ function fail(errno: number): never {
   throw Object.assign(new Error(`errno ${errno}`), { errno });
 }
 
+const INVALIDATION_BATCH = 64;
+
 export interface DriveViewOpsOptions {
   /** Seconds the kernel keeps names and attributes (long: a poll invalidates what changed). */
   cacheTimeout: number;
@@ -45,15 +47,16 @@ export class DriveViewOps implements LowLevelOps {
     const s = this.session;
     if (!s) return;
     const seen = new Set<string>();
-    const jobs: Promise<number>[] = [];
+    const jobs: Array<() => Promise<number>> = [];
     for (const [dir, name] of inval.entries) {
       const k = `${dir}/${name.toString('hex')}`;
       if (seen.has(k) || name.length === 0 || name.includes(0)) continue;
       seen.add(k);
-      jobs.push(s.notifyInvalEntry(dir, name));
+      jobs.push(() => s.notifyInvalEntry(dir, name));
     }
-    for (const ino of new Set(inval.inodes)) jobs.push(s.notifyInvalInode(ino, 0, 0));
-    await Promise.all(jobs);
+    for (const ino of new Set(inval.inodes)) jobs.push(() => s.notifyInvalInode(ino, 0, 0));
+    // In batches: a rescan may touch every name, and each notice is a job on libuv's threads.
+    for (let i = 0; i < jobs.length; i += INVALIDATION_BATCH) await Promise.all(jobs.slice(i, i + INVALIDATION_BATCH).map((j) => j()));
   }
 
   private attr(e: EntryRow): Attr {
