@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { planDupes } from '../src/driveview/dupes';
 import { FOLDER_MIME, MirrorDb, type Invalidation, type MirrorItem } from '../src/driveview/mirror-db';
 import { duplicateName, safeBase } from '../src/driveview/names';
 import { tempDir } from './support/tmp';
 
-/** The name mapping of the Drive view: the pure rule, and the mirror keeping names stable. */
+/** The name mapping of the Drive view (the pure rule, and the mirror keeping names stable) and the dupes plan. */
 
 describe('drive view names: the rule', () => {
   it('maps what Linux refuses and keeps everything else byte for byte', () => {
@@ -83,6 +84,37 @@ describe('drive view names: stable in the mirror', () => {
         // already closed
       }
       throw e;
+    }
+  });
+});
+
+describe('drive view dupes: the plan', () => {
+  const dir = tempDir('pogfs-dv-dupes-');
+
+  it('keeps the oldest or the newest, limits to a subtree, and leaves Google documents out', () => {
+    const m = new MirrorDb(join(dir, 'mirror.db'));
+    try {
+      const inval: Invalidation = { entries: [], inodes: [] };
+      const file = (id: string, name: string, parent: string, created: number, md5 = 'same', mime = 'video/mp4'): MirrorItem => ({
+        id, parent, name, mime, size: 100, md5, headRev: undefined, createdMs: created, modifiedMs: created, target: undefined,
+      });
+      const folder = (id: string, name: string, parent: string, created: number): MirrorItem => ({ ...file(id, name, parent, created, ''), mime: FOLDER_MIME, md5: undefined, size: 0 });
+      m.transaction(() => {
+        m.setRoot('ROOT');
+        const dirty = new Set<number>([1]);
+        for (const i of [folder('A', 'A', 'ROOT', 1), folder('B', 'B', 'ROOT', 2), file('f1', 'one.mp4', 'A', 30), file('f2', 'two.mp4', 'A', 10), file('f3', 'three.mp4', 'B', 20), file('g1', 'doc', 'A', 5, 'same', 'application/vnd.google-apps.document')]) m.upsertItem(i, 1, dirty, inval);
+        m.rename(dirty, inval);
+      });
+      const oldest = planDupes(m, 'oldest', undefined);
+      assert.deepEqual(oldest.files, [{ md5: 'same', size: 100, keep: { id: 'f2', path: '/A/two.mp4' }, extras: [{ id: 'f3', path: '/B/three.mp4' }, { id: 'f1', path: '/A/one.mp4' }] }]);
+      assert.equal(oldest.bytes_reclaimable, 200);
+      assert.equal(planDupes(m, 'newest', undefined).files[0].keep.id, 'f1');
+      const inA = planDupes(m, 'oldest', '/A');
+      assert.deepEqual(inA.files[0].extras, [{ id: 'f1', path: '/A/one.mp4' }]);
+      assert.deepEqual(planDupes(m, 'oldest', '/B').files, []);
+      assert.deepEqual(oldest.folders, []);
+    } finally {
+      m.close();
     }
   });
 });

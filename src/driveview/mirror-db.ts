@@ -485,7 +485,7 @@ export class MirrorDb {
     const rows = this.db.prepare(`
       SELECT i.md5 AS md5, i.size AS size, i.id AS id, d.ino AS ino, i.created_ms AS created, i.modified_ms AS modified
       FROM items i JOIN dirents d ON d.item = i.id AND d.kind = 1
-      WHERE i.md5 IS NOT NULL AND (i.md5, i.size) IN (
+      WHERE i.md5 IS NOT NULL AND i.mime NOT LIKE '${GOOGLE_PREFIX}%' AND (i.md5, i.size) IN (
         SELECT md5, size FROM items WHERE md5 IS NOT NULL AND mime NOT LIKE '${GOOGLE_PREFIX}%' GROUP BY md5, size HAVING count(*) > 1)
       ORDER BY i.md5, i.size, i.created_ms, i.id`).all() as Array<{ md5: string; size: number; id: string; ino: number; created: number; modified: number }>;
     const out: Array<{ md5: string; size: number; items: Array<{ id: string; ino: number; createdMs: number; modifiedMs: number }> }> = [];
