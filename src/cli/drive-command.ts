@@ -30,11 +30,13 @@ export interface DriveMountFlags {
   verbose?: boolean;
   chunkSize?: number;
   readahead?: number;
+  catchUpWait?: number;
   ipcReady?: boolean;
 }
 
 const DEFAULT_CACHE_BYTES = 10 * 1024 ** 3;
 const DEFAULT_POLL_SECONDS = 60;
+const DEFAULT_CATCH_UP_SECONDS = 10;
 
 /** `$XDG_DATA_HOME/pogfs/drive/<account>-<root>`: the account is a hash of the credentials' identity, so no call is needed to find it. */
 export function defaultStateDir(flags: DriveMountFlags): string {
@@ -70,6 +72,7 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
       sharedDriveId: flags.sharedDrive,
       cacheBytes: flags.cacheSize ?? DEFAULT_CACHE_BYTES,
       pollIntervalSec: pollInterval,
+      catchUpWaitSec: flags.catchUpWait ?? DEFAULT_CATCH_UP_SECONDS,
       credentials: flags.credentials,
       driveApiUrl: flags.driveApiUrl,
       driveTokenUrl: flags.driveTokenUrl,
@@ -105,6 +108,7 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   if (flags.verbose) argv.push('--verbose');
   if (flags.chunkSize) argv.push('--chunk-size', String(flags.chunkSize));
   if (flags.readahead) argv.push('--readahead', String(flags.readahead));
+  if (flags.catchUpWait !== undefined) argv.push('--catch-up-wait', String(flags.catchUpWait));
   const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
   await new Promise<void>((done) => {
     let settled = false;

@@ -8,6 +8,7 @@
 import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DriveView, STATE_FILES } from '../driveview/drive-view';
+import type { Invalidation } from '../driveview/mirror-db';
 import { DriveViewOps } from '../fuse/drive-view-ops';
 import { FuseSession } from '../fuse/session';
 import { DRIVE_READONLY_SCOPE } from '../remote/credentials';
@@ -29,6 +30,8 @@ export interface DriveMountOptions {
   driveApiUrl: string | undefined;
   driveTokenUrl: string | undefined;
   verbose: boolean;
+  /** How long a later mount waits for its catch-up poll before serving the stored tree anyway. */
+  catchUpWaitSec: number;
   /** Reader tuning (tests, bench): chunk size and read-ahead. */
   chunkSize?: number;
   maxReadaheadBytes?: number;
@@ -107,8 +110,21 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     });
     const firstScan = !view.sync.bootstrapped;
     const started = Date.now();
+    // A later mount waits for its catch-up poll only so long: with Drive down, the stored tree is served and the poll goes on behind it.
+    let lateCatchUp: Promise<Invalidation> | undefined;
     try {
-      await view.start(o.progress);
+      const starting = view.start(o.progress);
+      if (firstScan) await starting;
+      else {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((resolve) => (timer = setTimeout(resolve, o.catchUpWaitSec * 1000, 'late')));
+        const first = await Promise.race([starting, late]);
+        clearTimeout(timer);
+        if (first === 'late') {
+          lateCatchUp = starting;
+          log.warn(`the catch-up poll has not answered in ${o.catchUpWaitSec} s: serving the stored tree meanwhile`);
+        }
+      }
     } catch (err) {
       const msg = (err as Error).message;
       log.error('the first scan of the Drive failed', err);
@@ -136,6 +152,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
       { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
     );
     ops.attach(session);
+    lateCatchUp?.then((inval) => ops.invalidate(inval)).catch((err: unknown) => log.error('catch-up poll failed', err));
     const record: DaemonRecord = { pid: process.pid, startTicks: processStartTicks(process.pid) ?? '', mountpoint, started: new Date().toISOString() };
     writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
     log.info(`mounted the Drive view of ${o.sharedDriveId ? `shared drive ${o.sharedDriveId}` : o.rootId} at ${mountpoint}`);

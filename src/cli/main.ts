@@ -316,6 +316,7 @@ function addDriveCommands(p: Command): void {
     .option('-v, --verbose', 'log more (the log is pogfs.log in the state directory)')
     .option('--chunk-size <size>', 'bytes per downloaded chunk (default 1M)', parseSize)
     .option('--readahead <size>', 'most bytes read ahead of a sequential reader (default 64M)', parseSize)
+    .option('--catch-up-wait <seconds>', 'a later mount serves the stored tree after this long if Drive has not answered its catch-up poll (default 10)', seconds)
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (mountpoint: string, flags: import('./drive-command').DriveMountFlags) => {
       const { driveMount } = await commands.drive();
