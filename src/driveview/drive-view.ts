@@ -73,7 +73,11 @@ export class DriveView {
 
   /** Scans the Drive the first time, else catches up with one changes poll. */
   async start(progress?: ScanProgress): Promise<Invalidation> {
-    if (!this.sync.bootstrapped) return this.sync.bootstrap(progress);
+    if (!this.sync.bootstrapped) {
+      const inval = await this.sync.bootstrap(progress);
+      this.lastPoll = this.sync.lastReplay;
+      return inval;
+    }
     const r = await this.poll();
     // A failed catch-up is not fatal: the last known tree is served, status says why.
     return r.inval;

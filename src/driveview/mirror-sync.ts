@@ -41,6 +41,9 @@ export interface ScanProgress {
 }
 
 export class MirrorSync {
+  /** The changes replayed at the end of the last scan. */
+  lastReplay: PollResult | undefined;
+
   constructor(
     private readonly client: DriveClient,
     private readonly mirror: MirrorDb,
@@ -82,6 +85,7 @@ export class MirrorSync {
     });
     void seen;
     const replay = await this.poll(token);
+    this.lastReplay = replay;
     if (!replay.ok) throw new Error(replay.error);
     inval.entries.push(...replay.inval.entries);
     inval.inodes.push(...replay.inval.inodes);
