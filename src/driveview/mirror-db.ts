@@ -138,6 +138,7 @@ export class MirrorDb {
     readdir: Database.Statement<[number, number, number], { ino: number; name: Buffer; kind: number }>;
     insertDirent: Database.Statement<[number, Buffer, string | null, number, string]>;
     renameDirent: Database.Statement<[Buffer, string, number]>;
+    setDirentItem: Database.Statement<[string, number]>;
     deleteDirent: Database.Statement<[number]>;
     clearDirIno: Database.Statement<[number]>;
     setDirIno: Database.Statement<[number, string]>;
@@ -181,6 +182,7 @@ export class MirrorDb {
       readdir: this.db.prepare('SELECT ino, name, kind FROM dirents WHERE dir = ? AND ino > ? ORDER BY ino LIMIT ?'),
       insertDirent: this.db.prepare('INSERT INTO dirents (dir, name, item, kind, base) VALUES (?, ?, ?, ?, ?)'),
       renameDirent: this.db.prepare('UPDATE dirents SET name = ?, base = ? WHERE ino = ?'),
+      setDirentItem: this.db.prepare('UPDATE dirents SET item = ? WHERE ino = ?'),
       deleteDirent: this.db.prepare('DELETE FROM dirents WHERE ino = ?'),
       clearDirIno: this.db.prepare('UPDATE items SET dir_ino = NULL WHERE dir_ino = ?'),
       setDirIno: this.db.prepare('UPDATE items SET dir_ino = ? WHERE id = ?'),
@@ -419,8 +421,11 @@ export class MirrorDb {
     }
     for (const e of entities) {
       let ino: number;
-      if (e.row) ino = e.row.ino;
-      else {
+      if (e.row) {
+        ino = e.row.ino;
+        // A directory shows its oldest folder's times: that folder may have changed.
+        if (e.kind === 'dir' && e.row.item !== e.id) this.st.setDirentItem.run(e.id, ino);
+      } else {
         const nameBuf = Buffer.from(e.name!, 'utf8');
         ino = Number(this.st.insertDirent.run(dirIno, nameBuf, e.id, KIND_CODE[e.kind], e.base).lastInsertRowid);
         inval.entries.push([dirIno, nameBuf]);
