@@ -375,6 +375,10 @@ describe('drive view: user errors', () => {
     const notView = await pogfsAsync(['drive', 'refresh', dir]);
     assert.equal(notView.code, 2);
     assert.match(notView.stderr.trim(), /^pogfs: .* is not a mounted Drive view \(mount one with: pogfs drive mount MOUNTPOINT\)$/);
+    // The state of the first suite's view mirrors My Drive: another root there is refused.
+    const otherRoot = await pogfsAsync(['drive', 'mount', join(dir, 'err-mnt'), '--root', 'SOMEFOLDER', '--state-dir', join(dir, 'state'), '--credentials', join(dir, 'none.json')]);
+    assert.equal(otherRoot.code, 2);
+    assert.match(otherRoot.stderr.trim(), /^pogfs: .*state holds the view of My Drive, not of folder SOMEFOLDER: give another --state-dir \(or leave it out\)$/);
     const noState = await pogfsAsync(['drive', 'dupes', '--state-dir', join(dir, 'nothing-here')]);
     assert.equal(noState.code, 2);
     assert.match(noState.stderr.trim(), /holds no Drive view state/);

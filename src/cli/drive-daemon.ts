@@ -5,7 +5,7 @@
  * the control socket in the state directory. `pogfs umount` ends it like a volume's daemon
  * (same daemon record, same fuse.pogfs mount type).
  */
-import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DriveView, STATE_FILES } from '../driveview/drive-view';
 import type { Invalidation } from '../driveview/mirror-db';
@@ -71,6 +71,10 @@ function checkMountpoint(mountpoint: string, notice: (line: string) => void): vo
   if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
 }
 
+function describeRoot(rootId: string, sharedDriveId: string | undefined): string {
+  return sharedDriveId ? `shared drive ${sharedDriveId}` : rootId === 'root' ? 'My Drive' : `folder ${rootId}`;
+}
+
 export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
   const mountpoint = resolve(o.mountpoint);
   const stateDir = resolve(o.stateDir);
@@ -79,6 +83,19 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const holder = liveDaemon(stateDir);
     if (holder) throw new UsageError(`the Drive view in ${stateDir} is already mounted at ${holder.mountpoint} (daemon pid ${holder.pid}); unmount it first with: pogfs umount ${holder.mountpoint}`);
+    // One state directory mirrors one root: another root there would show the old tree.
+    const wanted = describeRoot(o.rootId, o.sharedDriveId);
+    const viewFile = join(stateDir, STATE_FILES.view);
+    if (existsSync(viewFile)) {
+      let had: { root?: string; sharedDrive?: string | null } = {};
+      try {
+        had = JSON.parse(readFileSync(viewFile, 'utf8')) as typeof had;
+      } catch {
+        // unreadable: rewritten below
+      }
+      const was = describeRoot(had.root ?? 'root', had.sharedDrive ?? undefined);
+      if (had.root !== undefined && was !== wanted) throw new UsageError(`${stateDir} holds the view of ${was}, not of ${wanted}: give another --state-dir (or leave it out)`);
+    }
   } catch (err) {
     o.onReady(err instanceof UsageError ? err : new UsageError((err as Error).message));
     return;
