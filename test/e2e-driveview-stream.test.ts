@@ -30,13 +30,14 @@ describe('drive view: streaming over a slow link', () => {
   before(async () => {
     mkdirSync(mnt);
     emu = await DriveEmulator.start();
-    const [movie, probe, seek, bad] = emu.seedItems([
+    const [movie, probe, seek, bad, shared] = emu.seedItems([
       { name: 'movie.mkv', size: STREAM_MIB * MiB, contentSeed: 101 },
       { name: 'probe.mkv', size: 256 * MiB, contentSeed: 102 },
       { name: 'seek.mkv', size: 256 * MiB, contentSeed: 103 },
       { name: 'bad.mkv', size: 3 * MiB + 5, contentSeed: 104 },
+      { name: 'shared.mkv', size: 64 * MiB, contentSeed: 105 },
     ]);
-    Object.assign(ids, { movie, probe, seek, bad });
+    Object.assign(ids, { movie, probe, seek, bad, shared });
     emu.setStoredMd5(bad, '0123456789abcdef0123456789abcdef');
     const flags = driveFlags(emu, writeToken(emu, join(dir, 'token.json')));
     const r = await pogfsAsync(['drive', 'mount', mnt, '--state-dir', state, '--poll-interval', '0', '--cache-size', '2G', ...flags]);
@@ -86,6 +87,18 @@ describe('drive view: streaming over a slow link', () => {
     assert.ok(got.some((g) => g.start === 128 * MiB), `no range starts at the seek: ${JSON.stringify(got)}`);
     // Nothing between the read-ahead of the first stretch and the seek was asked for.
     for (const g of got) assert.ok(g.start < 48 * MiB || g.start >= 128 * MiB, `fetched ${JSON.stringify(g)} between`);
+  });
+
+  it('two readers of one file at once share its downloads', { timeout: 60_000 }, async () => {
+    emu.resetStats();
+    // O_DIRECT: each reader's requests reach the view (the kernel's page cache would share them otherwise).
+    const file = join(mnt, 'shared.mkv');
+    const r = await shAsync(`dd if=${file} of=/dev/null bs=1M iflag=direct status=none & dd if=${file} of=/dev/null bs=1M iflag=direct status=none & wait`);
+    assert.equal(r.code, 0, r.stderr);
+    const s = await viewStatus(mnt);
+    assert.ok((s.downloads.byProgram.dd ?? 0) > 0);
+    assert.ok(emu.stats().bytesSent <= 1.02 * 64 * MiB, `${emu.stats().bytesSent} bytes downloaded for two readers of a 64 MiB file`);
+    assert.ok(s.cache.hits > 0, JSON.stringify(s.cache));
   });
 
   it('a file whose bytes do not match its md5 fails with EIO, is logged, and keeps nothing cached', { timeout: 60_000 }, async () => {
