@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readdir, readFile, readlink, lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -149,6 +149,15 @@ describe('drive view: names, shortcuts, reads, refresh, dupes', () => {
     assert.equal((await readFile(join(mnt, 'TV', `x [${ids.dupB.slice(0, 8)}].mkv`))).length, 20 * KiB);
     const s = await viewStatus(mnt);
     assert.equal(s.downloads.refused, 1);
+    const logged = readFileSync(join(state, 'pogfs.log'), 'utf8').split('\n').filter((l) => l.includes('Drive refuses to serve /TV/x.mkv'));
+    assert.equal(logged.length, 1);
+    assert.match(logged[0], /downloadQuotaExceeded/);
+  });
+
+  it('a rate-limited download (403 userRateLimitExceeded) is retried, not failed', async () => {
+    emu.injectFault({ method: 'files.get', fault: 'userRateLimitExceeded' });
+    assert.deepEqual(await readFile(join(mnt, 'TV', '．')), syntheticBytes(5, 0, 1));
+    assert.equal((await viewStatus(mnt)).calls['retry.403'], 1);
   });
 
   it('shows a rename, a move, a trash, a content change and a new file right after drive refresh', { timeout: 60_000 }, async () => {

@@ -547,7 +547,9 @@ export class DriveClient {
       if (isNetworkError(err)) return { kind: 'retry', counter: 'retry.network', message: networkText(err), retryAfterMs: undefined, ambiguous: true };
       return { kind: 'fatal', status, error: new RemoteError(`Drive ${method}: ${(e as Error)?.message ?? String(e)}`, 'io') };
     }
-    const info = apiErrorInfo(err.response?.data);
+    // A streamed answer's error body is not in `data` but in the message (as JSON): the reason
+    // decides between a rate limit to retry and a refusal (downloadQuotaExceeded) to give up on.
+    const info = apiErrorInfo(err.response?.data ?? (e as Error).message);
     const text = `HTTP ${status}${info.reason ? ` ${info.reason}` : ''}${info.message ? `: ${info.message}` : ''}`;
     const retryAfterMs = retryAfter(err.response?.headers);
     if (status === 401) return { kind: 'unauthorized', message: text };
