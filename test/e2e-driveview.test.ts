@@ -366,6 +366,7 @@ describe('drive view: a shared drive, polling, a failing Drive, a bounded cache'
     assert.equal((await readFile(join(mnt, 'Music', 'song (remaster).flac'))).length, 40 * KiB);
     const out = await pogfsAsyncOk(['stats', mnt]);
     assert.match(out, /downloaded by node/);
+    assert.match(out, /downloaded of \/Music\/song \(remaster\)\.flac +40\.0 KiB/);
     const s = await viewStatus(mnt);
     assert.ok((s.downloads.byProgram.node ?? 0) >= 40 * KiB, JSON.stringify(s.downloads.byProgram));
     assert.equal(s.calls['files.get'], callsBetween(before, emu.calls())['files.get']);

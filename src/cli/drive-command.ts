@@ -197,6 +197,7 @@ export async function driveStatus(target: string, json: boolean, withPrograms: b
   ];
   if (withPrograms) {
     for (const [program, bytes] of Object.entries(s.downloads.byProgram).sort((a, b) => b[1] - a[1])) rows.push([`  downloaded by ${program}`, formatBytes(bytes)]);
+    for (const [path, bytes] of Object.entries(s.downloads.byFile).sort((a, b) => b[1] - a[1]).slice(0, 5)) rows.push([`  downloaded of ${path}`, formatBytes(bytes)]);
   }
   console.log(formatRows(rows));
 }
