@@ -180,7 +180,6 @@ export class DriveView {
   }
 }
 
-export { ROOT_INO };
 
 /** The program behind a pid (its comm), for download accounting; remembered briefly, since every read asks. */
 class ProgramNames {

@@ -62,10 +62,9 @@ export class MirrorSync {
     const rootId = await this.resolveRoot();
     const token = await this.client.startPageToken(this.target.sharedDriveId);
     const scan = Number(this.mirror.getState('scan') ?? '0') + 1;
-    let seen = 0;
     for (let restart = 0; ; restart++) {
       try {
-        seen = await this.listAll(scan, progress);
+        await this.listAll(scan, progress);
         break;
       } catch (e) {
         // A page token Drive no longer accepts: the listing starts over (upserts make that safe).
@@ -83,7 +82,6 @@ export class MirrorSync {
       // Not yet `page_token`: a crash before the replay below scans again.
       this.mirror.setState('scan_token', token);
     });
-    void seen;
     const replay = await this.poll(token);
     this.lastReplay = replay;
     if (!replay.ok) throw new Error(replay.error);
