@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import type { DriveClient } from '../remote/drive-client';
 import { ChunkReader, DEFAULT_READER_SETTINGS, errnoError, type ReadHandle, type ReaderLog, type ReaderSettings } from './chunk-reader';
 import { DiskChunkCache } from './chunk-cache';
-import { MirrorDb, ROOT_INO, type EntryRow, type Invalidation } from './mirror-db';
+import { MirrorDb, type EntryRow, type Invalidation } from './mirror-db';
 import { MirrorSync, type PollResult, type ScanProgress, type SyncTarget } from './mirror-sync';
 
 export const STATE_FILES = {
