@@ -15,7 +15,9 @@
  * (bench/compression.ts), and where LZ4 runs best (bench/codec-threads.ts);
  * POGFS_BENCH_COMPRESSION=0 skips both. Then the Google Drive remote against the Drive
  * emulator: upload rate, cold read after a restore, calls per GiB (bench/remote.ts);
- * POGFS_BENCH_REMOTE=0 skips it, POGFS_BENCH_REMOTE_MIB sizes it.
+ * POGFS_BENCH_REMOTE=0 skips it, POGFS_BENCH_REMOTE_MIB sizes it. Then the Drive view
+ * (`pogfs drive mount`): calls per 10,000 items, streaming, first byte and random reads,
+ * each beside a naive strategy (bench/driveview.ts); POGFS_BENCH_DRIVEVIEW=0 skips it.
  * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
  * POGFS_BENCH_FILES the tar tree, POGFS_BENCH_FSCK_FILES the fsck volume (0 skips it).
  */
@@ -26,6 +28,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { benchCodecThreads, printCodecThreads } from './codec-threads';
 import { benchCompression, printCompression } from './compression';
 import { benchFsck, printFsck } from './fsck';
+import { benchDriveView, printDriveView } from './driveview';
 import { benchRemote, printRemote } from './remote';
 import { dropCaches, seconds, sh } from './shell';
 
@@ -187,7 +190,9 @@ async function main(): Promise<void> {
     if (codecThreads) printCodecThreads(codecThreads);
     const remote = process.env.POGFS_BENCH_REMOTE === '0' ? undefined : await benchRemote(work, POGFS);
     if (remote) printRemote(remote);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression, codecThreads, remote }, null, 2));
+    const driveView = process.env.POGFS_BENCH_DRIVEVIEW === '0' ? undefined : await benchDriveView(work);
+    if (driveView) printDriveView(driveView);
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression, codecThreads, remote, driveView }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);

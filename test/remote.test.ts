@@ -9,7 +9,7 @@ import { UsageError } from '../src/cli/errors';
 import { DriveAuth, parseCredentials } from '../src/remote/credentials';
 import { LocalRemote } from '../src/remote/local-remote';
 import { packName, PACK_PREFIXES } from '../src/remote/object-names';
-import { openRemote, parseRemoteSpec, type RemoteSettings } from '../src/remote/open-remote';
+import { openDriveClient, openRemote, parseRemoteSpec, type RemoteSettings } from '../src/remote/open-remote';
 import { RemoteError, type Remote, type RemoteLock } from '../src/remote/remote';
 import { DriveEmulator, FOLDER_MIME } from './support/drive-emulator';
 import { emulatorSettings } from './support/remote-settings';
@@ -674,6 +674,22 @@ describe('pogfs auth against the emulator', () => {
       assert.equal((await r.read(obj)).toString(), 'authorized');
     } finally {
       await r.close();
+    }
+  });
+
+  it('--scope readonly asks for drive.readonly: the saved token reads the Drive and cannot change it', async () => {
+    const credentials = join(dir, 'readonly.json');
+    const { output } = await runAuth({ clientSecretFile: clientFile(), credentials, scope: 'readonly' }, async (url) => {
+      assert.match(url, /scope=https%3A%2F%2Fwww\.googleapis\.com%2Fauth%2Fdrive\.readonly(&|$)/);
+      await fetch(await followRedirect(url));
+    });
+    assert.match(output, /read the files in your Google Drive/);
+    const client = await openDriveClient(emulatorSettings(emu, credentials));
+    try {
+      assert.ok(await client.startPageToken());
+      await assert.rejects(client.createFolder('not allowed', 'root'), /insufficientPermissions/);
+    } finally {
+      await client.close();
     }
   });
 

@@ -14,9 +14,15 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { auth as googleAuth } from '@googleapis/drive';
-import { DRIVE_FILE_SCOPE, defaultCredentialsPath, oauthErrorText, writeUserCredentials, type OAuth2Client } from '../remote/credentials';
+import { DRIVE_FILE_SCOPE, DRIVE_FULL_SCOPE, DRIVE_READONLY_SCOPE, defaultCredentialsPath, oauthErrorText, writeUserCredentials, type OAuth2Client } from '../remote/credentials';
 import { DEFAULT_AUTH_URL, DEFAULT_TOKEN_URL } from '../remote/open-remote';
 import { UsageError } from './errors';
+
+const SCOPES = {
+  file: { url: DRIVE_FILE_SCOPE, what: 'keep its own files in your Google Drive' },
+  readonly: { url: DRIVE_READONLY_SCOPE, what: 'read the files in your Google Drive (for pogfs drive mount)' },
+  full: { url: DRIVE_FULL_SCOPE, what: 'read and change the files in your Google Drive (for pogfs drive dupes --apply)' },
+} as const;
 
 export interface AuthOptions {
   /** The JSON Google Cloud console gives for a "Desktop app" OAuth client. */
@@ -29,6 +35,12 @@ export interface AuthOptions {
   tokenUrl?: string;
   /** Do not try to open a browser; just print the URL. */
   noBrowser?: boolean;
+  /**
+   * What pogfs may do in the Drive: 'file' (default: only the files pogfs made, for
+   * volumes), 'readonly' (read every file: the Drive view, a dupes dry run), 'full'
+   * (change every file: `drive dupes --apply`).
+   */
+  scope?: 'file' | 'readonly' | 'full';
   /** Where a pasted code or address is read from (stdin by default). */
   input?: NodeJS.ReadableStream;
   /** Where instructions go (stderr by default, so stdout stays clean). */
@@ -56,13 +68,13 @@ export async function auth(options: AuthOptions): Promise<void> {
       access_type: 'offline',
       // Google hands out a refresh token only on consent; asking every time guarantees one.
       prompt: 'consent',
-      scope: [DRIVE_FILE_SCOPE],
+      scope: [SCOPES[options.scope ?? 'file'].url],
       state,
       code_challenge: codeChallenge,
       code_challenge_method: 'S256' as NonNullable<Parameters<OAuth2Client['generateAuthUrl']>[0]>['code_challenge_method'],
     });
     out.write(
-      `Open this address in a browser and allow pogfs to keep its own files in your Google Drive:\n\n  ${url}\n\n` +
+      `Open this address in a browser and allow pogfs to ${SCOPES[options.scope ?? 'file'].what}:\n\n  ${url}\n\n` +
         `Waiting for the browser to come back to ${redirectUri}\n` +
         `(without a browser here: open it on another machine, then paste the address the browser ends on, or the code, and press Enter)\n`,
     );

@@ -12,8 +12,8 @@ export const CONTROL_SOCKET = 'control.sock';
 const MAX_REQUEST = 64 * 1024;
 
 export interface ControlRequest {
-  /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues). */
-  op: 'gc' | 'status' | 'pin' | 'unpin';
+  /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues); refresh: a Drive view polls the changes feed now. */
+  op: 'gc' | 'status' | 'pin' | 'unpin' | 'refresh';
   dryRun?: boolean;
   /** pin, unpin: a path inside the mount, relative to its root. */
   path?: string;

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { spawn } from 'node:child_process';
 import { homedir } from 'node:os';
 import { existsSync } from 'node:fs';
@@ -27,6 +27,7 @@ const commands = {
   pin: () => import('./pin-command'),
   status: () => import('./status-command'),
   auth: () => import('./auth-command'),
+  drive: () => import('./drive-command'),
 };
 
 /** `--credentials`, `--drive-api-url` ... as setting keys: given with init and with a mount of a remote. */
@@ -265,6 +266,8 @@ function program(): Command {
     .argument('<volume-or-mountpoint>')
     .option('--json', 'machine-readable output')
     .action(async (target: string, opts: { json?: boolean }) => {
+      const drive = await commands.drive();
+      if (drive.driveViewOf(target)) return drive.driveStatus(target, !!opts.json, true);
       const { stats } = await commands.stats();
       await stats(target, !!opts.json);
     });
@@ -302,6 +305,8 @@ function program(): Command {
     .argument('<mountpoint>')
     .option('--json', 'machine-readable output')
     .action(async (mountpoint: string, opts: { json?: boolean }) => {
+      const drive = await commands.drive();
+      if (drive.driveViewOf(mountpoint)) return drive.driveStatus(mountpoint, !!opts.json, false);
       const { status } = await commands.status();
       await status(mountpoint, !!opts.json);
     });
@@ -333,8 +338,9 @@ function program(): Command {
     .option('--auth-url <url>', 'OAuth authorization endpoint')
     .option('--token-url <url>', 'OAuth token endpoint')
     .option('--no-browser', 'only print the address; do not try to open a browser')
+    .addOption(new Option('--scope <scope>', 'file: only files pogfs makes (volumes); readonly: read all your files (drive mount); full: change them too (drive dupes --apply)').choices(['file', 'readonly', 'full']).default('file'))
     .action(
-      async (o: { clientSecretFile?: string; clientId?: string; clientSecret?: string; credentials?: string; authUrl?: string; tokenUrl?: string; browser?: boolean }) => {
+      async (o: { clientSecretFile?: string; clientId?: string; clientSecret?: string; credentials?: string; authUrl?: string; tokenUrl?: string; browser?: boolean; scope?: 'file' | 'readonly' | 'full' }) => {
         const { auth } = await commands.auth();
         await auth({
           clientSecretFile: o.clientSecretFile,
@@ -344,10 +350,12 @@ function program(): Command {
           authUrl: o.authUrl,
           tokenUrl: o.tokenUrl,
           noBrowser: o.browser === false,
+          scope: o.scope,
         });
       },
     );
 
+  addDriveCommands(p);
   return p;
 }
 
@@ -378,6 +386,62 @@ function mountHelperArgs(p: Command): string[] | undefined {
   const looksLikeSource = first !== undefined && !first.startsWith('-') && !isCommandName(p, first) && (first.includes('/') || REMOTE_SPEC.test(first) || existsSync(first));
   if (!invokedAsHelper && !looksLikeSource) return undefined;
   return mountArgsFromHelper(args) ?? [];
+}
+
+/** `pogfs drive ...`: the read-only view of an existing Google Drive. */
+function addDriveCommands(p: Command): void {
+  const seconds = (text: string): number => {
+    const n = Number(text);
+    if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a number of seconds, not ${text}`);
+    return n;
+  };
+  const drive = p.command('drive').description('a read-only view of your existing Google Drive (for Plex, Jellyfin...): one scan, then the changes feed');
+  drive
+    .command('mount')
+    .description('mount a Drive read-only; the first mount scans it, later ones start at once; returns once the tree is served')
+    .argument('<mountpoint>')
+    .option('--root <folder-id>', 'show this folder instead of all of My Drive')
+    .option('--shared-drive <drive-id>', 'show this shared drive')
+    .option('--state-dir <dir>', 'mirror and chunk cache (default under $XDG_DATA_HOME/pogfs/drive/, one per account and root)')
+    .option('--cache-size <size>', 'bound of the chunk cache on disk (default 10G)', parseSize)
+    .option('--poll-interval <seconds>', 'how often to poll the changes feed (default 60; 0: only on drive refresh)', seconds)
+    .option('--credentials <file>', 'Drive credentials (from pogfs auth --scope readonly, a service-account key, or an access token)')
+    .option('--drive-api-url <url>', 'Drive API root URL (default Google\'s)')
+    .option('--drive-token-url <url>', 'OAuth token endpoint (default Google\'s)')
+    .option('-f, --foreground', 'keep the daemon attached to this terminal')
+    .option('-v, --verbose', 'log more (the log is pogfs.log in the state directory)')
+    .option('--chunk-size <size>', 'bytes per downloaded chunk (default 1M)', parseSize)
+    .option('--readahead <size>', 'most bytes read ahead of a sequential reader (default 64M)', parseSize)
+    .option('--catch-up-wait <seconds>', 'a later mount serves the stored tree after this long if Drive has not answered its catch-up poll (default 10)', seconds)
+    .addOption(new Option('--ipc-ready').hideHelp())
+    .action(async (mountpoint: string, flags: import('./drive-command').DriveMountFlags) => {
+      const { driveMount } = await commands.drive();
+      await driveMount(mountpoint, flags);
+    });
+  drive
+    .command('refresh')
+    .description('apply the changes feed now; returns when the mount shows them')
+    .argument('<mountpoint>')
+    .action(async (mountpoint: string) => {
+      const { driveRefresh } = await commands.drive();
+      await driveRefresh(mountpoint);
+    });
+  drive
+    .command('dupes')
+    .description('duplicate files (same md5 and size) and same-named sibling folders, from the mirror (no Drive call); --apply merges folders and trashes extras')
+    .argument('[mountpoint-and-path...]', 'MOUNTPOINT [PATH] (or PATH alone with --state-dir)')
+    .option('--state-dir <dir>', 'the Drive view state to read (instead of a mounted view)')
+    .addOption(new Option('--keep <rule>', 'which file of a group stays').choices(['newest', 'oldest', 'largest', 'smallest']).default('oldest'))
+    .option('--apply', 'merge duplicate folders and move extra files to the Drive trash (needs pogfs auth --scope full); writes a log')
+    .option('--undo <log>', 'put back what an --apply moved and trashed')
+    .option('--json', 'machine-readable output')
+    .option('--credentials <file>', 'Drive credentials')
+    .option('--drive-api-url <url>', 'Drive API root URL')
+    .option('--drive-token-url <url>', 'OAuth token endpoint')
+    .action(async (args: string[], flags: import('./drive-command').DupesFlags) => {
+      const { driveDupes } = await commands.drive();
+      await driveDupes(args, flags);
+    });
 }
 
 async function main(): Promise<void> {

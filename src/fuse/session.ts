@@ -96,6 +96,9 @@ interface NativeBinding {
   replyBuf(h: NativeHandle, id: number, data: Uint8Array): boolean;
   replyStatfs(h: NativeHandle, id: number): boolean;
   replyDir(h: NativeHandle, id: number, entries: readonly DirEntry[]): boolean;
+  /** Resolve with an errno (0 done, ENOENT nothing cached, ENOTCONN session gone); run off the JS thread. */
+  notifyInvalEntry(h: NativeHandle, parent: number, name: Buffer): Promise<number>;
+  notifyInvalInode(h: NativeHandle, ino: number, off: number, len: number): Promise<number>;
 }
 
 let nativeBinding: NativeBinding | undefined;
@@ -304,6 +307,22 @@ export class FuseSession {
     if (this.isEnded) return Promise.resolve();
     this.unmounting ??= this.doUnmount(options?.lazy ?? false).finally(() => (this.unmounting = undefined));
     return this.unmounting;
+  }
+
+  /**
+   * Makes the kernel forget the name `name` in directory `parent` (a cached lookup, positive
+   * or negative). Resolves with 0, or the errno: ENOENT when nothing was cached is normal.
+   * Runs on a worker thread, so it is safe while requests are pending.
+   */
+  notifyInvalEntry(parent: number, name: Buffer): Promise<number> {
+    if (this.isEnded) return Promise.resolve(os.constants.errno.ENOTCONN);
+    return this.native.notifyInvalEntry(this.handle, parent, name);
+  }
+
+  /** Makes the kernel drop an inode's cached attributes and pages (`len` 0: all of them from `off`). */
+  notifyInvalInode(ino: number, off = 0, len = 0): Promise<number> {
+    if (this.isEnded) return Promise.resolve(os.constants.errno.ENOTCONN);
+    return this.native.notifyInvalInode(this.handle, ino, off, len);
   }
 
   setSecurityXattrsPresent(present: boolean): void {
@@ -550,8 +569,8 @@ export class FuseSession {
       try { this.settle(id, Op.OPEN, ops.open(ino, flags, ctx(u, g, p, m)), this.rOpen); }
       catch (e) { this.fail(id, Op.OPEN, e); }
     };
-    h[Op.READ] = (id: number, ino: number, fh: number, size: number, offset: number): void => {
-      try { this.settle(id, Op.READ, ops.read(ino, fh, size, offset), this.rBuf); }
+    h[Op.READ] = (id: number, ino: number, fh: number, size: number, offset: number, u: number, g: number, p: number, m: number): void => {
+      try { this.settle(id, Op.READ, ops.read(ino, fh, size, offset, ctx(u, g, p, m)), this.rBuf); }
       catch (e) { this.fail(id, Op.READ, e); }
     };
     h[Op.WRITE] = (id: number, ino: number, fh: number, data: Buffer, offset: number, u: number, g: number, p: number, m: number): void => {

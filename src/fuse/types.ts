@@ -123,7 +123,7 @@ export interface LowLevelOps {
   link(ino: number, newParent: number, newName: Buffer, ctx: RequestContext): MaybePromise<Entry>;
   open(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply>;
   /** Returns at most `size` bytes; fewer only at end of file. */
-  read(ino: number, fh: number, size: number, offset: number): MaybePromise<Buffer>;
+  read(ino: number, fh: number, size: number, offset: number, ctx: RequestContext): MaybePromise<Buffer>;
   /** `data` is owned by the callee (already copied out of libfuse's buffer). Returns bytes written. */
   write(ino: number, fh: number, data: Buffer, offset: number, ctx: RequestContext): MaybePromise<number>;
   flush(ino: number, fh: number): MaybePromise<void>;

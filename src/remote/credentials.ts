@@ -25,6 +25,10 @@ type Credentials = OAuth2Client['credentials'];
 
 /** Access to files pogfs itself created, nothing else in the user's Drive. */
 export const DRIVE_FILE_SCOPE = 'https://www.googleapis.com/auth/drive.file';
+/** Read access to every file of the user (the Drive view, a dupes dry run). */
+export const DRIVE_READONLY_SCOPE = 'https://www.googleapis.com/auth/drive.readonly';
+/** Full access (dupes --apply moves and trashes the user's files). */
+export const DRIVE_FULL_SCOPE = 'https://www.googleapis.com/auth/drive';
 
 const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 /** Google issues access tokens for an hour; assumed when a token answer omits `expires_in`. */

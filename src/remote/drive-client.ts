@@ -149,6 +149,52 @@ export class DriveClient {
     throw new RemoteError(`Drive files.list: too many pages for ${q}`, 'io');
   }
 
+  // ---- the Drive view's metadata calls: one page each, raw fields (the caller's mask) ----
+
+  /** changes.getStartPageToken, for My Drive or one shared drive. */
+  async startPageToken(driveId?: string): Promise<string> {
+    const data = await this.call('changes.getStartPageToken', async (o) => (await this.api.changes.getStartPageToken({ supportsAllDrives: true, ...(driveId ? { driveId } : {}) }, o)).data);
+    if (typeof data.startPageToken !== 'string' || !data.startPageToken) throw new RemoteError('Drive changes.getStartPageToken answered without a token', 'io');
+    return data.startPageToken;
+  }
+
+  /** One page of files.list with the caller's `q` and `fields` mask (a shared drive's items with `driveId`). */
+  async listFilesPage(p: { q: string; fields: string; pageToken?: string; driveId?: string }): Promise<drive_v3.Schema$FileList> {
+    return this.call('files.list', async (o) =>
+      (await this.api.files.list({
+        q: p.q,
+        pageSize: 1000,
+        pageToken: p.pageToken,
+        fields: p.fields,
+        spaces: 'drive',
+        supportsAllDrives: true,
+        includeItemsFromAllDrives: true,
+        ...(p.driveId ? { corpora: 'drive', driveId: p.driveId } : {}),
+      }, o)).data,
+    );
+  }
+
+  /** One page of changes.list from `pageToken`. */
+  async listChangesPage(p: { pageToken: string; fields: string; driveId?: string }): Promise<drive_v3.Schema$ChangeList> {
+    return this.call('changes.list', async (o) =>
+      (await this.api.changes.list({
+        pageToken: p.pageToken,
+        pageSize: 1000,
+        fields: p.fields,
+        spaces: 'drive',
+        includeRemoved: true,
+        supportsAllDrives: true,
+        includeItemsFromAllDrives: true,
+        ...(p.driveId ? { driveId: p.driveId } : {}),
+      }, o)).data,
+    );
+  }
+
+  /** Changes an item's metadata: trash/untrash, rename, or move (add and remove parents). */
+  async updateMetadata(fileId: string, body: { trashed?: boolean; name?: string }, move?: { addParents: string; removeParents: string }): Promise<DriveFile> {
+    return this.call('files.update', async (o) => toDriveFile((await this.api.files.update({ fileId, requestBody: body, fields: FILE_FIELDS, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
+  }
+
   /**
    * Creates a folder. `findExisting` runs before a retry that follows an ambiguous failure
    * (the folder may have been made), so a retry does not make a second one.
@@ -204,7 +250,7 @@ export class DriveClient {
    * Reads a file's content, or `length` bytes at `offset` (a Range request). Resolves with
    * exactly the bytes asked for: a short body is retried, a range past the end rejects.
    */
-  async download(fileId: string, offset?: number, length?: number, onProgress?: ReadProgress): Promise<Buffer> {
+  async download(fileId: string, offset?: number, length?: number, onProgress?: ReadProgress, signal?: AbortSignal): Promise<Buffer> {
     const ranged = offset !== undefined || length !== undefined;
     const start = offset ?? 0;
     if (length === 0) return Buffer.alloc(0);
@@ -213,8 +259,11 @@ export class DriveClient {
       let answer;
       const streamed = onProgress !== undefined && length !== undefined;
       try {
-        answer = await this.api.files.get({ fileId, alt: 'media', supportsAllDrives: true }, { ...o, responseType: streamed ? 'stream' : 'arraybuffer', headers: ranged ? { Range: range } : {} });
+        if (signal?.aborted) throw new RemoteError('Drive files.get: download cancelled', 'cancelled');
+        answer = await this.api.files.get({ fileId, alt: 'media', supportsAllDrives: true }, { ...o, responseType: streamed ? 'stream' : 'arraybuffer', headers: ranged ? { Range: range } : {}, ...(signal ? { signal } : {}) });
       } catch (e) {
+        // A cancelled download is not a failure to retry.
+        if (signal?.aborted) throw new RemoteError('Drive files.get: download cancelled', 'cancelled');
         const res = (e as { response?: HttpResponseLike }).response;
         if (res?.status !== 416) throw e;
         // Nothing at `start`: the end itself is an empty read, anything beyond is an error.
@@ -222,9 +271,14 @@ export class DriveClient {
         if (length === undefined && total === start) return Buffer.alloc(0);
         throw new RemoteError(`Drive files.get: range ${start}+${length ?? 0} past the end of a ${Number.isFinite(total) ? total : '?'}-byte file`, 'io');
       }
-      if (streamed && answer.status === 206) return this.receive(answer, answer.data as unknown as Readable, start, length, onProgress);
-      const whole = streamed ? await this.readAll(answer.data as unknown as Readable) : Buffer.from(answer.data as unknown as ArrayBuffer);
-      return this.checkDownload(answer, whole, ranged, start, length);
+      try {
+        if (streamed && answer.status === 206) return await this.receive(answer, answer.data as unknown as Readable, start, length, onProgress);
+        const whole = streamed ? await this.readAll(answer.data as unknown as Readable) : Buffer.from(answer.data as unknown as ArrayBuffer);
+        return this.checkDownload(answer, whole, ranged, start, length);
+      } catch (e) {
+        if (signal?.aborted) throw new RemoteError('Drive files.get: download cancelled', 'cancelled');
+        throw e;
+      }
     });
     this.add('bytes.down', body.length);
     return body;
@@ -493,7 +547,9 @@ export class DriveClient {
       if (isNetworkError(err)) return { kind: 'retry', counter: 'retry.network', message: networkText(err), retryAfterMs: undefined, ambiguous: true };
       return { kind: 'fatal', status, error: new RemoteError(`Drive ${method}: ${(e as Error)?.message ?? String(e)}`, 'io') };
     }
-    const info = apiErrorInfo(err.response?.data);
+    // A streamed answer's error body is not in `data` but in the message (as JSON): the reason
+    // decides between a rate limit to retry and a refusal (downloadQuotaExceeded) to give up on.
+    const info = apiErrorInfo(err.response?.data ?? (e as Error).message);
     const text = `HTTP ${status}${info.reason ? ` ${info.reason}` : ''}${info.message ? `: ${info.message}` : ''}`;
     const retryAfterMs = retryAfter(err.response?.headers);
     if (status === 401) return { kind: 'unauthorized', message: text };

@@ -80,13 +80,22 @@ export function parseRemoteSpec(spec: string): RemoteSpec {
 export async function openRemote(spec: string, settings: Partial<RemoteSettings> = {}): Promise<Remote> {
   const parsed = parseRemoteSpec(spec);
   if (parsed.kind === 'local') return new LocalRemote(parsed.dir);
+  return new DriveRemote(await openDriveClient(settings), parsed.folder);
+}
+
+/**
+ * The Drive client for the given settings (credentials read, no call made yet). `scopes`
+ * matter only for a service account, which asks for them itself; a user token carries the
+ * scopes `pogfs auth` was given.
+ */
+export async function openDriveClient(settings: Partial<RemoteSettings> = {}, scopes: string[] = [DRIVE_FILE_SCOPE]): Promise<DriveClient> {
   const s = { ...defaultRemoteSettings(), ...dropUndefined(settings) };
   checkSettings(s);
   const creds = await readCredentialsFile(s.credentialsPath);
   // Token requests share the API's agents, so close() ends every socket.
   const agents = new KeepAliveAgents(s.maxConcurrentCalls + 2);
-  const auth = new DriveAuth(creds, { tokenUrl: s.tokenUrl, source: s.credentialsPath, scopes: [DRIVE_FILE_SCOPE], agent: agents.choose, timeoutMs: s.requestTimeoutMs });
-  const client = new DriveClient(auth, {
+  const auth = new DriveAuth(creds, { tokenUrl: s.tokenUrl, source: s.credentialsPath, scopes, agent: agents.choose, timeoutMs: s.requestTimeoutMs });
+  return new DriveClient(auth, {
     rootUrl: s.driveRootUrl,
     tokenUrl: s.tokenUrl,
     minSpacingMs: s.minCallSpacingMs,
@@ -98,7 +107,6 @@ export async function openRemote(spec: string, settings: Partial<RemoteSettings>
     chunkSize: s.uploadChunkBytes,
     multipartMaxBytes: s.multipartMaxBytes,
   }, agents);
-  return new DriveRemote(client, parsed.folder);
 }
 
 function checkSettings(s: RemoteSettings): void {

@@ -55,7 +55,7 @@ export class RemoteError extends Error {
   constructor(
     message: string,
     /** 'not-found': the object does not exist; 'locked': another owner holds the lock; 'auth': credentials rejected; 'quota': out of space; 'io': anything else after retries. */
-    readonly code: 'not-found' | 'locked' | 'auth' | 'quota' | 'io' = 'io',
+    readonly code: 'not-found' | 'locked' | 'auth' | 'quota' | 'io' | 'cancelled' = 'io',
   ) {
     super(message);
   }

@@ -102,7 +102,7 @@ const STOP_DEADLINE_MS = 5_000;
 
 // Exhaustive by type: a fault kind added to the emulator and missing here fails to compile.
 const ERROR_FAULTS = { '429': 429, '500': 500, '503': 503, rateLimitExceeded: 'rateLimitExceeded', userRateLimitExceeded: 'userRateLimitExceeded' } as const satisfies Record<`${ErrorFault}`, ErrorFault>;
-const FAULT_KINDS = { ...ERROR_FAULTS, reset: 'reset', truncate: 'truncate' } as const satisfies Record<`${FaultKind}`, FaultKind>;
+const FAULT_KINDS = { ...ERROR_FAULTS, reset: 'reset', truncate: 'truncate', invalidPageToken: 'invalidPageToken' } as const satisfies Record<`${FaultKind}`, FaultKind>;
 
 // ---- checking JSON ---------------------------------------------------------------------
 

@@ -272,6 +272,9 @@ export class EmulatorProcess {
         createdTime: stringOf(f, 'createdTime'),
         modifiedTime: stringOf(f, 'modifiedTime'),
         version: numberOf(f, 'version'),
+        headRevisionId: f.headRevisionId === undefined ? undefined : stringOf(f, 'headRevisionId'),
+        shortcutTargetId: f.shortcutTargetId === undefined ? undefined : stringOf(f, 'shortcutTargetId'),
+        driveId: f.driveId === undefined ? undefined : stringOf(f, 'driveId'),
       };
     });
   }

@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export const FOLDER_MIME = 'application/vnd.google-apps.folder';
+export const SHORTCUT_MIME = 'application/vnd.google-apps.shortcut';
 /** Resumable uploads persist data in units of 256 KiB, as Drive does. */
 export const UPLOAD_UNIT = 256 * 1024;
 
@@ -31,7 +32,8 @@ const MAX_TOKENS = 10_000;
 const IO_SLICE = 256 * 1024;
 
 export type ErrorFault = 429 | 500 | 503 | 'rateLimitExceeded' | 'userRateLimitExceeded';
-export type FaultKind = ErrorFault | 'reset' | 'truncate';
+/** 'invalidPageToken': a listing's page token is refused (400), as when Drive forgets a listing; only hits requests that carry one. */
+export type FaultKind = ErrorFault | 'reset' | 'truncate' | 'invalidPageToken';
 
 export interface DriveFaults {
   /** Added before every Drive and OAuth request is handled. */
@@ -47,6 +49,11 @@ export interface DriveFaults {
   truncateRate: number;
   /** Methods the random faults apply to (all Drive methods when undefined). */
   methods: string[] | undefined;
+  /**
+   * Share (0..1) of files.list and changes.list pages cut short (anywhere from empty to one
+   * less than asked) while more remain, as Drive does: only a missing nextPageToken ends a listing.
+   */
+  shortPageRate: number;
 }
 
 export interface DriveEmulatorOptions {
@@ -85,6 +92,39 @@ export interface EmulatedFile {
   createdTime: string;
   modifiedTime: string;
   version: number;
+  /** Changes with every new content (absent for folders and Google-native documents). */
+  headRevisionId: string | undefined;
+  /** For a shortcut: the item it points at. */
+  shortcutTargetId: string | undefined;
+  /** Set for items in a shared drive: the drive's id. */
+  driveId: string | undefined;
+}
+
+/** An item put straight into the emulator's store (no HTTP call, no call counted): for big synthetic Drives. */
+export interface SeedItem {
+  name: string;
+  /** The parent folder's id ('root' or undefined: My Drive). */
+  parent?: string;
+  /** Default: a binary file. FOLDER_MIME for a folder, SHORTCUT_MIME with `shortcutTargetId`, any other Google type for a native document. */
+  mimeType?: string;
+  /** Content made up from `contentSeed`: equal seeds and sizes give equal bytes (content duplicates). */
+  size?: number;
+  contentSeed?: number;
+  shortcutTargetId?: string;
+  trashed?: boolean;
+  /** ISO time; seeded items are otherwise one millisecond apart in the order given. */
+  createdTime?: string;
+}
+
+/** What a direct change to a stored item does (each change is recorded in the changes feed). */
+export interface ItemChange {
+  name?: string;
+  /** Moves the item to this folder. */
+  parent?: string;
+  trashed?: boolean;
+  /** New synthetic content. */
+  size?: number;
+  contentSeed?: number;
 }
 
 export interface ServiceAccountKey {
@@ -116,6 +156,68 @@ export interface EmulatorStats {
 
 interface StoredFile extends EmulatedFile {
   seq: number;
+  /** Synthetic content: bytes computed from this seed instead of read from a blob file. */
+  contentSeed: number | undefined;
+}
+
+/**
+ * Bytes of synthetic content: one of 64 random 65521-byte patterns (seed mod 64), rotated by
+ * the seed (65521 is prime, so every seed below 64 × 65521 gives different bytes), xored
+ * with the pattern's round number so that no two 64 KiB stretches of a file are alike.
+ */
+const PATTERN_LENGTH = 65521;
+const patterns = new Map<number, Buffer>();
+
+function patternOf(seed: number): Buffer {
+  const base = seed % 64;
+  let p = patterns.get(base);
+  if (!p) {
+    const next = prng(base * 2654435761 + 17);
+    p = Buffer.allocUnsafe(PATTERN_LENGTH);
+    for (let i = 0; i < PATTERN_LENGTH; i++) p[i] = Math.floor(next() * 256);
+    patterns.set(base, p);
+  }
+  return p;
+}
+
+const variants = new Map<number, Buffer>();
+
+/** A pattern xored with a round number, kept (a few hundred of them) so streaming stays fast. */
+function variantOf(base: number, p: Buffer, round: number): Buffer {
+  if (round === 0) return p;
+  const key = base * 256 + round;
+  let v = variants.get(key);
+  if (!v) {
+    v = Buffer.allocUnsafe(PATTERN_LENGTH);
+    for (let k = 0; k < PATTERN_LENGTH; k++) v[k] = p[k] ^ round;
+    if (variants.size >= 512) variants.delete(variants.keys().next().value!);
+    variants.set(key, v);
+  }
+  return v;
+}
+
+/** `length` bytes at `offset` of the synthetic content of `seed`. */
+export function syntheticBytes(seed: number, offset: number, length: number): Buffer {
+  const p = patternOf(seed);
+  const shift = ((Math.floor(seed / 64) % PATTERN_LENGTH) * 977) % PATTERN_LENGTH;
+  const out = Buffer.allocUnsafe(length);
+  for (let i = 0; i < length; ) {
+    const at = offset + i + shift;
+    const within = at % PATTERN_LENGTH;
+    const round = Math.floor(at / PATTERN_LENGTH) & 0xff;
+    const n = Math.min(length - i, PATTERN_LENGTH - within);
+    variantOf(seed % 64, p, round).copy(out, i, within, within + n);
+    i += n;
+  }
+  return out;
+}
+
+/** md5 of `size` bytes of synthetic content. */
+export function syntheticMd5(seed: number, size: number): string {
+  const hash = createHash('md5');
+  const slice = 4 * 1024 * 1024;
+  for (let at = 0; at < size; at += slice) hash.update(syntheticBytes(seed, at, Math.min(slice, size - at)));
+  return hash.digest('hex');
 }
 
 interface UploadSession {
@@ -143,8 +245,11 @@ interface FileMetadataInput {
 
 interface Change {
   token: number;
+  /** A file's change, or (changeType 'drive') a shared drive's. */
   fileId: string;
   time: string;
+  driveId: string | undefined;
+  kind: 'file' | 'drive';
 }
 
 interface AccessToken {
@@ -281,11 +386,11 @@ function selectFields(value: Record<string, unknown>, mask: FieldNode, known: Re
 }
 
 const FILE_FIELDS: Record<string, true> = Object.fromEntries(
-  ['kind', 'id', 'name', 'mimeType', 'parents', 'trashed', 'explicitlyTrashed', 'size', 'md5Checksum', 'createdTime', 'modifiedTime', 'version', 'spaces', 'ownedByMe'].map((k) => [k, true] as const),
+  ['kind', 'id', 'name', 'mimeType', 'parents', 'trashed', 'explicitlyTrashed', 'size', 'md5Checksum', 'createdTime', 'modifiedTime', 'version', 'spaces', 'ownedByMe', 'headRevisionId', 'shortcutDetails', 'driveId'].map((k) => [k, true] as const),
 );
 const FILE_SCHEMA = FILE_FIELDS as Record<string, true>;
 const FILE_LIST_SCHEMA = { kind: true, nextPageToken: true, incompleteSearch: true, files: FILE_SCHEMA } as const;
-const CHANGE_SCHEMA = { kind: true, changeType: true, time: true, removed: true, fileId: true, file: FILE_SCHEMA } as const;
+const CHANGE_SCHEMA = { kind: true, changeType: true, time: true, removed: true, fileId: true, file: FILE_SCHEMA, driveId: true, drive: true } as const;
 const CHANGE_LIST_SCHEMA = { kind: true, nextPageToken: true, newStartPageToken: true, changes: CHANGE_SCHEMA } as const;
 const ABOUT_SCHEMA = {
   kind: true,
@@ -503,6 +608,13 @@ export class DriveEmulator {
   private readonly children = new Map<string, Set<string>>();
   private readonly sessions = new Map<string, UploadSession>();
   private readonly changes: Change[] = [];
+  /** Shared drives by id (the id is also its root folder's). */
+  private readonly sharedDrives = new Map<string, string>();
+  /** Files whose download answers 403 with this reason (downloadQuotaExceeded, cannotDownloadFile). */
+  private readonly blockedDownloads = new Map<string, string>();
+  private readonly served: Array<{ id: string; start: number; end: number }> = [];
+  /** Spaces out the createdTime of seeded items. */
+  private seedClock = Date.parse('2020-01-01T00:00:00Z');
   private nextChangeToken = 1;
   private nextSeq = 1;
 
@@ -533,7 +645,7 @@ export class DriveEmulator {
     mkdirSync(join(this.dir, 'blobs'), { recursive: true });
     mkdirSync(join(this.dir, 'sessions'), { recursive: true });
     this.random = prng(options.seed ?? 1);
-    this.faults = { latencyMs: 0, bandwidthBytesPerSec: 0, errorRate: 0, errorKinds: [429, 500, 503, 'rateLimitExceeded'], resetRate: 0, truncateRate: 0, methods: undefined, ...options.faults };
+    this.faults = { latencyMs: 0, bandwidthBytesPerSec: 0, errorRate: 0, errorKinds: [429, 500, 503, 'rateLimitExceeded'], resetRate: 0, truncateRate: 0, methods: undefined, shortPageRate: 0, ...options.faults };
     this.storageQuota = options.storageQuotaBytes;
     this.accessTokenTtlSec = options.accessTokenTtlSec ?? 3600;
     this.maxChildren = options.maxChildrenPerFolder ?? 500_000;
@@ -543,7 +655,7 @@ export class DriveEmulator {
     this.downLink = new Throttle(() => this.faults.bandwidthBytesPerSec, (ms) => this.sleep(ms));
     this.rootFolderId = `0A${base64url(randomBytes(12))}`;
     const now = new Date().toISOString();
-    this.files.set(this.rootFolderId, { id: this.rootFolderId, name: 'My Drive', mimeType: FOLDER_MIME, parents: [], trashed: false, size: 0, md5Checksum: undefined, createdTime: now, modifiedTime: now, version: 1, seq: 0 });
+    this.files.set(this.rootFolderId, { id: this.rootFolderId, name: 'My Drive', mimeType: FOLDER_MIME, parents: [], trashed: false, size: 0, md5Checksum: undefined, createdTime: now, modifiedTime: now, version: 1, seq: 0, headRevisionId: undefined, shortcutTargetId: undefined, driveId: undefined, contentSeed: undefined });
   }
 
   static async start(options: DriveEmulatorOptions = {}): Promise<DriveEmulator> {
@@ -714,6 +826,144 @@ export class DriveEmulator {
     }
   }
 
+  // ---- direct changes to the store (no HTTP, no call counted; each lands in the changes feed)
+
+  /**
+   * Puts items straight into the store, in order (a parent before its children), and
+   * returns their ids. Content is synthetic (see `syntheticBytes`), so a Drive of a
+   * hundred thousand files costs no disk.
+   */
+  seedItems(items: SeedItem[]): string[] {
+    const md5s = new Map<string, string>();
+    return items.map((item) => {
+      const parentId = item.parent === undefined || item.parent === 'root' ? this.rootFolderId : item.parent;
+      const parent = this.files.get(parentId);
+      if (!parent || parent.mimeType !== FOLDER_MIME) throw new Error(`emulator: seed parent ${parentId} is not a folder`);
+      const mimeType = item.mimeType ?? 'application/octet-stream';
+      const isContent = mimeType !== FOLDER_MIME && !mimeType.startsWith('application/vnd.google-apps.');
+      const size = isContent ? (item.size ?? 0) : 0;
+      const seed = item.contentSeed ?? 0;
+      let md5: string | undefined;
+      if (isContent) {
+        const key = `${seed}:${size}`;
+        md5 = md5s.get(key) ?? syntheticMd5(seed, size);
+        md5s.set(key, md5);
+      }
+      const created = item.createdTime ?? new Date((this.seedClock += 1)).toISOString();
+      const f: StoredFile = {
+        id: this.newId(),
+        name: item.name,
+        mimeType,
+        parents: [parentId],
+        trashed: item.trashed ?? false,
+        size,
+        md5Checksum: md5,
+        createdTime: created,
+        modifiedTime: created,
+        version: 1,
+        seq: this.nextSeq++,
+        headRevisionId: md5 === undefined ? undefined : `0B${md5}`,
+        shortcutTargetId: mimeType === SHORTCUT_MIME ? item.shortcutTargetId : undefined,
+        driveId: parent.driveId,
+        contentSeed: isContent ? seed : undefined,
+      };
+      this.files.set(f.id, f);
+      this.addChild(parentId, f.id);
+      this.recordChange(f.id);
+      return f.id;
+    });
+  }
+
+  /** Renames, moves, trashes or untrashes an item, or gives it new synthetic content. */
+  changeItem(id: string, change: ItemChange): void {
+    const f = this.files.get(id);
+    if (!f) throw new Error(`emulator: no item ${id}`);
+    if (change.name !== undefined) f.name = change.name;
+    if (change.parent !== undefined) {
+      const parentId = change.parent === 'root' ? this.rootFolderId : change.parent;
+      if (this.files.get(parentId)?.mimeType !== FOLDER_MIME) throw new Error(`emulator: ${parentId} is not a folder`);
+      for (const p of f.parents) this.removeChild(p, f.id);
+      f.parents = [parentId];
+      this.addChild(parentId, f.id);
+    }
+    if (change.trashed !== undefined) f.trashed = change.trashed;
+    if (change.contentSeed !== undefined || change.size !== undefined) {
+      const seed = change.contentSeed ?? f.contentSeed ?? 0;
+      const size = change.size ?? f.size;
+      f.contentSeed = seed;
+      f.size = size;
+      f.md5Checksum = syntheticMd5(seed, size);
+      f.headRevisionId = `0B${f.md5Checksum}.${f.version + 1}`;
+    }
+    f.modifiedTime = new Date().toISOString();
+    f.version++;
+    this.recordChange(f.id);
+  }
+
+  /** Deletes an item for good (a folder with everything in it), as files.delete does. */
+  deleteItem(id: string): void {
+    const doomed = [this.files.get(id)!];
+    if (!doomed[0]) throw new Error(`emulator: no item ${id}`);
+    for (let i = 0; i < doomed.length; i++) {
+      for (const childId of this.children.get(doomed[i].id) ?? []) {
+        const child = this.files.get(childId);
+        if (child) doomed.push(child);
+      }
+    }
+    for (const d of doomed) {
+      this.files.delete(d.id);
+      this.children.delete(d.id);
+      for (const p of d.parents) this.removeChild(p, d.id);
+      this.recordChange(d.id, 'file', d.driveId);
+    }
+  }
+
+  /** A shared drive; its id is also the id of its root folder. */
+  createSharedDrive(name: string): string {
+    const id = `0A${base64url(randomBytes(9))}`;
+    const now = new Date().toISOString();
+    this.sharedDrives.set(id, name);
+    this.files.set(id, { id, name, mimeType: FOLDER_MIME, parents: [], trashed: false, size: 0, md5Checksum: undefined, createdTime: now, modifiedTime: now, version: 1, seq: this.nextSeq++, headRevisionId: undefined, shortcutTargetId: undefined, driveId: id, contentSeed: undefined });
+    this.recordChange(id, 'drive');
+    return id;
+  }
+
+  /** A `changeType: drive` entry for a shared drive (a rename of the drive, say). */
+  touchSharedDrive(id: string): void {
+    if (!this.sharedDrives.has(id)) throw new Error(`emulator: no shared drive ${id}`);
+    this.recordChange(id, 'drive');
+  }
+
+  /** Downloads of `id` answer 403 with this reason from now on (undefined: allowed again). */
+  blockDownload(id: string, reason: 'downloadQuotaExceeded' | 'cannotDownloadFile' | undefined): void {
+    if (reason === undefined) this.blockedDownloads.delete(id);
+    else this.blockedDownloads.set(id, reason);
+  }
+
+  /** Gives a file a wrong md5Checksum, its bytes unchanged (silent corruption, as Drive sees it). */
+  setStoredMd5(id: string, md5: string): void {
+    const f = this.files.get(id);
+    if (!f) throw new Error(`emulator: no item ${id}`);
+    f.md5Checksum = md5;
+  }
+
+  /** The byte ranges of content served so far (alt=media), oldest first (the last 10,000). */
+  mediaRanges(): Array<{ id: string; start: number; end: number }> {
+    return [...this.served];
+  }
+
+  /** Forgets the changes recorded so far: every page token handed out before is refused (as when one expires). */
+  forgetChanges(): void {
+    this.changes.length = 0;
+    // A gap: the token handed out last is now older than anything retained.
+    this.nextChangeToken++;
+  }
+
+  /** The token a changes.getStartPageToken call would answer now. */
+  currentChangeToken(): string {
+    return String(this.nextChangeToken);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -731,7 +981,10 @@ export class DriveEmulator {
   // ---- plumbing ----------------------------------------------------------------------
 
   private publicCopy(f: StoredFile): EmulatedFile {
-    return { id: f.id, name: f.name, mimeType: f.mimeType, parents: [...f.parents], trashed: f.trashed, size: f.size, md5Checksum: f.md5Checksum, createdTime: f.createdTime, modifiedTime: f.modifiedTime, version: f.version };
+    return {
+      id: f.id, name: f.name, mimeType: f.mimeType, parents: [...f.parents], trashed: f.trashed, size: f.size, md5Checksum: f.md5Checksum,
+      createdTime: f.createdTime, modifiedTime: f.modifiedTime, version: f.version, headRevisionId: f.headRevisionId, shortcutTargetId: f.shortcutTargetId, driveId: f.driveId,
+    };
   }
 
   private blobPath(id: string): string {
@@ -789,10 +1042,15 @@ export class DriveEmulator {
       spaces: ['drive'],
       ownedByMe: true,
     };
-    if (f.mimeType !== FOLDER_MIME) {
+    if (f.mimeType === SHORTCUT_MIME) {
+      const target = f.shortcutTargetId === undefined ? undefined : this.files.get(f.shortcutTargetId);
+      json.shortcutDetails = { targetId: f.shortcutTargetId, targetMimeType: target?.mimeType ?? 'application/octet-stream' };
+    } else if (f.mimeType !== FOLDER_MIME && !f.mimeType.startsWith('application/vnd.google-apps.')) {
       json.size = String(f.size);
       json.md5Checksum = f.md5Checksum;
+      json.headRevisionId = f.headRevisionId;
     }
+    if (f.driveId !== undefined) json.driveId = f.driveId;
     return json;
   }
 
@@ -813,8 +1071,9 @@ export class DriveEmulator {
     }
   }
 
-  private recordChange(fileId: string): void {
-    this.changes.push({ token: this.nextChangeToken++, fileId, time: new Date().toISOString() });
+  private recordChange(fileId: string, kind: 'file' | 'drive' = 'file', knownDriveId?: string): void {
+    const driveId = kind === 'drive' ? fileId : (knownDriveId ?? this.files.get(fileId)?.driveId);
+    this.changes.push({ token: this.nextChangeToken++, fileId, time: new Date().toISOString(), driveId, kind });
     if (this.changes.length > MAX_CHANGES) this.changes.splice(0, this.changes.length - MAX_CHANGES);
   }
 
@@ -858,6 +1117,10 @@ export class DriveEmulator {
       modifiedTime: now,
       version: 1,
       seq: this.nextSeq++,
+      headRevisionId: undefined,
+      shortcutTargetId: undefined,
+      driveId: parents.length ? this.files.get(parents[0])?.driveId : undefined,
+      contentSeed: undefined,
     };
     if (f.mimeType === FOLDER_MIME) {
       f.size = 0;
@@ -865,6 +1128,7 @@ export class DriveEmulator {
     } else if (f.md5Checksum === undefined) {
       f.md5Checksum = createHash('md5').digest('hex');
     }
+    if (f.mimeType !== FOLDER_MIME) f.headRevisionId = `0B${f.md5Checksum}`;
     this.files.set(f.id, f);
     for (const p of parents) this.addChild(p, f.id);
     this.recordChange(f.id);
@@ -934,7 +1198,11 @@ export class DriveEmulator {
         }
       }
       if (route.isDrive) {
-        this.checkBearer(req);
+        const scope = this.checkBearer(req);
+        // A read-only token reads; anything that changes the Drive is refused, as by Drive.
+        if (scope.split(' ').every((s) => s.endsWith('.readonly')) && !['files.list', 'files.get', 'changes.list', 'changes.getStartPageToken', 'about.get'].includes(route.method)) {
+          throw new ApiError(403, 'insufficientPermissions', 'Request had insufficient authentication scopes.');
+        }
         this.drawFault(x);
       }
       await route.run(x);
@@ -953,7 +1221,8 @@ export class DriveEmulator {
     }
   }
 
-  private checkBearer(req: IncomingMessage): void {
+  /** Checks the access token and returns its scope. */
+  private checkBearer(req: IncomingMessage): string {
     const header = req.headers.authorization ?? '';
     const m = /^Bearer (\S+)$/.exec(header);
     const token = m && this.accessTokens.get(m[1]);
@@ -963,12 +1232,13 @@ export class DriveEmulator {
         locationType: 'header',
       });
     }
+    return token.scope;
   }
 
   /** Decides this request's fault: error answers are thrown here; resets and cuts are armed on the exchange. */
   private drawFault(x: Exchange): void {
     const hasBody = Number(x.req.headers['content-length'] ?? 0) > 0 || x.req.headers['transfer-encoding'] !== undefined;
-    const one = this.injected.find((f) => f.method === x.method);
+    const one = this.injected.find((f) => f.method === x.method && (f.fault !== 'invalidPageToken' || x.url.searchParams.has('pageToken')));
     let kind: FaultKind | undefined;
     let afterBytes: number | undefined;
     if (one) {
@@ -983,6 +1253,10 @@ export class DriveEmulator {
       else if (r < errorRate + resetRate + truncateRate) kind = 'truncate';
     }
     if (kind === undefined) return;
+    if (kind === 'invalidPageToken') {
+      this.noteFault(kind);
+      throw new ApiError(400, 'invalid', 'Invalid Value', 'global', { location: 'pageToken', locationType: 'parameter' });
+    }
     if (kind === 'reset' && hasBody) {
       const length = Number(x.req.headers['content-length'] ?? 0);
       x.resetRequestAfter = afterBytes ?? Math.floor(length / 2);
@@ -1072,14 +1346,14 @@ export class DriveEmulator {
   }
 
   /** Writes an answer body in throttled slices, cut short when that fault is armed. */
-  private async writeBody(x: Exchange, status: number, headers: Record<string, string | number>, body: { buffer: Buffer } | { path: string; start: number; length: number }): Promise<void> {
+  private async writeBody(x: Exchange, status: number, headers: Record<string, string | number>, body: { buffer: Buffer } | { path: string; start: number; length: number } | { seed: number; start: number; length: number }): Promise<void> {
     const length = 'buffer' in body ? body.buffer.length : body.length;
     const cut = x.cutResponse;
     x.res.writeHead(status, { ...headers, 'content-length': length });
     const stopAt = cut && length >= 2 ? Math.min(cut.after ?? Math.floor(length / 2), length - 1) : length;
     let fh: FileHandle | undefined;
     try {
-      if (!('buffer' in body)) fh = await open(body.path, 'r');
+      if ('path' in body) fh = await open(body.path, 'r');
       let sent = 0;
       while (sent < stopAt) {
         if (x.res.destroyed) throw new ConnectionGone('client went away');
@@ -1087,6 +1361,8 @@ export class DriveEmulator {
         let slice: Buffer;
         if ('buffer' in body) {
           slice = body.buffer.subarray(sent, sent + n);
+        } else if ('seed' in body) {
+          slice = syntheticBytes(body.seed, body.start + sent, n);
         } else {
           slice = Buffer.allocUnsafe(n);
           const { bytesRead } = await fh!.read(slice, 0, n, body.start + sent);
@@ -1179,8 +1455,11 @@ export class DriveEmulator {
     if (!Number.isInteger(token) || token < 1 || token > this.nextChangeToken || token < oldest) {
       throw new ApiError(400, 'invalid', `Invalid Value`, 'global', { location: 'pageToken', locationType: 'parameter' });
     }
-    const pageSize = this.pageSize(params, 100);
+    const pageSize = this.shortPage(this.pageSize(params, 100));
     const includeRemoved = params.get('includeRemoved') !== 'false';
+    const driveId = params.get('driveId') ?? undefined;
+    if (driveId !== undefined && !this.sharedDrives.has(driveId)) throw new ApiError(404, 'notFound', `Shared drive not found: ${driveId}`);
+    const allDrives = params.get('includeItemsFromAllDrives') === 'true';
     const fields = params.get('fields');
     const out: Record<string, unknown>[] = [];
     let next = token;
@@ -1189,15 +1468,29 @@ export class DriveEmulator {
     for (; i < this.changes.length && out.length < pageSize; i++) {
       const c = this.changes[i];
       next = c.token + 1;
+      if (driveId !== undefined ? c.driveId !== driveId : c.driveId !== undefined && !allDrives) continue;
+      if (c.kind === 'drive') {
+        out.push({ kind: 'drive#change', changeType: 'drive', time: c.time, removed: !this.sharedDrives.has(c.fileId), driveId: c.fileId, drive: { kind: 'drive#drive', id: c.fileId, name: this.sharedDrives.get(c.fileId) } });
+        continue;
+      }
       const f = this.files.get(c.fileId);
       if (!f && !includeRemoved) continue;
-      out.push({ kind: 'drive#change', changeType: 'file', time: c.time, removed: !f, fileId: c.fileId, ...(f ? { file: this.fileJson(f) } : {}) });
+      out.push({ kind: 'drive#change', changeType: 'file', time: c.time, removed: !f, fileId: c.fileId, ...(f ? { file: this.fileJson(f) } : {}), ...(c.driveId ? { driveId: c.driveId } : {}) });
     }
     const body: Record<string, unknown> = { kind: 'drive#changeList', changes: out };
     if (i < this.changes.length) body.nextPageToken = String(next);
     else body.newStartPageToken = String(this.nextChangeToken);
     const mask = fields ? parseFields(fields) : DEFAULT_CHANGES_MASK;
     await this.sendJson(x, 200, selectFields(body, mask, CHANGE_LIST_SCHEMA as unknown as Record<string, Record<string, unknown> | true>));
+  }
+
+  /** A page size, cut short now and then when `shortPageRate` says so (an empty page included). */
+  private shortPage(size: number): number {
+    if (this.faults.shortPageRate > 0 && this.random() < this.faults.shortPageRate) {
+      this.noteFault('shortPage');
+      return Math.floor(this.random() * size);
+    }
+    return size;
   }
 
   private pageSize(params: URLSearchParams, fallback: number): number {
@@ -1217,7 +1510,15 @@ export class DriveEmulator {
     const spaces = params.get('spaces');
     if (spaces !== null && spaces !== 'drive') throw new ApiError(400, 'invalid', 'Invalid Value', 'global', { location: 'spaces' });
     const ast = q.trim() ? parseQuery(q) : undefined;
-    const pageSize = Math.min(this.pageSize(params, 100), this.maxPageSize);
+    const pageSize = this.shortPage(Math.min(this.pageSize(params, 100), this.maxPageSize));
+    const corpora = params.get('corpora') ?? 'user';
+    const driveId = params.get('driveId') ?? undefined;
+    if (corpora === 'drive' && (driveId === undefined || !this.sharedDrives.has(driveId))) {
+      throw new ApiError(driveId === undefined ? 400 : 404, driveId === undefined ? 'required' : 'notFound', driveId === undefined ? 'The driveId parameter must be specified if and only if corpora is set to drive.' : `Shared drive not found: ${driveId}`);
+    }
+    if (corpora === 'drive' && params.get('includeItemsFromAllDrives') !== 'true') {
+      throw new ApiError(403, 'teamDriveSupportRequired', 'includeItemsFromAllDrives must be true with corpora=drive.');
+    }
     const tokenText = params.get('pageToken');
     const queryHash = createHash('sha256').update(q).digest('base64url').slice(0, 12);
     let after = 0;
@@ -1239,7 +1540,8 @@ export class DriveEmulator {
     const page: StoredFile[] = [];
     let more = false;
     for (const f of candidates) {
-      if (f.seq <= after || f.id === this.rootFolderId) continue;
+      if (f.seq <= after || f.id === this.rootFolderId || this.sharedDrives.has(f.id)) continue;
+      if (corpora === 'drive' ? f.driveId !== driveId : f.driveId !== undefined) continue;
       if (ast && !matches(ast, f, this.rootFolderId)) continue;
       if (page.length === pageSize) {
         more = true;
@@ -1248,7 +1550,7 @@ export class DriveEmulator {
       page.push(f);
     }
     const body: Record<string, unknown> = { kind: 'drive#fileList', incompleteSearch: false, files: page.map((f) => this.fileJson(f)) };
-    if (more) body.nextPageToken = Buffer.from(`${page[page.length - 1].seq}.${queryHash}`).toString('base64url');
+    if (more) body.nextPageToken = Buffer.from(`${page.length ? page[page.length - 1].seq : after}.${queryHash}`).toString('base64url');
     const fields = params.get('fields');
     const mask = fields ? parseFields(fields) : DEFAULT_LIST_MASK;
     await this.sendJson(x, 200, selectFields(body, mask, FILE_LIST_SCHEMA as unknown as Record<string, Record<string, unknown> | true>));
@@ -1291,6 +1593,10 @@ export class DriveEmulator {
     if (f.mimeType === FOLDER_MIME || f.mimeType.startsWith('application/vnd.google-apps.')) {
       throw new ApiError(403, 'fileNotDownloadable', 'Only files with binary content can be downloaded.');
     }
+    const blocked = this.blockedDownloads.get(f.id);
+    if (blocked !== undefined) {
+      throw new ApiError(403, blocked, blocked === 'downloadQuotaExceeded' ? 'The download quota for this file has been exceeded.' : 'The user does not have permission to download this file.', 'usageLimits');
+    }
     const range = x.req.headers.range;
     let start = 0;
     let end = f.size - 1;
@@ -1312,9 +1618,12 @@ export class DriveEmulator {
       }
     }
     const length = Math.max(0, end - start + 1);
+    this.served.push({ id: f.id, start, end: start + length });
+    if (this.served.length > 10_000) this.served.shift();
     const headers: Record<string, string | number> = { 'content-type': f.mimeType, 'accept-ranges': 'bytes', etag: `"${f.md5Checksum}"` };
     if (partial) headers['content-range'] = `bytes ${start}-${end}/${f.size}`;
-    await this.writeBody(x, partial ? 206 : 200, headers, { path: this.blobPath(f.id), start, length });
+    const source = f.contentSeed !== undefined ? { seed: f.contentSeed, start, length } : { path: this.blobPath(f.id), start, length };
+    await this.writeBody(x, partial ? 206 : 200, headers, source);
   }
 
   private async filesUpdateMetadata(x: Exchange, id: string): Promise<void> {
@@ -1359,7 +1668,7 @@ export class DriveEmulator {
       this.files.delete(d.id);
       this.children.delete(d.id);
       for (const p of d.parents) this.removeChild(p, d.id);
-      this.recordChange(d.id);
+      this.recordChange(d.id, 'file', d.driveId);
       if (d.mimeType !== FOLDER_MIME) await rm(this.blobPath(d.id), { force: true });
     }
     this.sendEmpty(x, 204);
@@ -1453,6 +1762,8 @@ export class DriveEmulator {
       await rename(temp, this.blobPath(existing.id));
       existing.size = size;
       existing.md5Checksum = md5;
+      existing.contentSeed = undefined;
+      existing.headRevisionId = `0B${md5}.${existing.version + 1}`;
       this.applyMetadataUpdate(existing, meta, params);
       return existing;
     }
@@ -1657,13 +1968,13 @@ export class DriveEmulator {
       }
       this.authCodes.delete(form.get('code') ?? '');
       const refresh = this.issueRefreshToken(code.clientId, code.scope);
-      return this.sendJson(x, 200, { access_token: this.issueAccessToken(), expires_in: this.accessTokenTtlSec, refresh_token: refresh, scope: code.scope, token_type: 'Bearer' });
+      return this.sendJson(x, 200, { access_token: this.issueAccessToken(this.accessTokenTtlSec, code.scope), expires_in: this.accessTokenTtlSec, refresh_token: refresh, scope: code.scope, token_type: 'Bearer' });
     }
     if (grant === 'refresh_token') {
       if (!clientOk()) return fail(401, 'invalid_client', 'The OAuth client was not found.');
       const refresh = this.refreshTokens.get(form.get('refresh_token') ?? '');
       if (!refresh || refresh.clientId !== form.get('client_id')) return fail(400, 'invalid_grant', 'Token has been expired or revoked.');
-      return this.sendJson(x, 200, { access_token: this.issueAccessToken(), expires_in: this.accessTokenTtlSec, scope: refresh.scope, token_type: 'Bearer' });
+      return this.sendJson(x, 200, { access_token: this.issueAccessToken(this.accessTokenTtlSec, refresh.scope), expires_in: this.accessTokenTtlSec, scope: refresh.scope, token_type: 'Bearer' });
     }
     if (grant === 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
       const claims = this.verifyAssertion(form.get('assertion') ?? '');

@@ -133,6 +133,7 @@ typedef struct pf_session {
   int writeback;
   double neg_timeout;
   atomic_int security_xattrs;
+  atomic_int notifying; /* cache invalidations running on worker threads; finish() waits for them */
 
   int loop_rc;
   int closing;        /* env teardown began */
@@ -819,8 +820,9 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   case OP_OPEN: case OP_OPENDIR:
     a_num(&a, (double)r->ino); a_num(&a, r->flags); a_ctx(&a, r); break;
   case OP_READ:
+    /* The caller too: the Drive view counts downloads per program. */
     a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->size);
-    a_num(&a, (double)r->off); break;
+    a_num(&a, (double)r->off); a_ctx(&a, r); break;
   case OP_WRITE:
     a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_payload(&a, r); a_num(&a, (double)r->off);
     a_ctx(&a, r); break;
@@ -908,6 +910,9 @@ static void finish(napi_env env, pf_session *s, napi_value handlers) {
     fuse_reply_none(r->req);
     req_free(r);
   }
+  /* Invalidations still running use s->se: let them end first. The connection is gone, so
+     the kernel answers them at once (bounded anyway). */
+  for (int i = 0; atomic_load(&s->notifying) > 0 && i < 5000; i++) usleep(1000);
   /* Closes /dev/fuse. If the loop died on an error while still mounted, this also
      detaches the mount; if the kernel already dropped the connection it does nothing. */
   fuse_session_unmount(s->se);
@@ -1414,6 +1419,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->writeback = writeback;
   s->neg_timeout = d2timeout(neg_timeout);
   atomic_init(&s->security_xattrs, 0);
+  atomic_init(&s->notifying, 0);
 
   capture_begin();
   s->se = fuse_session_new(&fargs, &ll_ops, sizeof ll_ops, s);
@@ -1522,6 +1528,116 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* notifyInvalEntry(handle, parent, name: Buffer) / notifyInvalInode(handle, ino, off, len)
+     -> Promise<errno> (0 on success; ENOENT when the kernel had nothing cached).
+   Run on a worker thread: the kernel takes the directory's lock to drop an entry, and a
+   lookup in that directory may be waiting for this very (JS) thread to answer it. */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  pf_session *s;
+  int inode; /* 0: entry, 1: inode */
+  uint64_t ino;
+  char *name;
+  size_t namelen;
+  int64_t off, len;
+  int err;
+} notify_job;
+
+static void notify_execute(napi_env env, void *data) {
+  (void)env;
+  notify_job *j = data;
+  int rc = j->inode ? fuse_lowlevel_notify_inval_inode(j->s->se, (fuse_ino_t)j->ino, j->off, j->len)
+                    : fuse_lowlevel_notify_inval_entry(j->s->se, (fuse_ino_t)j->ino, j->name, j->namelen);
+  j->err = rc < 0 ? -rc : rc;
+  atomic_fetch_sub(&j->s->notifying, 1);
+}
+
+static void notify_complete(napi_env env, napi_status status, void *data) {
+  notify_job *j = data;
+  napi_value v;
+  if (status == napi_cancelled) atomic_fetch_sub(&j->s->notifying, 1); /* execute never ran */
+  napi_create_int32(env, status == napi_ok ? j->err : ECANCELED, &v);
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_async_work(env, j->work);
+  free(j->name);
+  free(j);
+}
+
+static napi_value start_notify(napi_env env, notify_job *j) {
+  napi_value promise, name, v;
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
+    free(j->name);
+    free(j);
+    return throw_type(env, "cannot create a promise");
+  }
+  pf_session *s = j->s;
+  if (s->ended || s->loop_done || !s->se) {
+    napi_create_int32(env, ENOTCONN, &v);
+    napi_resolve_deferred(env, j->deferred, v);
+    free(j->name);
+    free(j);
+    return promise;
+  }
+  atomic_fetch_add(&s->notifying, 1);
+  if (napi_create_string_utf8(env, "pogfs_notify", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, notify_execute, notify_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    atomic_fetch_sub(&s->notifying, 1);
+    napi_create_int32(env, ENOMEM, &v);
+    napi_resolve_deferred(env, j->deferred, v);
+    free(j->name);
+    free(j);
+  }
+  return promise;
+}
+
+static napi_value js_notify_inval_entry(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  double parent;
+  void *data;
+  size_t len;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  pf_session *s = get_session(env, argv[0]);
+  if (!s) return throw_type(env, "invalid FUSE session handle");
+  if (napi_get_value_double(env, argv[1], &parent) != napi_ok || napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok ||
+      len == 0 || len > 1024)
+    return throw_type(env, "notifyInvalEntry(handle, parent: number, name: Buffer)");
+  notify_job *j = calloc(1, sizeof *j);
+  if (!j || !(j->name = malloc(len + 1))) {
+    free(j);
+    return throw_type(env, "out of memory");
+  }
+  memcpy(j->name, data, len);
+  j->name[len] = 0;
+  j->namelen = len;
+  j->s = s;
+  j->inode = 0;
+  j->ino = d2u64(parent);
+  return start_notify(env, j);
+}
+
+static napi_value js_notify_inval_inode(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  double ino, off, len;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  pf_session *s = get_session(env, argv[0]);
+  if (!s) return throw_type(env, "invalid FUSE session handle");
+  if (napi_get_value_double(env, argv[1], &ino) != napi_ok || napi_get_value_double(env, argv[2], &off) != napi_ok ||
+      napi_get_value_double(env, argv[3], &len) != napi_ok)
+    return throw_type(env, "notifyInvalInode(handle, ino, off, len)");
+  notify_job *j = calloc(1, sizeof *j);
+  if (!j) return throw_type(env, "out of memory");
+  j->s = s;
+  j->inode = 1;
+  j->ino = d2u64(ino);
+  j->off = (int64_t)off;
+  j->len = (int64_t)len;
+  return start_notify(env, j);
+}
+
 static napi_value module_init(napi_env env, napi_value exports) {
   /* Process-wide; routes libfuse messages to stderr, or into a mount error message. */
   fuse_set_log_func(pf_log);
@@ -1538,6 +1654,8 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "replyBuf", NULL, js_reply_buf, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "notifyInvalEntry", NULL, js_notify_inval_entry, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "notifyInvalInode", NULL, js_notify_inval_inode, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -1,0 +1,304 @@
+/**
+ * `pogfs drive mount | refresh | dupes`, and `stats`/`status` of a mounted Drive view.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { isAbsolute, join, relative, resolve } from 'node:path';
+import { STATE_FILES } from '../driveview/drive-view';
+import { applyDupes, planDupes, undoDupes, type KeepRule } from '../driveview/dupes';
+import { MirrorDb } from '../driveview/mirror-db';
+import { formatBytes, formatRows } from '../format';
+import { DRIVE_FULL_SCOPE, defaultCredentialsPath } from '../remote/credentials';
+import { openDriveClient } from '../remote/open-remote';
+import { callControl } from './control-socket';
+import type { DriveViewStatus } from './drive-daemon';
+import { UsageError } from './errors';
+import { pogfsMountContaining } from './mounts';
+
+export interface DriveMountFlags {
+  root?: string;
+  sharedDrive?: string;
+  stateDir?: string;
+  cacheSize?: number;
+  pollInterval?: number;
+  credentials?: string;
+  driveApiUrl?: string;
+  driveTokenUrl?: string;
+  foreground?: boolean;
+  verbose?: boolean;
+  chunkSize?: number;
+  readahead?: number;
+  catchUpWait?: number;
+  ipcReady?: boolean;
+}
+
+const DEFAULT_CACHE_BYTES = 10 * 1024 ** 3;
+const DEFAULT_POLL_SECONDS = 60;
+const DEFAULT_CATCH_UP_SECONDS = 10;
+
+/** `$XDG_DATA_HOME/pogfs/drive/<account>-<root>`: the account is a hash of the credentials' identity, so no call is needed to find it. */
+export function defaultStateDir(flags: DriveMountFlags): string {
+  const base = process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share');
+  const credentials = resolve(flags.credentials ?? defaultCredentialsPath());
+  let identity = credentials;
+  try {
+    const json = JSON.parse(readFileSync(credentials, 'utf8')) as { refresh_token?: string; client_email?: string };
+    identity = json.refresh_token ?? json.client_email ?? credentials;
+  } catch {
+    // A bare token file, or none yet: the path stands for the account.
+  }
+  const account = createHash('sha256').update(`${flags.driveApiUrl ?? ''}\n${identity}`).digest('hex').slice(0, 12);
+  const root = (flags.sharedDrive ? `shared-${flags.sharedDrive}` : flags.root ?? 'root').replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
+  return join(base, 'pogfs', 'drive', `${account}-${root}`);
+}
+
+export async function driveMount(mountpoint: string, flags: DriveMountFlags): Promise<void> {
+  if (flags.root && flags.sharedDrive) throw new UsageError('give --root or --shared-drive, not both (a shared drive is mounted from its top)');
+  const stateDir = resolve(flags.stateDir ?? defaultStateDir(flags));
+  const pollInterval = flags.pollInterval ?? DEFAULT_POLL_SECONDS;
+  if (!(pollInterval >= 0)) throw new UsageError(`--poll-interval must be a number of seconds (0: only on refresh), not ${pollInterval}`);
+  if (flags.foreground) {
+    const { runDriveDaemon } = await import('./drive-daemon');
+    const ipc = flags.ipcReady && process.send ? process.send.bind(process) : undefined;
+    let failed: UsageError | undefined;
+    let lastProgress = 0;
+    const startedAt = Date.now();
+    await runDriveDaemon({
+      mountpoint,
+      stateDir,
+      rootId: flags.root ?? 'root',
+      sharedDriveId: flags.sharedDrive,
+      cacheBytes: flags.cacheSize ?? DEFAULT_CACHE_BYTES,
+      pollIntervalSec: pollInterval,
+      catchUpWaitSec: flags.catchUpWait ?? DEFAULT_CATCH_UP_SECONDS,
+      credentials: flags.credentials,
+      driveApiUrl: flags.driveApiUrl,
+      driveTokenUrl: flags.driveTokenUrl,
+      verbose: !!flags.verbose,
+      chunkSize: flags.chunkSize,
+      maxReadaheadBytes: flags.readahead,
+      notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
+      progress: (items) => {
+        const now = Date.now();
+        if (now - lastProgress < 500) return;
+        lastProgress = now;
+        if (ipc) ipc({ progress: items, elapsedMs: now - startedAt });
+        else showProgress(items, now - startedAt);
+      },
+      onReady: (err) => {
+        failed = err;
+        if (ipc) {
+          ipc(err ? { error: err.message, exitCode: err.exitCode } : { ready: true });
+          process.disconnect?.();
+        } else if (err) console.error(`pogfs: ${err.message}`);
+      },
+    });
+    if (failed) process.exitCode = failed.exitCode;
+    return;
+  }
+  const argv = [process.argv[1], 'drive', 'mount', resolve(mountpoint), '--foreground', '--ipc-ready', '--state-dir', stateDir, '--poll-interval', String(pollInterval)];
+  if (flags.root) argv.push('--root', flags.root);
+  if (flags.sharedDrive) argv.push('--shared-drive', flags.sharedDrive);
+  if (flags.cacheSize !== undefined) argv.push('--cache-size', String(flags.cacheSize));
+  if (flags.credentials) argv.push('--credentials', resolve(flags.credentials));
+  if (flags.driveApiUrl) argv.push('--drive-api-url', flags.driveApiUrl);
+  if (flags.driveTokenUrl) argv.push('--drive-token-url', flags.driveTokenUrl);
+  if (flags.verbose) argv.push('--verbose');
+  if (flags.chunkSize) argv.push('--chunk-size', String(flags.chunkSize));
+  if (flags.readahead) argv.push('--readahead', String(flags.readahead));
+  if (flags.catchUpWait !== undefined) argv.push('--catch-up-wait', String(flags.catchUpWait));
+  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+  await new Promise<void>((done) => {
+    let settled = false;
+    child.on('message', (m: { ready?: boolean; error?: string; exitCode?: number; notice?: string; progress?: number; elapsedMs?: number }) => {
+      if (m.notice) console.error(m.notice);
+      if (m.progress !== undefined) showProgress(m.progress, m.elapsedMs ?? 0);
+      if (m.ready || m.error) {
+        settled = true;
+        if (process.stderr.isTTY) process.stderr.write('\n');
+        if (m.error) {
+          console.error(`pogfs: ${m.error}`);
+          process.exitCode = m.exitCode ?? 2;
+        }
+        child.disconnect();
+        child.unref();
+        done();
+      }
+    });
+    child.on('exit', (code, signal) => {
+      if (settled) return;
+      console.error(`pogfs: the Drive view daemon exited (${signal ?? `code ${code}`}) before the mount was ready; see ${join(stateDir, STATE_FILES.log)}`);
+      process.exitCode = 1;
+      done();
+    });
+  });
+}
+
+/** The scan's progress, on a terminal only. */
+function showProgress(items: number, elapsedMs: number): void {
+  if (!process.stderr.isTTY) return;
+  const rate = elapsedMs > 0 ? Math.round((items * 1000) / elapsedMs) : 0;
+  process.stderr.write(`\rpogfs: scanning the Drive: ${items} items (${rate}/s)   `);
+}
+
+/** The state directory of a mounted Drive view holding `target`, or undefined if it is not one. */
+export function driveViewOf(target: string): { stateDir: string; mountpoint: string } | undefined {
+  const m = pogfsMountContaining(resolve(target));
+  if (!m || !existsSync(join(m.source, STATE_FILES.view))) return undefined;
+  return { stateDir: m.source, mountpoint: m.target };
+}
+
+function mountedView(target: string): { stateDir: string; mountpoint: string } {
+  const v = driveViewOf(target);
+  if (!v) throw new UsageError(`${resolve(target)} is not a mounted Drive view (mount one with: pogfs drive mount MOUNTPOINT)`);
+  return v;
+}
+
+export async function driveRefresh(mountpoint: string): Promise<void> {
+  const v = mountedView(mountpoint);
+  let r: { ok: boolean; changes: number; calls: number; error?: string };
+  try {
+    r = await callControl(v.stateDir, { op: 'refresh' });
+  } catch (err) {
+    throw new UsageError(`${v.mountpoint}: ${(err as Error).message}`, 1);
+  }
+  if (!r.ok) throw new UsageError(`${v.mountpoint}: the changes poll failed: ${r.error ?? 'unknown error'}; the last known tree is still served`, 1);
+  console.error(`pogfs: ${r.changes} changes applied (${r.calls} Drive calls)`);
+}
+
+export async function driveStatusOf(target: string): Promise<DriveViewStatus> {
+  const v = mountedView(target);
+  try {
+    return await callControl<DriveViewStatus>(v.stateDir, { op: 'status' });
+  } catch (err) {
+    throw new UsageError(`${v.mountpoint}: ${(err as Error).message}`, 1);
+  }
+}
+
+/** `pogfs stats` and `pogfs status` of a Drive view (the same figures; stats adds the per-program table). */
+export async function driveStatus(target: string, json: boolean, withPrograms: boolean): Promise<void> {
+  const s = await driveStatusOf(target);
+  if (json) {
+    console.log(JSON.stringify(s, null, 2));
+    return;
+  }
+  const calls = Object.entries(s.calls).filter(([k]) => !k.startsWith('bytes.'));
+  const rows: [string, string][] = [
+    ['Drive view', `${s.mountpoint} (read-only) of ${s.sharedDrive ? `shared drive ${s.sharedDrive}` : s.root === 'root' ? 'My Drive' : `folder ${s.root}`}`],
+    ['items', `${s.items} (${s.folders} folders, ${s.files} files, ${formatBytes(s.bytes)})`],
+    ['Drive calls since mount', calls.map(([k, n]) => `${k} ${n}`).join(', ') || 'none'],
+    ['downloaded', `${formatBytes(s.downloads.bytes)} in ${s.downloads.downloads} ranged reads${s.downloads.refused ? `; ${s.downloads.refused} files refused by Drive` : ''}${s.downloads.md5Mismatches ? `; ${s.downloads.md5Mismatches} md5 mismatches` : ''}`],
+    ['chunk cache', `${formatBytes(s.cache.bytes)} of ${formatBytes(s.cache.capacityBytes)} in ${s.cache.chunks} chunks; hit ratio ${(s.cache.hitRatio * 100).toFixed(1)}% (${s.cache.hits} hits, ${s.cache.misses} misses)`],
+    ['changes token', s.pageTokenAgeSeconds === undefined ? 'none' : `${Math.round(s.pageTokenAgeSeconds)} s old`],
+    ['last poll', s.lastPoll ? `${s.lastPoll.at}: ${s.lastPoll.ok ? `${s.lastPoll.changes} changes` : `FAILED: ${s.lastPoll.error ?? ''}`}` : 'none since mount'],
+    ['open files', String(s.openFiles)],
+  ];
+  if (withPrograms) {
+    for (const [program, bytes] of Object.entries(s.downloads.byProgram).sort((a, b) => b[1] - a[1])) rows.push([`  downloaded by ${program}`, formatBytes(bytes)]);
+    for (const [path, bytes] of Object.entries(s.downloads.byFile).sort((a, b) => b[1] - a[1]).slice(0, 5)) rows.push([`  downloaded of ${path}`, formatBytes(bytes)]);
+  }
+  console.log(formatRows(rows));
+}
+
+export interface DupesFlags {
+  stateDir?: string;
+  keep?: KeepRule;
+  apply?: boolean;
+  json?: boolean;
+  undo?: string;
+  credentials?: string;
+  driveApiUrl?: string;
+  driveTokenUrl?: string;
+}
+
+/** `pogfs drive dupes [MOUNTPOINT | --state-dir DIR] [PATH]`. */
+export async function driveDupes(args: string[], flags: DupesFlags): Promise<void> {
+  if (flags.undo) {
+    const client = await openClient(flags);
+    try {
+      const r = await undoDupes(client, resolve(flags.undo));
+      console.error(`pogfs: restored ${r.restored} items from the trash and moved ${r.moved} back`);
+    } catch (err) {
+      throw scopeError(err);
+    } finally {
+      await client.close();
+    }
+    return;
+  }
+  let stateDir: string;
+  let under: string | undefined;
+  let mountpoint: string | undefined;
+  if (flags.stateDir) {
+    stateDir = resolve(flags.stateDir);
+    if (args.length > 1) throw new UsageError('with --state-dir, dupes takes at most a PATH inside the view');
+    under = args[0];
+  } else {
+    if (args.length === 0) throw new UsageError('dupes needs a mounted Drive view (MOUNTPOINT) or --state-dir DIR');
+    const v = mountedView(args[0]);
+    stateDir = v.stateDir;
+    mountpoint = v.mountpoint;
+    if (args.length > 2) throw new UsageError('dupes takes MOUNTPOINT [PATH]');
+    under = args[1];
+  }
+  if (!existsSync(join(stateDir, STATE_FILES.mirror))) throw new UsageError(`${stateDir} holds no Drive view state (mount the Drive once with pogfs drive mount)`);
+  if (under !== undefined) {
+    // A path inside the mount (absolute or relative to the mount point) or already a view path.
+    const abs = mountpoint && (isAbsolute(under) || existsSync(resolve(under))) ? resolve(under) : undefined;
+    under = abs && mountpoint && (abs === mountpoint || abs.startsWith(`${mountpoint}/`)) ? `/${relative(mountpoint, abs)}` : `/${under.replace(/^\/+/, '')}`;
+  }
+  const mirror = new MirrorDb(join(stateDir, STATE_FILES.mirror));
+  try {
+    const plan = planDupes(mirror, flags.keep ?? 'oldest', under);
+    if (!flags.apply) {
+      printPlan(plan, !!flags.json);
+      return;
+    }
+    const logPath = join(stateDir, `dupes-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
+    const client = await openClient(flags);
+    try {
+      const r = await applyDupes(client, mirror, plan, logPath);
+      if (flags.json) console.log(JSON.stringify({ ...plan, log: logPath }, null, 2));
+      else {
+        printPlan(plan, false);
+        console.log(`moved ${r.moved} items and trashed ${r.trashed}; undo with: pogfs drive dupes --undo ${logPath}`);
+      }
+    } catch (err) {
+      throw scopeError(err);
+    } finally {
+      await client.close();
+    }
+  } finally {
+    mirror.close();
+  }
+}
+
+async function openClient(flags: DupesFlags) {
+  try {
+    return await openDriveClient({ credentialsPath: flags.credentials, driveRootUrl: flags.driveApiUrl, tokenUrl: flags.driveTokenUrl }, [DRIVE_FULL_SCOPE]);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function scopeError(err: unknown): Error {
+  const msg = (err as Error).message;
+  if (/HTTP 403 (insufficientPermissions|insufficientFilePermissions|forbidden)|insufficient/i.test(msg)) {
+    return new UsageError(`Drive refused the change (${msg}): the saved token cannot change your files; run \`pogfs auth --scope full\``, 1);
+  }
+  return new UsageError(msg, 1);
+}
+
+function printPlan(plan: ReturnType<typeof planDupes>, json: boolean): void {
+  if (json) {
+    console.log(JSON.stringify(plan, null, 2));
+    return;
+  }
+  for (const g of plan.files) {
+    console.log(`${g.md5} ${formatBytes(g.size)}: keep ${g.keep.path}`);
+    for (const e of g.extras) console.log(`  trash ${e.path}`);
+  }
+  for (const g of plan.folders) console.log(`folder ${g.path}: keep ${g.keep.id}, merge ${g.merge.map((m) => m.id).join(', ')}`);
+  console.log(`${plan.files.length} duplicate file groups, ${plan.folders.length} merged folder groups; ${formatBytes(plan.bytes_reclaimable)} reclaimable`);
+}

@@ -1,0 +1,244 @@
+/**
+ * The daemon of `pogfs drive mount`: opens the state directory, scans the Drive the first
+ * time (or catches up with one changes poll), mounts the read-only view, polls the changes
+ * feed every --poll-interval seconds and answers `drive refresh`, `status` and `stats` on
+ * the control socket in the state directory. `pogfs umount` ends it like a volume's daemon
+ * (same daemon record, same fuse.pogfs mount type).
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { DriveView, STATE_FILES } from '../driveview/drive-view';
+import type { Invalidation } from '../driveview/mirror-db';
+import { DriveViewOps } from '../fuse/drive-view-ops';
+import { FuseSession } from '../fuse/session';
+import { DRIVE_READONLY_SCOPE } from '../remote/credentials';
+import { openDriveClient } from '../remote/open-remote';
+import { serveControl } from './control-socket';
+import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
+import { UsageError } from './errors';
+import { fileLogger } from './log';
+import { findMount, fuseUnmount, isStaleMount } from './mounts';
+
+export interface DriveMountOptions {
+  mountpoint: string;
+  stateDir: string;
+  rootId: string;
+  sharedDriveId: string | undefined;
+  cacheBytes: number;
+  pollIntervalSec: number;
+  credentials: string | undefined;
+  driveApiUrl: string | undefined;
+  driveTokenUrl: string | undefined;
+  verbose: boolean;
+  /** How long a later mount waits for its catch-up poll before serving the stored tree anyway. */
+  catchUpWaitSec: number;
+  /** Reader tuning (tests, bench): chunk size and read-ahead. */
+  chunkSize?: number;
+  maxReadaheadBytes?: number;
+  onReady: (error?: UsageError) => void;
+  notice: (line: string) => void;
+  /** Scan progress: items listed so far. */
+  progress?: (items: number) => void;
+}
+
+/** What the daemon answers to `status` (and `stats`) on its control socket. */
+export interface DriveViewStatus extends ReturnType<DriveView['status']> {
+  kind: 'drive-view';
+  mountpoint: string;
+  stateDir: string;
+  root: string;
+  sharedDrive: string | undefined;
+  mountedAt: string;
+  pollIntervalSec: number;
+  /** Drive calls since the mount, by method (and bytes.down). */
+  calls: Record<string, number>;
+}
+
+function checkMountpoint(mountpoint: string, notice: (line: string) => void): void {
+  if (isStaleMount(mountpoint)) {
+    const err = fuseUnmount(mountpoint, true);
+    if (err) throw new UsageError(`${mountpoint} is a dead FUSE mount and cleaning it up failed: ${err}`);
+    notice(`pogfs: cleaned up a stale mount at ${mountpoint} (its daemon had died)`);
+  }
+  let st;
+  try {
+    st = statSync(mountpoint);
+  } catch {
+    throw new UsageError(`mount point ${mountpoint} does not exist (create it with: mkdir -p ${mountpoint})`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`mount point ${mountpoint} is not a directory`);
+  const existing = findMount(mountpoint);
+  if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
+}
+
+function describeRoot(rootId: string, sharedDriveId: string | undefined): string {
+  return sharedDriveId ? `shared drive ${sharedDriveId}` : rootId === 'root' ? 'My Drive' : `folder ${rootId}`;
+}
+
+export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
+  const mountpoint = resolve(o.mountpoint);
+  const stateDir = resolve(o.stateDir);
+  try {
+    checkMountpoint(mountpoint, o.notice);
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    const holder = liveDaemon(stateDir);
+    if (holder) throw new UsageError(`the Drive view in ${stateDir} is already mounted at ${holder.mountpoint} (daemon pid ${holder.pid}); unmount it first with: pogfs umount ${holder.mountpoint}`);
+    // One state directory mirrors one root: another root there would show the old tree.
+    const wanted = describeRoot(o.rootId, o.sharedDriveId);
+    const viewFile = join(stateDir, STATE_FILES.view);
+    if (existsSync(viewFile)) {
+      let had: { root?: string; sharedDrive?: string | null } = {};
+      try {
+        had = JSON.parse(readFileSync(viewFile, 'utf8')) as typeof had;
+      } catch {
+        // unreadable: rewritten below
+      }
+      const was = describeRoot(had.root ?? 'root', had.sharedDrive ?? undefined);
+      if (had.root !== undefined && was !== wanted) throw new UsageError(`${stateDir} holds the view of ${was}, not of ${wanted}: give another --state-dir (or leave it out)`);
+    }
+  } catch (err) {
+    o.onReady(err instanceof UsageError ? err : new UsageError((err as Error).message));
+    return;
+  }
+  const log = fileLogger(join(stateDir, STATE_FILES.log), o.verbose);
+  const recordPath = join(stateDir, STATE_FILES.daemon);
+  writeFileSync(join(stateDir, STATE_FILES.view), JSON.stringify({ root: o.rootId, sharedDrive: o.sharedDriveId ?? null }) + '\n', { mode: 0o600 });
+  let view: DriveView | undefined;
+  let session: FuseSession | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    let client;
+    try {
+      client = await openDriveClient(
+        { credentialsPath: o.credentials, driveRootUrl: o.driveApiUrl, tokenUrl: o.driveTokenUrl },
+        [DRIVE_READONLY_SCOPE],
+      );
+    } catch (err) {
+      const msg = (err as Error).message;
+      o.onReady(new UsageError(/pogfs auth/.test(msg) ? msg.replace('`pogfs auth`', '`pogfs auth --scope readonly`') : msg));
+      return;
+    }
+    view = new DriveView(client, {
+      stateDir,
+      target: { rootId: o.rootId, sharedDriveId: o.sharedDriveId },
+      cacheBytes: o.cacheBytes,
+      reader: { ...(o.chunkSize ? { chunkSize: o.chunkSize } : {}), ...(o.maxReadaheadBytes ? { maxReadaheadBytes: o.maxReadaheadBytes } : {}) },
+      log,
+    });
+    const firstScan = !view.sync.bootstrapped;
+    const started = Date.now();
+    // A later mount waits for its catch-up poll only so long: with Drive down, the stored tree is served and the poll goes on behind it.
+    let lateCatchUp: Promise<Invalidation> | undefined;
+    try {
+      const starting = view.start(o.progress);
+      if (firstScan) await starting;
+      else {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((resolve) => (timer = setTimeout(resolve, o.catchUpWaitSec * 1000, 'late')));
+        const first = await Promise.race([starting, late]);
+        clearTimeout(timer);
+        if (first === 'late') {
+          lateCatchUp = starting;
+          log.warn(`the catch-up poll has not answered in ${o.catchUpWaitSec} s: serving the stored tree meanwhile`);
+        }
+      }
+    } catch (err) {
+      const msg = (err as Error).message;
+      log.error('the first scan of the Drive failed', err);
+      o.onReady(new UsageError(`cannot scan the Drive: ${msg}${/403|insufficient|scope/i.test(msg) ? '; run `pogfs auth --scope readonly` (the view reads all your files)' : ''}`, 1));
+      return;
+    }
+    const counts = view.mirror.itemCount();
+    log.info(`${firstScan ? 'scanned' : 'caught up with'} the Drive: ${counts.items} items in ${Date.now() - started} ms; calls ${JSON.stringify(client.counters())}`);
+
+    const ops = new DriveViewOps(view, { cacheTimeout: 3600, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
+    const isRoot = process.getuid?.() === 0;
+    session = FuseSession.mount(
+      mountpoint,
+      ops,
+      {
+        fsname: stateDir.replace(/[\\,]/g, (c) => `\\${c}`),
+        subtype: 'pogfs',
+        allowOther: isRoot,
+        defaultPermissions: true,
+        writebackCache: false,
+        readOnly: true,
+        negativeTimeout: 3600,
+        attrTimeout: 3600,
+      },
+      { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
+    );
+    ops.attach(session);
+    lateCatchUp?.then((inval) => ops.invalidate(inval)).catch((err: unknown) => log.error('catch-up poll failed', err));
+    const record: DaemonRecord = { pid: process.pid, startTicks: processStartTicks(process.pid) ?? '', mountpoint, started: new Date().toISOString() };
+    writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+    log.info(`mounted the Drive view of ${o.sharedDriveId ? `shared drive ${o.sharedDriveId}` : o.rootId} at ${mountpoint}`);
+    process.chdir(stateDir);
+
+    const v = view;
+    const refresh = async () => {
+      const r = await v.poll();
+      await ops.invalidate(r.inval);
+      if (r.changes > 0) log.info(`poll: ${r.changes} changes applied`);
+      return { at: r.at, ok: r.ok, changes: r.changes, calls: r.calls, ...(r.error ? { error: r.error } : {}) };
+    };
+    const schedule = () => {
+      if (o.pollIntervalSec <= 0) return;
+      timer = setTimeout(() => {
+        refresh()
+          .catch((err: unknown) => log.error('poll failed', err))
+          .finally(schedule);
+      }, o.pollIntervalSec * 1000);
+      timer.unref();
+    };
+    schedule();
+    const mountedAt = record.started;
+    const control = serveControl(
+      async (req) => {
+        if (req.op === 'status') {
+          const s: DriveViewStatus = {
+            kind: 'drive-view',
+            mountpoint,
+            stateDir,
+            root: o.rootId,
+            sharedDrive: o.sharedDriveId,
+            mountedAt,
+            pollIntervalSec: o.pollIntervalSec,
+            calls: client.counters(),
+            ...v.status(),
+          };
+          return s;
+        }
+        if (req.op === 'refresh') return refresh();
+        throw new Error(`a Drive view does not do ${JSON.stringify(req.op)}`);
+      },
+      (err) => log.error('control request failed', err),
+    );
+    const active = session;
+    const stop = (signal: string) => {
+      log.info(`${signal}: unmounting`);
+      active.unmount({ lazy: true }).catch((err) => log.error('unmount failed', err));
+    };
+    process.on('uncaughtException', (err) => log.error('uncaught exception (the mount stays up)', err));
+    process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => undefined);
+    o.onReady();
+    await active.ended;
+    log.info('session ended');
+    clearTimeout(timer);
+    control.close();
+    await client.close();
+  } catch (err) {
+    log.error('daemon failed', err);
+    if (session === undefined) o.onReady(new UsageError(`cannot mount ${mountpoint}: ${(err as Error).message}`));
+    else throw err;
+  } finally {
+    clearTimeout(timer);
+    view?.close();
+    rmSync(recordPath, { force: true });
+    log.info('state closed');
+    log.flush();
+  }
+}
