@@ -5,6 +5,8 @@ import { mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
+import { DriveEmulator, syntheticBytes } from './support/drive-emulator';
+import { driveFlags, pogfsAsync, releaseView, shAsync, writeToken } from './support/drive-view';
 import { isMounted, pogfs, pogfsOk, sh } from './support/mount';
 import { tempDir } from './support/tmp';
 
@@ -109,5 +111,52 @@ describe('a full disk', () => {
     sh(`echo back > '${mnt}/g' && sync '${mnt}/g'`);
     assert.equal(readFileSync(join(mnt, 'g'), 'utf8'), 'back\n');
     pogfsOk(['umount', mnt]);
+  });
+});
+
+describe('a full disk under a Drive view\'s state directory', () => {
+  it('chunks that do not fit stay in memory: reads keep working, the daemon stays, nothing is lost', { timeout: 180_000 }, async () => {
+    const dir = tempDir('pogfs-full-view-', () => {
+      spawnSync('umount', ['-l', join(dir, 'disk')]);
+    });
+    const disk = join(dir, 'disk');
+    const mnt = join(dir, 'mnt');
+    const state = join(disk, 'state');
+    mkdirSync(disk);
+    mkdirSync(mnt);
+    sh(`mount -t tmpfs -o size=24m tmpfs '${disk}'`);
+    const emu = await DriveEmulator.start({});
+    try {
+      const flags = driveFlags(emu, writeToken(emu, join(dir, 'token.json')));
+      const MiB = 1024 * 1024;
+      emu.seedItems([
+        { name: 'movie.mkv', size: 40 * MiB, contentSeed: 21 },
+        { name: 'other.mkv', size: 6 * MiB, contentSeed: 22 },
+      ]);
+      const r = await pogfsAsync(['drive', 'mount', mnt, '--state-dir', state, '--poll-interval', '0', '--cache-size', '1G', ...flags]);
+      assert.equal(r.code, 0, r.stderr);
+      try {
+        // 40 MiB through a 24 MiB disk: read twice, right both times.
+        const expected = createHash('sha256').update(syntheticBytes(21, 0, 40 * MiB)).digest('hex');
+        for (let i = 0; i < 2; i++) {
+          const sum = await shAsync(`sha256sum '${mnt}/movie.mkv'`);
+          assert.equal(sum.code, 0, sum.stderr);
+          assert.equal(sum.stdout.split(' ')[0], expected);
+        }
+        // The cache kept off the reserve the mirror database needs to go on committing.
+        const left = statfsSync(disk);
+        assert.ok(left.bavail * left.bsize >= 7 * MiB, `the chunk cache left only ${left.bavail * left.bsize} bytes free`);
+        // The disk filled to the last byte from outside: still served.
+        await shAsync(`dd if=/dev/zero of='${disk}/filler' bs=64K`);
+        const other = await shAsync(`sha256sum '${mnt}/other.mkv'`);
+        assert.equal(other.code, 0, other.stderr);
+        assert.equal(other.stdout.split(' ')[0], createHash('sha256').update(syntheticBytes(22, 0, 6 * MiB)).digest('hex'));
+        assert.match(readFileSync(join(state, 'pogfs.log'), 'utf8'), /is full; chunks are served from memory/);
+      } finally {
+        await releaseView(mnt, state);
+      }
+    } finally {
+      await emu.close();
+    }
   });
 });

@@ -1,4 +1,4 @@
-import { readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { collectGarbageLive } from '../../fsck/gc';
 import { FuseSession } from '../fuse/session';
@@ -8,7 +8,7 @@ import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-recor
 import { UsageError, userFacingError } from './errors';
 import { serveControl } from './control-socket';
 import { fileLogger, type Logger } from './log';
-import { findMount, fuseUnmount, isStaleMount, mountOverlap } from './mounts';
+import { mountOverlap, prepareMountpoint } from './mounts';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { collectRemoteGarbage } from '../../fsck/remote-gc';
 
@@ -32,36 +32,6 @@ export interface DaemonOptions {
   notice: (line: string) => void;
 }
 
-/**
- * Checks the mount point, cleaning up a mount left by a daemon that died. The overlap
- * check comes first: anything else done to a mount point inside the volume could
- * already wait on a mount of this very daemon.
- */
-function prepareMountpoint(mountpoint: string, volumePath: string, allowNonEmpty: boolean, notice: (line: string) => void): void {
-  const overlap = mountOverlap(mountpoint, [{ what: 'volume', path: volumePath }]);
-  if (overlap) throw new UsageError(overlap);
-  if (isStaleMount(mountpoint)) {
-    const err = fuseUnmount(mountpoint, true);
-    if (err) throw new UsageError(`${mountpoint} is a dead FUSE mount and cleaning it up failed: ${err}`);
-    notice(`pogfs: cleaned up a stale mount at ${mountpoint} (its daemon had died)`);
-  }
-  let st;
-  try {
-    st = statSync(mountpoint);
-  } catch {
-    throw new UsageError(`mount point ${mountpoint} does not exist (create it with: mkdir -p ${mountpoint})`);
-  }
-  if (!st.isDirectory()) throw new UsageError(`mount point ${mountpoint} is not a directory`);
-  const existing = findMount(mountpoint);
-  if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
-  if (!allowNonEmpty) {
-    const entries = readdirSync(mountpoint).length;
-    if (entries > 0) {
-      throw new UsageError(`mount point ${mountpoint} is not empty (${entries} entries the mount would hide): use an empty directory, or pass --allow-non-empty`);
-    }
-  }
-}
-
 /** A `local:DIR` remote served from under the mount point would also wait on itself. */
 function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined): void {
   if (!remote?.startsWith('local:')) return;
@@ -75,7 +45,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const mountpoint = resolve(o.mountpoint);
   let volume: Volume;
   try {
-    prepareMountpoint(mountpoint, volumePath, o.allowNonEmpty, o.notice);
+    prepareMountpoint(mountpoint, [{ what: 'volume', path: volumePath }], o.allowNonEmpty, o.notice);
     const holder = liveDaemon(volumePath);
     if (holder) throw new UsageError(`volume ${volumePath} is already mounted at ${holder.mountpoint} (daemon pid ${holder.pid})`);
     volume = Volume.open(volumePath);

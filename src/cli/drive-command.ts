@@ -1,7 +1,6 @@
 /**
  * `pogfs drive mount | refresh | dupes`, and `stats`/`status` of a mounted Drive view.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -15,7 +14,8 @@ import { openDriveClient } from '../remote/open-remote';
 import { callControl } from './control-socket';
 import type { DriveViewStatus } from './drive-daemon';
 import { UsageError } from './errors';
-import { pogfsMountContaining } from './mounts';
+import { launchDaemon } from './daemon-launch';
+import { mountOverlap, pogfsMountContaining } from './mounts';
 
 export interface DriveMountFlags {
   root?: string;
@@ -31,6 +31,7 @@ export interface DriveMountFlags {
   chunkSize?: number;
   readahead?: number;
   catchUpWait?: number;
+  allowNonEmpty?: boolean;
   ipcReady?: boolean;
 }
 
@@ -77,6 +78,7 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
       driveApiUrl: flags.driveApiUrl,
       driveTokenUrl: flags.driveTokenUrl,
       verbose: !!flags.verbose,
+      allowNonEmpty: !!flags.allowNonEmpty,
       chunkSize: flags.chunkSize,
       maxReadaheadBytes: flags.readahead,
       notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
@@ -98,6 +100,9 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
     if (failed) process.exitCode = failed.exitCode;
     return;
   }
+  // A state directory under the mount point would be hidden by it, and the daemon would wait on itself.
+  const overlap = mountOverlap(mountpoint, [{ what: 'state directory', path: stateDir }]);
+  if (overlap) throw new UsageError(overlap);
   const argv = [process.argv[1], 'drive', 'mount', resolve(mountpoint), '--foreground', '--ipc-ready', '--state-dir', stateDir, '--poll-interval', String(pollInterval)];
   if (flags.root) argv.push('--root', flags.root);
   if (flags.sharedDrive) argv.push('--shared-drive', flags.sharedDrive);
@@ -106,39 +111,26 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   if (flags.driveApiUrl) argv.push('--drive-api-url', flags.driveApiUrl);
   if (flags.driveTokenUrl) argv.push('--drive-token-url', flags.driveTokenUrl);
   if (flags.verbose) argv.push('--verbose');
+  if (flags.allowNonEmpty) argv.push('--allow-non-empty');
   if (flags.chunkSize) argv.push('--chunk-size', String(flags.chunkSize));
   if (flags.readahead) argv.push('--readahead', String(flags.readahead));
   if (flags.catchUpWait !== undefined) argv.push('--catch-up-wait', String(flags.catchUpWait));
-  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
-  await new Promise<void>((done) => {
-    let settled = false;
-    child.on('message', (m: { ready?: boolean; error?: string; exitCode?: number; notice?: string; progress?: number; elapsedMs?: number }) => {
-      if (m.notice) console.error(m.notice);
-      if (m.progress !== undefined) showProgress(m.progress, m.elapsedMs ?? 0);
-      if (m.ready || m.error) {
-        settled = true;
-        if (process.stderr.isTTY) process.stderr.write('\n');
-        if (m.error) {
-          console.error(`pogfs: ${m.error}`);
-          process.exitCode = m.exitCode ?? 2;
-        }
-        child.disconnect();
-        child.unref();
-        done();
-      }
-    });
-    child.on('exit', (code, signal) => {
-      if (settled) return;
-      console.error(`pogfs: the Drive view daemon exited (${signal ?? `code ${code}`}) before the mount was ready; see ${join(stateDir, STATE_FILES.log)}`);
-      process.exitCode = 1;
-      done();
-    });
+  await launchDaemon(argv, {
+    what: 'Drive view daemon',
+    mountpoint,
+    log: join(stateDir, STATE_FILES.log),
+    onProgress: (m) => showProgress(m.progress ?? 0, m.elapsedMs ?? 0),
   });
+  if (process.stderr.isTTY && shownProgress) process.stderr.write('\n');
 }
+
+/** Set once a progress line was drawn (it then needs its newline). */
+let shownProgress = false;
 
 /** The scan's progress, on a terminal only. */
 function showProgress(items: number, elapsedMs: number): void {
   if (!process.stderr.isTTY) return;
+  shownProgress = true;
   const rate = elapsedMs > 0 ? Math.round((items * 1000) / elapsedMs) : 0;
   process.stderr.write(`\rpogfs: scanning the Drive: ${items} items (${rate}/s)   `);
 }

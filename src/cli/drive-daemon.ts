@@ -5,7 +5,7 @@
  * the control socket in the state directory. `pogfs umount` ends it like a volume's daemon
  * (same daemon record, same fuse.pogfs mount type).
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DriveView, STATE_FILES } from '../driveview/drive-view';
 import type { Invalidation } from '../driveview/mirror-db';
@@ -17,10 +17,12 @@ import { serveControl } from './control-socket';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
 import { UsageError } from './errors';
 import { fileLogger } from './log';
-import { findMount, fuseUnmount, isStaleMount } from './mounts';
+import { prepareMountpoint } from './mounts';
 
 export interface DriveMountOptions {
   mountpoint: string;
+  /** Mount over a directory that has entries (hiding them) instead of refusing. */
+  allowNonEmpty: boolean;
   stateDir: string;
   rootId: string;
   sharedDriveId: string | undefined;
@@ -54,23 +56,6 @@ export interface DriveViewStatus extends ReturnType<DriveView['status']> {
   calls: Record<string, number>;
 }
 
-function checkMountpoint(mountpoint: string, notice: (line: string) => void): void {
-  if (isStaleMount(mountpoint)) {
-    const err = fuseUnmount(mountpoint, true);
-    if (err) throw new UsageError(`${mountpoint} is a dead FUSE mount and cleaning it up failed: ${err}`);
-    notice(`pogfs: cleaned up a stale mount at ${mountpoint} (its daemon had died)`);
-  }
-  let st;
-  try {
-    st = statSync(mountpoint);
-  } catch {
-    throw new UsageError(`mount point ${mountpoint} does not exist (create it with: mkdir -p ${mountpoint})`);
-  }
-  if (!st.isDirectory()) throw new UsageError(`mount point ${mountpoint} is not a directory`);
-  const existing = findMount(mountpoint);
-  if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
-}
-
 function describeRoot(rootId: string, sharedDriveId: string | undefined): string {
   return sharedDriveId ? `shared drive ${sharedDriveId}` : rootId === 'root' ? 'My Drive' : `folder ${rootId}`;
 }
@@ -79,7 +64,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
   const mountpoint = resolve(o.mountpoint);
   const stateDir = resolve(o.stateDir);
   try {
-    checkMountpoint(mountpoint, o.notice);
+    prepareMountpoint(mountpoint, [{ what: 'state directory', path: stateDir }], o.allowNonEmpty, o.notice);
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const holder = liveDaemon(stateDir);
     if (holder) throw new UsageError(`the Drive view in ${stateDir} is already mounted at ${holder.mountpoint} (daemon pid ${holder.pid}); unmount it first with: pogfs umount ${holder.mountpoint}`);

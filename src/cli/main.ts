@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { spawn } from 'node:child_process';
 import { homedir } from 'node:os';
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
+import { launchDaemon } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { mountArgsFromHelper } from './mount-helper';
-import { findMount, fuseUnmount, mountOverlap } from './mounts';
+import { mountOverlap } from './mounts';
 import { parseSize } from './units';
 
 function defaultVolume(): string {
@@ -85,9 +85,6 @@ async function checkMountOverlap(volume: string, mountpoint: string, cacheDir: s
   if (overlap) throw new UsageError(overlap);
 }
 
-/** How long the daemon may stay silent while getting a mount ready (a notice restarts the clock). */
-const READY_TIMEOUT_MS = Number(process.env.POGFS_READY_TIMEOUT_SECONDS ?? 120) * 1000;
-
 async function mount(args: string[], flags: MountFlags): Promise<void> {
   let volume: string;
   let mountpoint: string;
@@ -145,52 +142,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (flags.breakLock) argv.push('--break-lock');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
   if (flags.pidFile) argv.push('--pid-file', resolve(flags.pidFile));
-  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
-  const log = join(resolve(volume), 'pogfs.log');
-  await new Promise<void>((done) => {
-    let settled = false;
-    // Every wait for the daemon ends: a daemon silent for too long is stopped, and a
-    // mount it may have made is detached, so nothing is left hanging.
-    let timer: NodeJS.Timeout;
-    const armTimer = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        child.kill('SIGKILL');
-        if (findMount(resolve(mountpoint))) fuseUnmount(resolve(mountpoint), true);
-        console.error(`pogfs: the mount daemon (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${log}`);
-        process.exitCode = 1;
-        child.unref();
-        done();
-      }, READY_TIMEOUT_MS);
-    };
-    armTimer();
-    child.on('message', (m: { ready?: boolean; error?: string; exitCode?: number; notice?: string }) => {
-      if (settled) return;
-      armTimer();
-      if (m.notice) console.error(m.notice);
-      if (m.ready || m.error) {
-        clearTimeout(timer);
-        settled = true;
-        if (m.error) {
-          console.error(`pogfs: ${m.error}`);
-          process.exitCode = m.exitCode ?? 2;
-        }
-        child.disconnect();
-        child.unref();
-        done();
-      }
-    });
-    child.on('exit', (code, signal) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      console.error(`pogfs: the mount daemon exited (${signal ?? `code ${code}`}) before the mount was ready; see ${log}`);
-      process.exitCode = 1;
-      done();
-    });
-  });
+  await launchDaemon(argv, { what: 'mount daemon', mountpoint, log: join(resolve(volume), 'pogfs.log') });
 }
 
 function program(): Command {
@@ -412,6 +364,7 @@ function addDriveCommands(p: Command): void {
     .option('-v, --verbose', 'log more (the log is pogfs.log in the state directory)')
     .option('--chunk-size <size>', 'bytes per downloaded chunk (default 1M)', parseSize)
     .option('--readahead <size>', 'most bytes read ahead of a sequential reader (default 64M)', parseSize)
+    .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--catch-up-wait <seconds>', 'a later mount serves the stored tree after this long if Drive has not answered its catch-up poll (default 10)', seconds)
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (mountpoint: string, flags: import('./drive-command').DriveMountFlags) => {

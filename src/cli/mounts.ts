@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync, realpathSync, statfsSync } from 'node:fs';
+import { readdirSync, readFileSync, realpathSync, statfsSync, statSync } from 'node:fs';
+import { UsageError } from './errors';
 import { dirname, basename, join, resolve } from 'node:path';
 
 export interface MountEntry {
@@ -94,4 +95,34 @@ export function mountOverlap(mountpoint: string, dirs: readonly { what: string; 
     if (isWithin(dir, mnt)) return `the ${d.what} ${dir} is inside mount point ${mnt}: the mount would hide it; choose a mount point outside it`;
   }
   return undefined;
+}
+
+/**
+ * Checks the mount point, cleaning up a mount left by a daemon that died. The overlap
+ * check comes first: anything else done to a mount point inside the volume could
+ * already wait on a mount of this very daemon. `dirs` are the daemon's own directories.
+ */
+export function prepareMountpoint(mountpoint: string, dirs: readonly { what: string; path: string }[], allowNonEmpty: boolean, notice: (line: string) => void): void {
+  const overlap = mountOverlap(mountpoint, dirs);
+  if (overlap) throw new UsageError(overlap);
+  if (isStaleMount(mountpoint)) {
+    const err = fuseUnmount(mountpoint, true);
+    if (err) throw new UsageError(`${mountpoint} is a dead FUSE mount and cleaning it up failed: ${err}`);
+    notice(`pogfs: cleaned up a stale mount at ${mountpoint} (its daemon had died)`);
+  }
+  let st;
+  try {
+    st = statSync(mountpoint);
+  } catch {
+    throw new UsageError(`mount point ${mountpoint} does not exist (create it with: mkdir -p ${mountpoint})`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`mount point ${mountpoint} is not a directory`);
+  const existing = findMount(mountpoint);
+  if (existing) throw new UsageError(`mount point ${mountpoint} is busy: ${existing.source} (${existing.type}) is mounted there`);
+  if (!allowNonEmpty) {
+    const entries = readdirSync(mountpoint).length;
+    if (entries > 0) {
+      throw new UsageError(`mount point ${mountpoint} is not empty (${entries} entries the mount would hide): use an empty directory, or pass --allow-non-empty`);
+    }
+  }
 }

@@ -6,7 +6,7 @@
  * restart), evicted least recently used first to stay under the capacity. A small memory
  * LRU in front spares the disk the many kernel reads that fall into one chunk.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statfsSync } from 'node:fs';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MirrorDb } from './mirror-db';
@@ -17,6 +17,15 @@ export interface ChunkCacheStats {
   chunks: number;
   hits: number;
   misses: number;
+}
+
+/**
+ * Room a chunk never takes on the state directory's disk: 2% of it, at least 8 MiB,
+ * kept for the mirror database (SQLite rolls a whole transaction back when it cannot
+ * grow its log) and the log. A chunk that would eat into it stays in memory only.
+ */
+function diskReserve(totalBytes: number): number {
+  return Math.max(8 * 1024 * 1024, totalBytes * 0.02);
 }
 
 /** Touches of recently used chunks are written to the index in batches. */
@@ -37,6 +46,10 @@ export class DiskChunkCache {
   private readonly memory = new Map<string, Buffer>();
   private memoryBytes = 0;
   private tmpSeq = 0;
+  /** Bytes of chunk files being written now (not yet seen by statfs). */
+  private writingBytes = 0;
+  /** The disk was found full: said once in the log until a chunk fits again. */
+  private diskFull = false;
   /** Content (md5.size.) whose chunks were dropped: a store of one still on its way is undone. */
   private readonly dropped = new Set<string>();
 
@@ -116,8 +129,10 @@ export class DiskChunkCache {
     if (this.dropped.has(content)) return;
     this.remember(key, data);
     if (this.capacityBytes <= 0 || data.length > this.capacityBytes || this.index.hasChunk(key)) return;
+    if (!this.roomFor(data.length)) return;
     const path = this.path(key);
     const tmp = join(this.dir, `.tmp-${process.pid}-${this.tmpSeq++}`);
+    this.writingBytes += data.length;
     try {
       mkdirSync(join(this.dir, key.slice(0, 2)), { recursive: true, mode: 0o700 });
       await writeFile(tmp, data, { mode: 0o600 });
@@ -131,13 +146,39 @@ export class DiskChunkCache {
       await rm(tmp, { force: true });
       this.onError(`chunk cache: cannot store a chunk in ${this.dir}`, e);
       return;
+    } finally {
+      this.writingBytes -= data.length;
     }
     if (!this.index.hasChunk(key)) {
-      this.index.addChunk(key, data.length, this.tick());
+      try {
+        this.index.addChunk(key, data.length, this.tick());
+      } catch (e) {
+        // The index could not grow (a full disk): the file is not worth keeping unindexed.
+        await rm(path, { force: true });
+        this.onError(`chunk cache: cannot index a chunk in ${this.dir}`, e);
+        return;
+      }
       this.bytes += data.length;
       this.chunks++;
     }
     await this.evict();
+  }
+
+  /** True when `bytes` more fit on the state directory's disk above its reserve. */
+  private roomFor(bytes: number): boolean {
+    let free: number;
+    let total: number;
+    try {
+      const fs = statfsSync(this.dir);
+      free = fs.bavail * fs.bsize;
+      total = fs.blocks * fs.bsize;
+    } catch {
+      return true; // statfs failing says nothing about room: the write will tell
+    }
+    const fits = free - this.writingBytes - bytes >= diskReserve(total);
+    if (!fits && !this.diskFull) this.onError(`chunk cache: the disk of ${this.dir} is full; chunks are served from memory until there is room`, undefined);
+    this.diskFull = !fits;
+    return fits;
   }
 
   /** Drops every chunk of one content (its md5 turned out wrong). */

@@ -1,0 +1,63 @@
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { findMount, fuseUnmount } from './mounts';
+
+/** What a daemon started with `--ipc-ready` tells the command that started it. */
+export interface DaemonMessage {
+  ready?: boolean;
+  error?: string;
+  exitCode?: number;
+  notice?: string;
+  progress?: number;
+  elapsedMs?: number;
+}
+
+/** How long a daemon may stay silent while getting a mount ready (any message restarts the clock). */
+const READY_TIMEOUT_MS = Number(process.env.POGFS_READY_TIMEOUT_SECONDS ?? 120) * 1000;
+
+/**
+ * Runs `argv` (a pogfs command line in the foreground with `--ipc-ready`) as a detached
+ * daemon and resolves once it says the mount is ready, or why it is not, setting the
+ * exit code. Every wait ends: a daemon silent for too long is stopped, and a mount it
+ * may have made is detached, so nothing is left hanging. `what` names the daemon in
+ * messages; `log` is where it writes.
+ */
+export function launchDaemon(argv: string[], o: { what: string; mountpoint: string; log: string; onProgress?: (m: DaemonMessage) => void }): Promise<void> {
+  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+  const mountpoint = resolve(o.mountpoint);
+  return new Promise<void>((done) => {
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (exitCode: number | undefined, line?: string) => {
+      settled = true;
+      clearTimeout(timer);
+      if (line) console.error(line);
+      if (exitCode !== undefined) process.exitCode = exitCode;
+      if (child.connected) child.disconnect();
+      child.unref();
+      done();
+    };
+    const armTimer = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        if (settled) return;
+        child.kill('SIGKILL');
+        if (findMount(mountpoint)) fuseUnmount(mountpoint, true);
+        finish(1, `pogfs: the ${o.what} (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${o.log}`);
+      }, READY_TIMEOUT_MS);
+    };
+    armTimer();
+    child.on('message', (m: DaemonMessage) => {
+      if (settled) return;
+      armTimer();
+      if (m.notice) console.error(m.notice);
+      if (m.progress !== undefined) o.onProgress?.(m);
+      if (m.ready) finish(undefined);
+      else if (m.error) finish(m.exitCode ?? 2, `pogfs: ${m.error}`);
+    });
+    child.on('exit', (code, signal) => {
+      if (settled) return;
+      finish(1, `pogfs: the ${o.what} exited (${signal ?? `code ${code}`}) before the mount was ready; see ${o.log}`);
+    });
+  });
+}
