@@ -25,6 +25,7 @@ const commands = {
   pin: () => import('./pin-command'),
   status: () => import('./status-command'),
   auth: () => import('./auth-command'),
+  version: () => import('./version-command'),
 };
 
 /** `--credentials`, `--drive-api-url` ... as setting keys: given with init and with a mount of a remote. */
@@ -197,7 +198,8 @@ function program(): Command {
         write(text);
       },
     })
-    .exitOverride();
+    .exitOverride()
+    .addHelpText('after', '\n  -V, --version [--json]  the same as pogfs version');
 
   p.command('init')
     .description('create a volume directory (metadata database and block store)')
@@ -316,6 +318,14 @@ function program(): Command {
       await pin('unpin', path, !!opts.json);
     });
 
+  p.command('version')
+    .description('versions of pogfs, Node.js and libfuse, and which native modules load (exit 1 if one does not)')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { json?: boolean }) => {
+      const { version } = await commands.version();
+      version(!!opts.json);
+    });
+
   p.command('auth')
     .description('authorize pogfs to keep its files in your Google Drive (saves a refresh token, mode 0600)')
     .option('--client-secret-file <file>', 'JSON of a "Desktop app" OAuth client from the Google Cloud console')
@@ -355,6 +365,11 @@ function reportError(message: string, exitCode: number): void {
 
 async function main(): Promise<void> {
   try {
+    // Before commander: its own --version prints one string, this prints what loaded.
+    if (process.argv[2] === '--version' || process.argv[2] === '-V') {
+      (await commands.version()).version(jsonOutput);
+      return;
+    }
     await program().parseAsync(process.argv);
   } catch (err) {
     if (err instanceof CommanderError) {

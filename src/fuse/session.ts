@@ -85,6 +85,7 @@ interface NativeBinding {
   /** Resolves with an errno, 0 on success. Runs umount2 off the JS thread. */
   umount(mountpoint: string, lazy: boolean): Promise<number>;
   setSecurityXattrsPresent(h: NativeHandle, present: boolean): void;
+  versions(): Omit<FuseVersions, 'file'>;
   /** Synchronous lazy unmount, for process exit only. */
   detach(h: NativeHandle): void;
   // Each reply returns false when the request was already answered or the session ended.
@@ -99,6 +100,7 @@ interface NativeBinding {
 }
 
 let nativeBinding: NativeBinding | undefined;
+let nativeFile: string | undefined;
 
 /** Loads the addon from <package root>/build/Release, from src/ (ts-node) or dist/src/. */
 function loadNative(): NativeBinding {
@@ -111,6 +113,7 @@ function loadNative(): NativeBinding {
     dir = up;
   }
   const file = path.join(dir, 'build', 'Release', 'pogfs_fuse.node');
+  nativeFile = file;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     nativeBinding = require(file) as NativeBinding;
@@ -118,6 +121,22 @@ function loadNative(): NativeBinding {
     throw new Error(`pogfs: cannot load the FUSE addon ${file} (run \`npx node-gyp rebuild\`): ${String(err)}`);
   }
   return nativeBinding;
+}
+
+/** libfuse as loaded at run time, and the FUSE API level the binding was built against. */
+export interface FuseVersions {
+  /** fuse_pkgversion(), e.g. "3.14.0". */
+  libfuse: string;
+  /** FUSE_USE_VERSION as major.minor, e.g. "3.12". */
+  api: string;
+  /** The addon file. */
+  file: string;
+}
+
+/** Loads the addon (throws what loading it threw) and asks it for libfuse's version. */
+export function fuseVersions(): FuseVersions {
+  const native = loadNative();
+  return { ...native.versions(), file: nativeFile ?? '' };
 }
 
 const EIO = os.constants.errno.EIO;
