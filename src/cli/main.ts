@@ -5,6 +5,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { UsageError, userFacingError } from './errors';
 import { findMount, fuseUnmount, mountOverlap } from './mounts';
+import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, STDERR_LOG, type LogLevel } from './log-options';
 import { parseSize } from './units';
 
 function defaultVolume(): string {
@@ -63,6 +64,10 @@ interface MountFlags extends RemoteFlags {
   allowNonEmpty?: boolean;
   cacheDir?: string;
   ipcReady?: boolean;
+  logLevel?: LogLevel;
+  logFile?: string;
+  logMaxSize?: number;
+  metrics?: string;
 }
 
 /**
@@ -104,6 +109,12 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line) });
   }
 
+  // Checked here, before a background daemon is started, so a typo is one line and exit 2.
+  const metrics = flags.metrics === undefined ? undefined : (await import('./metrics-address')).parseMetricsAddress(flags.metrics);
+  if (flags.logFile === STDERR_LOG && !flags.foreground) throw new UsageError('--log-file - (stderr) needs --foreground: a background daemon has no terminal');
+  const logFile = flags.logFile === undefined || flags.logFile === STDERR_LOG ? flags.logFile : resolve(flags.logFile);
+  const logOptions = { level: flags.logLevel ?? (flags.verbose ? 'debug' : 'info'), maxBytes: flags.logMaxSize ?? DEFAULT_LOG_MAX_BYTES };
+
   if (flags.foreground) {
     const { runDaemon } = await commands.daemon();
     const ipc = flags.ipcReady && process.send ? process.send.bind(process) : undefined;
@@ -111,7 +122,9 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     await runDaemon({
       volume,
       mountpoint,
-      verbose: !!flags.verbose,
+      logFile,
+      logOptions,
+      metrics,
       allowOther: !!flags.allowOther,
       syncOnClose: flags.syncOnClose,
       readOnly: !!flags.readOnly,
@@ -139,8 +152,11 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (flags.readOnly) argv.push('--read-only');
   if (flags.breakLock) argv.push('--break-lock');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
+  if (logFile) argv.push('--log-file', logFile);
+  if (flags.metrics !== undefined) argv.push('--metrics', flags.metrics);
+  argv.push('--log-level', logOptions.level, '--log-max-size', String(logOptions.maxBytes));
   const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
-  const log = join(resolve(volume), 'pogfs.log');
+  const log = logFile ?? join(resolve(volume), 'pogfs.log');
   await new Promise<void>((done) => {
     let settled = false;
     // Every wait for the daemon ends: a daemon silent for too long is stopped, and a
@@ -231,12 +247,16 @@ function program(): Command {
     .usage('[options] [volume | local:DIR | drive:FOLDER] <mountpoint>')
     .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
-    .option('-v, --verbose', 'log more (the log is pogfs.log in the volume)')
+    .option('-v, --verbose', 'log more: the same as --log-level debug')
+    .addOption(new Option('--log-level <level>', 'what the log records (default info)').choices(LOG_LEVELS))
+    .option('--log-file <file>', 'where the log goes (default pogfs.log in the volume); - is stderr, with --foreground (for systemd\'s journal)')
+    .option('--log-max-size <size>', `rename the log to FILE.1 once it passes this size and start a new one; 0 never does (let logrotate, with kill -HUP, do it) (default ${DEFAULT_LOG_MAX_BYTES / 1024 / 1024}M)`, parseSize)
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
     .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
     .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
+    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; port 0 picks a free one, named in the log and daemon.json)')
     .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
