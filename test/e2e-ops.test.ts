@@ -1,0 +1,165 @@
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, it } from 'node:test';
+import { openLog } from '../src/cli/log';
+import { parseMetricsAddress } from '../src/cli/metrics-address';
+import type { VersionReport } from '../src/cli/version-command';
+import { mountFresh, pogfs, pogfsOk, sh } from './support/mount';
+import { unmountQuietly, waitUploaded } from './support/remote-mount';
+import { tempDir } from './support/tmp';
+
+/** One sample of a Prometheus text exposition: `name{labels} value` (0 when absent). */
+function sample(text: string, name: string, labels = ''): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}${labels} `));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+function daemonRecord(volume: string): { pid: number; metrics?: string } {
+  return JSON.parse(readFileSync(join(volume, 'daemon.json'), 'utf8')) as { pid: number; metrics?: string };
+}
+
+async function scrape(url: string): Promise<string> {
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+  return res.text();
+}
+
+describe('operating pogfs: versions, logs, metrics', () => {
+  it('pogfs version and --version report pogfs, Node, libfuse and every native module', () => {
+    const pkg = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+    const r = JSON.parse(pogfsOk(['version', '--json'])) as VersionReport;
+    assert.equal(r.pogfs, pkg.version);
+    assert.equal(r.node, process.versions.node);
+    assert.match(r.libfuse ?? '', /^3\.\d+/);
+    assert.deepEqual(
+      r.native.map((m) => m.name),
+      ['better-sqlite3', 'lmdb', 'lz4-napi', '@napi-rs/blake-hash', 'pogfs_fuse (FUSE binding)'],
+    );
+    for (const m of r.native) {
+      assert.ok(m.loaded, `${m.name}: ${m.error}`);
+      assert.match(m.file ?? '', /\.node$/, m.name);
+      assert.match(m.version ?? '', /^\d+\.\d+\.\d+/, m.name);
+    }
+    const text = pogfsOk(['--version']);
+    assert.match(text, new RegExp(`^pogfs ${pkg.version.replace(/\./g, '\\.')}\\n`));
+    assert.match(text, new RegExp(`node ${process.versions.node}`));
+    assert.match(text, /libfuse 3\.\d+/);
+    assert.doesNotMatch(text, /NOT LOADED/);
+    assert.deepEqual(JSON.parse(pogfsOk(['--version', '--json'])), r);
+  });
+
+  it('--metrics and --log-file mistakes are one line and exit 2, before anything is mounted', () => {
+    assert.deepEqual(parseMetricsAddress('9567'), { host: '127.0.0.1', port: 9567 });
+    assert.deepEqual(parseMetricsAddress(':9567'), { host: '127.0.0.1', port: 9567 });
+    assert.deepEqual(parseMetricsAddress('0.0.0.0:80'), { host: '0.0.0.0', port: 80 });
+    assert.deepEqual(parseMetricsAddress('[::1]:9567'), { host: '::1', port: 9567 });
+    const dir = tempDir();
+    const mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    pogfsOk(['init', join(dir, 'vol')]);
+    for (const [args, pattern] of [
+      [['--metrics', 'localhost'], /--metrics localhost: give PORT/],
+      [['--metrics', '70000'], /--metrics 70000/],
+      [['--log-file', '-'], /needs --foreground/],
+      [['--log-level', 'loud'], /--log-level/],
+    ] as const) {
+      const r = pogfs(['mount', join(dir, 'vol'), mnt, ...args]);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr.trim().split('\n')[0], pattern);
+      assert.equal(existsSync(join(dir, 'vol', 'daemon.json')), false);
+    }
+  });
+
+  it('a log file past --log-max-size moves to FILE.1 and starts again', () => {
+    const file = join(tempDir(), 'test.log');
+    const log = openLog(file, { level: 'info', maxBytes: 4096 });
+    for (let i = 0; i < 200; i++) log.info(`line ${i} ${'x'.repeat(40)}`);
+    log.info('the last line');
+    log.flush();
+    assert.ok(existsSync(`${file}.1`), 'no rotated file');
+    assert.ok(statSync(file).size <= 4096 + 200, `current log ${statSync(file).size} bytes`);
+    assert.ok(statSync(`${file}.1`).size <= 4096 + 200);
+    assert.match(readFileSync(file, 'utf8'), /the last line/);
+    assert.match(readFileSync(`${file}.1`, 'utf8'), /line 199 /);
+    log.debug('not at info level');
+    log.flush();
+    assert.doesNotMatch(readFileSync(file, 'utf8'), /not at info level/);
+  });
+
+  it('--log-file and --log-level take effect, and SIGHUP reopens the log (logrotate)', async () => {
+    const m = mountFresh();
+    m.umount();
+    const logFile = join(tempDir(), 'daemon.log');
+    pogfsOk(['mount', m.volume, m.mnt, '--log-file', logFile, '--log-level', 'debug']);
+    try {
+      writeFileSync(m.p('f'), 'hello');
+      assert.match(readFileSync(logFile, 'utf8'), /"level":20,/, 'no debug line');
+      assert.equal(existsSync(join(m.volume, 'pogfs.log.1')), false);
+      renameSync(logFile, `${logFile}.old`);
+      process.kill(daemonRecord(m.volume).pid, 'SIGHUP');
+      for (const deadline = Date.now() + 10_000; !existsSync(logFile) && Date.now() < deadline; ) await sleep(50);
+      assert.match(readFileSync(logFile, 'utf8'), /SIGHUP: log file reopened/);
+      assert.equal(readFileSync(m.p('f'), 'utf8'), 'hello', 'the mount stayed up');
+    } finally {
+      m.umount();
+    }
+    assert.match(readFileSync(logFile, 'utf8'), /volume closed/);
+    assert.doesNotMatch(readFileSync(`${logFile}.old`, 'utf8'), /volume closed/);
+  });
+
+  it('--metrics serves Prometheus text on 127.0.0.1 and its counters move with reads and writes', async () => {
+    const m = mountFresh();
+    m.umount();
+    pogfsOk(['mount', m.volume, m.mnt, '--metrics', '0']);
+    const url = daemonRecord(m.volume).metrics ?? '';
+    try {
+      assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+      const before = await scrape(url);
+      assert.match(before, /^# TYPE pogfs_fuse_op_duration_seconds histogram$/m);
+      assert.match(before, /^# TYPE pogfs_block_store_stored_bytes gauge$/m);
+      const size = 3 * 1024 * 1024;
+      sh(`head -c ${size} /dev/urandom > ${m.p('f')} && sync ${m.p('f')}`);
+      // O_DIRECT: past the page cache, so the reads reach the daemon.
+      sh(`dd if=${m.p('f')} of=/dev/null bs=1M iflag=direct status=none`);
+      sh(`cat ${m.p('missing')} 2>/dev/null || true`);
+      const after = await scrape(url);
+      assert.ok(sample(after, 'pogfs_written_bytes_total') - sample(before, 'pogfs_written_bytes_total') >= size);
+      assert.ok(sample(after, 'pogfs_read_bytes_total') - sample(before, 'pogfs_read_bytes_total') >= size);
+      for (const op of ['write', 'read', 'create', 'lookup']) {
+        assert.ok(sample(after, 'pogfs_fuse_op_duration_seconds_count', `{op="${op}"}`) > sample(before, 'pogfs_fuse_op_duration_seconds_count', `{op="${op}"}`), op);
+      }
+      assert.ok(sample(after, 'pogfs_fuse_op_duration_seconds_bucket', '{le="+Inf",op="read"}') > 0);
+      assert.ok(sample(after, 'pogfs_fuse_op_errors_total', '{op="lookup",errno="ENOENT"}') >= 1);
+      assert.ok(sample(after, 'pogfs_block_store_stored_bytes') >= size);
+      assert.ok(sample(after, 'pogfs_block_store_blocks') >= size / (128 * 1024));
+      assert.equal((await fetch(url.replace(/metrics$/, 'other'))).status, 404);
+    } finally {
+      m.umount();
+    }
+    await assert.rejects(fetch(url), 'nothing listens after unmount');
+  });
+
+  it('--metrics on a volume with a remote counts remote calls, pending uploads and fetches', async () => {
+    const dir = tempDir('pogfs-e2e-', () => unmountQuietly(mnt));
+    const volume = join(dir, 'vol');
+    const mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    pogfsOk(['init', volume, '--remote', `local:${join(dir, 'remote')}`]);
+    pogfsOk(['mount', volume, mnt, '--metrics', '0']);
+    try {
+      const url = daemonRecord(volume).metrics ?? '';
+      const before = await scrape(url);
+      sh(`head -c 1048576 /dev/urandom > ${join(mnt, 'f')} && sync ${join(mnt, 'f')}`);
+      await waitUploaded(mnt);
+      const after = await scrape(url);
+      assert.ok(sample(after, 'pogfs_remote_calls_total', '{method="put"}') > sample(before, 'pogfs_remote_calls_total', '{method="put"}'), after);
+      assert.equal(sample(after, 'pogfs_upload_pending_bytes'), 0);
+      assert.match(after, /^# TYPE pogfs_remote_cache_misses_total counter$/m);
+    } finally {
+      unmountQuietly(mnt);
+    }
+  });
+});
