@@ -4,6 +4,7 @@ import { checkStoreFile, type StoreSpace } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
 import type { RepackResult, SuperChunkPacker } from '../src/store/super-chunk-packer';
 import { Volume, VolumeFiles } from '../src/vfs/volume';
+import type { ProgressSink } from '../src/progress';
 
 /**
  * Garbage collection of an unmounted volume's block store: deletes every stored block no
@@ -26,6 +27,8 @@ export interface GcOptions {
   repackBelow?: number;
   /** Deletions per LMDB transaction. */
   batch?: number;
+  /** Told how far the scan and the deletes are (a terminal's status line). */
+  progress?: ProgressSink;
 }
 
 export interface GcResult {
@@ -78,8 +81,12 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     const fixRefs: { hash: Buffer; count: number }[] = [];
     let storedBlocks = 0;
     const present = new Set<string>();
+    const progress = options.progress;
+    const expected = store.stats().blocks;
+    progress?.start('gc: scanning blocks');
     for (const hash of store.scanHashes()) {
       storedBlocks++;
+      progress?.update(storedBlocks, Math.max(expected, storedBlocks));
       const k = hash.toString('latin1');
       present.add(k);
       const n = rows.get(k) ?? 0;
@@ -111,7 +118,9 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     }
 
     if (!dryRun) {
+      progress?.start('gc: deleting unreferenced blocks');
       for (let at = 0; at < unreferenced.length; at += batch) {
+        progress?.update(at, unreferenced.length);
         const slice = unreferenced.slice(at, at + batch);
         await store.maintenance(() => {
           for (const hash of slice) {
@@ -236,6 +245,7 @@ export async function collectGarbageLive(
   liveKeys: () => ReadonlySet<string>,
   dryRun: boolean,
   repackBelow = volume.settings.repackBelow,
+  progress?: ProgressSink,
 ): Promise<LiveGcResult> {
   const { meta, store } = volume;
   const rows = new Set<string>();
@@ -243,8 +253,11 @@ export async function collectGarbageLive(
   const candidates: { hash: Buffer; key: string; refs: number }[] = [];
   let storedBlocks = 0;
   const liveAtScan = liveKeys();
+  const expected = store.stats().blocks;
+  progress?.start('gc: scanning blocks');
   for (const hash of store.scanHashes()) {
     storedBlocks++;
+    progress?.update(storedBlocks, Math.max(expected, storedBlocks));
     const key = hash.toString('latin1');
     if (!rows.has(key) && !liveAtScan.has(key)) candidates.push({ hash, key, refs: store.refCount(hash) });
   }

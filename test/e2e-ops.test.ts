@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { openLog } from '../src/cli/log';
 import { parseMetricsAddress } from '../src/cli/metrics-address';
 import type { VersionReport } from '../src/cli/version-command';
-import { mountFresh, pogfs, pogfsOk, sh } from './support/mount';
+import { CLI, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
 import { unmountQuietly, waitUploaded } from './support/remote-mount';
 import { tempDir } from './support/tmp';
 
@@ -161,5 +161,33 @@ describe('operating pogfs: versions, logs, metrics', () => {
     } finally {
       unmountQuietly(mnt);
     }
+  });
+
+  it('gc and pin show progress with rate and ETA on a terminal, and nothing when not on one', () => {
+    const dir = tempDir('pogfs-e2e-', () => unmountQuietly(mnt));
+    const volume = join(dir, 'vol');
+    const mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    pogfsOk(['init', volume, '--remote', `local:${join(dir, 'remote')}`]);
+    pogfsOk(['mount', volume, mnt]);
+    // `script` gives the command a terminal; its output is the terminal's.
+    const onTerminal = (args: string[]) => sh(`script -qec "${[process.execPath, CLI, ...args].join(' ')}" /dev/null`);
+    const statusLine = (what: string) => new RegExp(`\\r\\x1b\\[K${what}: \\d+/\\d+ \\(\\d+%\\) \\d+( MB)?/s, ETA \\d+:\\d\\d`);
+    try {
+      sh(`mkdir ${join(mnt, 'd')} && head -c 2000000 /dev/urandom > ${join(mnt, 'd', 'f')}`);
+      assert.match(onTerminal(['pin', join(mnt, 'd')]), statusLine('pin: fetching blocks'));
+      assert.match(onTerminal(['gc', volume]), statusLine('gc: scanning blocks'));
+      for (const args of [['pin', join(mnt, 'd')], ['gc', volume]]) {
+        const r = pogfs(args);
+        assert.equal(r.status, 0, r.stderr);
+        assert.doesNotMatch(r.stderr + r.stdout, /\x1b\[K/, args[0]);
+      }
+    } finally {
+      unmountQuietly(mnt);
+    }
+    assert.match(onTerminal(['gc', volume]), statusLine('gc: scanning blocks'));
+    const r = pogfs(['gc', volume]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /\x1b\[K/);
   });
 });

@@ -5,6 +5,7 @@ import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import { BlockFetcher, type FetcherStats } from './block-fetcher';
 import { CacheEvictor } from './cache-evictor';
 import { PackUploader, type UploaderStatus } from './pack-uploader';
+import type { ProgressSink } from '../progress';
 
 /**
  * The local block store as a bounded cache over the remote: reads that miss are fetched
@@ -160,14 +161,31 @@ export class RemoteCache implements BlockSource {
    * Keeps a tree's blocks local (for offline use): recorded durably, then every block of
    * it not held locally is fetched. Pinned blocks are never evicted.
    */
-  async pin(ino: number): Promise<PinResult> {
+  async pin(ino: number, progress?: ProgressSink): Promise<PinResult> {
     this.meta.durableTransaction(() => this.meta.remote.addPin(ino));
     this.evictor.pinsChanged();
     const blocks = this.meta.remote.treeBlocks(ino);
     const result: PinResult = { ino, blocks: blocks.length, bytes: blocks.reduce((n, b) => n + b.len, 0), fetched: 0, failed: 0 };
+    // Progress counts every block of the tree (local ones at once), and its bytes.
+    let done = 0;
+    let doneBytes = 0;
+    progress?.start('pin: fetching blocks');
     for (let at = 0; at < blocks.length; at += 1024) {
-      const batch = blocks.slice(at, at + 1024).map((b) => b.hash).filter((h) => !this.store.has(h));
-      const outcomes = await Promise.all(this.fetcher.fetch(batch).values());
+      const slice = blocks.slice(at, at + 1024);
+      const missing = slice.filter((b) => !this.store.has(b.hash));
+      const len = new Map(missing.map((b) => [b.hash.toString('latin1'), b.len]));
+      done += slice.length - missing.length;
+      doneBytes += slice.reduce((n, b) => n + b.len, 0) - missing.reduce((n, b) => n + b.len, 0);
+      progress?.update(done, blocks.length, doneBytes);
+      const fetches = [...this.fetcher.fetch(missing.map((b) => b.hash))].map(([k, p]) =>
+        p.then((r) => {
+          done++;
+          doneBytes += len.get(k) ?? 0;
+          progress?.update(done, blocks.length, doneBytes);
+          return r;
+        }),
+      );
+      const outcomes = await Promise.all(fetches);
       for (const r of outcomes) {
         if (r === 'ok') result.fetched++;
         else result.failed++;

@@ -181,7 +181,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       return run;
     };
     const control = serveControl(
-      async (req) => {
+      async (req, progress) => {
         if (req.op === 'status') {
           return { ...fs.status(), mountpoint, readOnly: o.readOnly, remote: attached?.cache.status(), backup: attached?.backup?.lastResult, backupError: attached?.backup?.lastError };
         }
@@ -189,14 +189,14 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
           if (!attached) throw new Error('this volume has no remote: everything is local already');
           const ino = fs.inoOfPath(req.path ?? '');
           const cache = attached.cache;
-          return req.op === 'pin' ? exclusive(() => cache.pin(ino)) : exclusive(() => cache.unpin(ino));
+          return req.op === 'pin' ? exclusive(() => cache.pin(ino, progress)) : exclusive(() => cache.unpin(ino));
         }
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
         if (o.readOnly) throw new Error('the volume is mounted read-only: gc changes it');
         return exclusive(async () => {
           await fs.quiesceForGc();
           const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
-          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow);
+          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow, progress);
           const remote = attached
             ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log })
             : undefined;

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
+import { ProgressLine } from '../../fsck/report';
 import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon-record';
@@ -40,10 +41,13 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     }
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
     let live: LiveGcResult & { remote?: RemoteGcResult };
+    const line = new ProgressLine();
     try {
-      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow }, Infinity);
+      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow }, Infinity, line.enabled ? line.show.bind(line) : undefined);
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
+    } finally {
+      line.clear();
     }
     if (flags.json) console.log(JSON.stringify({ volume: path, mounted: holder.mountpoint, ...live }, null, 2));
     else {
@@ -56,12 +60,16 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     return;
   }
   let result: GcResult;
+  // A status line with rate and ETA on a terminal's stderr; nothing otherwise.
+  const progress = new ProgressLine();
   try {
-    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow });
+    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow, progress });
   } catch (err) {
+    progress.clear();
     if ((err as Error).name === 'VolumeError') throw err;
     throw new UsageError(`gc of ${path} failed: ${(err as Error).message}`, 1);
   }
+  progress.clear();
   const remote = await remoteGcOffline(path, !!flags.dryRun);
   if (flags.json) {
     console.log(JSON.stringify({ ...result, remote }, null, 2));
