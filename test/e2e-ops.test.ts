@@ -7,8 +7,9 @@ import { openLog } from '../src/cli/log';
 import { parseMetricsAddress } from '../src/cli/metrics-address';
 import type { VersionReport } from '../src/cli/version-command';
 import { CLI, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
-import { unmountQuietly, waitUploaded } from './support/remote-mount';
+import { endDaemon, unmountQuietly, waitUploaded } from './support/remote-mount';
 import { tempDir } from './support/tmp';
+import { EmulatorProcess } from './support/drive-emulator-process';
 
 /** One sample of a Prometheus text exposition: `name{labels} value` (0 when absent). */
 function sample(text: string, name: string, labels = ''): number {
@@ -160,6 +161,41 @@ describe('operating pogfs: versions, logs, metrics', () => {
       assert.match(after, /^# TYPE pogfs_remote_cache_misses_total counter$/m);
     } finally {
       unmountQuietly(mnt);
+    }
+  });
+
+  it('--metrics on a Drive volume counts Drive requests by method and HTTP status', async () => {
+    const dir = tempDir('pogfs-e2e-', () => unmountQuietly(mnt));
+    const volume = join(dir, 'vol');
+    const mnt = join(dir, 'mnt');
+    const credentials = join(dir, 'token.json');
+    mkdirSync(mnt);
+    const emu = await EmulatorProcess.start({ seed: 21 });
+    try {
+      await emu.writeAccessTokenFile(credentials);
+      pogfsOk(['init', volume, '--remote', 'drive:pogfs-e2e-metrics', '--credentials', credentials, '--drive-api-url', emu.rootUrl, '--drive-token-url', emu.tokenUrl]);
+      pogfsOk(['mount', volume, mnt, '--metrics', ':0']);
+      const url = daemonRecord(volume).metrics ?? '';
+      sh(`head -c 1048576 /dev/urandom > ${join(mnt, 'f')} && sync ${join(mnt, 'f')}`);
+      await waitUploaded(mnt);
+      const text = await scrape(url);
+      const ok = text.split('\n').filter((l) => /^pogfs_remote_requests_total\{method="[^"]+",status="ok"\} [1-9]/.test(l));
+      assert.ok(ok.length > 0, text);
+      assert.ok(sample(text, 'pogfs_remote_bytes_total', '{direction="up"}') >= 1048576, 'the pack went up');
+      // Drive failing: the uploader's attempts (2 s after the write) are counted with their HTTP status.
+      await emu.setFaults({ errorRate: 1, errorKinds: [503] });
+      writeFileSync(join(mnt, 'g'), 'more');
+      sh(`sync ${join(mnt, 'g')}`);
+      let failed = 0;
+      for (const deadline = Date.now() + 30_000; failed === 0 && Date.now() < deadline; await sleep(200)) {
+        failed = (await scrape(url)).split('\n').filter((l) => /^pogfs_remote_requests_total\{method="[^"]+",status="503"\} [1-9]/.test(l)).length;
+      }
+      await emu.setFaults({ errorRate: 0 });
+      assert.ok(failed > 0, 'no request counted with status 503');
+    } finally {
+      unmountQuietly(mnt);
+      await endDaemon(volume, 30_000);
+      await emu.stop();
     }
   });
 

@@ -137,7 +137,11 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         writeBufferBytes: () => fs.writer.bufferedBytes(),
         uploadPending: () => (remote ? volume.store.dirtyStats() : { blocks: 0, bytes: 0 }),
         blockStore: () => volume.store.stats(),
-        remote: remote && { calls: () => remote.remote.counters(), fetch: () => remote.cache.status().fetch },
+        remote: remote && {
+          calls: () => remote.remote.counters(),
+          requests: remote.remote.requestOutcomes && (() => remote.remote.requestOutcomes?.() ?? []),
+          fetch: () => remote.cache.status().fetch,
+        },
       });
       metricsServer = await serveMetrics(metrics, o.metrics, (err) => log.error('metrics server', err));
       log.info(`metrics at ${metricsServer.url}`);

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { FetcherStats } from '../cache/block-fetcher';
 import type { FuseOpObserver } from '../fuse/session';
-import type { RemoteCounters } from '../remote/remote';
+import type { RemoteCounters, RequestOutcome } from '../remote/remote';
 import type { BlockStoreStats } from '../store/block-store';
 import type { ChunkCacheStats } from '../store/chunk-cache';
 import { UsageError } from './errors';
@@ -20,6 +20,8 @@ export interface MetricsSources {
   remote?: {
     /** The remote client's own call counters (the ones `pogfs stats` prints). */
     calls(): RemoteCounters;
+    /** HTTP requests by method and status (Drive). */
+    requests?(): RequestOutcome[];
     fetch(): FetcherStats;
   };
 }
@@ -90,6 +92,16 @@ export class DaemonMetrics implements FuseOpObserver {
         for (const [name, n] of Object.entries(remote.calls())) if (name.startsWith('bytes.')) mirror(this, n, { direction: name.slice('bytes.'.length) });
       },
     });
+    const requests = remote.requests?.bind(remote);
+    if (requests) {
+      new Counter({
+        name: 'pogfs_remote_requests_total', help: 'Drive HTTP requests (each attempt), by method and status: ok, or a failure\'s HTTP code, network or error', labelNames: ['method', 'status'], registers,
+        collect() {
+          this.reset();
+          for (const r of requests()) mirror(this, r.requests, { method: r.method, status: r.status });
+        },
+      });
+    }
     new Counter({ name: 'pogfs_remote_cache_misses_total', help: 'blocks fetched from the remote because the local cache lacked them (read-ahead included)', registers, collect() { this.reset(); mirror(this, remote.fetch().blocks); } });
     new Counter({ name: 'pogfs_remote_fetch_bytes_total', help: 'bytes downloaded to fill the local cache', registers, collect() { this.reset(); mirror(this, remote.fetch().bytes); } });
     new Counter({ name: 'pogfs_remote_fetch_failures_total', help: 'fetches from the remote that failed (corrupt values included)', registers, collect() { this.reset(); const f = remote.fetch(); mirror(this, f.failures + f.corrupt); } });
