@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { openLog } from '../src/cli/log';
 import { parseMetricsAddress } from '../src/cli/metrics-address';
 import type { VersionReport } from '../src/cli/version-command';
-import { CLI, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
+import { CLI, isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
 import { endDaemon, unmountQuietly, waitUploaded } from './support/remote-mount';
 import { tempDir } from './support/tmp';
 import { EmulatorProcess } from './support/drive-emulator-process';
@@ -83,8 +84,13 @@ describe('operating pogfs: versions, logs, metrics', () => {
     assert.ok(existsSync(`${file}.1`), 'no rotated file');
     assert.ok(statSync(file).size <= 4096 + 200, `current log ${statSync(file).size} bytes`);
     assert.ok(statSync(`${file}.1`).size <= 4096 + 200);
-    assert.match(readFileSync(file, 'utf8'), /the last line/);
-    assert.match(readFileSync(`${file}.1`, 'utf8'), /line 199 /);
+    // Nothing lost at the seam: the current file starts where FILE.1 ends.
+    const msgs = (path: string) => readFileSync(path, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { msg: string }).msg);
+    const current = msgs(file);
+    const previous = msgs(`${file}.1`);
+    assert.equal(current.at(-1), 'the last line');
+    const lastOld = Number(/^line (\d+) /.exec(previous.at(-1) ?? '')?.[1]);
+    assert.equal(current[0], lastOld === 199 ? 'the last line' : `line ${lastOld + 1} ${'x'.repeat(40)}`);
     log.debug('not at info level');
     log.flush();
     assert.doesNotMatch(readFileSync(file, 'utf8'), /not at info level/);
@@ -109,6 +115,29 @@ describe('operating pogfs: versions, logs, metrics', () => {
     }
     assert.match(readFileSync(logFile, 'utf8'), /volume closed/);
     assert.doesNotMatch(readFileSync(`${logFile}.old`, 'utf8'), /volume closed/);
+  });
+
+  it('--foreground --log-file - logs JSON lines to stderr (for the journal) and no log file', async () => {
+    const m = mountFresh();
+    m.umount();
+    rmSync(join(m.volume, 'pogfs.log'));
+    const daemon = spawn(process.execPath, [CLI, 'mount', m.volume, m.mnt, '--foreground', '--log-file', '-'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    daemon.stderr.setEncoding('utf8');
+    daemon.stderr.on('data', (t: string) => (stderr += t));
+    const exited = new Promise<number | null>((resolve) => daemon.once('exit', resolve));
+    try {
+      for (const deadline = Date.now() + 30_000; !isMounted(m.mnt) && Date.now() < deadline; ) await sleep(50);
+      assert.ok(isMounted(m.mnt), `not mounted: ${stderr}`);
+    } finally {
+      if (isMounted(m.mnt)) m.umount();
+      else daemon.kill();
+    }
+    assert.equal(await exited, 0);
+    const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; level: number });
+    assert.ok(lines.some((l) => l.msg.startsWith('mounted ')), stderr);
+    assert.ok(lines.some((l) => l.msg === 'volume closed'), stderr);
+    assert.equal(existsSync(join(m.volume, 'pogfs.log')), false);
   });
 
   it('--metrics serves Prometheus text on 127.0.0.1 and its counters move with reads and writes', async () => {

@@ -93,6 +93,12 @@ const READY_TIMEOUT_MS = Number(process.env.POGFS_READY_TIMEOUT_SECONDS ?? 120) 
 async function mount(args: string[], flags: MountFlags): Promise<void> {
   let volume: string;
   let mountpoint: string;
+  // Checked here, before anything is created, restored or started, so a typo is one line and exit 2.
+  const metrics = flags.metrics === undefined ? undefined : (await import('./metrics-address')).parseMetricsAddress(flags.metrics);
+  if (flags.logFile === STDERR_LOG && !flags.foreground) throw new UsageError('--log-file - (stderr) needs --foreground: a background daemon has no terminal');
+  const logFile = flags.logFile === undefined || flags.logFile === STDERR_LOG ? flags.logFile : resolve(flags.logFile);
+  const logOptions = { level: flags.logLevel ?? (flags.verbose ? 'debug' : 'info'), maxBytes: flags.logMaxSize ?? DEFAULT_LOG_MAX_BYTES };
+
   if (args.length === 1) {
     volume = defaultVolume();
     mountpoint = args[0];
@@ -108,12 +114,6 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     const { localCopyFor } = await commands.remoteVolume();
     volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line) });
   }
-
-  // Checked here, before a background daemon is started, so a typo is one line and exit 2.
-  const metrics = flags.metrics === undefined ? undefined : (await import('./metrics-address')).parseMetricsAddress(flags.metrics);
-  if (flags.logFile === STDERR_LOG && !flags.foreground) throw new UsageError('--log-file - (stderr) needs --foreground: a background daemon has no terminal');
-  const logFile = flags.logFile === undefined || flags.logFile === STDERR_LOG ? flags.logFile : resolve(flags.logFile);
-  const logOptions = { level: flags.logLevel ?? (flags.verbose ? 'debug' : 'info'), maxBytes: flags.logMaxSize ?? DEFAULT_LOG_MAX_BYTES };
 
   if (flags.foreground) {
     const { runDaemon } = await commands.daemon();
