@@ -31,6 +31,8 @@ export interface CacheStatus {
   upload: UploaderStatus;
   fetch: FetcherStats;
   evictedBytes: number;
+  /** Block reads served locally (hits) and those that waited for a fetch (misses). */
+  reads: { hits: number; misses: number };
   pinnedBytes: number;
   /** True while writers wait because dirty data fills the cache. */
   backpressure: boolean;
@@ -54,6 +56,8 @@ export class RemoteCache implements BlockSource {
   readonly uploader: PackUploader;
   readonly evictor: CacheEvictor;
   private throttled = 0;
+  /** Block reads answered from the local store (hits) or only after a fetch (misses). */
+  private readonly reads = { hits: 0, misses: 0 };
   private waitingWriters = 0;
   private evictTimer: NodeJS.Timeout | undefined;
 
@@ -105,9 +109,21 @@ export class RemoteCache implements BlockSource {
   read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
     this.evictor.touch(hash);
     const r = this.store.read(hash, from, length, target, at);
-    if (r === 'missing') return this.fetchAndRead(hash, from, length, target, at);
-    if (typeof r === 'string') return r;
-    return r.then((res) => (res === 'missing' ? this.fetchAndRead(hash, from, length, target, at) : res));
+    if (r === 'missing') return this.miss(hash, from, length, target, at);
+    if (typeof r === 'string') {
+      this.reads.hits++;
+      return r;
+    }
+    return r.then((res) => {
+      if (res === 'missing') return this.miss(hash, from, length, target, at);
+      this.reads.hits++;
+      return res;
+    });
+  }
+
+  private miss(hash: Buffer, from: number, length: number, target: Buffer, at: number): Promise<BlockRead> {
+    this.reads.misses++;
+    return this.fetchAndRead(hash, from, length, target, at);
   }
 
   private async fetchAndRead(hash: Buffer, from: number, length: number, target: Buffer, at: number): Promise<BlockRead> {
@@ -218,6 +234,7 @@ export class RemoteCache implements BlockSource {
       upload: this.uploader.status(),
       fetch: { ...this.fetcher.stats },
       evictedBytes: this.evictor.evictedBytes,
+      reads: { ...this.reads },
       pinnedBytes: this.evictor.pinnedBytes(),
       backpressure: this.waitingWriters > 0,
       throttledWrites: this.throttled,

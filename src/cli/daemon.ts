@@ -141,6 +141,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
           calls: () => remote.remote.counters(),
           requests: remote.remote.requestOutcomes && (() => remote.remote.requestOutcomes?.() ?? []),
           fetch: () => remote.cache.status().fetch,
+          reads: () => remote.cache.status().reads,
         },
       });
       metricsServer = await serveMetrics(metrics, o.metrics, (err) => log.error('metrics server', err));

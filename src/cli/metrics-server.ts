@@ -23,6 +23,8 @@ export interface MetricsSources {
     /** HTTP requests by method and status (Drive). */
     requests?(): RequestOutcome[];
     fetch(): FetcherStats;
+    /** Block reads served by the local cache (hits) or only after a fetch (misses). */
+    reads(): { hits: number; misses: number };
   };
 }
 
@@ -102,7 +104,9 @@ export class DaemonMetrics implements FuseOpObserver {
         },
       });
     }
-    new Counter({ name: 'pogfs_remote_cache_misses_total', help: 'blocks fetched from the remote because the local cache lacked them (read-ahead included)', registers, collect() { this.reset(); mirror(this, remote.fetch().blocks); } });
+    new Counter({ name: 'pogfs_remote_cache_hits_total', help: 'block reads served by the local cache of the remote', registers, collect() { this.reset(); mirror(this, remote.reads().hits); } });
+    new Counter({ name: 'pogfs_remote_cache_misses_total', help: 'block reads that waited for a fetch from the remote', registers, collect() { this.reset(); mirror(this, remote.reads().misses); } });
+    new Counter({ name: 'pogfs_remote_fetched_blocks_total', help: 'blocks fetched from the remote (read-ahead and pins included)', registers, collect() { this.reset(); mirror(this, remote.fetch().blocks); } });
     new Counter({ name: 'pogfs_remote_fetch_bytes_total', help: 'bytes downloaded to fill the local cache', registers, collect() { this.reset(); mirror(this, remote.fetch().bytes); } });
     new Counter({ name: 'pogfs_remote_fetch_failures_total', help: 'fetches from the remote that failed (corrupt values included)', registers, collect() { this.reset(); const f = remote.fetch(); mirror(this, f.failures + f.corrupt); } });
   }
