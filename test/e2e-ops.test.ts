@@ -150,6 +150,7 @@ describe('operating pogfs: versions, logs, metrics', () => {
       const before = await scrape(url);
       assert.match(before, /^# TYPE pogfs_fuse_op_duration_seconds histogram$/m);
       assert.match(before, /^# TYPE pogfs_block_store_stored_bytes gauge$/m);
+      assert.match(before, /^nodejs_eventloop_lag_seconds \d/m);
       const size = 3 * 1024 * 1024;
       sh(`head -c ${size} /dev/urandom > ${m.p('f')} && sync ${m.p('f')}`);
       // O_DIRECT: past the page cache, so the reads reach the daemon.

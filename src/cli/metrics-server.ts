@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import { constants } from 'node:os';
 import type { AddressInfo } from 'node:net';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { FetcherStats } from '../cache/block-fetcher';
 import type { FuseOpObserver } from '../fuse/session';
 import type { RemoteCounters, RequestOutcome } from '../remote/remote';
@@ -52,6 +52,8 @@ export class DaemonMetrics implements FuseOpObserver {
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
+    // Node's own: memory, CPU, and the event loop's lag, which every FUSE request waits on.
+    collectDefaultMetrics({ register: this.registry });
     this.opSeconds = new Histogram({ name: 'pogfs_fuse_op_duration_seconds', help: 'FUSE requests by op: time from arrival to reply', labelNames: ['op'], buckets: OP_BUCKETS, registers });
     this.opErrors = new Counter({ name: 'pogfs_fuse_op_errors_total', help: 'FUSE requests answered with an error, by op and errno (ENOENT ...)', labelNames: ['op', 'errno'], registers });
     this.bytesRead = new Counter({ name: 'pogfs_read_bytes_total', help: 'bytes returned by FUSE reads', registers });
