@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
@@ -53,7 +54,7 @@ describe('operating pogfs: versions, logs, metrics', () => {
     assert.deepEqual(JSON.parse(pogfsOk(['--version', '--json'])), r);
   });
 
-  it('--metrics and --log-file mistakes are one line and exit 2, before anything is mounted', () => {
+  it('--metrics and --log-file mistakes are one line and exit 2, and nothing is mounted', async () => {
     assert.deepEqual(parseMetricsAddress('9567'), { host: '127.0.0.1', port: 9567 });
     assert.deepEqual(parseMetricsAddress(':9567'), { host: '127.0.0.1', port: 9567 });
     assert.deepEqual(parseMetricsAddress('0.0.0.0:80'), { host: '0.0.0.0', port: 80 });
@@ -62,7 +63,11 @@ describe('operating pogfs: versions, logs, metrics', () => {
     const mnt = join(dir, 'mnt');
     mkdirSync(mnt);
     pogfsOk(['init', join(dir, 'vol')]);
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const takenPort = (taken.address() as AddressInfo).port;
     for (const [args, pattern] of [
+      [['--metrics', String(takenPort)], /--metrics 127\.0\.0\.1:\d+: cannot listen: the port is in use/],
       [['--metrics', 'localhost'], /--metrics localhost: give PORT/],
       [['--metrics', '70000'], /--metrics 70000/],
       [['--log-file', '-'], /needs --foreground/],
@@ -72,7 +77,9 @@ describe('operating pogfs: versions, logs, metrics', () => {
       assert.equal(r.status, 2, r.stderr);
       assert.match(r.stderr.trim().split('\n')[0], pattern);
       assert.equal(existsSync(join(dir, 'vol', 'daemon.json')), false);
+      assert.equal(isMounted(mnt), false);
     }
+    taken.close();
   });
 
   it('a log file past --log-max-size moves to FILE.1 and starts again', () => {

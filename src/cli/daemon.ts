@@ -139,7 +139,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         blockStore: () => volume.store.stats(),
         remote: remote && {
           calls: () => remote.remote.counters(),
-          requests: remote.remote.requestOutcomes && (() => remote.remote.requestOutcomes?.() ?? []),
+          requests: () => remote.remote.requestOutcomes?.() ?? [],
           fetch: () => remote.cache.status().fetch,
           reads: () => remote.cache.status().reads,
         },

@@ -20,8 +20,8 @@ export interface MetricsSources {
   remote?: {
     /** The remote client's own call counters (the ones `pogfs stats` prints). */
     calls(): RemoteCounters;
-    /** HTTP requests by method and status (Drive). */
-    requests?(): RequestOutcome[];
+    /** HTTP requests by method and status (Drive; none for local:DIR). */
+    requests(): RequestOutcome[];
     fetch(): FetcherStats;
     /** Block reads served by the local cache (hits) or only after a fetch (misses). */
     reads(): { hits: number; misses: number };
@@ -96,16 +96,13 @@ export class DaemonMetrics implements FuseOpObserver {
         for (const [name, n] of Object.entries(remote.calls())) if (name.startsWith('bytes.')) mirror(this, n, { direction: name.slice('bytes.'.length) });
       },
     });
-    const requests = remote.requests?.bind(remote);
-    if (requests) {
-      new Counter({
-        name: 'pogfs_remote_requests_total', help: 'Drive HTTP requests (each attempt), by method and status: ok, or a failure\'s HTTP code, network or error', labelNames: ['method', 'status'], registers,
-        collect() {
-          this.reset();
-          for (const r of requests()) mirror(this, r.requests, { method: r.method, status: r.status });
-        },
-      });
-    }
+    new Counter({
+      name: 'pogfs_remote_requests_total', help: 'Drive HTTP requests (each attempt), by method and status: ok, or a failure\'s HTTP code, network or error', labelNames: ['method', 'status'], registers,
+      collect() {
+        this.reset();
+        for (const r of remote.requests()) mirror(this, r.requests, { method: r.method, status: r.status });
+      },
+    });
     new Counter({ name: 'pogfs_remote_cache_hits_total', help: 'block reads served by the local cache of the remote', registers, collect() { this.reset(); mirror(this, remote.reads().hits); } });
     new Counter({ name: 'pogfs_remote_cache_misses_total', help: 'block reads that waited for a fetch from the remote', registers, collect() { this.reset(); mirror(this, remote.reads().misses); } });
     new Counter({ name: 'pogfs_remote_fetched_blocks_total', help: 'blocks fetched from the remote (read-ahead and pins included)', registers, collect() { this.reset(); mirror(this, remote.fetch().blocks); } });
