@@ -54,6 +54,30 @@ describe('operating pogfs: versions, logs, metrics', () => {
     assert.deepEqual(JSON.parse(pogfsOk(['--version', '--json'])), r);
   });
 
+  it('pogfs version reports a native module that does not load instead of crashing', () => {
+    // Preloaded: makes lz4-napi's addon fail as a build for another Node would.
+    const breaker = join(tempDir(), 'break-lz4.js');
+    writeFileSync(
+      breaker,
+      `const Module = require('module');
+       const load = Module._extensions['.node'];
+       Module._extensions['.node'] = (m, file) => {
+         if (/lz4/.test(file)) throw new Error('was compiled against a different Node.js version using NODE_MODULE_VERSION 1');
+         return load(m, file);
+       };`,
+    );
+    const r = pogfs(['version', '--json'], { env: { ...process.env, NODE_OPTIONS: `--require ${breaker}` } });
+    assert.equal(r.status, 1, r.stderr);
+    const report = JSON.parse(r.stdout) as VersionReport;
+    const lz4 = report.native.find((m) => m.name === 'lz4-napi');
+    assert.equal(lz4?.loaded, false);
+    assert.match(lz4?.error ?? '', /NODE_MODULE_VERSION/);
+    assert.ok(report.native.filter((m) => m.name !== 'lz4-napi').every((m) => m.loaded), r.stdout);
+    const text = pogfs(['--version'], { env: { ...process.env, NODE_OPTIONS: `--require ${breaker}` } });
+    assert.equal(text.status, 1);
+    assert.match(text.stdout, /lz4-napi .*NOT LOADED: .*NODE_MODULE_VERSION/);
+  });
+
   it('--metrics and --log-file mistakes are one line and exit 2, and nothing is mounted', async () => {
     assert.deepEqual(parseMetricsAddress('9567'), { host: '127.0.0.1', port: 9567 });
     assert.deepEqual(parseMetricsAddress(':9567'), { host: '127.0.0.1', port: 9567 });

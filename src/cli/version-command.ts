@@ -72,8 +72,21 @@ function probe(name: string, load: () => Record<string, string> | void, version 
     const shown = file && !relative(ROOT, file).startsWith('..') ? relative(ROOT, file) : file;
     return { name, version, loaded: true, ...(shown ? { file: shown } : {}), ...(detail ? { detail } : {}) };
   } catch (err) {
-    return { name, version, loaded: false, error: ((err as Error).message ?? String(err)).split('\n')[0] };
+    return { name, version, loaded: false, error: loadFailure(err) };
   }
+}
+
+/**
+ * One line for why a module did not load. napi-rs loaders (lz4-napi, blake-hash) throw
+ * a generic "Cannot find native binding" with the real reasons chained as causes: name
+ * the first that is not just a candidate file that does not exist.
+ */
+function loadFailure(err: unknown): string {
+  const first = (e: unknown) => ((e as Error)?.message ?? String(e)).split('\n')[0];
+  const causes: unknown[] = [];
+  for (let c = (err as { cause?: unknown })?.cause; c !== undefined && causes.length < 50; c = (c as { cause?: unknown })?.cause) causes.push(c);
+  const reason = causes.find((c) => !/^Cannot find module/.test(first(c)));
+  return reason === undefined ? first(err) : `${first(err)} (${first(reason)})`;
 }
 
 /* eslint-disable @typescript-eslint/no-require-imports -- each module is loaded inside its own probe, so one failing is reported rather than fatal */
@@ -130,12 +143,14 @@ export function renderVersion(r: VersionReport): string {
     'native modules:',
   ];
   const width = Math.max(...r.native.map((m) => m.name.length));
+  const vWidth = Math.max(...r.native.map((m) => (m.version ?? '?').length));
   for (const m of r.native) {
     const what = m.loaded
       ? `loaded${m.detail ? ` (${Object.entries(m.detail).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}${m.file ? ` ${m.file}` : ''}`
       : `NOT LOADED: ${m.error}`;
-    lines.push(`  ${m.name.padEnd(width)}  ${m.version ?? '?'}  ${what}`);
+    lines.push(`  ${m.name.padEnd(width)}  ${(m.version ?? '?').padEnd(vWidth)}  ${what}`);
   }
+  if (r.native.some((m) => !m.loaded)) lines.push(`a native module did not load (after a Node.js upgrade, this is expected): run npm rebuild in ${ROOT}, and npx node-gyp rebuild there for the FUSE binding (it needs libfuse3-dev, pkg-config and a C compiler)`);
   return lines.join('\n');
 }
 
