@@ -265,7 +265,7 @@ describe('operating pogfs: versions, logs, metrics', () => {
     }
   });
 
-  it('gc and pin show progress with rate and ETA on a terminal, and nothing when not on one', () => {
+  it('gc and pin show progress with rate and ETA on a terminal, and nothing when not on one', async () => {
     const dir = tempDir('pogfs-e2e-', () => unmountQuietly(mnt));
     const volume = join(dir, 'vol');
     const mnt = join(dir, 'mnt');
@@ -279,6 +279,12 @@ describe('operating pogfs: versions, logs, metrics', () => {
       sh(`mkdir ${join(mnt, 'd')} && head -c 2000000 /dev/urandom > ${join(mnt, 'd', 'f')}`);
       assert.match(onTerminal(['pin', join(mnt, 'd')]), statusLine('pin: fetching blocks'));
       assert.match(onTerminal(['gc', volume]), statusLine('gc: scanning blocks'));
+      // A deleted file's pack is deleted from the remote by gc: that phase shows too.
+      await waitUploaded(mnt);
+      sh(`head -c 1000000 /dev/urandom > ${join(mnt, 'gone')}`);
+      await waitUploaded(mnt);
+      rmSync(join(mnt, 'gone'));
+      assert.match(onTerminal(['gc', volume]), statusLine('gc: deleting remote packs'));
       for (const args of [['pin', join(mnt, 'd')], ['gc', volume]]) {
         const r = pogfs(args);
         assert.equal(r.status, 0, r.stderr);

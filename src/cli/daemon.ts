@@ -203,7 +203,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
           const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
           const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow, progress);
           const remote = attached
-            ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log })
+            ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log, progress })
             : undefined;
           log.info(`gc: removed ${result.removedBlocks} blocks (${result.removedBytes} bytes)${req.dryRun ? ' [dry run]' : ''}`);
           return { ...result, remote };

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
 import { ProgressLine } from '../../fsck/report';
+import type { ProgressSink } from '../progress';
 import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon-record';
@@ -69,8 +70,14 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     if ((err as Error).name === 'VolumeError') throw err;
     throw new UsageError(`gc of ${path} failed: ${(err as Error).message}`, 1);
   }
+  // Attaching the remote may print notices: the status line starts again with its phases.
   progress.clear();
-  const remote = await remoteGcOffline(path, !!flags.dryRun);
+  let remote: RemoteGcResult | undefined;
+  try {
+    remote = await remoteGcOffline(path, !!flags.dryRun, progress);
+  } finally {
+    progress.clear();
+  }
   if (flags.json) {
     console.log(JSON.stringify({ ...result, remote }, null, 2));
     return;
@@ -106,7 +113,7 @@ function printRemoved(volume: string, r: Pick<GcResult, 'dryRun' | 'storedBlocks
 }
 
 /** gc of an unmounted volume's remote: takes the writer lock like a mount, and gives it back. */
-async function remoteGcOffline(path: string, dryRun: boolean): Promise<RemoteGcResult | undefined> {
+async function remoteGcOffline(path: string, dryRun: boolean, progress: ProgressSink): Promise<RemoteGcResult | undefined> {
   const volume = Volume.open(path);
   try {
     if (!volume.settings.remote) return undefined;
@@ -114,7 +121,7 @@ async function remoteGcOffline(path: string, dryRun: boolean): Promise<RemoteGcR
     const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
     try {
       startBackups(attached, volume, () => () => undefined, log);
-      return await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log });
+      return await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log, progress });
     } catch (err) {
       throw remoteUsageError(volume.settings.remote, err);
     } finally {
