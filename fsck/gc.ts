@@ -4,6 +4,7 @@ import { checkStoreFile, type StoreSpace } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
 import { emptyRepackResult, repackCandidates, type RepackResult, type SuperChunkPacker } from '../src/store/super-chunk-packer';
 import { Volume, VolumeFiles } from '../src/vfs/volume';
+import type { ProgressSink } from '../src/progress';
 
 /**
  * Garbage collection of an unmounted volume's block store: deletes every stored block no
@@ -28,6 +29,8 @@ export interface GcOptions {
   recompress?: boolean;
   /** Deletions per LMDB transaction. */
   batch?: number;
+  /** Told how far the scan and the deletes are (a terminal's status line). */
+  progress?: ProgressSink;
 }
 
 export interface GcResult {
@@ -80,8 +83,12 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     const fixRefs: { hash: Buffer; count: number }[] = [];
     let storedBlocks = 0;
     const present = new Set<string>();
+    const progress = options.progress;
+    const expected = store.stats().blocks;
+    progress?.start('gc: scanning blocks');
     for (const hash of store.scanHashes()) {
       storedBlocks++;
+      progress?.update(storedBlocks, Math.max(expected, storedBlocks));
       const k = hash.toString('latin1');
       present.add(k);
       const n = rows.get(k) ?? 0;
@@ -113,7 +120,9 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     }
 
     if (!dryRun) {
+      progress?.start('gc: deleting unreferenced blocks');
       for (let at = 0; at < unreferenced.length; at += batch) {
+        progress?.update(at, unreferenced.length);
         const slice = unreferenced.slice(at, at + batch);
         await store.maintenance(() => {
           for (const hash of slice) {
@@ -238,6 +247,7 @@ export async function collectGarbageLive(
   dryRun: boolean,
   repackBelow = volume.settings.repackBelow,
   recompress = false,
+  progress?: ProgressSink,
 ): Promise<LiveGcResult> {
   const { meta, store } = volume;
   const rows = new Set<string>();
@@ -245,8 +255,11 @@ export async function collectGarbageLive(
   const candidates: { hash: Buffer; key: string; refs: number }[] = [];
   let storedBlocks = 0;
   const liveAtScan = liveKeys();
+  const expected = store.stats().blocks;
+  progress?.start('gc: scanning blocks');
   for (const hash of store.scanHashes()) {
     storedBlocks++;
+    progress?.update(storedBlocks, Math.max(expected, storedBlocks));
     const key = hash.toString('latin1');
     if (!rows.has(key) && !liveAtScan.has(key)) candidates.push({ hash, key, refs: store.refCount(hash) });
   }

@@ -2,6 +2,7 @@ import { listGenerations, type MetaBackup } from '../src/cache/meta-backup';
 import type { RemoteCache } from '../src/cache/remote-cache';
 import type { Remote } from '../src/remote/remote';
 import type { Volume } from '../src/vfs/volume';
+import type { ProgressSink } from '../src/progress';
 
 /**
  * Garbage collection of a volume's remote: forgets the locations of blocks no file
@@ -20,6 +21,8 @@ export interface RemoteGcOptions {
   /** Repack packs whose live share is below this (default: the volume's pack-repack-below). */
   repackBelow?: number;
   log: { info(msg: string): void; error(msg: string, err?: unknown): void };
+  /** Told how far the repack and the deletes on the remote are (each is a remote call or several). */
+  progress?: ProgressSink;
 }
 
 export interface RemoteGcResult {
@@ -68,7 +71,13 @@ export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o
   const sparse = usage.filter((u) => u.liveBlocks > 0 && u.size > 0 && u.liveValueBytes / u.size < threshold);
   result.repackedPacks = sparse.length;
   if (!o.dryRun && sparse.length > 0) {
+    let done = 0;
+    let doneBytes = 0;
+    o.progress?.start('gc: repacking remote packs');
     for (const u of sparse) {
+      o.progress?.update(done, sparse.length, doneBytes);
+      done++;
+      doneBytes += u.size;
       const hashes = index.entriesOf(u.pack).map((e) => e.hash);
       const outcomes = await Promise.all(parts.cache.fetcher.fetch(hashes).values());
       if (outcomes.some((r) => r !== 'ok')) {
@@ -110,8 +119,12 @@ export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o
     await parts.remote.delete(g);
     result.prunedGenerations++;
   }
-  for (const u of empty) await parts.remote.delete({ kind: 'pack', name: u.name, id: u.remoteId });
-  for (const p of orphans) await parts.remote.delete(p);
+  const doomed = [...empty.map((u) => ({ kind: 'pack' as const, name: u.name, id: u.remoteId })), ...orphans];
+  o.progress?.start('gc: deleting remote packs');
+  for (const [i, p] of doomed.entries()) {
+    o.progress?.update(i, doomed.length);
+    await parts.remote.delete(p);
+  }
   o.log.info(`gc on the remote: ${result.deletedPacks} packs deleted (${result.deletedBytes} bytes), ${result.repackedPacks} repacked, ${result.orphanPacks} orphans`);
   return result;
 }

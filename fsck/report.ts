@@ -1,4 +1,5 @@
 import { formatBytes } from '../src/format';
+import type { ProgressEvent, ProgressSink } from '../src/progress';
 /**
  * What `pogfs fsck` found and did: the finding types, the exit code they make, and their
  * text and JSON renderings. Also the one-line progress display used on a terminal.
@@ -202,7 +203,7 @@ export function renderJson(r: FsckReport): string {
  * A single status line on stderr, redrawn at most 5 times a second, only when stderr is
  * a terminal (silent otherwise): phase, done/total, rate and time left.
  */
-export class ProgressLine {
+export class ProgressLine implements ProgressSink {
   private last = 0;
   private shown = false;
   private phaseStart = 0;
@@ -232,6 +233,12 @@ export class ProgressLine {
     const line = `${this.phase}: ${done}/${total} (${pct.toFixed(0)}%) ${rate}, ETA ${formatEta(eta)}`;
     this.stream.write(`\r\x1b[K${line}`);
     this.shown = true;
+  }
+
+  /** Shows a progress event of work done elsewhere (the daemon): a new phase restarts rate and ETA. */
+  show(e: ProgressEvent): void {
+    if (e.phase !== this.phase) this.start(e.phase);
+    if (e.total > 0) this.update(e.done, e.total, e.bytes);
   }
 
   clear(): void {

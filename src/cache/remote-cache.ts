@@ -5,6 +5,7 @@ import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import { BlockFetcher, type FetcherStats } from './block-fetcher';
 import { CacheEvictor } from './cache-evictor';
 import { PackUploader, type UploaderStatus } from './pack-uploader';
+import type { ProgressSink } from '../progress';
 
 /**
  * The local block store as a bounded cache over the remote: reads that miss are fetched
@@ -30,6 +31,8 @@ export interface CacheStatus {
   upload: UploaderStatus;
   fetch: FetcherStats;
   evictedBytes: number;
+  /** Block reads served locally (hits) and those that waited for a fetch (misses). */
+  reads: { hits: number; misses: number };
   pinnedBytes: number;
   /** True while writers wait because dirty data fills the cache. */
   backpressure: boolean;
@@ -53,6 +56,8 @@ export class RemoteCache implements BlockSource {
   readonly uploader: PackUploader;
   readonly evictor: CacheEvictor;
   private throttled = 0;
+  /** Block reads answered from the local store (hits) or only after a fetch (misses). */
+  private readonly reads = { hits: 0, misses: 0 };
   private waitingWriters = 0;
   private evictTimer: NodeJS.Timeout | undefined;
 
@@ -104,9 +109,21 @@ export class RemoteCache implements BlockSource {
   read(hash: Buffer, from: number, length: number, target: Buffer, at: number): BlockRead | Promise<BlockRead> {
     this.evictor.touch(hash);
     const r = this.store.read(hash, from, length, target, at);
-    if (r === 'missing') return this.fetchAndRead(hash, from, length, target, at);
-    if (typeof r === 'string') return r;
-    return r.then((res) => (res === 'missing' ? this.fetchAndRead(hash, from, length, target, at) : res));
+    if (r === 'missing') return this.miss(hash, from, length, target, at);
+    if (typeof r === 'string') {
+      this.reads.hits++;
+      return r;
+    }
+    return r.then((res) => {
+      if (res === 'missing') return this.miss(hash, from, length, target, at);
+      this.reads.hits++;
+      return res;
+    });
+  }
+
+  private miss(hash: Buffer, from: number, length: number, target: Buffer, at: number): Promise<BlockRead> {
+    this.reads.misses++;
+    return this.fetchAndRead(hash, from, length, target, at);
   }
 
   private async fetchAndRead(hash: Buffer, from: number, length: number, target: Buffer, at: number): Promise<BlockRead> {
@@ -160,14 +177,31 @@ export class RemoteCache implements BlockSource {
    * Keeps a tree's blocks local (for offline use): recorded durably, then every block of
    * it not held locally is fetched. Pinned blocks are never evicted.
    */
-  async pin(ino: number): Promise<PinResult> {
+  async pin(ino: number, progress?: ProgressSink): Promise<PinResult> {
     this.meta.durableTransaction(() => this.meta.remote.addPin(ino));
     this.evictor.pinsChanged();
     const blocks = this.meta.remote.treeBlocks(ino);
     const result: PinResult = { ino, blocks: blocks.length, bytes: blocks.reduce((n, b) => n + b.len, 0), fetched: 0, failed: 0 };
+    // Progress counts every block of the tree (local ones at once), and its bytes.
+    let done = 0;
+    let doneBytes = 0;
+    progress?.start('pin: fetching blocks');
     for (let at = 0; at < blocks.length; at += 1024) {
-      const batch = blocks.slice(at, at + 1024).map((b) => b.hash).filter((h) => !this.store.has(h));
-      const outcomes = await Promise.all(this.fetcher.fetch(batch).values());
+      const slice = blocks.slice(at, at + 1024);
+      const missing = slice.filter((b) => !this.store.has(b.hash));
+      const len = new Map(missing.map((b) => [b.hash.toString('latin1'), b.len]));
+      done += slice.length - missing.length;
+      doneBytes += slice.reduce((n, b) => n + b.len, 0) - missing.reduce((n, b) => n + b.len, 0);
+      progress?.update(done, blocks.length, doneBytes);
+      const fetches = [...this.fetcher.fetch(missing.map((b) => b.hash))].map(([k, p]) =>
+        p.then((r) => {
+          done++;
+          doneBytes += len.get(k) ?? 0;
+          progress?.update(done, blocks.length, doneBytes);
+          return r;
+        }),
+      );
+      const outcomes = await Promise.all(fetches);
       for (const r of outcomes) {
         if (r === 'ok') result.fetched++;
         else result.failed++;
@@ -200,6 +234,7 @@ export class RemoteCache implements BlockSource {
       upload: this.uploader.status(),
       fetch: { ...this.fetcher.stats },
       evictedBytes: this.evictor.evictedBytes,
+      reads: { ...this.reads },
       pinnedBytes: this.evictor.pinnedBytes(),
       backpressure: this.waitingWriters > 0,
       throttledWrites: this.throttled,

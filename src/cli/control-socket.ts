@@ -1,5 +1,6 @@
 import { chmodSync, rmSync } from 'node:fs';
-import { createConnection, createServer, type Server } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import type { ProgressEvent, ProgressSink } from '../progress';
 
 /**
  * A mounted volume's daemon answers requests of other pogfs commands (gc) on a Unix
@@ -21,9 +22,35 @@ export interface ControlRequest {
   repackBelow?: number;
   /** gc: also rewrite super-chunks stored with another codec than the volume's current one. */
   recompress?: boolean;
+  /** Send `{"progress": ProgressEvent}` lines while working (a terminal shows them). */
+  progress?: boolean;
 }
 
-export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, onError: (err: unknown) => void): Server {
+/** At most this often, a progress line goes to the client. */
+const PROGRESS_EVERY_MS = 200;
+
+/** A ProgressSink that sends throttled progress lines down the socket. */
+function socketProgress(sock: Socket): ProgressSink {
+  let phase = '';
+  let last = 0;
+  const send = (e: ProgressEvent) => {
+    if (!sock.writable) return;
+    last = Date.now();
+    sock.write(`${JSON.stringify({ progress: e })}\n`);
+  };
+  return {
+    start: (p) => {
+      phase = p;
+      send({ phase, done: 0, total: 0 });
+      last = 0; // the phase's first numbers go out at once
+    },
+    update: (done, total, bytes) => {
+      if (Date.now() - last >= PROGRESS_EVERY_MS) send({ phase, done, total, ...(bytes === undefined ? {} : { bytes }) });
+    },
+  };
+}
+
+export function serveControl(handle: (req: ControlRequest, progress: ProgressSink | undefined) => Promise<unknown>, onError: (err: unknown) => void): Server {
   rmSync(CONTROL_SOCKET, { force: true });
   const server = createServer((sock) => {
     let buf = '';
@@ -45,7 +72,7 @@ export function serveControl(handle: (req: ControlRequest) => Promise<unknown>, 
         sock.end(`${JSON.stringify({ error: 'the request is not JSON' })}\n`);
         return;
       }
-      handle(req).then(
+      handle(req, req.progress ? socketProgress(sock) : undefined).then(
         (result) => sock.end(`${JSON.stringify({ result })}\n`),
         (err: Error) => {
           onError(err);
@@ -64,9 +91,11 @@ export const CONTROL_ANSWER_MS = 30_000;
 
 /**
  * Sends one request to the daemon of the volume in `volumeDir`. `timeoutMs` bounds the
- * wait for a request that should be quick; long work (gc, pin) passes Infinity.
+ * wait for a request that should be quick; long work (gc, pin) passes Infinity, and may
+ * pass `onProgress` to be told how far the daemon is.
  */
-export function callControl<T>(volumeDir: string, req: ControlRequest, timeoutMs = CONTROL_ANSWER_MS): Promise<T> {
+export function callControl<T>(volumeDir: string, req: ControlRequest, timeoutMs = CONTROL_ANSWER_MS, onProgress?: (e: ProgressEvent) => void): Promise<T> {
+  if (onProgress) req = { ...req, progress: true };
   return new Promise((resolve, reject) => {
     // A socket path is limited to 108 bytes: connect by its name relative to the volume. Node
     // starts a Unix socket's connect synchronously, so the directory is restored at once.
@@ -87,7 +116,19 @@ export function callControl<T>(volumeDir: string, req: ControlRequest, timeoutMs
     }
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(`${JSON.stringify(req)}\n`));
-    sock.on('data', (chunk: string) => (buf += chunk));
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      // Progress lines come first, one per line; the answer is the last line.
+      for (let nl = buf.indexOf('\n'); nl >= 0 && buf.startsWith('{"progress":'); nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          onProgress?.((JSON.parse(line) as { progress: ProgressEvent }).progress);
+        } catch {
+          // a garbled progress line is only a missed update
+        }
+      }
+    });
     sock.on('error', (err) => reject(new Error(`cannot reach the volume's daemon: ${err.message}`)));
     sock.on('end', () => {
       try {

@@ -9,6 +9,8 @@ export interface DaemonRecord {
   startTicks: string;
   mountpoint: string;
   started: string;
+  /** With --metrics: where Prometheus scrapes (http://HOST:PORT/metrics). */
+  metrics?: string;
 }
 
 export function processStartTicks(pid: number): string | undefined {

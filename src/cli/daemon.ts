@@ -7,15 +7,16 @@ import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
 import { UsageError, userFacingError } from './errors';
 import { serveControl } from './control-socket';
-import { fileLogger, type Logger } from './log';
+import { openLog, type DaemonLogger } from './log';
+import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
+import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-server';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { collectRemoteGarbage } from '../../fsck/remote-gc';
 
 export interface DaemonOptions {
   volume: string;
   mountpoint: string;
-  verbose: boolean;
   allowOther: boolean;
   syncOnClose: boolean;
   /** Mount read-only: no writes, no writer lock, no uploads. */
@@ -26,6 +27,12 @@ export interface DaemonOptions {
   allowNonEmpty: boolean;
   /** Where to write the daemon's pid once the mount is ready (systemd Type=forking). */
   pidFile?: string;
+  /** Where the log goes: a file, or `-` for stderr (default: pogfs.log in the volume). */
+  logFile?: string;
+  /** Level and size bound of the log. */
+  logOptions: LogOptions;
+  /** Serve Prometheus metrics at this address (`--metrics`, parsed). */
+  metrics?: { host: string; port: number };
   /** Called once the mount is ready (or with the reason it is not). */
   onReady: (error?: UsageError) => void;
   /** Lines the user should see (stale mount cleaned up, and so on). */
@@ -59,10 +66,19 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     o.onReady(userFacingError(err) ?? new UsageError((err as Error).message));
     return;
   }
-  const log: Logger = fileLogger(join(volumePath, VolumeFiles.log), o.verbose);
+  let log: DaemonLogger;
+  const logTarget = o.logFile ?? join(volumePath, VolumeFiles.log);
+  try {
+    log = openLog(logTarget, o.logOptions);
+  } catch (err) {
+    await volume.close();
+    o.onReady(new UsageError(`cannot open the log file ${logTarget}: ${(err as Error).message}`));
+    return;
+  }
   const recordPath = join(volumePath, VolumeFiles.daemon);
   let session: FuseSession | undefined;
   let attached: AttachedRemote | undefined;
+  let metricsServer: MetricsServer | undefined;
   try {
     if (volume.settings.remote) {
       attached = await attachRemote(volume, { readOnly: o.readOnly, breakLock: o.breakLock, log, notice: o.notice });
@@ -85,6 +101,24 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     if (attached) startBackups(attached, volume, () => fs.reclaimer.hold(), log);
     const freed = await fs.recoverUnlinked();
     if (freed > 0) log.info(`freed ${freed} inodes left unlinked by an earlier crash`);
+    let metrics: DaemonMetrics | undefined;
+    if (o.metrics) {
+      const remote = attached;
+      metrics = new DaemonMetrics({
+        chunkCache: () => volume.store.chunkStats().cache,
+        writeBufferBytes: () => fs.writer.bufferedBytes(),
+        uploadPending: () => (remote ? volume.store.dirtyStats() : { blocks: 0, bytes: 0 }),
+        blockStore: () => volume.store.stats(),
+        remote: remote && {
+          calls: () => remote.remote.counters(),
+          requests: () => remote.remote.requestOutcomes?.() ?? [],
+          fetch: () => remote.cache.status().fetch,
+          reads: () => remote.cache.status().reads,
+        },
+      });
+      metricsServer = await serveMetrics(metrics, o.metrics, (err) => log.error('metrics server', err));
+      log.info(`metrics at ${metricsServer.url}`);
+    }
     const isRoot = process.getuid?.() === 0;
     session = FuseSession.mount(
       mountpoint,
@@ -99,7 +133,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         attrTimeout: 60,
         readOnly: o.readOnly,
       },
-      { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
+      { error: (msg, err) => log.error(msg, err), debug: o.logOptions.level === 'debug' ? (msg) => log.debug(msg) : undefined },
+      metrics,
     );
     session.setSecurityXattrsPresent(fs.hasSecurityXattrs);
     const record: DaemonRecord = {
@@ -107,6 +142,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       startTicks: processStartTicks(process.pid) ?? '',
       mountpoint,
       started: new Date().toISOString(),
+      ...(metricsServer ? { metrics: metricsServer.url } : {}),
     };
     writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
     if (o.pidFile) writeFileSync(o.pidFile, `${process.pid}\n`);
@@ -123,7 +159,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       return run;
     };
     const control = serveControl(
-      async (req) => {
+      async (req, progress) => {
         if (req.op === 'status') {
           return { ...fs.status(), mountpoint, readOnly: o.readOnly, remote: attached?.cache.status(), backup: attached?.backup?.lastResult, backupError: attached?.backup?.lastError };
         }
@@ -131,16 +167,16 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
           if (!attached) throw new Error('this volume has no remote: everything is local already');
           const ino = fs.inoOfPath(req.path ?? '');
           const cache = attached.cache;
-          return req.op === 'pin' ? exclusive(() => cache.pin(ino)) : exclusive(() => cache.unpin(ino));
+          return req.op === 'pin' ? exclusive(() => cache.pin(ino, progress)) : exclusive(() => cache.unpin(ino));
         }
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
         if (o.readOnly) throw new Error('the volume is mounted read-only: gc changes it');
         return exclusive(async () => {
           await fs.quiesceForGc();
           const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
-          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow, req.recompress === true);
+          const result = await collectGarbageLive(volume, fs.packer, () => fs.liveBlockKeys(), !!req.dryRun, repackBelow, req.recompress === true, progress);
           const remote = attached
-            ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log })
+            ? await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun: !!req.dryRun, log, progress })
             : undefined;
           log.info(`gc: removed ${result.removedBlocks} blocks (${result.removedBytes} bytes)${req.dryRun ? ' [dry run]' : ''}`);
           return { ...result, remote };
@@ -161,7 +197,11 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => undefined);
+    // logrotate's postrotate: `kill -HUP PID` (the pid is in the volume's daemon.json).
+    process.on('SIGHUP', () => {
+      log.reopen();
+      log.info('SIGHUP: log file reopened');
+    });
     o.onReady();
     await active.ended;
     log.info('session ended: committing and closing');
@@ -178,6 +218,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     if (session === undefined) o.onReady(new UsageError(`cannot mount ${mountpoint}: ${(err as Error).message}`));
     else throw err;
   } finally {
+    await metricsServer?.close();
     if (attached) await detachRemote(attached, log);
     await volume.close();
     rmSync(recordPath, { force: true });

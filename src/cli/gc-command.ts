@@ -1,6 +1,8 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
+import { ProgressLine } from '../../fsck/report';
+import type { ProgressSink } from '../progress';
 import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon-record';
@@ -42,10 +44,13 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     }
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
     let live: LiveGcResult & { remote?: RemoteGcResult };
+    const line = new ProgressLine();
     try {
-      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow, recompress: !!flags.recompress }, Infinity);
+      live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow, recompress: !!flags.recompress }, Infinity, line.enabled ? line.show.bind(line) : undefined);
     } catch (err) {
       throw new UsageError(`gc through the daemon of ${path} failed: ${(err as Error).message}`, 1);
+    } finally {
+      line.clear();
     }
     if (flags.json) console.log(JSON.stringify({ volume: path, mounted: holder.mountpoint, ...live }, null, 2));
     else {
@@ -58,13 +63,23 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     return;
   }
   let result: GcResult;
+  // A status line with rate and ETA on a terminal's stderr; nothing otherwise.
+  const progress = new ProgressLine();
   try {
-    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow, recompress: flags.recompress });
+    result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow, recompress: flags.recompress, progress });
   } catch (err) {
+    progress.clear();
     if ((err as Error).name === 'VolumeError') throw err;
     throw new UsageError(`gc of ${path} failed: ${(err as Error).message}`, 1);
   }
-  const remote = await remoteGcOffline(path, !!flags.dryRun);
+  // Attaching the remote may print notices: the status line starts again with its phases.
+  progress.clear();
+  let remote: RemoteGcResult | undefined;
+  try {
+    remote = await remoteGcOffline(path, !!flags.dryRun, progress);
+  } finally {
+    progress.clear();
+  }
   if (flags.json) {
     console.log(JSON.stringify({ ...result, remote }, null, 2));
     return;
@@ -100,7 +115,7 @@ function printRemoved(volume: string, r: Pick<GcResult, 'dryRun' | 'storedBlocks
 }
 
 /** gc of an unmounted volume's remote: takes the writer lock like a mount, and gives it back. */
-async function remoteGcOffline(path: string, dryRun: boolean): Promise<RemoteGcResult | undefined> {
+async function remoteGcOffline(path: string, dryRun: boolean, progress: ProgressSink): Promise<RemoteGcResult | undefined> {
   const volume = Volume.open(path);
   try {
     if (!volume.settings.remote) return undefined;
@@ -108,7 +123,7 @@ async function remoteGcOffline(path: string, dryRun: boolean): Promise<RemoteGcR
     const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
     try {
       startBackups(attached, volume, () => () => undefined, log);
-      return await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log });
+      return await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log, progress });
     } catch (err) {
       throw remoteUsageError(volume.settings.remote, err);
     } finally {

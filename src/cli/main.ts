@@ -7,6 +7,7 @@ import { launchDaemon } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { mountArgsFromHelper } from './mount-helper';
 import { mountOverlap } from './mounts';
+import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, STDERR_LOG, type LogLevel } from './log-options';
 import { parseSize } from './units';
 
 function defaultVolume(): string {
@@ -28,6 +29,7 @@ const commands = {
   status: () => import('./status-command'),
   auth: () => import('./auth-command'),
   drive: () => import('./drive-command'),
+  version: () => import('./version-command'),
 };
 
 /** `--credentials`, `--drive-api-url` ... as setting keys: given with init and with a mount of a remote. */
@@ -66,6 +68,10 @@ interface MountFlags extends RemoteFlags {
   pidFile?: string;
   cacheDir?: string;
   ipcReady?: boolean;
+  logLevel?: LogLevel;
+  logFile?: string;
+  logMaxSize?: number;
+  metrics?: string;
 }
 
 /**
@@ -88,6 +94,12 @@ async function checkMountOverlap(volume: string, mountpoint: string, cacheDir: s
 async function mount(args: string[], flags: MountFlags): Promise<void> {
   let volume: string;
   let mountpoint: string;
+  // Checked here, before anything is created, restored or started, so a typo is one line and exit 2.
+  const metrics = flags.metrics === undefined ? undefined : (await import('./metrics-address')).parseMetricsAddress(flags.metrics);
+  if (flags.logFile === STDERR_LOG && !flags.foreground) throw new UsageError('--log-file - (stderr) needs --foreground: a background daemon has no terminal');
+  const logFile = flags.logFile === undefined || flags.logFile === STDERR_LOG ? flags.logFile : resolve(flags.logFile);
+  const logOptions = { level: flags.logLevel ?? (flags.verbose ? 'debug' : 'info'), maxBytes: flags.logMaxSize ?? DEFAULT_LOG_MAX_BYTES };
+
   if (args.length === 1) {
     volume = defaultVolume();
     mountpoint = args[0];
@@ -111,7 +123,9 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     await runDaemon({
       volume,
       mountpoint,
-      verbose: !!flags.verbose,
+      logFile,
+      logOptions,
+      metrics,
       allowOther: !!flags.allowOther,
       syncOnClose: flags.syncOnClose,
       readOnly: !!flags.readOnly,
@@ -142,7 +156,10 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (flags.breakLock) argv.push('--break-lock');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
   if (flags.pidFile) argv.push('--pid-file', resolve(flags.pidFile));
-  await launchDaemon(argv, { what: 'mount daemon', mountpoint, log: join(resolve(volume), 'pogfs.log') });
+  if (logFile) argv.push('--log-file', logFile);
+  if (flags.metrics !== undefined) argv.push('--metrics', flags.metrics);
+  argv.push('--log-level', logOptions.level, '--log-max-size', String(logOptions.maxBytes));
+  await launchDaemon(argv, { what: 'mount daemon', mountpoint, log: logFile ?? join(resolve(volume), 'pogfs.log') });
 }
 
 function program(): Command {
@@ -156,7 +173,8 @@ function program(): Command {
         write(text);
       },
     })
-    .exitOverride();
+    .exitOverride()
+    .addHelpText('after', '\n  -V, --version [--json]  the same as pogfs version');
 
   p.command('init')
     .description('create a volume directory (metadata database and block store)')
@@ -188,13 +206,17 @@ function program(): Command {
     .usage('[options] [volume | local:DIR | drive:FOLDER] <mountpoint>')
     .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
-    .option('-v, --verbose', 'log more (the log is pogfs.log in the volume)')
+    .option('-v, --verbose', 'log more: the same as --log-level debug')
+    .addOption(new Option('--log-level <level>', 'what the log records (default info)').choices(LOG_LEVELS))
+    .option('--log-file <file>', 'where the log goes (default pogfs.log in the volume); - is stderr, with --foreground (for systemd\'s journal)')
+    .option('--log-max-size <size>', `rename the log to FILE.1 once it passes this size and start a new one; 0 never does (let logrotate, with kill -HUP, do it) (default ${DEFAULT_LOG_MAX_BYTES / 1024 / 1024}M)`, parseSize)
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
     .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
     .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--pid-file <file>', 'write the daemon\'s pid here once the mount is ready (systemd Type=forking)')
+    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; port 0 picks a free one, named in the log and daemon.json)')
     .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
@@ -279,6 +301,14 @@ function program(): Command {
     .action(async (path: string, opts: { json?: boolean }) => {
       const { pin } = await commands.pin();
       await pin('unpin', path, !!opts.json);
+    });
+
+  p.command('version')
+    .description('versions of pogfs, Node.js and libfuse, and which native modules load (exit 1 if one does not)')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { json?: boolean }) => {
+      const { version } = await commands.version();
+      version(!!opts.json);
     });
 
   p.command('auth')
@@ -399,6 +429,11 @@ function addDriveCommands(p: Command): void {
 
 async function main(): Promise<void> {
   try {
+    // Before commander: its own --version prints one string, this prints what loaded.
+    if (process.argv[2] === '--version' || process.argv[2] === '-V') {
+      (await commands.version()).version(jsonOutput);
+      return;
+    }
     const p = program();
     const helper = mountHelperArgs(p);
     if (helper && helper.length === 0) return; // mount -f: nothing to do

@@ -2,6 +2,7 @@ import { relative, resolve } from 'node:path';
 import type { PinResult } from '../cache/remote-cache';
 import { formatBytes } from '../format';
 import { callControl } from './control-socket';
+import { ProgressLine } from '../../fsck/report';
 import { UsageError } from './errors';
 import { pogfsMountContaining } from './mounts';
 
@@ -12,10 +13,15 @@ export async function pin(op: 'pin' | 'unpin', path: string, json: boolean): Pro
   if (!m) throw new UsageError(`${abs} is not inside a mounted pogfs volume`);
   const rel = relative(m.target, abs);
   let result: PinResult | { ino: number; unpinned: boolean };
+  // The daemon fetches; on a terminal its progress shows as a status line on stderr.
+  const line = new ProgressLine();
+  const onProgress = line.enabled ? line.show.bind(line) : undefined;
   try {
-    result = await callControl<PinResult | { ino: number; unpinned: boolean }>(m.source, { op, path: rel }, Infinity);
+    result = await callControl<PinResult | { ino: number; unpinned: boolean }>(m.source, { op, path: rel }, Infinity, onProgress);
   } catch (err) {
     throw new UsageError(`${op} ${abs}: ${(err as Error).message}`);
+  } finally {
+    line.clear();
   }
   if (json) {
     console.log(JSON.stringify({ path: abs, ...result }, null, 2));

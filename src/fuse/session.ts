@@ -46,6 +46,18 @@ export interface FuseLog {
   debug?(msg: string): void;
 }
 
+/**
+ * Told about every answered request: the one place ops are timed (metrics). Called on
+ * the JS thread right after the reply; it must be cheap and must not throw.
+ */
+export interface FuseOpObserver {
+  /**
+   * `op` by name (`read`, `lookup` ...); `seconds` from dispatch to reply; `errno` 0 on
+   * success; `bytes` read or written (0 for other ops and for errors).
+   */
+  opDone(op: string, seconds: number, errno: number, bytes: number): void;
+}
+
 /** Handler indices; must match the OP_* enum in pogfs_fuse.c. */
 const enum Op {
   INIT = 0, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, MKNOD, MKDIR, UNLINK, RMDIR,
@@ -85,6 +97,7 @@ interface NativeBinding {
   /** Resolves with an errno, 0 on success. Runs umount2 off the JS thread. */
   umount(mountpoint: string, lazy: boolean): Promise<number>;
   setSecurityXattrsPresent(h: NativeHandle, present: boolean): void;
+  versions(): Omit<FuseVersions, 'file'>;
   /** Synchronous lazy unmount, for process exit only. */
   detach(h: NativeHandle): void;
   // Each reply returns false when the request was already answered or the session ended.
@@ -102,6 +115,7 @@ interface NativeBinding {
 }
 
 let nativeBinding: NativeBinding | undefined;
+let nativeFile: string | undefined;
 
 /** Loads the addon from <package root>/build/Release, from src/ (ts-node) or dist/src/. */
 function loadNative(): NativeBinding {
@@ -114,6 +128,7 @@ function loadNative(): NativeBinding {
     dir = up;
   }
   const file = path.join(dir, 'build', 'Release', 'pogfs_fuse.node');
+  nativeFile = file;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     nativeBinding = require(file) as NativeBinding;
@@ -121,6 +136,22 @@ function loadNative(): NativeBinding {
     throw new Error(`pogfs: cannot load the FUSE addon ${file} (run \`npx node-gyp rebuild\`): ${String(err)}`);
   }
   return nativeBinding;
+}
+
+/** libfuse as loaded at run time, and the FUSE API level the binding was built against. */
+export interface FuseVersions {
+  /** fuse_pkgversion(), e.g. "3.14.0". */
+  libfuse: string;
+  /** FUSE_USE_VERSION as major.minor, e.g. "3.12". */
+  api: string;
+  /** The addon file. */
+  file: string;
+}
+
+/** Loads the addon (throws what loading it threw) and asks it for libfuse's version. */
+export function fuseVersions(): FuseVersions {
+  const native = loadNative();
+  return { ...native.versions(), file: nativeFile ?? '' };
 }
 
 const EIO = os.constants.errno.EIO;
@@ -245,13 +276,16 @@ export class FuseSession {
   private isEnded = false;
   private unmounting: Promise<void> | undefined;
   private resolveEnded!: () => void;
+  private readonly observer: FuseOpObserver | undefined;
+  /** performance.now() when the request being dispatched arrived (set only with an observer). */
+  private opStart = 0;
 
   /**
    * Mounts synchronously. Throws an Error with `errno`/`code` for the common failures
    * (ENOENT: missing mount point, ENOTDIR, EBUSY: already a mount point, ENODEV: no
    * /dev/fuse) and with libfuse's own message for the rest.
    */
-  static mount(mountpoint: string, ops: LowLevelOps, options: MountOptions, log: FuseLog): FuseSession {
+  static mount(mountpoint: string, ops: LowLevelOps, options: MountOptions, log: FuseLog, observer?: FuseOpObserver): FuseSession {
     const mp = resolveMountpoint(mountpoint);
     // Existence only: without root, the setuid fusermount3 opens the device for us.
     let dev: fs.Stats | undefined;
@@ -269,13 +303,14 @@ export class FuseSession {
     if (options.readOnly) opts.push('ro');
     const argv = ['pogfs', '-o', opts.join(',')];
     if (options.debug) argv.push('-d');
-    return new FuseSession(mp, argv, ops, options, log);
+    return new FuseSession(mp, argv, ops, options, log, observer);
   }
 
-  private constructor(mp: string, argv: string[], ops: LowLevelOps, options: MountOptions, log: FuseLog) {
+  private constructor(mp: string, argv: string[], ops: LowLevelOps, options: MountOptions, log: FuseLog, observer: FuseOpObserver | undefined) {
     this.mountpoint = mp;
     this.ops = ops;
     this.log = log;
+    this.observer = observer;
     this.native = loadNative();
     this.attrTimeout = options.attrTimeout ?? 1;
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
@@ -385,7 +420,7 @@ export class FuseSession {
     this.resolveEnded();
   }
 
-  private fail(id: number, op: Op, e: unknown): void {
+  private fail(id: number, op: Op, e: unknown, t0 = this.opStart): void {
     let errno = errnoOf(e);
     if (errno === undefined) {
       errno = EIO;
@@ -397,26 +432,33 @@ export class FuseSession {
     } catch (err) {
       this.log.error(`pogfs: replying to ${OP_NAMES[op]} failed`, err);
     }
+    this.observer?.opDone(OP_NAMES[op], (performance.now() - t0) / 1000, errno, 0);
   }
 
   /** Replies now for plain values, later for promises. No Promise is created on the sync path. */
   private settle<T>(id: number, op: Op, r: MaybePromise<T>, reply: (id: number, v: T) => void): void {
     if (isThenable(r)) {
+      const t0 = this.opStart;
       r.then(
-        (v) => this.complete(id, op, v, reply),
-        (e: unknown) => this.fail(id, op, e),
+        (v) => this.complete(id, op, v, reply, t0),
+        (e: unknown) => this.fail(id, op, e, t0),
       );
     } else {
       this.complete(id, op, r, reply);
     }
   }
 
-  private complete<T>(id: number, op: Op, v: T, reply: (id: number, v: T) => void): void {
+  private complete<T>(id: number, op: Op, v: T, reply: (id: number, v: T) => void, t0 = this.opStart): void {
     try {
       reply(id, v);
     } catch (e) {
       // A malformed reply value: the binding has already answered EIO if it got that far.
-      this.fail(id, op, e);
+      this.fail(id, op, e, t0);
+      return;
+    }
+    if (this.observer) {
+      const bytes = op === Op.READ ? (v as Buffer).length : op === Op.WRITE ? (v as number) : 0;
+      this.observer.opDone(OP_NAMES[op], (performance.now() - t0) / 1000, 0, bytes);
     }
   }
 
@@ -633,6 +675,17 @@ export class FuseSession {
       try { this.settle(id, Op.CREATE, ops.create(parent, name, mode, flags, ctx(u, g, p, m)), this.rCreate); }
       catch (e) { this.fail(id, Op.CREATE, e); }
     };
+    if (this.observer) {
+      // Every request handler notes when its request arrived; settle() carries it to the reply.
+      for (let op = Op.LOOKUP; op <= Op.CREATE; op++) {
+        if (op === Op.FORGET) continue;
+        const handler = h[op] as (...args: unknown[]) => void;
+        h[op] = ((...args: unknown[]): void => {
+          this.opStart = performance.now();
+          handler(...args);
+        }) as Handler;
+      }
+    }
     return h;
   }
 }

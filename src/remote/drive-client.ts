@@ -18,7 +18,7 @@ import { drive, type drive_v3, type MethodOptions } from '@googleapis/drive';
 import type { DriveAuth } from './credentials';
 import { oauthErrorText } from './credentials';
 import { backoffDelay, Pacer } from './pacer';
-import { RemoteError, type ReadProgress, type RemoteCounters } from './remote';
+import { RemoteError, type ReadProgress, type RemoteCounters, type RequestOutcome } from './remote';
 
 export const FOLDER_MIME = 'application/vnd.google-apps.folder';
 /** Resumable upload chunks must be multiples of this, except the last. */
@@ -95,6 +95,8 @@ export class DriveClient {
   readonly api: drive_v3.Drive;
   private readonly pacer: Pacer;
   private readonly counts: RemoteCounters = {};
+  /** Requests by "method\tstatus": how each attempt ended (ok, 429, 503, network ...). */
+  private readonly outcomes = new Map<string, number>();
   private readonly rootUrl: string;
 
   /**
@@ -120,6 +122,33 @@ export class DriveClient {
     const out: RemoteCounters = { ...this.counts };
     if (this.auth.tokenRequests) out['oauth.token'] = this.auth.tokenRequests;
     return out;
+  }
+
+  requestOutcomes(): RequestOutcome[] {
+    return [...this.outcomes].map(([k, requests]) => {
+      const [method, status] = k.split('\t');
+      return { method, status, requests };
+    });
+  }
+
+  /** Notes how one attempt of `method` ended: ok, the HTTP status of a failure, or what cut it short. */
+  private observed<T>(method: string, attempt: Promise<T>): Promise<T> {
+    const note = (status: string) => {
+      const k = `${method}\t${status}`;
+      this.outcomes.set(k, (this.outcomes.get(k) ?? 0) + 1);
+    };
+    return attempt.then(
+      (r) => {
+        // Callers unwrap the response, so a success is "ok" (2xx, or 308 mid-upload).
+        note('ok');
+        return r;
+      },
+      (e: unknown) => {
+        const status = (e as { response?: { status?: unknown } } | undefined)?.response?.status;
+        note(typeof status === 'number' ? String(status) : typeof e === 'object' && e !== null && isNetworkError(e) ? 'network' : 'error');
+        throw e;
+      },
+    );
   }
 
   async close(): Promise<void> {
@@ -415,7 +444,7 @@ export class DriveClient {
       try {
         res = await this.pacer.run(() => {
           this.count(method);
-          return this.auth.client.request({
+          return this.observed(method, this.auth.client.request({
             ...this.methodOptions(),
             url: sessionUri,
             method: 'PUT',
@@ -424,7 +453,7 @@ export class DriveClient {
             validateStatus: (s: number) => (s >= 200 && s < 300) || s === 308,
             responseType: 'json',
             maxRedirects: 0,
-          });
+          }));
         });
       } catch (e) {
         const failure = this.classify(e, method);
@@ -492,7 +521,7 @@ export class DriveClient {
       try {
         return await this.pacer.run(() => {
           this.count(method);
-          return request(this.methodOptions());
+          return this.observed(method, request(this.methodOptions()));
         });
       } catch (e) {
         const failure = this.classify(e, method);

@@ -16,7 +16,7 @@
 import type { DriveClient, DriveFile } from './drive-client';
 import { FOLDER_MIME, md5Hex } from './drive-client';
 import { assertObjectName, LOCK_NAME, PACK_PREFIXES, packPrefix } from './object-names';
-import { RemoteError, type PutOptions, type ReadProgress, type Remote, type RemoteCounters, type RemoteKind, type RemoteLock, type RemoteObject } from './remote';
+import { RemoteError, type PutOptions, type ReadProgress, type Remote, type RemoteCounters, type RemoteKind, type RequestOutcome, type RemoteLock, type RemoteObject } from './remote';
 
 const OBJECT_MIME = 'application/octet-stream';
 /** How many `'id' in parents` terms one listing query ORs together (Drive limits the length of `q`). */
@@ -182,6 +182,10 @@ export class DriveRemote implements Remote {
 
   counters(): RemoteCounters {
     return this.client.counters();
+  }
+
+  requestOutcomes(): RequestOutcome[] {
+    return this.client.requestOutcomes();
   }
 
   async close(): Promise<void> {

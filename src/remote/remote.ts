@@ -49,6 +49,13 @@ export interface RemoteLock {
 /** Calls made so far, by method (backend-specific names, e.g. `files.create`), for `pogfs stats`. */
 export type RemoteCounters = Record<string, number>;
 
+/** HTTP requests made so far by method and by how each ended (`ok`, or a failure's `429`, `503`, `network` ...), for metrics. */
+export interface RequestOutcome {
+  method: string;
+  status: string;
+  requests: number;
+}
+
 /** A remote refused or failed in a way the caller should report, not retry. */
 export class RemoteError extends Error {
   override readonly name = 'RemoteError';
@@ -111,6 +118,9 @@ export interface Remote {
 
   /** Calls made so far, by method. */
   counters(): RemoteCounters;
+
+  /** Requests by method and outcome (an HTTP backend only). */
+  requestOutcomes?(): RequestOutcome[];
 
   /** Ends background work (keep-alive sockets); the remote is unusable afterwards. */
   close(): Promise<void>;

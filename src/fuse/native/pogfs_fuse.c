@@ -1638,12 +1638,27 @@ static napi_value js_notify_inval_inode(napi_env env, napi_callback_info info) {
   return start_notify(env, j);
 }
 
+/* { libfuse: the library loaded at run time, api: the FUSE_USE_VERSION built against }, for `pogfs version`. */
+static napi_value js_versions(napi_env env, napi_callback_info info) {
+  napi_value out, lib, api;
+  char buf[16];
+  snprintf(buf, sizeof buf, "%d.%d", FUSE_USE_VERSION / 100, FUSE_USE_VERSION % 100);
+  if (napi_create_object(env, &out) != napi_ok ||
+      napi_create_string_utf8(env, fuse_pkgversion(), NAPI_AUTO_LENGTH, &lib) != napi_ok ||
+      napi_create_string_utf8(env, buf, NAPI_AUTO_LENGTH, &api) != napi_ok ||
+      napi_set_named_property(env, out, "libfuse", lib) != napi_ok ||
+      napi_set_named_property(env, out, "api", api) != napi_ok)
+    return NULL;
+  return out;
+}
+
 static napi_value module_init(napi_env env, napi_value exports) {
   /* Process-wide; routes libfuse messages to stderr, or into a mount error message. */
   fuse_set_log_func(pf_log);
   napi_property_descriptor props[] = {
     { "mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL },
     { "umount", NULL, js_umount, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "versions", NULL, js_versions, NULL, NULL, NULL, napi_enumerable, NULL },
     { "detach", NULL, js_detach, NULL, NULL, NULL, napi_enumerable, NULL },
     { "setSecurityXattrsPresent", NULL, js_set_security_xattrs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyErr", NULL, js_reply_err, NULL, NULL, NULL, napi_enumerable, NULL },
