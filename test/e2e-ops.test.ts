@@ -39,7 +39,7 @@ describe('operating pogfs: versions, logs, metrics', () => {
     assert.match(r.libfuse ?? '', /^3\.\d+/);
     assert.deepEqual(
       r.native.map((m) => m.name),
-      ['better-sqlite3', 'lmdb', 'lz4-napi', '@napi-rs/blake-hash', 'pogfs_fuse (FUSE binding)'],
+      ['better-sqlite3', 'lmdb', 'lz4-napi', '@napi-rs/blake-hash', 'pogfs_zstd (zstd binding)', 'pogfs_fuse (FUSE binding)'],
     );
     for (const m of r.native) {
       assert.ok(m.loaded, `${m.name}: ${m.error}`);

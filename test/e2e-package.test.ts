@@ -34,9 +34,10 @@ describe('the npm package', () => {
     );
     assert.equal(install.status, 0, install.stderr);
     const bin = join(prefix, 'bin', 'pogfs');
-    const help = spawnSync(bin, ['--help'], { encoding: 'utf8' });
-    assert.equal(help.status, 0, help.stderr);
-    assert.match(help.stdout, /Usage: pogfs/);
+    const version = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+    assert.equal(version.status, 0, version.stderr);
+    assert.match(version.stdout, /^pogfs \d+\.\d+\.\d+/);
+    assert.doesNotMatch(version.stdout, /NOT LOADED/);
 
     const vol = join(dir, 'vol');
     mkdirSync(mnt);

@@ -24,6 +24,10 @@ const POGFS_OPTIONS: Record<string, string> = {
   'drive_api_url=': '--drive-api-url',
   'drive_token_url=': '--drive-token-url',
   'pid_file=': '--pid-file',
+  'log_level=': '--log-level',
+  'log_file=': '--log-file',
+  'log_max_size=': '--log-max-size',
+  'metrics=': '--metrics',
 };
 
 /**

@@ -115,6 +115,14 @@ export function versionReport(): VersionReport {
       blake3(Buffer.from('pogfs'));
     }),
     probe(
+      'pogfs_zstd (zstd binding)',
+      () => {
+        const { zstdVersion } = require('../store/zstd') as typeof import('../store/zstd');
+        return { libzstd: zstdVersion() };
+      },
+      packageVersion(ROOT),
+    ),
+    probe(
       'pogfs_fuse (FUSE binding)',
       () => {
         const { fuseVersions } = require('../fuse/session') as typeof import('../fuse/session');
