@@ -570,13 +570,16 @@ export class PogFs implements LowLevelOps {
       dstOffset: r.offOut,
       length: r.length,
       blockSize: this.volume.blockSize,
+      admitBytes: (bytes) => {
+        this.space.admitData(bytes);
+        return this.writer.admit();
+      },
     });
     if (copied > 0) {
       const t = now();
       setTime(dst.row, 'mtime', t);
       setTime(dst.row, 'ctime', t);
     }
-    await this.writer.admit();
     return copied;
   }
 

@@ -11,6 +11,11 @@ export interface RangeCopy {
   dstOffset: number;
   length: number;
   blockSize: number;
+  /**
+   * Called before `bytes` are copied as bytes: may refuse (ENOSPC) or make the copy wait
+   * (the writer's memory bound), as it does for a write of that size.
+   */
+  admitBytes?(bytes: number): void | Promise<void>;
 }
 
 /**
@@ -29,7 +34,9 @@ export async function copyRange(c: RangeCopy): Promise<number> {
 
   const copyBytes = async (upTo: number): Promise<void> => {
     while (done < upTo) {
-      const data = await src.read(srcOffset + done, Math.min(BYTE_COPY_CHUNK, upTo - done));
+      const want = Math.min(BYTE_COPY_CHUNK, upTo - done);
+      await c.admitBytes?.(want);
+      const data = await src.read(srcOffset + done, want);
       if (data.length === 0) return;
       await dst.write(data, dstOffset + done);
       done += data.length;
