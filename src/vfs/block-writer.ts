@@ -94,9 +94,10 @@ export class BlockWriter {
    * passes through zero in between.
    */
   share(hash: Buffer): void {
+    // Not submitted by count: a reference carries no bytes, and a copy's references all
+    // wait for the batches before them, so they had better go in one commit, not many.
     this.queue.push({ hash });
-    if (this.queue.length >= this.batchBlocks) this.submit();
-    else if (!this.scheduled) {
+    if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(() => this.submit());
     }
