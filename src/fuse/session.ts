@@ -30,6 +30,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type {
   Attr,
+  CopyRange,
   DirEntry,
   Entry,
   LowLevelOps,
@@ -63,14 +64,14 @@ const enum Op {
   INIT = 0, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, MKNOD, MKDIR, UNLINK, RMDIR,
   SYMLINK, RENAME, LINK, OPEN, READ, WRITE, FLUSH, RELEASE, FSYNC, OPENDIR, READDIR,
   RELEASEDIR, FSYNCDIR, STATFS, SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR, ACCESS,
-  CREATE, END, ERROR, COUNT,
+  CREATE, FALLOCATE, LSEEK, COPY_FILE_RANGE, END, ERROR, COUNT,
 }
 
 const OP_NAMES = [
   'init', 'lookup', 'forget', 'getattr', 'setattr', 'readlink', 'mknod', 'mkdir', 'unlink',
   'rmdir', 'symlink', 'rename', 'link', 'open', 'read', 'write', 'flush', 'release', 'fsync',
   'opendir', 'readdir', 'releasedir', 'fsyncdir', 'statfs', 'setxattr', 'getxattr',
-  'listxattr', 'removexattr', 'access', 'create',
+  'listxattr', 'removexattr', 'access', 'create', 'fallocate', 'lseek', 'copy_file_range',
 ];
 
 /** Scratch (Float64Array) slots; must match S_* in pogfs_fuse.c. */
@@ -105,7 +106,9 @@ interface NativeBinding {
   replyEntry(h: NativeHandle, id: number): boolean;
   replyAttr(h: NativeHandle, id: number): boolean;
   replyOpen(h: NativeHandle, id: number): boolean;
+  /** Bytes a write stored or a copy_file_range copied. */
   replyWrite(h: NativeHandle, id: number, count: number): boolean;
+  replyLseek(h: NativeHandle, id: number, offset: number): boolean;
   replyBuf(h: NativeHandle, id: number, data: Uint8Array): boolean;
   replyStatfs(h: NativeHandle, id: number): boolean;
   replyDir(h: NativeHandle, id: number, entries: readonly DirEntry[]): boolean;
@@ -516,6 +519,9 @@ export class FuseSession {
   private readonly rWrite = (id: number, n: number): void => {
     this.native.replyWrite(this.handle, id, n);
   };
+  private readonly rLseek = (id: number, offset: number): void => {
+    this.native.replyLseek(this.handle, id, offset);
+  };
   private readonly rDir = (id: number, list: DirEntry[]): void => {
     this.native.replyDir(this.handle, id, list);
   };
@@ -675,9 +681,35 @@ export class FuseSession {
       try { this.settle(id, Op.CREATE, ops.create(parent, name, mode, flags, ctx(u, g, p, m)), this.rCreate); }
       catch (e) { this.fail(id, Op.CREATE, e); }
     };
+    // Optional operations: a filesystem without them answers ENOSYS, and the kernel then
+    // stops asking (fallocate fails with EOPNOTSUPP, lseek and copy_file_range fall back
+    // to its generic code).
+    const ENOSYS = os.constants.errno.ENOSYS;
+    h[Op.FALLOCATE] = (id: number, ino: number, fh: number, mode: number, offset: number, length: number): void => {
+      if (!ops.fallocate) return this.fail(id, Op.FALLOCATE, { errno: ENOSYS });
+      try {
+        this.settle(id, Op.FALLOCATE, ops.fallocate(ino, fh, mode, offset, length), this.rVoid);
+      } catch (e) { this.fail(id, Op.FALLOCATE, e); }
+    };
+    h[Op.LSEEK] = (id: number, ino: number, fh: number, offset: number, whence: number): void => {
+      if (!ops.lseek) return this.fail(id, Op.LSEEK, { errno: ENOSYS });
+      try {
+        this.settle(id, Op.LSEEK, ops.lseek(ino, fh, offset, whence), this.rLseek);
+      } catch (e) { this.fail(id, Op.LSEEK, e); }
+    };
+    h[Op.COPY_FILE_RANGE] = (
+      id: number, inoIn: number, fhIn: number, offIn: number, inoOut: number, fhOut: number, offOut: number,
+      length: number, flags: number,
+    ): void => {
+      if (!ops.copyFileRange) return this.fail(id, Op.COPY_FILE_RANGE, { errno: ENOSYS });
+      try {
+        const range: CopyRange = { inoIn, fhIn, offIn, inoOut, fhOut, offOut, length, flags };
+        this.settle(id, Op.COPY_FILE_RANGE, ops.copyFileRange(range), this.rWrite);
+      } catch (e) { this.fail(id, Op.COPY_FILE_RANGE, e); }
+    };
     if (this.observer) {
       // Every request handler notes when its request arrived; settle() carries it to the reply.
-      for (let op = Op.LOOKUP; op <= Op.CREATE; op++) {
+      for (let op = Op.LOOKUP; op <= Op.COPY_FILE_RANGE; op++) {
         if (op === Op.FORGET) continue;
         const handler = h[op] as (...args: unknown[]) => void;
         h[op] = ((...args: unknown[]): void => {

@@ -98,6 +98,31 @@ export interface StatFs {
 
 export type MaybePromise<T> = T | Promise<T>;
 
+/** A copy_file_range request: `length` bytes from (inoIn, offIn) to (inoOut, offOut). */
+export interface CopyRange {
+  inoIn: number;
+  fhIn: number;
+  offIn: number;
+  inoOut: number;
+  fhOut: number;
+  offOut: number;
+  length: number;
+  /** Always 0 today (the syscall rejects anything else). */
+  flags: number;
+}
+
+/** fallocate(2) mode bits (linux/falloc.h). */
+export const Falloc = {
+  KEEP_SIZE: 0x01,
+  PUNCH_HOLE: 0x02,
+  COLLAPSE_RANGE: 0x08,
+  ZERO_RANGE: 0x10,
+  INSERT_RANGE: 0x20,
+} as const;
+
+/** lseek(2) whence values the kernel forwards (SEEK_DATA, SEEK_HOLE). */
+export const Whence = { DATA: 3, HOLE: 4 } as const;
+
 /**
  * What a filesystem implements. A handler returns (or resolves to) its reply; it throws
  * (or rejects with) an error carrying a positive `errno` number to answer with that
@@ -145,6 +170,12 @@ export interface LowLevelOps {
   access(ino: number, mask: number, ctx: RequestContext): MaybePromise<void>;
   /** Creates and opens in one step. */
   create(parent: number, name: Buffer, mode: number, flags: number, ctx: RequestContext): MaybePromise<Entry & OpenReply>;
+  /** fallocate(2) on an open file; `mode` is a mask of Falloc bits. Optional: absent answers ENOSYS. */
+  fallocate?(ino: number, fh: number, mode: number, offset: number, length: number): MaybePromise<void>;
+  /** SEEK_DATA / SEEK_HOLE (the kernel answers the other whence values itself); ENXIO past the data. Optional. */
+  lseek?(ino: number, fh: number, offset: number, whence: number): MaybePromise<number>;
+  /** Copies bytes between open files (the kernel has flushed dirty pages of both ranges); returns bytes copied. Optional. */
+  copyFileRange?(range: CopyRange): MaybePromise<number>;
 }
 
 export interface MountOptions {

@@ -25,10 +25,14 @@ import { DEFAULT_ZSTD_LEVEL } from './zstd';
 /** What reading a block found: its verified bytes, nothing, or bytes that fail their hash. */
 export type BlockRead = 'ok' | 'missing' | 'corrupt';
 
-/** One block to take a reference on: its key and, in case the store lacks it, its bytes. */
+/**
+ * One block to take a reference on: its key and, in case the store lacks it, its bytes.
+ * Without bytes (a copy by reference of a block some file already holds) the block must
+ * be known to the store: taking a reference on one that is gone fails the batch.
+ */
 export interface BlockToStore {
   hash: Buffer;
-  data: Buffer;
+  data?: Buffer;
   /** The value to store if the store lacks the block, encoded beforehand (off the JS thread). */
   value?: Buffer;
 }
@@ -376,6 +380,8 @@ export class BlockStore implements BlockSource {
     for (const { hash, data, value: encoded } of items) {
       const count = this.refCount(hash);
       if (count === 0 && !this.blocks.doesExist(hash)) {
+        // Never a reference to bytes nobody has (DESIGN invariant 1).
+        if (!data) throw new Error(`block ${hash.toString('hex')} was to be shared by reference but is no longer stored`);
         let value: Buffer;
         if (this.packs(data.length)) {
           // Stored raw for now (durable at once, no compression on this path); the

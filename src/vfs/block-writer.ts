@@ -38,6 +38,8 @@ export class BlockWriter {
   private readonly pending = new Set<Promise<void>>();
   private failure: Error | undefined;
   private waiters: (() => void)[] = [];
+  /** Resolves once every batch submitted so far is stored or failed. */
+  private allSettled: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly store: BlockStore,
@@ -79,6 +81,23 @@ export class BlockWriter {
     this.queuedBytes += data.length;
     if (this.queue.length >= this.batchBlocks) this.submit();
     else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.submit());
+    }
+  }
+
+  /**
+   * Takes one more reference on a block some file already references (a copy by
+   * reference): no bytes are read or written. Queued behind every block handed over
+   * before, so it is durable by the same `drain()`; and a release of the same block by
+   * its other holder is only made after a commit that drains first, so the count never
+   * passes through zero in between.
+   */
+  share(hash: Buffer): void {
+    // Not submitted by count: a reference carries no bytes, and a copy's references all
+    // wait for the batches before them, so they had better go in one commit, not many.
+    this.queue.push({ hash });
+    if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(() => this.submit());
     }
@@ -143,7 +162,8 @@ export class BlockWriter {
 
   /** The batch is committed (or failed): its blocks are the store's to serve now. */
   private settle(batch: readonly BlockToStore[]): void {
-    for (const { hash } of batch) {
+    for (const { hash, data } of batch) {
+      if (!data) continue; // a shared reference: never in `unsettled`
       const key = hash.toString('latin1');
       const u = this.unsettled.get(key);
       if (u && --u.count === 0) this.unsettled.delete(key);
@@ -158,8 +178,17 @@ export class BlockWriter {
     this.queue = [];
     this.queuedBytes = 0;
     this.inFlightBytes += bytes;
-    const encodings = batch.filter((b) => b.encoding && !b.value).map((b) => b.encoding);
-    const stored = encodings.length > 0 ? Promise.all(encodings).then(() => this.store.acquire(batch)) : this.store.acquire(batch);
+    const waits: Promise<unknown>[] = batch.filter((b) => b.encoding && !b.value).map((b) => b.encoding as Promise<Buffer>);
+    // A batch still compressing is stored after later batches that need no compression.
+    // A shared reference must not overtake the block it shares: a batch holding one
+    // waits until every batch before it is settled.
+    if (batch.some((b) => !b.data)) waits.push(this.allSettled);
+    const stored = waits.length > 0 ? Promise.all(waits).then(() => this.store.acquire(batch)) : this.store.acquire(batch);
+    const settled = stored.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.allSettled = Promise.all([this.allSettled, settled]).then(() => undefined);
     const p: Promise<void> = stored
       .catch((err: Error) => {
         this.failure = err;

@@ -250,6 +250,90 @@ export class FileContent {
     this.dirty = true;
   }
 
+  /**
+   * The stored block at `idx` when it can be shared by reference: undefined for a hole,
+   * 'bytes' when the block has uncommitted bytes in memory (those are copied as bytes).
+   */
+  blockForSharing(idx: number): { hash: Buffer; len: number } | 'bytes' | undefined {
+    if (this.pending.has(idx)) return 'bytes';
+    return this.blocks.get(idx);
+  }
+
+  /**
+   * Makes block `idx` the given stored block (taking a reference on it in the store, no
+   * bytes read or written) or, given undefined, a hole; the file grows to `sizeAtLeast`.
+   * Runs behind the file's waiting writes.
+   */
+  shareBlock(idx: number, ref: { hash: Buffer; len: number } | undefined, sizeAtLeast: number): void | Promise<void> {
+    const step = () => {
+      this.dropBlock(idx);
+      if (ref) {
+        this.writer.share(ref.hash);
+        this.blocks.set(idx, { hash: ref.hash, len: ref.len });
+      }
+      if (sizeAtLeast > this.row.size) this.row.size = sizeAtLeast;
+      this.dirty = true;
+    };
+    if (this.gate) return this.after(step);
+    step();
+  }
+
+  /**
+   * Deallocates [offset, offset+length) clipped to the size (fallocate PUNCH_HOLE and
+   * ZERO_RANGE): whole blocks are released, the partial ones at either edge rewritten
+   * with zeros. The size does not change.
+   */
+  punchHole(offset: number, length: number): void | Promise<void> {
+    const end = Math.min(offset + length, this.row.size);
+    if (offset >= end) return;
+    const B = this.blockSize;
+    const firstWhole = Math.ceil(offset / B);
+    const endWhole = Math.floor(end / B);
+    const zeros = (from: number, to: number) => (to > from ? this.write(Buffer.alloc(to - from), from) : undefined);
+    if (firstWhole >= endWhole) return zeros(offset, end); // inside one block
+    const head = zeros(offset, firstWhole * B);
+    const drop = () => {
+      for (let idx = firstWhole; idx < endWhole; idx++) this.dropBlock(idx);
+      this.dirty = true;
+    };
+    const middle = this.gate ? this.after(drop) : drop();
+    const tail = zeros(endWhole * B, end);
+    if (head || middle || tail) return Promise.all([head, middle, tail]).then(() => undefined);
+  }
+
+  /**
+   * The offset SEEK_DATA (`data` true) or SEEK_HOLE finds from `offset`, in whole blocks
+   * as the block map knows them (blocks with uncommitted bytes count as data); the end
+   * of the file is a hole. Undefined for ENXIO (offset at or past the end, or no data after it).
+   */
+  seek(offset: number, data: boolean): number | undefined {
+    const size = this.row.size;
+    if (offset >= size) return undefined;
+    const B = this.blockSize;
+    const start = Math.floor(offset / B);
+    const has = (idx: number) => this.blocks.has(idx) || this.pending.has(idx);
+    if (data) {
+      let found: number | undefined;
+      for (const idx of this.blocks.keys()) if (idx >= start && (found === undefined || idx < found)) found = idx;
+      for (const idx of this.pending.keys()) if (idx >= start && (found === undefined || idx < found)) found = idx;
+      return found === undefined || found * B >= size ? undefined : Math.max(offset, found * B);
+    }
+    let idx = start;
+    while (idx * B < size && has(idx)) idx++;
+    return Math.min(size, Math.max(offset, idx * B));
+  }
+
+  /** Makes block `idx` a hole, releasing what it held (after the next commit). */
+  private dropBlock(idx: number): void {
+    this.pending.delete(idx);
+    const old = this.blocks.get(idx);
+    if (old) {
+      this.blocks.delete(idx);
+      this.toRelease.push(old.hash);
+    }
+    this.changed.add(idx);
+  }
+
   /** Runs `step` once the file's waiting writes are done; later writes and truncates queue behind it. */
   private after(step: () => void | Promise<void>): Promise<void> {
     const run = (this.gate ?? Promise.resolve()).then(step);

@@ -1,6 +1,7 @@
 import { statfsSync } from 'node:fs';
 import type {
   Attr,
+  CopyRange,
   DirEntry,
   Entry,
   LowLevelOps,
@@ -9,13 +10,14 @@ import type {
   SetAttr,
   StatFs,
 } from '../fuse/types';
-import { SetAttrValid } from '../fuse/types';
+import { Falloc, SetAttrValid, Whence } from '../fuse/types';
 import { newInode, type InodeRow } from '../meta/meta-db';
 import { BlockWriter, type ContentSource } from './block-writer';
 import { Committer } from './committer';
 import { E, FsError, fail } from './errors';
 import { FileContent } from './file-content';
 import { Reclaimer } from './reclaimer';
+import { copyRange } from './range-copy';
 import { SpaceGuard } from './space-guard';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import type { ChunkCacheStats } from '../store/chunk-cache';
@@ -510,6 +512,75 @@ export class PogFs implements LowLevelOps {
       },
       (err) => this.log.error(`committing inode ${ino} after its last close failed; writeback retries it`, err),
     );
+  }
+
+  /**
+   * fallocate(2): mode 0 and KEEP_SIZE reserve nothing (a deduplicating, compressing
+   * store cannot promise room ahead, see the README) and only extend the size, as a
+   * hole; PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE release the whole blocks of
+   * the range and zero the partial ones. Other modes: EOPNOTSUPP.
+   */
+  async fallocate(ino: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+    const node = this.handleNode(ino, fh);
+    const content = node.content;
+    if (!content) fail(E.ENODEV);
+    if (!this.files.get(fh)?.writable) fail(E.EBADF);
+    if (mode & ~(Falloc.KEEP_SIZE | Falloc.PUNCH_HOLE | Falloc.ZERO_RANGE)) fail(E.EOPNOTSUPP);
+    if (mode & Falloc.PUNCH_HOLE && (!(mode & Falloc.KEEP_SIZE) || mode & Falloc.ZERO_RANGE)) fail(E.EOPNOTSUPP);
+    if (offset < 0 || length <= 0) fail(E.EINVAL);
+    const end = offset + length;
+    if (!Number.isSafeInteger(end)) fail(E.EFBIG);
+    const sizeBefore = content.size;
+    if (mode & (Falloc.PUNCH_HOLE | Falloc.ZERO_RANGE)) await content.punchHole(offset, length);
+    if (!(mode & Falloc.KEEP_SIZE) && end > content.size) await content.truncate(end);
+    if (mode & (Falloc.PUNCH_HOLE | Falloc.ZERO_RANGE) || content.size !== sizeBefore) {
+      const t = now();
+      setTime(node.row, 'mtime', t);
+      setTime(node.row, 'ctime', t);
+    }
+  }
+
+  /** SEEK_DATA / SEEK_HOLE from the block map; ENXIO at or past the end. */
+  lseek(ino: number, fh: number, offset: number, whence: number): number {
+    const node = this.handleNode(ino, fh);
+    if (whence !== Whence.DATA && whence !== Whence.HOLE) fail(E.EINVAL);
+    if (!node.content) fail(E.ENXIO);
+    const at = node.content.seek(offset, whence === Whence.DATA);
+    if (at === undefined) fail(E.ENXIO);
+    return at;
+  }
+
+  /**
+   * copy_file_range(2): whole blocks by reference, the rest as bytes (see copyRange).
+   * The kernel has written back the dirty pages of both ranges first and drops the
+   * destination's cached pages of the range after the reply.
+   */
+  async copyFileRange(r: CopyRange): Promise<number> {
+    const src = this.handleNode(r.inoIn, r.fhIn);
+    const dst = this.handleNode(r.inoOut, r.fhOut);
+    if (!src.content || !dst.content) fail(E.EINVAL);
+    if (!this.files.get(r.fhOut)?.writable) fail(E.EBADF);
+    if (r.flags !== 0 || r.offIn < 0 || r.offOut < 0) fail(E.EINVAL);
+    if (!Number.isSafeInteger(r.offOut + r.length)) fail(E.EFBIG);
+    this.space.admitMetadata();
+    const copied = await copyRange({
+      src: src.content,
+      srcOffset: r.offIn,
+      dst: dst.content,
+      dstOffset: r.offOut,
+      length: r.length,
+      blockSize: this.volume.blockSize,
+      admitBytes: (bytes) => {
+        this.space.admitData(bytes);
+        return this.writer.admit();
+      },
+    });
+    if (copied > 0) {
+      const t = now();
+      setTime(dst.row, 'mtime', t);
+      setTime(dst.row, 'ctime', t);
+    }
+    return copied;
   }
 
   // ---- directories ----

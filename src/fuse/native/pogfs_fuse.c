@@ -56,7 +56,7 @@ enum {
   OP_MKDIR, OP_UNLINK, OP_RMDIR, OP_SYMLINK, OP_RENAME, OP_LINK, OP_OPEN, OP_READ,
   OP_WRITE, OP_FLUSH, OP_RELEASE, OP_FSYNC, OP_OPENDIR, OP_READDIR, OP_RELEASEDIR,
   OP_FSYNCDIR, OP_STATFS, OP_SETXATTR, OP_GETXATTR, OP_LISTXATTR, OP_REMOVEXATTR,
-  OP_ACCESS, OP_CREATE, OP_END, OP_ERROR, OP_COUNT
+  OP_ACCESS, OP_CREATE, OP_FALLOCATE, OP_LSEEK, OP_COPY_FILE_RANGE, OP_END, OP_ERROR, OP_COUNT
 };
 /* Queue-only kind: a forget_multi batch, delivered to the OP_FORGET handler item by item. */
 #define OP_FORGET_MULTI 1000
@@ -83,11 +83,14 @@ typedef struct pf_req {
   uint64_t ino2; /* new parent (rename, link) */
   uint64_t fh;
   int has_fh;
-  uint64_t off;  /* read/write/readdir offset; nlookup for forget */
-  size_t size;   /* reply buffer size for read/readdir/getxattr/listxattr */
+  uint64_t off;  /* read/write/readdir/lseek/fallocate offset; source offset of a copy; nlookup for forget */
+  size_t size;   /* reply buffer size for read/readdir/getxattr/listxattr; length of a fallocate or copy */
+  uint64_t fh2;  /* copy_file_range: the destination's handle */
+  uint64_t off2; /* copy_file_range: the destination offset */
   uint32_t mode;
   uint64_t rdev;
-  int flags;     /* open/create/release flags, rename flags, xattr flags, access mask, datasync */
+  int flags;     /* open/create/release flags, rename flags, xattr flags, access mask, datasync,
+                    fallocate mode, lseek whence, copy_file_range flags */
   struct {
     int valid;
     uint32_t mode, uid, gid;
@@ -592,6 +595,44 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
   enqueue(req_session(req), r);
 }
 
+static void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                         struct fuse_file_info *fi) {
+  pf_req *r = req_new(req, OP_FALLOCATE, NULL, NULL);
+  if (!r) return;
+  r->ino = ino;
+  set_fh(r, fi);
+  r->flags = mode;
+  r->off = (uint64_t)offset;
+  r->size = (size_t)length;
+  enqueue(req_session(req), r);
+}
+
+static void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi) {
+  pf_req *r = req_new(req, OP_LSEEK, NULL, NULL);
+  if (!r) return;
+  r->ino = ino;
+  set_fh(r, fi);
+  r->flags = whence;
+  r->off = (uint64_t)off;
+  enqueue(req_session(req), r);
+}
+
+static void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, struct fuse_file_info *fi_in,
+                               fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out, size_t len,
+                               int flags) {
+  pf_req *r = req_new(req, OP_COPY_FILE_RANGE, NULL, NULL);
+  if (!r) return;
+  r->ino = ino_in;
+  set_fh(r, fi_in);
+  r->off = (uint64_t)off_in;
+  r->ino2 = ino_out;
+  r->fh2 = fi_out ? fi_out->fh : 0;
+  r->off2 = (uint64_t)off_out;
+  r->size = len;
+  r->flags = flags;
+  enqueue(req_session(req), r);
+}
+
 static const struct fuse_lowlevel_ops ll_ops = {
   .init = ll_init,
   .destroy = ll_destroy,
@@ -624,6 +665,9 @@ static const struct fuse_lowlevel_ops ll_ops = {
   .removexattr = ll_removexattr,
   .access = ll_access,
   .create = ll_create,
+  .fallocate = ll_fallocate,
+  .lseek = ll_lseek,
+  .copy_file_range = ll_copy_file_range,
   .forget_multi = ll_forget_multi,
 };
 
@@ -847,6 +891,15 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   case OP_CREATE:
     a_num(&a, (double)r->ino); a_bytes(&a, r->name, r->namelen); a_num(&a, r->mode);
     a_num(&a, r->flags); a_ctx(&a, r); break;
+  case OP_FALLOCATE:
+    a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, r->flags); a_num(&a, (double)r->off);
+    a_num(&a, (double)r->size); break;
+  case OP_LSEEK:
+    a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->off); a_num(&a, r->flags); break;
+  case OP_COPY_FILE_RANGE:
+    a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->off);
+    a_num(&a, (double)r->ino2); a_num(&a, (double)r->fh2); a_num(&a, (double)r->off2);
+    a_num(&a, (double)r->size); a_num(&a, r->flags); break;
   default:
     a.ok = 0;
   }
@@ -1120,7 +1173,7 @@ static napi_value js_reply_err(napi_env env, napi_callback_info info) {
     switch (r->op) {
     case OP_UNLINK: case OP_RMDIR: case OP_RENAME: case OP_FLUSH: case OP_RELEASE:
     case OP_FSYNC: case OP_RELEASEDIR: case OP_FSYNCDIR: case OP_SETXATTR:
-    case OP_REMOVEXATTR: case OP_ACCESS:
+    case OP_REMOVEXATTR: case OP_ACCESS: case OP_FALLOCATE:
       break;
     default:
       return reply_invalid(env, r, "this operation needs a reply value, not success without data");
@@ -1189,14 +1242,29 @@ static napi_value js_reply_open(napi_env env, napi_callback_info info) {
   return js_bool(env, 1);
 }
 
+/* A byte count: what a write stored, or what a copy_file_range copied (at most its length). */
 static napi_value js_reply_write(napi_env env, napi_callback_info info) {
   REPLY_PROLOGUE(3)
   double n;
-  if (r->op != OP_WRITE) return reply_invalid(env, r, "replyWrite used for an operation other than write");
-  if (napi_get_value_double(env, argv[2], &n) != napi_ok || !(n >= 0) || n > (double)r->datalen ||
-      n != floor(n))
+  if (r->op != OP_WRITE && r->op != OP_COPY_FILE_RANGE)
+    return reply_invalid(env, r, "replyWrite used for an operation other than write or copy_file_range");
+  double limit = r->op == OP_WRITE ? (double)r->datalen : (double)r->size;
+  if (napi_get_value_double(env, argv[2], &n) != napi_ok || !(n >= 0) || n > limit || n != floor(n))
     return reply_invalid(env, r, "write must return a byte count between 0 and the request size");
   fuse_reply_write(r->req, (size_t)n);
+  req_free(r);
+  return js_bool(env, 1);
+}
+
+/* The offset an lseek (SEEK_DATA / SEEK_HOLE) found. */
+static napi_value js_reply_lseek(napi_env env, napi_callback_info info) {
+  REPLY_PROLOGUE(3)
+  double off;
+  if (r->op != OP_LSEEK) return reply_invalid(env, r, "replyLseek used for an operation other than lseek");
+  if (napi_get_value_double(env, argv[2], &off) != napi_ok || !(off >= 0) || off >= 9007199254740992.0 ||
+      off != floor(off))
+    return reply_invalid(env, r, "lseek must return a non-negative integer offset");
+  fuse_reply_lseek(r->req, (off_t)off);
   req_free(r);
   return js_bool(env, 1);
 }
@@ -1666,6 +1734,7 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "replyAttr", NULL, js_reply_attr, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyOpen", NULL, js_reply_open, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "replyLseek", NULL, js_reply_lseek, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyBuf", NULL, js_reply_buf, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_enumerable, NULL },
