@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { downloadNewestMetadata, indexPacks, type PackScan } from '../src/cache/restore';
+import type { ProgressSink } from '../src/progress';
 import { GENERATION_KEY } from '../src/cache/meta-backup';
 import { MetaDb, newInode } from '../src/meta/meta-db';
 import type { Remote } from '../src/remote/remote';
@@ -35,7 +36,7 @@ export interface RebuildResult {
   unrecoverableFiles: string[];
 }
 
-export async function rebuildFromRemote(path: string, spec: string, remote: Remote, settings: Record<string, string>): Promise<RebuildResult> {
+export async function rebuildFromRemote(path: string, spec: string, remote: Remote, settings: Record<string, string>, progress?: ProgressSink): Promise<RebuildResult> {
   mkdirSync(path, { recursive: true, mode: 0o700 });
   const metaPath = join(path, VolumeFiles.meta);
   let setAside: string | undefined;
@@ -62,7 +63,7 @@ export async function rebuildFromRemote(path: string, spec: string, remote: Remo
   try {
     meta.setSettings(formatSettings(readSettings({ ...meta.settings(), ...settings, remote: spec })));
     if (generation !== undefined) meta.durableTransaction(() => meta.remote.setState(GENERATION_KEY, String(generation)));
-    scan = await indexPacks(remote, meta, { all: true });
+    scan = await indexPacks(remote, meta, { all: true, progress });
   } finally {
     meta.close();
   }

@@ -297,5 +297,17 @@ describe('operating pogfs: versions, logs, metrics', () => {
     const r = pogfs(['gc', volume]);
     assert.equal(r.status, 0, r.stderr);
     assert.doesNotMatch(r.stderr, /\x1b\[K/);
+    // Mounting from the remote alone, and rebuilding the metadata from it, read every
+    // pack's index: that shows too (fsck exits 1 when it repaired something).
+    const copy = join(dir, 'copy');
+    const mnt2 = join(dir, 'mnt2');
+    mkdirSync(mnt2);
+    try {
+      assert.match(onTerminal(['mount', `local:${join(dir, 'remote')}`, mnt2, '--cache-dir', copy]), statusLine('reading pack indexes'));
+    } finally {
+      unmountQuietly(mnt2);
+    }
+    const rebuilt = sh(`script -qec "${[process.execPath, CLI, 'fsck', volume, '--rebuild-from-remote'].join(' ')}" /dev/null || true`);
+    assert.match(rebuilt, statusLine('reading pack indexes'));
   });
 });

@@ -1,3 +1,4 @@
+import type { ProgressSink } from '../progress';
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import type { MetaDb } from '../meta/meta-db';
@@ -66,7 +67,7 @@ export interface PackScan {
  * pack, after forgetting the old rows) from the packs' own indexes. Packs are added in
  * name order; a block found in several keeps the last location read.
  */
-export async function indexPacks(remote: Remote, meta: MetaDb, options: { all?: boolean } = {}): Promise<PackScan> {
+export async function indexPacks(remote: Remote, meta: MetaDb, options: { all?: boolean; progress?: ProgressSink } = {}): Promise<PackScan> {
   const index = meta.remote;
   if (options.all) {
     meta.durableTransaction(() => {
@@ -76,7 +77,12 @@ export async function indexPacks(remote: Remote, meta: MetaDb, options: { all?: 
   }
   const scan: PackScan = { packs: 0, blocks: 0, unreadable: [] };
   const remotePacks = (await remote.list('pack')).sort((a, b) => a.name.localeCompare(b.name));
+  options.progress?.start('reading pack indexes');
+  let seen = 0;
+  let bytes = 0;
   for (const pack of remotePacks) {
+    options.progress?.update(seen++, remotePacks.length, bytes);
+    bytes += pack.size;
     if (index.packByName(pack.name)) continue;
     let entries: PackEntry[];
     try {

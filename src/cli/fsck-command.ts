@@ -187,7 +187,13 @@ async function rebuild(path: string, flags: FsckFlags): Promise<void> {
   }
   const remote = await openVolumeRemote(settings);
   try {
-    const r = await rebuildFromRemote(path, spec, remote, given);
+    const progress = new ProgressLine();
+    let r;
+    try {
+      r = await rebuildFromRemote(path, spec, remote, given, progress);
+    } finally {
+      progress.clear();
+    }
     const lines = [
       `rebuilt ${path} from ${spec}:`,
       r.setAside ? `  the old metadata database was set aside as ${r.setAside}` : '  there was no metadata database',

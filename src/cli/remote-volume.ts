@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { GENERATION_KEY, MetaBackup, listGenerations } from '../cache/meta-backup';
+import { ProgressLine } from '../../fsck/report';
 import { downloadNewestMetadata, indexPacks } from '../cache/restore';
 import { MetaDb } from '../meta/meta-db';
 import { BlockStore } from '../store/block-store';
@@ -143,7 +144,13 @@ async function restoreInto(dir: string, spec: string, overrides: Record<string, 
         store.setTotals({ blocks: 0, uniqueBytes: 0, storedBytes: 0, references });
       });
       meta.durableTransaction(() => meta.remote.setState(GENERATION_KEY, String(restored.generation)));
-      const scan = await indexPacks(remote, meta);
+      const progress = new ProgressLine();
+      let scan;
+      try {
+        scan = await indexPacks(remote, meta, { progress });
+      } finally {
+        progress.clear();
+      }
       const files = meta.totals().files;
       notice(
         `pogfs: restored ${files} files from ${spec} (metadata generation ${restored.generation}` +
