@@ -16,7 +16,8 @@ import { openDriveClient } from '../remote/open-remote';
 import { serveControl } from './control-socket';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
 import { UsageError } from './errors';
-import { fileLogger } from './log';
+import { openLog } from './log';
+import { DEFAULT_LOG_MAX_BYTES } from './log-options';
 import { prepareMountpoint } from './mounts';
 
 export interface DriveMountOptions {
@@ -85,7 +86,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     o.onReady(err instanceof UsageError ? err : new UsageError((err as Error).message));
     return;
   }
-  const log = fileLogger(join(stateDir, STATE_FILES.log), o.verbose);
+  const log = openLog(join(stateDir, STATE_FILES.log), { level: o.verbose ? 'debug' : 'info', maxBytes: DEFAULT_LOG_MAX_BYTES });
   const recordPath = join(stateDir, STATE_FILES.daemon);
   writeFileSync(join(stateDir, STATE_FILES.view), JSON.stringify({ root: o.rootId, sharedDrive: o.sharedDriveId ?? null }) + '\n', { mode: 0o600 });
   let view: DriveView | undefined;
@@ -208,7 +209,8 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => undefined);
+    // logrotate moved the file away: write to a new one.
+    process.on('SIGHUP', () => log.reopen());
     o.onReady();
     await active.ended;
     log.info('session ended');
