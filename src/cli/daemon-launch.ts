@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
+import type { UsageError } from './errors';
+import type { DaemonLogger } from './log';
 import { findMount, fuseUnmount } from './mounts';
 
 /** What a daemon started with `--ipc-ready` tells the command that started it. */
@@ -59,5 +61,56 @@ export function launchDaemon(argv: string[], o: { what: string; mountpoint: stri
       if (settled) return;
       finish(1, `pogfs: the ${o.what} exited (${signal ?? `code ${code}`}) before the mount was ready; see ${o.log}`);
     });
+  });
+}
+
+/**
+ * The daemon's side of launchDaemon: where notices, progress and readiness go. Started
+ * with `--ipc-ready`, they go to the launching command; in a plain `--foreground` run,
+ * to this terminal. `finish()` sets the exit code of a mount that never got ready.
+ */
+export function daemonReporter(ipcReady: boolean | undefined): {
+  notice: (line: string) => void;
+  send?: (m: DaemonMessage) => void;
+  onReady: (err?: UsageError) => void;
+  finish: () => void;
+} {
+  const send = ipcReady && process.send ? (m: DaemonMessage) => process.send?.(m) : undefined;
+  let failed: UsageError | undefined;
+  return {
+    notice: (line) => (send ? send({ notice: line }) : console.error(line)),
+    send,
+    onReady: (err) => {
+      failed = err;
+      if (send) {
+        send(err ? { error: err.message, exitCode: err.exitCode } : { ready: true });
+        process.disconnect?.();
+      } else if (err) console.error(`pogfs: ${err.message}`);
+    },
+    finish: () => {
+      if (failed) process.exitCode = failed.exitCode;
+    },
+  };
+}
+
+/**
+ * What every mount daemon does with its process: DESIGN invariant 5 (a bug in some
+ * background callback is logged, not fatal; the mount and every byte already written
+ * stay), SIGTERM/SIGINT unmount lazily (open files keep working until closed; never a
+ * synchronous unmount here: it would flush dirty pages through this very thread), and
+ * SIGHUP reopens the log (logrotate's postrotate: `kill -HUP PID`).
+ */
+export function keepDaemonProcess(log: DaemonLogger, unmountLazily: () => Promise<unknown>): void {
+  const stop = (signal: string) => {
+    log.info(`${signal}: unmounting`);
+    unmountLazily().catch((err) => log.error('unmount failed', err));
+  };
+  process.on('uncaughtException', (err) => log.error('uncaught exception (the mount stays up)', err));
+  process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    log.reopen();
+    log.info('SIGHUP: log file reopened');
   });
 }

@@ -5,6 +5,7 @@ import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
+import { keepDaemonProcess } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { serveControl } from './control-socket';
 import { openLog, type DaemonLogger } from './log';
@@ -185,23 +186,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       (err) => log.error('control request failed', err),
     );
     const active = session;
-    const stop = (signal: string) => {
-      log.info(`${signal}: unmounting`);
-      // Lazy: open files keep working until closed; the session ends after that. Never
-      // a synchronous unmount here: it flushes dirty pages through this very thread.
-      active.unmount({ lazy: true }).catch((err) => log.error('unmount failed', err));
-    };
-    // DESIGN invariant 5: a bug in some background callback is logged, not fatal; the
-    // mount and every byte already written stay.
-    process.on('uncaughtException', (err) => log.error('uncaught exception (the mount stays up)', err));
-    process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    // logrotate's postrotate: `kill -HUP PID` (the pid is in the volume's daemon.json).
-    process.on('SIGHUP', () => {
-      log.reopen();
-      log.info('SIGHUP: log file reopened');
-    });
+    keepDaemonProcess(log, () => active.unmount({ lazy: true }));
     o.onReady();
     await active.ended;
     log.info('session ended: committing and closing');

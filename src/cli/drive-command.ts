@@ -14,7 +14,7 @@ import { openDriveClient } from '../remote/open-remote';
 import { callControl } from './control-socket';
 import type { DriveViewStatus } from './drive-daemon';
 import { UsageError } from './errors';
-import { launchDaemon } from './daemon-launch';
+import { daemonReporter, launchDaemon } from './daemon-launch';
 import { mountOverlap, pogfsMountContaining } from './mounts';
 
 export interface DriveMountFlags {
@@ -62,8 +62,7 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   if (!(pollInterval >= 0)) throw new UsageError(`--poll-interval must be a number of seconds (0: only on refresh), not ${pollInterval}`);
   if (flags.foreground) {
     const { runDriveDaemon } = await import('./drive-daemon');
-    const ipc = flags.ipcReady && process.send ? process.send.bind(process) : undefined;
-    let failed: UsageError | undefined;
+    const report = daemonReporter(flags.ipcReady);
     let lastProgress = 0;
     const startedAt = Date.now();
     await runDriveDaemon({
@@ -81,23 +80,17 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
       allowNonEmpty: !!flags.allowNonEmpty,
       chunkSize: flags.chunkSize,
       maxReadaheadBytes: flags.readahead,
-      notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
+      notice: report.notice,
       progress: (items) => {
         const now = Date.now();
         if (now - lastProgress < 500) return;
         lastProgress = now;
-        if (ipc) ipc({ progress: items, elapsedMs: now - startedAt });
+        if (report.send) report.send({ progress: items, elapsedMs: now - startedAt });
         else showProgress(items, now - startedAt);
       },
-      onReady: (err) => {
-        failed = err;
-        if (ipc) {
-          ipc(err ? { error: err.message, exitCode: err.exitCode } : { ready: true });
-          process.disconnect?.();
-        } else if (err) console.error(`pogfs: ${err.message}`);
-      },
+      onReady: report.onReady,
     });
-    if (failed) process.exitCode = failed.exitCode;
+    report.finish();
     return;
   }
   // A state directory under the mount point would be hidden by it, and the daemon would wait on itself.

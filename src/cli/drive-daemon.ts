@@ -15,6 +15,7 @@ import { DRIVE_READONLY_SCOPE } from '../remote/credentials';
 import { openDriveClient } from '../remote/open-remote';
 import { serveControl } from './control-socket';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
+import { keepDaemonProcess } from './daemon-launch';
 import { UsageError } from './errors';
 import { openLog } from './log';
 import { DEFAULT_LOG_MAX_BYTES } from './log-options';
@@ -201,16 +202,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
       (err) => log.error('control request failed', err),
     );
     const active = session;
-    const stop = (signal: string) => {
-      log.info(`${signal}: unmounting`);
-      active.unmount({ lazy: true }).catch((err) => log.error('unmount failed', err));
-    };
-    process.on('uncaughtException', (err) => log.error('uncaught exception (the mount stays up)', err));
-    process.on('unhandledRejection', (err) => log.error('unhandled rejection (the mount stays up)', err));
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    // logrotate moved the file away: write to a new one.
-    process.on('SIGHUP', () => log.reopen());
+    keepDaemonProcess(log, () => active.unmount({ lazy: true }));
     o.onReady();
     await active.ended;
     log.info('session ended');

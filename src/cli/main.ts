@@ -3,7 +3,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { homedir } from 'node:os';
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { launchDaemon } from './daemon-launch';
+import { daemonReporter, launchDaemon } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { mountArgsFromHelper } from './mount-helper';
 import { mountOverlap } from './mounts';
@@ -45,12 +45,17 @@ function remoteSettingFlags(f: RemoteFlags): Record<string, string | undefined> 
   return { 'drive-credentials': f.credentials, 'drive-api-url': f.driveApiUrl, 'drive-token-url': f.driveTokenUrl, 'cache-size': f.cacheSize, 'pack-size': f.packSize };
 }
 
+/** How a command reaches Drive: credentials and, for a Drive-compatible server, its URLs. */
+function withDriveOptions(c: Command, credentials = 'Drive credentials: a token saved by pogfs auth, a service-account key, or an access token'): Command {
+  return c
+    .option('--credentials <file>', credentials)
+    .option('--drive-api-url <url>', 'Drive API root URL (a Drive-compatible server; default Google\'s)')
+    .option('--drive-token-url <url>', 'OAuth token endpoint (default Google\'s)');
+}
+
 /** The options every command that reaches a remote takes. */
 function withRemoteOptions(c: Command): Command {
-  return c
-    .option('--credentials <file>', 'Drive credentials: a token saved by pogfs auth, a service-account key, or an access token')
-    .option('--drive-api-url <url>', 'Drive API root URL (a Drive-compatible server; default Google\'s)')
-    .option('--drive-token-url <url>', 'OAuth token endpoint (default Google\'s)')
+  return withDriveOptions(c)
     .option('--cache-size <size>', 'with a remote: the local store is a cache of at most this size (default 10G)')
     .option('--pack-size <size>', 'with a remote: bytes per uploaded pack (default 64M)');
 }
@@ -118,8 +123,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
 
   if (flags.foreground) {
     const { runDaemon } = await commands.daemon();
-    const ipc = flags.ipcReady && process.send ? process.send.bind(process) : undefined;
-    let failed: UsageError | undefined;
+    const report = daemonReporter(flags.ipcReady);
     await runDaemon({
       volume,
       mountpoint,
@@ -132,16 +136,10 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
       breakLock: !!flags.breakLock,
       allowNonEmpty: !!flags.allowNonEmpty,
       pidFile: flags.pidFile ? resolve(flags.pidFile) : undefined,
-      notice: (line) => (ipc ? ipc({ notice: line }) : console.error(line)),
-      onReady: (err) => {
-        failed = err;
-        if (ipc) {
-          ipc(err ? { error: err.message, exitCode: err.exitCode } : { ready: true });
-          process.disconnect?.();
-        } else if (err) console.error(`pogfs: ${err.message}`);
-      },
+      notice: report.notice,
+      onReady: report.onReady,
     });
-    if (failed) process.exitCode = failed.exitCode;
+    report.finish();
     return;
   }
 
@@ -378,8 +376,7 @@ function addDriveCommands(p: Command): void {
     return n;
   };
   const drive = p.command('drive').description('a read-only view of your existing Google Drive (for Plex, Jellyfin...): one scan, then the changes feed');
-  drive
-    .command('mount')
+  withDriveOptions(drive.command('mount'), 'Drive credentials (from pogfs auth --scope readonly, a service-account key, or an access token)')
     .description('mount a Drive read-only; the first mount scans it, later ones start at once; returns once the tree is served')
     .argument('<mountpoint>')
     .option('--root <folder-id>', 'show this folder instead of all of My Drive')
@@ -387,9 +384,6 @@ function addDriveCommands(p: Command): void {
     .option('--state-dir <dir>', 'mirror and chunk cache (default under $XDG_DATA_HOME/pogfs/drive/, one per account and root)')
     .option('--cache-size <size>', 'bound of the chunk cache on disk (default 10G)', parseSize)
     .option('--poll-interval <seconds>', 'how often to poll the changes feed (default 60; 0: only on drive refresh)', seconds)
-    .option('--credentials <file>', 'Drive credentials (from pogfs auth --scope readonly, a service-account key, or an access token)')
-    .option('--drive-api-url <url>', 'Drive API root URL (default Google\'s)')
-    .option('--drive-token-url <url>', 'OAuth token endpoint (default Google\'s)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
     .option('-v, --verbose', 'log more (the log is pogfs.log in the state directory)')
     .option('--chunk-size <size>', 'bytes per downloaded chunk (default 1M)', parseSize)
@@ -409,8 +403,7 @@ function addDriveCommands(p: Command): void {
       const { driveRefresh } = await commands.drive();
       await driveRefresh(mountpoint);
     });
-  drive
-    .command('dupes')
+  withDriveOptions(drive.command('dupes'))
     .description('duplicate files (same md5 and size) and same-named sibling folders, from the mirror (no Drive call); --apply merges folders and trashes extras')
     .argument('[mountpoint-and-path...]', 'MOUNTPOINT [PATH] (or PATH alone with --state-dir)')
     .option('--state-dir <dir>', 'the Drive view state to read (instead of a mounted view)')
@@ -418,9 +411,6 @@ function addDriveCommands(p: Command): void {
     .option('--apply', 'merge duplicate folders and move extra files to the Drive trash (needs pogfs auth --scope full); writes a log')
     .option('--undo <log>', 'put back what an --apply moved and trashed')
     .option('--json', 'machine-readable output')
-    .option('--credentials <file>', 'Drive credentials')
-    .option('--drive-api-url <url>', 'Drive API root URL')
-    .option('--drive-token-url <url>', 'OAuth token endpoint')
     .action(async (args: string[], flags: import('./drive-command').DupesFlags) => {
       const { driveDupes } = await commands.drive();
       await driveDupes(args, flags);
