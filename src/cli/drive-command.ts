@@ -15,6 +15,8 @@ import { callControl } from './control-socket';
 import type { DriveViewStatus } from './drive-daemon';
 import { UsageError } from './errors';
 import { daemonReporter, launchDaemon } from './daemon-launch';
+import { logArgv, logSettings, type LogLevel } from './log-options';
+import { parseMetricsAddress } from './metrics-address';
 import { mountOverlap, pogfsMountContaining } from './mounts';
 
 export interface DriveMountFlags {
@@ -33,6 +35,10 @@ export interface DriveMountFlags {
   catchUpWait?: number;
   allowNonEmpty?: boolean;
   ipcReady?: boolean;
+  logLevel?: LogLevel;
+  logFile?: string;
+  logMaxSize?: number;
+  metrics?: string;
 }
 
 const DEFAULT_CACHE_BYTES = 10 * 1024 ** 3;
@@ -60,6 +66,9 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   const stateDir = resolve(flags.stateDir ?? defaultStateDir(flags));
   const pollInterval = flags.pollInterval ?? DEFAULT_POLL_SECONDS;
   if (!(pollInterval >= 0)) throw new UsageError(`--poll-interval must be a number of seconds (0: only on refresh), not ${pollInterval}`);
+  // Checked here, before anything is started, so a typo is one line and exit 2.
+  const metrics = flags.metrics === undefined ? undefined : parseMetricsAddress(flags.metrics);
+  const { logFile, logOptions } = logSettings(flags);
   if (flags.foreground) {
     const { runDriveDaemon } = await import('./drive-daemon');
     const report = daemonReporter(flags.ipcReady);
@@ -76,7 +85,9 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
       credentials: flags.credentials,
       driveApiUrl: flags.driveApiUrl,
       driveTokenUrl: flags.driveTokenUrl,
-      verbose: !!flags.verbose,
+      logFile,
+      logOptions,
+      metrics,
       allowNonEmpty: !!flags.allowNonEmpty,
       chunkSize: flags.chunkSize,
       maxReadaheadBytes: flags.readahead,
@@ -103,15 +114,16 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   if (flags.credentials) argv.push('--credentials', resolve(flags.credentials));
   if (flags.driveApiUrl) argv.push('--drive-api-url', flags.driveApiUrl);
   if (flags.driveTokenUrl) argv.push('--drive-token-url', flags.driveTokenUrl);
-  if (flags.verbose) argv.push('--verbose');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
+  if (flags.metrics !== undefined) argv.push('--metrics', flags.metrics);
+  argv.push(...logArgv(logFile, logOptions));
   if (flags.chunkSize) argv.push('--chunk-size', String(flags.chunkSize));
   if (flags.readahead) argv.push('--readahead', String(flags.readahead));
   if (flags.catchUpWait !== undefined) argv.push('--catch-up-wait', String(flags.catchUpWait));
   await launchDaemon(argv, {
     what: 'Drive view daemon',
     mountpoint,
-    log: join(stateDir, STATE_FILES.log),
+    log: logFile ?? join(stateDir, STATE_FILES.log),
     onProgress: (m) => showProgress(m.progress ?? 0, m.elapsedMs ?? 0),
   });
   if (process.stderr.isTTY && shownProgress) process.stderr.write('\n');
