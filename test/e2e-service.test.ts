@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { liveDaemon } from '../src/cli/daemon-record';
 import { EmulatorProcess } from './support/drive-emulator-process';
 import { DriveEmulator } from './support/drive-emulator';
-import { driveFlags, releaseView, writeToken } from './support/drive-view';
+import { driveFlags, pogfsAsync, releaseView, shAsync, writeToken } from './support/drive-view';
 import { CLI, isMounted, pogfs, pogfsOk } from './support/mount';
 import { endDaemon, unmountQuietly } from './support/remote-mount';
 import { tempDir } from './support/tmp';
@@ -157,6 +158,68 @@ describe('systemd readiness (Type=notify)', () => {
     } finally {
       receiver.stop();
       if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL');
+      await releaseView(mnt, state);
+      await emu.close();
+    }
+  });
+});
+
+/** One sample of a Prometheus text exposition: `name{labels} value` (0 when absent). */
+function sample(text: string, name: string, labels = ''): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}${labels} `));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+async function scrape(url: string): Promise<string> {
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  return res.text();
+}
+
+describe('the Drive view daemon: log and metrics options', () => {
+  it('drive mount --log-file --log-level --metrics: the log goes there, and FUSE, cache and Drive counters move with a read', { timeout: 90_000 }, async () => {
+    const mnt = join(dir, 'metrics-mnt');
+    const state = join(dir, 'metrics-state');
+    const logFile = join(dir, 'drive-view.log');
+    mkdirSync(mnt);
+    const emu = await DriveEmulator.start();
+    try {
+      const size = 3 * 1024 * 1024 + 17;
+      emu.seedItems([{ name: 'movie.mkv', size, contentSeed: 3 }]);
+      const flags = driveFlags(emu, writeToken(emu, join(dir, 'metrics-token.json')));
+      const r = await pogfsAsync(['drive', 'mount', mnt, '--state-dir', state, '--poll-interval', '0', '--metrics', '0', '--log-file', logFile, '--log-level', 'debug', ...flags]);
+      assert.equal(r.code, 0, r.stderr);
+      const url = (JSON.parse(readFileSync(join(state, 'daemon.json'), 'utf8')) as { metrics?: string }).metrics ?? '';
+      assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+      const before = await scrape(url);
+      assert.match(before, /^# TYPE pogfs_driveview_chunk_cache_hits_total counter$/m);
+      assert.match(before, /^pogfs_remote_calls_total\{method="files\.list"\} [1-9]/m, 'the first scan is counted');
+      assert.doesNotMatch(before, /^pogfs_block_store/m, 'a Drive view has no block store');
+
+      const first = await readFile(join(mnt, 'movie.mkv'));
+      assert.equal(first.length, size);
+      const afterFirst = await scrape(url);
+      assert.ok(sample(afterFirst, 'pogfs_read_bytes_total') - sample(before, 'pogfs_read_bytes_total') >= size);
+      assert.ok(sample(afterFirst, 'pogfs_fuse_op_duration_seconds_count', '{op="read"}') > sample(before, 'pogfs_fuse_op_duration_seconds_count', '{op="read"}'));
+      assert.ok(sample(afterFirst, 'pogfs_driveview_chunk_cache_misses_total') > sample(before, 'pogfs_driveview_chunk_cache_misses_total'));
+      assert.ok(sample(afterFirst, 'pogfs_driveview_download_bytes_total') >= size);
+      assert.ok(sample(afterFirst, 'pogfs_remote_calls_total', '{method="files.get"}') > sample(before, 'pogfs_remote_calls_total', '{method="files.get"}'));
+      assert.ok(sample(afterFirst, 'pogfs_remote_requests_total', '{method="files.get",status="ok"}') >= 1);
+
+      // The same bytes again, past the page cache: served by the chunk cache, no download.
+      await shAsync(`dd if=${join(mnt, 'movie.mkv')} of=/dev/null bs=1M iflag=direct status=none`);
+      const afterSecond = await scrape(url);
+      assert.ok(sample(afterSecond, 'pogfs_driveview_chunk_cache_hits_total') > sample(afterFirst, 'pogfs_driveview_chunk_cache_hits_total'));
+      assert.equal(sample(afterSecond, 'pogfs_driveview_download_bytes_total'), sample(afterFirst, 'pogfs_driveview_download_bytes_total'));
+      // Chunks reach the disk cache behind the reads: bounded by --cache-size, more than nothing.
+      assert.ok(sample(afterSecond, 'pogfs_driveview_chunk_cache_bytes') > 0);
+      assert.equal(sample(afterSecond, 'pogfs_driveview_chunk_cache_capacity_bytes'), 10 * 1024 ** 3);
+
+      const lines = readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { msg: string; level: number });
+      assert.ok(lines.some((l) => /^metrics at http/.test(l.msg)));
+      assert.ok(lines.some((l) => l.level === 20), 'debug lines with --log-level debug');
+      assert.equal(existsSync(join(state, 'pogfs.log')), false, 'nothing in the default log');
+    } finally {
       await releaseView(mnt, state);
       await emu.close();
     }
