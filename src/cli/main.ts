@@ -87,6 +87,8 @@ interface MountFlags extends RemoteFlags {
   logFile?: string;
   logMaxSize?: number;
   metrics?: string;
+  progress?: boolean;
+  json?: boolean;
 }
 
 /**
@@ -126,7 +128,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (REMOTE_SPEC.test(volume) && !flags.ipcReady) {
     // A remote: mount its local copy, restored first if this machine has none.
     const { localCopyFor } = await commands.remoteVolume();
-    volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line) });
+    volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line), progress: flags });
   }
 
   if (flags.foreground) {
@@ -218,6 +220,8 @@ function program(): Command {
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--pid-file <file>', 'write the daemon\'s pid here once the mount is ready (systemd Type=forking)')
     .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
+    .option('--progress', 'show progress on stderr (reading a remote\'s pack indexes while restoring it) even when it is not a terminal')
+    .option('--json', 'errors as JSON on stdout; with --progress, progress as one JSON object per line on stderr')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
       if (args.length > 2) throw new UsageError(`mount takes [VOLUME] MOUNTPOINT, not ${args.length} arguments`);
@@ -254,6 +258,7 @@ function program(): Command {
     .option('--remote', 'also check the pack index against the remote (packs missing there, or there but unknown)')
     .option('--rebuild-from-remote [remote]', 'the metadata database is lost or damaged: restore the newest backup from the remote (the volume\'s own, or local:DIR / drive:FOLDER), rebuild the block index from the packs, then repair')
     .option('--json', 'machine-readable report')
+    .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
     .option('-f, --force', 'accepted for e2fsck habits: every run is a full check; never allows a mounted volume')
     .action(async (volume: string, opts: { quick?: boolean; repair?: boolean; json?: boolean; force?: boolean; remote?: boolean; rebuildFromRemote?: boolean | string } & RemoteFlags) => {
       const { fsck } = await commands.fsck();
@@ -269,7 +274,8 @@ function program(): Command {
     .option('--repack-below <share>', 'repack super-chunks less live than this share (0 to 1; default: the volume\'s repack-below setting)')
     .option('--recompress', 'also rewrite super-chunks stored with another codec than the volume\'s current compression')
     .option('--json', 'machine-readable output')
-    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; repackBelow?: string; recompress?: boolean }) => {
+    .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
+    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; progress?: boolean; repackBelow?: string; recompress?: boolean }) => {
       const { gc } = await commands.gc();
       await gc(volume, opts);
     });
@@ -289,9 +295,10 @@ function program(): Command {
     .description('keep a file or tree local (for offline use); its blocks are fetched now and never evicted')
     .argument('<path>', 'a file or directory inside a mounted volume')
     .option('--json', 'machine-readable output')
-    .action(async (path: string, opts: { json?: boolean }) => {
+    .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
+    .action(async (path: string, opts: { json?: boolean; progress?: boolean }) => {
       const { pin } = await commands.pin();
-      await pin('pin', path, !!opts.json);
+      await pin('pin', path, !!opts.json, !!opts.progress);
     });
 
   p.command('unpin')
@@ -391,6 +398,8 @@ function addDriveCommands(p: Command): void {
     .option('--readahead <size>', 'most bytes read ahead of a sequential reader (default 64M)', parseSize)
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--catch-up-wait <seconds>', 'a later mount serves the stored tree after this long if Drive has not answered its catch-up poll (default 10)', seconds)
+    .option('--progress', 'show the first scan\'s progress on stderr even when it is not a terminal')
+    .option('--json', 'errors as JSON on stdout; with --progress, progress as one JSON object per line on stderr')
     .addOption(new Option('--ipc-ready').hideHelp());
   withDaemonOptions(drive.commands.find((c) => c.name() === 'mount')!, 'the state directory')
     .action(async (mountpoint: string, flags: import('./drive-command').DriveMountFlags) => {
