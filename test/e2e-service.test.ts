@@ -251,7 +251,8 @@ describe('a daemon that never gets ready', () => {
       assert.ok(seconds < limit + 10, `took ${seconds} s`);
       const lines = r.stderr.trim().split('\n');
       assert.equal(lines.length, 1, r.stderr);
-      assert.match(lines[0], new RegExp(`^pogfs: the mount daemon \\(pid \\d+\\) did not get the mount ready within ${limit} s and was stopped; see .*pogfs\\.log`));
+      assert.match(lines[0], new RegExp(`^pogfs: the mount daemon \\(pid \\d+\\) did not get the mount ready within ${limit} s and was stopped; see .*pogfs\\.log for what it waited on, then try again`));
+      assert.match(readFileSync(join(volume, 'pogfs.log'), 'utf8'), /attaching the remote drive:pogfs-stalled/, 'the log says what the daemon waited on');
       const pid = Number(/pid (\d+)/.exec(lines[0])?.[1]);
       for (const deadline = Date.now() + 5000; processRuns(pid) && Date.now() < deadline; ) await sleep(50);
       assert.equal(processRuns(pid), false, `daemon ${pid} still runs`);

@@ -46,7 +46,7 @@ export function launchDaemon(argv: string[], o: { what: string; mountpoint: stri
         if (settled) return;
         child.kill('SIGKILL');
         if (findMount(mountpoint)) fuseUnmount(mountpoint, true);
-        finish(1, `pogfs: the ${o.what} (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${o.log}`);
+        finish(1, `pogfs: the ${o.what} (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${o.log} for what it waited on, then try again (POGFS_READY_TIMEOUT_SECONDS sets the limit)`);
       }, READY_TIMEOUT_MS);
     };
     armTimer();

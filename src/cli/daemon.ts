@@ -83,6 +83,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   let metricsServer: MetricsServer | undefined;
   try {
     if (volume.settings.remote) {
+      log.info(`attaching the remote ${volume.settings.remote} (its writer lock, then the cache)`);
       notifyStatus(`attaching the remote ${volume.settings.remote}`, log);
       attached = await attachRemote(volume, { readOnly: o.readOnly, breakLock: o.breakLock, log, notice: o.notice });
       log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.store.dirtyStats().blocks} blocks waiting for upload`);
