@@ -2,7 +2,7 @@ import { constants } from 'node:os';
 
 export const E = constants.errno;
 
-/** An error that the FUSE adapter answers with its errno. */
+/** An error that answers a filesystem call with a Linux errno (the FUSE adapter replies with it). */
 export class FsError extends Error {
   constructor(
     readonly errno: number,
