@@ -1,6 +1,7 @@
 import type { MetaDb } from '../meta/meta-db';
 import type { Remote, RemoteCounters } from '../remote/remote';
 import type { BlockRead, BlockSource, BlockStore } from '../store/block-store';
+import type { CacheLedger } from './cache-ledger';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import { BlockFetcher, type FetcherStats } from './block-fetcher';
 import { CacheEvictor } from './cache-evictor';
@@ -61,13 +62,17 @@ export class RemoteCache implements BlockSource {
   private waitingWriters = 0;
   private evictTimer: NodeJS.Timeout | undefined;
 
+  private readonly store: BlockStore;
+
   constructor(
-    private readonly store: BlockStore,
+    private readonly ledger: CacheLedger,
     private readonly meta: MetaDb,
     readonly remote: Remote,
     packer: SuperChunkPacker,
     readonly options: RemoteCacheOptions,
   ) {
+    const store = ledger.store;
+    this.store = store;
     this.fetcher = new BlockFetcher(store, meta.remote, remote, {
       // A read-ahead window goes out as two ranges or more, so a second download keeps the
       // link busy while a reader drains the first (blocks are usable as their bytes arrive).
@@ -79,7 +84,7 @@ export class RemoteCache implements BlockSource {
         for (const h of hashes) this.evictor.touch(h);
       },
     });
-    this.uploader = new PackUploader(store, meta, remote, packer, {
+    this.uploader = new PackUploader(ledger, meta, remote, packer, {
       // Writers wait once dirty data reaches the cache size: packs of at most half of it
       // let one pack fill while the one before goes up.
       packBytes: Math.min(options.packBytes, Math.floor(options.cacheBytes / 2)),
@@ -88,7 +93,7 @@ export class RemoteCache implements BlockSource {
       retryMs: 5000,
       log: options.log,
     });
-    this.evictor = new CacheEvictor(store, meta.remote, { cacheBytes: options.cacheBytes, lowWater: 0.9, log: options.log });
+    this.evictor = new CacheEvictor(ledger, meta.remote, { cacheBytes: options.cacheBytes, lowWater: 0.9, log: options.log });
     this.uploader.onUploaded = () => this.scheduleEviction();
     store.onStored = () => {
       this.uploader.notify();
@@ -147,7 +152,7 @@ export class RemoteCache implements BlockSource {
    * within moments, and without it a fast writer runs far past the cache size.
    */
   admit(pendingBytes: () => number): Promise<void> | undefined {
-    if (this.store.dirtyStats().bytes + pendingBytes() < this.options.cacheBytes) return undefined;
+    if (this.ledger.dirtyStats().bytes + pendingBytes() < this.options.cacheBytes) return undefined;
     this.throttled++;
     return this.waitForRoom(pendingBytes);
   }
@@ -155,7 +160,7 @@ export class RemoteCache implements BlockSource {
   private async waitForRoom(pendingBytes: () => number): Promise<void> {
     this.waitingWriters++;
     try {
-      while (this.store.dirtyStats().bytes + pendingBytes() >= this.options.cacheBytes) {
+      while (this.ledger.dirtyStats().bytes + pendingBytes() >= this.options.cacheBytes) {
         this.uploader.hurry();
         await Promise.race([this.uploader.uploaded(), new Promise((r) => setTimeout(r, 1000))]);
       }

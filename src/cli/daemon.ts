@@ -1,6 +1,6 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { collectGarbageLive } from '../../fsck/gc';
+import { collectGarbageLive } from '../gc/block-gc';
 import { FsAdapter } from '../fuse/fs-adapter';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
@@ -14,7 +14,7 @@ import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
 import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-server';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
-import { collectRemoteGarbage } from '../../fsck/remote-gc';
+import { collectRemoteGarbage } from '../gc/remote-gc';
 import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DaemonOptions {
@@ -87,7 +87,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       log.info(`attaching the remote ${volume.settings.remote} (its writer lock, then the cache)`);
       notifyStatus(`attaching the remote ${volume.settings.remote}`, log);
       attached = await attachRemote(volume, { readOnly: o.readOnly, breakLock: o.breakLock, log, notice: o.notice });
-      log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.store.dirtyStats().blocks} blocks waiting for upload`);
+      log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.ledger.dirtyStats().blocks} blocks waiting for upload`);
     }
     const cache = attached?.cache;
     const fs = new PogFs(
@@ -112,7 +112,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         volume: {
           chunkCache: () => volume.store.chunkStats().cache,
           writeBufferBytes: () => fs.writer.bufferedBytes(),
-          uploadPending: () => (remote ? volume.store.dirtyStats() : { blocks: 0, bytes: 0 }),
+          uploadPending: () => (remote ? volume.ledger.dirtyStats() : { blocks: 0, bytes: 0 }),
           blockStore: () => volume.store.stats(),
         },
         remote: remote && {

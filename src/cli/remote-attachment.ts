@@ -98,7 +98,7 @@ export async function attachRemote(volume: Volume, o: AttachOptions): Promise<At
     await remote.close().catch(() => undefined);
     throw remoteUsageError(s.remote, err);
   }
-  const cache = new RemoteCache(volume.store, volume.meta, remote, volume.packer(), {
+  const cache = new RemoteCache(volume.ledger, volume.meta, remote, volume.packer(), {
     cacheBytes: s.cacheBytes,
     packBytes: s.packBytes,
     readaheadBytes: s.readaheadBytes,

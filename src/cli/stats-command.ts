@@ -82,7 +82,7 @@ export async function collectStats(target: string): Promise<VolumeStats> {
     if (v.settings.remote) {
       const u = v.meta.db.prepare('SELECT count(*) AS n, coalesce(sum(len), 0) AS bytes FROM (SELECT hash, max(len) AS len FROM blocks GROUP BY hash)').get() as { n: number; bytes: number };
       const packs = v.meta.remote.totals();
-      const dirty = v.store.dirtyStats();
+      const dirty = v.ledger.dirtyStats();
       unique = u.bytes;
       remote = {
         spec: v.settings.remote,
