@@ -135,7 +135,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       mountpoint,
       adapter,
       {
-        fsname: volumePath.replace(/[\\,]/g, (c) => `\\${c}`),
+        fsname: volumePath,
         subtype: 'pogfs',
         allowOther: isRoot || o.allowOther,
         defaultPermissions: true,
