@@ -79,6 +79,11 @@ export class CacheEvictor {
     return this.running;
   }
 
+  /** Resolves once no eviction is running (the store may then be closed). */
+  async idle(): Promise<void> {
+    await this.running;
+  }
+
   private pinnedSet(): Set<string> {
     if (!this.pinned || Date.now() - this.pinnedAt > PIN_REFRESH_MS) {
       this.pinned = new Set(this.index.pins().length > 0 ? this.index.pinnedBlocks().map((b) => b.hash.toString('latin1')) : []);

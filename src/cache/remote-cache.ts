@@ -61,6 +61,8 @@ export class RemoteCache implements BlockSource {
   private readonly reads = { hits: 0, misses: 0 };
   private waitingWriters = 0;
   private evictTimer: NodeJS.Timeout | undefined;
+  /** Set by close: a pack finishing while the uploader closes must not start an eviction on a store about to close. */
+  private closed = false;
 
   private readonly store: BlockStore;
 
@@ -170,7 +172,7 @@ export class RemoteCache implements BlockSource {
   }
 
   private scheduleEviction(): void {
-    if (this.evictTimer || this.store.stats().storedBytes <= this.options.cacheBytes) return;
+    if (this.closed || this.evictTimer || this.store.stats().storedBytes <= this.options.cacheBytes) return;
     this.evictTimer = setTimeout(() => {
       this.evictTimer = undefined;
       this.evictor.maybeEvict().catch((err) => this.options.log.error('eviction failed', err));
@@ -248,9 +250,12 @@ export class RemoteCache implements BlockSource {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.evictTimer) clearTimeout(this.evictTimer);
     this.evictTimer = undefined;
     this.store.onStored = undefined;
     await this.uploader.close();
+    // An eviction started before close still reads and writes the store: the caller closes it next.
+    await this.evictor.idle();
   }
 }

@@ -14,6 +14,7 @@ import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
 import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-server';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
+import { localRemoteDir } from '../remote/remote-spec';
 import { collectRemoteGarbage } from '../gc/remote-gc';
 import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
@@ -44,8 +45,9 @@ export interface DaemonOptions {
 
 /** A `local:DIR` remote served from under the mount point would also wait on itself. */
 function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined): void {
-  if (!remote?.startsWith('local:')) return;
-  const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: remote.slice('local:'.length) }]);
+  const dir = localRemoteDir(remote);
+  if (dir === undefined) return;
+  const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: dir }]);
   if (overlap) throw new UsageError(overlap);
 }
 
@@ -133,7 +135,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       mountpoint,
       adapter,
       {
-        fsname: volumePath.replace(/[\\,]/g, (c) => `\\${c}`),
+        fsname: volumePath,
         subtype: 'pogfs',
         allowOther: isRoot || o.allowOther,
         defaultPermissions: true,

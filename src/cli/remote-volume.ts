@@ -12,7 +12,8 @@ import { Volume, VolumeFiles } from '../vfs/volume';
 import { SETTING_SPECS, formatSettings, readSettings } from '../vfs/volume-settings';
 import { UsageError } from './errors';
 import { liveDaemon } from './daemon-record';
-import { normalizeRemoteSpec, openVolumeRemote, remoteUsageError } from './remote-attachment';
+import { normalizeRemoteSpec } from '../remote/remote-spec';
+import { openVolumeRemote, remoteUsageError } from './remote-attachment';
 
 /**
  * Volumes and their remotes from the command line: `pogfs init VOLUME --remote SPEC`
