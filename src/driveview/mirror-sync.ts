@@ -43,6 +43,11 @@ export interface ScanProgress {
 export class MirrorSync {
   /** The changes replayed at the end of the last scan. */
   lastReplay: PollResult | undefined;
+  /**
+   * Items the feed leaves alone: a writable view's items with changes still to send (the
+   * mirror already shows them as they will be; the feed would show Drive's older state).
+   */
+  skip: (id: string) => boolean = () => false;
 
   constructor(
     private readonly client: DriveClient,
@@ -174,6 +179,7 @@ export class MirrorSync {
     if (!id) return 0;
     // On a My Drive mount, shared-drive items are somebody else's tree.
     if (!this.target.sharedDriveId && (c.driveId || c.file?.driveId)) return 0;
+    if (this.skip(id)) return 0;
     if (c.removed || !c.file || c.file.trashed) {
       this.mirror.removeItem(id, dirty);
       return 1;

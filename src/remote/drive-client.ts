@@ -264,6 +264,43 @@ export class DriveClient {
     return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { mimeType }, data, undefined);
   }
 
+  // ---- the writable Drive view: raw items with the caller's fields mask ----------------
+
+  /**
+   * Creates a folder (`data` undefined) or a file with its content (multipart up to
+   * `multipartMaxBytes`, resumable above). `findExisting` guards every retry that might
+   * otherwise create a second one.
+   */
+  async createItem(metadata: drive_v3.Schema$File, data: Buffer | undefined, fields: string, findExisting?: () => Promise<drive_v3.Schema$File | undefined>): Promise<drive_v3.Schema$File> {
+    const checked = (f: drive_v3.Schema$File) => {
+      if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
+      return f;
+    };
+    const mimeType = metadata.mimeType ?? 'application/octet-stream';
+    if (data === undefined || data.length <= this.settings.multipartMaxBytes) {
+      const media = data === undefined ? {} : { media: { mimeType, body: Readable.from([data]) } };
+      const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media, fields, supportsAllDrives: true }, o)).data), findExisting);
+      if (data) this.add('bytes.up', data.length);
+      return file;
+    }
+    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, { ...metadata, mimeType }, data, findExisting, { fields, parse: checked });
+  }
+
+  /** Changes an item's metadata (name, modifiedTime, trashed; a move with add/removeParents) and, with `data`, its content (same id). */
+  async updateItem(fileId: string, metadata: drive_v3.Schema$File, data: Buffer | undefined, fields: string, move?: { addParents: string; removeParents: string }): Promise<drive_v3.Schema$File> {
+    const checked = (f: drive_v3.Schema$File) => {
+      if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
+      return f;
+    };
+    if (data === undefined || data.length <= this.settings.multipartMaxBytes) {
+      const media = data === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([data]) } };
+      const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media, fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
+      if (data) this.add('bytes.up', data.length);
+      return file;
+    }
+    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { ...metadata }, data, undefined, { fields, parse: checked, query: move });
+  }
+
   /** Deletes a file for good (not to the trash); false if it was not there. */
   async deleteFile(fileId: string): Promise<boolean> {
     try {
@@ -392,7 +429,14 @@ export class DriveClient {
 
   // ---- resumable uploads -------------------------------------------------------------
 
-  private async resumableUpload(method: 'POST' | 'PATCH', url: string, metadata: Record<string, unknown>, data: Buffer, findExisting: (() => Promise<DriveFile | undefined>) | undefined): Promise<DriveFile> {
+  private async resumableUpload<T = DriveFile>(
+    method: 'POST' | 'PATCH',
+    url: string,
+    metadata: Record<string, unknown>,
+    data: Buffer,
+    findExisting: (() => Promise<T | undefined>) | undefined,
+    shape: { fields: string; parse: (f: drive_v3.Schema$File) => T; query?: Record<string, string> } = { fields: FILE_FIELDS, parse: toDriveFile as unknown as (f: drive_v3.Schema$File) => T },
+  ): Promise<T> {
     const mimeType = typeof metadata.mimeType === 'string' ? metadata.mimeType : 'application/octet-stream';
     const apiMethod = method === 'POST' ? 'files.create' : 'files.update';
     // A session can expire or be forgotten by the server; a few fresh starts, then give up.
@@ -402,18 +446,18 @@ export class DriveClient {
           ...o,
           url,
           method,
-          params: { uploadType: 'resumable', fields: FILE_FIELDS, supportsAllDrives: true },
+          params: { uploadType: 'resumable', fields: shape.fields, supportsAllDrives: true, ...shape.query },
           headers: { 'Content-Type': 'application/json; charset=UTF-8', 'X-Upload-Content-Type': mimeType, 'X-Upload-Content-Length': String(data.length) },
           data: JSON.stringify(metadata),
           responseType: 'text',
         });
         const location = headerOf(res.headers, 'location');
         if (!location) throw new RemoteError(`Drive ${apiMethod}: a resumable upload was started without a session URI`, 'io');
-        return location as string | DriveFile;
+        return location as string | T;
       }, findExisting);
       if (typeof started !== 'string') return started;
       try {
-        return await this.sendSession(started, data, mimeType);
+        return shape.parse(await this.sendSession(started, data, mimeType));
       } catch (e) {
         if (!(e instanceof SessionGone) || session >= 3) {
           if (e instanceof SessionGone) throw new RemoteError(`Drive upload: the upload session was lost ${session} times`, 'io');
@@ -427,7 +471,7 @@ export class DriveClient {
   }
 
   /** Sends `data` through a session, resuming from what the server holds after any failure. */
-  private async sendSession(sessionUri: string, data: Buffer, mimeType: string): Promise<DriveFile> {
+  private async sendSession(sessionUri: string, data: Buffer, mimeType: string): Promise<drive_v3.Schema$File> {
     const size = data.length;
     let offset = 0;
     let probe = false;
@@ -474,7 +518,7 @@ export class DriveClient {
         throw this.toRemoteError(failure, method);
       }
       if (!probe) this.add('bytes.up', end - offset);
-      if (res.status !== 308) return toDriveFile(res.data as drive_v3.Schema$File);
+      if (res.status !== 308) return res.data as drive_v3.Schema$File;
       const held = headerOf(res.headers, 'range');
       const heldUpTo = held ? Number(/^bytes=0-(\d+)$/.exec(held)?.[1]) + 1 : 0;
       if (!Number.isFinite(heldUpTo) || heldUpTo > size) throw new RemoteError(`Drive ${method}: unusable Range ${held ?? ''} for a ${size}-byte upload`, 'io');

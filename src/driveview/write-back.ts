@@ -1,0 +1,475 @@
+/**
+ * The writable Drive view's local side (`pogfs drive mount --rw`): every change made
+ * through the mount is done at once on the mirror (so the mount shows it), on the staging
+ * area (file content) and on the journal (what Drive must be told), in one SQLite
+ * transaction per change. The uploader (uploader.ts) replays the journal on Drive later.
+ *
+ * A file written here is staged: reads of it come from the staged copy until Drive holds
+ * the same bytes. An existing Drive file opened for writing is first copied into staging
+ * (through the chunk reader and its cache), unless it is truncated on open.
+ */
+import { randomUUID } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { E, fail } from '../posix/errors';
+import { RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, type AttrChanges } from '../posix/file-system';
+import type { DriveView } from './drive-view';
+import type { JournalDb, LocalAttrs } from './journal-db';
+import { FOLDER_MIME, LOCAL_ID_PREFIX, type EntryRow, type Invalidation, type MirrorDb } from './mirror-db';
+import type { StagingArea } from './staging';
+
+/** A staged file's live state (the content is in the staging area, its record in the journal). */
+export interface Staged {
+  /** The item: changes from a local id to Drive's once created. */
+  item: string;
+  file: string;
+  fd: number | undefined;
+  /** Open handles (readers and writers). */
+  users: number;
+  writers: number;
+  size: number;
+  modifiedMs: number;
+  /** Bumps on every change of the content. */
+  generation: number;
+  /** When the content last changed or a writer closed: the settle delay counts from here. */
+  changedAt: number;
+  /** A journaled upload not yet started exists (a later write needs no new one). */
+  queued: boolean;
+  /** Deleted while open: the staged file goes when the last handle closes. */
+  orphan: boolean;
+}
+
+interface Handle {
+  staged: Staged;
+  writable: boolean;
+}
+
+export interface WriteBackLog {
+  info(msg: string): void;
+  warn(msg: string): void;
+}
+
+/** File handles of staged files are numbered from here (the reader's start at 1). */
+const FIRST_FH = 2 ** 30;
+const FETCH_PIECE = 4 * 1024 * 1024;
+const OCTET = 'application/octet-stream';
+
+export class WriteBack {
+  private readonly staged = new Map<string, Staged>();
+  private readonly staging = new Map<string, Promise<Staged>>();
+  private readonly handles = new Map<number, Handle>();
+  private nextFh = FIRST_FH;
+  /** Told whenever something was journaled or a file settles (the uploader's kick). */
+  onChange: () => void = () => undefined;
+  /** Whether the uploader is working on an item now (its journal entries are not to be dropped). */
+  inFlight: (item: string) => boolean = () => false;
+
+  constructor(
+    private readonly view: DriveView,
+    private readonly mirror: MirrorDb,
+    private readonly journal: JournalDb,
+    private readonly area: StagingArea,
+    private readonly log: WriteBackLog,
+  ) {
+    // After a restart: staged files as they are on disk (a write before a crash counts even if its close never came).
+    for (const row of journal.allStaged()) {
+      const size = area.adopt(row.file);
+      const item = mirror.item(row.item);
+      if (size === undefined) {
+        log.warn(`staged file ${row.file} of ${row.item} is missing; the item keeps what Drive has`);
+        journal.unstage(row.item);
+        continue;
+      }
+      const s: Staged = { item: row.item, file: row.file, fd: undefined, users: 0, writers: 0, size, modifiedMs: item?.modifiedMs ?? Date.now(), generation: 1, changedAt: 0, queued: journal.pendingFor(row.item).some((o) => o.kind === 'upload'), orphan: !item };
+      this.staged.set(row.item, s);
+      if (item && item.size !== size) mirror.setItemContent(row.item, { size, md5: undefined, headRev: item.headRev, modifiedMs: item.modifiedMs });
+    }
+  }
+
+  // ---- what the uploader and the attributes ask -------------------------------------------
+
+  stagedOf(item: string): Staged | undefined {
+    return this.staged.get(item);
+  }
+
+  stagedBytes(): number {
+    return this.area.bytes;
+  }
+
+  stagingLimit(): number {
+    return this.area.limit;
+  }
+
+  localAttrs(item: string): LocalAttrs | undefined {
+    return this.journal.attrs(item);
+  }
+
+  /** The uploader takes a file's content: later writes journal a new upload. */
+  takeForUpload(item: string): { data: Buffer; generation: number; modifiedMs: number } | undefined {
+    const s = this.staged.get(item);
+    if (!s) return undefined;
+    s.queued = false;
+    return { data: this.area.readAll(s.file), generation: s.generation, modifiedMs: s.modifiedMs };
+  }
+
+  /** An upload failed: its journal entry stays, so a later write needs no new one. */
+  requeue(item: string): void {
+    const s = this.staged.get(item);
+    if (s) s.queued = true;
+  }
+
+  /** Drive holds generation `generation` of the item: its staged copy goes unless it changed since or is open for writing. */
+  uploaded(item: string, generation: number): boolean {
+    const s = this.staged.get(item);
+    if (!s || s.generation !== generation || s.writers > 0 || s.queued) return false;
+    this.staged.delete(item);
+    this.journal.unstage(item);
+    if (s.users === 0) this.area.remove(s.file);
+    else s.orphan = true;
+    return true;
+  }
+
+  /** Drive gave an item made here its id. */
+  renamed(oldId: string, newId: string): void {
+    const s = this.staged.get(oldId);
+    if (!s) return;
+    this.staged.delete(oldId);
+    s.item = newId;
+    this.staged.set(newId, s);
+  }
+
+  // ---- content ------------------------------------------------------------------------------
+
+  /** Opens a staged file (or stages one for writing); undefined when the reader serves it. */
+  async open(e: EntryRow, flags: number): Promise<number | undefined> {
+    const writable = (flags & 3) !== fsConstants.O_RDONLY;
+    if (e.kind !== 'file' || !e.item) fail(E.EISDIR);
+    let s = this.staged.get(e.item);
+    if (!s && !writable) return undefined;
+    if (!s) s = await this.stage(e, flags & fsConstants.O_TRUNC ? 0 : e.size);
+    if (writable && flags & fsConstants.O_TRUNC && s.size > 0) this.truncateStaged(s, 0);
+    return this.handleFor(s, writable);
+  }
+
+  isStagedHandle(fh: number): boolean {
+    return this.handles.has(fh);
+  }
+
+  read(fh: number, size: number, offset: number): Buffer {
+    const h = this.handle(fh);
+    return this.area.read(h.staged.fd!, Math.max(0, Math.min(size, h.staged.size - offset)), offset);
+  }
+
+  write(fh: number, data: Buffer, offset: number): number {
+    const h = this.handle(fh);
+    if (!h.writable) fail(E.EBADF);
+    const s = h.staged;
+    this.area.write(s.file, s.fd!, data, offset);
+    s.size = Math.max(s.size, offset + data.length);
+    this.changed(s);
+    return data.length;
+  }
+
+  /** close(2): the size and time go to the mirror (the bytes are with the OS already). */
+  flush(fh: number): void {
+    const h = this.handles.get(fh);
+    if (h?.writable) this.persist(h.staged);
+  }
+
+  release(fh: number): void {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    const s = h.staged;
+    s.users--;
+    if (h.writable) {
+      s.writers--;
+      s.changedAt = Date.now();
+      this.persist(s);
+    }
+    if (s.users === 0 && s.fd !== undefined) {
+      this.area.close(s.fd);
+      s.fd = undefined;
+      if (s.orphan) this.area.remove(s.file);
+    }
+    this.onChange();
+  }
+
+  fsync(fh: number): void {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.persist(h.staged);
+    if (h.staged.fd !== undefined) this.area.sync(h.staged.fd);
+    this.mirror.checkpoint();
+  }
+
+  /** The size a staged file has now (the mirror's row lags until close). */
+  sizeOf(item: string): number | undefined {
+    return this.staged.get(item)?.size;
+  }
+
+  modifiedOf(item: string): number | undefined {
+    return this.staged.get(item)?.modifiedMs;
+  }
+
+  // ---- namespace ----------------------------------------------------------------------------
+
+  async create(parent: number, name: Buffer, mode: number, uid: number, gid: number, flags: number): Promise<{ ino: number; fh: number }> {
+    const folder = this.folderOf(parent);
+    const driveName = this.driveName(name);
+    const id = `${LOCAL_ID_PREFIX}${randomUUID()}`;
+    const now = Date.now();
+    const file = this.area.create();
+    const inval = noInval();
+    this.mirror.transaction(() => {
+      this.mirror.putLocalItem({ id, parent: folder, name: driveName, mime: OCTET, size: 0, md5: undefined, headRev: undefined, createdMs: now, modifiedMs: now, target: undefined }, inval);
+      this.journal.stage(id, file);
+      this.journal.setAttrs(id, { mode: mode & 0o7777, uid, gid });
+      this.journal.add({ kind: 'upload', item: id, parent: folder, oldParent: undefined, name: driveName, modifiedMs: now, opKey: randomUUID() });
+    });
+    const s: Staged = { item: id, file, fd: undefined, users: 0, writers: 0, size: 0, modifiedMs: now, generation: 1, changedAt: now, queued: true, orphan: false };
+    this.staged.set(id, s);
+    const ino = this.inoOf(parent, name);
+    const fh = this.handleFor(s, (flags & 3) !== fsConstants.O_RDONLY);
+    this.onChange();
+    return { ino, fh };
+  }
+
+  mkdir(parent: number, name: Buffer, mode: number, uid: number, gid: number): number {
+    const folder = this.folderOf(parent);
+    const driveName = this.driveName(name);
+    const id = `${LOCAL_ID_PREFIX}${randomUUID()}`;
+    const now = Date.now();
+    this.mirror.transaction(() => {
+      this.mirror.putLocalItem({ id, parent: folder, name: driveName, mime: FOLDER_MIME, size: 0, md5: undefined, headRev: undefined, createdMs: now, modifiedMs: now, target: undefined }, noInval());
+      this.journal.setAttrs(id, { mode: mode & 0o7777, uid, gid });
+      this.journal.add({ kind: 'mkdir', item: id, parent: folder, oldParent: undefined, name: driveName, modifiedMs: now, opKey: randomUUID() });
+    });
+    this.onChange();
+    return this.inoOf(parent, name);
+  }
+
+  unlink(parent: number, name: Buffer): void {
+    const e = this.entry(parent, name);
+    if (e.kind === 'dir') fail(E.EISDIR);
+    this.mirror.transaction(() => this.remove(e));
+    this.onChange();
+  }
+
+  rmdir(parent: number, name: Buffer): void {
+    const e = this.entry(parent, name);
+    if (e.kind !== 'dir') fail(E.ENOTDIR);
+    // Hidden children (Google documents) count: the folder is not empty on Drive.
+    if (this.mirror.list(e.ino, 0, 1).length > 0 || this.mirror.hasChildren(this.mirror.foldersOf(e.ino))) fail(E.ENOTEMPTY);
+    this.mirror.transaction(() => this.remove(e));
+    this.onChange();
+  }
+
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): void {
+    if (flags & RENAME_EXCHANGE) fail(E.EINVAL, 'a Drive view cannot exchange two names');
+    const e = this.entry(parent, name);
+    const driveName = this.driveName(newName);
+    const newFolder = this.folderOf(newParent);
+    const target = this.mirror.lookup(newParent, newName);
+    if (target && target.ino === e.ino) return;
+    if (target) {
+      if (flags & RENAME_NOREPLACE) fail(E.EEXIST);
+      if (target.kind === 'dir' && e.kind !== 'dir') fail(E.EISDIR);
+      if (target.kind !== 'dir' && e.kind === 'dir') fail(E.ENOTDIR);
+      if (target.kind === 'dir' && (this.mirror.list(target.ino, 0, 1).length > 0 || this.mirror.hasChildren(this.mirror.foldersOf(target.ino)))) fail(E.ENOTEMPTY);
+    }
+    // A directory is every folder of its group; a file or shortcut its one item.
+    const ids = e.kind === 'dir' ? this.mirror.foldersOf(e.ino) : e.item ? [e.item] : [];
+    this.mirror.transaction(() => {
+      if (target) this.remove(target);
+      const moved = ids.map((id) => ({ id, from: this.mirror.item(id)?.parent }));
+      this.mirror.moveLocalEntry(e.ino, newParent, newName, moved.map((m) => ({ id: m.id, parent: newFolder })), noInval());
+      for (const m of moved) {
+        this.journal.add({ kind: 'move', item: m.id, parent: newFolder, oldParent: m.from, name: driveName, modifiedMs: undefined, opKey: randomUUID() });
+      }
+    });
+    this.onChange();
+  }
+
+  async setattr(e: EntryRow, changes: AttrChanges): Promise<void> {
+    if (!e.item) fail(E.EPERM);
+    const item = e.item;
+    if (changes.size !== undefined) {
+      if (e.kind !== 'file') fail(E.EISDIR);
+      let s = this.staged.get(item);
+      if (!s) s = await this.stage(e, Math.min(e.size, changes.size));
+      if (s.size !== changes.size) this.withFd(s, () => this.truncateStaged(s, changes.size!));
+    }
+    if (changes.mode !== undefined || changes.uid !== undefined || changes.gid !== undefined) {
+      // Drive has no modes or owners: they are kept here, never sent.
+      const had = this.journal.attrs(item) ?? { mode: undefined, uid: undefined, gid: undefined };
+      this.journal.setAttrs(item, { mode: changes.mode !== undefined ? changes.mode & 0o7777 : had.mode, uid: changes.uid ?? had.uid, gid: changes.gid ?? had.gid });
+    }
+    if (changes.mtime !== undefined) {
+      const ms = changes.mtime === 'now' ? Date.now() : changes.mtime.s * 1000 + Math.floor(changes.mtime.ns / 1e6);
+      const s = this.staged.get(item);
+      this.mirror.transaction(() => {
+        const row = this.mirror.item(item);
+        if (row) this.mirror.setItemContent(item, { size: s?.size ?? row.size, md5: s ? undefined : row.md5, headRev: row.headRev, modifiedMs: ms });
+        if (s) s.modifiedMs = ms;
+        this.journal.add({ kind: 'mtime', item, parent: undefined, oldParent: undefined, name: undefined, modifiedMs: ms, opKey: randomUUID() });
+      });
+      this.onChange();
+    }
+  }
+
+  // ---- inside ---------------------------------------------------------------------------------
+
+  /** Deletes an entry: Drive items go to the trash (journaled); an item never sent is forgotten. */
+  private remove(e: EntryRow): void {
+    const ids = e.kind === 'dir' ? this.mirror.foldersOf(e.ino) : e.item ? [e.item] : [];
+    for (const id of ids) {
+      this.mirror.removeLocalItem(id, noInval());
+      const s = this.staged.get(id);
+      if (s) {
+        this.staged.delete(id);
+        this.journal.unstage(id);
+        if (s.users === 0) this.area.remove(s.file);
+        else s.orphan = true;
+      }
+      if (id.startsWith(LOCAL_ID_PREFIX) && !this.inFlight(id) && !this.journal.isReferencedAsFolder(id)) {
+        this.journal.dropItem(id);
+        this.journal.dropAttrs(id);
+      } else {
+        this.journal.add({ kind: 'trash', item: id, parent: undefined, oldParent: undefined, name: undefined, modifiedMs: undefined, opKey: randomUUID() });
+      }
+    }
+  }
+
+  /** Copies an existing Drive file's first `keep` bytes into staging. */
+  private stage(e: EntryRow, keep: number): Promise<Staged> {
+    const item = e.item!;
+    const running = this.staging.get(item);
+    if (running) return running;
+    const p = (async () => {
+      const file = this.area.create();
+      const fd = this.area.open(file);
+      try {
+        if (keep > 0) {
+          const rfh = this.view.open(e.ino, 0);
+          try {
+            for (let at = 0; at < keep; ) {
+              const piece = await this.view.read(rfh, at, Math.min(FETCH_PIECE, keep - at));
+              if (piece.length === 0) break;
+              this.area.write(file, fd, piece, at);
+              at += piece.length;
+            }
+          } finally {
+            this.view.release(rfh);
+          }
+        }
+      } catch (err) {
+        this.area.close(fd);
+        this.area.remove(file);
+        throw err;
+      }
+      this.area.close(fd);
+      const already = this.staged.get(item);
+      if (already) {
+        this.area.remove(file);
+        return already;
+      }
+      this.journal.stage(item, file);
+      const s: Staged = { item, file, fd: undefined, users: 0, writers: 0, size: keep, modifiedMs: e.modifiedMs, generation: 1, changedAt: Date.now(), queued: false, orphan: false };
+      this.staged.set(item, s);
+      return s;
+    })();
+    this.staging.set(item, p);
+    return p.finally(() => this.staging.delete(item));
+  }
+
+  private handleFor(s: Staged, writable: boolean): number {
+    if (s.fd === undefined) s.fd = this.area.open(s.file);
+    s.users++;
+    if (writable) s.writers++;
+    const fh = this.nextFh++;
+    this.handles.set(fh, { staged: s, writable });
+    return fh;
+  }
+
+  private withFd(s: Staged, fn: () => void): void {
+    const opened = s.fd === undefined;
+    if (opened) s.fd = this.area.open(s.file);
+    try {
+      fn();
+    } finally {
+      if (opened && s.users === 0) {
+        this.area.close(s.fd!);
+        s.fd = undefined;
+      }
+    }
+    s.changedAt = Date.now();
+    this.persist(s);
+    this.onChange();
+  }
+
+  private truncateStaged(s: Staged, size: number): void {
+    this.area.truncate(s.file, s.fd!, size);
+    s.size = size;
+    this.changed(s);
+  }
+
+  /** New content: mtime moves, and Drive needs it (one journaled upload until the uploader takes it). */
+  private changed(s: Staged): void {
+    s.generation++;
+    s.changedAt = Date.now();
+    s.modifiedMs = s.changedAt;
+    if (!s.queued) {
+      s.queued = true;
+      this.journal.add({ kind: 'upload', item: s.item, parent: undefined, oldParent: undefined, name: undefined, modifiedMs: undefined, opKey: randomUUID() });
+    }
+  }
+
+  /** The mirror row follows the staged file (size, time; no md5 until Drive has it). */
+  private persist(s: Staged): void {
+    const row = this.mirror.item(s.item);
+    if (row) this.mirror.setItemContent(s.item, { size: s.size, md5: undefined, headRev: row.headRev, modifiedMs: s.modifiedMs });
+  }
+
+  private handle(fh: number): Handle {
+    const h = this.handles.get(fh);
+    if (!h) fail(E.EBADF);
+    return h;
+  }
+
+  private entry(parent: number, name: Buffer): EntryRow {
+    const e = this.mirror.lookup(parent, name);
+    if (!e) fail(E.ENOENT);
+    return e;
+  }
+
+  /** The Drive folder new children of a directory go into (its oldest folder). */
+  private folderOf(dirIno: number): string {
+    const d = this.mirror.entry(dirIno);
+    if (!d) fail(E.ENOENT);
+    if (d.kind !== 'dir') fail(E.ENOTDIR);
+    const folders = this.mirror.foldersOf(dirIno);
+    if (folders.length === 0) fail(E.ENOENT);
+    return dirIno === ROOT_INO ? folders[0] : (d.item ?? folders[0]);
+  }
+
+  /** A name given here as Drive will hold it: UTF-8 only (Drive names are text). */
+  private driveName(name: Buffer): string {
+    const text = name.toString('utf8');
+    if (!Buffer.from(text, 'utf8').equals(name)) {
+      this.log.warn(`refused a name that is not UTF-8 (${name.toString('hex')}): Drive names are text`);
+      fail(E.EINVAL);
+    }
+    return text;
+  }
+
+  private inoOf(parent: number, name: Buffer): number {
+    const e = this.mirror.lookup(parent, name);
+    if (!e) throw new Error(`the new entry ${name.toString('utf8')} did not appear in its directory`);
+    return e.ino;
+  }
+}
+
+function noInval(): Invalidation {
+  // The kernel made these changes itself: nothing of its own to forget.
+  return { entries: [], inodes: [] };
+}
