@@ -224,6 +224,35 @@ describe('drive view --rw', () => {
     assert.equal(onDrive(emu, root, 'last.txt').md5Checksum, md5(Buffer.from('last')));
   });
 
+  it('a conflict keeps both versions; local work in a folder deleted on Drive goes to pogfs-recovered', { timeout: 60_000 }, async () => {
+    const [box] = emu.seedItems([{ name: 'Box', mimeType: FOLDER_MIME }]);
+    const [shared] = emu.seedItems([{ name: 'shared.txt', size: 10, contentSeed: 5 }]);
+    await mountRw(mnt, state, flags, ['--upload-delay', '60']);
+    await writeFile(join(mnt, 'shared.txt'), 'local version');
+    await writeFile(join(mnt, 'Box', 'new.txt'), 'made here');
+    await mkdir(join(mnt, 'Box', 'sub'));
+    await writeFile(join(mnt, 'Box', 'sub', 'deep.txt'), 'deep');
+    emu.changeItem(shared, { contentSeed: 77, size: 1000 });
+    emu.changeItem(box, { trashed: true });
+    await pogfsAsyncOk(['drive', 'refresh', mnt]);
+    const names = await readdir(mnt);
+    const conflict = names.find((n) => /^shared \(conflict .+ \d{4}-\d\d-\d\d \d{6}\)\.txt$/.test(n));
+    assert.ok(conflict, names.join(', '));
+    assert.equal((await readFile(join(mnt, 'shared.txt'))).length, 1000, "Drive's version under the name");
+    assert.equal(await readFile(join(mnt, conflict), 'utf8'), 'local version');
+    assert.ok(!names.includes('Box'));
+    assert.equal(await readFile(join(mnt, 'pogfs-recovered', 'new.txt'), 'utf8'), 'made here');
+    assert.equal(await readFile(join(mnt, 'pogfs-recovered', 'sub', 'deep.txt'), 'utf8'), 'deep');
+    assert.match(logTail(state), /conflict: "shared.txt"|pogfs-recovered/);
+    await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+    assert.equal(emu.storedFile(shared)?.size, 1000, "Drive's version stays");
+    assert.equal(onDrive(emu, root, conflict).md5Checksum, md5(Buffer.from('local version')));
+    const recovered = onDrive(emu, root, 'pogfs-recovered');
+    assert.equal(onDrive(emu, recovered.id, 'new.txt').md5Checksum, md5(Buffer.from('made here')));
+    assert.equal(onDrive(emu, onDrive(emu, recovered.id, 'sub').id, 'deep.txt').md5Checksum, md5(Buffer.from('deep')));
+    await pogfsAsyncOk(['umount', mnt], 60_000);
+  });
+
   it('a full Drive stops uploads and keeps the data staged; a full staging area is ENOSPC', { timeout: 60_000 }, async () => {
     await mountRw(mnt, state, flags, ['--staging-size', '4M']);
     emu.setStorageQuota(1);

@@ -112,7 +112,7 @@ export class DriveView {
     const area = new StagingArea(join(this.options.stateDir, STATE_FILES.staging), settings.stagingLimitBytes);
     const writeBack = new WriteBack(this, this.mirror, journal, area, this.options.log);
     const uploader = new Uploader(this.client, this.mirror, journal, writeBack, this.cache, { ...settings, chunkSize: this.reader.chunkSize }, this.options.log);
-    this.sync.skip = (id) => journal.hasPendingFor(id) || writeBack.stagedOf(id) !== undefined;
+    this.sync.local = writeBack;
     uploader.kick();
     return { writeBack, uploader };
   }

@@ -152,6 +152,17 @@ export class JournalDb {
     this.st.removeItem.run(item);
   }
 
+  /** Forgets an item's pending uploads (its local version became another item). */
+  dropUploads(item: string): void {
+    this.db.prepare("DELETE FROM pending_ops WHERE item = ? AND kind = 'upload'").run(item);
+  }
+
+  /** A create of an item made here goes into another folder (its own was deleted on Drive). */
+  moveCreates(item: string, folder: string): void {
+    this.db.prepare("UPDATE pending_ops SET parent = ? WHERE item = ? AND kind IN ('mkdir', 'upload') AND parent IS NOT NULL").run(folder, item);
+    this.db.prepare("DELETE FROM pending_ops WHERE item = ? AND kind = 'move'").run(item);
+  }
+
   markAttempted(seq: number): void {
     this.st.attempted.run(seq);
   }

@@ -26,6 +26,17 @@ export interface SyncTarget {
   sharedDriveId: string | undefined;
 }
 
+/**
+ * What a writable view decides about a change of an item it has local changes of. `keep`
+ * answers true to leave the mirror as it is (it shows the item as it will be on Drive once
+ * the journal is replayed: the feed would show an older state); false to apply Drive's
+ * version, after setting the local one aside if both changed (a conflict). `drive` is
+ * undefined when the item was trashed or deleted on Drive.
+ */
+export interface LocalChanges {
+  keep(id: string, drive: MirrorItem | undefined, inval: Invalidation): boolean;
+}
+
 export interface PollResult {
   at: string;
   ok: boolean;
@@ -43,11 +54,8 @@ export interface ScanProgress {
 export class MirrorSync {
   /** The changes replayed at the end of the last scan. */
   lastReplay: PollResult | undefined;
-  /**
-   * Items the feed leaves alone: a writable view's items with changes still to send (the
-   * mirror already shows them as they will be; the feed would show Drive's older state).
-   */
-  skip: (id: string) => boolean = () => false;
+  /** A writable view: its say over changes of items with local changes still to send. */
+  local: LocalChanges | undefined;
 
   constructor(
     private readonly client: DriveClient,
@@ -179,12 +187,13 @@ export class MirrorSync {
     if (!id) return 0;
     // On a My Drive mount, shared-drive items are somebody else's tree.
     if (!this.target.sharedDriveId && (c.driveId || c.file?.driveId)) return 0;
-    if (this.skip(id)) return 0;
-    if (c.removed || !c.file || c.file.trashed) {
+    const file = c.removed || !c.file || c.file.trashed ? undefined : c.file;
+    if (this.local?.keep(id, file && toItem(file), inval)) return 0;
+    if (!file) {
       this.mirror.removeItem(id, dirty);
       return 1;
     }
-    const item = toItem(c.file);
+    const item = toItem(file);
     if (!item) return 0;
     const scan = Number(this.mirror.getState('scan') ?? '0');
     this.mirror.upsertItem(item, scan, dirty, inval);

@@ -194,7 +194,9 @@ export class Uploader {
       let blocked =
         this.running.has(op.seq) ||
         items.has(op.item) ||
-        folders.has(op.item) ||
+        // Waits for earlier operations moving things in or out of it; a create has nothing to wait for
+        // (what a rescue re-parents into a folder it makes is journaled before the folder).
+        (!creates && folders.has(op.item)) ||
         refs.some((r) => items.has(r) || r.startsWith(LOCAL_ID_PREFIX)) ||
         (op.item.startsWith(LOCAL_ID_PREFIX) && !creates);
       const failed = this.failures.get(op.seq);
@@ -304,6 +306,10 @@ export class Uploader {
           if (isNew) this.created(op.item, f);
           if (this.writeBack.uploaded(id, taken.generation)) {
             this.mirror.setItemContent(id, { size: taken.data.length, md5, headRev: f.headRevisionId ?? undefined, modifiedMs: taken.modifiedMs });
+          } else {
+            // Changed again meanwhile: still staged, but Drive's revision is ours (the feed must not take it for another's).
+            const row = this.mirror.item(id);
+            if (row) this.mirror.setItemContent(id, { size: row.size, md5: undefined, headRev: f.headRevisionId ?? undefined, modifiedMs: row.modifiedMs });
           }
           this.journal.done(op.seq);
         });

@@ -9,12 +9,15 @@
  * (through the chunk reader and its cache), unless it is truncated on open.
  */
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { constants as fsConstants } from 'node:fs';
 import { E, fail } from '../posix/errors';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, type AttrChanges } from '../posix/file-system';
 import type { DriveView } from './drive-view';
 import type { JournalDb, LocalAttrs } from './journal-db';
-import { FOLDER_MIME, LOCAL_ID_PREFIX, type EntryRow, type Invalidation, type MirrorDb } from './mirror-db';
+import { FOLDER_MIME, LOCAL_ID_PREFIX, type EntryRow, type Invalidation, type MirrorDb, type MirrorItem } from './mirror-db';
+import type { LocalChanges } from './mirror-sync';
+import { conflictName } from './names';
 import type { StagingArea } from './staging';
 
 /** A staged file's live state (the content is in the staging area, its record in the journal). */
@@ -53,7 +56,10 @@ const FIRST_FH = 2 ** 30;
 const FETCH_PIECE = 4 * 1024 * 1024;
 const OCTET = 'application/octet-stream';
 
-export class WriteBack {
+/** Where local work goes whose folder was deleted on Drive meanwhile (at the view's root). */
+export const RECOVERED_FOLDER = 'pogfs-recovered';
+
+export class WriteBack implements LocalChanges {
   private readonly staged = new Map<string, Staged>();
   private readonly staging = new Map<string, Promise<Staged>>();
   private readonly handles = new Map<number, Handle>();
@@ -315,6 +321,107 @@ export class WriteBack {
       });
       this.onChange();
     }
+  }
+
+  // ---- the changes feed meets local changes ------------------------------------------------
+
+  /**
+   * A change from the feed of an item with local changes (see LocalChanges). Content changed
+   * on both sides: the local version is set aside as `NAME (conflict HOST DATE).EXT` and
+   * Drive's is shown under the name. Trashed on Drive while changed here: the local version
+   * is made anew. A folder deleted on Drive: what was made here inside it moves to
+   * `pogfs-recovered`. Otherwise the local state (a rename, a time) wins.
+   */
+  keep(id: string, drive: MirrorItem | undefined, inval: Invalidation): boolean {
+    if (!drive) this.rescueFrom(id, inval);
+    const s = this.staged.get(id);
+    if (!s && !this.journal.hasPendingFor(id)) return false;
+    // An upload of it is under way: the change may be that upload coming back.
+    if (this.inFlight(id)) return true;
+    const row = this.mirror.item(id);
+    if (!row) return false;
+    if (!s || !this.journal.pendingFor(id).some((o) => o.kind === 'upload')) return true;
+    if (!drive) {
+      this.log.warn(`"${row.name}" (${id}) was deleted on Drive while changed here: the local version is uploaded anew`);
+      this.mirror.removeLocalItem(id, inval);
+      this.fork(id, s, row, row.parent ?? '', row.name, inval);
+      return false;
+    }
+    // Drive gives every new content a new head revision: the same one means only metadata changed there.
+    if (drive.headRev === row.headRev) return true;
+    const name = conflictName(row.name, hostname(), new Date());
+    this.log.warn(`conflict: "${row.name}" (${id}) changed on Drive while a local change was pending; both are kept: Drive's under its name, the local one as "${name}"`);
+    this.fork(id, s, row, row.parent ?? '', name, inval);
+    return false;
+  }
+
+  /** Sets a staged file's local version aside as a new item (a create of `name` in `folder`); the item itself follows Drive. */
+  private fork(id: string, s: Staged, row: MirrorItem, folder: string, name: string, inval: Invalidation): void {
+    const local = `${LOCAL_ID_PREFIX}${randomUUID()}`;
+    const now = Date.now();
+    this.mirror.putLocalItem({ ...row, id: local, parent: folder, name, size: s.size, md5: undefined, headRev: undefined, createdMs: now, modifiedMs: s.modifiedMs }, inval);
+    this.journal.dropUploads(id);
+    this.journal.add({ kind: 'upload', item: local, parent: folder, oldParent: undefined, name, modifiedMs: s.modifiedMs, opKey: randomUUID() });
+    this.journal.unstage(id);
+    this.journal.stage(local, s.file);
+    const attrs = this.journal.attrs(id);
+    if (attrs) this.journal.setAttrs(local, attrs);
+    this.staged.delete(id);
+    s.item = local;
+    s.queued = true;
+    this.staged.set(local, s);
+    this.onChange();
+  }
+
+  /**
+   * A folder was deleted on Drive: items made here inside it, at any depth (and files
+   * changed here), go to pogfs-recovered, under copies of the Drive folders between.
+   */
+  private rescueFrom(folderId: string, inval: Invalidation): void {
+    if (this.staged.size === 0 && this.journal.count() === 0) return;
+    const folder = this.mirror.item(folderId);
+    if (!folder || folder.mime !== FOLDER_MIME) return;
+    const saved = this.rescueInto(folderId, () => this.recoveredFolder(inval), inval);
+    if (saved > 0) this.log.warn(`the folder "${folder.name}" (${folderId}) was deleted on Drive with local changes inside: ${saved} items go to /${RECOVERED_FOLDER}`);
+  }
+
+  /** Moves local work under `folderId` into the folder `into` makes (only when there is some). */
+  private rescueInto(folderId: string, into: () => string, inval: Invalidation, depth = 0): number {
+    let dest: string | undefined;
+    const destination = () => (dest ??= into());
+    let saved = 0;
+    for (const c of this.mirror.childIds(folderId)) {
+      const row = this.mirror.item(c);
+      if (!row) continue;
+      if (c.startsWith(LOCAL_ID_PREFIX)) {
+        // Made here (a folder: with everything in it).
+        this.mirror.putLocalItem({ ...row, parent: destination() }, inval);
+        this.journal.moveCreates(c, destination());
+        saved++;
+      } else if (this.staged.has(c)) {
+        this.fork(c, this.staged.get(c)!, row, destination(), row.name, inval);
+        saved++;
+      } else if (row.mime === FOLDER_MIME && depth < 1000) {
+        saved += this.rescueInto(c, () => this.newFolder(destination(), row.name, inval), inval, depth + 1);
+      }
+    }
+    return saved;
+  }
+
+  private recoveredFolder(inval: Invalidation): string {
+    const e = this.mirror.lookup(ROOT_INO, Buffer.from(RECOVERED_FOLDER));
+    if (e?.kind === 'dir') return this.folderOf(e.ino);
+    return this.newFolder(this.folderOf(ROOT_INO), RECOVERED_FOLDER, inval);
+  }
+
+  /** A folder made here by the view itself (journaled like a mkdir). */
+  private newFolder(parent: string, name: string, inval: Invalidation): string {
+    const id = `${LOCAL_ID_PREFIX}${randomUUID()}`;
+    const now = Date.now();
+    this.mirror.putLocalItem({ id, parent, name, mime: FOLDER_MIME, size: 0, md5: undefined, headRev: undefined, createdMs: now, modifiedMs: now, target: undefined }, inval);
+    this.journal.add({ kind: 'mkdir', item: id, parent, oldParent: undefined, name, modifiedMs: now, opKey: randomUUID() });
+    this.onChange();
+    return id;
   }
 
   // ---- inside ---------------------------------------------------------------------------------
