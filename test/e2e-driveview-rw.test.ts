@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { liveDaemon } from '../src/cli/daemon-record';
 import { DriveEmulator, FOLDER_MIME, type EmulatedFile } from './support/drive-emulator';
-import { driveFlags, logTail, pogfsAsync, pogfsAsyncOk, releaseView, shAsync, viewStatus, writeToken } from './support/drive-view';
+import { callsBetween, driveFlags, logTail, pogfsAsync, pogfsAsyncOk, releaseView, shAsync, viewStatus, writeToken } from './support/drive-view';
 import { isMounted } from './support/mount';
 import { tempDir } from './support/tmp';
 
@@ -158,6 +158,19 @@ describe('drive view --rw', () => {
     // New content keeps the file's id.
     assert.equal(onDrive(emu, root, 'old.bin').id, oldId);
     assert.equal(emu.storedFile(oldId)?.md5Checksum, md5(Buffer.from('replaced')));
+  
+    // Figures for the issue's benchmark: Drive calls per small file created, close to "on Drive".
+    const before = emu.calls();
+    await mkdir(join(mnt, 'calls'));
+    for (let i = 0; i < 20; i++) await writeFile(join(mnt, 'calls', `c${i}.txt`), `file ${i}`);
+    await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+    const calls = callsBetween(before, emu.calls());
+    const perFile = (Object.values(calls).reduce((x, y) => x + y, 0) - 1) / 20; // the folder's create left out
+    assert.ok(perFile <= 1.5, JSON.stringify(calls));
+    const closed = Date.now();
+    await writeFile(join(mnt, 'probe.txt'), 'probe');
+    for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(10)) if (emu.storedFiles().some((x) => x.name === 'probe.txt')) break;
+    process.stderr.write(`# Drive calls per small file created: ${perFile} (${JSON.stringify(calls)}); close to on Drive: ${Date.now() - closed} ms with --upload-delay 0.3\n`);
   });
 
   it('keeps modes locally; refuses hard links, symlinks and special files', { timeout: 30_000 }, async () => {
