@@ -138,6 +138,9 @@ describe('drive view --rw', () => {
     const f = await open(join(mnt, 'tree', 'd4', 'f5.bin'), 'r+');
     await f.truncate(100);
     await f.close();
+    // truncate(2) of a file not open, and O_TRUNC with nothing written: both reach Drive.
+    await shAsync(`truncate -s 10 '${join(mnt, 'tree', 'd4', 'f6.bin')}'`);
+    await (await open(join(mnt, 'tree', 'd4', 'f7.bin'), 'w')).close();
     await writeFile(join(mnt, 'old.bin'), 'replaced');
     const oldId = onDrive(emu, root, 'old.bin').id;
     // The mount shows all of it at once.
@@ -155,6 +158,9 @@ describe('drive view --rw', () => {
     const truncated = onDrive(emu, onDrive(emu, tree.id, 'd4').id, 'f5.bin');
     assert.equal(truncated.size, 100);
     assert.equal(truncated.md5Checksum, md5(local.get('tree/d4/f5.bin')!.subarray(0, 100)));
+    const d4 = onDrive(emu, tree.id, 'd4');
+    assert.equal(onDrive(emu, d4.id, 'f6.bin').md5Checksum, md5(local.get('tree/d4/f6.bin')!.subarray(0, 10)));
+    assert.equal(onDrive(emu, d4.id, 'f7.bin').size, 0);
     // New content keeps the file's id.
     assert.equal(onDrive(emu, root, 'old.bin').id, oldId);
     assert.equal(emu.storedFile(oldId)?.md5Checksum, md5(Buffer.from('replaced')));

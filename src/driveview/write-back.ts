@@ -151,9 +151,12 @@ export class WriteBack implements LocalChanges {
     if (e.kind !== 'file' || !e.item) fail(E.EISDIR);
     let s = this.staged.get(e.item);
     if (!s && !writable) return undefined;
-    if (!s) s = await this.stage(e, flags & fsConstants.O_TRUNC ? 0 : e.size);
-    if (writable && flags & fsConstants.O_TRUNC && s.size > 0) this.truncateStaged(s, 0);
-    return this.handleFor(s, writable);
+    const truncate = writable && (flags & fsConstants.O_TRUNC) !== 0;
+    if (!s) s = await this.stage(e, truncate ? 0 : e.size);
+    const fh = this.handleFor(s, writable);
+    // Truncated on open: new content for Drive even if nothing is written.
+    if (truncate) this.truncateStaged(s, 0);
+    return fh;
   }
 
   isStagedHandle(fh: number): boolean {
@@ -303,7 +306,8 @@ export class WriteBack implements LocalChanges {
       if (e.kind !== 'file') fail(E.EISDIR);
       let s = this.staged.get(item);
       if (!s) s = await this.stage(e, Math.min(e.size, changes.size));
-      if (s.size !== changes.size) this.withFd(s, () => this.truncateStaged(s, changes.size!));
+      const staged = s;
+      this.withFd(staged, () => this.truncateStaged(staged, changes.size!));
     }
     if (changes.mode !== undefined || changes.uid !== undefined || changes.gid !== undefined) {
       // Drive has no modes or owners: they are kept here, never sent.
