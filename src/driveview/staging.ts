@@ -72,16 +72,6 @@ export class StagingArea {
     return got === length ? buf : buf.subarray(0, got);
   }
 
-  /** The whole content of a staged file. */
-  readAll(file: string): Buffer {
-    const fd = this.open(file);
-    try {
-      return this.read(fd, this.size(fd), 0);
-    } finally {
-      closeSync(fd);
-    }
-  }
-
   /** Writes at `offset`; ENOSPC when the area would grow past its bound. */
   write(file: string, fd: number, data: Buffer, offset: number): void {
     const before = this.sizes.get(file) ?? 0;

@@ -13,13 +13,13 @@
  * unless the file changed meanwhile.
  */
 import type { drive_v3 } from '@googleapis/drive';
-import { md5Hex, type DriveClient } from '../remote/drive-client';
+import type { DriveClient, UploadSource } from '../remote/drive-client';
 import { RemoteError } from '../remote/remote';
 import { contentKey, type DiskChunkCache } from './chunk-cache';
 import type { JournalDb, PendingOp } from './journal-db';
 import { FOLDER_MIME, LOCAL_ID_PREFIX, type MirrorDb } from './mirror-db';
 import { ITEM_FIELDS } from './mirror-sync';
-import type { WriteBack } from './write-back';
+import type { UploadSnapshot, WriteBack } from './write-back';
 
 /** The appProperties key a create carries: the journal entry's id. */
 export const OP_PROPERTY = 'pogfsOp';
@@ -286,38 +286,17 @@ export class Uploader {
         return;
       }
       case 'upload': {
-        const taken = this.writeBack.takeForUpload(op.item);
+        const taken = await this.writeBack.takeForUpload(op.item);
         if (!taken) {
           // Deleted before its upload: nothing to send (a trash follows if Drive had it).
           this.journal.done(op.seq);
           return;
         }
-        const md5 = md5Hex(taken.data);
-        const modifiedTime = iso(taken.modifiedMs);
-        const isNew = op.item.startsWith(LOCAL_ID_PREFIX);
-        const f = isNew
-          ? await this.createOnce(op, { name: op.name, mimeType: 'application/octet-stream', parents: [op.parent!], modifiedTime }, taken.data)
-          : await this.client.updateItem(op.item, { modifiedTime }, taken.data, ITEM_FIELDS);
-        if (f.md5Checksum !== md5) throw new Error(`Drive holds md5 ${f.md5Checksum ?? 'none'} after the upload, the bytes sent have ${md5}`);
-        // The bytes become cached chunks before the staged copy may go (reads never miss both).
-        await this.cacheContent(md5, taken.data);
-        const id = f.id!;
-        this.mirror.transaction(() => {
-          if (isNew) this.created(op.item, f);
-          if (this.writeBack.uploaded(id, taken.generation)) {
-            this.mirror.setItemContent(id, { size: taken.data.length, md5, headRev: f.headRevisionId ?? undefined, modifiedMs: taken.modifiedMs });
-          } else {
-            // Changed again meanwhile: still staged, but Drive's revision is ours (the feed must not take it for another's).
-            const row = this.mirror.item(id);
-            if (row) this.mirror.setItemContent(id, { size: row.size, md5: undefined, headRev: f.headRevisionId ?? undefined, modifiedMs: row.modifiedMs });
-          }
-          this.journal.done(op.seq);
-        });
-        if (isNew) renamed(id);
-        this.uploadedFiles++;
-        this.uploadedBytes += taken.data.length;
-        this.recent.push({ at: Date.now(), bytes: taken.data.length });
-        this.log.info(`uploaded ${this.describe({ ...op, item: id })}: ${taken.data.length} bytes, md5 ${md5}`);
+        try {
+          await this.upload(op, taken, renamed);
+        } finally {
+          taken.close();
+        }
         return;
       }
       case 'move': {
@@ -338,20 +317,49 @@ export class Uploader {
     }
   }
 
+  private async upload(op: PendingOp, taken: UploadSnapshot, renamed: (newId: string) => void): Promise<void> {
+    const { md5, source } = taken;
+    const modifiedTime = iso(taken.modifiedMs);
+    const isNew = op.item.startsWith(LOCAL_ID_PREFIX);
+    const f = isNew
+      ? await this.createOnce(op, { name: op.name, mimeType: 'application/octet-stream', parents: [op.parent!], modifiedTime }, { source, md5 })
+      : await this.client.updateItem(op.item, { modifiedTime }, source, ITEM_FIELDS);
+    if (f.md5Checksum !== md5) throw new Error(`Drive holds md5 ${f.md5Checksum ?? 'none'} after the upload, the bytes sent have ${md5} (changed while uploading?)`);
+    // The bytes become cached chunks before the staged copy may go (reads never miss both).
+    await this.cacheContent(md5, source);
+    const id = f.id!;
+    this.mirror.transaction(() => {
+      if (isNew) this.created(op.item, f);
+      if (this.writeBack.uploaded(id, taken.generation)) {
+        this.mirror.setItemContent(id, { size: source.size, md5, headRev: f.headRevisionId ?? undefined, modifiedMs: taken.modifiedMs });
+      } else {
+        // Changed again meanwhile: still staged, but Drive's revision is ours (the feed must not take it for another's).
+        const row = this.mirror.item(id);
+        if (row) this.mirror.setItemContent(id, { size: row.size, md5: undefined, headRev: f.headRevisionId ?? undefined, modifiedMs: row.modifiedMs });
+      }
+      this.journal.done(op.seq);
+    });
+    if (isNew) renamed(id);
+    this.uploadedFiles++;
+    this.uploadedBytes += source.size;
+    this.recent.push({ at: Date.now(), bytes: source.size });
+    this.log.info(`uploaded ${this.describe({ ...op, item: id })}: ${source.size} bytes, md5 ${md5}`);
+  }
+
   /** A create, unless an earlier attempt (before a crash, or one whose answer was lost) already made it. */
-  private async createOnce(op: PendingOp, metadata: drive_v3.Schema$File, data: Buffer | undefined): Promise<drive_v3.Schema$File> {
+  private async createOnce(op: PendingOp, metadata: drive_v3.Schema$File, data: { source: UploadSource; md5: string } | undefined): Promise<drive_v3.Schema$File> {
     const find = () => this.findCreated(op);
     if (op.attempted) {
       const found = await find();
       if (found) {
         this.log.info(`found ${this.describe(op)} already created on Drive (before a restart): not created again`);
         // Its content may be older than what is staged now: an upload must compare md5, which the caller does.
-        if (data === undefined || found.md5Checksum === md5Hex(data)) return found;
-        return this.client.updateItem(found.id!, { modifiedTime: metadata.modifiedTime }, data, ITEM_FIELDS);
+        if (data === undefined || found.md5Checksum === data.md5) return found;
+        return this.client.updateItem(found.id!, { modifiedTime: metadata.modifiedTime }, data.source, ITEM_FIELDS);
       }
     }
     this.journal.markAttempted(op.seq);
-    return this.client.createItem({ ...metadata, appProperties: { [OP_PROPERTY]: op.opKey } }, data, ITEM_FIELDS, async () => {
+    return this.client.createItem({ ...metadata, appProperties: { [OP_PROPERTY]: op.opKey } }, data?.source, ITEM_FIELDS, async () => {
       const found = await find();
       // Found after a lost answer: an upload's content is checked by md5 like any other.
       return found;
@@ -393,9 +401,9 @@ export class Uploader {
     if (createdMs) this.mirror.setItemCreated(id, createdMs);
   }
 
-  private async cacheContent(md5: string, data: Buffer): Promise<void> {
+  private async cacheContent(md5: string, source: UploadSource): Promise<void> {
     const cs = this.settings.chunkSize;
-    for (let i = 0; i * cs < data.length; i++) await this.cache.put(contentKey(md5, data.length, cs, i), Buffer.from(data.subarray(i * cs, Math.min(data.length, (i + 1) * cs))));
+    for (let i = 0; i * cs < source.size; i++) await this.cache.put(contentKey(md5, source.size, cs, i), Buffer.from(source.read(i * cs, Math.min(cs, source.size - i * cs))));
   }
 }
 

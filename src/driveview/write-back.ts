@@ -8,11 +8,12 @@
  * the same bytes. An existing Drive file opened for writing is first copied into staging
  * (through the chunk reader and its cache), unless it is truncated on open.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { constants as fsConstants } from 'node:fs';
 import { E, fail } from '../posix/errors';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, type AttrChanges } from '../posix/file-system';
+import type { UploadSource } from '../remote/drive-client';
 import type { DriveView } from './drive-view';
 import type { JournalDb, LocalAttrs } from './journal-db';
 import { FOLDER_MIME, LOCAL_ID_PREFIX, type EntryRow, type Invalidation, type MirrorDb, type MirrorItem } from './mirror-db';
@@ -41,6 +42,15 @@ export interface Staged {
   orphan: boolean;
 }
 
+/** A staged file's content as an upload takes it. */
+export interface UploadSnapshot {
+  source: UploadSource;
+  md5: string;
+  generation: number;
+  modifiedMs: number;
+  close(): void;
+}
+
 interface Handle {
   staged: Staged;
   writable: boolean;
@@ -54,6 +64,7 @@ export interface WriteBackLog {
 /** File handles of staged files are numbered from here (the reader's start at 1). */
 const FIRST_FH = 2 ** 30;
 const FETCH_PIECE = 4 * 1024 * 1024;
+const MD5_PIECE = 4 * 1024 * 1024;
 const OCTET = 'application/octet-stream';
 
 /** Where local work goes whose folder was deleted on Drive meanwhile (at the view's root). */
@@ -109,12 +120,31 @@ export class WriteBack implements LocalChanges {
     return this.journal.attrs(item);
   }
 
-  /** The uploader takes a file's content: later writes journal a new upload. */
-  takeForUpload(item: string): { data: Buffer; generation: number; modifiedMs: number } | undefined {
+  /**
+   * The uploader takes a file's content (read in pieces from a descriptor of its own, which
+   * `close` ends; its md5 first): later writes journal a new upload. A write during the
+   * upload makes Drive's md5 differ from this one, and the upload is done again.
+   */
+  async takeForUpload(item: string): Promise<UploadSnapshot | undefined> {
     const s = this.staged.get(item);
     if (!s) return undefined;
     s.queued = false;
-    return { data: this.area.readAll(s.file), generation: s.generation, modifiedMs: s.modifiedMs };
+    const generation = s.generation;
+    const modifiedMs = s.modifiedMs;
+    const fd = this.area.open(s.file);
+    try {
+      const size = this.area.size(fd);
+      const hash = createHash('md5');
+      for (let at = 0; at < size; at += MD5_PIECE) {
+        hash.update(this.area.read(fd, Math.min(MD5_PIECE, size - at), at));
+        // A large file is hashed without holding up the mount.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      return { source: { size, read: (offset, length) => this.area.read(fd, length, offset) }, md5: hash.digest('hex'), generation, modifiedMs, close: () => this.area.close(fd) };
+    } catch (err) {
+      this.area.close(fd);
+      throw err;
+    }
   }
 
   /** An upload failed: its journal entry stays, so a later write needs no new one. */

@@ -42,6 +42,16 @@ export interface DriveClientSettings {
   multipartMaxBytes: number;
 }
 
+/** Content to upload read in pieces, so a large file is never whole in memory (a Buffer is one too, through bufferSource). */
+export interface UploadSource {
+  size: number;
+  read(offset: number, length: number): Buffer;
+}
+
+export function bufferSource(data: Buffer): UploadSource {
+  return { size: data.length, read: (offset, length) => data.subarray(offset, offset + length) };
+}
+
 export interface DriveFile {
   id: string;
   name: string;
@@ -251,7 +261,7 @@ export class DriveClient {
       this.add('bytes.up', data.length);
       return file;
     }
-    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, metadata, data, findExisting);
+    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, metadata, bufferSource(data), findExisting);
   }
 
   /** Replaces a file's content (a new revision, same id). */
@@ -261,7 +271,7 @@ export class DriveClient {
       this.add('bytes.up', data.length);
       return file;
     }
-    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { mimeType }, data, undefined);
+    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { mimeType }, bufferSource(data), undefined);
   }
 
   // ---- the writable Drive view: raw items with the caller's fields mask ----------------
@@ -271,31 +281,33 @@ export class DriveClient {
    * `multipartMaxBytes`, resumable above). `findExisting` guards every retry that might
    * otherwise create a second one.
    */
-  async createItem(metadata: drive_v3.Schema$File, data: Buffer | undefined, fields: string, findExisting?: () => Promise<drive_v3.Schema$File | undefined>): Promise<drive_v3.Schema$File> {
+  async createItem(metadata: drive_v3.Schema$File, data: UploadSource | undefined, fields: string, findExisting?: () => Promise<drive_v3.Schema$File | undefined>): Promise<drive_v3.Schema$File> {
     const checked = (f: drive_v3.Schema$File) => {
       if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
       return f;
     };
     const mimeType = metadata.mimeType ?? 'application/octet-stream';
-    if (data === undefined || data.length <= this.settings.multipartMaxBytes) {
-      const media = data === undefined ? {} : { media: { mimeType, body: Readable.from([data]) } };
+    if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
+      const whole = data?.read(0, data.size);
+      const media = whole === undefined ? {} : { media: { mimeType, body: Readable.from([whole]) } };
       const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media, fields, supportsAllDrives: true }, o)).data), findExisting);
-      if (data) this.add('bytes.up', data.length);
+      if (whole) this.add('bytes.up', whole.length);
       return file;
     }
     return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, { ...metadata, mimeType }, data, findExisting, { fields, parse: checked });
   }
 
   /** Changes an item's metadata (name, modifiedTime, trashed; a move with add/removeParents) and, with `data`, its content (same id). */
-  async updateItem(fileId: string, metadata: drive_v3.Schema$File, data: Buffer | undefined, fields: string, move?: { addParents: string; removeParents: string }): Promise<drive_v3.Schema$File> {
+  async updateItem(fileId: string, metadata: drive_v3.Schema$File, data: UploadSource | undefined, fields: string, move?: { addParents: string; removeParents: string }): Promise<drive_v3.Schema$File> {
     const checked = (f: drive_v3.Schema$File) => {
       if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
       return f;
     };
-    if (data === undefined || data.length <= this.settings.multipartMaxBytes) {
-      const media = data === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([data]) } };
+    if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
+      const whole = data?.read(0, data.size);
+      const media = whole === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([whole]) } };
       const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media, fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
-      if (data) this.add('bytes.up', data.length);
+      if (whole) this.add('bytes.up', whole.length);
       return file;
     }
     return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { ...metadata }, data, undefined, { fields, parse: checked, query: move });
@@ -433,7 +445,7 @@ export class DriveClient {
     method: 'POST' | 'PATCH',
     url: string,
     metadata: Record<string, unknown>,
-    data: Buffer,
+    data: UploadSource,
     findExisting: (() => Promise<T | undefined>) | undefined,
     shape: { fields: string; parse: (f: drive_v3.Schema$File) => T; query?: Record<string, string> } = { fields: FILE_FIELDS, parse: toDriveFile as unknown as (f: drive_v3.Schema$File) => T },
   ): Promise<T> {
@@ -447,7 +459,7 @@ export class DriveClient {
           url,
           method,
           params: { uploadType: 'resumable', fields: shape.fields, supportsAllDrives: true, ...shape.query },
-          headers: { 'Content-Type': 'application/json; charset=UTF-8', 'X-Upload-Content-Type': mimeType, 'X-Upload-Content-Length': String(data.length) },
+          headers: { 'Content-Type': 'application/json; charset=UTF-8', 'X-Upload-Content-Type': mimeType, 'X-Upload-Content-Length': String(data.size) },
           data: JSON.stringify(metadata),
           responseType: 'text',
         });
@@ -471,8 +483,8 @@ export class DriveClient {
   }
 
   /** Sends `data` through a session, resuming from what the server holds after any failure. */
-  private async sendSession(sessionUri: string, data: Buffer, mimeType: string): Promise<drive_v3.Schema$File> {
-    const size = data.length;
+  private async sendSession(sessionUri: string, data: UploadSource, mimeType: string): Promise<drive_v3.Schema$File> {
+    const size = data.size;
     let offset = 0;
     let probe = false;
     let stalls = 0;
@@ -493,7 +505,7 @@ export class DriveClient {
             url: sessionUri,
             method: 'PUT',
             headers: probe || size === 0 ? { 'Content-Range': `bytes */${size}` } : { 'Content-Range': `bytes ${offset}-${end - 1}/${size}`, 'Content-Type': mimeType },
-            data: probe || size === 0 ? undefined : data.subarray(offset, end),
+            data: probe || size === 0 ? undefined : data.read(offset, end - offset),
             validateStatus: (s: number) => (s >= 200 && s < 300) || s === 308,
             responseType: 'json',
             maxRedirects: 0,
