@@ -231,6 +231,7 @@ describe('drive view --rw', () => {
     const s = await viewStatus(mnt);
     assert.equal(s.uploads?.pendingFiles, 1);
     assert.equal(s.uploads?.pendingBytes, 5);
+    assert.match(await pogfsAsyncOk(['status', mnt]), /pending uploads\s+1 files, 5 B; 1 operations/);
     const r = await pogfsAsync(['umount', '--no-wait', mnt]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /1 pending Drive operations stay staged/);
@@ -245,12 +246,26 @@ describe('drive view --rw', () => {
 
   it('a conflict keeps both versions; local work in a folder deleted on Drive goes to pogfs-recovered', { timeout: 60_000 }, async () => {
     const [box] = emu.seedItems([{ name: 'Box', mimeType: FOLDER_MIME }]);
-    const [shared] = emu.seedItems([{ name: 'shared.txt', size: 10, contentSeed: 5 }]);
+    const [shared, moving] = emu.seedItems([
+      { name: 'shared.txt', size: 10, contentSeed: 5 },
+      { name: 'moving.txt', size: 10, contentSeed: 6 },
+    ]);
     await mountRw(mnt, state, flags, ['--upload-delay', '60']);
     await writeFile(join(mnt, 'shared.txt'), 'local version');
     await writeFile(join(mnt, 'Box', 'new.txt'), 'made here');
     await mkdir(join(mnt, 'Box', 'sub'));
     await writeFile(join(mnt, 'Box', 'sub', 'deep.txt'), 'deep');
+    await writeFile(join(mnt, 'moving.txt'), 'moving here');
+    emu.changeItem(moving, { name: 'moved on Drive.txt' });
+    // A changes token Drive no longer takes: the rescan keeps what is pending here.
+    emu.forgetChanges();
+    const beforeRescan = emu.calls();
+    await pogfsAsyncOk(['drive', 'refresh', mnt]);
+    assert.ok((callsBetween(beforeRescan, emu.calls())['files.list'] ?? 0) >= 1, 'the Drive was scanned again');
+    assert.equal(await readFile(join(mnt, 'shared.txt'), 'utf8'), 'local version');
+    assert.equal(await readFile(join(mnt, 'Box', 'new.txt'), 'utf8'), 'made here');
+    // Renamed on Drive, changed here: Drive's name, the local content.
+    assert.equal(await readFile(join(mnt, 'moved on Drive.txt'), 'utf8'), 'moving here');
     emu.changeItem(shared, { contentSeed: 77, size: 1000 });
     emu.changeItem(box, { trashed: true });
     await pogfsAsyncOk(['drive', 'refresh', mnt]);
@@ -265,6 +280,8 @@ describe('drive view --rw', () => {
     assert.match(logTail(state), /conflict: "shared.txt"|pogfs-recovered/);
     await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
     assert.equal(emu.storedFile(shared)?.size, 1000, "Drive's version stays");
+    assert.equal(emu.storedFile(moving)?.name, 'moved on Drive.txt');
+    assert.equal(emu.storedFile(moving)?.md5Checksum, md5(Buffer.from('moving here')));
     assert.equal(onDrive(emu, root, conflict).md5Checksum, md5(Buffer.from('local version')));
     const recovered = onDrive(emu, root, 'pogfs-recovered');
     assert.equal(onDrive(emu, recovered.id, 'new.txt').md5Checksum, md5(Buffer.from('made here')));

@@ -543,6 +543,11 @@ export class MirrorDb {
     this.db.prepare('UPDATE dirents SET item = ? WHERE item = ?').run(newId, oldId);
   }
 
+  /** A scan saw an item whose row stays as it is (it has local changes still to send). */
+  markScanned(id: string, scan: number): void {
+    this.db.prepare('UPDATE items SET scan = max(scan, ?) WHERE id = ?').run(scan, id);
+  }
+
   /** Content and times of an item as changed here or confirmed by Drive (md5 undefined: not yet known). */
   setItemContent(id: string, c: { size: number; md5: string | undefined; headRev: string | undefined; modifiedMs: number }): void {
     this.db.prepare('UPDATE items SET size = ?, md5 = ?, head_rev = ?, modified_ms = ? WHERE id = ?').run(c.size, c.md5 ?? null, c.headRev ?? null, c.modifiedMs, id);

@@ -75,16 +75,17 @@ export class MirrorSync {
     const rootId = await this.resolveRoot();
     const token = await this.client.startPageToken(this.target.sharedDriveId);
     const scan = Number(this.mirror.getState('scan') ?? '0') + 1;
+    const local: Invalidation = { entries: [], inodes: [] };
     for (let restart = 0; ; restart++) {
       try {
-        await this.listAll(scan, progress);
+        await this.listAll(scan, progress, local);
         break;
       } catch (e) {
         // A page token Drive no longer accepts: the listing starts over (upserts make that safe).
         if (restart >= MAX_LIST_RESTARTS || !isBadPageToken(e)) throw e;
       }
     }
-    const inval: Invalidation = { entries: [], inodes: [] };
+    const inval = local;
     this.mirror.transaction(() => {
       // A rescan of a known Drive looks at every directory again; the first scan starts from the root.
       const dirty = new Set<number>([1, ...this.mirror.directoryInos()]);
@@ -112,7 +113,8 @@ export class MirrorSync {
     return (await this.client.getFile('root')).id;
   }
 
-  private async listAll(scan: number, progress: ScanProgress | undefined): Promise<number> {
+  /** `local`: what a writable view's say over items with local changes makes the kernel forget. */
+  private async listAll(scan: number, progress: ScanProgress | undefined, local: Invalidation): Promise<number> {
     let pageToken: string | undefined;
     let count = 0;
     for (let page = 0; page < MAX_PAGES; page++) {
@@ -123,7 +125,9 @@ export class MirrorSync {
         const unused: Invalidation = { entries: [], inodes: [] };
         for (const f of files) {
           const item = toItem(f);
-          if (item) this.mirror.upsertItem(item, scan, dirty, unused);
+          // An item with local changes still to send keeps its row (the scan only notes it was seen).
+          if (item && this.local?.keep(item.id, item, local)) this.mirror.markScanned(item.id, scan);
+          else if (item) this.mirror.upsertItem(item, scan, dirty, unused);
         }
       });
       count += files.length;

@@ -364,17 +364,25 @@ export class WriteBack implements LocalChanges {
    * on both sides: the local version is set aside as `NAME (conflict HOST DATE).EXT` and
    * Drive's is shown under the name. Trashed on Drive while changed here: the local version
    * is made anew. A folder deleted on Drive: what was made here inside it moves to
-   * `pogfs-recovered`. Otherwise the local state (a rename, a time) wins.
+   * `pogfs-recovered`. Otherwise the local content stays, with Drive's name and folder
+   * unless a local rename or move is pending too (then the local one wins).
    */
   keep(id: string, drive: MirrorItem | undefined, inval: Invalidation): boolean {
     if (!drive) this.rescueFrom(id, inval);
     const s = this.staged.get(id);
     if (!s && !this.journal.hasPendingFor(id)) return false;
-    // An upload of it is under way: the change may be that upload coming back.
-    if (this.inFlight(id)) return true;
     const row = this.mirror.item(id);
     if (!row) return false;
-    if (!s || !this.journal.pendingFor(id).some((o) => o.kind === 'upload')) return true;
+    const ops = this.journal.pendingFor(id);
+    const place = () => {
+      if (drive && !ops.some((o) => o.kind === 'move') && (drive.name !== row.name || drive.parent !== row.parent)) {
+        this.mirror.putLocalItem({ ...row, name: drive.name, parent: drive.parent }, inval);
+      }
+      return true;
+    };
+    // An upload of it is under way: the change may be that upload coming back.
+    if (this.inFlight(id)) return place();
+    if (!s || !ops.some((o) => o.kind === 'upload')) return place();
     if (!drive) {
       this.log.warn(`"${row.name}" (${id}) was deleted on Drive while changed here: the local version is uploaded anew`);
       this.mirror.removeLocalItem(id, inval);
@@ -382,7 +390,7 @@ export class WriteBack implements LocalChanges {
       return false;
     }
     // Drive gives every new content a new head revision: the same one means only metadata changed there.
-    if (drive.headRev === row.headRev) return true;
+    if (drive.headRev === row.headRev) return place();
     const name = conflictName(row.name, hostname(), new Date());
     this.log.warn(`conflict: "${row.name}" (${id}) changed on Drive while a local change was pending; both are kept: Drive's under its name, the local one as "${name}"`);
     this.fork(id, s, row, row.parent ?? '', name, inval);
