@@ -289,6 +289,26 @@ describe('drive view --rw', () => {
     await pogfsAsyncOk(['umount', mnt], 60_000);
   });
 
+  it('a token saved for reading only stops uploads and says to run pogfs auth --scope full', { timeout: 60_000 }, async () => {
+    const readOnly = driveFlags(emu, writeToken(emu, join(dir, 'ro-token.json')));
+    const roState = join(dir, 'ro-token-state');
+    await mountRw(mnt, roState, readOnly);
+    try {
+      await writeFile(join(mnt, 'nope.txt'), 'not allowed');
+      const r = await pogfsAsync(['drive', 'sync', mnt], 30_000);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /pogfs auth --scope full/);
+      assert.equal(emu.storedFiles().filter((f) => f.name === 'nope.txt').length, 0);
+    } finally {
+      await releaseView(mnt, roState);
+    }
+    // Mounted read-only, the state says what is still pending.
+    const r = await pogfsAsync(['drive', 'mount', mnt, '--state-dir', roState, '--poll-interval', '0', ...readOnly]);
+    assert.equal(r.code, 0, r.stderr);
+    await releaseView(mnt, roState);
+    assert.match(logTail(roState), /1 changes made through a --rw mount are not on Drive yet/);
+  });
+
   it('a full Drive stops uploads and keeps the data staged; a full staging area is ENOSPC', { timeout: 60_000 }, async () => {
     await mountRw(mnt, state, flags, ['--staging-size', '4M']);
     emu.setStorageQuota(1);

@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join, resolve } from 'node:path';
 import { DriveView, STATE_FILES } from '../driveview/drive-view';
 import type { Invalidation } from '../driveview/mirror-db';
+import { countPendingOps } from '../driveview/journal-db';
 import type { UploadStatus } from '../driveview/uploader';
 import { DriveViewFs } from '../driveview/drive-view-fs';
 import { FsAdapter } from '../fuse/fs-adapter';
@@ -149,6 +150,8 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
 
     // Names, attributes and pages are cached for an hour: each poll invalidates exactly
     // what changed, and pages stay cached across opens for the same reason.
+    const leftPending = o.writes ? 0 : countPendingOps(view.mirror.db);
+    if (leftPending > 0) log.warn(`${leftPending} changes made through a --rw mount are not on Drive yet: mount with --rw to upload them`);
     const writing = o.writes && view.enableWrites({ settleMs: o.writes.settleSec * 1000, concurrency: UPLOAD_CONCURRENCY, stagingLimitBytes: o.writes.stagingBytes });
     let leavePending = false;
     const ops = new FsAdapter(new DriveViewFs(view, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, writeBack: writing ? writing.writeBack : undefined, log }), {

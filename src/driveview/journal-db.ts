@@ -85,6 +85,12 @@ function toOp(r: OpRow): PendingOp {
   };
 }
 
+/** Operations a writable mount left pending, read without creating the journal (0 when there is none). */
+export function countPendingOps(db: Database.Database): number {
+  const table = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pending_ops'").get();
+  return table ? (db.prepare('SELECT count(*) AS n FROM pending_ops').get() as { n: number }).n : 0;
+}
+
 export class JournalDb {
   private readonly st: {
     add: Database.Statement<unknown[]>;

@@ -254,6 +254,13 @@ export class Uploader {
   private failed(op: PendingOp, err: unknown): void {
     const msg = (err as Error)?.message ?? String(err);
     if (op.kind === 'upload') this.writeBack.requeue(op.item);
+    if (/insufficientPermissions|insufficientFilePermissions|insufficient authentication scopes/i.test(msg)) {
+      // Retrying cannot help: the token was saved for reading only.
+      const why = `${msg}: the saved token cannot change your files; run \`pogfs auth --scope full\` and mount again (what is written stays staged)`;
+      if (!this.stopped) this.log.error(`uploads stopped: ${why}`);
+      this.stopped = why;
+      return;
+    }
     if ((err instanceof RemoteError && err.code === 'quota') || /storageQuotaExceeded|uploadLimitExceeded/.test(msg)) {
       if (!this.stopped) this.log.error(`uploads stopped: ${msg}; what is written stays staged and is uploaded by the next mount (or after pogfs drive sync, once there is room)`);
       this.stopped = msg;
