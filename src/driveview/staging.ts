@@ -6,7 +6,7 @@
  * The area is bounded: growing past the bound answers ENOSPC, never a silent loss.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { E, fail } from '../posix/errors';
 
@@ -47,6 +47,11 @@ export class StagingArea {
     } catch {
       return undefined;
     }
+  }
+
+  /** Removes files no record names (left by a crash before their record was committed). */
+  sweep(known: Set<string>): void {
+    for (const file of readdirSync(this.dir)) if (!known.has(file)) this.remove(file);
   }
 
   open(file: string): number {

@@ -96,10 +96,18 @@ export class WriteBack implements LocalChanges {
         journal.unstage(row.item);
         continue;
       }
-      const s: Staged = { item: row.item, file: row.file, fd: undefined, users: 0, writers: 0, size, modifiedMs: item?.modifiedMs ?? Date.now(), generation: 1, changedAt: 0, queued: journal.pendingFor(row.item).some((o) => o.kind === 'upload'), orphan: !item };
+      if (!item) {
+        // Its item is gone from the view (and its journal entries with it): nothing to upload.
+        journal.unstage(row.item);
+        area.remove(row.file);
+        continue;
+      }
+      const s: Staged = { item: row.item, file: row.file, fd: undefined, users: 0, writers: 0, size, modifiedMs: item.modifiedMs, generation: 1, changedAt: 0, queued: journal.pendingFor(row.item).some((o) => o.kind === 'upload'), orphan: false };
       this.staged.set(row.item, s);
-      if (item && item.size !== size) mirror.setItemContent(row.item, { size, md5: undefined, headRev: item.headRev, modifiedMs: item.modifiedMs });
+      if (item.size !== size) mirror.setItemContent(row.item, { size, md5: undefined, headRev: item.headRev, modifiedMs: item.modifiedMs });
     }
+    // A crash between making a staged file and committing its record leaves an empty file behind.
+    area.sweep(new Set([...this.staged.values()].map((s) => s.file)));
   }
 
   // ---- what the uploader and the attributes ask -------------------------------------------
