@@ -24,6 +24,7 @@ export interface DriveViewFsOptions {
 
 export class DriveViewFs implements FileSystem {
   private readonly wb: WriteBack | undefined;
+  private readonly refusedXattrs = new Set<string>();
 
   constructor(
     private readonly view: DriveView,
@@ -192,7 +193,14 @@ export class DriveViewFs implements FileSystem {
     return this.writable().write(fh, data, offset);
   }
   setxattr(_ino: number, name: Buffer): void {
-    this.refuse(E.EOPNOTSUPP, `the extended attribute ${name.toString('utf8')}`);
+    if (!this.wb) fail(E.EROFS);
+    // cp -a sets ACLs on every file: each attribute name is said once, not once per file.
+    const text = name.toString('utf8');
+    if (this.refusedXattrs.size < 100 && !this.refusedXattrs.has(text)) {
+      this.refusedXattrs.add(text);
+      this.options.log?.warn(`refused the extended attribute ${text} (said once per name): a Drive view cannot hold it`);
+    }
+    fail(E.EOPNOTSUPP);
   }
   removexattr(): void {
     fail(this.wb ? E.ENODATA : E.EROFS);
