@@ -167,12 +167,19 @@ describe('drive view --rw', () => {
   
     // Figures for the issue's benchmark: Drive calls per small file created, close to "on Drive".
     const before = emu.calls();
-    await mkdir(join(mnt, 'calls'));
-    for (let i = 0; i < 20; i++) await writeFile(join(mnt, 'calls', `c${i}.txt`), `file ${i}`);
+    await mkdir(join(mnt, 'tree', 'calls'));
+    for (let i = 0; i < 20; i++) await writeFile(join(mnt, 'tree', 'calls', `c${i}.txt`), `file ${i}`);
     await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
     const calls = callsBetween(before, emu.calls());
     const perFile = (Object.values(calls).reduce((x, y) => x + y, 0) - 1) / 20; // the folder's create left out
     assert.ok(perFile <= 1.5, JSON.stringify(calls));
+    // A download client's `.part` renamed when complete: created on Drive under the final name only.
+    const beforePart = emu.calls();
+    await writeFile(join(mnt, 'tree', 'calls', 'movie.mkv.part'), 'movie');
+    await rename(join(mnt, 'tree', 'calls', 'movie.mkv.part'), join(mnt, 'tree', 'calls', 'movie.mkv'));
+    await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+    assert.deepEqual(callsBetween(beforePart, emu.calls()), { 'files.create': 1 });
+    assert.equal(onDrive(emu, onDrive(emu, tree.id, 'calls').id, 'movie.mkv').md5Checksum, md5(Buffer.from('movie')));
     const closed = Date.now();
     await writeFile(join(mnt, 'probe.txt'), 'probe');
     for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(10)) if (emu.storedFiles().some((x) => x.name === 'probe.txt')) break;

@@ -163,6 +163,16 @@ export class JournalDb {
     this.db.prepare("DELETE FROM pending_ops WHERE item = ? AND kind = 'upload'").run(item);
   }
 
+  /**
+   * An item made here and renamed or moved before its create ran: the create takes the new
+   * name and folder (no rename on Drive, no `.part` name ever seen there). False when
+   * there is no such create pending.
+   */
+  retargetCreate(item: string, folder: string, name: string): boolean {
+    // Never one already sent: it may exist on Drive under the old name, where it is looked for.
+    return this.db.prepare("UPDATE pending_ops SET parent = ?, name = ? WHERE item = ? AND kind IN ('mkdir', 'upload') AND parent IS NOT NULL AND attempted = 0").run(folder, name, item).changes > 0;
+  }
+
   /** A create of an item made here goes into another folder (its own was deleted on Drive). */
   moveCreates(item: string, folder: string): void {
     this.db.prepare("UPDATE pending_ops SET parent = ? WHERE item = ? AND kind IN ('mkdir', 'upload') AND parent IS NOT NULL").run(folder, item);

@@ -331,6 +331,8 @@ export class WriteBack implements LocalChanges {
       const moved = ids.map((id) => ({ id, from: this.mirror.item(id)?.parent }));
       this.mirror.moveLocalEntry(e.ino, newParent, newName, moved.map((m) => ({ id: m.id, parent: newFolder })), noInval());
       for (const m of moved) {
+        // Not yet created on Drive (and not being created): it is created under the new name.
+        if (m.id.startsWith(LOCAL_ID_PREFIX) && !this.inFlight(m.id) && this.journal.retargetCreate(m.id, newFolder, driveName)) continue;
         this.journal.add({ kind: 'move', item: m.id, parent: newFolder, oldParent: m.from, name: driveName, modifiedMs: undefined, opKey: randomUUID() });
       }
     });
