@@ -231,6 +231,21 @@ describe('drive view --rw', () => {
     assert.equal(md5(await readFile(join(mnt, 'crash', 'big.bin'))), md5(big));
   });
 
+  it('uploads at a good share of the emulated link', { timeout: 60_000 }, async () => {
+    const link = 20 * 1000 * 1000;
+    emu.setFaults({ bandwidthBytesPerSec: link, latencyMs: 0, errorRate: 0, resetRate: 0 });
+    const data = randomBytes(24 * MiB);
+    await writeFile(join(mnt, 'rate.bin'), data);
+    const t0 = Date.now();
+    await pogfsAsyncOk(['drive', 'sync', mnt], 50_000);
+    const seconds = (Date.now() - t0) / 1000;
+    emu.setFaults({ bandwidthBytesPerSec: 0 });
+    assert.equal(onDrive(emu, root, 'rate.bin').md5Checksum, md5(data));
+    const ratio = data.length / seconds / link;
+    process.stderr.write(`# upload of 24 MiB over a ${link / 1e6} MB/s link: ${(data.length / seconds / 1e6).toFixed(1)} MB/s, ${ratio.toFixed(2)} of the link\n`);
+    assert.ok(ratio > 0.5, `${ratio.toFixed(2)} of the link`);
+  });
+
   it('umount waits for pending uploads; --no-wait leaves them staged for the next mount', { timeout: 60_000 }, async () => {
     await pogfsAsyncOk(['umount', mnt]);
     await mountRw(mnt, state, flags, ['--upload-delay', '30']);
