@@ -35,9 +35,9 @@ const MAY_IMPORT: Record<Layer, readonly Layer[]> = {
 /** Of cli, only the commands use fsck (the daemon and the rest of the CLI do not). */
 const FSCK_USERS = /^src\/cli\/[^/]+-command\.ts$/;
 
-/** Packages only their owners import: SQL only in meta (and the Drive view's mirror), LMDB only in the store, the Drive API only in remote (and the Drive view). */
+/** Packages only their owners import: SQL only in meta (and the Drive view's mirror and journal), LMDB only in the store, the Drive API only in remote (and the Drive view). */
 const PACKAGE_OWNERS: Record<string, readonly string[]> = {
-  'better-sqlite3': ['src/meta/', 'src/driveview/mirror-db.ts'],
+  'better-sqlite3': ['src/meta/', 'src/driveview/mirror-db.ts', 'src/driveview/journal-db.ts'],
   lmdb: ['src/store/'],
   '@googleapis/drive': ['src/remote/', 'src/driveview/'],
 };

@@ -13,8 +13,8 @@ export const CONTROL_SOCKET = 'control.sock';
 const MAX_REQUEST = 64 * 1024;
 
 export interface ControlRequest {
-  /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues); refresh: a Drive view polls the changes feed now. */
-  op: 'gc' | 'status' | 'pin' | 'unpin' | 'refresh';
+  /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues); refresh: a Drive view polls the changes feed now; sync: a writable Drive view answers once everything pending is on Drive; leave-pending: its unmount leaves pending uploads for the next mount. */
+  op: 'gc' | 'status' | 'pin' | 'unpin' | 'refresh' | 'sync' | 'leave-pending';
   dryRun?: boolean;
   /** pin, unpin: a path inside the mount, relative to its root. */
   path?: string;

@@ -13,6 +13,7 @@ import { DRIVE_FULL_SCOPE, defaultCredentialsPath } from '../remote/credentials'
 import { openDriveClient } from '../remote/open-remote';
 import { callControl } from './control-socket';
 import type { DriveViewStatus } from './drive-daemon';
+import type { UploadStatus } from '../driveview/uploader';
 import { UsageError } from './errors';
 import { daemonReporter, launchDaemon } from './daemon-launch';
 import { logArgv, logSettings, type LogLevel } from './log-options';
@@ -43,11 +44,16 @@ export interface DriveMountFlags {
   /** Show the first scan's progress even when stderr is not a terminal (JSON lines with --json). */
   progress?: boolean;
   json?: boolean;
+  rw?: boolean;
+  uploadDelay?: number;
+  stagingSize?: number;
 }
 
 const DEFAULT_CACHE_BYTES = 10 * 1024 ** 3;
 const DEFAULT_POLL_SECONDS = 60;
 const DEFAULT_CATCH_UP_SECONDS = 10;
+const DEFAULT_UPLOAD_DELAY_SECONDS = 5;
+const DEFAULT_STAGING_BYTES = 50 * 1024 ** 3;
 
 /** `$XDG_DATA_HOME/pogfs/drive/<account>-<root>`: the account is a hash of the credentials' identity, so no call is needed to find it. */
 export function defaultStateDir(flags: DriveMountFlags): string {
@@ -96,6 +102,7 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
       allowNonEmpty: !!flags.allowNonEmpty,
       chunkSize: flags.chunkSize,
       maxReadaheadBytes: flags.readahead,
+      writes: flags.rw ? { settleSec: flags.uploadDelay ?? DEFAULT_UPLOAD_DELAY_SECONDS, stagingBytes: flags.stagingSize ?? DEFAULT_STAGING_BYTES } : undefined,
       notice: report.notice,
       progress: (items) => {
         const now = Date.now();
@@ -126,6 +133,9 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   if (flags.chunkSize) argv.push('--chunk-size', String(flags.chunkSize));
   if (flags.readahead) argv.push('--readahead', String(flags.readahead));
   if (flags.catchUpWait !== undefined) argv.push('--catch-up-wait', String(flags.catchUpWait));
+  if (flags.rw) argv.push('--rw');
+  if (flags.uploadDelay !== undefined) argv.push('--upload-delay', String(flags.uploadDelay));
+  if (flags.stagingSize !== undefined) argv.push('--staging-size', String(flags.stagingSize));
   const scan = scanProgress(flags);
   await launchDaemon(argv, {
     what: 'Drive view daemon',
@@ -186,6 +196,20 @@ export async function driveRefresh(mountpoint: string): Promise<void> {
   console.error(`pogfs: ${r.changes} changes applied (${r.calls} Drive calls)`);
 }
 
+/** `pogfs drive sync MOUNTPOINT`: returns once everything written through a --rw view is on Drive. */
+export async function driveSync(mountpoint: string): Promise<void> {
+  const v = mountedView(mountpoint);
+  let r: { ok: boolean; error?: string; uploads: UploadStatus };
+  try {
+    r = await callControl(v.stateDir, { op: 'sync' }, Infinity);
+  } catch (err) {
+    throw new UsageError(`${v.mountpoint}: ${(err as Error).message}`, 1);
+  }
+  if (r === undefined || r === null) throw new UsageError(`${v.mountpoint} is a read-only Drive view: nothing to sync`, 1);
+  if (!r.ok) throw new UsageError(`${v.mountpoint}: not everything is on Drive: ${r.error ?? 'unknown error'}; ${r.uploads.pendingOps} operations stay staged (${formatBytes(r.uploads.pendingBytes)})`, 1);
+  console.error(`pogfs: everything written to ${v.mountpoint} is on Drive`);
+}
+
 export async function driveStatusOf(target: string): Promise<DriveViewStatus> {
   const v = mountedView(target);
   try {
@@ -204,7 +228,7 @@ export async function driveStatus(target: string, json: boolean, withPrograms: b
   }
   const calls = Object.entries(s.calls).filter(([k]) => !k.startsWith('bytes.'));
   const rows: [string, string][] = [
-    ['Drive view', `${s.mountpoint} (read-only) of ${s.sharedDrive ? `shared drive ${s.sharedDrive}` : s.root === 'root' ? 'My Drive' : `folder ${s.root}`}`],
+    ['Drive view', `${s.mountpoint} (${s.uploads ? 'read-write' : 'read-only'}) of ${s.sharedDrive ? `shared drive ${s.sharedDrive}` : s.root === 'root' ? 'My Drive' : `folder ${s.root}`}`],
     ['items', `${s.items} (${s.folders} folders, ${s.files} files, ${formatBytes(s.bytes)})`],
     ['Drive calls since mount', calls.map(([k, n]) => `${k} ${n}`).join(', ') || 'none'],
     ['downloaded', `${formatBytes(s.downloads.bytes)} in ${s.downloads.downloads} ranged reads${s.downloads.refused ? `; ${s.downloads.refused} files refused by Drive` : ''}${s.downloads.md5Mismatches ? `; ${s.downloads.md5Mismatches} md5 mismatches` : ''}`],
@@ -213,6 +237,12 @@ export async function driveStatus(target: string, json: boolean, withPrograms: b
     ['last poll', s.lastPoll ? `${s.lastPoll.at}: ${s.lastPoll.ok ? `${s.lastPoll.changes} changes` : `FAILED: ${s.lastPoll.error ?? ''}`}` : 'none since mount'],
     ['open files', String(s.openFiles)],
   ];
+  const u = s.uploads;
+  if (u) {
+    const rate = u.rateBytesPerSec > 0 ? `, ${formatBytes(u.rateBytesPerSec)}/s${u.etaSeconds !== undefined ? `, ETA ${u.etaSeconds} s` : ''}` : '';
+    rows.push(['pending uploads', `${u.pendingFiles} files, ${formatBytes(u.pendingBytes)}; ${u.pendingOps} operations${rate}${u.stopped ? `; STOPPED: ${u.stopped}` : ''}${u.failing ? `; FAILING: ${u.failing}` : ''}`]);
+    rows.push(['staging', `${formatBytes(u.stagedBytes)} of ${formatBytes(u.stagingLimitBytes)}; uploaded since mount: ${u.uploadedFiles} files, ${formatBytes(u.uploadedBytes)}`]);
+  }
   if (withPrograms) {
     for (const [program, bytes] of Object.entries(s.downloads.byProgram).sort((a, b) => b[1] - a[1])) rows.push([`  downloaded by ${program}`, formatBytes(bytes)]);
     for (const [path, bytes] of Object.entries(s.downloads.byFile).sort((a, b) => b[1] - a[1]).slice(0, 5)) rows.push([`  downloaded of ${path}`, formatBytes(bytes)]);

@@ -9,10 +9,12 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join, resolve } from 'node:path';
 import { DriveView, STATE_FILES } from '../driveview/drive-view';
 import type { Invalidation } from '../driveview/mirror-db';
+import { countPendingOps } from '../driveview/journal-db';
+import type { UploadStatus } from '../driveview/uploader';
 import { DriveViewFs } from '../driveview/drive-view-fs';
 import { FsAdapter } from '../fuse/fs-adapter';
 import { FuseSession } from '../fuse/session';
-import { DRIVE_READONLY_SCOPE } from '../remote/credentials';
+import { DRIVE_FULL_SCOPE, DRIVE_READONLY_SCOPE } from '../remote/credentials';
 import { openDriveClient } from '../remote/open-remote';
 import { serveControl } from './control-socket';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
@@ -44,6 +46,8 @@ export interface DriveMountOptions {
   metrics?: { host: string; port: number };
   /** How long a later mount waits for its catch-up poll before serving the stored tree anyway. */
   catchUpWaitSec: number;
+  /** `--rw`: writes are staged and uploaded; undefined: read-only. */
+  writes?: { settleSec: number; stagingBytes: number };
   /** Reader tuning (tests, bench): chunk size and read-ahead. */
   chunkSize?: number;
   maxReadaheadBytes?: number;
@@ -64,11 +68,16 @@ export interface DriveViewStatus extends ReturnType<DriveView['status']> {
   pollIntervalSec: number;
   /** Drive calls since the mount, by method (and bytes.down). */
   calls: Record<string, number>;
+  /** With --rw: what is not yet on Drive. */
+  uploads?: UploadStatus;
 }
 
 function describeRoot(rootId: string, sharedDriveId: string | undefined): string {
   return sharedDriveId ? `shared drive ${sharedDriveId}` : rootId === 'root' ? 'My Drive' : `folder ${rootId}`;
 }
+
+/** Drive operations of a writable view at once. */
+const UPLOAD_CONCURRENCY = 4;
 
 export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
   const mountpoint = resolve(o.mountpoint);
@@ -114,7 +123,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     try {
       client = await openDriveClient(
         { credentialsPath: o.credentials, driveRootUrl: o.driveApiUrl, tokenUrl: o.driveTokenUrl },
-        [DRIVE_READONLY_SCOPE],
+        [o.writes ? DRIVE_FULL_SCOPE : DRIVE_READONLY_SCOPE],
       );
     } catch (err) {
       const msg = (err as Error).message;
@@ -172,10 +181,15 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     }
     // Names, attributes and pages are cached for an hour: each poll invalidates exactly
     // what changed, and pages stay cached across opens for the same reason.
-    const ops = new FsAdapter(new DriveViewFs(view, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }), {
+    const leftPending = o.writes ? 0 : countPendingOps(view.mirror.db);
+    if (leftPending > 0) log.warn(`${leftPending} changes made through a --rw mount are not on Drive yet: mount with --rw to upload them`);
+    const writing = o.writes && view.enableWrites({ settleMs: o.writes.settleSec * 1000, concurrency: UPLOAD_CONCURRENCY, stagingLimitBytes: o.writes.stagingBytes });
+    let leavePending = false;
+    const ops = new FsAdapter(new DriveViewFs(view, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, writeBack: writing ? writing.writeBack : undefined, log }), {
       entryTimeout: 3600,
       attrTimeout: 3600,
-      keepCache: true,
+      // Writable: pages of a file written here must not outlive a change of it.
+      keepCache: !writing,
       keepDirCache: false,
     });
     const isRoot = process.getuid?.() === 0;
@@ -188,7 +202,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
         allowOther: isRoot,
         defaultPermissions: true,
         writebackCache: false,
-        readOnly: true,
+        readOnly: !writing,
         negativeTimeout: 3600,
         attrTimeout: 3600,
       },
@@ -239,10 +253,16 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
             pollIntervalSec: o.pollIntervalSec,
             calls: client.counters(),
             ...v.status(),
+            ...(writing ? { uploads: writing.uploader.status() } : {}),
           };
           return s;
         }
         if (req.op === 'refresh') return refresh();
+        if (req.op === 'sync' && writing) return { ...(await writing.uploader.whenDone()), uploads: writing.uploader.status() };
+        if (req.op === 'leave-pending' && writing) {
+          leavePending = true;
+          return writing.uploader.status();
+        }
         throw new Error(`a Drive view does not do ${JSON.stringify(req.op)}`);
       },
       (err) => log.error('control request failed', err),
@@ -254,6 +274,15 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     await active.ended;
     notifyStopping(log);
     log.info('session ended');
+    if (writing) {
+      const left = writing.uploader.status();
+      if (left.pendingOps > 0 && !leavePending) {
+        log.info(`unmounted: uploading what is pending (${left.pendingOps} operations, ${left.pendingBytes} bytes) before exiting`);
+        const r = await writing.uploader.whenDone();
+        if (!r.ok) log.error(`pending changes stay staged for the next mount: ${r.error}`);
+      } else if (left.pendingOps > 0) log.info(`unmounted with --no-wait: ${left.pendingOps} pending operations stay staged for the next mount`);
+      await writing.uploader.close();
+    }
     clearTimeout(timer);
     control.close();
     await client.close();

@@ -233,9 +233,10 @@ function program(): Command {
     .alias('unmount')
     .description('flush everything, unmount, and wait for the daemon to exit')
     .argument('<mountpoint>')
-    .action(async (mountpoint: string) => {
+    .option('--no-wait', 'a writable Drive view: do not wait for pending uploads (they stay staged for the next mount)')
+    .action(async (mountpoint: string, opts: { wait: boolean }) => {
       const { umount } = await commands.umount();
-      await umount(mountpoint);
+      await umount(mountpoint, { wait: opts.wait });
     });
 
   p.command('stats')
@@ -397,6 +398,9 @@ function addDriveCommands(p: Command): void {
     .option('--readahead <size>', 'most bytes read ahead of a sequential reader (default 64M)', parseSize)
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--catch-up-wait <seconds>', 'a later mount serves the stored tree after this long if Drive has not answered its catch-up poll (default 10)', seconds)
+    .option('--rw', 'writable: changes are staged in the state directory and uploaded in the background (needs pogfs auth --scope full)')
+    .option('--upload-delay <seconds>', 'with --rw: upload a file once closed and left alone this long (default 5)', seconds)
+    .option('--staging-size <size>', 'with --rw: bound of the staging area; writes beyond it fail with ENOSPC (default 50G)', parseSize)
     .option('--progress', 'show the first scan\'s progress on stderr even when it is not a terminal')
     .option('--json', 'errors as JSON on stdout; with --progress, progress as one JSON object per line on stderr')
     .addOption(new Option('--ipc-ready').hideHelp());
@@ -412,6 +416,14 @@ function addDriveCommands(p: Command): void {
     .action(async (mountpoint: string) => {
       const { driveRefresh } = await commands.drive();
       await driveRefresh(mountpoint);
+    });
+  drive
+    .command('sync')
+    .description('with --rw: return once everything written through the mount is on Drive (exit 1 with the reason if something cannot be uploaded)')
+    .argument('<mountpoint>')
+    .action(async (mountpoint: string) => {
+      const { driveSync } = await commands.drive();
+      await driveSync(mountpoint);
     });
   withDriveOptions(drive.command('dupes'))
     .description('duplicate files (same md5 and size) and same-named sibling folders, from the mirror (no Drive call); --apply merges folders and trashes extras')

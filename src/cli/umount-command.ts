@@ -1,10 +1,13 @@
+import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { STATE_FILES } from '../driveview/drive-view';
+import { callControl } from './control-socket';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { findMount, fuseUnmount, isPogfsMount, isStaleMount } from './mounts';
 
-export async function umount(mountpoint: string): Promise<void> {
+export async function umount(mountpoint: string, options: { wait: boolean } = { wait: true }): Promise<void> {
   const target = resolve(mountpoint);
   const m = findMount(target);
   if (!m) throw new UsageError(`${target} is not mounted`);
@@ -15,6 +18,11 @@ export async function umount(mountpoint: string): Promise<void> {
     if (err) throw new UsageError(`cannot unmount ${target}: ${err}`, 1);
     console.error(`pogfs: ${target} had no running daemon; the stale mount was removed`);
     return;
+  }
+  if (!options.wait && existsSync(join(m.source, STATE_FILES.view))) {
+    // A writable Drive view would upload what is pending before exiting: told to leave it staged.
+    const left = await callControl<{ pendingOps: number } | undefined>(m.source, { op: 'leave-pending' }).catch(() => undefined);
+    if (left && left.pendingOps > 0) console.error(`pogfs: ${left.pendingOps} pending Drive operations stay staged in ${m.source}; the next mount uploads them`);
   }
   const err = fuseUnmount(target);
   if (err) throw new UsageError(`cannot unmount ${target}: ${err}`, 1);

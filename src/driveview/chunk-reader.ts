@@ -137,6 +137,11 @@ export class ChunkReader {
     this.cancelReadahead(h);
   }
 
+  /** Bytes per chunk: the unit of cache keys. */
+  get chunkSize(): number {
+    return this.settings.chunkSize;
+  }
+
   async read(h: ReadHandle, offset: number, size: number): Promise<Buffer> {
     const t = h.target;
     if (offset >= t.size || size === 0) return Buffer.alloc(0);

@@ -1,36 +1,52 @@
 /**
  * The Drive view as a FileSystem (plain calls; `src/fuse/fs-adapter.ts` serves them to
- * the kernel). Read-only: every call that would change something answers EROFS.
- * Metadata comes from the mirror (SQLite); inodes are its rows.
+ * the kernel). Metadata comes from the mirror (SQLite); inodes are its rows. Read-only
+ * unless given a WriteBack (`--rw`): then changes go through it (write-back.ts), and what
+ * Drive cannot hold (hard links, special files, symlinks, xattrs) is refused with a log line.
+ * Read-only, every call that would change something answers EROFS.
  */
 import { constants as fsConstants } from 'node:fs';
 import { E, fail } from '../posix/errors';
-import { S_IFDIR, S_IFLNK, S_IFREG, type Attr, type Caller, type DirEntry, type Entry, type FileSystem, type Opened, type StatFs } from '../posix/file-system';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, type Attr, type AttrChanges, type Caller, type DirEntry, type Entry, type FileSystem, type Opened, type StatFs } from '../posix/file-system';
 import type { DriveView } from './drive-view';
 import type { EntryRow } from './mirror-db';
+import type { WriteBack } from './write-back';
 
 export interface DriveViewFsOptions {
   /** Owner shown for every item (Drive has no owners in POSIX terms). */
   uid: number;
   gid: number;
+  /** Set for a writable view (`--rw`). */
+  writeBack?: WriteBack;
+  /** Where refusals of what Drive cannot hold are said. */
+  log?: { warn(msg: string): void };
 }
 
 export class DriveViewFs implements FileSystem {
+  private readonly wb: WriteBack | undefined;
+  private readonly refusedXattrs = new Set<string>();
+
   constructor(
     private readonly view: DriveView,
     private readonly options: DriveViewFsOptions,
-  ) {}
+  ) {
+    this.wb = options.writeBack;
+  }
   private attr(e: EntryRow): Attr {
-    const mode = e.kind === 'dir' ? S_IFDIR | 0o555 : e.kind === 'link' ? S_IFLNK | 0o777 : S_IFREG | 0o444;
-    const size = e.kind === 'file' ? e.size : e.kind === 'link' ? this.view.readlink(e.ino).length : 4096;
-    const mtime = e.modifiedMs;
-    const ctime = Math.max(e.modifiedMs, e.createdMs);
+    const rw = this.wb !== undefined;
+    const local = rw && e.item ? this.wb!.localAttrs(e.item) : undefined;
+    const perm = local?.mode ?? (e.kind === 'dir' ? (rw ? 0o755 : 0o555) : e.kind === 'link' ? 0o777 : rw ? 0o644 : 0o444);
+    const mode = (e.kind === 'dir' ? S_IFDIR : e.kind === 'link' ? S_IFLNK : S_IFREG) | (e.kind === 'link' ? 0o777 : perm);
+    const staged = rw && e.item && e.kind === 'file' ? this.wb!.sizeOf(e.item) : undefined;
+    const size = e.kind === 'file' ? (staged ?? e.size) : e.kind === 'link' ? this.view.readlink(e.ino).length : 4096;
+    const mtime = (rw && e.item ? this.wb!.modifiedOf(e.item) : undefined) ?? e.modifiedMs;
+    const ctime = Math.max(mtime, e.createdMs);
     return {
       ino: e.ino,
       mode,
       nlink: e.kind === 'dir' ? 2 : 1,
-      uid: this.options.uid,
-      gid: this.options.gid,
+      uid: local?.uid ?? this.options.uid,
+      gid: local?.gid ?? this.options.gid,
       rdev: 0,
       size,
       blocks: Math.ceil(size / 512),
@@ -61,20 +77,28 @@ export class DriveViewFs implements FileSystem {
     return this.view.readlink(ino);
   }
 
-  open(ino: number, flags: number, caller: Caller): Opened {
-    if ((flags & 3) !== fsConstants.O_RDONLY || flags & fsConstants.O_TRUNC) fail(E.EROFS);
-    return { fh: this.view.open(ino, caller.pid) };
+  async open(ino: number, flags: number, caller: Caller): Promise<Opened> {
+    if (!this.wb) {
+      if ((flags & 3) !== fsConstants.O_RDONLY || flags & fsConstants.O_TRUNC) fail(E.EROFS);
+      return { fh: this.view.open(ino, caller.pid) };
+    }
+    const staged = await this.wb.open(this.view.entry(ino), flags);
+    return { fh: staged ?? this.view.open(ino, caller.pid) };
   }
 
-  read(_ino: number, fh: number, size: number, offset: number, caller: Caller): Promise<Buffer> {
+  read(_ino: number, fh: number, size: number, offset: number, caller: Caller): Promise<Buffer> | Buffer {
+    if (this.wb?.isStagedHandle(fh)) return this.wb.read(fh, size, offset);
     return this.view.read(fh, offset, size, caller.pid);
   }
 
   release(_ino: number, fh: number): void {
-    this.view.release(fh);
+    if (this.wb?.isStagedHandle(fh)) this.wb.release(fh);
+    else this.view.release(fh);
   }
 
-  flush(): void {}
+  flush(_ino: number, fh: number): void {
+    if (this.wb?.isStagedHandle(fh)) this.wb.flush(fh);
+  }
 
   opendir(ino: number): Opened {
     if (this.view.entry(ino).kind !== 'dir') fail(E.ENOTDIR);
@@ -95,11 +119,15 @@ export class DriveViewFs implements FileSystem {
 
   fsyncdir(): void {}
 
-  fsync(): void {}
+  fsync(_ino: number, fh: number | undefined): void {
+    if (fh !== undefined && this.wb?.isStagedHandle(fh)) this.wb.fsync(fh);
+  }
 
   statfs(): StatFs {
     const s = this.view.status();
-    return { bsize: 4096, frsize: 4096, blocks: Math.ceil(s.bytes / 4096), bfree: 0, bavail: 0, files: s.items, ffree: 0, favail: 0, namemax: 255 };
+    // Writable: what the staging area still takes is free (programs check before copying in).
+    const free = this.wb ? Math.max(0, Math.floor((this.wb.stagingLimit() - this.wb.stagedBytes()) / 4096)) : 0;
+    return { bsize: 4096, frsize: 4096, blocks: Math.ceil(s.bytes / 4096) + free, bfree: free, bavail: free, files: s.items, ffree: 0, favail: 0, namemax: 255 };
   }
 
   getxattr(): Buffer {
@@ -112,45 +140,69 @@ export class DriveViewFs implements FileSystem {
 
   access(ino: number, mask: number): void {
     this.view.entry(ino);
-    if (mask & fsConstants.W_OK) fail(E.EROFS);
+    if (mask & fsConstants.W_OK && !this.wb) fail(E.EROFS);
   }
 
-  // ---- everything that writes: read-only ----
-  setattr(): Attr {
-    return fail(E.EROFS);
+  // ---- everything that writes: through the WriteBack, or EROFS ----
+  private writable(): WriteBack {
+    if (!this.wb) fail(E.EROFS);
+    return this.wb;
   }
-  mknod(): Entry {
-    return fail(E.EROFS);
+
+  /** What Drive cannot hold: refused, and said. */
+  private refuse(errno: number, what: string): never {
+    if (!this.wb) fail(E.EROFS);
+    this.options.log?.warn(`refused ${what}: a Drive view cannot hold it`);
+    return fail(errno);
   }
-  mkdir(): Entry {
-    return fail(E.EROFS);
+
+  async setattr(ino: number, changes: AttrChanges): Promise<Attr> {
+    await this.writable().setattr(this.view.entry(ino), changes);
+    return this.attr(this.view.entry(ino));
   }
-  unlink(): void {
-    fail(E.EROFS);
+  async create(parent: number, name: Buffer, mode: number, flags: number, caller: Caller): Promise<Entry & Opened> {
+    const r = await this.writable().create(parent, name, mode, caller.uid, caller.gid, flags);
+    return { attr: this.attr(this.view.entry(r.ino)), fh: r.fh };
   }
-  rmdir(): void {
-    fail(E.EROFS);
+  async mknod(parent: number, name: Buffer, mode: number, _rdev: number, caller: Caller): Promise<Entry> {
+    if ((mode & S_IFMT) !== S_IFREG) this.refuse(E.EPERM, `the special file ${name.toString('utf8')}`);
+    const r = await this.writable().create(parent, name, mode, caller.uid, caller.gid, fsConstants.O_RDONLY);
+    this.writable().release(r.fh);
+    return { attr: this.attr(this.view.entry(r.ino)) };
   }
-  symlink(): Entry {
-    return fail(E.EROFS);
+  mkdir(parent: number, name: Buffer, mode: number, caller: Caller): Entry {
+    const ino = this.writable().mkdir(parent, name, mode, caller.uid, caller.gid);
+    return { attr: this.attr(this.view.entry(ino)) };
   }
-  rename(): void {
-    fail(E.EROFS);
+  unlink(parent: number, name: Buffer): void {
+    this.writable().unlink(parent, name);
   }
-  link(): Entry {
-    return fail(E.EROFS);
+  rmdir(parent: number, name: Buffer): void {
+    this.writable().rmdir(parent, name);
   }
-  write(): number {
-    return fail(E.EROFS);
+  symlink(_target: Buffer, _parent: number, name: Buffer): Entry {
+    return this.refuse(E.EPERM, `the symbolic link ${name.toString('utf8')}`);
   }
-  create(): Entry & Opened {
-    return fail(E.EROFS);
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number): void {
+    this.writable().rename(parent, name, newParent, newName, flags);
   }
-  setxattr(): void {
-    fail(E.EROFS);
+  link(_ino: number, _newParent: number, newName: Buffer): Entry {
+    return this.refuse(E.EPERM, `the hard link ${newName.toString('utf8')}`);
+  }
+  write(_ino: number, fh: number, data: Buffer, offset: number): number {
+    return this.writable().write(fh, data, offset);
+  }
+  setxattr(_ino: number, name: Buffer): void {
+    if (!this.wb) fail(E.EROFS);
+    // cp -a sets ACLs on every file: each attribute name is said once, not once per file.
+    const text = name.toString('utf8');
+    if (this.refusedXattrs.size < 100 && !this.refusedXattrs.has(text)) {
+      this.refusedXattrs.add(text);
+      this.options.log?.warn(`refused the extended attribute ${text} (said once per name): a Drive view cannot hold it`);
+    }
+    fail(E.EOPNOTSUPP);
   }
   removexattr(): void {
-    fail(E.EROFS);
+    fail(this.wb ? E.ENODATA : E.EROFS);
   }
 }
-

@@ -6,6 +6,7 @@
  * State directory layout:
  *   mirror.db     the SQLite mirror (items, directory entries, page token, chunk index)
  *   chunks/       cached content chunks, named by content (md5.size.chunksize.index)
+ *   staging/      with --rw: content written through the mount, until Drive holds it
  *   view.json     what this state is a mirror of (Drive account, root, shared drive)
  *   daemon.json   the running daemon (pid), while mounted
  *   pogfs.log     the daemon's log
@@ -17,10 +18,15 @@ import { ChunkReader, DEFAULT_READER_SETTINGS, errnoError, type ReadHandle, type
 import { DiskChunkCache } from './chunk-cache';
 import { MirrorDb, type EntryRow, type Invalidation } from './mirror-db';
 import { MirrorSync, type PollResult, type ScanProgress, type SyncTarget } from './mirror-sync';
+import { JournalDb } from './journal-db';
+import { StagingArea } from './staging';
+import { Uploader, type UploaderSettings } from './uploader';
+import { WriteBack } from './write-back';
 
 export const STATE_FILES = {
   mirror: 'mirror.db',
   chunks: 'chunks',
+  staging: 'staging',
   view: 'view.json',
   daemon: 'daemon.json',
   log: 'pogfs.log',
@@ -95,6 +101,20 @@ export class DriveView {
     } finally {
       this.polling = undefined;
     }
+  }
+
+  /**
+   * Makes the view writable (`--rw`): the journal and staging area in the state directory,
+   * and the uploader, which starts at once on whatever an earlier mount left pending.
+   */
+  enableWrites(settings: Omit<UploaderSettings, 'chunkSize'> & { stagingLimitBytes: number }): { writeBack: WriteBack; uploader: Uploader } {
+    const journal = new JournalDb(this.mirror.db);
+    const area = new StagingArea(join(this.options.stateDir, STATE_FILES.staging), settings.stagingLimitBytes);
+    const writeBack = new WriteBack(this, this.mirror, journal, area, this.options.log);
+    const uploader = new Uploader(this.client, this.mirror, journal, writeBack, this.cache, { ...settings, chunkSize: this.reader.chunkSize }, this.options.log);
+    this.sync.local = writeBack;
+    uploader.kick();
+    return { writeBack, uploader };
   }
 
   close(): void {

@@ -118,6 +118,9 @@ CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL,
 CREATE INDEX IF NOT EXISTS chunks_used ON chunks(used);
 `;
 
+/** Items made through a writable view get an id with this prefix until Drive gives them theirs. */
+export const LOCAL_ID_PREFIX = 'local-';
+
 /** Bound on directories renamed in one pass (a loop guard, far above any real Drive). */
 const MAX_RECOMPUTES = 50_000_000;
 
@@ -251,9 +254,9 @@ export class MirrorDb {
     if (old.dir_ino !== null) dirty.add(old.dir_ino);
   }
 
-  /** Items a full scan did not see again (gone while nobody watched): removed. */
+  /** Items a full scan did not see again (gone while nobody watched): removed. Items made here and not yet on Drive stay. */
   removeUnscanned(scan: number, dirty: Set<number>): number {
-    const gone = this.db.prepare('SELECT id FROM items WHERE scan < ?').all(scan) as { id: string }[];
+    const gone = this.db.prepare(`SELECT id FROM items WHERE scan < ? AND id NOT LIKE '${LOCAL_ID_PREFIX}%'`).all(scan) as { id: string }[];
     for (const g of gone) this.removeItem(g.id, dirty);
     return gone.length;
   }
@@ -481,6 +484,82 @@ export class MirrorDb {
     const d = this.st.dirInoOf.get(id)?.dir_ino;
     if (d !== null && d !== undefined) return d;
     return this.st.direntOfItem.get(id)?.ino;
+  }
+
+  // ---- local changes (a writable view) ---------------------------------------------------
+
+  /** The item row itself (undefined when the mirror does not hold it). */
+  item(id: string): MirrorItem | undefined {
+    const r = this.db.prepare('SELECT id, parent, name, mime, size, md5, head_rev, created_ms, modified_ms, target FROM items WHERE id = ?').get(id) as
+      | { id: string; parent: string | null; name: string; mime: string; size: number; md5: string | null; head_rev: string | null; created_ms: number; modified_ms: number; target: string | null }
+      | undefined;
+    return r && { id: r.id, parent: r.parent ?? undefined, name: r.name, mime: r.mime, size: r.size, md5: r.md5 ?? undefined, headRev: r.head_rev ?? undefined, createdMs: r.created_ms, modifiedMs: r.modified_ms, target: r.target ?? undefined };
+  }
+
+  /** The Drive folders a directory shows (the root's folder, or every folder of a merged group, oldest first). */
+  foldersOf(dirIno: number): string[] {
+    if (dirIno === ROOT_INO) return this.rootId ? [this.rootId] : [];
+    return this.st.groupFolders.all(dirIno).map((r) => r.id);
+  }
+
+  /** Whether any item (shown or hidden, like a Google document) has one of these folders as parent. */
+  hasChildren(folderIds: string[]): boolean {
+    const q = this.db.prepare('SELECT 1 FROM items WHERE parent = ? LIMIT 1');
+    return folderIds.some((id) => q.get(id) !== undefined);
+  }
+
+  /** Adds an item made here (or changes one) and brings the names of its directories up to date. */
+  putLocalItem(item: MirrorItem, inval: Invalidation): void {
+    const dirty = new Set<number>();
+    this.upsertItem(item, Number(this.getState('scan') ?? '0'), dirty, inval);
+    this.rename(dirty, inval);
+  }
+
+  /** Removes an item deleted here (its subtree goes with it) and renames its directory. */
+  removeLocalItem(id: string, inval: Invalidation): void {
+    const dirty = new Set<number>();
+    this.removeItem(id, dirty);
+    this.rename(dirty, inval);
+  }
+
+  /**
+   * A rename made here: the entry keeps its inode (the kernel already moved it) and takes
+   * its new directory and name; its items get the new name and parent.
+   */
+  moveLocalEntry(ino: number, newDir: number, newName: Buffer, items: Array<{ id: string; parent: string }>, inval: Invalidation): void {
+    const from = this.st.parentOf.get(ino);
+    if (!from) return;
+    const name = newName.toString('utf8');
+    this.db.prepare('UPDATE dirents SET dir = ?, name = ?, base = ? WHERE ino = ?').run(newDir, newName, safeBase(name), ino);
+    const setItem = this.db.prepare('UPDATE items SET name = ?, parent = ? WHERE id = ?');
+    for (const it of items) setItem.run(name, it.parent, it.id);
+    this.rename(new Set([from.dir, newDir]), inval);
+  }
+
+  /** Drive gave an item made here its id: every reference follows. */
+  replaceItemId(oldId: string, newId: string): void {
+    this.db.prepare('UPDATE items SET id = ? WHERE id = ?').run(newId, oldId);
+    this.db.prepare('UPDATE items SET parent = ? WHERE parent = ?').run(newId, oldId);
+    this.db.prepare('UPDATE dirents SET item = ? WHERE item = ?').run(newId, oldId);
+  }
+
+  /** A scan saw an item whose row stays as it is (it has local changes still to send). */
+  markScanned(id: string, scan: number): void {
+    this.db.prepare('UPDATE items SET scan = max(scan, ?) WHERE id = ?').run(scan, id);
+  }
+
+  /** Content and times of an item as changed here or confirmed by Drive (md5 undefined: not yet known). */
+  setItemContent(id: string, c: { size: number; md5: string | undefined; headRev: string | undefined; modifiedMs: number }): void {
+    this.db.prepare('UPDATE items SET size = ?, md5 = ?, head_rev = ?, modified_ms = ? WHERE id = ?').run(c.size, c.md5 ?? null, c.headRev ?? null, c.modifiedMs, id);
+  }
+
+  setItemCreated(id: string, createdMs: number): void {
+    this.db.prepare('UPDATE items SET created_ms = ? WHERE id = ?').run(createdMs, id);
+  }
+
+  /** Makes what is committed reach the disk (fsync): the log is checkpointed into the database file, both synced. */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(FULL)');
   }
 
   // ---- dupes ---------------------------------------------------------------------------

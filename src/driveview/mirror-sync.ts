@@ -26,6 +26,17 @@ export interface SyncTarget {
   sharedDriveId: string | undefined;
 }
 
+/**
+ * What a writable view decides about a change of an item it has local changes of. `keep`
+ * answers true to leave the mirror as it is (it shows the item as it will be on Drive once
+ * the journal is replayed: the feed would show an older state); false to apply Drive's
+ * version, after setting the local one aside if both changed (a conflict). `drive` is
+ * undefined when the item was trashed or deleted on Drive.
+ */
+export interface LocalChanges {
+  keep(id: string, drive: MirrorItem | undefined, inval: Invalidation): boolean;
+}
+
 export interface PollResult {
   at: string;
   ok: boolean;
@@ -43,6 +54,8 @@ export interface ScanProgress {
 export class MirrorSync {
   /** The changes replayed at the end of the last scan. */
   lastReplay: PollResult | undefined;
+  /** A writable view: its say over changes of items with local changes still to send. */
+  local: LocalChanges | undefined;
 
   constructor(
     private readonly client: DriveClient,
@@ -62,16 +75,17 @@ export class MirrorSync {
     const rootId = await this.resolveRoot();
     const token = await this.client.startPageToken(this.target.sharedDriveId);
     const scan = Number(this.mirror.getState('scan') ?? '0') + 1;
+    const local: Invalidation = { entries: [], inodes: [] };
     for (let restart = 0; ; restart++) {
       try {
-        await this.listAll(scan, progress);
+        await this.listAll(scan, progress, local);
         break;
       } catch (e) {
         // A page token Drive no longer accepts: the listing starts over (upserts make that safe).
         if (restart >= MAX_LIST_RESTARTS || !isBadPageToken(e)) throw e;
       }
     }
-    const inval: Invalidation = { entries: [], inodes: [] };
+    const inval = local;
     this.mirror.transaction(() => {
       // A rescan of a known Drive looks at every directory again; the first scan starts from the root.
       const dirty = new Set<number>([1, ...this.mirror.directoryInos()]);
@@ -99,7 +113,8 @@ export class MirrorSync {
     return (await this.client.getFile('root')).id;
   }
 
-  private async listAll(scan: number, progress: ScanProgress | undefined): Promise<number> {
+  /** `local`: what a writable view's say over items with local changes makes the kernel forget. */
+  private async listAll(scan: number, progress: ScanProgress | undefined, local: Invalidation): Promise<number> {
     let pageToken: string | undefined;
     let count = 0;
     for (let page = 0; page < MAX_PAGES; page++) {
@@ -110,7 +125,9 @@ export class MirrorSync {
         const unused: Invalidation = { entries: [], inodes: [] };
         for (const f of files) {
           const item = toItem(f);
-          if (item) this.mirror.upsertItem(item, scan, dirty, unused);
+          // An item with local changes still to send keeps its row (the scan only notes it was seen).
+          if (item && this.local?.keep(item.id, item, local)) this.mirror.markScanned(item.id, scan);
+          else if (item) this.mirror.upsertItem(item, scan, dirty, unused);
         }
       });
       count += files.length;
@@ -174,11 +191,13 @@ export class MirrorSync {
     if (!id) return 0;
     // On a My Drive mount, shared-drive items are somebody else's tree.
     if (!this.target.sharedDriveId && (c.driveId || c.file?.driveId)) return 0;
-    if (c.removed || !c.file || c.file.trashed) {
+    const file = c.removed || !c.file || c.file.trashed ? undefined : c.file;
+    if (this.local?.keep(id, file && toItem(file), inval)) return 0;
+    if (!file) {
       this.mirror.removeItem(id, dirty);
       return 1;
     }
-    const item = toItem(c.file);
+    const item = toItem(file);
     if (!item) return 0;
     const scan = Number(this.mirror.getState('scan') ?? '0');
     this.mirror.upsertItem(item, scan, dirty, inval);

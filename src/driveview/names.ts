@@ -69,3 +69,9 @@ export function duplicateName(base: string, driveId: string, isFolder: boolean, 
   }
   return fitName(base, suffix);
 }
+
+/** The name a local version takes when Drive's changed too: `stem (conflict HOST DATE).ext`. */
+export function conflictName(name: string, host: string, when: Date): string {
+  const date = when.toISOString().slice(0, 19).replace('T', ' ').replace(/:/g, '');
+  return fitName(name, ` (conflict ${host.replace(/\//g, '_')} ${date})`);
+}

@@ -42,6 +42,16 @@ export interface DriveClientSettings {
   multipartMaxBytes: number;
 }
 
+/** Content to upload read in pieces, so a large file is never whole in memory (a Buffer is one too, through bufferSource). */
+export interface UploadSource {
+  size: number;
+  read(offset: number, length: number): Buffer;
+}
+
+export function bufferSource(data: Buffer): UploadSource {
+  return { size: data.length, read: (offset, length) => data.subarray(offset, offset + length) };
+}
+
 export interface DriveFile {
   id: string;
   name: string;
@@ -251,7 +261,7 @@ export class DriveClient {
       this.add('bytes.up', data.length);
       return file;
     }
-    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, metadata, data, findExisting);
+    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, metadata, bufferSource(data), findExisting);
   }
 
   /** Replaces a file's content (a new revision, same id). */
@@ -261,7 +271,46 @@ export class DriveClient {
       this.add('bytes.up', data.length);
       return file;
     }
-    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { mimeType }, data, undefined);
+    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { mimeType }, bufferSource(data), undefined);
+  }
+
+  // ---- the writable Drive view: raw items with the caller's fields mask ----------------
+
+  /**
+   * Creates a folder (`data` undefined) or a file with its content (multipart up to
+   * `multipartMaxBytes`, resumable above). `findExisting` guards every retry that might
+   * otherwise create a second one.
+   */
+  async createItem(metadata: drive_v3.Schema$File, data: UploadSource | undefined, fields: string, findExisting?: () => Promise<drive_v3.Schema$File | undefined>): Promise<drive_v3.Schema$File> {
+    const checked = (f: drive_v3.Schema$File) => {
+      if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
+      return f;
+    };
+    const mimeType = metadata.mimeType ?? 'application/octet-stream';
+    if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
+      const whole = data?.read(0, data.size);
+      const media = whole === undefined ? {} : { media: { mimeType, body: Readable.from([whole]) } };
+      const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media, fields, supportsAllDrives: true }, o)).data), findExisting);
+      if (whole) this.add('bytes.up', whole.length);
+      return file;
+    }
+    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, { ...metadata, mimeType }, data, findExisting, { fields, parse: checked });
+  }
+
+  /** Changes an item's metadata (name, modifiedTime, trashed; a move with add/removeParents) and, with `data`, its content (same id). */
+  async updateItem(fileId: string, metadata: drive_v3.Schema$File, data: UploadSource | undefined, fields: string, move?: { addParents: string; removeParents: string }): Promise<drive_v3.Schema$File> {
+    const checked = (f: drive_v3.Schema$File) => {
+      if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
+      return f;
+    };
+    if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
+      const whole = data?.read(0, data.size);
+      const media = whole === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([whole]) } };
+      const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media, fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
+      if (whole) this.add('bytes.up', whole.length);
+      return file;
+    }
+    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { ...metadata }, data, undefined, { fields, parse: checked, query: move });
   }
 
   /** Deletes a file for good (not to the trash); false if it was not there. */
@@ -392,7 +441,14 @@ export class DriveClient {
 
   // ---- resumable uploads -------------------------------------------------------------
 
-  private async resumableUpload(method: 'POST' | 'PATCH', url: string, metadata: Record<string, unknown>, data: Buffer, findExisting: (() => Promise<DriveFile | undefined>) | undefined): Promise<DriveFile> {
+  private async resumableUpload<T = DriveFile>(
+    method: 'POST' | 'PATCH',
+    url: string,
+    metadata: Record<string, unknown>,
+    data: UploadSource,
+    findExisting: (() => Promise<T | undefined>) | undefined,
+    shape: { fields: string; parse: (f: drive_v3.Schema$File) => T; query?: Record<string, string> } = { fields: FILE_FIELDS, parse: toDriveFile as unknown as (f: drive_v3.Schema$File) => T },
+  ): Promise<T> {
     const mimeType = typeof metadata.mimeType === 'string' ? metadata.mimeType : 'application/octet-stream';
     const apiMethod = method === 'POST' ? 'files.create' : 'files.update';
     // A session can expire or be forgotten by the server; a few fresh starts, then give up.
@@ -402,18 +458,18 @@ export class DriveClient {
           ...o,
           url,
           method,
-          params: { uploadType: 'resumable', fields: FILE_FIELDS, supportsAllDrives: true },
-          headers: { 'Content-Type': 'application/json; charset=UTF-8', 'X-Upload-Content-Type': mimeType, 'X-Upload-Content-Length': String(data.length) },
+          params: { uploadType: 'resumable', fields: shape.fields, supportsAllDrives: true, ...shape.query },
+          headers: { 'Content-Type': 'application/json; charset=UTF-8', 'X-Upload-Content-Type': mimeType, 'X-Upload-Content-Length': String(data.size) },
           data: JSON.stringify(metadata),
           responseType: 'text',
         });
         const location = headerOf(res.headers, 'location');
         if (!location) throw new RemoteError(`Drive ${apiMethod}: a resumable upload was started without a session URI`, 'io');
-        return location as string | DriveFile;
+        return location as string | T;
       }, findExisting);
       if (typeof started !== 'string') return started;
       try {
-        return await this.sendSession(started, data, mimeType);
+        return shape.parse(await this.sendSession(started, data, mimeType));
       } catch (e) {
         if (!(e instanceof SessionGone) || session >= 3) {
           if (e instanceof SessionGone) throw new RemoteError(`Drive upload: the upload session was lost ${session} times`, 'io');
@@ -427,8 +483,8 @@ export class DriveClient {
   }
 
   /** Sends `data` through a session, resuming from what the server holds after any failure. */
-  private async sendSession(sessionUri: string, data: Buffer, mimeType: string): Promise<DriveFile> {
-    const size = data.length;
+  private async sendSession(sessionUri: string, data: UploadSource, mimeType: string): Promise<drive_v3.Schema$File> {
+    const size = data.size;
     let offset = 0;
     let probe = false;
     let stalls = 0;
@@ -449,7 +505,7 @@ export class DriveClient {
             url: sessionUri,
             method: 'PUT',
             headers: probe || size === 0 ? { 'Content-Range': `bytes */${size}` } : { 'Content-Range': `bytes ${offset}-${end - 1}/${size}`, 'Content-Type': mimeType },
-            data: probe || size === 0 ? undefined : data.subarray(offset, end),
+            data: probe || size === 0 ? undefined : data.read(offset, end - offset),
             validateStatus: (s: number) => (s >= 200 && s < 300) || s === 308,
             responseType: 'json',
             maxRedirects: 0,
@@ -474,7 +530,7 @@ export class DriveClient {
         throw this.toRemoteError(failure, method);
       }
       if (!probe) this.add('bytes.up', end - offset);
-      if (res.status !== 308) return toDriveFile(res.data as drive_v3.Schema$File);
+      if (res.status !== 308) return res.data as drive_v3.Schema$File;
       const held = headerOf(res.headers, 'range');
       const heldUpTo = held ? Number(/^bytes=0-(\d+)$/.exec(held)?.[1]) + 1 : 0;
       if (!Number.isFinite(heldUpTo) || heldUpTo > size) throw new RemoteError(`Drive ${method}: unusable Range ${held ?? ''} for a ${size}-byte upload`, 'io');

@@ -98,6 +98,8 @@ export interface EmulatedFile {
   shortcutTargetId: string | undefined;
   /** Set for items in a shared drive: the drive's id. */
   driveId: string | undefined;
+  /** The creating app's private properties. */
+  appProperties?: Record<string, string>;
 }
 
 /** An item put straight into the emulator's store (no HTTP call, no call counted): for big synthetic Drives. */
@@ -241,6 +243,10 @@ interface FileMetadataInput {
   mimeType?: string;
   parents?: string[];
   trashed?: boolean;
+  /** Set by the client (Drive keeps what it is given, to the millisecond). */
+  modifiedTime?: string;
+  /** Private key/value pairs of the creating app; a null value removes a key. */
+  appProperties?: Record<string, string | null>;
 }
 
 interface Change {
@@ -386,7 +392,7 @@ function selectFields(value: Record<string, unknown>, mask: FieldNode, known: Re
 }
 
 const FILE_FIELDS: Record<string, true> = Object.fromEntries(
-  ['kind', 'id', 'name', 'mimeType', 'parents', 'trashed', 'explicitlyTrashed', 'size', 'md5Checksum', 'createdTime', 'modifiedTime', 'version', 'spaces', 'ownedByMe', 'headRevisionId', 'shortcutDetails', 'driveId'].map((k) => [k, true] as const),
+  ['kind', 'id', 'name', 'mimeType', 'parents', 'trashed', 'explicitlyTrashed', 'size', 'md5Checksum', 'createdTime', 'modifiedTime', 'version', 'spaces', 'ownedByMe', 'headRevisionId', 'shortcutDetails', 'driveId', 'appProperties'].map((k) => [k, true] as const),
 );
 const FILE_SCHEMA = FILE_FIELDS as Record<string, true>;
 const FILE_LIST_SCHEMA = { kind: true, nextPageToken: true, incompleteSearch: true, files: FILE_SCHEMA } as const;
@@ -453,6 +459,17 @@ function tokenize(q: string): Token[] {
     }
   }
   return tokens;
+}
+
+/** appProperties after an update: keys given are set, keys given as null removed. */
+function mergeProperties(old: Record<string, string> | undefined, update: Record<string, string | null> | undefined): Record<string, string> | undefined {
+  if (!update) return old;
+  const out: Record<string, string> = { ...old };
+  for (const [k, v] of Object.entries(update)) {
+    if (v === null) delete out[k];
+    else out[k] = v;
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
 }
 
 function invalidQuery(q: string): ApiError {
@@ -984,6 +1001,7 @@ export class DriveEmulator {
     return {
       id: f.id, name: f.name, mimeType: f.mimeType, parents: [...f.parents], trashed: f.trashed, size: f.size, md5Checksum: f.md5Checksum,
       createdTime: f.createdTime, modifiedTime: f.modifiedTime, version: f.version, headRevisionId: f.headRevisionId, shortcutTargetId: f.shortcutTargetId, driveId: f.driveId,
+      ...(f.appProperties ? { appProperties: { ...f.appProperties } } : {}),
     };
   }
 
@@ -1051,6 +1069,7 @@ export class DriveEmulator {
       json.headRevisionId = f.headRevisionId;
     }
     if (f.driveId !== undefined) json.driveId = f.driveId;
+    if (f.appProperties && Object.keys(f.appProperties).length > 0) json.appProperties = { ...f.appProperties };
     return json;
   }
 
@@ -1114,13 +1133,14 @@ export class DriveEmulator {
       size,
       md5Checksum: md5,
       createdTime: now,
-      modifiedTime: now,
+      modifiedTime: meta.modifiedTime ?? now,
       version: 1,
       seq: this.nextSeq++,
       headRevisionId: undefined,
       shortcutTargetId: undefined,
       driveId: parents.length ? this.files.get(parents[0])?.driveId : undefined,
       contentSeed: undefined,
+      appProperties: mergeProperties(undefined, meta.appProperties),
     };
     if (f.mimeType === FOLDER_MIME) {
       f.size = 0;
@@ -1574,6 +1594,15 @@ export class DriveEmulator {
       if (typeof json.trashed !== 'boolean') throw new ApiError(400, 'invalid', 'Invalid value for trashed');
       meta.trashed = json.trashed;
     }
+    if (json.modifiedTime !== undefined) {
+      if (typeof json.modifiedTime !== 'string' || Number.isNaN(Date.parse(json.modifiedTime))) throw new ApiError(400, 'invalid', 'Invalid value for modifiedTime');
+      meta.modifiedTime = new Date(Date.parse(json.modifiedTime)).toISOString();
+    }
+    if (json.appProperties !== undefined) {
+      const props = json.appProperties as Record<string, unknown>;
+      if (typeof props !== 'object' || props === null || !Object.values(props).every((v) => typeof v === 'string' || v === null)) throw new ApiError(400, 'invalid', 'Invalid value for appProperties');
+      meta.appProperties = props as Record<string, string | null>;
+    }
     return meta;
   }
 
@@ -1648,7 +1677,8 @@ export class DriveEmulator {
     if (meta.name !== undefined) f.name = meta.name;
     if (meta.mimeType !== undefined) f.mimeType = meta.mimeType;
     if (meta.trashed !== undefined) f.trashed = meta.trashed;
-    f.modifiedTime = new Date().toISOString();
+    if (meta.appProperties !== undefined) f.appProperties = mergeProperties(f.appProperties, meta.appProperties);
+    f.modifiedTime = meta.modifiedTime ?? new Date().toISOString();
     f.version++;
     this.recordChange(f.id);
   }

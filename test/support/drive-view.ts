@@ -44,9 +44,9 @@ export function shAsync(command: string, timeoutMs = 120_000): Promise<Run> {
   });
 }
 
-/** A token file for the emulator (mode 0600). */
-export function writeToken(emu: DriveEmulator, path: string): string {
-  const token = emu.issueAccessToken(7 * 24 * 3600, 'https://www.googleapis.com/auth/drive.readonly');
+/** A token file for the emulator (mode 0600); read-only unless given the full scope (a --rw view). */
+export function writeToken(emu: DriveEmulator, path: string, scope = 'https://www.googleapis.com/auth/drive.readonly'): string {
+  const token = emu.issueAccessToken(7 * 24 * 3600, scope);
   writeFileSync(path, `${JSON.stringify({ access_token: token })}\n`, { mode: 0o600 });
   return path;
 }
