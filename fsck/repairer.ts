@@ -2,7 +2,8 @@ import { BLOCK_HEADER_SIZE, decodeHeader, encodeBlock } from '../src/store/codec
 import { hashBlock } from '../src/store/hash';
 import { newInode } from '../src/meta/meta-db';
 import { now, type Timespec } from '../src/vfs/time';
-import { LOST_FOUND, ROOT_INO, hashOf, isDir, isReg, type CheckState } from './checker';
+import { LOST_FOUND, hashOf, type CheckState } from './checker';
+import { ROOT_INO, isDir, isReg } from '../src/meta/inode-mode';
 
 /**
  * The repairer: applies what a check found, in an order that keeps DESIGN invariant 1 even
