@@ -19,7 +19,7 @@ import type {
   StatFs,
 } from '../src/fuse/types';
 import { SetAttrValid } from '../src/fuse/types';
-import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../src/meta/inode-mode';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../src/posix/file-system';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE } from '../src/meta/engine';
 
 const E = os.constants.errno;

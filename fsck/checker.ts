@@ -8,7 +8,7 @@ import { HASH_LENGTH, hashBlock } from '../src/store/hash';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
 import { FindingSet, ProgressLine, type FsckStats } from './report';
 import { PathNamer, displayName } from '../src/meta/path-namer';
-import { ROOT_INO, isDir, isReg } from '../src/meta/inode-mode';
+import { ROOT_INO, isDir, isReg } from '../src/posix/file-system';
 
 /**
  * The checker: reads a closed volume's metadata (SQLite) and block store (LMDB) directly

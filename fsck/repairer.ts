@@ -3,7 +3,7 @@ import { hashBlock } from '../src/store/hash';
 import { newInode } from '../src/meta/meta-db';
 import { now, type Timespec } from '../src/vfs/time';
 import { LOST_FOUND, hashOf, type CheckState } from './checker';
-import { ROOT_INO, isDir, isReg } from '../src/meta/inode-mode';
+import { ROOT_INO, isDir, isReg } from '../src/posix/file-system';
 
 /**
  * The repairer: applies what a check found, in an order that keeps DESIGN invariant 1 even

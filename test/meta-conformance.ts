@@ -18,7 +18,7 @@ import {
   type NodeSpec,
   type Timespec,
 } from '../src/meta/engine';
-import { ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isDir } from '../src/meta/inode-mode';
+import { ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isDir } from '../src/posix/file-system';
 import type { InodeRow } from '../src/meta/meta-db';
 
 const E = constants.errno;

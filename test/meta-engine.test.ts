@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { S_IFDIR } from '../src/meta/inode-mode';
+import { S_IFDIR } from '../src/posix/file-system';
 import { MetadataError, newInode } from '../src/meta/meta-db';
 import { metaEngineSchemes, openMetaEngine } from '../src/meta/registry';
 import { metaConformance } from './meta-conformance';

@@ -1,6 +1,7 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { collectGarbageLive } from '../../fsck/gc';
+import { FsAdapter } from '../fuse/fs-adapter';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
 import { Volume, VolumeFiles } from '../vfs/volume';
@@ -89,7 +90,6 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     const fs = new PogFs(
       volume,
       {
-        cacheTimeout: 60,
         syncOnClose: o.syncOnClose,
         writebackIntervalMs: 5000,
         metadataCommitMs: 1000,
@@ -121,9 +121,12 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       log.info(`metrics at ${metricsServer.url}`);
     }
     const isRoot = process.getuid?.() === 0;
+    // This mount is the volume's only writer: the kernel may cache names, attributes,
+    // pages and listings for a minute, and pages across opens.
+    const adapter = new FsAdapter(fs, { entryTimeout: 60, attrTimeout: 60, keepCache: true, keepDirCache: true });
     session = FuseSession.mount(
       mountpoint,
-      fs,
+      adapter,
       {
         fsname: volumePath.replace(/[\\,]/g, (c) => `\\${c}`),
         subtype: 'pogfs',

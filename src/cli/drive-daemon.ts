@@ -9,7 +9,8 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join, resolve } from 'node:path';
 import { DriveView, STATE_FILES } from '../driveview/drive-view';
 import type { Invalidation } from '../driveview/mirror-db';
-import { DriveViewOps } from '../fuse/drive-view-ops';
+import { DriveViewFs } from '../driveview/drive-view-fs';
+import { FsAdapter } from '../fuse/fs-adapter';
 import { FuseSession } from '../fuse/session';
 import { DRIVE_READONLY_SCOPE } from '../remote/credentials';
 import { openDriveClient } from '../remote/open-remote';
@@ -138,7 +139,14 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     const counts = view.mirror.itemCount();
     log.info(`${firstScan ? 'scanned' : 'caught up with'} the Drive: ${counts.items} items in ${Date.now() - started} ms; calls ${JSON.stringify(client.counters())}`);
 
-    const ops = new DriveViewOps(view, { cacheTimeout: 3600, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 });
+    // Names, attributes and pages are cached for an hour: each poll invalidates exactly
+    // what changed, and pages stay cached across opens for the same reason.
+    const ops = new FsAdapter(new DriveViewFs(view, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }), {
+      entryTimeout: 3600,
+      attrTimeout: 3600,
+      keepCache: true,
+      keepDirCache: false,
+    });
     const isRoot = process.getuid?.() === 0;
     session = FuseSession.mount(
       mountpoint,

@@ -1,7 +1,7 @@
 /**
  * The Drive view as plain calls: the mirror (metadata from SQLite, never from Drive), the
  * sync (one scan, then the changes feed), the chunk reader (content). The FUSE adapter in
- * src/fuse/drive-view-ops.ts turns kernel requests into these calls.
+ * drive-view-fs.ts offers them as a FileSystem, which the FUSE adapter serves.
  *
  * State directory layout:
  *   mirror.db     the SQLite mirror (items, directory entries, page token, chunk index)

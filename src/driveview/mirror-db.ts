@@ -14,12 +14,12 @@
  * directory's inode, and the directory lists the children of all of them.
  */
 import Database from 'better-sqlite3';
+import { ROOT_INO } from '../posix/file-system';
 import { duplicateName, safeBase } from './names';
 
 export const FOLDER_MIME = 'application/vnd.google-apps.folder';
 export const SHORTCUT_MIME = 'application/vnd.google-apps.shortcut';
 const GOOGLE_PREFIX = 'application/vnd.google-apps.';
-export const ROOT_INO = 1;
 
 export type EntryKind = 'file' | 'dir' | 'link';
 const KIND_CODE: Record<EntryKind, number> = { file: 1, dir: 2, link: 3 };

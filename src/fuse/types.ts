@@ -3,25 +3,10 @@
  * filesystem that serves it. Everything here is inode-based (libfuse 3 low-level API):
  * inode numbers are the filesystem's own, names are raw bytes, times are (sec, nsec).
  */
+import type { Attr, Caller, CopyRange, DirEntry, MaybePromise, StatFs } from '../posix/file-system';
 
-/** Attributes of one inode as the kernel sees them. Times are split so nanoseconds survive. */
-export interface Attr {
-  ino: number;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  rdev: number;
-  size: number;
-  /** 512-byte units actually stored (holes excluded). */
-  blocks: number;
-  atimeSec: number;
-  atimeNsec: number;
-  mtimeSec: number;
-  mtimeNsec: number;
-  ctimeSec: number;
-  ctimeNsec: number;
-}
+export type { Attr, CopyRange, DirEntry, MaybePromise, StatFs };
+export { Falloc, Whence } from '../posix/file-system';
 
 /** Reply to lookup/mknod/mkdir/symlink/link/create. Each such reply adds one to the kernel's lookup count. */
 export interface Entry {
@@ -33,12 +18,7 @@ export interface Entry {
 }
 
 /** The caller of a request. */
-export interface RequestContext {
-  uid: number;
-  gid: number;
-  pid: number;
-  umask: number;
-}
+export type RequestContext = Caller;
 
 /** Bits of SetAttr.valid (same values as FUSE_SET_ATTR_* in fuse_lowlevel.h). */
 export const SetAttrValid = {
@@ -74,54 +54,6 @@ export interface OpenReply {
   keepCache?: boolean;
   directIo?: boolean;
 }
-
-export interface DirEntry {
-  name: Buffer;
-  ino: number;
-  /** Only the S_IFMT bits are used. */
-  mode: number;
-  /** Offset of the entry that follows this one: the kernel passes it back to continue. */
-  nextOffset: number;
-}
-
-export interface StatFs {
-  bsize: number;
-  frsize: number;
-  blocks: number;
-  bfree: number;
-  bavail: number;
-  files: number;
-  ffree: number;
-  favail: number;
-  namemax: number;
-}
-
-export type MaybePromise<T> = T | Promise<T>;
-
-/** A copy_file_range request: `length` bytes from (inoIn, offIn) to (inoOut, offOut). */
-export interface CopyRange {
-  inoIn: number;
-  fhIn: number;
-  offIn: number;
-  inoOut: number;
-  fhOut: number;
-  offOut: number;
-  length: number;
-  /** Always 0 today (the syscall rejects anything else). */
-  flags: number;
-}
-
-/** fallocate(2) mode bits (linux/falloc.h). */
-export const Falloc = {
-  KEEP_SIZE: 0x01,
-  PUNCH_HOLE: 0x02,
-  COLLAPSE_RANGE: 0x08,
-  ZERO_RANGE: 0x10,
-  INSERT_RANGE: 0x20,
-} as const;
-
-/** lseek(2) whence values the kernel forwards (SEEK_DATA, SEEK_HOLE). */
-export const Whence = { DATA: 3, HOLE: 4 } as const;
 
 /**
  * What a filesystem implements. A handler returns (or resolves to) its reply; it throws

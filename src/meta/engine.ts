@@ -1,3 +1,4 @@
+import type { Timespec } from '../posix/file-system';
 import type { BlockRow, DirRow, EntryRow, InodeRow, InodeSummary, Superblock, VolumeTotals } from './meta-db';
 
 /**
@@ -5,7 +6,7 @@ import type { BlockRow, DirRow, EntryRow, InodeRow, InodeSummary, Superblock, Vo
  * at the level of POSIX operations. Each operation is atomic inside the engine (checks
  * and writes in one transaction), so several clients of one database (another process,
  * later another machine) cannot interleave between a check and its write. Failures
- * reject with an FsError carrying the errno Linux gives (see errno.ts).
+ * reject with an FsError carrying the errno Linux gives (src/posix/errors.ts).
  *
  * Shaped after JuiceFS's pkg/meta: one interface for the filesystem above, narrower ones
  * for fsck/gc (`MetaScan`) and metadata backups (`MetaSnapshot`), engines opened by URL
@@ -13,18 +14,8 @@ import type { BlockRow, DirRow, EntryRow, InodeRow, InodeSummary, Superblock, Vo
  * (test/meta-conformance.ts).
  */
 
-/** A point in time as whole seconds and nanoseconds, the form stored and sent to the kernel. */
-export interface Timespec {
-  s: number;
-  ns: number;
-}
-
-/** rename(2) flags. */
-export const RENAME_NOREPLACE = 1;
-export const RENAME_EXCHANGE = 2;
-/** setxattr(2) flags. */
-export const XATTR_CREATE = 1;
-export const XATTR_REPLACE = 2;
+// The rename and setxattr flags are the FileSystem's (src/posix), as the kernel gives them.
+export { RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, type Timespec } from '../posix/file-system';
 
 /** What a new inode is made of; the engine adds the times, the link count and the set-group-ID rule. */
 export interface NodeSpec {

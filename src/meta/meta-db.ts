@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import type { MetaScan, MetaSnapshot } from './engine';
-import { ROOT_INO, S_IFDIR, S_IFMT, S_IFREG } from './inode-mode';
+import { ROOT_INO, S_IFDIR, S_IFMT, S_IFREG } from '../posix/file-system';
 import { RemoteIndex } from './remote-index';
 import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
 import { snapshotDatabase } from './snapshot';

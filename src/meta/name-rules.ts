@@ -1,7 +1,6 @@
-import { E, fail } from './errno';
+import { E, fail } from '../posix/errors';
+import { NAME_MAX } from '../posix/file-system';
 
-/** Longest name of a directory entry, in bytes (Linux's NAME_MAX). */
-export const NAME_MAX = 255;
 /** Longest symlink target, in bytes (PATH_MAX less its NUL). */
 export const SYMLINK_MAX = 4095;
 export const XATTR_NAME_MAX = 255;

@@ -1,5 +1,5 @@
 import type { MetaScan } from './engine';
-import { ROOT_INO } from './inode-mode';
+import { ROOT_INO } from '../posix/file-system';
 
 /** How files are named to people (fsck findings, read errors): by path, names made printable. */
 

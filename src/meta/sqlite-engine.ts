@@ -14,8 +14,8 @@ import {
   type RenameResult,
   type Timespec,
 } from './engine';
-import { E, fail } from './errno';
-import { ROOT_INO, S_IFMT, S_ISGID, isDir, isLnk } from './inode-mode';
+import { E, fail } from '../posix/errors';
+import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
 import { newInode, type BlockRow, type DirRow, type InodeRow, type MetaDb, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 
@@ -268,7 +268,7 @@ export class SqliteEngine implements MetaEngine {
   async readlink(ino: number): Promise<Buffer> {
     const target = this.meta.symlinkTarget(ino);
     if (target) return target;
-    if (!isLnk(this.inode(ino).mode)) fail(E.EINVAL);
+    if ((this.inode(ino).mode & S_IFMT) !== S_IFLNK) fail(E.EINVAL);
     return fail(E.EIO, `symlink ${ino} has no target`);
   }
 

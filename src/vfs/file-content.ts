@@ -3,7 +3,7 @@ import { PathNamer } from '../meta/path-namer';
 import { hashBlock } from '../store/hash';
 import type { BlockRead } from '../store/block-store';
 import type { BlockWriter } from './block-writer';
-import { E, FsError } from './errors';
+import { E, FsError } from '../posix/errors';
 
 /** A block of the file as the block index knows it. */
 interface BlockRef {

@@ -1,20 +1,34 @@
 import { statfsSync } from 'node:fs';
-import type {
-  Attr,
-  CopyRange,
-  DirEntry,
-  Entry,
-  LowLevelOps,
-  OpenReply,
-  RequestContext,
-  SetAttr,
-  StatFs,
-} from '../fuse/types';
-import { Falloc, SetAttrValid, Whence } from '../fuse/types';
+import {
+  Falloc,
+  NAME_MAX,
+  RENAME_EXCHANGE,
+  RENAME_NOREPLACE,
+  ROOT_INO,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
+  S_IFREG,
+  S_ISGID,
+  Whence,
+  XATTR_CREATE,
+  XATTR_REPLACE,
+  isDir,
+  isReg,
+  type Attr,
+  type AttrChanges,
+  type Caller,
+  type CopyRange,
+  type DirEntry,
+  type Entry,
+  type FileSystem,
+  type Opened,
+  type StatFs,
+} from '../posix/file-system';
 import { newInode, type InodeRow } from '../meta/meta-db';
 import { BlockWriter, type ContentSource } from './block-writer';
 import { Committer } from './committer';
-import { E, FsError, fail } from './errors';
+import { E, FsError, fail } from '../posix/errors';
 import { FileContent } from './file-content';
 import { Reclaimer } from './reclaimer';
 import { copyRange } from './range-copy';
@@ -24,23 +38,12 @@ import type { ChunkCacheStats } from '../store/chunk-cache';
 import { now, type Timespec } from './time';
 import type { Volume } from './volume';
 
-export const ROOT_INO = 1;
-export const NAME_MAX = 255;
+export { NAME_MAX, ROOT_INO };
 const XATTR_NAME_MAX = 255;
 const XATTR_SIZE_MAX = 65536;
 
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
-const S_ISGID = 0o2000;
-
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
-const RENAME_NOREPLACE = 1;
-const RENAME_EXCHANGE = 2;
-const XATTR_CREATE = 1;
-const XATTR_REPLACE = 2;
 
 export interface FsLog {
   error(msg: string, err?: unknown): void;
@@ -48,8 +51,6 @@ export interface FsLog {
 }
 
 export interface FsOptions {
-  /** Seconds the kernel may cache attributes and names (this mount is the only writer). */
-  cacheTimeout: number;
   /** Make data durable when a file written through a handle is closed (DESIGN invariant 3). */
   syncOnClose: boolean;
   /** Commit dirty file content this often even if nobody closes or fsyncs (ms). */
@@ -88,15 +89,13 @@ interface FileHandle {
   writable: boolean;
 }
 
-const isDir = (mode: number) => (mode & S_IFMT) === S_IFDIR;
-const isReg = (mode: number) => (mode & S_IFMT) === S_IFREG;
-
 /**
- * POSIX semantics of a pogfs volume over the low-level (inode) FUSE API. Permission
- * checks are the kernel's (`default_permissions`); everything else a Linux filesystem
- * decides is decided here.
+ * POSIX semantics of a pogfs volume, as plain calls (the FUSE adapter in `src/fuse/`
+ * drives them for a mount; tests call them directly). Permission checks are the
+ * kernel's (`default_permissions`); everything else a Linux filesystem decides is
+ * decided here.
  */
-export class PogFs implements LowLevelOps {
+export class PogFs implements FileSystem {
   private readonly nodes = new Map<number, Node>();
   private readonly files = new Map<number, FileHandle>();
   private readonly dirs = new Map<number, DirEntry[]>();
@@ -203,7 +202,7 @@ export class PogFs implements LowLevelOps {
 
   // ---- lookups and attributes ----
 
-  lookup(parent: number, name: Buffer, _ctx?: RequestContext): Entry {
+  lookup(parent: number, name: Buffer, _ctx?: Caller): Entry {
     checkName(name);
     const dir = this.node(parent);
     if (!isDir(dir.row.mode)) fail(E.ENOTDIR);
@@ -219,31 +218,28 @@ export class PogFs implements LowLevelOps {
     this.releaseIfUnused(node);
   }
 
-  getattr(ino: number, _fh?: number, _ctx?: RequestContext): Attr {
+  getattr(ino: number, _fh?: number, _ctx?: Caller): Attr {
     return this.attr(this.node(ino));
   }
 
-  async setattr(ino: number, ch: SetAttr, _fh?: number, _ctx?: RequestContext): Promise<Attr> {
+  async setattr(ino: number, ch: AttrChanges, _fh?: number, _ctx?: Caller): Promise<Attr> {
     const node = this.node(ino);
     const row = node.row;
     const t = now();
-    if (ch.valid & SetAttrValid.MODE) row.mode = (row.mode & S_IFMT) | (ch.mode & 0o7777);
-    if (ch.valid & SetAttrValid.UID) row.uid = ch.uid;
-    if (ch.valid & SetAttrValid.GID) row.gid = ch.gid;
-    if (ch.valid & SetAttrValid.ATIME_NOW) setTime(row, 'atime', t);
-    else if (ch.valid & SetAttrValid.ATIME) setTime(row, 'atime', { s: ch.atimeSec, ns: ch.atimeNsec });
-    if (ch.valid & SetAttrValid.MTIME_NOW) setTime(row, 'mtime', t);
-    else if (ch.valid & SetAttrValid.MTIME) setTime(row, 'mtime', { s: ch.mtimeSec, ns: ch.mtimeNsec });
-    if (ch.valid & SetAttrValid.CTIME) setTime(row, 'ctime', { s: ch.ctimeSec, ns: ch.ctimeNsec });
-    else setTime(row, 'ctime', t);
-    if (ch.valid & SetAttrValid.SIZE) {
+    if (ch.mode !== undefined) row.mode = (row.mode & S_IFMT) | (ch.mode & 0o7777);
+    if (ch.uid !== undefined) row.uid = ch.uid;
+    if (ch.gid !== undefined) row.gid = ch.gid;
+    if (ch.atime !== undefined) setTime(row, 'atime', ch.atime === 'now' ? t : ch.atime);
+    if (ch.mtime !== undefined) setTime(row, 'mtime', ch.mtime === 'now' ? t : ch.mtime);
+    setTime(row, 'ctime', ch.ctime ?? t);
+    if (ch.size !== undefined) {
       if (isDir(row.mode)) fail(E.EISDIR);
       if (!isReg(row.mode)) fail(E.EINVAL);
       if (ch.size < 0 || !Number.isSafeInteger(ch.size)) fail(E.EINVAL);
       const content = this.content(node);
       if (ch.size !== content.size) {
         await content.truncate(ch.size);
-        if (!(ch.valid & (SetAttrValid.MTIME | SetAttrValid.MTIME_NOW))) setTime(row, 'mtime', t);
+        if (ch.mtime === undefined) setTime(row, 'mtime', t);
       }
       // A truncate with no open handle is committed now: nothing else would commit it.
       if (node.opens === 0) await this.commit(node);
@@ -255,13 +251,13 @@ export class PogFs implements LowLevelOps {
     return this.attr(node);
   }
 
-  readlink(ino: number, _ctx?: RequestContext): Buffer {
+  readlink(ino: number, _ctx?: Caller): Buffer {
     const target = this.volume.meta.symlinkTarget(ino);
     if (!target) fail(E.EINVAL);
     return target;
   }
 
-  access(ino: number, mask: number, ctx: RequestContext): void {
+  access(ino: number, mask: number, ctx: Caller): void {
     const row = this.node(ino).row;
     if (mask === 0) return;
     let bits: number;
@@ -299,27 +295,27 @@ export class PogFs implements LowLevelOps {
 
   // ---- namespace ----
 
-  mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: RequestContext): Entry {
+  mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: Caller): Entry {
     return this.entry(this.makeNode(parent, name, mode, rdev, ctx));
   }
 
-  mkdir(parent: number, name: Buffer, mode: number, ctx: RequestContext): Entry {
+  mkdir(parent: number, name: Buffer, mode: number, ctx: Caller): Entry {
     return this.entry(this.makeNode(parent, name, S_IFDIR | (mode & 0o7777), 0, ctx));
   }
 
-  symlink(target: Buffer, parent: number, name: Buffer, ctx: RequestContext): Entry {
+  symlink(target: Buffer, parent: number, name: Buffer, ctx: Caller): Entry {
     if (target.length === 0) fail(E.ENOENT);
     if (target.length > 4095) fail(E.ENAMETOOLONG);
     return this.entry(this.makeNode(parent, name, S_IFLNK | 0o777, 0, ctx, target));
   }
 
-  create(parent: number, name: Buffer, mode: number, flags: number, ctx: RequestContext): Entry & OpenReply {
+  create(parent: number, name: Buffer, mode: number, flags: number, ctx: Caller): Entry & Opened {
     const node = this.makeNode(parent, name, S_IFREG | (mode & 0o7777), 0, ctx);
     const entry = this.entry(node);
     return { ...entry, ...this.openNode(node, flags) };
   }
 
-  link(ino: number, newParent: number, newName: Buffer, _ctx?: RequestContext): Entry {
+  link(ino: number, newParent: number, newName: Buffer, _ctx?: Caller): Entry {
     checkName(newName);
     const node = this.node(ino);
     if (isDir(node.row.mode)) fail(E.EPERM);
@@ -338,7 +334,7 @@ export class PogFs implements LowLevelOps {
     return this.entry(node);
   }
 
-  async unlink(parent: number, name: Buffer, _ctx?: RequestContext): Promise<void> {
+  async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
     checkName(name);
     const dir = this.dirNode(parent);
     const ino = this.volume.meta.lookup(parent, name);
@@ -357,7 +353,7 @@ export class PogFs implements LowLevelOps {
     this.releaseIfUnused(node);
   }
 
-  rmdir(parent: number, name: Buffer, _ctx?: RequestContext): void {
+  rmdir(parent: number, name: Buffer, _ctx?: Caller): void {
     checkName(name);
     const dir = this.dirNode(parent);
     const ino = this.volume.meta.lookup(parent, name);
@@ -378,7 +374,7 @@ export class PogFs implements LowLevelOps {
     this.releaseIfUnused(node);
   }
 
-  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: RequestContext): void {
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: Caller): void {
     checkName(name);
     checkName(newName);
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
@@ -449,7 +445,7 @@ export class PogFs implements LowLevelOps {
 
   // ---- files ----
 
-  open(ino: number, flags: number, _ctx?: RequestContext): OpenReply {
+  open(ino: number, flags: number, _ctx?: Caller): Opened {
     const node = this.node(ino);
     if (isDir(node.row.mode)) fail(E.EISDIR);
     return this.openNode(node, flags);
@@ -461,7 +457,7 @@ export class PogFs implements LowLevelOps {
     return node.content.read(offset, size);
   }
 
-  write(ino: number, fh: number, data: Buffer, offset: number, _ctx?: RequestContext): number | Promise<number> {
+  write(ino: number, fh: number, data: Buffer, offset: number, _ctx?: Caller): number | Promise<number> {
     const node = this.handleNode(ino, fh);
     if (!node.content) fail(E.EBADF);
     if (!Number.isSafeInteger(offset + data.length)) fail(E.EFBIG);
@@ -585,7 +581,7 @@ export class PogFs implements LowLevelOps {
 
   // ---- directories ----
 
-  opendir(ino: number, _flags?: number, _ctx?: RequestContext): OpenReply {
+  opendir(ino: number, _flags?: number, _ctx?: Caller): Opened {
     const node = this.node(ino);
     if (!isDir(node.row.mode)) fail(E.ENOTDIR);
     const parent = ino === ROOT_INO ? ROOT_INO : this.volume.meta.parentOf(ino) ?? ROOT_INO;
@@ -598,14 +594,13 @@ export class PogFs implements LowLevelOps {
     }
     const fh = this.nextFh++;
     this.dirs.set(fh, list);
-    return { fh, keepCache: true };
+    return { fh };
   }
 
-  readdir(ino: number, fh: number, offset: number, size: number): DirEntry[] {
+  readdir(_ino: number, fh: number, offset: number, limit: number): DirEntry[] {
     const list = this.dirs.get(fh);
     if (!list) fail(E.EBADF);
-    // Each packed entry takes at least 32 bytes: never hand over far more than fits.
-    return list.slice(offset, offset + Math.ceil(size / 32) + 1);
+    return list.slice(offset, offset + limit);
   }
 
   releasedir(_ino: number, fh: number): void {
@@ -618,7 +613,7 @@ export class PogFs implements LowLevelOps {
 
   // ---- extended attributes ----
 
-  setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: RequestContext): void {
+  setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: Caller): void {
     checkXattrName(name);
     // POSIX ACLs are not supported: storing them as plain attributes would make `cp -a`
     // believe its permissions were set (it tries the ACL first, chmod only on EOPNOTSUPP).
@@ -641,7 +636,7 @@ export class PogFs implements LowLevelOps {
     }
   }
 
-  getxattr(ino: number, name: Buffer, _ctx?: RequestContext): Buffer {
+  getxattr(ino: number, name: Buffer, _ctx?: Caller): Buffer {
     checkXattrName(name);
     this.node(ino);
     const value = this.volume.meta.getXattr(ino, name);
@@ -649,13 +644,13 @@ export class PogFs implements LowLevelOps {
     return value;
   }
 
-  listxattr(ino: number, _ctx?: RequestContext): Buffer {
+  listxattr(ino: number, _ctx?: Caller): Buffer {
     this.node(ino);
     const names = this.volume.meta.listXattrs(ino);
     return Buffer.concat(names.flatMap((n) => [n, Buffer.from([0])]));
   }
 
-  removexattr(ino: number, name: Buffer, _ctx?: RequestContext): void {
+  removexattr(ino: number, name: Buffer, _ctx?: Caller): void {
     checkXattrName(name);
     const node = this.node(ino);
     const meta = this.volume.meta;
@@ -703,12 +698,12 @@ export class PogFs implements LowLevelOps {
     if (node.content && !node.content.dirty && node.opens === 0) node.content = undefined;
   }
 
-  private openNode(node: Node, flags: number): OpenReply {
+  private openNode(node: Node, flags: number): Opened {
     if (isReg(node.row.mode)) this.content(node);
     node.opens += 1;
     const fh = this.nextFh++;
     this.files.set(fh, { ino: node.row.ino, writable: (flags & O_ACCMODE) !== O_RDONLY });
-    return { fh, keepCache: true };
+    return { fh };
   }
 
   /** Makes the node's content durable; `urgent` when a caller waits for that (fsync, close). */
@@ -751,7 +746,7 @@ export class PogFs implements LowLevelOps {
     this.reclaimer.release(hashes);
   }
 
-  private makeNode(parent: number, name: Buffer, mode: number, rdev: number, ctx: RequestContext, target?: Buffer): Node {
+  private makeNode(parent: number, name: Buffer, mode: number, rdev: number, ctx: Caller, target?: Buffer): Node {
     checkName(name);
     const dir = this.dirNode(parent);
     const meta = this.volume.meta;
@@ -780,10 +775,10 @@ export class PogFs implements LowLevelOps {
     return node;
   }
 
-  /** Counts the kernel's new reference before the reply leaves (FORGET can't outrun it). */
+  /** Counts the caller's new reference before the reply leaves (a forget can't outrun it). */
   private entry(node: Node): Entry {
     node.lookups += 1;
-    return { attr: this.attr(node), entryTimeout: this.options.cacheTimeout, attrTimeout: this.options.cacheTimeout };
+    return { attr: this.attr(node) };
   }
 
   private attr(node: Node): Attr {

@@ -1,5 +1,5 @@
 import { statfsSync } from 'node:fs';
-import { E, FsError } from './errors';
+import { E, FsError } from '../posix/errors';
 
 /** What the guard needs to know of the disk the volume lives on. */
 export interface SpaceSource {

@@ -1,8 +1,6 @@
-/** A point in time as whole seconds and nanoseconds, the form stored and sent to the kernel. */
-export interface Timespec {
-  s: number;
-  ns: number;
-}
+import type { Timespec } from '../posix/file-system';
+
+export type { Timespec };
 
 // Date.now() has millisecond resolution; anchor the monotonic clock to it once so times
 // carry sub-millisecond digits, as a kernel filesystem's would.

@@ -1,12 +1,12 @@
 import { join } from 'node:path';
-import type { RequestContext } from '../../src/fuse/types';
+import type { Caller } from '../../src/posix/file-system';
 import type { Compression } from '../../src/store/codec';
 import { PogFs } from '../../src/vfs/filesystem';
 import { Volume } from '../../src/vfs/volume';
 import { tempDir } from './tmp';
 
-export const root: RequestContext = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
-export const user = (uid: number, gid = uid): RequestContext => ({ uid, gid, pid: 1, umask: 0o022 });
+export const root: Caller = { uid: 0, gid: 0, pid: 1, umask: 0o022 };
+export const user = (uid: number, gid = uid): Caller => ({ uid, gid, pid: 1, umask: 0o022 });
 
 export const quietLog = {
   errors: [] as string[],
@@ -29,7 +29,7 @@ export interface TestFs {
 /** Opens the volume at `path`, creating it (with `blockSize`, `compression`, `superchunks`) when absent. */
 export function openFs(path: string, blockSize?: number, compression?: Compression, superchunks?: boolean): TestFs {
   const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize, compression, superchunks });
-  const fs = new PogFs(volume, { cacheTimeout: 60, syncOnClose: true, writebackIntervalMs: 60000, metadataCommitMs: 1000 }, quietLog);
+  const fs = new PogFs(volume, { syncOnClose: true, writebackIntervalMs: 60000, metadataCommitMs: 1000 }, quietLog);
   const t: TestFs = {
     fs,
     volume,

@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { openMetaEngine } from '../../src/meta/registry';
-import { S_IFDIR, S_IFREG } from '../../src/meta/inode-mode';
+import { S_IFDIR, S_IFREG } from '../../src/posix/file-system';
 
 interface Job {
   url: string;

@@ -2,7 +2,7 @@ import { constants } from 'node:os';
 
 export const E = constants.errno;
 
-/** An error that carries a Linux errno: what the metadata engine and the vfs answer, and what the FUSE adapter replies with. */
+/** An error that answers a filesystem call with a Linux errno (the FUSE adapter replies with it). */
 export class FsError extends Error {
   constructor(
     readonly errno: number,
