@@ -1,5 +1,5 @@
 import type { Timespec } from '../posix/file-system';
-import type { BlockRow, DirRow, EntryRow, InodeRow, InodeSummary, Superblock, VolumeTotals } from './meta-db';
+import type { BlockRow, DirRow, EntryRow, InodeRow, InodeSummary, NewInode, Superblock, VolumeTotals } from './meta-db';
 
 /**
  * The metadata engine: a volume's namespace, attributes, symlinks, xattrs and block maps
@@ -182,8 +182,9 @@ export interface MetaEngine extends MetaDurability {
 }
 
 /**
- * What fsck and gc read of a volume (whole-volume scans) and the direct repairs fsck
- * makes. Run on an unmounted volume.
+ * What fsck and gc read of a volume (whole-volume scans), on an unmounted volume.
+ * Synchronous and whole-table today (SQLite in process); an engine over the network
+ * would page these.
  */
 export interface MetaScan {
   schemaVersion(): number;
@@ -205,6 +206,27 @@ export interface MetaScan {
   referencedBytes(): number;
   /** Distinct blocks the rows reference, and their bytes. */
   uniqueBlocks(): { n: number; bytes: number };
+}
+
+/**
+ * The direct repairs fsck makes on an unmounted volume: row-level writes that may break
+ * the rules the engine keeps (that is what repairing a broken volume takes), run in one
+ * durable transaction.
+ */
+export interface MetaRepair {
+  durableTransaction<T>(fn: () => T): T;
+  getInode(ino: number): InodeRow | undefined;
+  insertInode(row: NewInode): number;
+  insertInodeWithIno(row: InodeRow): void;
+  updateInode(row: InodeRow): void;
+  deleteInode(ino: number): Buffer[];
+  lookup(parent: number, name: Buffer): number | undefined;
+  addEntry(parent: number, name: Buffer, ino: number): void;
+  removeEntry(parent: number, name: Buffer): void;
+  setBlock(ino: number, idx: number, hash: Buffer, len: number): void;
+  deleteBlock(ino: number, idx: number): void;
+  setNlink(ino: number, nlink: number): void;
+  setStoredBytes(ino: number, storedBytes: number): void;
 }
 
 /** What a metadata backup needs: a change counter, committed state, and a consistent copy. */

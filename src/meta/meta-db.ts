@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import type { MetaScan, MetaSnapshot } from './engine';
+import type { MetaRepair, MetaScan, MetaSnapshot } from './engine';
 import { ROOT_INO, S_IFDIR, S_IFMT, S_IFREG } from '../posix/file-system';
 import { RemoteIndex } from './remote-index';
 import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
@@ -110,12 +110,15 @@ const GROUP_COMMIT_MAX_CHANGES = 5000;
  * also makes every earlier commit durable.
  *
  * The POSIX-level operations are its `engine` (the MetaEngine of this database); the
- * whole-volume scans (MetaScan) and the backup snapshot (MetaSnapshot) are here. The
+ * whole-volume scans (MetaScan), fsck's repairs (MetaRepair) and the backup snapshot
+ * (MetaSnapshot) are here. The
  * SQLite handle never leaves src/meta.
  */
-export class MetaDb implements MetaScan, MetaSnapshot {
+export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   private readonly db: Database.Database;
   private readonly s;
+  /** Runs a function atomically: made once, as wrapping a function per call costs more than the statements it runs. */
+  private readonly atomic: Database.Transaction<(fn: () => unknown) => unknown>;
   private sqliteEngine: SqliteEngine | undefined;
   /** Group commit interval in ms; 0 commits every transaction on its own. */
   groupCommitMs = 0;
@@ -136,6 +139,7 @@ export class MetaDb implements MetaScan, MetaSnapshot {
     this.db.pragma('cache_size = -65536');
     if (!options.readOnly) migrate(this.db);
     const db = this.db;
+    this.atomic = db.transaction((fn: () => unknown) => fn());
     this.s = {
       // `*`: a read-only open does not migrate, so an older volume may lack later columns.
       superblock: db.prepare('SELECT * FROM superblock WHERE id = 1'),
@@ -293,7 +297,7 @@ export class MetaDb implements MetaScan, MetaSnapshot {
    * commit the group at once.
    */
   transaction<T>(fn: () => T): T {
-    if (this.groupCommitMs <= 0) return this.db.transaction(fn)();
+    if (this.groupCommitMs <= 0) return this.atomic(fn) as T;
     if (!this.db.inTransaction) {
       // IMMEDIATE: the group writes anyway, and taking the write lock up front keeps
       // another connection from slipping a write between a read and a write of it.
@@ -301,7 +305,7 @@ export class MetaDb implements MetaScan, MetaSnapshot {
       this.groupTimer = setTimeout(() => this.commitGroup(), this.groupCommitMs);
       this.groupTimer.unref();
     }
-    const result = this.db.transaction(fn)();
+    const result = this.atomic(fn) as T;
     if (++this.groupChanges >= GROUP_COMMIT_MAX_CHANGES) this.commitGroup();
     return result;
   }
@@ -312,7 +316,7 @@ export class MetaDb implements MetaScan, MetaSnapshot {
    * operation cannot change what it read before it writes.
    */
   writeTransaction<T>(fn: () => T): T {
-    if (this.groupCommitMs <= 0) return this.db.transaction(fn).immediate();
+    if (this.groupCommitMs <= 0) return this.atomic.immediate(fn) as T;
     return this.transaction(fn);
   }
 

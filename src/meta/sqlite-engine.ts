@@ -60,6 +60,7 @@ export class SqliteEngine implements MetaEngine {
     this.s = {
       lookupRow: db.prepare('SELECT i.* FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?'),
       touch: db.prepare('UPDATE inodes SET nlink = nlink + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
+      touchParent: db.prepare('UPDATE inodes SET nlink = nlink + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ? RETURNING mode, gid'),
       change: db.prepare('UPDATE inodes SET nlink = nlink + ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       nlink: db.prepare('UPDATE inodes SET nlink = nlink + ? WHERE ino = ?'),
       orphan: db.prepare('UPDATE inodes SET nlink = 0, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
@@ -105,11 +106,10 @@ export class SqliteEngine implements MetaEngine {
   }
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
-    return this.meta.writeTransaction(() => {
-      this.inode(ino);
-      this.update(ino, change);
-      return this.inode(ino);
-    });
+    // One statement (UPDATE ... RETURNING): atomic without a transaction of its own.
+    const row = this.update(ino, change) ?? this.meta.getInode(ino);
+    if (!row) fail(E.ENOENT);
+    return row;
   }
 
   async parentOf(ino: number): Promise<number | undefined> {
@@ -123,13 +123,16 @@ export class SqliteEngine implements MetaEngine {
   // ---- the namespace ----
 
   async mknod(parent: number, name: Buffer, spec: NodeSpec, t: Timespec): Promise<InodeRow> {
-    checkName(name);
     if (spec.target !== undefined) {
       if (spec.target.length === 0) fail(E.ENOENT);
       if (spec.target.length > SYMLINK_MAX) fail(E.ENAMETOOLONG);
     }
+    checkName(name);
     return this.meta.writeTransaction(() => {
-      const dir = this.dir(parent);
+      // The parent is updated first, which also reads it (a failure below undoes it).
+      const dir = this.s.touchParent.get(isDir(spec.mode) ? 1 : 0, t.s, t.ns, t.s, t.ns, parent) as { mode: number; gid: number } | undefined;
+      if (!dir) fail(E.ENOENT);
+      if (!isDir(dir.mode)) fail(E.ENOTDIR);
       if (this.meta.lookup(parent, name) !== undefined) fail(E.EEXIST);
       // In a set-group-ID directory new entries take the directory's group, and new
       // subdirectories inherit the bit (as ext4 does).
@@ -143,7 +146,6 @@ export class SqliteEngine implements MetaEngine {
       const ino = this.meta.insertInode(fresh);
       this.meta.addEntry(parent, name, ino);
       if (spec.target) this.meta.setSymlinkTarget(ino, spec.target);
-      this.s.touch.run(isDir(mode) ? 1 : 0, t.s, t.ns, t.s, t.ns, parent);
       return { ino, ...fresh };
     });
   }
@@ -151,13 +153,14 @@ export class SqliteEngine implements MetaEngine {
   async link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow> {
     checkName(name);
     return this.meta.writeTransaction(() => {
-      if (isDir(this.inode(ino).mode)) fail(E.EPERM);
+      const node = this.inode(ino);
+      if (isDir(node.mode)) fail(E.EPERM);
       this.dir(parent);
       if (this.meta.lookup(parent, name) !== undefined) fail(E.EEXIST);
       this.meta.addEntry(parent, name, ino);
       this.s.change.run(1, t.s, t.ns, ino);
       this.s.touch.run(0, t.s, t.ns, t.s, t.ns, parent);
-      return this.inode(ino);
+      return { ...node, nlink: node.nlink + 1, ctime_s: t.s, ctime_ns: t.ns };
     });
   }
 
@@ -170,7 +173,7 @@ export class SqliteEngine implements MetaEngine {
       this.meta.removeEntry(parent, name);
       this.s.change.run(-1, t.s, t.ns, node.ino);
       this.s.touch.run(0, t.s, t.ns, t.s, t.ns, parent);
-      return this.detached(node.ino, inUse);
+      return this.detached({ ...node, nlink: node.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);
     });
   }
 
@@ -184,7 +187,7 @@ export class SqliteEngine implements MetaEngine {
       this.meta.removeEntry(parent, name);
       this.s.orphan.run(t.s, t.ns, node.ino);
       this.s.touch.run(-1, t.s, t.ns, t.s, t.ns, parent); // its ".." is gone
-      return this.detached(node.ino, inUse);
+      return this.detached({ ...node, nlink: 0, ctime_s: t.s, ctime_ns: t.ns }, inUse);
     });
   }
 
@@ -194,7 +197,7 @@ export class SqliteEngine implements MetaEngine {
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
     return this.meta.writeTransaction(() => {
       this.dir(parent);
-      this.dir(newParent);
+      if (newParent !== parent) this.dir(newParent);
       const src = this.named(parent, name);
       const dstIno = this.meta.lookup(newParent, newName);
       const dst = dstIno === undefined ? undefined : this.inode(dstIno);
@@ -222,7 +225,7 @@ export class SqliteEngine implements MetaEngine {
         touch(parent).modified = true;
         touch(newParent).modified = true;
         this.apply(touches, t);
-        return { moved: this.inode(src.ino), exchanged: this.inode(dst.ino) };
+        return { moved: { ...src, ctime_s: t.s, ctime_ns: t.ns }, exchanged: { ...dst, ctime_s: t.s, ctime_ns: t.ns } };
       }
 
       if (dst) {
@@ -253,7 +256,9 @@ export class SqliteEngine implements MetaEngine {
       touch(parent).modified = true;
       touch(newParent).modified = true;
       this.apply(touches, t);
-      return { moved: this.inode(src.ino), replaced: dst ? this.detached(dst.ino, inUse) : undefined };
+      const moved = { ...src, ctime_s: t.s, ctime_ns: t.ns };
+      if (!dst) return { moved };
+      return { moved, replaced: this.detached({ ...dst, nlink: isDir(dst.mode) ? 0 : dst.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse) };
     });
   }
 
@@ -371,11 +376,10 @@ export class SqliteEngine implements MetaEngine {
     return row;
   }
 
-  /** The inode after it lost a name; freed now when it has none left and nobody uses it. */
-  private detached(ino: number, inUse: InUse | undefined): Detached {
-    const attr = this.inode(ino);
-    if (attr.nlink > 0 || inUse?.(ino)) return { attr };
-    return { attr, freed: this.meta.deleteInode(ino) };
+  /** The inode after it lost a name (`attr` as written); freed now when it has none left and nobody uses it. */
+  private detached(attr: InodeRow, inUse: InUse | undefined): Detached {
+    if (attr.nlink > 0 || inUse?.(attr.ino)) return { attr };
+    return { attr, freed: this.meta.deleteInode(attr.ino) };
   }
 
   /** EINVAL when moving directory `ino` under `target` would put it inside itself. */
@@ -396,8 +400,11 @@ export class SqliteEngine implements MetaEngine {
     }
   }
 
-  /** Writes the fields `change` gives, and only those (one cached statement per set of fields). */
-  private update(ino: number, change: AttrChange): void {
+  /**
+   * Writes the fields `change` gives, and only those (one cached statement per set of
+   * fields); the row after, or undefined when no such inode (or no field) is given.
+   */
+  private update(ino: number, change: AttrChange): InodeRow | undefined {
     const args: number[] = [];
     let key = '';
     for (const [field] of ATTR_COLUMNS) {
@@ -407,13 +414,13 @@ export class SqliteEngine implements MetaEngine {
       if (typeof v === 'number') args.push(v);
       else args.push(v.s, v.ns);
     }
-    if (key === '') return;
+    if (key === '') return undefined;
     let stmt = this.updates.get(key);
     if (!stmt) {
       const sets = ATTR_COLUMNS.filter(([field]) => change[field] !== undefined).map(([, sql]) => sql);
-      stmt = this.db.prepare(`UPDATE inodes SET ${sets.join(', ')} WHERE ino = ?`);
+      stmt = this.db.prepare(`UPDATE inodes SET ${sets.join(', ')} WHERE ino = ? RETURNING *`);
       this.updates.set(key, stmt);
     }
-    stmt.run(...args, ino);
+    return stmt.get(...args, ino) as InodeRow | undefined;
   }
 }

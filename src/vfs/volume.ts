@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { MetaEngine } from '../meta/engine';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
 import { encodingOf } from '../store/codec';
@@ -48,6 +49,11 @@ export class Volume {
     readonly superblock: Superblock,
     readonly settings: VolumeSettings,
   ) {}
+
+  /** The POSIX-level operations on the volume's metadata (what the vfs uses). */
+  get engine(): MetaEngine {
+    return this.meta.engine;
+  }
 
   get blockSize(): number {
     return this.superblock.block_size;
