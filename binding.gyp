@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "pogfs_fuse",
-      "sources": ["src/fuse/native/pogfs_fuse.c"],
+      "sources": ["src/fuse/native/pogfs_fuse.c", "src/fuse/native/pogfs_notify.c"],
       "defines": ["FUSE_USE_VERSION=312", "NAPI_VERSION=8"],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config fuse3 --cflags)"],

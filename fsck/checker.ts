@@ -6,7 +6,8 @@ import type { BlockStoreStats, ChunkInfo } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader, decodeLocator, isLocator, type Locator } from '../src/store/codec';
 import { HASH_LENGTH, hashBlock } from '../src/store/hash';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
-import { FindingSet, ProgressLine, type FsckStats } from './report';
+import { FindingSet, type FsckStats } from './report';
+import type { ProgressSink } from '../src/progress';
 import { PathNamer, displayName } from '../src/meta/path-namer';
 import { ROOT_INO, isDir, isReg } from '../src/posix/file-system';
 
@@ -61,7 +62,8 @@ export interface TreePlan {
 
 export interface CheckOptions {
   quick: boolean;
-  progress?: ProgressLine;
+  /** Progress of the long phases; cleared (a status line erased) once the blocks are verified. */
+  progress?: ProgressSink & { clear?(): void };
 }
 
 /** Everything a check learned: findings for the report and state for the repairer. */
@@ -293,7 +295,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
     }
   }
   const verifySeconds = (performance.now() - verifyStart) / 1000;
-  progress?.clear();
+  progress?.clear?.();
 
   const damaged = new Set(store.damagedHashes().map(key));
 

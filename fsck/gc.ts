@@ -131,6 +131,7 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
           }
         });
       }
+      progress?.update(unreferenced.length, unreferenced.length);
       await store.maintenance(() => {
         for (const { hash, count } of fixRefs) store.setRefCount(hash, count);
         for (const hash of staleRefs) store.setRefCount(hash, 0);
@@ -269,7 +270,10 @@ export async function collectGarbageLive(
   let skippedBusy = 0;
   const remove = () => {
     const live = liveKeys();
+    if (!dryRun) progress?.start('gc: deleting unreferenced blocks');
+    let at = 0;
     for (const c of candidates) {
+      if (!dryRun) progress?.update(++at, candidates.length);
       if (store.refCount(c.hash) !== c.refs || live.has(c.key)) {
         skippedBusy++;
         continue;

@@ -87,6 +87,7 @@ export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o
       const moved = await store.markDirtyAgain(hashes);
       result.movedBlocks += moved;
     }
+    o.progress?.update(done, sparse.length, doneBytes);
     await parts.cache.flush();
   }
   for (const u of sparse) result.movedBlocks += o.dryRun ? u.liveBlocks : 0;
@@ -125,6 +126,7 @@ export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o
     o.progress?.update(i, doomed.length);
     await parts.remote.delete(p);
   }
+  if (doomed.length > 0) o.progress?.update(doomed.length, doomed.length);
   o.log.info(`gc on the remote: ${result.deletedPacks} packs deleted (${result.deletedBytes} bytes), ${result.repackedPacks} repacked, ${result.orphanPacks} orphans`);
   return result;
 }

@@ -1,8 +1,7 @@
-import { formatBytes } from '../src/format';
-import type { ProgressEvent, ProgressSink } from '../src/progress';
+import { formatBytes, mbPerSecond } from '../src/format';
 /**
  * What `pogfs fsck` found and did: the finding types, the exit code they make, and their
- * text and JSON renderings. Also the one-line progress display used on a terminal.
+ * text and JSON renderings.
  */
 
 export type FindingKind =
@@ -157,10 +156,6 @@ export function exitCodeFor(findings: Finding[], repair: boolean): 0 | 1 | 4 {
 }
 
 
-export function mbPerSecond(bytes: number, seconds: number): number {
-  return seconds > 0 ? bytes / 1e6 / seconds : 0;
-}
-
 export function renderText(r: FsckReport): string {
   const out: string[] = [];
   const s = r.stats;
@@ -198,58 +193,3 @@ export function renderJson(r: FsckReport): string {
     2,
   );
 }
-
-/**
- * A single status line on stderr, redrawn at most 5 times a second, only when stderr is
- * a terminal (silent otherwise): phase, done/total, rate and time left.
- */
-export class ProgressLine implements ProgressSink {
-  private last = 0;
-  private shown = false;
-  private phaseStart = 0;
-  private phase = '';
-
-  constructor(
-    private readonly stream: NodeJS.WriteStream = process.stderr,
-    readonly enabled: boolean = !!process.stderr.isTTY,
-  ) {}
-
-  start(phase: string): void {
-    this.phase = phase;
-    this.phaseStart = Date.now();
-    this.last = 0;
-  }
-
-  /** `done`/`total` items; `bytes` so far for a rate in MB/s (else items/s). */
-  update(done: number, total: number, bytes?: number): void {
-    if (!this.enabled) return;
-    const t = Date.now();
-    if (t - this.last < 200) return;
-    this.last = t;
-    const secs = (t - this.phaseStart) / 1000;
-    const pct = total > 0 ? Math.min(100, (100 * done) / total) : 0;
-    const rate = bytes !== undefined ? `${mbPerSecond(bytes, secs).toFixed(0)} MB/s` : `${secs > 0 ? (done / secs).toFixed(0) : 0}/s`;
-    const eta = done > 0 && total > done ? ((total - done) * secs) / done : 0;
-    const line = `${this.phase}: ${done}/${total} (${pct.toFixed(0)}%) ${rate}, ETA ${formatEta(eta)}`;
-    this.stream.write(`\r\x1b[K${line}`);
-    this.shown = true;
-  }
-
-  /** Shows a progress event of work done elsewhere (the daemon): a new phase restarts rate and ETA. */
-  show(e: ProgressEvent): void {
-    if (e.phase !== this.phase) this.start(e.phase);
-    if (e.total > 0) this.update(e.done, e.total, e.bytes);
-  }
-
-  clear(): void {
-    if (this.shown) this.stream.write('\r\x1b[K');
-    this.shown = false;
-  }
-}
-
-function formatEta(seconds: number): string {
-  const s = Math.round(seconds);
-  const m = Math.floor(s / 60);
-  return `${m}:${String(s % 60).padStart(2, '0')}`;
-}
-

@@ -1,6 +1,6 @@
 /**
- * Where a long job says how far it is: a terminal's status line (fsck/report.ts
- * ProgressLine), or the daemon's control socket for work done on a command's behalf.
+ * Where a long job says how far it is: a command's progress output (src/cli/
+ * progress-output.ts), or the daemon's control socket for work done on a command's behalf.
  * Updates may come for every item: a sink throttles them itself.
  */
 export interface ProgressSink {

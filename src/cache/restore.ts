@@ -92,5 +92,6 @@ export async function indexPacks(remote: Remote, meta: MetaDb, options: { all?: 
     scan.packs++;
     scan.blocks += entries.length;
   }
+  options.progress?.update(seen, remotePacks.length, bytes);
   return scan;
 }

@@ -29,24 +29,32 @@ export interface ControlRequest {
 /** At most this often, a progress line goes to the client. */
 const PROGRESS_EVERY_MS = 200;
 
-/** A ProgressSink that sends throttled progress lines down the socket. */
-function socketProgress(sock: Socket): ProgressSink {
+/** A ProgressSink that sends throttled progress lines down the socket; `flush` sends the last numbers held back. */
+function socketProgress(sock: Socket): ProgressSink & { flush(): void } {
   let phase = '';
   let last = 0;
+  let pending: ProgressEvent | undefined;
   const send = (e: ProgressEvent) => {
+    pending = undefined;
     if (!sock.writable) return;
     last = Date.now();
     sock.write(`${JSON.stringify({ progress: e })}\n`);
   };
+  const flush = () => {
+    if (pending) send(pending);
+  };
   return {
     start: (p) => {
+      flush(); // the phase that ends shows its last numbers
       phase = p;
       send({ phase, done: 0, total: 0 });
       last = 0; // the phase's first numbers go out at once
     },
     update: (done, total, bytes) => {
-      if (Date.now() - last >= PROGRESS_EVERY_MS) send({ phase, done, total, ...(bytes === undefined ? {} : { bytes }) });
+      pending = { phase, done, total, ...(bytes === undefined ? {} : { bytes }) };
+      if (Date.now() - last >= PROGRESS_EVERY_MS) send(pending);
     },
+    flush,
   };
 }
 
@@ -72,8 +80,12 @@ export function serveControl(handle: (req: ControlRequest, progress: ProgressSin
         sock.end(`${JSON.stringify({ error: 'the request is not JSON' })}\n`);
         return;
       }
-      handle(req, req.progress ? socketProgress(sock) : undefined).then(
-        (result) => sock.end(`${JSON.stringify({ result })}\n`),
+      const progress = req.progress ? socketProgress(sock) : undefined;
+      handle(req, progress).then(
+        (result) => {
+          progress?.flush();
+          sock.end(`${JSON.stringify({ result })}\n`);
+        },
         (err: Error) => {
           onError(err);
           sock.end(`${JSON.stringify({ error: err.message })}\n`);

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import type { UsageError } from './errors';
 import type { DaemonLogger } from './log';
 import { findMount, fuseUnmount } from './mounts';
+import { notifyStopping } from './service-notify';
 
 /** What a daemon started with `--ipc-ready` tells the command that started it. */
 export interface DaemonMessage {
@@ -45,7 +46,7 @@ export function launchDaemon(argv: string[], o: { what: string; mountpoint: stri
         if (settled) return;
         child.kill('SIGKILL');
         if (findMount(mountpoint)) fuseUnmount(mountpoint, true);
-        finish(1, `pogfs: the ${o.what} (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${o.log}`);
+        finish(1, `pogfs: the ${o.what} (pid ${child.pid}) did not get the mount ready within ${READY_TIMEOUT_MS / 1000} s and was stopped; see ${o.log} for what it waited on, then try again (POGFS_READY_TIMEOUT_SECONDS sets the limit)`);
       }, READY_TIMEOUT_MS);
     };
     armTimer();
@@ -96,13 +97,14 @@ export function daemonReporter(ipcReady: boolean | undefined): {
 /**
  * What every mount daemon does with its process: DESIGN invariant 5 (a bug in some
  * background callback is logged, not fatal; the mount and every byte already written
- * stay), SIGTERM/SIGINT unmount lazily (open files keep working until closed; never a
+ * stay), SIGTERM/SIGINT unmount lazily (and tell systemd STOPPING=1) (open files keep working until closed; never a
  * synchronous unmount here: it would flush dirty pages through this very thread), and
  * SIGHUP reopens the log (logrotate's postrotate: `kill -HUP PID`).
  */
 export function keepDaemonProcess(log: DaemonLogger, unmountLazily: () => Promise<unknown>): void {
   const stop = (signal: string) => {
     log.info(`${signal}: unmounting`);
+    notifyStopping(log);
     unmountLazily().catch((err) => log.error('unmount failed', err));
   };
   process.on('uncaughtException', (err) => log.error('uncaught exception (the mount stays up)', err));

@@ -15,6 +15,7 @@ import { mountOverlap, prepareMountpoint } from './mounts';
 import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-server';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { collectRemoteGarbage } from '../../fsck/remote-gc';
+import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DaemonOptions {
   volume: string;
@@ -83,6 +84,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   let metricsServer: MetricsServer | undefined;
   try {
     if (volume.settings.remote) {
+      log.info(`attaching the remote ${volume.settings.remote} (its writer lock, then the cache)`);
+      notifyStatus(`attaching the remote ${volume.settings.remote}`, log);
       attached = await attachRemote(volume, { readOnly: o.readOnly, breakLock: o.breakLock, log, notice: o.notice });
       log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.store.dirtyStats().blocks} blocks waiting for upload`);
     }
@@ -106,10 +109,12 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     if (o.metrics) {
       const remote = attached;
       metrics = new DaemonMetrics({
-        chunkCache: () => volume.store.chunkStats().cache,
-        writeBufferBytes: () => fs.writer.bufferedBytes(),
-        uploadPending: () => (remote ? volume.store.dirtyStats() : { blocks: 0, bytes: 0 }),
-        blockStore: () => volume.store.stats(),
+        volume: {
+          chunkCache: () => volume.store.chunkStats().cache,
+          writeBufferBytes: () => fs.writer.bufferedBytes(),
+          uploadPending: () => (remote ? volume.store.dirtyStats() : { blocks: 0, bytes: 0 }),
+          blockStore: () => volume.store.stats(),
+        },
         remote: remote && {
           calls: () => remote.remote.counters(),
           requests: () => remote.remote.requestOutcomes?.() ?? [],
@@ -190,8 +195,10 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     );
     const active = session;
     keepDaemonProcess(log, () => active.unmount({ lazy: true }));
+    notifyReady(`mounted ${volumePath} at ${mountpoint}`, log);
     o.onReady();
     await active.ended;
+    notifyStopping(log);
     log.info('session ended: committing and closing');
     control.close();
     await maintenance;

@@ -15,7 +15,10 @@ import { callControl } from './control-socket';
 import type { DriveViewStatus } from './drive-daemon';
 import { UsageError } from './errors';
 import { daemonReporter, launchDaemon } from './daemon-launch';
+import { logArgv, logSettings, type LogLevel } from './log-options';
+import { parseMetricsAddress } from './metrics-address';
 import { mountOverlap, pogfsMountContaining } from './mounts';
+import { progressDisplay } from './progress-output';
 
 export interface DriveMountFlags {
   root?: string;
@@ -33,6 +36,13 @@ export interface DriveMountFlags {
   catchUpWait?: number;
   allowNonEmpty?: boolean;
   ipcReady?: boolean;
+  logLevel?: LogLevel;
+  logFile?: string;
+  logMaxSize?: number;
+  metrics?: string;
+  /** Show the first scan's progress even when stderr is not a terminal (JSON lines with --json). */
+  progress?: boolean;
+  json?: boolean;
 }
 
 const DEFAULT_CACHE_BYTES = 10 * 1024 ** 3;
@@ -60,11 +70,15 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   const stateDir = resolve(flags.stateDir ?? defaultStateDir(flags));
   const pollInterval = flags.pollInterval ?? DEFAULT_POLL_SECONDS;
   if (!(pollInterval >= 0)) throw new UsageError(`--poll-interval must be a number of seconds (0: only on refresh), not ${pollInterval}`);
+  // Checked here, before anything is started, so a typo is one line and exit 2.
+  const metrics = flags.metrics === undefined ? undefined : parseMetricsAddress(flags.metrics);
+  const { logFile, logOptions } = logSettings(flags);
   if (flags.foreground) {
     const { runDriveDaemon } = await import('./drive-daemon');
     const report = daemonReporter(flags.ipcReady);
     let lastProgress = 0;
     const startedAt = Date.now();
+    const scan = scanProgress(flags);
     await runDriveDaemon({
       mountpoint,
       stateDir,
@@ -76,7 +90,9 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
       credentials: flags.credentials,
       driveApiUrl: flags.driveApiUrl,
       driveTokenUrl: flags.driveTokenUrl,
-      verbose: !!flags.verbose,
+      logFile,
+      logOptions,
+      metrics,
       allowNonEmpty: !!flags.allowNonEmpty,
       chunkSize: flags.chunkSize,
       maxReadaheadBytes: flags.readahead,
@@ -86,10 +102,11 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
         if (now - lastProgress < 500) return;
         lastProgress = now;
         if (report.send) report.send({ progress: items, elapsedMs: now - startedAt });
-        else showProgress(items, now - startedAt);
+        else scan.show(items, now - startedAt);
       },
       onReady: report.onReady,
     });
+    scan.end();
     report.finish();
     return;
   }
@@ -103,29 +120,45 @@ export async function driveMount(mountpoint: string, flags: DriveMountFlags): Pr
   if (flags.credentials) argv.push('--credentials', resolve(flags.credentials));
   if (flags.driveApiUrl) argv.push('--drive-api-url', flags.driveApiUrl);
   if (flags.driveTokenUrl) argv.push('--drive-token-url', flags.driveTokenUrl);
-  if (flags.verbose) argv.push('--verbose');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
+  if (flags.metrics !== undefined) argv.push('--metrics', flags.metrics);
+  argv.push(...logArgv(logFile, logOptions));
   if (flags.chunkSize) argv.push('--chunk-size', String(flags.chunkSize));
   if (flags.readahead) argv.push('--readahead', String(flags.readahead));
   if (flags.catchUpWait !== undefined) argv.push('--catch-up-wait', String(flags.catchUpWait));
+  const scan = scanProgress(flags);
   await launchDaemon(argv, {
     what: 'Drive view daemon',
     mountpoint,
-    log: join(stateDir, STATE_FILES.log),
-    onProgress: (m) => showProgress(m.progress ?? 0, m.elapsedMs ?? 0),
+    log: logFile ?? join(stateDir, STATE_FILES.log),
+    onProgress: (m) => scan.show(m.progress ?? 0, m.elapsedMs ?? 0),
   });
-  if (process.stderr.isTTY && shownProgress) process.stderr.write('\n');
+  scan.end();
 }
 
-/** Set once a progress line was drawn (it then needs its newline). */
-let shownProgress = false;
-
-/** The scan's progress, on a terminal only. */
-function showProgress(items: number, elapsedMs: number): void {
-  if (!process.stderr.isTTY) return;
-  shownProgress = true;
-  const rate = elapsedMs > 0 ? Math.round((items * 1000) / elapsedMs) : 0;
-  process.stderr.write(`\rpogfs: scanning the Drive: ${items} items (${rate}/s)   `);
+/**
+ * The first scan's progress (items listed so far; the total is not known): a counting
+ * line on a terminal; with --progress, the commands' progress output (JSON lines on
+ * stderr with --json, a line even when stderr is not a terminal without).
+ */
+function scanProgress(flags: DriveMountFlags): { show(items: number, elapsedMs: number): void; end(): void } {
+  if (flags.progress) {
+    const display = progressDisplay(flags);
+    display.start('scanning the Drive');
+    return { show: (items) => display.update(items, 0), end: () => display.clear() };
+  }
+  let shown = false;
+  return {
+    show: (items, elapsedMs) => {
+      if (!process.stderr.isTTY) return;
+      shown = true;
+      const rate = elapsedMs > 0 ? Math.round((items * 1000) / elapsedMs) : 0;
+      process.stderr.write(`\rpogfs: scanning the Drive: ${items} items (${rate}/s)   `);
+    },
+    end: () => {
+      if (shown) process.stderr.write('\n');
+    },
+  };
 }
 
 /** The state directory of a mounted Drive view holding `target`, or undefined if it is not one. */

@@ -18,9 +18,11 @@ import { serveControl } from './control-socket';
 import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
 import { keepDaemonProcess } from './daemon-launch';
 import { UsageError } from './errors';
-import { openLog } from './log';
-import { DEFAULT_LOG_MAX_BYTES } from './log-options';
+import { openLog, type DaemonLogger } from './log';
+import type { LogOptions } from './log-options';
+import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-server';
 import { prepareMountpoint } from './mounts';
+import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DriveMountOptions {
   mountpoint: string;
@@ -34,7 +36,12 @@ export interface DriveMountOptions {
   credentials: string | undefined;
   driveApiUrl: string | undefined;
   driveTokenUrl: string | undefined;
-  verbose: boolean;
+  /** Where the log goes: a file, or `-` for stderr (default: pogfs.log in the state directory). */
+  logFile?: string;
+  /** Level and size bound of the log. */
+  logOptions: LogOptions;
+  /** Serve Prometheus metrics at this address (`--metrics`, parsed). */
+  metrics?: { host: string; port: number };
   /** How long a later mount waits for its catch-up poll before serving the stored tree anyway. */
   catchUpWaitSec: number;
   /** Reader tuning (tests, bench): chunk size and read-ahead. */
@@ -88,12 +95,20 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     o.onReady(err instanceof UsageError ? err : new UsageError((err as Error).message));
     return;
   }
-  const log = openLog(join(stateDir, STATE_FILES.log), { level: o.verbose ? 'debug' : 'info', maxBytes: DEFAULT_LOG_MAX_BYTES });
+  let log: DaemonLogger;
+  const logTarget = o.logFile ?? join(stateDir, STATE_FILES.log);
+  try {
+    log = openLog(logTarget, o.logOptions);
+  } catch (err) {
+    o.onReady(new UsageError(`cannot open the log file ${logTarget}: ${(err as Error).message}`));
+    return;
+  }
   const recordPath = join(stateDir, STATE_FILES.daemon);
   writeFileSync(join(stateDir, STATE_FILES.view), JSON.stringify({ root: o.rootId, sharedDrive: o.sharedDriveId ?? null }) + '\n', { mode: 0o600 });
   let view: DriveView | undefined;
   let session: FuseSession | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let metricsServer: MetricsServer | undefined;
   try {
     let client;
     try {
@@ -118,7 +133,13 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     // A later mount waits for its catch-up poll only so long: with Drive down, the stored tree is served and the poll goes on behind it.
     let lateCatchUp: Promise<Invalidation> | undefined;
     try {
-      const starting = view.start(o.progress);
+      let statusAt = 0;
+      const starting = view.start((items) => {
+        o.progress?.(items);
+        if (Date.now() - statusAt < 1000) return;
+        statusAt = Date.now();
+        notifyStatus(`scanning the Drive: ${items} items`, log);
+      });
       if (firstScan) await starting;
       else {
         let timer: NodeJS.Timeout | undefined;
@@ -139,6 +160,16 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     const counts = view.mirror.itemCount();
     log.info(`${firstScan ? 'scanned' : 'caught up with'} the Drive: ${counts.items} items in ${Date.now() - started} ms; calls ${JSON.stringify(client.counters())}`);
 
+    let metrics: DaemonMetrics | undefined;
+    if (o.metrics) {
+      const [v, c] = [view, client];
+      metrics = new DaemonMetrics({
+        driveView: { chunkCache: () => v.cache.stats(), downloads: () => v.reader.stats },
+        remote: { calls: () => c.counters(), requests: () => c.requestOutcomes() },
+      });
+      metricsServer = await serveMetrics(metrics, o.metrics, (err) => log.error('metrics server', err));
+      log.info(`metrics at ${metricsServer.url}`);
+    }
     // Names, attributes and pages are cached for an hour: each poll invalidates exactly
     // what changed, and pages stay cached across opens for the same reason.
     const ops = new FsAdapter(new DriveViewFs(view, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }), {
@@ -161,11 +192,18 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
         negativeTimeout: 3600,
         attrTimeout: 3600,
       },
-      { error: (msg, err) => log.error(msg, err), debug: o.verbose ? (msg) => log.debug(msg) : undefined },
+      { error: (msg, err) => log.error(msg, err), debug: o.logOptions.level === 'debug' ? (msg) => log.debug(msg) : undefined },
+      metrics,
     );
     ops.attach(session);
     lateCatchUp?.then((inval) => ops.invalidate(inval)).catch((err: unknown) => log.error('catch-up poll failed', err));
-    const record: DaemonRecord = { pid: process.pid, startTicks: processStartTicks(process.pid) ?? '', mountpoint, started: new Date().toISOString() };
+    const record: DaemonRecord = {
+      pid: process.pid,
+      startTicks: processStartTicks(process.pid) ?? '',
+      mountpoint,
+      started: new Date().toISOString(),
+      ...(metricsServer ? { metrics: metricsServer.url } : {}),
+    };
     writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
     log.info(`mounted the Drive view of ${o.sharedDriveId ? `shared drive ${o.sharedDriveId}` : o.rootId} at ${mountpoint}`);
     process.chdir(stateDir);
@@ -211,8 +249,10 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     );
     const active = session;
     keepDaemonProcess(log, () => active.unmount({ lazy: true }));
+    notifyReady(`mounted the Drive view of ${describeRoot(o.rootId, o.sharedDriveId)} at ${mountpoint}: ${counts.items} items`, log);
     o.onReady();
     await active.ended;
+    notifyStopping(log);
     log.info('session ended');
     clearTimeout(timer);
     control.close();
@@ -223,6 +263,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     else throw err;
   } finally {
     clearTimeout(timer);
+    await metricsServer?.close();
     view?.close();
     rmSync(recordPath, { force: true });
     log.info('state closed');

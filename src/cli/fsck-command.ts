@@ -8,17 +8,20 @@ import { rebuildFromRemote } from '../../fsck/rebuild';
 import { MetaDb } from '../meta/meta-db';
 import { readSettings } from '../vfs/volume-settings';
 import { repairVolume } from '../../fsck/repairer';
-import { ProgressLine, exitCodeFor, renderJson, renderText, type FsckReport } from '../../fsck/report';
+import { exitCodeFor, renderJson, renderText, type FsckReport } from '../../fsck/report';
 import { SCHEMA_VERSION } from '../meta/schema';
 import { BlockStore, checkStoreFile } from '../store/block-store';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
+import { progressDisplay, type ProgressDisplay } from './progress-output';
 
 export interface FsckFlags {
   quick?: boolean;
   repair?: boolean;
   json?: boolean;
+  /** Show progress even when stderr is not a terminal (as JSON lines with --json). */
+  progress?: boolean;
   force?: boolean;
   /** Check the pack index against the remote's listing. */
   remote?: boolean;
@@ -80,7 +83,7 @@ function openForCheck(path: string, repair: boolean): Volume {
 }
 
 /** Runs fsck as `pogfs fsck` does and returns the report (no printing). */
-export async function runFsck(target: string, flags: FsckFlags, progress?: ProgressLine): Promise<FsckReport> {
+export async function runFsck(target: string, flags: FsckFlags, progress?: ProgressDisplay): Promise<FsckReport> {
   const path = resolve(target);
   const volume = openForCheck(path, !!flags.repair);
   const started = performance.now();
@@ -187,7 +190,7 @@ async function rebuild(path: string, flags: FsckFlags): Promise<void> {
   }
   const remote = await openVolumeRemote(settings);
   try {
-    const progress = new ProgressLine();
+    const progress = progressDisplay(flags);
     let r;
     try {
       r = await rebuildFromRemote(path, spec, remote, given, progress);
@@ -219,7 +222,7 @@ export async function fsck(target: string, flags: FsckFlags): Promise<void> {
     await rebuild(resolve(target), flags);
     flags = { ...flags, repair: true, rebuildFromRemote: undefined };
   }
-  const progress = new ProgressLine();
+  const progress = progressDisplay(flags);
   let report: FsckReport;
   try {
     report = await runFsck(target, flags, progress);

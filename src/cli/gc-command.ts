@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
-import { ProgressLine } from '../../fsck/report';
 import type { ProgressSink } from '../progress';
+import { progressDisplay } from './progress-output';
 import { callControl } from './control-socket';
 import { Volume } from '../vfs/volume';
 import { liveDaemon } from './daemon-record';
@@ -18,6 +18,8 @@ export interface GcFlags {
   dryRun?: boolean;
   compact?: boolean;
   json?: boolean;
+  /** Show progress even when stderr is not a terminal (as JSON lines with --json). */
+  progress?: boolean;
   /** Overrides the volume's repack-below setting for this run (text from the command line). */
   repackBelow?: string;
   /** Also rewrite super-chunks stored with another codec than the volume's current one. */
@@ -44,7 +46,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     }
     // Mounted: the daemon does the work, so blocks being written or held open are safe.
     let live: LiveGcResult & { remote?: RemoteGcResult };
-    const line = new ProgressLine();
+    const line = progressDisplay(flags);
     try {
       live = await callControl<LiveGcResult & { remote?: RemoteGcResult }>(path, { op: 'gc', dryRun: !!flags.dryRun, repackBelow, recompress: !!flags.recompress }, Infinity, line.enabled ? line.show.bind(line) : undefined);
     } catch (err) {
@@ -63,8 +65,8 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     return;
   }
   let result: GcResult;
-  // A status line with rate and ETA on a terminal's stderr; nothing otherwise.
-  const progress = new ProgressLine();
+  // A status line with rate and ETA on a terminal's stderr (or as asked by --progress).
+  const progress = progressDisplay(flags);
   try {
     result = await collectGarbage(path, { dryRun: flags.dryRun, compact: flags.compact, repackBelow, recompress: flags.recompress, progress });
   } catch (err) {

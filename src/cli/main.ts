@@ -7,7 +7,7 @@ import { daemonReporter, launchDaemon } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { mountArgsFromHelper } from './mount-helper';
 import { mountOverlap } from './mounts';
-import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, STDERR_LOG, type LogLevel } from './log-options';
+import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, logArgv, logSettings, type LogLevel } from './log-options';
 import { parseSize } from './units';
 
 function defaultVolume(): string {
@@ -60,6 +60,16 @@ function withRemoteOptions(c: Command): Command {
     .option('--pack-size <size>', 'with a remote: bytes per uploaded pack (default 64M)');
 }
 
+/** The log and metrics options of a mount daemon; `where` names the directory holding its default log. */
+function withDaemonOptions(c: Command, where: string): Command {
+  return c
+    .option('-v, --verbose', 'log more: the same as --log-level debug')
+    .addOption(new Option('--log-level <level>', 'what the log records (default info)').choices(LOG_LEVELS))
+    .option('--log-file <file>', `where the log goes (default pogfs.log in ${where}); - is stderr, with --foreground (for systemd's journal)`)
+    .option('--log-max-size <size>', `rename the log to FILE.1 once it passes this size and start a new one; 0 never does (let logrotate, with kill -HUP, do it) (default ${DEFAULT_LOG_MAX_BYTES / 1024 / 1024}M)`, parseSize)
+    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; port 0 picks a free one, named in the log and daemon.json)');
+}
+
 const REMOTE_SPEC = /^(local|drive):./;
 
 interface MountFlags extends RemoteFlags {
@@ -77,6 +87,8 @@ interface MountFlags extends RemoteFlags {
   logFile?: string;
   logMaxSize?: number;
   metrics?: string;
+  progress?: boolean;
+  json?: boolean;
 }
 
 /**
@@ -101,9 +113,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   let mountpoint: string;
   // Checked here, before anything is created, restored or started, so a typo is one line and exit 2.
   const metrics = flags.metrics === undefined ? undefined : (await import('./metrics-address')).parseMetricsAddress(flags.metrics);
-  if (flags.logFile === STDERR_LOG && !flags.foreground) throw new UsageError('--log-file - (stderr) needs --foreground: a background daemon has no terminal');
-  const logFile = flags.logFile === undefined || flags.logFile === STDERR_LOG ? flags.logFile : resolve(flags.logFile);
-  const logOptions = { level: flags.logLevel ?? (flags.verbose ? 'debug' : 'info'), maxBytes: flags.logMaxSize ?? DEFAULT_LOG_MAX_BYTES };
+  const { logFile, logOptions } = logSettings(flags);
 
   if (args.length === 1) {
     volume = defaultVolume();
@@ -118,7 +128,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (REMOTE_SPEC.test(volume) && !flags.ipcReady) {
     // A remote: mount its local copy, restored first if this machine has none.
     const { localCopyFor } = await commands.remoteVolume();
-    volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line) });
+    volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line), progress: flags });
   }
 
   if (flags.foreground) {
@@ -154,9 +164,8 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   if (flags.breakLock) argv.push('--break-lock');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
   if (flags.pidFile) argv.push('--pid-file', resolve(flags.pidFile));
-  if (logFile) argv.push('--log-file', logFile);
   if (flags.metrics !== undefined) argv.push('--metrics', flags.metrics);
-  argv.push('--log-level', logOptions.level, '--log-max-size', String(logOptions.maxBytes));
+  argv.push(...logArgv(logFile, logOptions));
   await launchDaemon(argv, { what: 'mount daemon', mountpoint, log: logFile ?? join(resolve(volume), 'pogfs.log') });
 }
 
@@ -204,25 +213,22 @@ function program(): Command {
     .usage('[options] [volume | local:DIR | drive:FOLDER] <mountpoint>')
     .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
-    .option('-v, --verbose', 'log more: the same as --log-level debug')
-    .addOption(new Option('--log-level <level>', 'what the log records (default info)').choices(LOG_LEVELS))
-    .option('--log-file <file>', 'where the log goes (default pogfs.log in the volume); - is stderr, with --foreground (for systemd\'s journal)')
-    .option('--log-max-size <size>', `rename the log to FILE.1 once it passes this size and start a new one; 0 never does (let logrotate, with kill -HUP, do it) (default ${DEFAULT_LOG_MAX_BYTES / 1024 / 1024}M)`, parseSize)
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
     .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
     .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--pid-file <file>', 'write the daemon\'s pid here once the mount is ready (systemd Type=forking)')
-    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; port 0 picks a free one, named in the log and daemon.json)')
     .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
+    .option('--progress', 'show progress on stderr (reading a remote\'s pack indexes while restoring it) even when it is not a terminal')
+    .option('--json', 'errors as JSON on stdout; with --progress, progress as one JSON object per line on stderr')
     .addOption(new Option('--ipc-ready').hideHelp())
     .action(async (args: string[], flags: MountFlags) => {
       if (args.length > 2) throw new UsageError(`mount takes [VOLUME] MOUNTPOINT, not ${args.length} arguments`);
       await mount(args, flags);
     });
 
-  withRemoteOptions(p.commands.find((c) => c.name() === 'mount')!);
+  withDaemonOptions(withRemoteOptions(p.commands.find((c) => c.name() === 'mount')!), 'the volume');
 
   p.command('umount')
     .alias('unmount')
@@ -252,6 +258,7 @@ function program(): Command {
     .option('--remote', 'also check the pack index against the remote (packs missing there, or there but unknown)')
     .option('--rebuild-from-remote [remote]', 'the metadata database is lost or damaged: restore the newest backup from the remote (the volume\'s own, or local:DIR / drive:FOLDER), rebuild the block index from the packs, then repair')
     .option('--json', 'machine-readable report')
+    .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
     .option('-f, --force', 'accepted for e2fsck habits: every run is a full check; never allows a mounted volume')
     .action(async (volume: string, opts: { quick?: boolean; repair?: boolean; json?: boolean; force?: boolean; remote?: boolean; rebuildFromRemote?: boolean | string } & RemoteFlags) => {
       const { fsck } = await commands.fsck();
@@ -267,7 +274,8 @@ function program(): Command {
     .option('--repack-below <share>', 'repack super-chunks less live than this share (0 to 1; default: the volume\'s repack-below setting)')
     .option('--recompress', 'also rewrite super-chunks stored with another codec than the volume\'s current compression')
     .option('--json', 'machine-readable output')
-    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; repackBelow?: string; recompress?: boolean }) => {
+    .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
+    .action(async (volume: string, opts: { dryRun?: boolean; compact?: boolean; json?: boolean; progress?: boolean; repackBelow?: string; recompress?: boolean }) => {
       const { gc } = await commands.gc();
       await gc(volume, opts);
     });
@@ -287,9 +295,10 @@ function program(): Command {
     .description('keep a file or tree local (for offline use); its blocks are fetched now and never evicted')
     .argument('<path>', 'a file or directory inside a mounted volume')
     .option('--json', 'machine-readable output')
-    .action(async (path: string, opts: { json?: boolean }) => {
+    .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
+    .action(async (path: string, opts: { json?: boolean; progress?: boolean }) => {
       const { pin } = await commands.pin();
-      await pin('pin', path, !!opts.json);
+      await pin('pin', path, !!opts.json, !!opts.progress);
     });
 
   p.command('unpin')
@@ -385,12 +394,14 @@ function addDriveCommands(p: Command): void {
     .option('--cache-size <size>', 'bound of the chunk cache on disk (default 10G)', parseSize)
     .option('--poll-interval <seconds>', 'how often to poll the changes feed (default 60; 0: only on drive refresh)', seconds)
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
-    .option('-v, --verbose', 'log more (the log is pogfs.log in the state directory)')
     .option('--chunk-size <size>', 'bytes per downloaded chunk (default 1M)', parseSize)
     .option('--readahead <size>', 'most bytes read ahead of a sequential reader (default 64M)', parseSize)
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--catch-up-wait <seconds>', 'a later mount serves the stored tree after this long if Drive has not answered its catch-up poll (default 10)', seconds)
-    .addOption(new Option('--ipc-ready').hideHelp())
+    .option('--progress', 'show the first scan\'s progress on stderr even when it is not a terminal')
+    .option('--json', 'errors as JSON on stdout; with --progress, progress as one JSON object per line on stderr')
+    .addOption(new Option('--ipc-ready').hideHelp());
+  withDaemonOptions(drive.commands.find((c) => c.name() === 'mount')!, 'the state directory')
     .action(async (mountpoint: string, flags: import('./drive-command').DriveMountFlags) => {
       const { driveMount } = await commands.drive();
       await driveMount(mountpoint, flags);

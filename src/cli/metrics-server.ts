@@ -7,24 +7,42 @@ import type { FuseOpObserver } from '../fuse/session';
 import type { RemoteCounters, RequestOutcome } from '../remote/remote';
 import type { BlockStoreStats } from '../store/block-store';
 import type { ChunkCacheStats } from '../store/chunk-cache';
+import type { ChunkCacheStats as DriveChunkCacheStats } from '../driveview/chunk-cache';
+import type { DownloadStats } from '../driveview/chunk-reader';
 import { UsageError } from './errors';
 
-/** What a mounted volume's metrics are read from, when Prometheus scrapes (nothing is counted twice). */
-export interface MetricsSources {
+/** What a mounted volume's store reports. */
+export interface VolumeMetricsSources {
   chunkCache(): ChunkCacheStats;
   /** Bytes written but not yet committed to the block store. */
   writeBufferBytes(): number;
   /** Blocks in the store that the remote does not have yet (0 without a remote). */
   uploadPending(): { blocks: number; bytes: number };
   blockStore(): BlockStoreStats;
+}
+
+/** What the Drive view reports: its content-keyed chunk cache on disk and its ranged downloads. */
+export interface DriveViewMetricsSources {
+  chunkCache(): DriveChunkCacheStats;
+  downloads(): DownloadStats;
+}
+
+/**
+ * What a mount daemon's metrics are read from, when Prometheus scrapes (nothing is
+ * counted twice): a volume's store, or a Drive view's cache; and the remote's client.
+ */
+export interface MetricsSources {
+  volume?: VolumeMetricsSources;
+  driveView?: DriveViewMetricsSources;
   remote?: {
     /** The remote client's own call counters (the ones `pogfs stats` prints). */
     calls(): RemoteCounters;
     /** HTTP requests by method and status (Drive; none for local:DIR). */
     requests(): RequestOutcome[];
-    fetch(): FetcherStats;
-    /** Block reads served by the local cache (hits) or only after a fetch (misses). */
-    reads(): { hits: number; misses: number };
+    /** A volume's fetches into its local cache (absent for a Drive view). */
+    fetch?(): FetcherStats;
+    /** Block reads served by a volume's local cache (hits) or only after a fetch (misses). */
+    reads?(): { hits: number; misses: number };
   };
 }
 
@@ -59,20 +77,41 @@ export class DaemonMetrics implements FuseOpObserver {
     this.bytesRead = new Counter({ name: 'pogfs_read_bytes_total', help: 'bytes returned by FUSE reads', registers });
     this.bytesWritten = new Counter({ name: 'pogfs_written_bytes_total', help: 'bytes accepted by FUSE writes', registers });
 
-    const chunk = (pick: (s: ChunkCacheStats) => number) => () => pick(sources.chunkCache());
+    if (sources.volume) this.volumeMetrics(sources.volume);
+    if (sources.driveView) this.driveViewMetrics(sources.driveView);
+    if (sources.remote) this.remoteMetrics(sources.remote);
+  }
+
+  private volumeMetrics(volume: VolumeMetricsSources): void {
+    const registers = [this.registry];
+    const chunk = (pick: (s: ChunkCacheStats) => number) => () => pick(volume.chunkCache());
     new Counter({ name: 'pogfs_chunk_cache_hits_total', help: 'super-chunk reads served decoded from memory', registers, collect() { this.reset(); mirror(this, chunk((s) => s.hits)()); } });
     new Counter({ name: 'pogfs_chunk_cache_misses_total', help: 'super-chunk reads that had to decompress', registers, collect() { this.reset(); mirror(this, chunk((s) => s.misses)()); } });
     new Gauge({ name: 'pogfs_chunk_cache_bytes', help: 'decoded super-chunks held in memory', registers, collect() { this.set(chunk((s) => s.bytes)()); } });
-    new Gauge({ name: 'pogfs_write_buffer_bytes', help: 'bytes written but not yet committed to the block store', registers, collect() { this.set(sources.writeBufferBytes()); } });
-    new Gauge({ name: 'pogfs_upload_pending_bytes', help: 'bytes in the block store not yet on the remote (dirty)', registers, collect() { this.set(sources.uploadPending().bytes); } });
-    new Gauge({ name: 'pogfs_upload_pending_blocks', help: 'blocks in the block store not yet on the remote (dirty)', registers, collect() { this.set(sources.uploadPending().blocks); } });
-    const store = (pick: (s: BlockStoreStats) => number) => () => pick(sources.blockStore());
+    new Gauge({ name: 'pogfs_write_buffer_bytes', help: 'bytes written but not yet committed to the block store', registers, collect() { this.set(volume.writeBufferBytes()); } });
+    new Gauge({ name: 'pogfs_upload_pending_bytes', help: 'bytes in the block store not yet on the remote (dirty)', registers, collect() { this.set(volume.uploadPending().bytes); } });
+    new Gauge({ name: 'pogfs_upload_pending_blocks', help: 'blocks in the block store not yet on the remote (dirty)', registers, collect() { this.set(volume.uploadPending().blocks); } });
+    const store = (pick: (s: BlockStoreStats) => number) => () => pick(volume.blockStore());
     new Gauge({ name: 'pogfs_block_store_blocks', help: 'distinct blocks in the local block store', registers, collect() { this.set(store((s) => s.blocks)()); } });
     new Gauge({ name: 'pogfs_block_store_stored_bytes', help: 'bytes the local block store holds (compressed, headers included)', registers, collect() { this.set(store((s) => s.storedBytes)()); } });
     new Gauge({ name: 'pogfs_block_store_unique_bytes', help: 'decoded bytes of the distinct blocks held', registers, collect() { this.set(store((s) => s.uniqueBytes)()); } });
+  }
 
-    const remote = sources.remote;
-    if (!remote) return;
+  private driveViewMetrics(view: DriveViewMetricsSources): void {
+    const registers = [this.registry];
+    const cache = (pick: (s: DriveChunkCacheStats) => number) => () => pick(view.chunkCache());
+    new Counter({ name: 'pogfs_driveview_chunk_cache_hits_total', help: 'Drive view chunk reads served by the content-keyed cache', registers, collect() { this.reset(); mirror(this, cache((s) => s.hits)()); } });
+    new Counter({ name: 'pogfs_driveview_chunk_cache_misses_total', help: 'Drive view chunk reads that waited for a download', registers, collect() { this.reset(); mirror(this, cache((s) => s.misses)()); } });
+    new Gauge({ name: 'pogfs_driveview_chunk_cache_bytes', help: 'bytes of chunks the Drive view cache holds on disk', registers, collect() { this.set(cache((s) => s.bytes)()); } });
+    new Gauge({ name: 'pogfs_driveview_chunk_cache_chunks', help: 'chunks the Drive view cache holds on disk', registers, collect() { this.set(cache((s) => s.chunks)()); } });
+    new Gauge({ name: 'pogfs_driveview_chunk_cache_capacity_bytes', help: 'the bound of the Drive view cache (--cache-size)', registers, collect() { this.set(cache((s) => s.capacityBytes)()); } });
+    new Counter({ name: 'pogfs_driveview_download_bytes_total', help: 'bytes downloaded from Drive by ranged reads', registers, collect() { this.reset(); mirror(this, view.downloads().bytes); } });
+    new Counter({ name: 'pogfs_driveview_downloads_total', help: 'ranged reads from Drive', registers, collect() { this.reset(); mirror(this, view.downloads().downloads); } });
+    new Counter({ name: 'pogfs_driveview_md5_mismatches_total', help: 'files read through whose bytes did not match Drive\'s md5 (served as EIO)', registers, collect() { this.reset(); mirror(this, view.downloads().md5Mismatches); } });
+  }
+
+  private remoteMetrics(remote: NonNullable<MetricsSources['remote']>): void {
+    const registers = [this.registry];
     // The remote client's counter names: methods (files.list, put ...), retry.REASON
     // (429, 5xx, network, 401 ...) and bytes.up / bytes.down.
     new Counter({
@@ -103,11 +142,17 @@ export class DaemonMetrics implements FuseOpObserver {
         for (const r of remote.requests()) mirror(this, r.requests, { method: r.method, status: r.status });
       },
     });
-    new Counter({ name: 'pogfs_remote_cache_hits_total', help: 'block reads served by the local cache of the remote', registers, collect() { this.reset(); mirror(this, remote.reads().hits); } });
-    new Counter({ name: 'pogfs_remote_cache_misses_total', help: 'block reads that waited for a fetch from the remote', registers, collect() { this.reset(); mirror(this, remote.reads().misses); } });
-    new Counter({ name: 'pogfs_remote_fetched_blocks_total', help: 'blocks fetched from the remote (read-ahead and pins included)', registers, collect() { this.reset(); mirror(this, remote.fetch().blocks); } });
-    new Counter({ name: 'pogfs_remote_fetch_bytes_total', help: 'bytes downloaded to fill the local cache', registers, collect() { this.reset(); mirror(this, remote.fetch().bytes); } });
-    new Counter({ name: 'pogfs_remote_fetch_failures_total', help: 'fetches from the remote that failed (corrupt values included)', registers, collect() { this.reset(); const f = remote.fetch(); mirror(this, f.failures + f.corrupt); } });
+    const fetch = remote.fetch?.bind(remote);
+    const reads = remote.reads?.bind(remote);
+    if (reads) {
+      new Counter({ name: 'pogfs_remote_cache_hits_total', help: 'block reads served by the local cache of the remote', registers, collect() { this.reset(); mirror(this, reads().hits); } });
+      new Counter({ name: 'pogfs_remote_cache_misses_total', help: 'block reads that waited for a fetch from the remote', registers, collect() { this.reset(); mirror(this, reads().misses); } });
+    }
+    if (fetch) {
+      new Counter({ name: 'pogfs_remote_fetched_blocks_total', help: 'blocks fetched from the remote (read-ahead and pins included)', registers, collect() { this.reset(); mirror(this, fetch().blocks); } });
+      new Counter({ name: 'pogfs_remote_fetch_bytes_total', help: 'bytes downloaded to fill the local cache', registers, collect() { this.reset(); mirror(this, fetch().bytes); } });
+      new Counter({ name: 'pogfs_remote_fetch_failures_total', help: 'fetches from the remote that failed (corrupt values included)', registers, collect() { this.reset(); const f = fetch(); mirror(this, f.failures + f.corrupt); } });
+    }
   }
 
   opDone(op: string, seconds: number, errno: number, bytes: number): void {

@@ -2,19 +2,19 @@ import { relative, resolve } from 'node:path';
 import type { PinResult } from '../cache/remote-cache';
 import { formatBytes } from '../format';
 import { callControl } from './control-socket';
-import { ProgressLine } from '../../fsck/report';
+import { progressDisplay } from './progress-output';
 import { UsageError } from './errors';
 import { pogfsMountContaining } from './mounts';
 
 /** `pogfs pin PATH` / `pogfs unpin PATH`: asks the daemon of the mount holding PATH. */
-export async function pin(op: 'pin' | 'unpin', path: string, json: boolean): Promise<void> {
+export async function pin(op: 'pin' | 'unpin', path: string, json: boolean, showProgress = false): Promise<void> {
   const abs = resolve(path);
   const m = pogfsMountContaining(abs);
   if (!m) throw new UsageError(`${abs} is not inside a mounted pogfs volume`);
   const rel = relative(m.target, abs);
   let result: PinResult | { ino: number; unpinned: boolean };
-  // The daemon fetches; on a terminal its progress shows as a status line on stderr.
-  const line = new ProgressLine();
+  // The daemon fetches; on a terminal (or with --progress) its progress shows on stderr.
+  const line = progressDisplay({ json, progress: showProgress });
   const onProgress = line.enabled ? line.show.bind(line) : undefined;
   try {
     result = await callControl<PinResult | { ino: number; unpinned: boolean }>(m.source, { op, path: rel }, Infinity, onProgress);

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { GENERATION_KEY, MetaBackup, listGenerations } from '../cache/meta-backup';
-import { ProgressLine } from '../../fsck/report';
+import { progressDisplay, type ProgressFlags } from './progress-output';
 import { downloadNewestMetadata, indexPacks } from '../cache/restore';
 import { MetaDb } from '../meta/meta-db';
 import { BlockStore } from '../store/block-store';
@@ -72,6 +72,8 @@ export interface LocalCopyOptions {
   /** Settings to store in the copy (credentials, Drive URLs, cache size ...). */
   settings: SettingFlags;
   notice: (line: string) => void;
+  /** How reading the remote's pack indexes shows its progress (`--progress`, `--json`). */
+  progress?: ProgressFlags;
 }
 
 /**
@@ -117,11 +119,11 @@ export async function localCopyFor(rawSpec: string, o: LocalCopyOptions): Promis
     renameSync(dir, aside);
     o.notice(`pogfs: ${spec} was written elsewhere since this copy; the old copy is kept at ${aside}`);
   }
-  await restoreInto(dir, spec, overrides, o.notice);
+  await restoreInto(dir, spec, overrides, o.notice, o.progress ?? {});
   return dir;
 }
 
-async function restoreInto(dir: string, spec: string, overrides: Record<string, string>, notice: (line: string) => void): Promise<void> {
+async function restoreInto(dir: string, spec: string, overrides: Record<string, string>, notice: (line: string) => void, progressFlags: ProgressFlags): Promise<void> {
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new UsageError(`${dir} exists and is not a pogfs volume: give another --cache-dir`);
   const remote = await openVolumeRemote(readSettings(overrides, 'given'));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -144,7 +146,7 @@ async function restoreInto(dir: string, spec: string, overrides: Record<string, 
         store.setTotals({ blocks: 0, uniqueBytes: 0, storedBytes: 0, references });
       });
       meta.durableTransaction(() => meta.remote.setState(GENERATION_KEY, String(restored.generation)));
-      const progress = new ProgressLine();
+      const progress = progressDisplay(progressFlags);
       let scan;
       try {
         scan = await indexPacks(remote, meta, { progress });

@@ -99,6 +99,8 @@ interface NativeBinding {
   umount(mountpoint: string, lazy: boolean): Promise<number>;
   setSecurityXattrsPresent(h: NativeHandle, present: boolean): void;
   versions(): Omit<FuseVersions, 'file'>;
+  /** One datagram to a Unix socket (`@NAME`: abstract); 0 or an errno. Non-blocking. */
+  sdNotify(socketPath: string, message: string): number;
   /** Synchronous lazy unmount, for process exit only. */
   detach(h: NativeHandle): void;
   // Each reply returns false when the request was already answered or the session ended.
@@ -155,6 +157,11 @@ export interface FuseVersions {
 export function fuseVersions(): FuseVersions {
   const native = loadNative();
   return { ...native.versions(), file: nativeFile ?? '' };
+}
+
+/** The addon's datagram sender, for the service manager's notifications (src/cli/service-notify.ts). */
+export function sendDatagram(socketPath: string, message: string): number {
+  return loadNative().sdNotify(socketPath, message);
 }
 
 const EIO = os.constants.errno.EIO;

@@ -48,6 +48,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* pogfs_notify.c: one datagram to the service manager (systemd's NOTIFY_SOCKET). */
+napi_value pf_js_sd_notify(napi_env env, napi_callback_info info);
+
 extern char **environ;
 
 /* Handler indices in the JS handlers array. Keep in sync with `Op` in session.ts. */
@@ -1727,6 +1730,7 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL },
     { "umount", NULL, js_umount, NULL, NULL, NULL, napi_enumerable, NULL },
     { "versions", NULL, js_versions, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sdNotify", NULL, pf_js_sd_notify, NULL, NULL, NULL, napi_enumerable, NULL },
     { "detach", NULL, js_detach, NULL, NULL, NULL, napi_enumerable, NULL },
     { "setSecurityXattrsPresent", NULL, js_set_security_xattrs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyErr", NULL, js_reply_err, NULL, NULL, NULL, napi_enumerable, NULL },
