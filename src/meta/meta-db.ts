@@ -36,6 +36,33 @@ export interface InodeRow {
 
 export type NewInode = Omit<InodeRow, 'ino'>;
 
+/** An inode row's columns in InodeRow's order, for statements that read rows as arrays. */
+export const INODE_COLUMNS = 'ino, mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes';
+
+/**
+ * The InodeRow of a row read as an array (from `at`): better-sqlite3 makes an array
+ * and this object faster than it makes a row object (about 2 us against 3.4 per row),
+ * and inode rows are read on every lookup and getattr.
+ */
+export function inodeFromRaw(r: readonly unknown[], at = 0): InodeRow {
+  return {
+    ino: r[at] as number,
+    mode: r[at + 1] as number,
+    uid: r[at + 2] as number,
+    gid: r[at + 3] as number,
+    nlink: r[at + 4] as number,
+    size: r[at + 5] as number,
+    rdev: r[at + 6] as number,
+    atime_s: r[at + 7] as number,
+    atime_ns: r[at + 8] as number,
+    mtime_s: r[at + 9] as number,
+    mtime_ns: r[at + 10] as number,
+    ctime_s: r[at + 11] as number,
+    ctime_ns: r[at + 12] as number,
+    stored_bytes: r[at + 13] as number,
+  };
+}
+
 /** A fresh inode row: all three times set to `t`, nothing stored yet. */
 export function newInode(
   f: { mode: number; uid: number; gid: number; nlink: number; size?: number; rdev?: number },
@@ -144,7 +171,7 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
       // `*`: a read-only open does not migrate, so an older volume may lack later columns.
       superblock: db.prepare('SELECT * FROM superblock WHERE id = 1'),
       barrier: db.prepare('UPDATE superblock SET barrier = barrier + 1 WHERE id = 1'),
-      getInode: db.prepare('SELECT * FROM inodes WHERE ino = ?'),
+      getInode: db.prepare(`SELECT ${INODE_COLUMNS} FROM inodes WHERE ino = ?`).raw(),
       insertInode: db.prepare(
         `INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
          VALUES (@mode, @uid, @gid, @nlink, @size, @rdev, @atime_s, @atime_ns, @mtime_s, @mtime_ns, @ctime_s, @ctime_ns, @stored_bytes)`,
@@ -351,7 +378,8 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   }
 
   getInode(ino: number): InodeRow | undefined {
-    return this.s.getInode.get(ino) as InodeRow | undefined;
+    const r = this.s.getInode.get(ino) as unknown[] | undefined;
+    return r && inodeFromRaw(r);
   }
 
   insertInode(row: NewInode): number {

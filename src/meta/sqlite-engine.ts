@@ -16,7 +16,7 @@ import {
 } from './engine';
 import { E, fail } from '../posix/errors';
 import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
-import { newInode, type BlockRow, type DirRow, type InodeRow, type MetaDb, type Superblock, type VolumeTotals } from './meta-db';
+import { INODE_COLUMNS, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type MetaDb, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 
 /** The columns each AttrChange field writes, in a fixed order (the key of a cached UPDATE). */
@@ -58,7 +58,14 @@ export class SqliteEngine implements MetaEngine {
   ) {
     this.url = `sqlite:${meta.path}`;
     this.s = {
-      lookupRow: db.prepare('SELECT i.* FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?'),
+      // A miss says ENOENT or ENOTDIR by the parent's mode: one statement for the (common)
+      // negative lookup before every create, and for a hit.
+      lookupWithParent: db.prepare(
+        `SELECT p.mode, ${INODE_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ')}
+           FROM inodes p LEFT JOIN dentries d ON d.parent = p.ino AND d.name = ? LEFT JOIN inodes i ON i.ino = d.ino
+          WHERE p.ino = ?`,
+      ).raw(),
+      lookupRow: db.prepare(`SELECT ${INODE_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ')} FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.name = ?`).raw(),
       touch: db.prepare('UPDATE inodes SET nlink = nlink + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
       touchParent: db.prepare('UPDATE inodes SET nlink = nlink + ?, mtime_s = ?, mtime_ns = ?, ctime_s = ?, ctime_ns = ? WHERE ino = ? RETURNING mode, gid'),
       change: db.prepare('UPDATE inodes SET nlink = nlink + ?, ctime_s = ?, ctime_ns = ? WHERE ino = ?'),
@@ -95,10 +102,11 @@ export class SqliteEngine implements MetaEngine {
 
   async lookup(parent: number, name: Buffer): Promise<InodeRow> {
     checkName(name);
-    const row = this.s.lookupRow.get(parent, name) as InodeRow | undefined;
-    if (row) return row;
-    this.dir(parent);
-    return fail(E.ENOENT);
+    const r = this.s.lookupWithParent.get(name, parent) as unknown[] | undefined;
+    if (!r) fail(E.ENOENT);
+    if (!isDir(r[0] as number)) fail(E.ENOTDIR);
+    if (r[1] === null) fail(E.ENOENT);
+    return inodeFromRaw(r, 1);
   }
 
   async getattr(ino: number): Promise<InodeRow> {
@@ -371,9 +379,9 @@ export class SqliteEngine implements MetaEngine {
 
   /** The inode `name` in `parent` names; ENOENT (also for an entry whose inode is missing). */
   private named(parent: number, name: Buffer): InodeRow {
-    const row = this.s.lookupRow.get(parent, name) as InodeRow | undefined;
-    if (!row) fail(E.ENOENT);
-    return row;
+    const r = this.s.lookupRow.get(parent, name) as unknown[] | undefined;
+    if (!r) fail(E.ENOENT);
+    return inodeFromRaw(r);
   }
 
   /** The inode after it lost a name (`attr` as written); freed now when it has none left and nobody uses it. */
@@ -418,9 +426,10 @@ export class SqliteEngine implements MetaEngine {
     let stmt = this.updates.get(key);
     if (!stmt) {
       const sets = ATTR_COLUMNS.filter(([field]) => change[field] !== undefined).map(([, sql]) => sql);
-      stmt = this.db.prepare(`UPDATE inodes SET ${sets.join(', ')} WHERE ino = ? RETURNING *`);
+      stmt = this.db.prepare(`UPDATE inodes SET ${sets.join(', ')} WHERE ino = ? RETURNING ${INODE_COLUMNS}`).raw();
       this.updates.set(key, stmt);
     }
-    return stmt.get(...args, ino) as InodeRow | undefined;
+    const r = stmt.get(...args, ino) as unknown[] | undefined;
+    return r && inodeFromRaw(r);
   }
 }
