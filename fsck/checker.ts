@@ -2,9 +2,12 @@ import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { BlockStoreStats, ChunkInfo } from '../src/store/block-store';
+import type { BlockStoreStats } from '../src/store/block-store';
+import { decodeVerified, verifiedMember } from '../src/store/block-verify';
 import { BLOCK_HEADER_SIZE, decodeBlock, decodeHeader, decodeLocator, isLocator, type Locator } from '../src/store/codec';
-import { HASH_LENGTH, hashBlock } from '../src/store/hash';
+import { HASH_LENGTH } from '../src/store/hash';
+import { damagedHashes } from '../src/store/repair';
+import type { ChunkInfo } from '../src/store/super-chunks';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
 import { FindingSet, type FsckStats } from './report';
 import type { ProgressSink } from '../src/progress';
@@ -221,9 +224,9 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
           if (isLocator(value)) {
             // Verified below, a chunk at a time.
             locators.set(k, decodeLocator(value));
-          } else if (!hashBlock(decodeBlock(value)).equals(hash)) {
+          } else {
             // The key is the hash of the decoded bytes: LZ4 and zstd values are decompressed first.
-            throw new Error('bytes do not match their BLAKE3 key');
+            decodeVerified(value, hash);
           }
         } catch (err) {
           s.problem = (err as Error).message;
@@ -241,7 +244,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   // --- Super-chunks: each decoded once, every block inside checked against its key.
   const chunks = new Map<number, { stored: number; problem?: string }>();
   const chunkInfo = new Map<number, ChunkInfo | undefined>();
-  for (const { chunk, info } of store.scanChunkInfo()) chunkInfo.set(chunk, info);
+  for (const { chunk, info } of store.superChunks.scanInfo()) chunkInfo.set(chunk, info);
   const members = new Map<number, string[]>();
   for (const [k, loc] of locators) {
     let list = members.get(loc.chunk);
@@ -258,10 +261,10 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   };
   if (options.quick) {
     progress?.start('listing super-chunks');
-    for (const { chunk, value } of store.scanChunks()) chunks.set(chunk, { stored: value.length });
+    for (const { chunk, value } of store.superChunks.scan()) chunks.set(chunk, { stored: value.length });
   } else {
     progress?.start('verifying super-chunks');
-    for (const { chunk, value } of store.scanChunks()) {
+    for (const { chunk, value } of store.superChunks.scan()) {
       const c: { stored: number; problem?: string } = { stored: value.length };
       chunks.set(chunk, c);
       bytesVerified += value.length;
@@ -281,7 +284,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
           c.problem ??= `is ${data.length} bytes, shorter than its blocks say`;
           s.problem = `past the end of super-chunk ${chunk} (${data.length} bytes)`;
           corrupt.push(k);
-        } else if (!hashBlock(data.subarray(loc.offset, loc.offset + loc.length)).equals(hashOf(k))) {
+        } else if (!verifiedMember(data, hashOf(k), loc.offset, loc.length)) {
           s.problem = `bytes do not match their BLAKE3 key (in super-chunk ${chunk})`;
           corrupt.push(k);
         }
@@ -297,7 +300,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   const verifySeconds = (performance.now() - verifyStart) / 1000;
   progress?.clear?.();
 
-  const damaged = new Set(store.damagedHashes().map(key));
+  const damaged = new Set(damagedHashes(store).map(key));
 
   // --- Block findings.
   const rowExample = (k: string, r: { ino: number; idx: number; len: number }) =>

@@ -7,6 +7,7 @@ import { MetaDb, newInode } from '../src/meta/meta-db';
 import type { Remote } from '../src/remote/remote';
 import { BlockStore } from '../src/store/block-store';
 import { HASH_ALGORITHM } from '../src/store/hash';
+import { StoreRepair } from '../src/store/repair';
 import { DEFAULT_BLOCK_SIZE, Volume, VolumeFiles } from '../src/vfs/volume';
 import { formatSettings, readSettings } from '../src/vfs/volume-settings';
 import { now } from '../src/vfs/time';
@@ -68,19 +69,20 @@ export async function rebuildFromRemote(path: string, spec: string, remote: Remo
     meta.close();
   }
   // Reference counts follow the restored rows (fsck --repair recounts the rest).
-  const store = BlockStore.open(join(path, VolumeFiles.blocks), { trackDirty: true });
+  const store = BlockStore.open(join(path, VolumeFiles.blocks));
   await store.close();
 
   const v = Volume.open(path);
   try {
     const rows = [...v.meta.blockRowCounts()];
     let references = 0;
-    await v.store.maintenance(() => {
+    const repair = new StoreRepair(v.store);
+    await repair.run((txn) => {
       for (const r of rows) {
-        v.store.setRefCount(r.hash, r.n);
+        repair.setRefCount(txn, r.hash, r.n);
         references += r.n;
       }
-      v.store.setTotals({ ...v.store.stats(), references });
+      repair.setTotals(txn, { ...v.store.stats(), references });
     });
     const lost = rows.filter((r) => !v.store.has(r.hash) && !v.meta.remote.has(r.hash));
     const names = new PathNamer(v.meta);

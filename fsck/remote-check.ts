@@ -1,5 +1,6 @@
 import { BlockFetcher } from '../src/cache/block-fetcher';
 import type { Remote } from '../src/remote/remote';
+import { StoreRepair, damagedHashes } from '../src/store/repair';
 import { hashOf, type CheckState } from './checker';
 
 /**
@@ -45,7 +46,8 @@ export async function checkPacks(state: CheckState, remote: Remote): Promise<{ m
  * a pack still holds are fetched back (verified against their keys).
  */
 export async function repairFromRemote(state: CheckState, remote: Remote, packs: { missingPacks: number[]; orphanNames: string[] } | undefined): Promise<void> {
-  const { meta, store } = state.volume;
+  const { meta, store, ledger } = state.volume;
+  const repair = new StoreRepair(store);
   const findings = state.findings;
   if (packs && packs.missingPacks.length > 0) {
     const local: Buffer[] = [];
@@ -59,9 +61,9 @@ export async function repairFromRemote(state: CheckState, remote: Remote, packs:
         meta.remote.deletePack(id);
       }
     });
-    await store.markDirtyAgain(local);
-    await store.maintenance(() => {
-      for (const h of lost) if ((state.rows.get(h.toString('latin1')) ?? 0) > 0) store.markDamaged(h);
+    await ledger.markDirtyAgain(local);
+    await repair.run((txn) => {
+      for (const h of lost) if ((state.rows.get(h.toString('latin1')) ?? 0) > 0) repair.markDamaged(txn, h);
     });
     findings.setRepaired('missing-pack', findings.count('missing-pack'), `forgot the packs; ${local.length} blocks still local go up again at the next mount, ${lost.length} lost blocks read as EIO`);
   }
@@ -73,7 +75,7 @@ export async function repairFromRemote(state: CheckState, remote: Remote, packs:
     findings.setRepaired('orphan-pack', findings.count('orphan-pack'), 'deleted from the remote');
   }
   // Damaged blocks a pack holds: fetched back and verified.
-  const damaged = store.damagedHashes().filter((h) => meta.remote.has(h));
+  const damaged = damagedHashes(store).filter((h) => meta.remote.has(h));
   if (damaged.length === 0) return;
   const fetcher = new BlockFetcher(store, meta.remote, remote, {
     maxRangeBytes: 16 << 20,
@@ -84,8 +86,8 @@ export async function repairFromRemote(state: CheckState, remote: Remote, packs:
   const outcomes = fetcher.fetch(damaged);
   const restored: Buffer[] = [];
   for (const [k, p] of outcomes) if ((await p) === 'ok') restored.push(hashOf(k));
-  await store.maintenance(() => {
-    for (const h of restored) store.clearDamaged(h);
+  await repair.run((txn) => {
+    for (const h of restored) repair.clearDamaged(txn, h);
   });
   const total = findings.count('missing-block') + findings.count('corrupt-block');
   if (restored.length > 0) {

@@ -1,5 +1,6 @@
 import { BLOCK_HEADER_SIZE, decodeHeader, encodeBlock } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
+import { StoreRepair } from '../src/store/repair';
 import { newInode } from '../src/meta/meta-db';
 import { now, type Timespec } from '../src/vfs/time';
 import { LOST_FOUND, hashOf, type CheckState } from './checker';
@@ -24,6 +25,7 @@ export async function repairVolume(state: CheckState): Promise<void> {
   const { volume, plan, findings } = state;
   const meta = volume.meta;
   const store = volume.store;
+  const repair = new StoreRepair(store);
   const bs = state.blockSize;
   const dead = new Set(plan.dead);
   const key = (h: Buffer) => h.toString('latin1');
@@ -59,15 +61,15 @@ export async function repairVolume(state: CheckState): Promise<void> {
     trims.push({ ino: r.ino, idx: r.idx, hash, len: keep });
   }
   if (fresh.size > 0) {
-    await store.maintenance(() => {
+    await repair.run((txn) => {
       for (const [k, f] of fresh) {
         const had = state.stored.get(k);
         if (!had || had.problem) {
-          store.putRawValue(f.hash, encodeBlock(f.data));
+          repair.putRawValue(txn, f.hash, encodeBlock(f.data));
           state.stored.set(k, { stored: BLOCK_HEADER_SIZE + f.data.length, raw: f.data.length });
         }
         const count = (state.refs.get(k) ?? 0) + f.uses;
-        store.setRefCount(f.hash, count);
+        repair.setRefCount(txn, f.hash, count);
         state.refs.set(k, count);
       }
     });
@@ -121,7 +123,7 @@ export async function repairVolume(state: CheckState): Promise<void> {
     rows.set(key(r.hash), r.n);
     references += r.n;
   }
-  await store.maintenance(() => {
+  await repair.run((txn) => {
     let blocks = 0;
     let uniqueBytes = 0;
     let storedBytes = 0;
@@ -133,9 +135,9 @@ export async function repairVolume(state: CheckState): Promise<void> {
       if (s.problem || n === 0) {
         // A quick check read no values: the store's own bookkeeping (chunk shares,
         // totals) follows each deletion. A full one recounts everything below.
-        if (state.quick) store.dropBlock(hash);
-        else store.deleteValue(hash);
-        if (n > 0 && !state.damaged.has(k)) store.markDamaged(hash);
+        if (state.quick) repair.dropBlock(txn, hash);
+        else repair.deleteValue(txn, hash);
+        if (n > 0 && !state.damaged.has(k)) repair.markDamaged(txn, hash);
       } else {
         blocks += 1;
         uniqueBytes += s.raw;
@@ -146,9 +148,9 @@ export async function repairVolume(state: CheckState): Promise<void> {
           if (!list) survivors.set(loc.chunk, (list = []));
           list.push({ hash, offset: loc.offset, length: loc.length });
         }
-        if (state.damaged.has(k)) store.clearDamaged(hash); // the block is whole again
+        if (state.damaged.has(k)) repair.clearDamaged(txn, hash); // the block is whole again
       }
-      if (state.refs.get(k) !== n) store.setRefCount(hash, n);
+      if (state.refs.get(k) !== n) repair.setRefCount(txn, hash, n);
     }
     const remote = volume.settings.remote !== '';
     for (const [k, n] of rows) {
@@ -157,26 +159,26 @@ export async function repairVolume(state: CheckState): Promise<void> {
       // the remote when a pack holds it) and the count stays equal to them, so a later
       // write of the same bytes can never be dropped early.
       const hash = hashOf(k);
-      if (state.refs.get(k) !== n) store.setRefCount(hash, n);
-      if (!state.damaged.has(k) && !(remote && meta.remote.has(hash))) store.markDamaged(hash);
+      if (state.refs.get(k) !== n) repair.setRefCount(txn, hash, n);
+      if (!state.damaged.has(k) && !(remote && meta.remote.has(hash))) repair.markDamaged(txn, hash);
     }
-    for (const k of state.refs.keys()) if (!state.stored.has(k) && !rows.has(k)) store.setRefCount(hashOf(k), 0);
-    for (const k of state.damaged) if (!rows.has(k)) store.clearDamaged(hashOf(k));
+    for (const k of state.refs.keys()) if (!state.stored.has(k) && !rows.has(k)) repair.setRefCount(txn, hashOf(k), 0);
+    for (const k of state.damaged) if (!rows.has(k)) repair.clearDamaged(txn, hashOf(k));
     if (!state.quick) {
       // Super-chunks: bad or empty ones go; the rest get counts and member lists recounted.
       for (const [chunk, c] of state.chunks) {
         const inside = survivors.get(chunk);
         if (c.problem || !inside) {
-          store.deleteChunk(chunk);
+          repair.deleteChunk(txn, chunk);
           continue;
         }
-        const value = store.chunkValue(chunk);
+        const value = store.superChunks.value(chunk);
         const totalBytes = value ? safeRawLength(value) : inside.reduce((n, m) => Math.max(n, m.offset + m.length), 0);
-        store.setChunkInfo(chunk, { liveBlocks: inside.length, liveBytes: inside.reduce((n, m) => n + m.length, 0), totalBytes });
-        store.setChunkMembers(chunk, inside);
+        repair.setChunkInfo(txn, chunk, { liveBlocks: inside.length, liveBytes: inside.reduce((n, m) => n + m.length, 0), totalBytes });
+        repair.setChunkMembers(txn, chunk, inside);
         storedBytes += c.stored;
       }
-      for (const chunk of state.chunkInfo.keys()) if (!state.chunks.has(chunk)) store.deleteChunk(chunk);
+      for (const chunk of state.chunkInfo.keys()) if (!state.chunks.has(chunk)) repair.deleteChunk(txn, chunk);
     } else {
       // The totals kept by dropBlock, plus the values written in step 1.
       const t = store.stats();
@@ -187,7 +189,7 @@ export async function repairVolume(state: CheckState): Promise<void> {
         storedBytes += f.data.length + BLOCK_HEADER_SIZE;
       }
     }
-    store.setTotals({ blocks, uniqueBytes, storedBytes, references });
+    repair.setTotals(txn, { blocks, uniqueBytes, storedBytes, references });
   });
 
   // --- What was done.
@@ -218,13 +220,7 @@ export async function repairVolume(state: CheckState): Promise<void> {
 function readVerified(state: CheckState, hash: Buffer): Buffer | undefined {
   const s = state.stored.get(hash.toString('latin1'));
   if (!s || s.problem) return undefined;
-  let data: Buffer | undefined;
-  try {
-    data = state.volume.store.get(hash);
-  } catch {
-    return undefined;
-  }
-  return data && hashBlock(data).equals(hash) ? data : undefined;
+  return state.volume.store.getVerified(hash);
 }
 
 function safeRawLength(value: Buffer): number {

@@ -8,6 +8,7 @@ import { SCHEMA_VERSION } from '../src/meta/schema';
 import { BlockStore } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, Codec, CorruptBlockError, LOCATOR_KIND, decodeBlock, encodeBlock } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
+import { StoreRepair } from '../src/store/repair';
 import { ROOT_INO } from '../src/vfs/filesystem';
 import { Volume } from '../src/vfs/volume';
 import { b, newFs, openFs, readThrough, root, type TestFs } from './support/fs';
@@ -246,7 +247,8 @@ describe('volumes with compression', () => {
     assert.equal(value[1], Codec.Lz4);
     // Clobber the middle of the payload: either the stream breaks or the bytes change.
     value.fill(0xff, BLOCK_HEADER_SIZE + 100, BLOCK_HEADER_SIZE + 200);
-    await v.store.maintenance(() => v.store.putRawValue(target, value));
+    const repair = new StoreRepair(v.store);
+    await repair.run((txn) => repair.putRawValue(txn, target, value));
     await v.close();
 
     const report = await runFsck(t.path, {});
@@ -275,7 +277,8 @@ describe('volumes with compression', () => {
     await t.close();
     const v = Volume.open(t.path);
     const value = v.store.rawValue(hash)!;
-    await v.store.maintenance(() => v.store.putRawValue(hash, value.subarray(0, value.length - 50)));
+    const repair = new StoreRepair(v.store);
+    await repair.run((txn) => repair.putRawValue(txn, hash, value.subarray(0, value.length - 50)));
     await v.close();
     const report = await runFsck(t.path, {});
     const f = report.findings.find((x) => x.kind === 'corrupt-block');

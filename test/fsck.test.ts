@@ -8,7 +8,7 @@ import { open, type Database as LmdbDb, type RootDatabase } from 'lmdb';
 import { checkVolume } from '../fsck/checker';
 import type { FindingKind, FsckReport } from '../fsck/report';
 import { runFsck } from '../src/cli/fsck-command';
-import { checkStoreFile } from '../src/store/block-store';
+import { checkStoreFile } from '../src/store/store-files';
 import { encodeBlock } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
 import { ROOT_INO } from '../src/vfs/filesystem';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { open } from 'lmdb';
-import { collectGarbage } from '../fsck/gc';
+import { collectGarbage } from '../src/gc/block-gc';
 import { runFsck } from '../src/cli/fsck-command';
 import { encodeBlock } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { auth } from '../src/cli/auth-command';
@@ -9,7 +9,8 @@ import { UsageError } from '../src/cli/errors';
 import { DriveAuth, parseCredentials } from '../src/remote/credentials';
 import { LocalRemote } from '../src/remote/local-remote';
 import { packName, PACK_PREFIXES } from '../src/remote/object-names';
-import { openDriveClient, openRemote, parseRemoteSpec, type RemoteSettings } from '../src/remote/open-remote';
+import { openDriveClient, openRemote, type RemoteSettings } from '../src/remote/open-remote';
+import { isRemoteSpec, localRemoteDir, normalizeRemoteSpec, parseRemoteSpec } from '../src/remote/remote-spec';
 import { RemoteError, type Remote, type RemoteLock } from '../src/remote/remote';
 import { DriveEmulator, FOLDER_MIME } from './support/drive-emulator';
 import { emulatorSettings } from './support/remote-settings';
@@ -269,6 +270,15 @@ describe('openRemote and credentials', () => {
     for (const bad of ['bogus', 'local:', 'drive:', 's3:bucket', '/plain/path']) {
       assert.throws(() => parseRemoteSpec(bad), /expected local:DIR .* or drive:FOLDER/);
     }
+    assert.deepEqual(parseRemoteSpec('local:rel/dir'), { kind: 'local', dir: resolve('rel/dir') });
+    // The same reading decides what the command line and the settings take for a remote.
+    for (const spec of ['local:/x', 'drive:Films', 'drive:id:abc']) assert.equal(isRemoteSpec(spec), true, spec);
+    for (const text of ['local:', 'drive:', '/local:x', 'localx:y', 'vol']) assert.equal(isRemoteSpec(text), false, text);
+    assert.equal(normalizeRemoteSpec(' local:rel/dir '), `local:${resolve('rel/dir')}`);
+    assert.equal(normalizeRemoteSpec(' drive:My backups '), 'drive:My backups');
+    assert.equal(localRemoteDir('local:/srv/remote'), '/srv/remote');
+    assert.equal(localRemoteDir('drive:local:x'), undefined);
+    assert.equal(localRemoteDir(undefined), undefined);
     const r = await openRemote(`local:${join(tempDir(), 'x')}`);
     assert.match(r.description, /^local:\//);
     await assert.rejects(openRemote('drive:X', { uploadChunkBytes: 1000, credentialsPath: '/nonexistent' }), /multiple of 256 KiB/);

@@ -3,10 +3,11 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { runFsck } from '../src/cli/fsck-command';
-import { collectGarbage } from '../fsck/gc';
+import { collectGarbage } from '../src/gc/block-gc';
 import { BlockStore } from '../src/store/block-store';
 import { BLOCK_HEADER_SIZE, Codec, LOCATOR_KIND, LOCATOR_SIZE, decodeLocator, type Compression } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
+import { StoreRepair } from '../src/store/repair';
 import { SuperChunkPacker } from '../src/store/super-chunk-packer';
 import { ROOT_INO } from '../src/vfs/filesystem';
 import { Volume } from '../src/vfs/volume';
@@ -63,7 +64,7 @@ function kindOf(t: TestFs, hash: Buffer): number | undefined {
 function storedRecount(store: BlockStore): number {
   let n = 0;
   for (const { value } of store.scanValues()) n += value.length;
-  for (const { value } of store.scanChunks()) n += value.length;
+  for (const { value } of store.superChunks.scan()) n += value.length;
   return n;
 }
 
@@ -77,10 +78,10 @@ describe('super-chunks in the block store', () => {
       await store.acquire(items);
       // Before packing: loose and raw, queued in write order.
       for (const it of items) assert.equal(store.rawValue(it.hash)![1], Codec.Raw);
-      assert.equal(store.queuedBlocks(1000).length, new Set(items.map((i) => i.hash.toString('hex'))).size);
+      assert.equal(store.superChunks.queuedBlocks(1000).length, new Set(items.map((i) => i.hash.toString('hex'))).size);
       await packer.flush();
-      assert.equal(store.queuedBlocks(10).length, 0);
-      const chunks = [...store.scanChunks()];
+      assert.equal(store.superChunks.queuedBlocks(10).length, 0);
+      const chunks = [...store.superChunks.scan()];
       assert.equal(chunks.length, 1, 'one chunk for 40 small files');
       assert.equal(chunks[0].value[1], Codec.Lz4);
       const raw = files.reduce((n, f) => n + f.data.length, 0);
@@ -110,11 +111,11 @@ describe('super-chunks in the block store', () => {
       assert.equal(after.hits - before.hits, files.length - 1);
       // Releasing all but one keeps the chunk; the last one frees it and its bytes.
       await store.release(items.slice(1).map((i) => i.hash));
-      assert.equal([...store.scanChunks()].length, 1);
-      assert.equal(store.chunkInfo(chunks[0].chunk)!.liveBlocks, 1);
+      assert.equal([...store.superChunks.scan()].length, 1);
+      assert.equal(store.superChunks.info(chunks[0].chunk)!.liveBlocks, 1);
       await store.release([items[0].hash]);
-      assert.equal([...store.scanChunks()].length, 0);
-      assert.equal(store.chunkInfo(chunks[0].chunk), undefined);
+      assert.equal([...store.superChunks.scan()].length, 0);
+      assert.equal(store.superChunks.info(chunks[0].chunk), undefined);
       assert.deepEqual(store.stats(), { blocks: 0, uniqueBytes: 0, storedBytes: 0, references: 0 });
     } finally {
       await packer.close();
@@ -130,10 +131,10 @@ describe('super-chunks in the block store', () => {
       const items = files.map((f) => ({ hash: hashBlock(f.data), data: f.data }));
       await store.acquire(items);
       await packer.flush();
-      const chunks = [...store.scanChunks()];
+      const chunks = [...store.superChunks.scan()];
       const bytes = files.reduce((n, f) => n + f.data.length, 0);
       assert.ok(chunks.length >= Math.floor(bytes / (256 * 1024)), `${chunks.length} chunks for ${bytes} bytes`);
-      for (const c of chunks) assert.ok(store.chunkInfo(c.chunk)!.totalBytes <= 256 * 1024);
+      for (const c of chunks) assert.ok(store.superChunks.info(c.chunk)!.totalBytes <= 256 * 1024);
       // Write order: a file's neighbours in time share its chunk.
       const chunkOf = (i: number) => decodeLocator(store.rawValue(items[i].hash)!).chunk;
       assert.equal(chunkOf(0), chunkOf(1));
@@ -143,7 +144,7 @@ describe('super-chunks in the block store', () => {
       await store.acquire(noise.map((data) => ({ hash: hashBlock(data), data })));
       await packer.flush();
       for (const data of noise) assert.equal(store.rawValue(hashBlock(data))![1], Codec.Raw, 'random bytes stay raw and loose');
-      assert.equal([...store.scanChunks()].length, chunks.length, 'no chunk for incompressible blocks');
+      assert.equal([...store.superChunks.scan()].length, chunks.length, 'no chunk for incompressible blocks');
       assert.equal(store.stats().storedBytes, storedRecount(store));
     } finally {
       await packer.close();
@@ -162,8 +163,8 @@ describe('super-chunks in the block store', () => {
       await store.release([items[3].hash]);
       await packing;
       assert.equal(store.has(items[3].hash), false);
-      const chunk = [...store.scanChunks()][0].chunk;
-      assert.equal(store.chunkInfo(chunk)!.liveBlocks, items.length - 1);
+      const chunk = [...store.superChunks.scan()][0].chunk;
+      assert.equal(store.superChunks.info(chunk)!.liveBlocks, items.length - 1);
       assert.equal(store.stats().storedBytes, storedRecount(store));
     } finally {
       await packer.close();
@@ -291,16 +292,17 @@ describe('fsck and gc with super-chunks', () => {
     await t.close();
 
     const v = Volume.open(t.path);
-    const chunk = [...v.store.scanChunks()][0];
+    const chunk = [...v.store.superChunks.scan()][0];
     const inside = new Set<string>();
     for (const [name, { ino }] of files) {
-      const loc = v.store.locatorOf(v.meta.listBlocks(ino)[0].hash);
+      const loc = v.store.superChunks.locatorOf(v.meta.listBlocks(ino)[0].hash);
       if (loc?.chunk === chunk.chunk) inside.add(name);
     }
     assert.ok(inside.size >= 10, `${inside.size} files in the first chunk`);
     const value = chunk.value;
     value.fill(0x5a, BLOCK_HEADER_SIZE + 40, BLOCK_HEADER_SIZE + 400);
-    await v.store.maintenance(() => v.store.putChunk(chunk.chunk, value));
+    const repair = new StoreRepair(v.store);
+    await repair.run((txn) => repair.putChunk(txn, chunk.chunk, value));
     await v.close();
 
     const report = await runFsck(t.path, {});
@@ -337,11 +339,12 @@ describe('fsck and gc with super-chunks', () => {
     const files = await writeSmall(t, small.slice(0, 200));
     await t.close();
     const v = Volume.open(t.path);
-    const chunks = [...v.store.scanChunkInfo()];
+    const chunks = [...v.store.superChunks.scanInfo()];
     assert.ok(chunks.length >= 2, `${chunks.length} chunks`);
-    await v.store.maintenance(() => {
-      v.store.setChunkInfo(chunks[0].chunk, { ...chunks[0].info!, liveBlocks: 1 });
-      v.store.deleteChunk(chunks[1].chunk);
+    const repair = new StoreRepair(v.store);
+    await repair.run((txn) => {
+      repair.setChunkInfo(txn, chunks[0].chunk, { ...chunks[0].info!, liveBlocks: 1 });
+      repair.deleteChunk(txn, chunks[1].chunk);
     });
     await v.close();
     const report = await runFsck(t.path, {});
@@ -360,7 +363,7 @@ describe('fsck and gc with super-chunks', () => {
     const files = await writeSmall(t);
     await t.fs.packer.flush();
     const before = t.volume.store.stats();
-    const chunksBefore = [...t.volume.store.scanChunks()].length;
+    const chunksBefore = [...t.volume.store.superChunks.scan()].length;
     assert.ok(chunksBefore >= 3, `${chunksBefore} chunks`);
     // Delete 3 of every 4 files: every chunk keeps about a quarter live.
     const names = [...files.keys()];
@@ -390,7 +393,7 @@ describe('fsck and gc with super-chunks', () => {
     const after = v.store.stats();
     assert.equal(after.storedBytes, storedRecount(v.store));
     assert.ok(after.storedBytes < 0.45 * afterDelete.storedBytes, `stored ${after.storedBytes} after repack, ${afterDelete.storedBytes} before`);
-    for (const { info } of v.store.scanChunkInfo()) assert.ok(info!.liveBytes / info!.totalBytes >= 0.5);
+    for (const { info } of v.store.superChunks.scanInfo()) assert.ok(info!.liveBytes / info!.totalBytes >= 0.5);
     await v.close();
 
     t = openFs(t.path);

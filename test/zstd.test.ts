@@ -4,7 +4,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { runFsck } from '../src/cli/fsck-command';
-import { collectGarbage } from '../fsck/gc';
+import { collectGarbage } from '../src/gc/block-gc';
 import { BlockStore } from '../src/store/block-store';
 import {
   BLOCK_HEADER_SIZE,
@@ -20,6 +20,7 @@ import {
   parseCompression,
 } from '../src/store/codec';
 import { hashBlock } from '../src/store/hash';
+import { StoreRepair } from '../src/store/repair';
 import { SuperChunkPacker } from '../src/store/super-chunk-packer';
 import { zstdCompressSync, zstdVersion } from '../src/store/zstd';
 import { ROOT_INO } from '../src/vfs/filesystem';
@@ -154,7 +155,7 @@ describe('zstd in the block store', () => {
       await store.acquire(items);
       await store.acquire([{ hash: hashBlock(text.subarray(0, BS)), data: text.subarray(0, BS), value: encodeBlock(text.subarray(0, BS), Codec.Zstd, store.encodeOptions()) }]);
       await packer.flush();
-      const chunks = [...store.scanChunks()];
+      const chunks = [...store.superChunks.scan()];
       assert.ok(chunks.length >= 1);
       for (const c of chunks) assert.equal(c.value[1], Codec.Zstd, 'chunks written with the store codec');
       store.chunkCache.resize(0);
@@ -211,7 +212,7 @@ describe('volumes mixing LZ4, zstd and raw', () => {
       assert.deepEqual(kinds(t, early.get('a-random')!.ino), [Codec.Raw]);
       assert.deepEqual(kinds(t, late.get('b-text')!.ino), [Codec.Zstd, Codec.Zstd, LOCATOR_KIND]);
       textHash = t.volume.meta.listBlocks(late.get('b-text')!.ino)[0].hash;
-      const chunkKinds = new Set([...t.volume.store.scanChunks()].map((c) => c.value[1]));
+      const chunkKinds = new Set([...t.volume.store.superChunks.scan()].map((c) => c.value[1]));
       assert.deepEqual(chunkKinds, new Set([Codec.Lz4, Codec.Zstd]), 'chunks of both codecs');
     } finally {
       await t.close();
@@ -225,7 +226,7 @@ describe('volumes mixing LZ4, zstd and raw', () => {
     assert.ok(gc.repack.bytesAfter < gc.repack.bytesBefore, `zstd:9 chunks ${gc.repack.bytesAfter} < lz4 ones ${gc.repack.bytesBefore}`);
     t = openFs(t.path);
     try {
-      assert.deepEqual(new Set([...t.volume.store.scanChunks()].map((c) => c.value[1])), new Set([Codec.Zstd]));
+      assert.deepEqual(new Set([...t.volume.store.superChunks.scan()].map((c) => c.value[1])), new Set([Codec.Zstd]));
       for (const [name, { ino, data }] of all) {
         const got = await readThrough(t, ino);
         assert.ok(Buffer.isBuffer(got) && got.equals(data), `${name} reads back after recompression`);
@@ -246,11 +247,12 @@ describe('volumes mixing LZ4, zstd and raw', () => {
     longer.writeUInt32LE(value.readUInt32LE(4) + 1, 4);
     const smallHash = hashBlock(small[0].data);
     const chunk = decodeLocator(vol.store.rawValue(smallHash)!).chunk;
-    const chunkValue = vol.store.chunkValue(chunk)!;
+    const chunkValue = vol.store.superChunks.value(chunk)!;
     assert.equal(chunkValue[1], Codec.Zstd);
-    await vol.store.maintenance(() => {
-      vol.store.putRawValue(textHash, longer);
-      vol.store.putChunk(chunk, chunkValue.subarray(0, chunkValue.length - 100));
+    const repair = new StoreRepair(vol.store);
+    await repair.run((txn) => {
+      repair.putRawValue(txn, textHash, longer);
+      repair.putChunk(txn, chunk, chunkValue.subarray(0, chunkValue.length - 100));
     });
     await vol.close();
     report = await runFsck(t.path, {});

@@ -1,8 +1,7 @@
 import type { RemoteIndex } from '../meta/remote-index';
 import type { ReadProgress, Remote } from '../remote/remote';
 import type { BlockRead, BlockStore } from '../store/block-store';
-import { decodeBlockAsync } from '../store/codec';
-import { hashBlock } from '../store/hash';
+import { decodeMembersAsync } from '../store/block-verify';
 
 /**
  * Fetches blocks missing from the local store out of their packs on the remote.
@@ -197,15 +196,13 @@ export class BlockFetcher {
   /** Verifies every block of a downloaded value and stores the value with the blocks that passed. */
   private async install(v: Value, value: Buffer, members: { hash: Buffer; blockOffset: number; length: number }[]): Promise<Map<string, BlockRead>> {
     const result = new Map<string, BlockRead>();
-    let data: Buffer | undefined;
-    try {
-      data = await decodeBlockAsync(Buffer.from(value));
-    } catch {
-      data = undefined;
-    }
+    const verified = await decodeMembersAsync(
+      Buffer.from(value),
+      members.map((m) => ({ hash: m.hash, offset: m.blockOffset, length: m.length })),
+    );
     const good: typeof members = [];
-    for (const m of members) {
-      const ok = data !== undefined && m.blockOffset + m.length <= data.length && hashBlock(data.subarray(m.blockOffset, m.blockOffset + m.length)).equals(m.hash);
+    for (const [i, m] of members.entries()) {
+      const ok = verified[i] !== undefined;
       result.set(key(m.hash), ok ? 'ok' : 'corrupt');
       if (ok) good.push(m);
     }

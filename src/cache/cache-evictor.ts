@@ -1,5 +1,5 @@
 import type { RemoteIndex } from '../meta/remote-index';
-import type { BlockStore, Evictable } from '../store/block-store';
+import type { CacheLedger, Evictable } from './cache-ledger';
 
 /**
  * Keeps the local store under the cache size by giving up the least recently used clean
@@ -38,10 +38,14 @@ export class CacheEvictor {
   evictedObjects = 0;
 
   constructor(
-    private readonly store: BlockStore,
+    private readonly ledger: CacheLedger,
     private readonly index: RemoteIndex,
     private options: EvictorOptions,
   ) {}
+
+  private get store() {
+    return this.ledger.store;
+  }
 
   get cacheBytes(): number {
     return this.options.cacheBytes;
@@ -49,7 +53,7 @@ export class CacheEvictor {
 
   /** Records a use of the block's holder (its super-chunk, or the block). */
   touch(hash: Buffer): void {
-    const holder = this.store.holderOf(hash);
+    const holder = this.ledger.holderOf(hash);
     if (!holder) return;
     const k = objectKey(holder);
     this.recent.delete(k);
@@ -75,6 +79,11 @@ export class CacheEvictor {
     return this.running;
   }
 
+  /** Resolves once no eviction is running (the store may then be closed). */
+  async idle(): Promise<void> {
+    await this.running;
+  }
+
   private pinnedSet(): Set<string> {
     if (!this.pinned || Date.now() - this.pinnedAt > PIN_REFRESH_MS) {
       this.pinned = new Set(this.index.pins().length > 0 ? this.index.pinnedBlocks().map((b) => b.hash.toString('latin1')) : []);
@@ -96,8 +105,8 @@ export class CacheEvictor {
       const batch: Evictable[] = [];
       const seen = new Set<string>();
       for (const hash of hashes) {
-        if (this.store.isDirty(hash) || pinned.has(hash.toString('latin1'))) continue;
-        const holder = this.store.holderOf(hash);
+        if (this.ledger.isDirty(hash) || pinned.has(hash.toString('latin1'))) continue;
+        const holder = this.ledger.holderOf(hash);
         if (!holder) continue;
         const k = objectKey(holder);
         if (this.recent.has(k) || seen.has(k)) continue;
@@ -112,7 +121,7 @@ export class CacheEvictor {
       const batch: Evictable[] = [];
       for (const [k, o] of this.recent) {
         this.recent.delete(k);
-        if ('hash' in o && (this.store.isDirty(o.hash) || pinned.has(o.hash.toString('latin1')))) continue;
+        if ('hash' in o && (this.ledger.isDirty(o.hash) || pinned.has(o.hash.toString('latin1')))) continue;
         if ('chunk' in o && this.chunkPinned(o.chunk, pinned)) continue;
         batch.push(o);
         if (batch.length >= BATCH) break;
@@ -123,13 +132,13 @@ export class CacheEvictor {
 
   private chunkPinned(chunk: number, pinned: Set<string>): boolean {
     if (pinned.size === 0) return false;
-    return this.store.chunkMembers(chunk).some((m) => pinned.has(m.hash.toString('latin1')));
+    return this.store.superChunks.members(chunk).some((m) => pinned.has(m.hash.toString('latin1')));
   }
 
   private async evictBatch(batch: Evictable[]): Promise<void> {
     if (batch.length === 0) return;
     try {
-      const freed = await this.store.evict(batch);
+      const freed = await this.ledger.evict(batch);
       this.evictedBytes += freed;
       this.evictedObjects += batch.length;
       for (const o of batch) this.recent.delete(objectKey(o));

@@ -1,10 +1,10 @@
 import type { MetaDb } from '../meta/meta-db';
 import type { Remote } from '../remote/remote';
-import type { BlockStore } from '../store/block-store';
 import { packName } from '../remote/object-names';
 import { hashHex, hashBlock } from '../store/hash';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import type { PackEntry } from '../meta/remote-index';
+import type { CacheLedger } from './cache-ledger';
 import { PackBuilder } from './pack-format';
 
 /**
@@ -71,19 +71,19 @@ export class PackUploader {
   onUploaded: (() => void) | undefined;
 
   constructor(
-    private readonly store: BlockStore,
+    private readonly ledger: CacheLedger,
     private readonly meta: MetaDb,
     private readonly remote: Remote,
     private readonly packer: SuperChunkPacker,
     private readonly options: UploaderOptions,
   ) {
-    if (store.dirtyStats().blocks > 0) this.notify();
+    if (ledger.dirtyStats().blocks > 0) this.notify();
   }
 
   /** New blocks are dirty: upload a pack now if there is a pack's worth, else once writing pauses. */
   notify(): void {
     if (this.closed) return;
-    if (this.store.dirtyStats().bytes - this.sendingBytes >= this.options.packBytes) {
+    if (this.ledger.dirtyStats().bytes - this.sendingBytes >= this.options.packBytes) {
       // A run waiting with a slot free takes it at once; otherwise one is queued.
       if (this.wake) this.wake();
       else this.kick(false);
@@ -117,7 +117,7 @@ export class PackUploader {
   }
 
   status(): UploaderStatus {
-    const d = this.store.dirtyStats();
+    const d = this.ledger.dirtyStats();
     const cutoff = Date.now() - 60_000;
     this.recent = this.recent.filter((r) => r.at >= cutoff);
     const bytes = this.recent.reduce((n, r) => n + r.bytes, 0);
@@ -184,12 +184,12 @@ export class PackUploader {
    */
   private async uploadAll(all: boolean): Promise<void> {
     // Short blocks first go into super-chunks: packs then carry them compressed together.
-    if (this.store.queuedBlocks(1).length > 0) await this.packer.flush();
+    if (this.ledger.store.superChunks.queuedBlocks(1).length > 0) await this.packer.flush();
     const sending = new Set<Promise<void>>();
     let failure: { err: unknown } | undefined;
     for (;;) {
       while (sending.size < this.options.parallel && !failure) {
-        const d = this.store.dirtyStats();
+        const d = this.ledger.dirtyStats();
         if (d.blocks <= this.sendingHashes.size) break;
         // A partial pack goes only alone, and once per run: it holds everything dirty that is
         // not in a pack yet, which is what `all` asks for. Sending what was written since
@@ -226,12 +226,12 @@ export class PackUploader {
     const clean: Buffer[] = [];
     let after = -1;
     while (builder.size < this.options.packBytes) {
-      const batch = this.store.dirtyBlocks(SCAN_STEP, after);
+      const batch = this.ledger.dirtyBlocks(SCAN_STEP, after);
       if (batch.length === 0) break;
       for (const d of batch) {
         after = d.seq;
         if (this.sendingHashes.has(d.hash.toString('latin1'))) continue;
-        const unit = this.store.uploadUnit(d.hash);
+        const unit = this.ledger.uploadUnit(d.hash);
         if (!unit) {
           clean.push(d.hash); // dirty but gone: nothing to upload
           continue;
@@ -245,7 +245,7 @@ export class PackUploader {
     }
     if (builder.blockCount === 0) {
       if (clean.length === 0) return 'nothing';
-      await this.store.markClean(clean);
+      await this.ledger.markClean(clean);
       return 'cleaned';
     }
     const { data, entries } = builder.finish();
@@ -266,7 +266,7 @@ export class PackUploader {
       const existing = this.meta.remote.packByName(name);
       if (existing) this.meta.remote.deletePack(existing.id);
       this.meta.durableTransaction(() => this.meta.remote.addPack(name, object.id, data.length, entries));
-      await this.store.markClean(clean);
+      await this.ledger.markClean(clean);
     } finally {
       for (const k of keys) this.sendingHashes.delete(k);
       this.sendingBytes -= data.length;

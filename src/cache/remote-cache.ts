@@ -1,6 +1,7 @@
 import type { MetaDb } from '../meta/meta-db';
 import type { Remote, RemoteCounters } from '../remote/remote';
 import type { BlockRead, BlockSource, BlockStore } from '../store/block-store';
+import type { CacheLedger } from './cache-ledger';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import { BlockFetcher, type FetcherStats } from './block-fetcher';
 import { CacheEvictor } from './cache-evictor';
@@ -60,14 +61,20 @@ export class RemoteCache implements BlockSource {
   private readonly reads = { hits: 0, misses: 0 };
   private waitingWriters = 0;
   private evictTimer: NodeJS.Timeout | undefined;
+  /** Set by close: a pack finishing while the uploader closes must not start an eviction on a store about to close. */
+  private closed = false;
+
+  private readonly store: BlockStore;
 
   constructor(
-    private readonly store: BlockStore,
+    private readonly ledger: CacheLedger,
     private readonly meta: MetaDb,
     readonly remote: Remote,
     packer: SuperChunkPacker,
     readonly options: RemoteCacheOptions,
   ) {
+    const store = ledger.store;
+    this.store = store;
     this.fetcher = new BlockFetcher(store, meta.remote, remote, {
       // A read-ahead window goes out as two ranges or more, so a second download keeps the
       // link busy while a reader drains the first (blocks are usable as their bytes arrive).
@@ -79,7 +86,7 @@ export class RemoteCache implements BlockSource {
         for (const h of hashes) this.evictor.touch(h);
       },
     });
-    this.uploader = new PackUploader(store, meta, remote, packer, {
+    this.uploader = new PackUploader(ledger, meta, remote, packer, {
       // Writers wait once dirty data reaches the cache size: packs of at most half of it
       // let one pack fill while the one before goes up.
       packBytes: Math.min(options.packBytes, Math.floor(options.cacheBytes / 2)),
@@ -88,7 +95,7 @@ export class RemoteCache implements BlockSource {
       retryMs: 5000,
       log: options.log,
     });
-    this.evictor = new CacheEvictor(store, meta.remote, { cacheBytes: options.cacheBytes, lowWater: 0.9, log: options.log });
+    this.evictor = new CacheEvictor(ledger, meta.remote, { cacheBytes: options.cacheBytes, lowWater: 0.9, log: options.log });
     this.uploader.onUploaded = () => this.scheduleEviction();
     store.onStored = () => {
       this.uploader.notify();
@@ -147,7 +154,7 @@ export class RemoteCache implements BlockSource {
    * within moments, and without it a fast writer runs far past the cache size.
    */
   admit(pendingBytes: () => number): Promise<void> | undefined {
-    if (this.store.dirtyStats().bytes + pendingBytes() < this.options.cacheBytes) return undefined;
+    if (this.ledger.dirtyStats().bytes + pendingBytes() < this.options.cacheBytes) return undefined;
     this.throttled++;
     return this.waitForRoom(pendingBytes);
   }
@@ -155,7 +162,7 @@ export class RemoteCache implements BlockSource {
   private async waitForRoom(pendingBytes: () => number): Promise<void> {
     this.waitingWriters++;
     try {
-      while (this.store.dirtyStats().bytes + pendingBytes() >= this.options.cacheBytes) {
+      while (this.ledger.dirtyStats().bytes + pendingBytes() >= this.options.cacheBytes) {
         this.uploader.hurry();
         await Promise.race([this.uploader.uploaded(), new Promise((r) => setTimeout(r, 1000))]);
       }
@@ -165,7 +172,7 @@ export class RemoteCache implements BlockSource {
   }
 
   private scheduleEviction(): void {
-    if (this.evictTimer || this.store.stats().storedBytes <= this.options.cacheBytes) return;
+    if (this.closed || this.evictTimer || this.store.stats().storedBytes <= this.options.cacheBytes) return;
     this.evictTimer = setTimeout(() => {
       this.evictTimer = undefined;
       this.evictor.maybeEvict().catch((err) => this.options.log.error('eviction failed', err));
@@ -243,9 +250,12 @@ export class RemoteCache implements BlockSource {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.evictTimer) clearTimeout(this.evictTimer);
     this.evictTimer = undefined;
     this.store.onStored = undefined;
     await this.uploader.close();
+    // An eviction started before close still reads and writes the store: the caller closes it next.
+    await this.evictor.idle();
   }
 }

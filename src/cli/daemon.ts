@@ -1,6 +1,6 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { collectGarbageLive } from '../../fsck/gc';
+import { collectGarbageLive } from '../gc/block-gc';
 import { FsAdapter } from '../fuse/fs-adapter';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
@@ -14,7 +14,8 @@ import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
 import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-server';
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
-import { collectRemoteGarbage } from '../../fsck/remote-gc';
+import { localRemoteDir } from '../remote/remote-spec';
+import { collectRemoteGarbage } from '../gc/remote-gc';
 import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DaemonOptions {
@@ -44,8 +45,9 @@ export interface DaemonOptions {
 
 /** A `local:DIR` remote served from under the mount point would also wait on itself. */
 function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined): void {
-  if (!remote?.startsWith('local:')) return;
-  const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: remote.slice('local:'.length) }]);
+  const dir = localRemoteDir(remote);
+  if (dir === undefined) return;
+  const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: dir }]);
   if (overlap) throw new UsageError(overlap);
 }
 
@@ -87,7 +89,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       log.info(`attaching the remote ${volume.settings.remote} (its writer lock, then the cache)`);
       notifyStatus(`attaching the remote ${volume.settings.remote}`, log);
       attached = await attachRemote(volume, { readOnly: o.readOnly, breakLock: o.breakLock, log, notice: o.notice });
-      log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.store.dirtyStats().blocks} blocks waiting for upload`);
+      log.info(`remote ${attached.remote.description}: cache ${volume.settings.cacheBytes} bytes, ${volume.ledger.dirtyStats().blocks} blocks waiting for upload`);
     }
     const cache = attached?.cache;
     const fs = new PogFs(
@@ -112,7 +114,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         volume: {
           chunkCache: () => volume.store.chunkStats().cache,
           writeBufferBytes: () => fs.writer.bufferedBytes(),
-          uploadPending: () => (remote ? volume.store.dirtyStats() : { blocks: 0, bytes: 0 }),
+          uploadPending: () => (remote ? volume.ledger.dirtyStats() : { blocks: 0, bytes: 0 }),
           blockStore: () => volume.store.stats(),
         },
         remote: remote && {
@@ -133,7 +135,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       mountpoint,
       adapter,
       {
-        fsname: volumePath.replace(/[\\,]/g, (c) => `\\${c}`),
+        fsname: volumePath,
         subtype: 'pogfs',
         allowOther: isRoot || o.allowOther,
         defaultPermissions: true,

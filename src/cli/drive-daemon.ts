@@ -183,7 +183,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
       mountpoint,
       ops,
       {
-        fsname: stateDir.replace(/[\\,]/g, (c) => `\\${c}`),
+        fsname: stateDir,
         subtype: 'pogfs',
         allowOther: isRoot,
         defaultPermissions: true,

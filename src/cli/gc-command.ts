@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { collectGarbage, type GcResult, type LiveGcResult } from '../../fsck/gc';
+import { collectGarbage, type GcResult, type LiveGcResult } from '../gc/block-gc';
 import type { ProgressSink } from '../progress';
 import { progressDisplay } from './progress-output';
 import { callControl } from './control-socket';
@@ -9,7 +9,7 @@ import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { formatBytes } from '../format';
 import { join } from 'node:path';
-import { collectRemoteGarbage, type RemoteGcResult } from '../../fsck/remote-gc';
+import { collectRemoteGarbage, type RemoteGcResult } from '../gc/remote-gc';
 import { VolumeFiles } from '../vfs/volume';
 import { fileLogger } from './log';
 import { attachRemote, detachRemote, remoteUsageError, startBackups } from './remote-attachment';

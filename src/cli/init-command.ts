@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { Volume } from '../vfs/volume';
 import { SETTING_SPECS, readSettings, type VolumeSettings } from '../vfs/volume-settings';
 import { parseCompression } from '../store/codec';
-import { normalizeRemoteSpec } from './remote-attachment';
+import { normalizeRemoteSpec } from '../remote/remote-spec';
 import { attachNewVolume } from './remote-volume';
 import { UsageError } from './errors';
 import { formatBytes } from '../format';

@@ -9,6 +9,7 @@ import { mountArgsFromHelper } from './mount-helper';
 import { mountOverlap } from './mounts';
 import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, logArgv, logSettings, type LogLevel } from './log-options';
 import { parseSize } from './units';
+import { isRemoteSpec, localRemoteDir, normalizeRemoteSpec } from '../remote/remote-spec';
 
 function defaultVolume(): string {
   const base = process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share');
@@ -70,8 +71,6 @@ function withDaemonOptions(c: Command, where: string): Command {
     .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; port 0 picks a free one, named in the log and daemon.json)');
 }
 
-const REMOTE_SPEC = /^(local|drive):./;
-
 interface MountFlags extends RemoteFlags {
   foreground?: boolean;
   verbose?: boolean;
@@ -97,12 +96,12 @@ interface MountFlags extends RemoteFlags {
  */
 async function checkMountOverlap(volume: string, mountpoint: string, cacheDir: string | undefined): Promise<void> {
   const dirs: { what: string; path: string }[] = [];
-  if (REMOTE_SPEC.test(volume)) {
-    const { normalizeRemoteSpec } = await import('./remote-attachment');
+  if (isRemoteSpec(volume)) {
     const { defaultLocalCopy } = await commands.remoteVolume();
     const spec = normalizeRemoteSpec(volume);
     dirs.push({ what: 'local copy (cache directory)', path: cacheDir ?? defaultLocalCopy(spec) });
-    if (spec.startsWith('local:')) dirs.push({ what: 'remote directory', path: spec.slice('local:'.length) });
+    const remoteDir = localRemoteDir(spec);
+    if (remoteDir !== undefined) dirs.push({ what: 'remote directory', path: remoteDir });
   } else dirs.push({ what: 'volume', path: volume });
   const overlap = mountOverlap(mountpoint, dirs);
   if (overlap) throw new UsageError(overlap);
@@ -125,7 +124,7 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     [volume, mountpoint] = args;
     await checkMountOverlap(volume, mountpoint, flags.cacheDir);
   }
-  if (REMOTE_SPEC.test(volume) && !flags.ipcReady) {
+  if (isRemoteSpec(volume) && !flags.ipcReady) {
     // A remote: mount its local copy, restored first if this machine has none.
     const { localCopyFor } = await commands.remoteVolume();
     volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line), progress: flags });
@@ -372,7 +371,7 @@ function mountHelperArgs(p: Command): string[] | undefined {
   const args = process.argv.slice(2);
   const invokedAsHelper = basename(process.argv[1] ?? '').startsWith('mount.');
   const first = args[0];
-  const looksLikeSource = first !== undefined && !first.startsWith('-') && !isCommandName(p, first) && (first.includes('/') || REMOTE_SPEC.test(first) || existsSync(first));
+  const looksLikeSource = first !== undefined && !first.startsWith('-') && !isCommandName(p, first) && (first.includes('/') || isRemoteSpec(first) || existsSync(first));
   if (!invokedAsHelper && !looksLikeSource) return undefined;
   return mountArgsFromHelper(args) ?? [];
 }

@@ -1,40 +1,15 @@
-import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, realpathSync, statfsSync, statSync } from 'node:fs';
+import { readdirSync, realpathSync, statfsSync, statSync } from 'node:fs';
+import { findMount, fuseUnmount, readMountTable, type MountEntry } from '../fuse/mount-table';
 import { UsageError } from './errors';
 import { dirname, basename, join, resolve } from 'node:path';
 
-export interface MountEntry {
-  source: string;
-  target: string;
-  type: string;
-}
-
-/** /proc/mounts escapes space, tab, newline and backslash as octal. */
-function unescapeMountField(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-export function listMounts(): MountEntry[] {
-  return readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .filter((line) => line.length > 0)
-    .map((line) => {
-      const [source, target, type] = line.split(' ');
-      return { source: unescapeMountField(source), target: unescapeMountField(target), type };
-    });
-}
-
-export function findMount(mountpoint: string): MountEntry | undefined {
-  const target = resolve(mountpoint);
-  return listMounts()
-    .reverse()
-    .find((m) => m.target === target);
-}
+// The mount table and fusermount3 belong to the FUSE layer; these are what the commands use of them.
+export { findMount, fuseUnmount, type MountEntry } from '../fuse/mount-table';
 
 /** The innermost pogfs mount that holds `path` (the mount point itself included), if any. */
 export function pogfsMountContaining(path: string): MountEntry | undefined {
   const abs = resolve(path);
-  return listMounts()
+  return readMountTable()
     .filter((m) => isPogfsMount(m) && (abs === m.target || abs.startsWith(m.target.endsWith('/') ? m.target : `${m.target}/`)))
     .sort((a, b) => b.target.length - a.target.length)[0];
 }
@@ -55,14 +30,6 @@ export function isStaleMount(mountpoint: string): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'ENOTCONN';
   }
-}
-
-/** Unmounts a FUSE mount; `lazy` detaches it even while busy. Returns an error message or undefined. */
-export function fuseUnmount(mountpoint: string, lazy = false): string | undefined {
-  const r = spawnSync('fusermount3', lazy ? ['-u', '-z', mountpoint] : ['-u', mountpoint], { encoding: 'utf8' });
-  if (r.error) return `cannot run fusermount3 (${r.error.message}); is the fuse3 package installed?`;
-  if (r.status !== 0) return (r.stderr || r.stdout || `fusermount3 exited with ${r.status}`).trim();
-  return undefined;
 }
 
 /** The real path of `path`, or of its nearest existing ancestor with the rest appended (for paths not created yet). */

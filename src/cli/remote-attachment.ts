@@ -1,5 +1,4 @@
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
 import { MetaBackup } from '../cache/meta-backup';
 import { maxPackSize } from '../cache/pack-format';
 import { RemoteCache } from '../cache/remote-cache';
@@ -15,12 +14,6 @@ import type { Logger } from './log';
  * (with the errors a user can act on), the writer lock, the cache, and the metadata
  * backups, and taking them down again in the order that loses nothing.
  */
-
-/** A remote spec as stored: `local:` paths made absolute (the daemon works from another directory). */
-export function normalizeRemoteSpec(spec: string): string {
-  const m = /^local:(.+)$/.exec(spec.trim());
-  return m ? `local:${resolve(m[1])}` : spec.trim();
-}
 
 /** The remote layer's settings that follow from a volume's settings. */
 export function remoteSettingsFor(s: VolumeSettings): Partial<RemoteSettings> {
@@ -98,7 +91,7 @@ export async function attachRemote(volume: Volume, o: AttachOptions): Promise<At
     await remote.close().catch(() => undefined);
     throw remoteUsageError(s.remote, err);
   }
-  const cache = new RemoteCache(volume.store, volume.meta, remote, volume.packer(), {
+  const cache = new RemoteCache(volume.ledger, volume.meta, remote, volume.packer(), {
     cacheBytes: s.cacheBytes,
     packBytes: s.packBytes,
     readaheadBytes: s.readaheadBytes,

@@ -7,11 +7,13 @@ import { progressDisplay, type ProgressFlags } from './progress-output';
 import { downloadNewestMetadata, indexPacks } from '../cache/restore';
 import { MetaDb } from '../meta/meta-db';
 import { BlockStore } from '../store/block-store';
+import { StoreRepair } from '../store/repair';
 import { Volume, VolumeFiles } from '../vfs/volume';
 import { SETTING_SPECS, formatSettings, readSettings } from '../vfs/volume-settings';
 import { UsageError } from './errors';
 import { liveDaemon } from './daemon-record';
-import { normalizeRemoteSpec, openVolumeRemote, remoteUsageError } from './remote-attachment';
+import { normalizeRemoteSpec } from '../remote/remote-spec';
+import { openVolumeRemote, remoteUsageError } from './remote-attachment';
 
 /**
  * Volumes and their remotes from the command line: `pogfs init VOLUME --remote SPEC`
@@ -105,7 +107,7 @@ export async function localCopyFor(rawSpec: string, o: LocalCopyOptions): Promis
         if (Object.keys(given(o.settings)).length > 0) v.changeSettings(readSettings({ ...formatSettings(v.settings), ...overrides }, 'given'));
         return dir;
       }
-      const dirty = v.store.dirtyStats().blocks;
+      const dirty = v.ledger.dirtyStats().blocks;
       if (dirty > 0) {
         throw new UsageError(
           `${spec} has metadata generation ${newest}, newer than this copy's ${local}, but ${dir} still holds ${dirty} blocks never uploaded; ` +
@@ -131,19 +133,20 @@ async function restoreInto(dir: string, spec: string, overrides: Record<string, 
   try {
     const restored = await downloadNewestMetadata(remote, join(dir, VolumeFiles.meta));
     const meta = MetaDb.open(join(dir, VolumeFiles.meta));
-    const store = BlockStore.open(join(dir, VolumeFiles.blocks), { trackDirty: true });
+    const store = BlockStore.open(join(dir, VolumeFiles.blocks));
     try {
       meta.setSettings(formatSettings(readSettings({ ...meta.settings(), ...overrides })));
       // Reference counts live with the local store: the new, empty one counts every block
       // the metadata names (each held only by the remote for now).
       let references = 0;
       const rows = [...meta.blockRowCounts()];
-      await store.maintenance(() => {
+      const repair = new StoreRepair(store);
+      await repair.run((txn) => {
         for (const r of rows) {
-          store.setRefCount(r.hash, r.n);
+          repair.setRefCount(txn, r.hash, r.n);
           references += r.n;
         }
-        store.setTotals({ blocks: 0, uniqueBytes: 0, storedBytes: 0, references });
+        repair.setTotals(txn, { blocks: 0, uniqueBytes: 0, storedBytes: 0, references });
       });
       meta.durableTransaction(() => meta.remote.setState(GENERATION_KEY, String(restored.generation)));
       const progress = progressDisplay(progressFlags);

@@ -82,7 +82,7 @@ export async function collectStats(target: string): Promise<VolumeStats> {
     if (v.settings.remote) {
       const u = v.meta.uniqueBlocks();
       const packs = v.meta.remote.totals();
-      const dirty = v.store.dirtyStats();
+      const dirty = v.ledger.dirtyStats();
       unique = u.bytes;
       remote = {
         spec: v.settings.remote,

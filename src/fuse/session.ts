@@ -24,10 +24,10 @@
  *   at mount when the FS already stores any security.* attribute. A setxattr of a
  *   security.* name turns the flag on by itself.
  */
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { escapeMountOption, findMount, fuseUnmountAsync, readMountTable } from './mount-table';
 import type {
   Attr,
   CopyRange,
@@ -202,20 +202,6 @@ export function direntSize(nameLength: number): number {
   return (24 + nameLength + 7) & ~7;
 }
 
-/** /proc/self/mountinfo: mount point (raw bytes as latin1) -> "major:minor". */
-function readMountinfo(): Map<string, string> {
-  const out = new Map<string, string>();
-  const text = fs.readFileSync('/proc/self/mountinfo').toString('latin1');
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 5) continue;
-    out.set(f[4].replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))), f[2]);
-  }
-  return out;
-}
-
-const latin1 = (p: string): string => Buffer.from(p).toString('latin1');
-
 /**
  * Resolves the mount point without ever stat'ing an existing mount point: if it is a
  * FUSE mount served by this very thread, a synchronous stat would never return.
@@ -232,17 +218,17 @@ function resolveMountpoint(mountpoint: string): string {
   } catch (e) {
     return fail(`parent directory: ${(e as Error).message}`, e);
   }
-  const mounts = readMountinfo();
+  const mounts = readMountTable();
   const busy = (p: string): never => {
     throw codedError(`pogfs: cannot mount on ${p}: it is already a mount point`, os.constants.errno.EBUSY);
   };
-  if (mounts.has(latin1(candidate))) busy(candidate);
+  if (findMount(candidate, mounts)) busy(candidate);
   let st: fs.Stats;
   try {
     st = fs.lstatSync(candidate);
     if (st.isSymbolicLink()) {
       candidate = fs.realpathSync(candidate);
-      if (mounts.has(latin1(candidate))) busy(candidate);
+      if (findMount(candidate, mounts)) busy(candidate);
       st = fs.statSync(candidate);
     }
   } catch (e) {
@@ -268,9 +254,6 @@ function installExitHook(): void {
     for (const s of liveSessions) s.detachOnExit();
   });
 }
-
-/** libfuse option values: ',' separates options and '\' escapes. */
-const optEscape = (v: string): string => v.replace(/[\\,]/g, (c) => `\\${c}`);
 
 export class FuseSession {
   readonly mountpoint: string;
@@ -307,7 +290,7 @@ export class FuseSession {
     if (!dev?.isCharacterDevice()) {
       throw codedError('pogfs: /dev/fuse is missing; is the fuse kernel module loaded?', os.constants.errno.ENODEV);
     }
-    const opts = [`fsname=${optEscape(options.fsname)}`, `subtype=${optEscape(options.subtype)}`];
+    const opts = [`fsname=${escapeMountOption(options.fsname)}`, `subtype=${escapeMountOption(options.subtype)}`];
     if (options.allowOther) opts.push('allow_other');
     if (options.defaultPermissions) opts.push('default_permissions');
     if (options.readOnly) opts.push('ro');
@@ -385,16 +368,12 @@ export class FuseSession {
       const errno = await this.native.umount(this.mountpoint, lazy);
       if (errno !== 0) err = codedError(`pogfs: umount ${this.mountpoint} failed`, errno);
     } else {
-      err = await new Promise<Error | undefined>((resolve) => {
-        const args = ['-u', ...(lazy ? ['-z'] : []), '--', this.mountpoint];
-        execFile('fusermount3', args, (e, _stdout, stderr) =>
-          resolve(e ? Object.assign(new Error(`pogfs: fusermount3 -u failed: ${stderr.trim() || e.message}`), { code: 'EFUSERMOUNT' }) : undefined),
-        );
-      });
+      const failed = await fuseUnmountAsync(this.mountpoint, lazy);
+      if (failed !== undefined) err = Object.assign(new Error(`pogfs: fusermount3 -u failed: ${failed}`), { code: 'EFUSERMOUNT' });
     }
     if (err && !this.isEnded) {
       // Already unmounted by someone else: the loop is about to end on its own.
-      if (readMountinfo().has(latin1(this.mountpoint))) throw err;
+      if (findMount(this.mountpoint)) throw err;
       const timer = new Promise<'timeout'>((r) => setTimeout(r, 2000, 'timeout').unref());
       if ((await Promise.race([this.ended, timer])) === 'timeout') throw err;
     }
@@ -408,7 +387,7 @@ export class FuseSession {
   private tuneReadahead(): void {
     if (process.geteuid?.() !== 0) return;
     try {
-      const dev = readMountinfo().get(latin1(this.mountpoint));
+      const dev = findMount(this.mountpoint)?.device;
       if (dev) fs.writeFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, '1024');
     } catch (e) {
       this.log.debug?.(`pogfs: could not raise read_ahead_kb: ${String(e)}`);

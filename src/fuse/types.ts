@@ -111,7 +111,7 @@ export interface LowLevelOps {
 }
 
 export interface MountOptions {
-  /** Shown as the source in /proc/mounts; pogfs uses the volume path. */
+  /** Shown as the source in /proc/mounts; pogfs uses the volume path. As is: the session escapes it for libfuse. */
   fsname: string;
   subtype: string;
   allowOther: boolean;

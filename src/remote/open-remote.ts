@@ -3,12 +3,12 @@
  * defaults. Google's endpoints are settings too, so a local Drive emulator stands in for
  * Drive through the very same code path.
  */
-import { resolve } from 'node:path';
 import { DriveAuth, DRIVE_FILE_SCOPE, defaultCredentialsPath, readCredentialsFile } from './credentials';
 import { DriveClient, KeepAliveAgents, RESUMABLE_UNIT } from './drive-client';
 import { DriveRemote } from './drive-remote';
 import { LocalRemote } from './local-remote';
 import type { Remote } from './remote';
+import { parseRemoteSpec } from './remote-spec';
 
 export interface RemoteSettings {
   /** Drive API root URL. */
@@ -56,20 +56,6 @@ export function defaultRemoteSettings(env: NodeJS.ProcessEnv = process.env): Rem
     uploadChunkBytes: 8 * 1024 * 1024,
     multipartMaxBytes: 5 * 1024 * 1024,
   };
-}
-
-export type RemoteSpec = { kind: 'local'; dir: string } | { kind: 'drive'; folder: string };
-
-const ACCEPTED = 'expected local:DIR (a directory) or drive:FOLDER (a Drive folder name in My Drive, or a folder id, or id:ID)';
-
-/** Parses `local:DIR` or `drive:FOLDER`; anything else throws an Error saying which forms are accepted. */
-export function parseRemoteSpec(spec: string): RemoteSpec {
-  const colon = spec.indexOf(':');
-  const scheme = colon < 0 ? '' : spec.slice(0, colon);
-  const rest = colon < 0 ? '' : spec.slice(colon + 1);
-  if (scheme === 'local' && rest.trim()) return { kind: 'local', dir: resolve(rest) };
-  if (scheme === 'drive' && rest.trim()) return { kind: 'drive', folder: rest.trim() };
-  throw new Error(`bad remote ${JSON.stringify(spec)}: ${ACCEPTED}`);
 }
 
 /**

@@ -1,6 +1,6 @@
-import type { BlockStore, ChunkMember } from './block-store';
+import type { BlockStore } from './block-store';
+import { verifiedMember } from './block-verify';
 import { Codec, decodeBlockAsync, encodeBlockAsync, isCompressed, type Locator } from './codec';
-import { hashBlock } from './hash';
 
 /**
  * Packs short blocks (small files, file tails) into super-chunks, and rewrites super-
@@ -70,7 +70,7 @@ export class SuperChunkPacker {
   ) {
     store.onQueued = (bytes) => this.queued(bytes);
     // Blocks queued before the last shutdown (or a crash) are packed soon after start.
-    if (store.queuedBlocks(1).length > 0) this.queued(0);
+    if (store.superChunks.queuedBlocks(1).length > 0) this.queued(0);
   }
 
   /** Packs everything queued now; resolves when done (gc, unmount). */
@@ -149,13 +149,13 @@ export class SuperChunkPacker {
     let bytes = 0;
     let full = false;
     for (let more = true; more && !full; ) {
-      const batch = this.store.queuedBlocks(done.length + QUEUE_STEP).slice(done.length);
+      const batch = this.store.superChunks.queuedBlocks(done.length + QUEUE_STEP).slice(done.length);
       more = batch.length === QUEUE_STEP;
       for (const q of batch) {
-        const data = this.store.looseBytes(q.hash);
+        const data = this.store.looseVerified(q.hash);
         const key = q.hash.toString('latin1');
         // Gone, packed already, listed twice, or corrupt (left alone for fsck and EIO).
-        if (!data || seen.has(key) || !hashBlock(data).equals(q.hash)) {
+        if (!data || seen.has(key)) {
           done.push(q.seq);
           continue;
         }
@@ -199,13 +199,13 @@ export class SuperChunkPacker {
           if (isCompressed(v)) loose.push({ hash: e.hash, value: v });
         }
       }
-      await this.store.replaceLoose(loose, done);
+      await this.store.superChunks.replaceLoose(loose, done);
       return 0;
     }
     // Blocks moving out of a sparse chunk must go somewhere: a chunk of its own, raw if need be.
     value ??= await encodeBlockAsync(raw, codec, { ...options, probeBytes: 0 });
     const members = entries.map((e) => ({ hash: e.hash, offset: e.offset, length: e.data.length, from: e.from }));
-    const id = await this.store.commitChunk(value, raw.length, members, done);
+    const id = await this.store.superChunks.commitChunk(value, raw.length, members, done);
     if (id === undefined) return 0;
     this.chunksWritten++;
     // Its bytes were verified when read: the first reads of what was just written need no decompression.
@@ -229,7 +229,7 @@ export class SuperChunkPacker {
       bytes = 0;
     };
     for (const chunk of sparse) {
-      const stored = this.store.chunkValue(chunk);
+      const stored = this.store.superChunks.value(chunk);
       if (!stored) continue;
       result.bytesBefore += stored.length;
       let data: Buffer;
@@ -238,10 +238,10 @@ export class SuperChunkPacker {
       } catch {
         continue; // a chunk that does not decode is fsck's to report; nothing moves out of it
       }
-      for (const m of this.liveMembers(chunk)) {
-        if (m.offset + m.length > data.length) continue;
-        const bytesOf = data.subarray(m.offset, m.offset + m.length);
-        if (!hashBlock(bytesOf).equals(m.hash)) continue;
+      // Members looked up after the decode: what moved or died meanwhile stays out.
+      for (const m of this.store.superChunks.liveMembers(chunk)) {
+        const bytesOf = verifiedMember(data, m.hash, m.offset, m.length);
+        if (!bytesOf) continue; // a block that fails its key is fsck's to report too
         if (bytes + m.length > this.options.targetBytes) await flush();
         entries.push({ hash: m.hash, data: Buffer.from(bytesOf), offset: bytes, from: { chunk, offset: m.offset, length: m.length } });
         bytes += m.length;
@@ -249,15 +249,7 @@ export class SuperChunkPacker {
     }
     await flush();
     // A sparse chunk still there kept something that could not move (a corrupt block).
-    for (const chunk of sparse) result.bytesAfter += this.store.chunkValue(chunk)?.length ?? 0;
-  }
-
-  /** The members of `chunk` whose locator still points at it. */
-  private liveMembers(chunk: number): ChunkMember[] {
-    return this.store.chunkMembers(chunk).filter((m) => {
-      const loc = this.store.locatorOf(m.hash);
-      return loc !== undefined && loc.chunk === chunk && loc.offset === m.offset;
-    });
+    for (const chunk of sparse) result.bytesAfter += this.store.superChunks.storedSize(chunk) ?? 0;
   }
 }
 
@@ -273,11 +265,11 @@ export function emptyRepackResult(): RepackResult {
 export function repackCandidates(store: BlockStore, threshold: number, recompress: boolean, result: RepackResult): number[] {
   const out: number[] = [];
   const convert = recompress && store.codec !== Codec.Raw;
-  for (const { chunk, info } of store.scanChunkInfo()) {
+  for (const { chunk, info } of store.superChunks.scanInfo()) {
     if (!info || info.totalBytes === 0) continue;
     const sparse = info.liveBytes / info.totalBytes < threshold;
     // Raw chunks stay: they are raw because compressing them did not pay.
-    const kind = convert && !sparse ? store.chunkKind(chunk) : undefined;
+    const kind = convert && !sparse ? store.superChunks.kind(chunk) : undefined;
     const otherCodec = (kind === Codec.Lz4 || kind === Codec.Zstd) && kind !== store.codec;
     if (!sparse && !otherCodec) continue;
     out.push(chunk);

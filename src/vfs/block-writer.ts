@@ -1,5 +1,4 @@
 import type { BlockRead, BlockSource, BlockStore, BlockToStore } from '../store/block-store';
-import { encodeBlockAsync } from '../store/codec';
 
 /** Up to this much, a drain commits on the calling thread (see drain). */
 const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
@@ -19,9 +18,10 @@ interface QueuedBlock extends BlockToStore {
 /**
  * Batches new block references into few LMDB transactions. Callers hand blocks over
  * and go on; `drain()` resolves when everything handed over so far is durable.
- * A block the store lacks is compressed on libuv's thread pool as soon as it is handed
- * over, so compression overlaps with the writes that follow and never holds up the
- * JavaScript thread, which serves every FUSE request.
+ * A block the store lacks and would compress is handed to the store's encoder at once
+ * (BlockStore.encodeAhead, on libuv's thread pool), so compression overlaps with the
+ * writes that follow and never holds up the JavaScript thread, which serves every FUSE
+ * request.
  * Memory held by queued and in-flight blocks is bounded: `admit()` waits while it is
  * above the limit, which slows writers down instead of failing them.
  */
@@ -61,9 +61,10 @@ export class BlockWriter {
     if (u) u.count += 1;
     else this.unsettled.set(key, { data, count: 1 });
     const item: QueuedBlock = { hash, data };
-    if (this.store.wantsEncoding(hash, data.length)) {
+    const encoding = this.store.encodeAhead(hash, data);
+    if (encoding) {
       this.encodingCount++;
-      item.encoding = encodeBlockAsync(data, this.store.codec, this.store.encodeOptions()).then(
+      item.encoding = encoding.then(
         (value) => {
           item.value = value;
           this.encodingCount--;

@@ -31,6 +31,7 @@ import { Reclaimer } from './reclaimer';
 import { copyRange } from './range-copy';
 import { SpaceGuard } from './space-guard';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
+import { storeSpace } from '../store/store-files';
 import type { ChunkCacheStats } from '../store/chunk-cache';
 import { now } from './time';
 import type { Volume } from './volume';
@@ -129,7 +130,7 @@ export class PogFs implements FileSystem {
     this.committer = new Committer(this.engine, this.writer, this.reclaimer);
     this.space = new SpaceGuard({
       path: volume.path,
-      storeFreeBytes: () => volume.store.space().freeBytes,
+      storeFreeBytes: () => storeSpace(volume.store).freeBytes,
       bufferedBytes: () => this.writer.bufferedBytes(),
     });
     this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));

@@ -1,5 +1,6 @@
 import { formatBytes, parseByteSize } from '../format';
 import { COMPRESSION_CHOICES, parseCompression, type Compression } from '../store/codec';
+import { isRemoteSpec } from '../remote/remote-spec';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -114,7 +115,7 @@ export const SETTING_SPECS = [
     parse: (t) => {
       const v = t.trim();
       if (v === '' || v === 'none') return '';
-      if (!/^(local|drive):.+/.test(v)) throw new Error(`remote ${JSON.stringify(t)} is not none, local:DIR or drive:FOLDER`);
+      if (!isRemoteSpec(v)) throw new Error(`remote ${JSON.stringify(t)} is not none, local:DIR or drive:FOLDER`);
       return v;
     },
     format: (v) => v || 'none',

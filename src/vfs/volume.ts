@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { MetaEngine } from '../meta/engine';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
+import { CacheLedger } from '../cache/cache-ledger';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
 import { encodingOf } from '../store/codec';
 import { HASH_ALGORITHM } from '../store/hash';
@@ -35,12 +36,18 @@ function storeOptions(settings: VolumeSettings, blockSize: number): BlockStoreOp
   // Super-chunks take the blocks that are short of a full LZ4 window or of a full block:
   // small files and file tails (all blocks when blocks are smaller than the window).
   const packBelow = settings.superchunks ? (blockSize < LZ4_WINDOW ? blockSize + 1 : blockSize) : 0;
-  return { codec, zstdLevel: level, packBelow, chunkCacheBytes: settings.chunkCacheBytes, trackDirty: settings.remote !== '' };
+  return { codec, zstdLevel: level, packBelow, chunkCacheBytes: settings.chunkCacheBytes };
 }
 
 /** An opened volume: its metadata database, its block store and its settings. */
 export class Volume {
   private superChunkPacker: SuperChunkPacker | undefined;
+  /**
+   * The store's ledger as a cache of the remote: what is not uploaded yet. Joined to the
+   * store on every open, so a block deleted for good always loses its dirty mark; new
+   * blocks are marked dirty only when the volume has a remote.
+   */
+  readonly ledger: CacheLedger;
 
   private constructor(
     readonly path: string,
@@ -48,7 +55,9 @@ export class Volume {
     readonly store: BlockStore,
     readonly superblock: Superblock,
     readonly settings: VolumeSettings,
-  ) {}
+  ) {
+    this.ledger = new CacheLedger(store, settings.remote !== '');
+  }
 
   /** The POSIX-level operations on the volume's metadata (what the vfs uses). */
   get engine(): MetaEngine {

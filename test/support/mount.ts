@@ -1,6 +1,7 @@
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { findMount } from '../../src/fuse/mount-table';
 import { tempDir } from './tmp';
 
 /** The compiled CLI: tests drive pogfs exactly as a user would. */
@@ -18,10 +19,7 @@ export function pogfsOk(args: string[]): string {
 }
 
 export function isMounted(mountpoint: string): boolean {
-  const target = resolve(mountpoint);
-  return readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .some((line) => line.split(' ')[1] === target);
+  return findMount(mountpoint) !== undefined;
 }
 
 export interface MountedVolume {

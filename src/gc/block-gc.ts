@@ -1,10 +1,12 @@
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkStoreFile, type StoreSpace } from '../src/store/block-store';
-import { BLOCK_HEADER_SIZE, decodeHeader } from '../src/store/codec';
-import { emptyRepackResult, repackCandidates, type RepackResult, type SuperChunkPacker } from '../src/store/super-chunk-packer';
-import { Volume, VolumeFiles } from '../src/vfs/volume';
-import type { ProgressSink } from '../src/progress';
+import { BLOCK_HEADER_SIZE, decodeHeader } from '../store/codec';
+import { StoreRepair, damagedHashes } from '../store/repair';
+import { checkStoreFile, compactStore, storeSpace, type StoreSpace } from '../store/store-files';
+import { emptyRepackResult, repackCandidates, type RepackResult, type SuperChunkPacker } from '../store/super-chunk-packer';
+import { Volume, VolumeFiles } from '../vfs/volume';
+import type { ProgressSink } from '../progress';
+import type { WriteTxn } from '../store/store-env';
 
 /**
  * Garbage collection of an unmounted volume's block store: deletes every stored block no
@@ -120,32 +122,33 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
     }
 
     if (!dryRun) {
+      const repair = new StoreRepair(store);
       progress?.start('gc: deleting unreferenced blocks');
       for (let at = 0; at < unreferenced.length; at += batch) {
         progress?.update(at, unreferenced.length);
         const slice = unreferenced.slice(at, at + batch);
-        await store.maintenance(() => {
+        await repair.run((txn) => {
           for (const hash of slice) {
-            const gone = store.dropBlock(hash);
+            const gone = repair.dropBlock(txn, hash);
             if (gone) freedStored += gone.stored - (sizes.get(hash.toString('latin1')) ?? 0);
           }
         });
       }
       progress?.update(unreferenced.length, unreferenced.length);
-      await store.maintenance(() => {
-        for (const { hash, count } of fixRefs) store.setRefCount(hash, count);
-        for (const hash of staleRefs) store.setRefCount(hash, 0);
-        for (const hash of store.damagedHashes()) if (!rows.has(hash.toString('latin1'))) store.clearDamaged(hash);
+      await repair.run((txn) => {
+        for (const { hash, count } of fixRefs) repair.setRefCount(txn, hash, count);
+        for (const hash of staleRefs) repair.setRefCount(txn, hash, 0);
+        for (const hash of damagedHashes(store)) if (!rows.has(hash.toString('latin1'))) repair.clearDamaged(txn, hash);
         let references = 0;
         for (const n of rows.values()) references += n;
-        store.setTotals({ ...store.stats(), blocks: storedBlocks - unreferenced.length, references });
+        repair.setTotals(txn, { ...store.stats(), blocks: storedBlocks - unreferenced.length, references });
       });
     }
     removedBytes += freedStored;
     const repackBelow = options.repackBelow ?? volume.settings.repackBelow;
     const repack = await superChunkUpkeep(volume.packer(), store, repackBelow, !!options.recompress, dryRun);
 
-    const space = store.space();
+    const space = storeSpace(store);
     const result: GcResult = {
       volume: volume.path,
       dryRun,
@@ -169,7 +172,7 @@ export async function collectGarbage(path: string, options: GcOptions = {}): Pro
         result.compacted = { beforeBytes, afterBytes: Math.max(0, space.usedBytes - freeable) };
       } else {
         const tmp = join(path, COMPACT_DIR);
-        await store.compactTo(tmp);
+        await compactStore(store, tmp);
         await volume.close();
         closed = true;
         const copy = join(tmp, 'data.mdb');
@@ -223,8 +226,8 @@ async function superChunkUpkeep(packer: SuperChunkPacker, store: Volume['store']
   }
   const result = emptyRepackResult();
   for (const chunk of repackCandidates(store, threshold, recompress, result)) {
-    result.blocksMoved += store.chunkInfo(chunk)?.liveBlocks ?? 0;
-    result.bytesBefore += store.chunkValue(chunk)?.length ?? 0;
+    result.blocksMoved += store.superChunks.info(chunk)?.liveBlocks ?? 0;
+    result.bytesBefore += store.superChunks.storedSize(chunk) ?? 0;
   }
   return result;
 }
@@ -268,7 +271,8 @@ export async function collectGarbageLive(
   let removedBytes = 0;
   let removedRawBytes = 0;
   let skippedBusy = 0;
-  const remove = () => {
+  const repair = new StoreRepair(store);
+  const remove = (txn?: WriteTxn) => {
     const live = liveKeys();
     if (!dryRun) progress?.start('gc: deleting unreferenced blocks');
     let at = 0;
@@ -290,7 +294,8 @@ export async function collectGarbageLive(
         }
         continue;
       }
-      const gone = store.dropBlock(c.hash);
+      if (!txn) continue;
+      const gone = repair.dropBlock(txn, c.hash);
       if (!gone) continue;
       removedBlocks++;
       removedBytes += gone.stored;
@@ -298,7 +303,7 @@ export async function collectGarbageLive(
     }
   };
   if (dryRun) remove();
-  else await store.maintenance(remove);
+  else await repair.run(remove);
   const repack = await superChunkUpkeep(packer, store, repackBelow, recompress, dryRun);
-  return { dryRun, storedBlocks, removedBlocks, removedBytes, removedRawBytes, skippedBusy, repack, space: store.space() };
+  return { dryRun, storedBlocks, removedBlocks, removedBytes, removedRawBytes, skippedBusy, repack, space: storeSpace(store) };
 }

@@ -1,8 +1,8 @@
-import { listGenerations, type MetaBackup } from '../src/cache/meta-backup';
-import type { RemoteCache } from '../src/cache/remote-cache';
-import type { Remote } from '../src/remote/remote';
-import type { Volume } from '../src/vfs/volume';
-import type { ProgressSink } from '../src/progress';
+import { listGenerations, type MetaBackup } from '../cache/meta-backup';
+import type { RemoteCache } from '../cache/remote-cache';
+import type { Remote } from '../remote/remote';
+import type { Volume } from '../vfs/volume';
+import type { ProgressSink } from '../progress';
 
 /**
  * Garbage collection of a volume's remote: forgets the locations of blocks no file
@@ -49,7 +49,7 @@ export interface RemoteParts {
 }
 
 export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o: RemoteGcOptions): Promise<RemoteGcResult> {
-  const { meta, store } = volume;
+  const { meta, ledger } = volume;
   const index = meta.remote;
   const threshold = o.repackBelow ?? volume.settings.packRepackBelow;
   const dead = index.deadEntries();
@@ -84,7 +84,7 @@ export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o
         o.log.error(`gc: pack ${u.name} could not be read whole; it is kept as it is`);
         continue;
       }
-      const moved = await store.markDirtyAgain(hashes);
+      const moved = await ledger.markDirtyAgain(hashes);
       result.movedBlocks += moved;
     }
     o.progress?.update(done, sparse.length, doneBytes);
