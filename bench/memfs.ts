@@ -19,16 +19,10 @@ import type {
   StatFs,
 } from '../src/fuse/types';
 import { SetAttrValid } from '../src/fuse/types';
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../src/posix/file-system';
+import { RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE } from '../src/meta/engine';
 
 const E = os.constants.errno;
-const S_IFMT = 0o170000;
-const S_IFREG = 0o100000;
-const S_IFDIR = 0o040000;
-const S_IFLNK = 0o120000;
-const RENAME_NOREPLACE = 1;
-const RENAME_EXCHANGE = 2;
-const XATTR_CREATE = 1;
-const XATTR_REPLACE = 2;
 /** File data lives in chunks of this size; a chunk grows up to it as it is written. */
 const CHUNK = 1024 * 1024;
 

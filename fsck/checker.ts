@@ -12,6 +12,7 @@ import { VolumeFiles, type Volume } from '../src/vfs/volume';
 import { FindingSet, type FsckStats } from './report';
 import type { ProgressSink } from '../src/progress';
 import { PathNamer, displayName } from '../src/meta/path-namer';
+import { ROOT_INO, isDir, isReg } from '../src/posix/file-system';
 
 /**
  * The checker: reads a closed volume's metadata (SQLite) and block store (LMDB) directly
@@ -23,14 +24,7 @@ import { PathNamer, displayName } from '../src/meta/path-namer';
  * every block (--quick walks the keys only and reads no block data).
  */
 
-const S_IFMT = 0o170000;
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-export const ROOT_INO = 1;
 export const LOST_FOUND = 'lost+found';
-
-export const isDir = (mode: number) => (mode & S_IFMT) === S_IFDIR;
-export const isReg = (mode: number) => (mode & S_IFMT) === S_IFREG;
 
 export interface InodeInfo {
   mode: number;
@@ -488,12 +482,12 @@ function planTree(
   }
   const n = parentOf.length;
   const nameOf = (i: number): Buffer => {
-    const rows = meta.db.prepare('SELECT name FROM dentries WHERE parent = ? AND ino = ? ORDER BY name').all(parentOf[i], inoOf[i]) as { name: Buffer }[];
+    const names = meta.namesOf(parentOf[i], inoOf[i]);
     // Several entries of one directory may name the same inode: take them in order.
     // Entries come ordered by (parent, name), so the earlier ones of this directory sit just before.
     let nth = 0;
     for (let j = i - 1; j >= 0 && parentOf[j] === parentOf[i]; j--) if (inoOf[j] === inoOf[i]) nth++;
-    return rows[Math.min(nth, rows.length - 1)].name;
+    return names[Math.min(nth, names.length - 1)];
   };
 
   const root = inodes.get(ROOT_INO);

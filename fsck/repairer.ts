@@ -3,7 +3,8 @@ import { hashBlock } from '../src/store/hash';
 import { StoreRepair } from '../src/store/repair';
 import { newInode } from '../src/meta/meta-db';
 import { now, type Timespec } from '../src/vfs/time';
-import { LOST_FOUND, ROOT_INO, hashOf, isDir, isReg, type CheckState } from './checker';
+import { LOST_FOUND, hashOf, type CheckState } from './checker';
+import { ROOT_INO, isDir, isReg } from '../src/posix/file-system';
 
 /**
  * The repairer: applies what a check found, in an order that keeps DESIGN invariant 1 even

@@ -43,7 +43,7 @@ async function stack(): Promise<Stack> {
 
 /** Writes a file of `data` through PogFs and closes it; its inode. */
 async function writeFile(fs: PogFs, name: string, data: Buffer): Promise<number> {
-  const e = fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
+  const e = await fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
   await fs.write(e.attr.ino, e.fh, data, 0, root);
   await fs.flush(e.attr.ino, e.fh);
   fs.release(e.attr.ino, e.fh, 0);
@@ -52,7 +52,7 @@ async function writeFile(fs: PogFs, name: string, data: Buffer): Promise<number>
 
 /** Reads `length` bytes at `offset` as a program would: the bytes, or the errno. */
 async function readFile(fs: PogFs, ino: number, offset: number, length: number): Promise<Buffer | number> {
-  const o = fs.open(ino, 0, root);
+  const o = await fs.open(ino, 0, root);
   try {
     return await fs.read(ino, o.fh, length, offset);
   } catch (err) {

@@ -17,8 +17,8 @@ interface OpenFile {
   fh: number;
 }
 
-function create(fs: PogFs, name: string): OpenFile {
-  const f = fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
+async function create(fs: PogFs, name: string): Promise<OpenFile> {
+  const f = await fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
   return { ino: f.attr.ino, fh: f.fh };
 }
 
@@ -27,7 +27,7 @@ async function write(fs: PogFs, f: OpenFile, data: Buffer, offset = 0): Promise<
 }
 
 async function readAll(fs: PogFs, f: OpenFile): Promise<Buffer> {
-  return fs.read(f.ino, f.fh, fs.getattr(f.ino).size + 1, 0);
+  return fs.read(f.ino, f.fh, (await fs.getattr(f.ino)).size + 1, 0);
 }
 
 function copy(fs: PogFs, src: OpenFile, offIn: number, dst: OpenFile, offOut: number, length: number): Promise<number> {
@@ -62,14 +62,14 @@ describe('copy_file_range', () => {
     const t = newFs();
     const { fs, volume } = t;
     const data = randomBytes(6 * B + 5000);
-    const src = create(fs, 'src');
+    const src = await create(fs, 'src');
     await write(fs, src, data);
     await settle(t);
     const before = volume.store.stats();
 
     // From 100 bytes before block 1 to 100 bytes into block 5, at the same offset in dst:
     // blocks 1..4 whole, the two edges as bytes.
-    const dst = create(fs, 'dst');
+    const dst = await create(fs, 'dst');
     const from = B - 100;
     const length = 4 * B + 200;
     assert.equal(await copy(fs, src, from, dst, from, length), length);
@@ -103,7 +103,7 @@ describe('copy_file_range', () => {
     const t = newFs();
     const { fs, volume } = t;
     const data = randomBytes(3 * B + 777);
-    const src = create(fs, 'src');
+    const src = await create(fs, 'src');
     await write(fs, src, data);
     await settle(t);
     // Uncommitted: a partial write into block 1 (pending) and a whole new block 2 (sealed).
@@ -113,7 +113,7 @@ describe('copy_file_range', () => {
     await write(fs, src, block2, 2 * B);
     block2.copy(data, 2 * B);
 
-    const dst = create(fs, 'dst');
+    const dst = await create(fs, 'dst');
     assert.equal(await copy(fs, src, 0, dst, 0, 10 * B), data.length, 'clipped to the source size');
     assert.deepEqual(await readAll(fs, dst), data);
     await settle(t);
@@ -131,7 +131,7 @@ describe('copy_file_range', () => {
   it('a shared reference never reaches the store before the block it shares, still being compressed', async () => {
     const t = newFs();
     const { fs, volume } = t;
-    const src = create(fs, 'src');
+    const src = await create(fs, 'src');
     // Compressible, so every block is compressed off the JS thread before it is stored.
     const data = Buffer.alloc(64 * B);
     for (let i = 0; i < data.length; i += 64) data.write(`line ${i} ${Math.random()}\n`, i);
@@ -139,7 +139,7 @@ describe('copy_file_range', () => {
     // The blocks' batch waits for compression; the copy's batch of shared references
     // needs none and would otherwise be stored first.
     await new Promise((r) => setImmediate(r));
-    const dst = create(fs, 'dst');
+    const dst = await create(fs, 'dst');
     assert.equal(await copy(fs, src, 0, dst, 0, data.length), data.length);
     await settle(t);
     assert.equal(volume.store.stats().references, 128);
@@ -153,7 +153,7 @@ describe('copy_file_range', () => {
   it('copies misaligned ranges as bytes, keeps holes holes, and releases every shared reference when both files go', async () => {
     const t = newFs();
     const { fs, volume } = t;
-    const src = create(fs, 'src');
+    const src = await create(fs, 'src');
     const data = Buffer.alloc(5 * B);
     randomBytes(B).copy(data, 0);
     randomBytes(B).copy(data, 3 * B); // blocks 1, 2 and 4 are holes
@@ -162,12 +162,12 @@ describe('copy_file_range', () => {
     await fs.fallocate(src.ino, src.fh, 0, 4 * B, B); // size 5 blocks, last one a hole
     await settle(t);
 
-    const odd = create(fs, 'odd');
+    const odd = await create(fs, 'odd');
     assert.equal(await copy(fs, src, 1000, odd, 3, 4 * B), 4 * B);
     const got = await readAll(fs, odd);
     assert.deepEqual(got.subarray(3), data.subarray(1000, 1000 + 4 * B));
 
-    const same = create(fs, 'same');
+    const same = await create(fs, 'same');
     await write(fs, same, randomBytes(5 * B)); // to be overwritten, holes included
     assert.equal(await copy(fs, src, 0, same, 0, 5 * B), 5 * B);
     assert.deepEqual(await readAll(fs, same), data);
@@ -188,9 +188,9 @@ describe('copy_file_range', () => {
   it('refuses a destination opened read-only', async () => {
     const t = newFs();
     const { fs } = t;
-    const src = create(fs, 'src');
+    const src = await create(fs, 'src');
     await write(fs, src, randomBytes(B));
-    const ro = { ino: src.ino, fh: fs.open(src.ino, 0, root).fh };
+    const ro = { ino: src.ino, fh: (await fs.open(src.ino, 0, root)).fh };
     assert.equal(await errno(() => copy(fs, src, 0, ro, B, B)), E.EBADF);
     fs.release(src.ino, ro.fh, 0);
     fs.release(src.ino, src.fh, 0);
@@ -202,14 +202,14 @@ describe('fallocate', () => {
   it('mode 0 extends as a hole, KEEP_SIZE changes nothing, and neither stores a byte', async () => {
     const t = newFs();
     const { fs, volume } = t;
-    const f = create(fs, 'f');
+    const f = await create(fs, 'f');
     await write(fs, f, b('head'));
     await fs.fallocate(f.ino, f.fh, 0, 0, 10 * B + 5);
-    assert.equal(fs.getattr(f.ino).size, 10 * B + 5);
+    assert.equal((await fs.getattr(f.ino)).size, 10 * B + 5);
     await fs.fallocate(f.ino, f.fh, Falloc.KEEP_SIZE, 0, 20 * B);
-    assert.equal(fs.getattr(f.ino).size, 10 * B + 5);
+    assert.equal((await fs.getattr(f.ino)).size, 10 * B + 5);
     await fs.fallocate(f.ino, f.fh, 0, 0, 4); // inside: nothing
-    assert.equal(fs.getattr(f.ino).size, 10 * B + 5);
+    assert.equal((await fs.getattr(f.ino)).size, 10 * B + 5);
     await settle(t);
     assert.equal(volume.store.stats().uniqueBytes, 4);
     const all = await readAll(fs, f);
@@ -222,7 +222,7 @@ describe('fallocate', () => {
   it('PUNCH_HOLE releases whole blocks and zeroes the partial ones; ZERO_RANGE may extend the size', async () => {
     const t = newFs();
     const { fs, volume } = t;
-    const f = create(fs, 'f');
+    const f = await create(fs, 'f');
     const data = randomBytes(4 * B);
     await write(fs, f, data);
     await settle(t);
@@ -231,7 +231,7 @@ describe('fallocate', () => {
     await fs.fallocate(f.ino, f.fh, Falloc.PUNCH_HOLE | Falloc.KEEP_SIZE, from, to - from);
     data.fill(0, from, to);
     assert.deepEqual(await readAll(fs, f), data);
-    assert.equal(fs.getattr(f.ino).size, 4 * B);
+    assert.equal((await fs.getattr(f.ino)).size, 4 * B);
     await settle(t);
     assert.equal(volume.store.stats().blocks, 2, 'the two whole blocks are gone');
     assert.equal(fs.lseek(f.ino, f.fh, 0, Whence.HOLE), B);
@@ -239,9 +239,9 @@ describe('fallocate', () => {
 
     // Past the end with KEEP_SIZE: the size stays; without: it grows, as zeros.
     await fs.fallocate(f.ino, f.fh, Falloc.ZERO_RANGE | Falloc.KEEP_SIZE, 4 * B - 10, 100);
-    assert.equal(fs.getattr(f.ino).size, 4 * B);
+    assert.equal((await fs.getattr(f.ino)).size, 4 * B);
     await fs.fallocate(f.ino, f.fh, Falloc.ZERO_RANGE, 4 * B - 10, 100);
-    assert.equal(fs.getattr(f.ino).size, 4 * B + 90);
+    assert.equal((await fs.getattr(f.ino)).size, 4 * B + 90);
     data.fill(0, 4 * B - 10);
     assert.deepEqual(await readAll(fs, f), Buffer.concat([data, Buffer.alloc(90)]));
 
@@ -259,7 +259,7 @@ describe('lseek SEEK_DATA / SEEK_HOLE', () => {
   it('follows the block map, uncommitted blocks included; ENXIO at or past the end', async () => {
     const t = newFs();
     const { fs } = t;
-    const f = create(fs, 'f');
+    const f = await create(fs, 'f');
     await write(fs, f, randomBytes(B), 2 * B); // data in block 2
     await write(fs, f, b('x'), 5 * B + 3); // pending data in block 5; size 5B+4
     const seek = (off: number, whence: number) => {

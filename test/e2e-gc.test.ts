@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
-import { MetaDb } from '../src/meta/meta-db';
+import Database from 'better-sqlite3';
 import { BlockStore } from '../src/store/block-store';
 import { hashBlock } from '../src/store/hash';
 import { mountFresh, pogfs, pogfsOk, sh } from './support/mount';
@@ -19,9 +19,9 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** Blocks the store holds that no committed block row names, counted from outside the daemon. */
 function unreferencedNow(volume: string): number {
-  const meta = MetaDb.open(join(volume, 'meta.db'), { readOnly: true });
-  const rows = new Set((meta.db.prepare('SELECT DISTINCT hash FROM blocks').pluck().all() as Buffer[]).map((h) => h.toString('hex')));
-  meta.close();
+  const db = new Database(join(volume, 'meta.db'), { readonly: true });
+  const rows = new Set((db.prepare('SELECT DISTINCT hash FROM blocks').pluck().all() as Buffer[]).map((h) => h.toString('hex')));
+  db.close();
   const store = BlockStore.open(join(volume, 'blocks'), { readOnly: true });
   let n = 0;
   for (const h of store.scanHashes()) if (!rows.has(h.toString('hex'))) n++;

@@ -28,7 +28,7 @@ describe('FUSE adapter (in-process, over a volume)', () => {
     const c = await adapter.create(d.attr.ino, b('f'), 0o644, 2, root);
     assert.equal(c.keepCache, true);
     assert.equal(c.entryTimeout, 17);
-    for (let i = 0; i < 500; i++) t.fs.create(d.attr.ino, b(`n${i}`), 0o644, 0, root);
+    for (let i = 0; i < 500; i++) await t.fs.create(d.attr.ino, b(`n${i}`), 0o644, 0, root);
     const dir = await adapter.opendir(d.attr.ino, 0, root);
     assert.equal(dir.keepCache, undefined);
     const size = 4096;

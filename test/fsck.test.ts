@@ -50,14 +50,14 @@ async function buildGolden(): Promise<Golden> {
   const t = openFs(path, BS);
   const { fs } = t;
   const file = async (parent: number, name: string, data: Buffer, link?: [number, string]) => {
-    const f = fs.create(parent, b(name), 0o644, O_RDWR, root);
-    if (link) fs.link(f.attr.ino, link[0], b(link[1]), root);
+    const f = await fs.create(parent, b(name), 0o644, O_RDWR, root);
+    if (link) await fs.link(f.attr.ino, link[0], b(link[1]), root);
     await fs.write(f.attr.ino, f.fh, data, 0, root);
     await fs.release(f.attr.ino, f.fh, 0);
     return f.attr.ino;
   };
-  const dir = fs.mkdir(ROOT_INO, b('dir'), 0o755, root).attr.ino;
-  const sub = fs.mkdir(dir, b('sub'), 0o755, root).attr.ino;
+  const dir = (await fs.mkdir(ROOT_INO, b('dir'), 0o755, root)).attr.ino;
+  const sub = (await fs.mkdir(dir, b('sub'), 0o755, root)).attr.ino;
   const ino = {
     dir,
     sub,
@@ -67,7 +67,7 @@ async function buildGolden(): Promise<Golden> {
     c: await file(sub, 'c.txt', content.c),
     shared1: await file(dir, 'shared1', content.shared),
     shared2: await file(ROOT_INO, 'shared2', content.shared),
-    sym: fs.symlink(b('a.txt'), ROOT_INO, b('sym'), root).attr.ino,
+    sym: (await fs.symlink(b('a.txt'), ROOT_INO, b('sym'), root)).attr.ino,
   };
   await t.close();
   return { path, ino };
@@ -140,9 +140,9 @@ function fingerprint(path: string): string {
   return h.digest('hex');
 }
 
-function lookupPath(t: TestFs, path: string): number {
+async function lookupPath(t: TestFs, path: string): Promise<number> {
   let ino = ROOT_INO;
-  for (const part of path.split('/').filter(Boolean)) ino = t.fs.lookup(ino, b(part), root).attr.ino;
+  for (const part of path.split('/').filter(Boolean)) ino = (await t.fs.lookup(ino, b(part), root)).attr.ino;
   return ino;
 }
 
@@ -160,7 +160,7 @@ async function assertFilesIntact(path: string, skip: string[] = []): Promise<voi
     ];
     for (const [p, data] of expect) {
       if (skip.includes(p)) continue;
-      const got = await readThrough(t, lookupPath(t, p));
+      const got = await readThrough(t, await lookupPath(t, p));
       assert.ok(Buffer.isBuffer(got) && got.equals(data), `${p} reads back intact`);
     }
   } finally {
@@ -386,11 +386,11 @@ describe('fsck: the directory tree', () => {
     assert.match(finding(first, 'unreachable')!.examples[0], new RegExp(`^#${golden.ino.a} \\(file, ${content.a.length} bytes, link count 1\\)`));
     const t = openFs(path);
     try {
-      const lf = t.fs.lookup(ROOT_INO, b('lost+found'), root).attr;
+      const lf = (await t.fs.lookup(ROOT_INO, b('lost+found'), root)).attr;
       assert.equal(lf.mode & 0o7777, 0o700);
-      const got = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.a}`));
+      const got = await readThrough(t, await lookupPath(t, `/lost+found/#${golden.ino.a}`));
       assert.ok(Buffer.isBuffer(got) && got.equals(content.a));
-      assert.equal(t.fs.getattr(ROOT_INO, undefined, root).nlink, 4, 'root: ".", "..", dir, lost+found');
+      assert.equal((await t.fs.getattr(ROOT_INO, undefined, root)).nlink, 4, 'root: ".", "..", dir, lost+found');
     } finally {
       await t.close();
     }
@@ -409,9 +409,9 @@ describe('fsck: the directory tree', () => {
     assert.match(finding(first, 'wrong-nlink')!.examples.join('\n'), /^\/: link count 3, should be 2$/m);
     const t = openFs(path);
     try {
-      const c = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.dir}/sub/c.txt`));
+      const c = await readThrough(t, await lookupPath(t, `/lost+found/#${golden.ino.dir}/sub/c.txt`));
       assert.ok(Buffer.isBuffer(c) && c.equals(content.c));
-      const bb = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.dir}/b.bin`));
+      const bb = await readThrough(t, await lookupPath(t, `/lost+found/#${golden.ino.dir}/b.bin`));
       assert.ok(Buffer.isBuffer(bb) && bb.equals(content.b));
     } finally {
       await t.close();
@@ -428,8 +428,8 @@ describe('fsck: the directory tree', () => {
     assert.match(finding(first, 'unreachable')!.examples.join('\n'), /directory cycle/);
     const t = openFs(path);
     try {
-      const lf = lookupPath(t, '/lost+found');
-      const names = t.fs.readdir(lf, t.fs.opendir(lf, 0, root).fh, 0, 1 << 16).map((e) => e.name.toString());
+      const lf = await lookupPath(t, '/lost+found');
+      const names = t.fs.readdir(lf, (await t.fs.opendir(lf, 0, root)).fh, 0, 1 << 16).map((e) => e.name.toString());
       assert.ok(names.some((n) => n.startsWith('#')), `lost+found holds ${names.join(', ')}`);
     } finally {
       await t.close();
@@ -468,7 +468,7 @@ describe('fsck: the directory tree', () => {
     assert.match(finding(first, 'wrong-nlink')!.examples.join('\n'), /^\/dir: link count 3, should be 2$/m);
     const t = openFs(path);
     try {
-      const got = await readThrough(t, lookupPath(t, `/lost+found/#${golden.ino.c}`));
+      const got = await readThrough(t, await lookupPath(t, `/lost+found/#${golden.ino.c}`));
       assert.ok(Buffer.isBuffer(got) && got.equals(content.c));
     } finally {
       await t.close();
@@ -489,7 +489,7 @@ describe('fsck: the directory tree', () => {
     assert.equal(left.length, 1);
     const t = openFs(path);
     try {
-      const got = await readThrough(t, lookupPath(t, `/${left[0].name.toString()}/sub/c.txt`));
+      const got = await readThrough(t, await lookupPath(t, `/${left[0].name.toString()}/sub/c.txt`));
       assert.ok(Buffer.isBuffer(got) && got.equals(content.c));
     } finally {
       await t.close();

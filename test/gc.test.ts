@@ -24,7 +24,7 @@ async function writeFiles(path: string, files: Files): Promise<Map<string, numbe
   const inos = new Map<string, number>();
   try {
     for (const [name, data] of files) {
-      const f = t.fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
+      const f = await t.fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
       for (let at = 0; at < data.length; at += 1 << 20) await t.fs.write(f.attr.ino, f.fh, data.subarray(at, at + (1 << 20)), at, root);
       await t.fs.release(f.attr.ino, f.fh, 0);
       inos.set(name, f.attr.ino);
@@ -49,8 +49,8 @@ async function assertReadBack(path: string, files: Files): Promise<void> {
   const t = openFs(path);
   try {
     for (const [name, data] of files) {
-      const e = t.fs.lookup(ROOT_INO, b(name), root);
-      const o = t.fs.open(e.attr.ino, 0, root);
+      const e = await t.fs.lookup(ROOT_INO, b(name), root);
+      const o = await t.fs.open(e.attr.ino, 0, root);
       const got = await t.fs.read(e.attr.ino, o.fh, data.length + 1, 0);
       await t.fs.release(e.attr.ino, o.fh, 0);
       assert.ok(got.equals(data), `${name} reads back byte-identical`);

@@ -35,10 +35,12 @@ describe('MetaDb', () => {
     assert.equal(sb.format_version, FORMAT_VERSION);
     assert.equal(sb.block_size, 131072);
     assert.equal(sb.hash_algorithm, 'blake3');
-    assert.equal(meta.db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
-    assert.equal(meta.db.pragma('journal_mode', { simple: true }), 'wal');
+    assert.equal(meta.schemaVersion(), SCHEMA_VERSION);
     assert.deepEqual(meta.getInode(1), { ino: 1, ...root });
     meta.close();
+    const db = new Database(path, { readonly: true });
+    assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
+    db.close();
     const again = MetaDb.open(path);
     assert.equal(again.getInode(1)?.ctime_ns, 999999999);
     again.close();
@@ -80,8 +82,10 @@ describe('MetaDb', () => {
 
   it('refuses a volume of a newer format or schema', () => {
     const { path, meta } = freshDb();
-    meta.db.prepare('UPDATE superblock SET format_version = ?').run(FORMAT_VERSION + 1);
     meta.close();
+    const edit = new Database(path);
+    edit.prepare('UPDATE superblock SET format_version = ?').run(FORMAT_VERSION + 1);
+    edit.close();
     assert.throws(() => MetaDb.open(path), /newer than this pogfs understands/);
     const db = new Database(path);
     db.prepare('UPDATE superblock SET format_version = ?').run(FORMAT_VERSION);

@@ -25,7 +25,7 @@ const small = realFiles('/usr/include', 3 << 20, 32 * 1024);
 const text = textCorpus(2 << 20);
 
 async function writeFile(t: TestFs, name: string, data: Buffer, parent = ROOT_INO): Promise<number> {
-  const f = t.fs.create(parent, b(name), 0o644, O_RDWR, root);
+  const f = await t.fs.create(parent, b(name), 0o644, O_RDWR, root);
   if (data.length > 0) await t.fs.write(f.attr.ino, f.fh, data, 0, root);
   await t.fs.fsync(f.attr.ino, f.fh);
   t.fs.release(f.attr.ino, f.fh, 0);
@@ -257,7 +257,7 @@ describe('volumes with every codec and layout', () => {
     t = openFs(t.path);
     try {
       assert.equal(kindOf(t, t.volume.meta.listBlocks(ino)[0].hash), LOCATOR_KIND);
-      const o = t.fs.open(ino, O_RDWR, root);
+      const o = await t.fs.open(ino, O_RDWR, root);
       // Two writes into the block, issued together: the second queues behind the first.
       const w1 = t.fs.write(ino, o.fh, Buffer.from('FIRST'), 1000, root);
       const w2 = t.fs.write(ino, o.fh, Buffer.from('SECOND'), 1002, root);

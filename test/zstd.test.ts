@@ -38,7 +38,7 @@ const text = textCorpus(4 << 20);
 const small = realFiles('/usr/include', 2 << 20, 32 * 1024);
 
 async function writeFile(t: TestFs, name: string, data: Buffer): Promise<number> {
-  const f = t.fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
+  const f = await t.fs.create(ROOT_INO, b(name), 0o644, O_RDWR, root);
   if (data.length > 0) await t.fs.write(f.attr.ino, f.fh, data, 0, root);
   await t.fs.fsync(f.attr.ino, f.fh);
   t.fs.release(f.attr.ino, f.fh, 0);

@@ -1,5 +1,4 @@
-import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { MetaSnapshot } from '../meta/engine';
 import type { MetaDb } from '../meta/meta-db';
 import type { Remote, RemoteObject } from '../remote/remote';
 
@@ -47,23 +46,6 @@ export async function listGenerations(remote: Remote): Promise<(RemoteObject & {
   return out.sort((a, b) => b.generation - a.generation);
 }
 
-/** A compressed, consistent copy of the database at `path`, made off the JavaScript thread. */
-export function snapshotDatabase(path: string): Promise<{ data: Buffer; rawBytes: number }> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(join(__dirname, 'meta-snapshot-worker.js'), {
-      workerData: { source: path, scratch: `${path}.snapshot-${process.pid}-${Date.now()}` },
-    });
-    worker.once('message', (m: { ok: boolean; data?: Uint8Array; rawBytes?: number; error?: string }) => {
-      if (m.ok && m.data) resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), rawBytes: m.rawBytes ?? 0 });
-      else reject(new Error(`snapshot of the metadata failed: ${m.error ?? 'no data'}`));
-    });
-    worker.once('error', reject);
-    worker.once('exit', (code) => {
-      if (code !== 0) reject(new Error(`the metadata snapshot worker exited with code ${code}`));
-    });
-  });
-}
-
 export class MetaBackup {
   private running: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
@@ -72,7 +54,7 @@ export class MetaBackup {
   lastError: string | undefined;
 
   constructor(
-    private readonly meta: MetaDb,
+    private readonly meta: MetaSnapshot & Pick<MetaDb, 'remote' | 'durableTransaction'>,
     private readonly remote: Remote,
     private readonly options: MetaBackupOptions,
   ) {}
@@ -100,7 +82,7 @@ export class MetaBackup {
   }
 
   private changes(): number {
-    return this.meta.db.prepare('SELECT total_changes()').pluck().get() as number;
+    return this.meta.changeCount();
   }
 
   private async run(reason: string): Promise<BackupResult> {
@@ -116,7 +98,7 @@ export class MetaBackup {
       const generation = Number(this.meta.remote.state(GENERATION_KEY) ?? '0') + 1;
       // The snapshot says which generation it is, so a machine restoring it knows.
       this.meta.durableTransaction(() => this.meta.remote.setState(GENERATION_KEY, String(generation)));
-      const snap = await snapshotDatabase(this.meta.path);
+      const snap = await this.meta.snapshot();
       await this.options.flushBlocks();
       await this.remote.put('meta', generationName(generation), snap.data);
       this.changesAtLast = changes;

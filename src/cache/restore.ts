@@ -70,10 +70,7 @@ export interface PackScan {
 export async function indexPacks(remote: Remote, meta: MetaDb, options: { all?: boolean; progress?: ProgressSink } = {}): Promise<PackScan> {
   const index = meta.remote;
   if (options.all) {
-    meta.durableTransaction(() => {
-      meta.db.exec('DELETE FROM pack_blocks');
-      meta.db.exec('DELETE FROM packs');
-    });
+    meta.durableTransaction(() => index.clear());
   }
   const scan: PackScan = { packs: 0, blocks: 0, unreadable: [] };
   const remotePacks = (await remote.list('pack')).sort((a, b) => a.name.localeCompare(b.name));

@@ -176,7 +176,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         }
         if (req.op === 'pin' || req.op === 'unpin') {
           if (!attached) throw new Error('this volume has no remote: everything is local already');
-          const ino = fs.inoOfPath(req.path ?? '');
+          const ino = await fs.inoOfPath(req.path ?? '');
           const cache = attached.cache;
           return req.op === 'pin' ? exclusive(() => cache.pin(ino, progress)) : exclusive(() => cache.unpin(ino));
         }

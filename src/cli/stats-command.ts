@@ -69,7 +69,7 @@ export async function collectStats(target: string): Promise<VolumeStats> {
       ? { bytes: status.chunkCache.bytes, chunks: status.chunkCache.chunks, hits: status.chunkCache.hits, misses: status.chunkCache.misses }
       : {};
     const totals = v.meta.totals();
-    const referencedBytes = (v.meta.db.prepare('SELECT coalesce(sum(len), 0) AS n FROM blocks').get() as { n: number }).n;
+    const referencedBytes = v.meta.referencedBytes();
     const s = v.store.stats();
     let fileBytes = 0;
     try {
@@ -80,7 +80,7 @@ export async function collectStats(target: string): Promise<VolumeStats> {
     let remote: VolumeStats['remote'];
     let unique = s.uniqueBytes;
     if (v.settings.remote) {
-      const u = v.meta.db.prepare('SELECT count(*) AS n, coalesce(sum(len), 0) AS bytes FROM (SELECT hash, max(len) AS len FROM blocks GROUP BY hash)').get() as { n: number; bytes: number };
+      const u = v.meta.uniqueBlocks();
       const packs = v.meta.remote.totals();
       const dirty = v.ledger.dirtyStats();
       unique = u.bytes;

@@ -1,7 +1,11 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
+import type { MetaRepair, MetaScan, MetaSnapshot } from './engine';
+import { ROOT_INO, S_IFDIR, S_IFMT, S_IFREG } from '../posix/file-system';
 import { RemoteIndex } from './remote-index';
 import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
+import { snapshotDatabase } from './snapshot';
+import { SqliteEngine } from './sqlite-engine';
 
 export interface Superblock {
   magic: string;
@@ -31,6 +35,33 @@ export interface InodeRow {
 }
 
 export type NewInode = Omit<InodeRow, 'ino'>;
+
+/** An inode row's columns in InodeRow's order, for statements that read rows as arrays. */
+export const INODE_COLUMNS = 'ino, mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes';
+
+/**
+ * The InodeRow of a row read as an array (from `at`): better-sqlite3 makes an array
+ * and this object faster than it makes a row object (about 2 us against 3.4 per row),
+ * and inode rows are read on every lookup and getattr.
+ */
+export function inodeFromRaw(r: readonly unknown[], at = 0): InodeRow {
+  return {
+    ino: r[at] as number,
+    mode: r[at + 1] as number,
+    uid: r[at + 2] as number,
+    gid: r[at + 3] as number,
+    nlink: r[at + 4] as number,
+    size: r[at + 5] as number,
+    rdev: r[at + 6] as number,
+    atime_s: r[at + 7] as number,
+    atime_ns: r[at + 8] as number,
+    mtime_s: r[at + 9] as number,
+    mtime_ns: r[at + 10] as number,
+    ctime_s: r[at + 11] as number,
+    ctime_ns: r[at + 12] as number,
+    stored_bytes: r[at + 13] as number,
+  };
+}
 
 /** A fresh inode row: all three times set to `t`, nothing stored yet. */
 export function newInode(
@@ -92,6 +123,10 @@ export interface VolumeTotals {
 
 export class MetadataError extends Error {}
 
+// The file-type tests as SQL over an inode's mode column `m` (constants, not magic numbers).
+export const sqlIsReg = (m: string): string => `(${m} & ${S_IFMT}) = ${S_IFREG}`;
+export const sqlIsDir = (m: string): string => `(${m} & ${S_IFMT}) = ${S_IFDIR}`;
+
 /** A group commit closes after this many changes even before its interval is up. */
 const GROUP_COMMIT_MAX_CHANGES = 5000;
 
@@ -100,10 +135,18 @@ const GROUP_COMMIT_MAX_CHANGES = 5000;
  * group calls with `transaction`. Commits are not synced by default (like a journalling
  * filesystem's metadata); `durableTransaction` and `barrier` force the WAL to disk, which
  * also makes every earlier commit durable.
+ *
+ * The POSIX-level operations are its `engine` (the MetaEngine of this database); the
+ * whole-volume scans (MetaScan), fsck's repairs (MetaRepair) and the backup snapshot
+ * (MetaSnapshot) are here. The
+ * SQLite handle never leaves src/meta.
  */
-export class MetaDb {
-  readonly db: Database.Database;
+export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
+  private readonly db: Database.Database;
   private readonly s;
+  /** Runs a function atomically: made once, as wrapping a function per call costs more than the statements it runs. */
+  private readonly atomic: Database.Transaction<(fn: () => unknown) => unknown>;
+  private sqliteEngine: SqliteEngine | undefined;
   /** Group commit interval in ms; 0 commits every transaction on its own. */
   groupCommitMs = 0;
   private groupTimer: NodeJS.Timeout | undefined;
@@ -123,11 +166,12 @@ export class MetaDb {
     this.db.pragma('cache_size = -65536');
     if (!options.readOnly) migrate(this.db);
     const db = this.db;
+    this.atomic = db.transaction((fn: () => unknown) => fn());
     this.s = {
       // `*`: a read-only open does not migrate, so an older volume may lack later columns.
       superblock: db.prepare('SELECT * FROM superblock WHERE id = 1'),
       barrier: db.prepare('UPDATE superblock SET barrier = barrier + 1 WHERE id = 1'),
-      getInode: db.prepare('SELECT * FROM inodes WHERE ino = ?'),
+      getInode: db.prepare(`SELECT ${INODE_COLUMNS} FROM inodes WHERE ino = ?`).raw(),
       insertInode: db.prepare(
         `INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
          VALUES (@mode, @uid, @gid, @nlink, @size, @rdev, @atime_s, @atime_ns, @mtime_s, @mtime_ns, @ctime_s, @ctime_ns, @stored_bytes)`,
@@ -166,12 +210,16 @@ export class MetaDb {
       upsertBlock: db.prepare('INSERT OR REPLACE INTO blocks (ino, idx, hash, len) VALUES (?, ?, ?, ?)'),
       deleteBlock: db.prepare('DELETE FROM blocks WHERE ino = ? AND idx = ?'),
       deleteAllBlocks: db.prepare('DELETE FROM blocks WHERE ino = ? RETURNING hash'),
+      changes: db.prepare('SELECT total_changes()').pluck(),
+      referencedBytes: db.prepare('SELECT coalesce(sum(len), 0) FROM blocks').pluck(),
+      uniqueBlocks: db.prepare('SELECT count(*) AS n, coalesce(sum(len), 0) AS bytes FROM (SELECT hash, max(len) AS len FROM blocks GROUP BY hash)'),
+      namesOf: db.prepare('SELECT name FROM dentries WHERE parent = ? AND ino = ? ORDER BY name').pluck(),
       totals: db.prepare(
         `SELECT
-           (SELECT count(*) FROM inodes WHERE (mode & 61440) = 32768) AS files,
-           (SELECT count(*) FROM inodes WHERE (mode & 61440) = 16384) AS directories,
+           (SELECT count(*) FROM inodes WHERE ${sqlIsReg('mode')}) AS files,
+           (SELECT count(*) FROM inodes WHERE ${sqlIsDir('mode')}) AS directories,
            (SELECT count(*) FROM inodes) AS inodes,
-           (SELECT coalesce(sum(size), 0) FROM inodes WHERE (mode & 61440) = 32768) AS logicalBytes,
+           (SELECT coalesce(sum(size), 0) FROM inodes WHERE ${sqlIsReg('mode')}) AS logicalBytes,
            (SELECT count(*) FROM blocks) AS blockRefs`,
       ),
     };
@@ -197,10 +245,16 @@ export class MetaDb {
         .prepare('INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns) VALUES (1, ?, ?, ?, ?, ?, ?)')
         .run(VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), BigInt(Date.now()) * 1000000n);
       for (const [key, value] of Object.entries(init.settings ?? {})) meta.db.prepare('INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)').run(key, value);
-      meta.s.insertInodeWithIno.run({ ino: 1, ...init.root });
+      meta.s.insertInodeWithIno.run({ ino: ROOT_INO, ...init.root });
     })();
     meta.barrier();
     return meta;
+  }
+
+  /** The POSIX-level operations on this database (one engine per connection). */
+  get engine(): SqliteEngine {
+    this.sqliteEngine ??= new SqliteEngine(this.db, this);
+    return this.sqliteEngine;
   }
 
   /** Packs, block locations, pins and volume state (schema 4 on). */
@@ -270,15 +324,27 @@ export class MetaDb {
    * commit the group at once.
    */
   transaction<T>(fn: () => T): T {
-    if (this.groupCommitMs <= 0) return this.db.transaction(fn)();
+    if (this.groupCommitMs <= 0) return this.atomic(fn) as T;
     if (!this.db.inTransaction) {
-      this.db.exec('BEGIN');
+      // IMMEDIATE: the group writes anyway, and taking the write lock up front keeps
+      // another connection from slipping a write between a read and a write of it.
+      this.db.exec('BEGIN IMMEDIATE');
       this.groupTimer = setTimeout(() => this.commitGroup(), this.groupCommitMs);
       this.groupTimer.unref();
     }
-    const result = this.db.transaction(fn)();
+    const result = this.atomic(fn) as T;
     if (++this.groupChanges >= GROUP_COMMIT_MAX_CHANGES) this.commitGroup();
     return result;
+  }
+
+  /**
+   * `transaction` for a read-then-write operation: on its own (no group open) it begins
+   * IMMEDIATE, taking the write lock before its first read, so another connection's
+   * operation cannot change what it read before it writes.
+   */
+  writeTransaction<T>(fn: () => T): T {
+    if (this.groupCommitMs <= 0) return this.atomic.immediate(fn) as T;
+    return this.transaction(fn);
   }
 
   /** Commits the open group, if any (not synced unless `synchronous` says so). */
@@ -312,7 +378,8 @@ export class MetaDb {
   }
 
   getInode(ino: number): InodeRow | undefined {
-    return this.s.getInode.get(ino) as InodeRow | undefined;
+    const r = this.s.getInode.get(ino) as unknown[] | undefined;
+    return r && inodeFromRaw(r);
   }
 
   insertInode(row: NewInode): number {
@@ -452,9 +519,19 @@ export class MetaDb {
     return this.db.prepare('SELECT ino, idx, len FROM blocks WHERE hash = ? ORDER BY ino, idx').all(hash) as { ino: number; idx: number; len: number }[];
   }
 
-  /** Number of rows in the block index. */
-  blockRowTotal(): number {
-    return (this.db.prepare('SELECT count(*) AS n FROM blocks').get() as { n: number }).n;
+  /** The names in `parent` that name `ino`, in name order. */
+  namesOf(parent: number, ino: number): Buffer[] {
+    return this.s.namesOf.all(parent, ino) as Buffer[];
+  }
+
+  /** Bytes the block rows reference (a block shared by N rows counts N times). */
+  referencedBytes(): number {
+    return this.s.referencedBytes.get() as number;
+  }
+
+  /** Distinct blocks the rows reference, and their bytes. */
+  uniqueBlocks(): { n: number; bytes: number } {
+    return this.s.uniqueBlocks.get() as { n: number; bytes: number };
   }
 
   /**
@@ -466,7 +543,7 @@ export class MetaDb {
       .prepare(
         `SELECT b.ino AS ino, b.idx AS idx, b.hash AS hash, b.len AS len, i.size AS size, i.mode AS mode
            FROM blocks b JOIN inodes i ON i.ino = b.ino
-          WHERE (i.mode & 61440) != 32768 OR b.idx * ? >= i.size OR b.idx * ? + b.len > i.size
+          WHERE NOT ${sqlIsReg('i.mode')} OR b.idx * ? >= i.size OR b.idx * ? + b.len > i.size
           ORDER BY b.ino, b.idx`,
       )
       .all(blockSize, blockSize) as { ino: number; idx: number; hash: Buffer; len: number; size: number; mode: number }[];
@@ -478,7 +555,7 @@ export class MetaDb {
       .prepare(
         `SELECT i.ino AS ino, i.stored_bytes AS stored, coalesce(s.n, 0) AS actual
            FROM inodes i LEFT JOIN (SELECT ino, sum(len) AS n FROM blocks GROUP BY ino) s ON s.ino = i.ino
-          WHERE (i.mode & 61440) = 32768 AND i.stored_bytes != coalesce(s.n, 0)`,
+          WHERE ${sqlIsReg('i.mode')} AND i.stored_bytes != coalesce(s.n, 0)`,
       )
       .all() as { ino: number; stored: number; actual: number }[];
   }
@@ -505,7 +582,7 @@ export class MetaDb {
   /** How many entries of each directory name a directory (directories with none are absent). */
   subdirCounts(): Map<number, number> {
     const rows = this.db
-      .prepare('SELECT d.parent, count(*) FROM dentries d JOIN inodes c ON c.ino = d.ino WHERE (c.mode & 61440) = 16384 GROUP BY d.parent')
+      .prepare(`SELECT d.parent, count(*) FROM dentries d JOIN inodes c ON c.ino = d.ino WHERE ${sqlIsDir('c.mode')} GROUP BY d.parent`)
       .raw()
       .all() as [number, number][];
     return new Map(rows);
@@ -522,6 +599,23 @@ export class MetaDb {
 
   setStoredBytes(ino: number, storedBytes: number): void {
     this.db.prepare('UPDATE inodes SET stored_bytes = ? WHERE ino = ?').run(storedBytes, ino);
+  }
+
+  // ---- metadata backups (MetaSnapshot) ----
+
+  /** SQLite's count of rows this connection changed since it opened. */
+  changeCount(): number {
+    return this.s.changes.get() as number;
+  }
+
+  /** A consistent, compressed copy of the committed database, made by a connection of its own in a worker. */
+  snapshot(): Promise<{ data: Buffer; rawBytes: number }> {
+    return snapshotDatabase(this.path);
+  }
+
+  /** True while the connection is open. */
+  get isOpen(): boolean {
+    return this.db.open;
   }
 
   close(): void {

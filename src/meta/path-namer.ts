@@ -1,8 +1,7 @@
-import type { MetaDb } from './meta-db';
+import type { MetaScan } from './engine';
+import { ROOT_INO } from '../posix/file-system';
 
 /** How files are named to people (fsck findings, read errors): by path, names made printable. */
-
-const ROOT_INO = 1;
 
 /** A name (bytes) for display: UTF-8 when it is valid, control and invalid bytes as \xNN. */
 export function displayName(name: Buffer): string {
@@ -20,7 +19,7 @@ export function displayName(name: Buffer): string {
 export class PathNamer {
   private readonly dirs = new Map<number, string>();
 
-  constructor(private readonly meta: MetaDb) {}
+  constructor(private readonly meta: Pick<MetaScan, 'entriesOf'>) {}
 
   /** One path of `ino`, plus "(and N more links)" when several entries name it. */
   of(ino: number): string {

@@ -52,9 +52,10 @@ export class RemoteIndex {
     this.s = {
       insertPack: db.prepare('INSERT INTO packs (name, remote_id, size, created_ns) VALUES (?, ?, ?, ?)'),
       packByName: db.prepare('SELECT * FROM packs WHERE name = ?'),
-      packById: db.prepare('SELECT * FROM packs WHERE id = ?'),
       allPacks: db.prepare('SELECT * FROM packs ORDER BY id'),
       deletePack: db.prepare('DELETE FROM packs WHERE id = ?'),
+      clearEntries: db.prepare('DELETE FROM pack_blocks'),
+      clearPacks: db.prepare('DELETE FROM packs'),
       upsertEntry: db.prepare('INSERT OR REPLACE INTO pack_blocks (hash, pack, value_offset, value_length, block_offset, length) VALUES (?, ?, ?, ?, ?, ?)'),
       deleteEntry: db.prepare('DELETE FROM pack_blocks WHERE hash = ?'),
       locate: db.prepare(
@@ -77,7 +78,6 @@ export class RemoteIndex {
       ),
       deadEntries: db.prepare('SELECT hash FROM pack_blocks WHERE hash NOT IN (SELECT hash FROM blocks)').pluck(),
       remoteBytes: db.prepare('SELECT count(*) AS packs, coalesce(sum(size), 0) AS bytes FROM packs'),
-      unlocated: db.prepare('SELECT DISTINCT hash FROM blocks WHERE hash NOT IN (SELECT hash FROM pack_blocks)').pluck(),
       addPin: db.prepare('INSERT OR IGNORE INTO pins (ino) VALUES (?)'),
       removePin: db.prepare('DELETE FROM pins WHERE ino = ?'),
       pins: db.prepare('SELECT ino FROM pins ORDER BY ino').pluck(),
@@ -113,12 +113,14 @@ export class RemoteIndex {
     return this.s.packByName.get(name) as PackRow | undefined;
   }
 
-  pack(id: number): PackRow | undefined {
-    return this.s.packById.get(id) as PackRow | undefined;
-  }
-
   packs(): PackRow[] {
     return this.s.allPacks.all() as PackRow[];
+  }
+
+  /** Forgets every pack and block location (before rebuilding them from the packs' own indexes). */
+  clear(): void {
+    this.s.clearEntries.run();
+    this.s.clearPacks.run();
   }
 
   deletePack(id: number): void {
@@ -156,11 +158,6 @@ export class RemoteIndex {
   /** Entries of blocks no file references any more. */
   deadEntries(): Buffer[] {
     return this.s.deadEntries.all() as Buffer[];
-  }
-
-  /** Referenced blocks that no pack holds (not uploaded yet, or lost). */
-  unlocated(): Buffer[] {
-    return this.s.unlocated.all() as Buffer[];
   }
 
   totals(): { packs: number; bytes: number } {

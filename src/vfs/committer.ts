@@ -1,19 +1,17 @@
-import type { MetaDb } from '../meta/meta-db';
+import type { MetaEngine } from '../meta/engine';
 import type { BlockWriter } from './block-writer';
 import type { FileContent, PreparedCommit } from './file-content';
 import type { Reclaimer } from './reclaimer';
 
 interface Request {
   content: FileContent;
-  /** Writes the file's inode row; runs inside the round's transaction. */
-  persistRow: () => void;
   waiters: { resolve: () => void; reject: (err: unknown) => void }[];
 }
 
 /**
  * Makes file content durable in rounds: every file whose commit was asked for while the
  * previous round ran goes into the next one, which costs one LMDB commit for all their
- * new blocks, one SQLite transaction for all their rows, and one sync of each. Parallel
+ * new blocks, one metadata transaction for all their rows, and one sync of each. Parallel
  * writers, the periodic writeback and closes that do not wait for durability therefore
  * share the two fsyncs a commit needs instead of paying them per file.
  *
@@ -33,23 +31,21 @@ export class Committer {
   private wake: (() => void) | undefined;
 
   constructor(
-    private readonly meta: MetaDb,
+    private readonly meta: Pick<MetaEngine, 'commitContent' | 'barrier'>,
     private readonly writer: BlockWriter,
     private readonly reclaimer: Reclaimer,
   ) {}
 
   /**
-   * Resolves once the file's content as of now is durable (with its inode row). An
+   * Resolves once the file's content as of now is durable (with its size and times). An
    * urgent commit (fsync, a close that must be durable) starts a round at once; others
    * wait up to LAZY_ROUND_MS for company.
    */
-  commit(content: FileContent, persistRow: () => void, urgent: boolean): Promise<void> {
+  commit(content: FileContent, urgent: boolean): Promise<void> {
     return new Promise((resolve, reject) => {
       const queued = this.waiting.get(content);
-      if (queued) {
-        queued.persistRow = persistRow;
-        queued.waiters.push({ resolve, reject });
-      } else this.waiting.set(content, { content, persistRow, waiters: [{ resolve, reject }] });
+      if (queued) queued.waiters.push({ resolve, reject });
+      else this.waiting.set(content, { content, waiters: [{ resolve, reject }] });
       if (urgent || this.waiting.size >= LAZY_ROUND_FILES) this.urgent = true;
       if (!this.looping) void this.loop();
       else if (this.urgent) this.wake?.();
@@ -100,13 +96,11 @@ export class Committer {
     if (prepared.length === 0) return;
     try {
       await this.writer.drain();
-      this.meta.transaction(() => {
-        for (const [r, p] of prepared) {
-          r.content.applyCommit(p);
-          r.persistRow();
-        }
-      });
-      this.meta.barrier();
+      await this.meta.commitContent(
+        prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeTimes(p) })),
+      );
+      for (const [r, p] of prepared) r.content.applyCommit(p);
+      await this.meta.barrier();
     } catch (err) {
       for (const [r, p] of prepared) r.content.abortCommit(p);
       throw err;

@@ -1,5 +1,5 @@
-import type { InodeRow, MetaDb } from '../meta/meta-db';
-import { PathNamer } from '../meta/path-namer';
+import type { AttrChange } from '../meta/engine';
+import type { BlockRow } from '../meta/meta-db';
 import { hashBlock } from '../store/hash';
 import type { BlockRead } from '../store/block-store';
 import type { BlockWriter } from './block-writer';
@@ -11,12 +11,13 @@ interface BlockRef {
   len: number;
 }
 
-/** What one file's commit writes: block rows, the size, and the references it then drops. */
+/** What one file's commit writes: block rows, the size, the times of its writes, and the references it then drops. */
 export interface PreparedCommit {
   rows: Map<number, BlockRef | undefined>;
   releases: Buffer[];
   size: number;
   stored: number;
+  times: AttrChange;
 }
 
 /**
@@ -30,6 +31,15 @@ interface PendingBlock {
 
 export interface ContentLog {
   error(msg: string, err?: unknown): void;
+}
+
+/** What the file starts from: its inode number, committed size and block map. */
+export interface ContentOrigin {
+  ino: number;
+  size: number;
+  blocks: readonly BlockRow[];
+  /** Names the file for people (its path), for log lines about damaged blocks. */
+  describe: (ino: number) => string;
 }
 
 /** Blocks a file may hold in memory before its full ones are hashed and handed to the store. */
@@ -55,8 +65,16 @@ export class FileContent {
   private toRelease: Buffer[] = [];
   /** The commit round this file is part of, if any (set by the Committer). */
   committing: Promise<void> = Promise.resolve();
-  /** Size as last committed: what an attribute-only update may persist (row.size is live). */
+  readonly ino: number;
+  /** The size with every write so far (`committedSize` is what the metadata holds). */
+  size: number;
+  /** Size as last committed. */
   committedSize: number;
+  /**
+   * mtime and ctime of writes not yet committed: committed with the content (one field
+   * update with the size), not written per write.
+   */
+  times: AttrChange = {};
   /** True when something differs from what is committed. */
   dirty = false;
   /** Writes and truncates waiting for a block to load, in order (see `after`). */
@@ -65,26 +83,31 @@ export class FileContent {
   private lastReadEnd = -1;
   private readaheadTo = 0;
 
+  private readonly describe: (ino: number) => string;
+
   constructor(
-    readonly row: InodeRow,
+    origin: ContentOrigin,
     private readonly blockSize: number,
-    private readonly meta: MetaDb,
     private readonly writer: BlockWriter,
     private readonly log: ContentLog,
     /** Blocks to fetch ahead of a sequential reader (0: none). */
     private readonly readaheadBlocks = 0,
   ) {
-    for (const b of meta.listBlocks(row.ino)) this.blocks.set(b.idx, { hash: b.hash, len: b.len });
-    this.committedSize = row.size;
+    this.ino = origin.ino;
+    this.size = origin.size;
+    this.describe = origin.describe;
+    for (const b of origin.blocks) this.blocks.set(b.idx, { hash: b.hash, len: b.len });
+    this.committedSize = origin.size;
   }
 
-  get size(): number {
-    return this.row.size;
+  /** Records the time of a change to the content (committed with it). */
+  touch(t: { s: number; ns: number }): void {
+    this.times = { mtime: t, ctime: t };
   }
 
   /** The bytes at [offset, offset+length) clipped to the size; a promise when a super-chunk must be decompressed first. */
   read(offset: number, length: number): Buffer | Promise<Buffer> {
-    const end = Math.min(offset + length, this.row.size);
+    const end = Math.min(offset + length, this.size);
     if (offset >= end) return Buffer.alloc(0);
     const out = Buffer.allocUnsafe(end - offset);
     const B = this.blockSize;
@@ -130,7 +153,7 @@ export class FileContent {
     const window = this.readaheadBlocks;
     if (next + window / 2 < this.readaheadTo) return;
     const from = Math.max(Math.floor(offset / B), this.readaheadTo);
-    const to = Math.min(next + window, Math.ceil(this.row.size / B));
+    const to = Math.min(next + window, Math.ceil(this.size / B));
     this.readaheadTo = to;
     // The blocks of this read, when not asked for already (a reader starting, or after a
     // seek), go first on their own: the reader waits for them, not for a whole window.
@@ -198,7 +221,7 @@ export class FileContent {
         this.seal(idx, p.buf.subarray(0, p.len));
       }
     }
-    if (end > this.row.size) this.row.size = end;
+    if (end > this.size) this.size = end;
     this.dirty = true;
     if (this.pending.size > MAX_PENDING_BLOCKS) this.sealAll();
   }
@@ -212,7 +235,7 @@ export class FileContent {
 
   private truncateNow(size: number): Promise<void> | undefined {
     const B = this.blockSize;
-    const loading = size < this.row.size && size % B !== 0 ? this.load([Math.ceil(size / B) - 1]) : undefined;
+    const loading = size < this.size && size % B !== 0 ? this.load([Math.ceil(size / B) - 1]) : undefined;
     if (loading) return loading.then(() => this.applyTruncate(size));
     this.applyTruncate(size);
     return undefined;
@@ -220,7 +243,7 @@ export class FileContent {
 
   private applyTruncate(size: number): void {
     const B = this.blockSize;
-    if (size < this.row.size) {
+    if (size < this.size) {
       const keep = Math.ceil(size / B); // blocks [0, keep) survive
       for (const idx of [...this.pending.keys()]) if (idx >= keep) this.pending.delete(idx);
       for (const [idx, ref] of [...this.blocks]) {
@@ -246,7 +269,7 @@ export class FileContent {
         }
       }
     }
-    this.row.size = size;
+    this.size = size;
     this.dirty = true;
   }
 
@@ -271,7 +294,7 @@ export class FileContent {
         this.writer.share(ref.hash);
         this.blocks.set(idx, { hash: ref.hash, len: ref.len });
       }
-      if (sizeAtLeast > this.row.size) this.row.size = sizeAtLeast;
+      if (sizeAtLeast > this.size) this.size = sizeAtLeast;
       this.dirty = true;
     };
     if (this.gate) return this.after(step);
@@ -284,7 +307,7 @@ export class FileContent {
    * with zeros. The size does not change.
    */
   punchHole(offset: number, length: number): void | Promise<void> {
-    const end = Math.min(offset + length, this.row.size);
+    const end = Math.min(offset + length, this.size);
     if (offset >= end) return;
     const B = this.blockSize;
     const firstWhole = Math.ceil(offset / B);
@@ -307,7 +330,7 @@ export class FileContent {
    * of the file is a hole. Undefined for ENXIO (offset at or past the end, or no data after it).
    */
   seek(offset: number, data: boolean): number | undefined {
-    const size = this.row.size;
+    const size = this.size;
     if (offset >= size) return undefined;
     const B = this.blockSize;
     const start = Math.floor(offset / B);
@@ -398,23 +421,29 @@ export class FileContent {
     const releases = this.toRelease;
     this.toRelease = [];
     this.dirty = false;
-    return { rows, releases, size: this.row.size, stored: this.storedBytes() };
+    return { rows, releases, size: this.size, stored: this.storedBytes(), times: {} };
   }
 
-  /** Writes a prepared commit's rows; runs inside the Committer's transaction, after the blocks are durable. */
+  /**
+   * Takes the times of the writes so far into a prepared commit, at the last moment
+   * before it is written (an explicit setattr of mtime in between has cleared them).
+   */
+  takeTimes(p: PreparedCommit): AttrChange {
+    p.times = this.times;
+    this.times = {};
+    return p.times;
+  }
+
+  /** The prepared commit's rows are in the metadata (after the blocks were durable). */
   applyCommit(p: PreparedCommit): void {
-    for (const [idx, ref] of p.rows) {
-      if (ref) this.meta.setBlock(this.row.ino, idx, ref.hash, ref.len);
-      else this.meta.deleteBlock(this.row.ino, idx);
-    }
     this.committedSize = p.size;
-    this.row.stored_bytes = p.stored;
   }
 
   /** The commit failed before it was durable: put the work back so a later one retries it. */
   abortCommit(p: PreparedCommit): void {
     for (const idx of p.rows.keys()) if (!this.changed.has(idx)) this.changed.add(idx);
     this.toRelease = p.releases.concat(this.toRelease);
+    this.times = { ...p.times, ...this.times };
     this.dirty = true;
   }
 
@@ -448,7 +477,7 @@ export class FileContent {
     }
     if (this.blocks.has(idx)) {
       // Callers load stored blocks first; one that could only be read asynchronously is a bug here.
-      if (this.load([idx])) throw new FsError(E.EIO, `block ${idx} of inode ${this.row.ino} was not loaded before a partial write`);
+      if (this.load([idx])) throw new FsError(E.EIO, `block ${idx} of inode ${this.ino} was not loaded before a partial write`);
       p = this.pending.get(idx);
       if (p) return p;
     }
@@ -462,7 +491,7 @@ export class FileContent {
     if (result === 'ok') return;
     const start = idx * this.blockSize;
     this.log.error(
-      `${new PathNamer(this.meta).of(this.row.ino)} (inode ${this.row.ino}): block ${idx} (bytes ${start}-${start + ref.len - 1}, ${ref.hash.toString('hex')}) is ` +
+      `${this.describe(this.ino)} (inode ${this.ino}): block ${idx} (bytes ${start}-${start + ref.len - 1}, ${ref.hash.toString('hex')}) is ` +
         (result === 'missing' ? 'missing from the block store (or its pack could not be fetched)' : 'corrupt: its bytes do not match their BLAKE3 hash') +
         '; reads of that range fail with EIO (run pogfs fsck)',
     );

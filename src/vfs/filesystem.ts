@@ -2,17 +2,11 @@ import { statfsSync } from 'node:fs';
 import {
   Falloc,
   NAME_MAX,
-  RENAME_EXCHANGE,
-  RENAME_NOREPLACE,
   ROOT_INO,
   S_IFDIR,
   S_IFLNK,
-  S_IFMT,
   S_IFREG,
-  S_ISGID,
   Whence,
-  XATTR_CREATE,
-  XATTR_REPLACE,
   isDir,
   isReg,
   type Attr,
@@ -25,7 +19,10 @@ import {
   type Opened,
   type StatFs,
 } from '../posix/file-system';
-import { newInode, type InodeRow } from '../meta/meta-db';
+import type { AttrChange, Detached, MetaEngine, NodeSpec } from '../meta/engine';
+import type { BlockRow, InodeRow } from '../meta/meta-db';
+import { checkXattrName } from '../meta/name-rules';
+import { PathNamer } from '../meta/path-namer';
 import { BlockWriter, type ContentSource } from './block-writer';
 import { Committer } from './committer';
 import { E, FsError, fail } from '../posix/errors';
@@ -36,12 +33,10 @@ import { SpaceGuard } from './space-guard';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
 import { storeSpace } from '../store/store-files';
 import type { ChunkCacheStats } from '../store/chunk-cache';
-import { now, type Timespec } from './time';
+import { now } from './time';
 import type { Volume } from './volume';
 
 export { NAME_MAX, ROOT_INO };
-const XATTR_NAME_MAX = 255;
-const XATTR_SIZE_MAX = 65536;
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
@@ -74,14 +69,20 @@ export interface DaemonStatus {
   openFiles: number;
 }
 
-/** An inode the kernel knows of or that is open: its row, counts and (for open files) content. */
+/**
+ * An inode the kernel knows of or that is open: its counts and (for open files) content.
+ * Its attributes live in the metadata engine, not here: each change is written there
+ * field by field, so nothing is written back from a stale copy.
+ */
 interface Node {
-  row: InodeRow;
+  ino: number;
   /** References the kernel holds (entry replies minus forgets). */
   lookups: number;
   /** Open file handles. */
   opens: number;
   content?: FileContent;
+  /** Its last name went while in use here: freed once unused. */
+  unlinked: boolean;
 }
 
 interface FileHandle {
@@ -109,23 +110,34 @@ export class PogFs implements FileSystem {
   readonly space: SpaceGuard;
   private readonly writeback: NodeJS.Timeout;
   private securityXattrs: boolean;
+  private readonly engine: MetaEngine;
+  private readonly namer: PathNamer;
+  /** Tells the engine which inodes are still in use here (an unlinked one then stays until forgotten). */
+  private readonly inUse = (ino: number): boolean => {
+    const node = this.nodes.get(ino);
+    return node !== undefined && (node.lookups > 0 || node.opens > 0 || node.content !== undefined);
+  };
 
   constructor(
     readonly volume: Volume,
     private readonly options: FsOptions,
     private readonly log: FsLog,
   ) {
+    this.engine = volume.engine;
+    this.namer = new PathNamer(volume.meta);
     this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
-    this.reclaimer = new Reclaimer(volume.meta, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
-    this.committer = new Committer(volume.meta, this.writer, this.reclaimer);
+    this.reclaimer = new Reclaimer(this.engine, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
+    this.committer = new Committer(this.engine, this.writer, this.reclaimer);
     this.space = new SpaceGuard({
       path: volume.path,
       storeFreeBytes: () => storeSpace(volume.store).freeBytes,
       bufferedBytes: () => this.writer.bufferedBytes(),
     });
     this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));
+    // Read once, synchronously, before the mount answers its first request (the binding
+    // answers security.* queries itself while there are none).
     this.securityXattrs = volume.meta.anySecurityXattr();
-    volume.meta.groupCommitMs = options.metadataCommitMs;
+    this.engine.setGroupCommit(options.metadataCommitMs);
     this.writeback = setInterval(() => {
       this.commitAll().catch((err) => log.error('periodic writeback failed', err));
     }, options.writebackIntervalMs);
@@ -138,11 +150,8 @@ export class PogFs implements FileSystem {
 
   /** Frees inodes left unlinked-but-open by a crash. */
   async recoverUnlinked(): Promise<number> {
-    const dead = this.volume.meta.unlinkedInodes();
-    for (const ino of dead) {
-      const hashes = this.volume.meta.transaction(() => this.volume.meta.deleteInode(ino));
-      this.reclaimer.release(hashes);
-    }
+    const dead = await this.engine.unlinkedInodes();
+    for (const ino of dead) this.reclaimer.release(await this.engine.free(ino));
     if (dead.length > 0) await this.reclaimer.run();
     return dead.length;
   }
@@ -153,7 +162,7 @@ export class PogFs implements FileSystem {
     await this.commitAll();
     await this.reclaimer.run();
     await this.packer.flush();
-    this.volume.meta.barrier();
+    await this.engine.barrier();
   }
 
   /**
@@ -174,15 +183,11 @@ export class PogFs implements FileSystem {
   }
 
   /** The inode at a path relative to the root (for pin/unpin); ENOENT and ENOTDIR as a lookup would say. */
-  inoOfPath(path: string): number {
+  async inoOfPath(path: string): Promise<number> {
     let ino = ROOT_INO;
     for (const part of path.split('/').filter((p) => p !== '' && p !== '.')) {
       if (part === '..') fail(E.EINVAL);
-      const dir = this.node(ino);
-      if (!isDir(dir.row.mode)) fail(E.ENOTDIR);
-      const next = this.volume.meta.lookup(ino, Buffer.from(part));
-      if (next === undefined) fail(E.ENOENT);
-      ino = next;
+      ino = (await this.engine.lookup(ino, Buffer.from(part))).ino;
     }
     return ino;
   }
@@ -203,13 +208,8 @@ export class PogFs implements FileSystem {
 
   // ---- lookups and attributes ----
 
-  lookup(parent: number, name: Buffer, _ctx?: Caller): Entry {
-    checkName(name);
-    const dir = this.node(parent);
-    if (!isDir(dir.row.mode)) fail(E.ENOTDIR);
-    const ino = this.volume.meta.lookup(parent, name);
-    if (ino === undefined) fail(E.ENOENT);
-    return this.entry(this.node(ino));
+  async lookup(parent: number, name: Buffer, _ctx?: Caller): Promise<Entry> {
+    return this.entry(await this.engine.lookup(parent, name));
   }
 
   forget(ino: number, nlookup: number): void {
@@ -219,47 +219,52 @@ export class PogFs implements FileSystem {
     this.releaseIfUnused(node);
   }
 
-  getattr(ino: number, _fh?: number, _ctx?: Caller): Attr {
-    return this.attr(this.node(ino));
+  async getattr(ino: number, _fh?: number, _ctx?: Caller): Promise<Attr> {
+    const row = await this.engine.getattr(ino);
+    return this.attr(this.nodes.get(ino), row);
   }
 
   async setattr(ino: number, ch: AttrChanges, _fh?: number, _ctx?: Caller): Promise<Attr> {
-    const node = this.node(ino);
-    const row = node.row;
     const t = now();
-    if (ch.mode !== undefined) row.mode = (row.mode & S_IFMT) | (ch.mode & 0o7777);
-    if (ch.uid !== undefined) row.uid = ch.uid;
-    if (ch.gid !== undefined) row.gid = ch.gid;
-    if (ch.atime !== undefined) setTime(row, 'atime', ch.atime === 'now' ? t : ch.atime);
-    if (ch.mtime !== undefined) setTime(row, 'mtime', ch.mtime === 'now' ? t : ch.mtime);
-    setTime(row, 'ctime', ch.ctime ?? t);
+    const change: AttrChange = {};
+    if (ch.mode !== undefined) change.mode = ch.mode & 0o7777;
+    if (ch.uid !== undefined) change.uid = ch.uid;
+    if (ch.gid !== undefined) change.gid = ch.gid;
+    if (ch.atime !== undefined) change.atime = ch.atime === 'now' ? t : ch.atime;
+    if (ch.mtime !== undefined) change.mtime = ch.mtime === 'now' ? t : ch.mtime;
+    change.ctime = ch.ctime ?? t;
+    let node = this.nodes.get(ino);
     if (ch.size !== undefined) {
+      const row = await this.engine.getattr(ino);
       if (isDir(row.mode)) fail(E.EISDIR);
       if (!isReg(row.mode)) fail(E.EINVAL);
       if (ch.size < 0 || !Number.isSafeInteger(ch.size)) fail(E.EINVAL);
-      const content = this.content(node);
+      node = await this.withContent(row);
+      const content = node.content as FileContent;
       if (ch.size !== content.size) {
         await content.truncate(ch.size);
-        if (ch.mtime === undefined) setTime(row, 'mtime', t);
+        if (ch.mtime === undefined) change.mtime = t;
       }
       // A truncate with no open handle is committed now: nothing else would commit it.
       if (node.opens === 0) await this.commit(node);
     }
-    // Also after a commit: a truncate to the current size commits nothing, yet the
-    // other changes of the same call (times, mode) must reach the row.
-    this.persist(node);
-    if (node.opens === 0) this.dropContent(node);
-    return this.attr(node);
+    // Times given here supersede those of writes not yet committed.
+    const c = node?.content;
+    if (c) c.times = change.mtime ? {} : { mtime: c.times.mtime };
+    const row = await this.engine.setattr(ino, change);
+    if (node && node.opens === 0) {
+      this.dropContent(node);
+      this.releaseIfUnused(node);
+    }
+    return this.attr(this.nodes.get(ino), row);
   }
 
-  readlink(ino: number, _ctx?: Caller): Buffer {
-    const target = this.volume.meta.symlinkTarget(ino);
-    if (!target) fail(E.EINVAL);
-    return target;
+  readlink(ino: number, _ctx?: Caller): Promise<Buffer> {
+    return this.engine.readlink(ino);
   }
 
-  access(ino: number, mask: number, ctx: Caller): void {
-    const row = this.node(ino).row;
+  async access(ino: number, mask: number, ctx: Caller): Promise<void> {
+    const row = await this.engine.getattr(ino);
     if (mask === 0) return;
     let bits: number;
     if (ctx.uid === 0) {
@@ -272,9 +277,9 @@ export class PogFs implements FileSystem {
     if ((bits & mask) !== mask) fail(E.EACCES);
   }
 
-  statfs(_ino?: number): StatFs {
+  async statfs(_ino?: number): Promise<StatFs> {
     const backing = statfsSync(this.volume.path);
-    const totals = this.volume.meta.totals();
+    const totals = await this.engine.statfs();
     // Free is what new data may really use: the disk's free space and the store's free
     // pages, less what is buffered and the reserve writes never get (as df shows ext4's).
     this.space.measure();
@@ -296,159 +301,54 @@ export class PogFs implements FileSystem {
 
   // ---- namespace ----
 
-  mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: Caller): Entry {
-    return this.entry(this.makeNode(parent, name, mode, rdev, ctx));
+  async mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: Caller): Promise<Entry> {
+    return this.entry(await this.makeNode(parent, name, { mode, uid: ctx.uid, gid: ctx.gid, rdev }));
   }
 
-  mkdir(parent: number, name: Buffer, mode: number, ctx: Caller): Entry {
-    return this.entry(this.makeNode(parent, name, S_IFDIR | (mode & 0o7777), 0, ctx));
+  async mkdir(parent: number, name: Buffer, mode: number, ctx: Caller): Promise<Entry> {
+    return this.entry(await this.makeNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid }));
   }
 
-  symlink(target: Buffer, parent: number, name: Buffer, ctx: Caller): Entry {
-    if (target.length === 0) fail(E.ENOENT);
-    if (target.length > 4095) fail(E.ENAMETOOLONG);
-    return this.entry(this.makeNode(parent, name, S_IFLNK | 0o777, 0, ctx, target));
+  async symlink(target: Buffer, parent: number, name: Buffer, ctx: Caller): Promise<Entry> {
+    return this.entry(await this.makeNode(parent, name, { mode: S_IFLNK | 0o777, uid: ctx.uid, gid: ctx.gid, target }));
   }
 
-  create(parent: number, name: Buffer, mode: number, flags: number, ctx: Caller): Entry & Opened {
-    const node = this.makeNode(parent, name, S_IFREG | (mode & 0o7777), 0, ctx);
-    const entry = this.entry(node);
+  async create(parent: number, name: Buffer, mode: number, flags: number, ctx: Caller): Promise<Entry & Opened> {
+    const row = await this.makeNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid });
+    const node = this.nodeOf(row.ino);
+    // A new file has no blocks to load.
+    node.content ??= this.newContent(row, []);
+    const entry = this.entry(row);
     return { ...entry, ...this.openNode(node, flags) };
   }
 
-  link(ino: number, newParent: number, newName: Buffer, _ctx?: Caller): Entry {
-    checkName(newName);
-    const node = this.node(ino);
-    if (isDir(node.row.mode)) fail(E.EPERM);
-    const dir = this.dirNode(newParent);
-    if (this.volume.meta.lookup(newParent, newName) !== undefined) fail(E.EEXIST);
-    this.space.admitMetadata();
-    const t = now();
-    this.volume.meta.transaction(() => {
-      this.volume.meta.addEntry(newParent, newName, ino);
-      node.row.nlink += 1;
-      setTime(node.row, 'ctime', t);
-      touchDir(dir.row, t);
-      this.persist(node);
-      this.persist(dir);
-    });
-    return this.entry(node);
+  async link(ino: number, newParent: number, newName: Buffer, _ctx?: Caller): Promise<Entry> {
+    await this.admitName(newParent, newName);
+    const row = await this.engine.link(ino, newParent, newName, now());
+    const node = this.nodes.get(ino);
+    if (node) node.unlinked = false;
+    return this.entry(row);
   }
 
   async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
-    checkName(name);
-    const dir = this.dirNode(parent);
-    const ino = this.volume.meta.lookup(parent, name);
-    if (ino === undefined) fail(E.ENOENT);
-    const node = this.node(ino);
-    if (isDir(node.row.mode)) fail(E.EISDIR);
-    const t = now();
-    this.volume.meta.transaction(() => {
-      this.volume.meta.removeEntry(parent, name);
-      node.row.nlink -= 1;
-      setTime(node.row, 'ctime', t);
-      touchDir(dir.row, t);
-      this.persist(node);
-      this.persist(dir);
-    });
-    this.releaseIfUnused(node);
+    this.detached(await this.engine.unlink(parent, name, now(), this.inUse));
   }
 
-  rmdir(parent: number, name: Buffer, _ctx?: Caller): void {
-    checkName(name);
-    const dir = this.dirNode(parent);
-    const ino = this.volume.meta.lookup(parent, name);
-    if (ino === undefined) fail(E.ENOENT);
-    const node = this.node(ino);
-    if (!isDir(node.row.mode)) fail(E.ENOTDIR);
-    if (this.volume.meta.hasChildren(ino)) fail(E.ENOTEMPTY);
-    const t = now();
-    this.volume.meta.transaction(() => {
-      this.volume.meta.removeEntry(parent, name);
-      node.row.nlink = 0;
-      setTime(node.row, 'ctime', t);
-      dir.row.nlink -= 1;
-      touchDir(dir.row, t);
-      this.persist(node);
-      this.persist(dir);
-    });
-    this.releaseIfUnused(node);
+  async rmdir(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
+    this.detached(await this.engine.rmdir(parent, name, now(), this.inUse));
   }
 
-  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: Caller): void {
-    checkName(name);
-    checkName(newName);
-    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
-    const meta = this.volume.meta;
-    const from = this.dirNode(parent);
-    const to = this.dirNode(newParent);
-    const srcIno = meta.lookup(parent, name);
-    if (srcIno === undefined) fail(E.ENOENT);
-    const src = this.node(srcIno);
-    const dstIno = meta.lookup(newParent, newName);
-    const dst = dstIno === undefined ? undefined : this.node(dstIno);
-    const t = now();
-
-    if (flags & RENAME_EXCHANGE) {
-      if (!dst) fail(E.ENOENT);
-      if (srcIno === dstIno) return;
-      if (isDir(src.row.mode)) this.checkNotAncestor(srcIno, newParent);
-      if (isDir(dst.row.mode)) this.checkNotAncestor(dst.row.ino, parent);
-      meta.transaction(() => {
-        meta.retargetEntry(parent, name, dst.row.ino);
-        meta.retargetEntry(newParent, newName, srcIno);
-        if (parent !== newParent && isDir(src.row.mode) !== isDir(dst.row.mode)) {
-          const delta = isDir(src.row.mode) ? 1 : -1;
-          to.row.nlink += delta;
-          from.row.nlink -= delta;
-        }
-        for (const n of [src, dst]) setTime(n.row, 'ctime', t);
-        touchDir(from.row, t);
-        touchDir(to.row, t);
-        for (const n of new Set([src, dst, from, to])) this.persist(n);
-      });
-      return;
-    }
-
-    if (dst) {
-      // Two names of one inode: POSIX says do nothing and succeed.
-      if (dst.row.ino === srcIno) return;
-      if (flags & RENAME_NOREPLACE) fail(E.EEXIST);
-      if (isDir(src.row.mode)) {
-        if (!isDir(dst.row.mode)) fail(E.ENOTDIR);
-        if (meta.hasChildren(dst.row.ino)) fail(E.ENOTEMPTY);
-      } else if (isDir(dst.row.mode)) fail(E.EISDIR);
-    }
-    if (isDir(src.row.mode)) this.checkNotAncestor(srcIno, newParent);
-
-    meta.transaction(() => {
-      meta.removeEntry(parent, name);
-      if (dst) {
-        meta.retargetEntry(newParent, newName, srcIno);
-        if (isDir(dst.row.mode)) {
-          dst.row.nlink = 0;
-          to.row.nlink -= 1; // the replaced directory's ".." is gone
-        } else dst.row.nlink -= 1;
-        setTime(dst.row, 'ctime', t);
-        this.persist(dst);
-      } else meta.addEntry(newParent, newName, srcIno);
-      if (isDir(src.row.mode) && parent !== newParent) {
-        from.row.nlink -= 1;
-        to.row.nlink += 1;
-      }
-      setTime(src.row, 'ctime', t);
-      touchDir(from.row, t);
-      touchDir(to.row, t);
-      for (const n of new Set([src, from, to])) this.persist(n);
-    });
-    if (dst) this.releaseIfUnused(dst);
+  async rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: Caller): Promise<void> {
+    const r = await this.engine.rename(parent, name, newParent, newName, flags, now(), this.inUse);
+    if (r.replaced) this.detached(r.replaced);
   }
 
   // ---- files ----
 
-  open(ino: number, flags: number, _ctx?: Caller): Opened {
-    const node = this.node(ino);
-    if (isDir(node.row.mode)) fail(E.EISDIR);
+  async open(ino: number, flags: number, _ctx?: Caller): Promise<Opened> {
+    const row = await this.engine.getattr(ino);
+    if (isDir(row.mode)) fail(E.EISDIR);
+    const node = isReg(row.mode) ? await this.withContent(row) : this.nodeOf(ino);
     return this.openNode(node, flags);
   }
 
@@ -464,9 +364,7 @@ export class PogFs implements FileSystem {
     if (!Number.isSafeInteger(offset + data.length)) fail(E.EFBIG);
     this.space.admitData(data.length);
     const applying = node.content.write(data, offset);
-    const t = now();
-    setTime(node.row, 'mtime', t);
-    setTime(node.row, 'ctime', t);
+    node.content.touch(now());
     if (applying) return applying.then(() => this.writer.admit()).then(() => data.length);
     const wait = this.writer.admit();
     return wait ? wait.then(() => data.length) : data.length;
@@ -482,9 +380,9 @@ export class PogFs implements FileSystem {
   }
 
   async fsync(ino: number, _fh?: number, _datasync?: boolean): Promise<void> {
-    const node = this.node(ino);
-    if (node.content?.dirty) await this.commit(node);
-    else this.volume.meta.barrier();
+    const node = this.nodes.get(ino);
+    if (node?.content?.dirty) await this.commit(node);
+    else await this.engine.barrier();
   }
 
   release(ino: number, fh: number, _flags?: number): void {
@@ -493,7 +391,7 @@ export class PogFs implements FileSystem {
     if (!node) return;
     node.opens -= 1;
     if (node.opens > 0) return;
-    if (!node.content?.dirty || node.row.nlink === 0) {
+    if (!node.content?.dirty || node.unlinked) {
       this.dropContent(node);
       this.releaseIfUnused(node);
       return;
@@ -530,11 +428,7 @@ export class PogFs implements FileSystem {
     const sizeBefore = content.size;
     if (mode & (Falloc.PUNCH_HOLE | Falloc.ZERO_RANGE)) await content.punchHole(offset, length);
     if (!(mode & Falloc.KEEP_SIZE) && end > content.size) await content.truncate(end);
-    if (mode & (Falloc.PUNCH_HOLE | Falloc.ZERO_RANGE) || content.size !== sizeBefore) {
-      const t = now();
-      setTime(node.row, 'mtime', t);
-      setTime(node.row, 'ctime', t);
-    }
+    if (mode & (Falloc.PUNCH_HOLE | Falloc.ZERO_RANGE) || content.size !== sizeBefore) content.touch(now());
   }
 
   /** SEEK_DATA / SEEK_HOLE from the block map; ENXIO at or past the end. */
@@ -572,27 +466,21 @@ export class PogFs implements FileSystem {
         return this.writer.admit();
       },
     });
-    if (copied > 0) {
-      const t = now();
-      setTime(dst.row, 'mtime', t);
-      setTime(dst.row, 'ctime', t);
-    }
+    if (copied > 0) dst.content.touch(now());
     return copied;
   }
 
   // ---- directories ----
 
-  opendir(ino: number, _flags?: number, _ctx?: Caller): Opened {
-    const node = this.node(ino);
-    if (!isDir(node.row.mode)) fail(E.ENOTDIR);
-    const parent = ino === ROOT_INO ? ROOT_INO : this.volume.meta.parentOf(ino) ?? ROOT_INO;
+  async opendir(ino: number, _flags?: number, _ctx?: Caller): Promise<Opened> {
+    // The listing is taken whole at opendir, so offsets stay valid while entries come and go.
+    const { entries } = await this.engine.readdir(ino);
+    const parent = ino === ROOT_INO ? ROOT_INO : (await this.engine.parentOf(ino)) ?? ROOT_INO;
     const list: DirEntry[] = [
       { name: Buffer.from('.'), ino, mode: S_IFDIR, nextOffset: 1 },
       { name: Buffer.from('..'), ino: parent, mode: S_IFDIR, nextOffset: 2 },
     ];
-    for (const row of this.volume.meta.listDir(ino)) {
-      list.push({ name: row.name, ino: row.ino, mode: row.mode, nextOffset: list.length + 1 });
-    }
+    for (const row of entries) list.push({ name: row.name, ino: row.ino, mode: row.mode, nextOffset: list.length + 1 });
     const fh = this.nextFh++;
     this.dirs.set(fh, list);
     return { fh };
@@ -608,91 +496,71 @@ export class PogFs implements FileSystem {
     this.dirs.delete(fh);
   }
 
-  fsyncdir(_ino?: number, _fh?: number, _datasync?: boolean): void {
-    this.volume.meta.barrier();
+  async fsyncdir(_ino?: number, _fh?: number, _datasync?: boolean): Promise<void> {
+    await this.engine.barrier();
   }
 
   // ---- extended attributes ----
 
-  setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: Caller): void {
+  async setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: Caller): Promise<void> {
     checkXattrName(name);
     // POSIX ACLs are not supported: storing them as plain attributes would make `cp -a`
     // believe its permissions were set (it tries the ACL first, chmod only on EOPNOTSUPP).
     if (name.subarray(0, 7).toString('latin1') === 'system.') fail(E.EOPNOTSUPP);
-    if (value.length > XATTR_SIZE_MAX) fail(E.E2BIG);
-    const node = this.node(ino);
-    const meta = this.volume.meta;
-    const exists = meta.getXattr(ino, name) !== undefined;
-    if (flags & XATTR_CREATE && exists) fail(E.EEXIST);
-    if (flags & XATTR_REPLACE && !exists) fail(E.ENODATA);
     this.space.admitMetadata();
-    meta.transaction(() => {
-      meta.setXattr(ino, name, value);
-      setTime(node.row, 'ctime', now());
-      this.persist(node);
-    });
+    await this.engine.setxattr(ino, name, value, flags, now());
     if (!this.securityXattrs && name.subarray(0, 9).toString('latin1') === 'security.') {
       this.securityXattrs = true;
       this.options.onSecurityXattr?.();
     }
   }
 
-  getxattr(ino: number, name: Buffer, _ctx?: Caller): Buffer {
-    checkXattrName(name);
-    this.node(ino);
-    const value = this.volume.meta.getXattr(ino, name);
-    if (value === undefined) fail(E.ENODATA);
-    return value;
+  getxattr(ino: number, name: Buffer, _ctx?: Caller): Promise<Buffer> {
+    return this.engine.getxattr(ino, name);
   }
 
-  listxattr(ino: number, _ctx?: Caller): Buffer {
-    this.node(ino);
-    const names = this.volume.meta.listXattrs(ino);
+  async listxattr(ino: number, _ctx?: Caller): Promise<Buffer> {
+    const names = await this.engine.listxattr(ino);
     return Buffer.concat(names.flatMap((n) => [n, Buffer.from([0])]));
   }
 
-  removexattr(ino: number, name: Buffer, _ctx?: Caller): void {
-    checkXattrName(name);
-    const node = this.node(ino);
-    const meta = this.volume.meta;
-    meta.transaction(() => {
-      if (!meta.removeXattr(ino, name)) fail(E.ENODATA);
-      setTime(node.row, 'ctime', now());
-      this.persist(node);
-    });
+  removexattr(ino: number, name: Buffer, _ctx?: Caller): Promise<void> {
+    return this.engine.removexattr(ino, name, now());
   }
 
   // ---- internals ----
 
-  private node(ino: number): Node {
+  /** The node of `ino`, made when the inode is new to this client. */
+  private nodeOf(ino: number): Node {
     let node = this.nodes.get(ino);
-    if (node) return node;
-    const row = this.volume.meta.getInode(ino);
-    if (!row) fail(E.ENOENT);
-    node = { row, lookups: 0, opens: 0 };
-    this.nodes.set(ino, node);
-    return node;
-  }
-
-  private dirNode(ino: number): Node {
-    const node = this.node(ino);
-    if (!isDir(node.row.mode)) fail(E.ENOTDIR);
+    if (!node) {
+      node = { ino, lookups: 0, opens: 0, unlinked: false };
+      this.nodes.set(ino, node);
+    }
     return node;
   }
 
   private handleNode(ino: number, fh: number): Node {
     const handle = this.files.get(fh);
-    if (!handle || handle.ino !== ino) fail(E.EBADF);
-    return this.node(ino);
+    const node = this.nodes.get(ino);
+    if (!handle || handle.ino !== ino || !node) fail(E.EBADF);
+    return node;
   }
 
-  private content(node: Node): FileContent {
-    if (!node.content) {
-      const v = this.volume;
-      const readahead = this.options.cache ? Math.floor((this.options.readaheadBytes ?? 0) / v.blockSize) : 0;
-      node.content = new FileContent(node.row, v.blockSize, v.meta, this.writer, this.log, readahead);
-    }
-    return node.content;
+  /** The node of a regular file with its content loaded (kept if another open loaded it first). */
+  private async withContent(row: InodeRow): Promise<Node> {
+    if (this.nodes.get(row.ino)?.content) return this.nodeOf(row.ino);
+    const blocks = await this.engine.blocks(row.ino);
+    // From here on synchronous: a concurrent open or a forget cannot interleave.
+    const node = this.nodeOf(row.ino);
+    node.content ??= this.newContent(row, blocks);
+    return node;
+  }
+
+  private newContent(row: InodeRow, blocks: readonly BlockRow[]): FileContent {
+    const v = this.volume;
+    const readahead = this.options.cache ? Math.floor((this.options.readaheadBytes ?? 0) / v.blockSize) : 0;
+    return new FileContent({ ino: row.ino, size: row.size, blocks, describe: (ino) => this.namer.of(ino) }, v.blockSize, this.writer, this.log, readahead);
   }
 
   private dropContent(node: Node): void {
@@ -700,10 +568,9 @@ export class PogFs implements FileSystem {
   }
 
   private openNode(node: Node, flags: number): Opened {
-    if (isReg(node.row.mode)) this.content(node);
     node.opens += 1;
     const fh = this.nextFh++;
-    this.files.set(fh, { ino: node.row.ino, writable: (flags & O_ACCMODE) !== O_RDONLY });
+    this.files.set(fh, { ino: node.ino, writable: (flags & O_ACCMODE) !== O_RDONLY });
     return { fh };
   }
 
@@ -711,80 +578,69 @@ export class PogFs implements FileSystem {
   private commit(node: Node, urgent = true): Promise<void> {
     if (!node.content) return Promise.resolve();
     // A commit that failed for want of room says ENOSPC to fsync and close, as Linux does.
-    return this.committer.commit(node.content, () => this.volume.meta.updateInode(this.persistedRow(node)), urgent).catch((err: unknown) => {
+    return this.committer.commit(node.content, urgent).catch((err: unknown) => {
       throw this.space.classify(err);
     });
   }
 
-  /** Writes the inode row; a file with uncommitted content keeps its last committed size. */
-  private persist(node: Node): void {
-    this.volume.meta.updateInode(this.persistedRow(node));
-  }
-
-  private persistedRow(node: Node): InodeRow {
-    const c = node.content;
-    return c ? { ...node.row, size: c.committedSize } : node.row;
+  /** After an inode lost a name: releases what the engine freed, or marks it for freeing once unused here. */
+  private detached(d: Detached): void {
+    if (d.freed) this.reclaimer.release(d.freed);
+    const node = this.nodes.get(d.attr.ino);
+    if (!node) return;
+    if (d.attr.nlink === 0) node.unlinked = true;
+    this.releaseIfUnused(node);
   }
 
   /** Forgets a node nobody uses; frees the inode when nothing names it either. */
   private releaseIfUnused(node: Node): void {
     if (node.lookups > 0 || node.opens > 0) return;
-    if (node.row.nlink > 0) {
-      if (!node.content) this.nodes.delete(node.row.ino);
+    if (!node.unlinked) {
+      if (!node.content) this.nodes.delete(node.ino);
       return;
     }
-    this.nodes.delete(node.row.ino);
-    void this.free(node).catch((err) => this.log.error(`freeing inode ${node.row.ino} failed`, err));
+    this.nodes.delete(node.ino);
+    void this.free(node).catch((err) => this.log.error(`freeing inode ${node.ino} failed`, err));
   }
 
   private async free(node: Node): Promise<void> {
     const hashes = node.content ? await node.content.discard() : [];
     node.content = undefined;
-    const meta = this.volume.meta;
-    meta.transaction(() => {
-      for (const h of meta.deleteInode(node.row.ino)) hashes.push(h);
-    });
+    for (const h of await this.engine.free(node.ino)) hashes.push(h);
     this.reclaimer.release(hashes);
   }
 
-  private makeNode(parent: number, name: Buffer, mode: number, rdev: number, ctx: Caller, target?: Buffer): Node {
-    checkName(name);
-    const dir = this.dirNode(parent);
-    const meta = this.volume.meta;
-    if (meta.lookup(parent, name) !== undefined) fail(E.EEXIST);
-    this.space.admitMetadata();
-    const t = now();
-    // In a set-group-ID directory new entries take the directory's group, and new
-    // subdirectories inherit the bit (as ext4 does).
-    const sgid = (dir.row.mode & S_ISGID) !== 0;
-    if (sgid && isDir(mode)) mode |= S_ISGID;
-    const fresh = newInode(
-      { mode, uid: ctx.uid, gid: sgid ? dir.row.gid : ctx.gid, nlink: isDir(mode) ? 2 : 1, size: target?.length, rdev },
-      t,
-    );
-    const ino = meta.transaction(() => {
-      const id = meta.insertInode(fresh);
-      meta.addEntry(parent, name, id);
-      if (target) meta.setSymlinkTarget(id, target);
-      if (isDir(mode)) dir.row.nlink += 1;
-      touchDir(dir.row, t);
-      this.persist(dir);
-      return id;
-    });
-    const node: Node = { row: { ino, ...fresh }, lookups: 0, opens: 0 };
-    this.nodes.set(ino, node);
-    return node;
+  /** Room for a new name; Linux checks the name first, so an existing one is EEXIST even on a full disk. */
+  private async admitName(parent: number, name: Buffer): Promise<void> {
+    try {
+      this.space.admitMetadata();
+    } catch (err) {
+      const exists = await this.engine.lookup(parent, name).then(
+        () => true,
+        () => false,
+      );
+      if (exists) fail(E.EEXIST);
+      throw err;
+    }
+  }
+
+  private async makeNode(parent: number, name: Buffer, spec: NodeSpec): Promise<InodeRow> {
+    await this.admitName(parent, name);
+    return this.engine.mknod(parent, name, spec, now());
   }
 
   /** Counts the caller's new reference before the reply leaves (a forget can't outrun it). */
-  private entry(node: Node): Entry {
+  private entry(row: InodeRow): Entry {
+    const node = this.nodeOf(row.ino);
     node.lookups += 1;
-    return { attr: this.attr(node) };
+    return { attr: this.attr(node, row) };
   }
 
-  private attr(node: Node): Attr {
-    const r = node.row;
-    const stored = node.content ? node.content.storedBytes() : r.stored_bytes;
+  /** The attributes: the engine's row, with the size, stored bytes and times of content not yet committed. */
+  private attr(node: Node | undefined, r: InodeRow): Attr {
+    const c = node?.content;
+    const mtime = c?.times.mtime;
+    const ctime = c?.times.ctime;
     return {
       ino: r.ino,
       mode: r.mode,
@@ -792,45 +648,16 @@ export class PogFs implements FileSystem {
       uid: r.uid,
       gid: r.gid,
       rdev: r.rdev,
-      size: r.size,
-      blocks: Math.ceil(stored / 512),
+      size: c ? c.size : r.size,
+      blocks: Math.ceil((c ? c.storedBytes() : r.stored_bytes) / 512),
       atimeSec: r.atime_s,
       atimeNsec: r.atime_ns,
-      mtimeSec: r.mtime_s,
-      mtimeNsec: r.mtime_ns,
-      ctimeSec: r.ctime_s,
-      ctimeNsec: r.ctime_ns,
+      mtimeSec: mtime ? mtime.s : r.mtime_s,
+      mtimeNsec: mtime ? mtime.ns : r.mtime_ns,
+      ctimeSec: ctime ? ctime.s : r.ctime_s,
+      ctimeNsec: ctime ? ctime.ns : r.ctime_ns,
     };
   }
-
-  /** EINVAL when moving directory `ino` under `target` would put it inside itself. */
-  private checkNotAncestor(ino: number, target: number): void {
-    let cur: number | undefined = target;
-    for (let depth = 0; cur !== undefined && depth < 100000; depth++) {
-      if (cur === ino) fail(E.EINVAL);
-      if (cur === ROOT_INO) return;
-      cur = this.volume.meta.parentOf(cur);
-    }
-  }
-}
-
-function checkName(name: Buffer): void {
-  if (name.length > NAME_MAX) fail(E.ENAMETOOLONG);
-  if (name.length === 0) fail(E.ENOENT);
-}
-
-function checkXattrName(name: Buffer): void {
-  if (name.length === 0 || name.length > XATTR_NAME_MAX) fail(E.ERANGE);
-}
-
-function setTime(row: InodeRow, which: 'atime' | 'mtime' | 'ctime', t: Timespec): void {
-  row[`${which}_s`] = t.s;
-  row[`${which}_ns`] = t.ns;
-}
-
-function touchDir(row: InodeRow, t: Timespec): void {
-  setTime(row, 'mtime', t);
-  setTime(row, 'ctime', t);
 }
 
 export { FsError };

@@ -1,9 +1,9 @@
-import type { MetaDb } from '../meta/meta-db';
+import type { MetaDurability } from '../meta/engine';
 import type { BlockStore } from '../store/block-store';
 
 /**
  * Drops block references once the metadata that released them is durable (DESIGN
- * invariant 1): hashes wait here, and each round first forces the SQLite WAL to disk,
+ * invariant 1): hashes wait here, and each round first makes the metadata durable,
  * then releases them in one LMDB transaction. A crash in between only leaks blocks.
  */
 export class Reclaimer {
@@ -14,7 +14,7 @@ export class Reclaimer {
   private holds = 0;
 
   constructor(
-    private readonly meta: MetaDb,
+    private readonly meta: Pick<MetaDurability, 'barrier'>,
     private readonly store: BlockStore,
     private readonly delayMs = 1000,
     private readonly onError: (err: unknown) => void = () => undefined,
@@ -56,7 +56,7 @@ export class Reclaimer {
       const batch = this.hashes;
       this.hashes = [];
       try {
-        this.meta.barrier();
+        await this.meta.barrier();
         await this.store.release(batch);
       } catch (err) {
         this.onError(err);

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { MetaEngine } from '../meta/engine';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
 import { CacheLedger } from '../cache/cache-ledger';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
@@ -56,6 +57,11 @@ export class Volume {
     readonly settings: VolumeSettings,
   ) {
     this.ledger = new CacheLedger(store, settings.remote !== '');
+  }
+
+  /** The POSIX-level operations on the volume's metadata (what the vfs uses). */
+  get engine(): MetaEngine {
+    return this.meta.engine;
   }
 
   get blockSize(): number {

@@ -54,7 +54,7 @@ export const b = (s: string) => Buffer.from(s);
 
 /** Reads a file through PogFs as a program would (open, read, release); the bytes, or the errno. */
 export async function readThrough(t: TestFs, ino: number, offset = 0, length = 64 << 20): Promise<Buffer | number> {
-  const o = t.fs.open(ino, 0, root);
+  const o = await t.fs.open(ino, 0, root);
   try {
     return await t.fs.read(ino, o.fh, length, offset);
   } catch (err) {

@@ -1,0 +1,240 @@
+import type { Timespec } from '../posix/file-system';
+import type { BlockRow, DirRow, EntryRow, InodeRow, InodeSummary, NewInode, Superblock, VolumeTotals } from './meta-db';
+
+/**
+ * The metadata engine: a volume's namespace, attributes, symlinks, xattrs and block maps
+ * at the level of POSIX operations. Each operation is atomic inside the engine (checks
+ * and writes in one transaction), so several clients of one database (another process,
+ * later another machine) cannot interleave between a check and its write. Failures
+ * reject with an FsError carrying the errno Linux gives (src/posix/errors.ts).
+ *
+ * Shaped after JuiceFS's pkg/meta: one interface for the filesystem above, narrower ones
+ * for fsck/gc (`MetaScan`) and metadata backups (`MetaSnapshot`), engines opened by URL
+ * scheme (registry.ts), and one conformance suite run against every engine
+ * (test/meta-conformance.ts).
+ */
+
+// The rename and setxattr flags are the FileSystem's (src/posix), as the kernel gives them.
+export { RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, type Timespec } from '../posix/file-system';
+
+/** What a new inode is made of; the engine adds the times, the link count and the set-group-ID rule. */
+export interface NodeSpec {
+  /** File type and permission bits. */
+  mode: number;
+  uid: number;
+  gid: number;
+  rdev?: number;
+  /** A symlink's target (its size is the target's length). */
+  target?: Buffer;
+}
+
+/**
+ * The attributes an operation changes. Only the fields given are written: two clients
+ * changing different fields of one inode both keep their change (no whole-row
+ * write-back, so no lost update).
+ */
+export interface AttrChange {
+  /** Permission bits (the file type bits are kept). */
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  storedBytes?: number;
+  atime?: Timespec;
+  mtime?: Timespec;
+  ctime?: Timespec;
+}
+
+/** Says whether an inode is in use in this client (open, or known to the kernel): unlinking it then keeps it. */
+export type InUse = (ino: number) => boolean;
+
+/** The fate of an inode an operation took a name (or its last name) from. */
+export interface Detached {
+  /** Its attributes after the operation (nlink 0 when no name is left). */
+  attr: InodeRow;
+  /**
+   * Present when the inode was freed in the same transaction: the block references its
+   * rows held, for the caller to release once the change is durable (invariant 1).
+   */
+  freed?: Buffer[];
+}
+
+export interface RenameResult {
+  /** The inode that moved, after the operation. */
+  moved: InodeRow;
+  /** The inode the new name named before, when it was replaced (not with RENAME_EXCHANGE). */
+  replaced?: Detached;
+  /** With RENAME_EXCHANGE: the other inode, after the operation. */
+  exchanged?: InodeRow;
+}
+
+/** One page of a directory listing. */
+export interface DirPage {
+  entries: DirRow[];
+  /** Pass as `after` for the next page; absent when this page is the last. */
+  next?: Buffer;
+}
+
+/** One file's committed content: changed block rows (undefined: the row goes), its size and stored bytes. */
+export interface ContentCommit {
+  ino: number;
+  rows: ReadonlyMap<number, { hash: Buffer; len: number } | undefined>;
+  size: number;
+  storedBytes: number;
+  /** Attribute changes committed with the content (e.g. the times of the writes). */
+  attrs?: AttrChange;
+}
+
+/** The hooks the vfs's durability rules rest on (group commit, fsync, close-to-durable). */
+export interface MetaDurability {
+  /**
+   * Groups changes into one commit for up to this long (ms; 0: each operation commits on
+   * its own). Durability points commit the group at once.
+   */
+  setGroupCommit(ms: number): void;
+  /** Commits the open group, if any (handed to the OS, not synced). */
+  commitGroup(): Promise<void>;
+  /** Makes every change so far durable (survives a power cut). */
+  barrier(): Promise<void>;
+}
+
+export interface MetaEngine extends MetaDurability {
+  /** The engine's URL (scheme and address), as given to openMetaEngine. */
+  readonly url: string;
+
+  superblock(): Promise<Superblock>;
+
+  // ---- names and attributes ----
+
+  /** The inode `name` names in directory `parent`. ENOENT, ENOTDIR. */
+  lookup(parent: number, name: Buffer): Promise<InodeRow>;
+  /** ENOENT. */
+  getattr(ino: number): Promise<InodeRow>;
+  /** Writes the fields given (ctime only when given); ENOENT. */
+  setattr(ino: number, change: AttrChange): Promise<InodeRow>;
+  /** A parent of `ino` (for a directory, its only one); undefined for the root or a nameless inode. */
+  parentOf(ino: number): Promise<number | undefined>;
+  /** Inodes, files, directories and logical bytes, for statfs and stats. */
+  statfs(): Promise<VolumeTotals>;
+
+  // ---- the namespace (each one transaction) ----
+
+  /**
+   * Makes an inode (file, directory, symlink, device, fifo, socket) and its entry, and
+   * updates the parent (mtime, ctime, nlink for a directory). In a set-group-ID
+   * directory the inode takes the directory's group, and a directory the bit. EEXIST,
+   * ENOENT, ENOTDIR.
+   */
+  mknod(parent: number, name: Buffer, spec: NodeSpec, t: Timespec): Promise<InodeRow>;
+  /** A new name for a non-directory: EPERM for a directory, EEXIST, ENOENT, ENOTDIR. */
+  link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow>;
+  /**
+   * Drops a non-directory's name: EISDIR, ENOENT, ENOTDIR. An inode left without names
+   * is freed unless `inUse` says it is still open.
+   */
+  unlink(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached>;
+  /** Drops an empty directory: ENOTEMPTY, ENOTDIR, ENOENT. */
+  rmdir(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached>;
+  /**
+   * rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE: EINVAL (bad flags, a directory
+   * into itself), EEXIST, ENOENT, ENOTDIR, EISDIR, ENOTEMPTY. A replaced inode left
+   * without names is freed unless `inUse` says it is still open.
+   */
+  rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, t: Timespec, inUse?: InUse): Promise<RenameResult>;
+  /**
+   * A directory's entries in name order after `after` (exclusive), at most `limit`.
+   * ENOTDIR, ENOENT.
+   */
+  readdir(dir: number, after?: Buffer, limit?: number): Promise<DirPage>;
+  /** EINVAL when `ino` is not a symlink. */
+  readlink(ino: number): Promise<Buffer>;
+
+  // ---- extended attributes ----
+
+  /** ENODATA. */
+  getxattr(ino: number, name: Buffer): Promise<Buffer>;
+  /** With XATTR_CREATE/XATTR_REPLACE: EEXIST, ENODATA. Sets ctime to `t`. */
+  setxattr(ino: number, name: Buffer, value: Buffer, flags: number, t: Timespec): Promise<void>;
+  listxattr(ino: number): Promise<Buffer[]>;
+  /** ENODATA. Sets ctime to `t`. */
+  removexattr(ino: number, name: Buffer, t: Timespec): Promise<void>;
+  /** True when some inode has a security.* attribute. */
+  anySecurityXattr(): Promise<boolean>;
+
+  // ---- content ----
+
+  /** A file's block map, in block order. */
+  blocks(ino: number): Promise<BlockRow[]>;
+  /**
+   * Commits files' content in one transaction: block rows, size, stored bytes and the
+   * attributes given. The caller releases the references the rows replaced.
+   */
+  commitContent(commits: readonly ContentCommit[]): Promise<void>;
+
+  // ---- freeing ----
+
+  /** Frees an inode no name and no client uses any more; returns the block references it held. */
+  free(ino: number): Promise<Buffer[]>;
+  /** Inodes left without names (unlinked while open before a crash), for recovery. */
+  unlinkedInodes(): Promise<number[]>;
+
+  close(): Promise<void>;
+}
+
+/**
+ * What fsck and gc read of a volume (whole-volume scans), on an unmounted volume.
+ * Synchronous and whole-table today (SQLite in process); an engine over the network
+ * would page these.
+ */
+export interface MetaScan {
+  schemaVersion(): number;
+  /** The engine's own structural check: an empty list when its storage is sound. */
+  quickCheck(): string[];
+  allInodes(): IterableIterator<InodeSummary>;
+  allEntries(): IterableIterator<EntryRow>;
+  entriesOf(ino: number): { parent: number; name: Buffer }[];
+  /** The names in `parent` that name `ino`, in name order. */
+  namesOf(parent: number, ino: number): Buffer[];
+  blockRowCounts(): IterableIterator<{ hash: Buffer; n: number }>;
+  blockRowsOf(hash: Buffer): { ino: number; idx: number; len: number }[];
+  blockRowsPastSize(blockSize: number): { ino: number; idx: number; hash: Buffer; len: number; size: number; mode: number }[];
+  storedBytesMismatches(): { ino: number; stored: number; actual: number }[];
+  strayRowOwners(): { ino: number; blocks: number; symlinks: number; xattrs: number }[];
+  linkCounts(): Map<number, number>;
+  subdirCounts(): Map<number, number>;
+  /** Bytes the block rows reference (a block shared by N rows counts N times). */
+  referencedBytes(): number;
+  /** Distinct blocks the rows reference, and their bytes. */
+  uniqueBlocks(): { n: number; bytes: number };
+}
+
+/**
+ * The direct repairs fsck makes on an unmounted volume: row-level writes that may break
+ * the rules the engine keeps (that is what repairing a broken volume takes), run in one
+ * durable transaction.
+ */
+export interface MetaRepair {
+  durableTransaction<T>(fn: () => T): T;
+  getInode(ino: number): InodeRow | undefined;
+  insertInode(row: NewInode): number;
+  insertInodeWithIno(row: InodeRow): void;
+  updateInode(row: InodeRow): void;
+  deleteInode(ino: number): Buffer[];
+  lookup(parent: number, name: Buffer): number | undefined;
+  addEntry(parent: number, name: Buffer, ino: number): void;
+  removeEntry(parent: number, name: Buffer): void;
+  setBlock(ino: number, idx: number, hash: Buffer, len: number): void;
+  deleteBlock(ino: number, idx: number): void;
+  setNlink(ino: number, nlink: number): void;
+  setStoredBytes(ino: number, storedBytes: number): void;
+}
+
+/** What a metadata backup needs: a change counter, committed state, and a consistent copy. */
+export interface MetaSnapshot {
+  /** Grows with every change this client made (to skip backups when nothing changed). */
+  changeCount(): number;
+  /** Commits the open group, so a snapshot taken by another connection sees it. */
+  commitGroup(): void;
+  /** A consistent copy of the committed metadata, compressed, made off the JavaScript thread. */
+  snapshot(): Promise<{ data: Buffer; rawBytes: number }>;
+}

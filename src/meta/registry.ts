@@ -1,0 +1,53 @@
+import type { MetaEngine } from './engine';
+import { MetaDb, MetadataError, type NewInode } from './meta-db';
+
+/** What a new volume's metadata starts with (the superblock's fields and the root directory). */
+export interface MetaInit {
+  blockSize: number;
+  hashAlgorithm: string;
+  settings?: Record<string, string>;
+  root: NewInode;
+}
+
+export interface OpenMetaOptions {
+  /** Creates the metadata instead of opening existing metadata. */
+  create?: MetaInit;
+  readOnly?: boolean;
+}
+
+/** Opens the engine at `address` (the URL after "scheme:"). */
+export type MetaEngineOpener = (address: string, options: OpenMetaOptions) => Promise<MetaEngine>;
+
+const engines = new Map<string, MetaEngineOpener>();
+
+/** Makes `scheme:` URLs open with `opener` (one engine per scheme). */
+export function registerMetaEngine(scheme: string, opener: MetaEngineOpener): void {
+  if (engines.has(scheme)) throw new Error(`a metadata engine is already registered for ${scheme}:`);
+  engines.set(scheme, opener);
+}
+
+/** The schemes openMetaEngine knows, in registration order. */
+export function metaEngineSchemes(): string[] {
+  return [...engines.keys()];
+}
+
+/**
+ * Opens (or with `create`, creates) the metadata engine a URL names: `sqlite:PATH` (also
+ * `sqlite://PATH`) is a volume's SQLite database file. An unknown scheme is a
+ * MetadataError naming the known ones.
+ */
+export function openMetaEngine(url: string, options: OpenMetaOptions = {}): Promise<MetaEngine> {
+  const m = /^([a-z][a-z0-9+.-]*):(.*)$/i.exec(url);
+  const known = metaEngineSchemes().map((s) => `${s}:`).join(', ');
+  if (!m) return Promise.reject(new MetadataError(`"${url}" is not a metadata engine URL (scheme:address; known schemes: ${known})`));
+  const opener = engines.get(m[1].toLowerCase());
+  if (!opener) return Promise.reject(new MetadataError(`unknown metadata engine "${m[1]}:" in "${url}" (known: ${known})`));
+  return opener(m[2], options);
+}
+
+registerMetaEngine('sqlite', async (address, options) => {
+  const path = address.startsWith('//') ? address.slice(2) : address;
+  if (path === '') throw new MetadataError('sqlite: needs the path of the database file (sqlite:PATH)');
+  const meta = options.create ? MetaDb.create(path, options.create) : MetaDb.open(path, { readOnly: options.readOnly });
+  return meta.engine;
+});

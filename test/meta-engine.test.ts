@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { S_IFDIR } from '../src/posix/file-system';
+import { MetadataError, newInode } from '../src/meta/meta-db';
+import { metaEngineSchemes, openMetaEngine } from '../src/meta/registry';
+import { metaConformance } from './meta-conformance';
+import { tempDir } from './support/tmp';
+
+const init = () => ({
+  blockSize: 131072,
+  hashAlgorithm: 'blake3',
+  root: newInode({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, nlink: 2 }, { s: 1, ns: 2 }),
+});
+
+metaConformance('sqlite', async () => {
+  const url = `sqlite:${join(tempDir(), 'meta.db')}`;
+  const engine = await openMetaEngine(url, { create: init() });
+  return { engine, url, connect: () => openMetaEngine(url) };
+});
+
+describe('openMetaEngine', () => {
+  it('opens engines by URL scheme and names the known ones for an unknown scheme', async () => {
+    assert.deepEqual(metaEngineSchemes(), ['sqlite']);
+    const path = join(tempDir(), 'meta.db');
+    const created = await openMetaEngine(`sqlite://${path}`, { create: init() });
+    assert.equal(created.url, `sqlite:${path}`);
+    await created.close();
+    const opened = await openMetaEngine(`SQLITE:${path}`);
+    assert.equal((await opened.superblock()).block_size, 131072);
+    await opened.close();
+    await assert.rejects(openMetaEngine('postgres://host/db'), (err: Error) => err instanceof MetadataError && /unknown metadata engine "postgres:".*known: sqlite:/.test(err.message));
+    await assert.rejects(openMetaEngine('/just/a/path'), /not a metadata engine URL/);
+    await assert.rejects(openMetaEngine('sqlite:'), /needs the path/);
+    await assert.rejects(openMetaEngine(`sqlite:${join(tempDir(), 'absent.db')}`), MetadataError);
+  });
+});
