@@ -373,6 +373,48 @@ describe('PogFs attributes and xattrs', () => {
     await t.close();
   });
 
+  it('attributes of known inodes follow every change made here (the read copies are dropped)', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const attrs = async (ino: number) => fs.getattr(ino, undefined, root);
+    const d = await fs.mkdir(ROOT_INO, b('d'), 0o755, root);
+    const d2 = await fs.mkdir(ROOT_INO, b('d2'), 0o755, root);
+    const stamp = (a: { mtimeSec: number; mtimeNsec: number }) => a.mtimeSec * 1e9 + a.mtimeNsec;
+    let before = await attrs(d.attr.ino);
+    // A new subdirectory: the parent's link count and mtime.
+    await fs.mkdir(d.attr.ino, b('sub'), 0o755, root);
+    let after = await attrs(d.attr.ino);
+    assert.equal(after.nlink, before.nlink + 1);
+    assert.ok(stamp(after) > stamp(before));
+    // A file written and closed: its size after the commit, read from the engine.
+    const f = await fs.create(d.attr.ino, b('f'), 0o644, O_RDWR, root);
+    await fs.write(f.attr.ino, f.fh, randomBytes(5000), 0, root);
+    await close(fs, f.attr.ino, f.fh);
+    await t.volume.engine.commitGroup();
+    assert.equal((await attrs(f.attr.ino)).size, 5000);
+    // A rename between directories: both parents; the moved file's ctime.
+    before = await attrs(d2.attr.ino);
+    const fBefore = await attrs(f.attr.ino);
+    await fs.rename(d.attr.ino, b('f'), d2.attr.ino, b('g'), 0, root);
+    assert.ok(stamp(await attrs(d2.attr.ino)) > stamp(before));
+    const fAfter = await attrs(f.attr.ino);
+    assert.ok(fAfter.ctimeSec * 1e9 + fAfter.ctimeNsec > fBefore.ctimeSec * 1e9 + fBefore.ctimeNsec);
+    // A hard link: the link count; an xattr: the ctime; an unlink: the link count again.
+    await fs.link(f.attr.ino, d.attr.ino, b('h'), root);
+    assert.equal((await attrs(f.attr.ino)).nlink, 2);
+    await fs.setxattr(f.attr.ino, b('user.k'), b('v'), 0, root);
+    const x = await attrs(f.attr.ino);
+    assert.ok(x.ctimeSec * 1e9 + x.ctimeNsec > fAfter.ctimeSec * 1e9 + fAfter.ctimeNsec);
+    await fs.unlink(d.attr.ino, b('h'), root);
+    assert.equal((await attrs(f.attr.ino)).nlink, 1);
+    // rmdir: the parent's link count.
+    before = await attrs(d.attr.ino);
+    await fs.rmdir(d.attr.ino, b('sub'), root);
+    after = await attrs(d.attr.ino);
+    assert.equal(after.nlink, before.nlink - 1);
+    await t.close();
+  });
+
   it('sets, gets, lists and removes xattrs with Linux flags and errnos', async () => {
     const t = newFs();
     const { fs } = t;

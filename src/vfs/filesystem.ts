@@ -71,11 +71,15 @@ export interface DaemonStatus {
 
 /**
  * An inode the kernel knows of or that is open: its counts and (for open files) content.
- * Its attributes live in the metadata engine, not here: each change is written there
- * field by field, so nothing is written back from a stale copy.
+ * Its attributes live in the metadata engine: each change is written there field by
+ * field, so nothing is written back from a stale copy. `row` is only a read copy of the
+ * engine's last answer, so a getattr, open or access of a known inode costs no query:
+ * it is dropped whenever an operation here may have changed the inode. (Today a volume
+ * has one client, its daemon; a shared engine will need these copies to expire.)
  */
 interface Node {
   ino: number;
+  row?: InodeRow;
   /** References the kernel holds (entry replies minus forgets). */
   lookups: number;
   /** Open file handles. */
@@ -219,9 +223,10 @@ export class PogFs implements FileSystem {
     this.releaseIfUnused(node);
   }
 
-  async getattr(ino: number, _fh?: number, _ctx?: Caller): Promise<Attr> {
-    const row = await this.engine.getattr(ino);
-    return this.attr(this.nodes.get(ino), row);
+  getattr(ino: number, _fh?: number, _ctx?: Caller): Attr | Promise<Attr> {
+    const node = this.nodes.get(ino);
+    if (node?.row) return this.attr(node, node.row);
+    return this.engine.getattr(ino).then((row) => this.attr(this.nodes.get(ino), this.remember(row)));
   }
 
   async setattr(ino: number, ch: AttrChanges, _fh?: number, _ctx?: Caller): Promise<Attr> {
@@ -235,7 +240,7 @@ export class PogFs implements FileSystem {
     change.ctime = ch.ctime ?? t;
     let node = this.nodes.get(ino);
     if (ch.size !== undefined) {
-      const row = await this.engine.getattr(ino);
+      const row = await this.row(ino);
       if (isDir(row.mode)) fail(E.EISDIR);
       if (!isReg(row.mode)) fail(E.EINVAL);
       if (ch.size < 0 || !Number.isSafeInteger(ch.size)) fail(E.EINVAL);
@@ -251,7 +256,7 @@ export class PogFs implements FileSystem {
     // Times given here supersede those of writes not yet committed.
     const c = node?.content;
     if (c) c.times = change.mtime ? {} : { mtime: c.times.mtime };
-    const row = await this.engine.setattr(ino, change);
+    const row = this.remember(await this.engine.setattr(ino, change));
     if (node && node.opens === 0) {
       this.dropContent(node);
       this.releaseIfUnused(node);
@@ -264,7 +269,7 @@ export class PogFs implements FileSystem {
   }
 
   async access(ino: number, mask: number, ctx: Caller): Promise<void> {
-    const row = await this.engine.getattr(ino);
+    const row = await this.row(ino);
     if (mask === 0) return;
     let bits: number;
     if (ctx.uid === 0) {
@@ -325,28 +330,37 @@ export class PogFs implements FileSystem {
   async link(ino: number, newParent: number, newName: Buffer, _ctx?: Caller): Promise<Entry> {
     await this.admitName(newParent, newName);
     const row = await this.engine.link(ino, newParent, newName, now());
+    this.changed(newParent);
     const node = this.nodes.get(ino);
     if (node) node.unlinked = false;
     return this.entry(row);
   }
 
   async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
-    this.detached(await this.engine.unlink(parent, name, now(), this.inUse));
+    const d = await this.engine.unlink(parent, name, now(), this.inUse);
+    this.changed(parent);
+    this.detached(d);
   }
 
   async rmdir(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
-    this.detached(await this.engine.rmdir(parent, name, now(), this.inUse));
+    const d = await this.engine.rmdir(parent, name, now(), this.inUse);
+    this.changed(parent);
+    this.detached(d);
   }
 
   async rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: Caller): Promise<void> {
     const r = await this.engine.rename(parent, name, newParent, newName, flags, now(), this.inUse);
+    this.changed(parent);
+    this.changed(newParent);
+    this.remember(r.moved);
+    if (r.exchanged) this.remember(r.exchanged);
     if (r.replaced) this.detached(r.replaced);
   }
 
   // ---- files ----
 
   async open(ino: number, flags: number, _ctx?: Caller): Promise<Opened> {
-    const row = await this.engine.getattr(ino);
+    const row = await this.row(ino);
     if (isDir(row.mode)) fail(E.EISDIR);
     const node = isReg(row.mode) ? await this.withContent(row) : this.nodeOf(ino);
     return this.openNode(node, flags);
@@ -509,6 +523,7 @@ export class PogFs implements FileSystem {
     if (name.subarray(0, 7).toString('latin1') === 'system.') fail(E.EOPNOTSUPP);
     this.space.admitMetadata();
     await this.engine.setxattr(ino, name, value, flags, now());
+    this.changed(ino);
     if (!this.securityXattrs && name.subarray(0, 9).toString('latin1') === 'security.') {
       this.securityXattrs = true;
       this.options.onSecurityXattr?.();
@@ -524,11 +539,31 @@ export class PogFs implements FileSystem {
     return Buffer.concat(names.flatMap((n) => [n, Buffer.from([0])]));
   }
 
-  removexattr(ino: number, name: Buffer, _ctx?: Caller): Promise<void> {
-    return this.engine.removexattr(ino, name, now());
+  async removexattr(ino: number, name: Buffer, _ctx?: Caller): Promise<void> {
+    await this.engine.removexattr(ino, name, now());
+    this.changed(ino);
   }
 
   // ---- internals ----
+
+  /** The inode's attributes: the read copy of a known inode, else the engine's (kept when the inode is known). */
+  private row(ino: number): InodeRow | Promise<InodeRow> {
+    const row = this.nodes.get(ino)?.row;
+    return row ?? this.engine.getattr(ino).then((r) => this.remember(r));
+  }
+
+  /** Keeps the engine's latest answer as the read copy of a known inode. */
+  private remember(row: InodeRow): InodeRow {
+    const node = this.nodes.get(row.ino);
+    if (node) node.row = row;
+    return row;
+  }
+
+  /** An operation here may have changed the inode: its next read goes to the engine. */
+  private changed(ino: number): void {
+    const node = this.nodes.get(ino);
+    if (node) node.row = undefined;
+  }
 
   /** The node of `ino`, made when the inode is new to this client. */
   private nodeOf(ino: number): Node {
@@ -578,9 +613,14 @@ export class PogFs implements FileSystem {
   private commit(node: Node, urgent = true): Promise<void> {
     if (!node.content) return Promise.resolve();
     // A commit that failed for want of room says ENOSPC to fsync and close, as Linux does.
-    return this.committer.commit(node.content, urgent).catch((err: unknown) => {
-      throw this.space.classify(err);
-    });
+    return this.committer
+      .commit(node.content, urgent)
+      .catch((err: unknown) => {
+        throw this.space.classify(err);
+      })
+      .finally(() => {
+        node.row = undefined; // size, stored bytes and times were written
+      });
   }
 
   /** After an inode lost a name: releases what the engine freed, or marks it for freeing once unused here. */
@@ -588,6 +628,7 @@ export class PogFs implements FileSystem {
     if (d.freed) this.reclaimer.release(d.freed);
     const node = this.nodes.get(d.attr.ino);
     if (!node) return;
+    node.row = d.attr;
     if (d.attr.nlink === 0) node.unlinked = true;
     this.releaseIfUnused(node);
   }
@@ -626,13 +667,16 @@ export class PogFs implements FileSystem {
 
   private async makeNode(parent: number, name: Buffer, spec: NodeSpec): Promise<InodeRow> {
     await this.admitName(parent, name);
-    return this.engine.mknod(parent, name, spec, now());
+    const row = await this.engine.mknod(parent, name, spec, now());
+    this.changed(parent);
+    return row;
   }
 
   /** Counts the caller's new reference before the reply leaves (a forget can't outrun it). */
   private entry(row: InodeRow): Entry {
     const node = this.nodeOf(row.ino);
     node.lookups += 1;
+    node.row = row;
     return { attr: this.attr(node, row) };
   }
 
