@@ -41,6 +41,9 @@ const ROOT = resolve(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MEMFS = join(ROOT, 'dist', 'bench', 'memfs.js');
 const MIB = Number(process.env.POGFS_BENCH_MIB ?? 1024);
+/** The references' row names: small-file work is compared with tmpfs, big files with memfs. */
+const TMPFS_NAME = 'tmpfs';
+const MEMFS_NAME = 'memfs (FUSE ceiling)';
 
 /**
  * The pogfs configurations measured side by side, the default first (the targets are
@@ -87,7 +90,6 @@ async function memfs(dir: string): Promise<Target> {
 }
 
 const POGFS = `'${process.execPath}' '${CLI}'`;
-const MEMFS_NAME = 'memfs (FUSE ceiling)';
 
 async function pogfs(work: string, index: number): Promise<Target> {
   const variant = POGFS_VARIANTS[index];
@@ -112,7 +114,7 @@ async function pogfs(work: string, index: number): Promise<Target> {
 function tmpfs(dir: string): Target {
   mkdirSync(dir, { recursive: true });
   sh(`mount -t tmpfs -o size=${MIB * 3 + 2048}m pogfs-bench '${dir}'`);
-  return { name: 'tmpfs', dir, stop: async () => void sh(`umount '${dir}'`) };
+  return { name: TMPFS_NAME, dir, stop: async () => void sh(`umount '${dir}'`) };
 }
 
 /** One target's figures: MB/s for the big files, seconds for the small-file work. */
@@ -232,7 +234,6 @@ interface Goal {
   target: string;
 }
 
-const TMPFS_NAME = 'tmpfs';
 
 /** A small-file workload: pogfs's time over tmpfs's, at most `most` times. */
 function slowerAtMost(pick: (r: Row) => number, most: number): Pick<Goal, 'ratio' | 'reference' | 'met' | 'target'> {
