@@ -5,12 +5,14 @@
  *   - the volume's backing directory (the disk, no FUSE),
  *   - memfs: a minimal in-memory Node FUSE filesystem over the same binding (the
  *     ceiling of the FUSE path),
- *   - pogfs itself.
- * Workloads: sequential write of 1 GiB of unique data, sequential read of it (page
- * cache warm, and cold after drop_caches), 1 GiB of data that is all duplicates, and
- * `tar x` of a tree of about 20,000 small files.
- * pogfs runs twice: with the default durability (close after write is durable: two
- * fsyncs per written file) and with --no-sync-on-close. Then fsck and gc (bench/fsck.ts).
+ *   - pogfs itself, once per entry of POGFS_VARIANTS (its durability options).
+ * Workloads (issue 15's table): sequential write of 1 GiB of unique data, sequential
+ * read of it after drop_caches (so every byte goes through the filesystem), 1 GiB of
+ * data that is all duplicates; then on a corpus of real small files (bench/corpus.ts)
+ * `tar x`, a stat walk (`find -printf '%s %m %u'`), `cat` of every file, both after a
+ * remount (where the filesystem survives one) and drop_caches, and `rm -rf`. Ratios:
+ * the small-file work to tmpfs, the big files to memfs, each beside the issue's target.
+ * Then fsck and gc (bench/fsck.ts).
  * Then compression, none vs lz4 per block vs lz4 with super-chunks vs zstd:1/3/9 vs borg
  * (bench/compression.ts), and where LZ4 runs best (bench/codec-threads.ts);
  * POGFS_BENCH_COMPRESSION=0 skips both. Then the Google Drive remote against the Drive
@@ -19,14 +21,17 @@
  * (`pogfs drive mount`): calls per 10,000 items, streaming, first byte and random reads,
  * each beside a naive strategy (bench/driveview.ts); POGFS_BENCH_DRIVEVIEW=0 skips it.
  * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
- * POGFS_BENCH_FILES the tar tree, POGFS_BENCH_FSCK_FILES the fsck volume (0 skips it).
+ * POGFS_BENCH_CORPUS (directories separated by ':') replaces the small-file corpus,
+ * POGFS_BENCH_VOLUME=0 skips the volume table, POGFS_BENCH_FSCK_FILES sizes the fsck
+ * volume (0 skips it).
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { benchCodecThreads, printCodecThreads } from './codec-threads';
 import { benchCompression, printCompression } from './compression';
+import { makeCorpusTarball, type Corpus } from './corpus';
 import { benchFsck, printFsck } from './fsck';
 import { benchDriveView, printDriveView } from './driveview';
 import { benchRemote, printRemote } from './remote';
@@ -36,14 +41,28 @@ const ROOT = resolve(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MEMFS = join(ROOT, 'dist', 'bench', 'memfs.js');
 const MIB = Number(process.env.POGFS_BENCH_MIB ?? 1024);
-const TREE_FILES = Number(process.env.POGFS_BENCH_FILES ?? 20000);
+/** The references' row names: small-file work is compared with tmpfs, big files with memfs. */
+const TMPFS_NAME = 'tmpfs';
+const MEMFS_NAME = 'memfs (FUSE ceiling)';
 
-
-
+/**
+ * The pogfs configurations measured side by side, the default first (the targets are
+ * the default's). Issue 15 replaces --no-sync-on-close with --sync-on-close: change
+ * this list, nothing else.
+ */
+const POGFS_VARIANTS: { label: string; mountArgs: string[] }[] = [
+  { label: 'pogfs (default)', mountArgs: [] },
+  { label: 'pogfs --no-sync-on-close', mountArgs: ['--no-sync-on-close'] },
+];
 
 interface Target {
   name: string;
   dir: string;
+  /**
+   * Unmounts and mounts again, so nothing the kernel or the filesystem keeps in memory
+   * survives; absent where the data would not (tmpfs, memfs) or no mount exists.
+   */
+  remount?(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -61,7 +80,7 @@ async function memfs(dir: string): Promise<Target> {
   const child = spawn(process.execPath, [MEMFS, dir], { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitForMount(dir, child);
   return {
-    name: 'memfs (FUSE ceiling)',
+    name: MEMFS_NAME,
     dir,
     stop: async () => {
       child.kill('SIGTERM');
@@ -72,75 +91,95 @@ async function memfs(dir: string): Promise<Target> {
 
 const POGFS = `'${process.execPath}' '${CLI}'`;
 
-async function pogfs(work: string, syncOnClose: boolean): Promise<Target> {
-  const tag = syncOnClose ? 'sync' : 'nosync';
-  const vol = join(work, `vol-${tag}`);
-  const dir = join(work, `pogfs-mnt-${tag}`);
+async function pogfs(work: string, index: number): Promise<Target> {
+  const variant = POGFS_VARIANTS[index];
+  const vol = join(work, `vol-${index}`);
+  const dir = join(work, `pogfs-mnt-${index}`);
   mkdirSync(dir);
   sh(`${POGFS} init '${vol}'`);
-  sh(`${POGFS} mount '${vol}' '${dir}'${syncOnClose ? '' : ' --no-sync-on-close'}`);
+  const mount = () => void sh(`${POGFS} mount '${vol}' '${dir}' ${variant.mountArgs.join(' ')}`);
+  const umount = () => void sh(`${POGFS} umount '${dir}'`);
+  mount();
   return {
-    name: syncOnClose ? 'pogfs' : 'pogfs no-sync-on-close',
+    name: variant.label,
     dir,
-    stop: async () => void sh(`${POGFS} umount '${dir}'`),
+    remount: async () => {
+      umount();
+      mount();
+    },
+    stop: async () => umount(),
   };
 }
 
 function tmpfs(dir: string): Target {
   mkdirSync(dir, { recursive: true });
   sh(`mount -t tmpfs -o size=${MIB * 3 + 2048}m pogfs-bench '${dir}'`);
-  return { name: 'tmpfs', dir, stop: async () => void sh(`umount '${dir}'`) };
+  return { name: TMPFS_NAME, dir, stop: async () => void sh(`umount '${dir}'`) };
 }
 
-/** A tree of small files like a source checkout: ~90% under 16 KiB, some duplicates. */
-function makeTreeTarball(work: string): string {
-  const tree = join(work, 'tree-src');
-  const script = `
-import os, random
-rnd = random.Random(42)
-root = ${JSON.stringify(tree)}
-n = ${TREE_FILES}
-words = [bytes(rnd.choices(b'abcdefghijklmnopqrstuvwxyz_ ', k=rnd.randint(2, 12))) for _ in range(2000)]
-for i in range(n):
-    d = os.path.join(root, 'd%03d' % (i % 400), 'sub%d' % (i % 7))
-    os.makedirs(d, exist_ok=True)
-    size = int(rnd.paretovariate(1.2) * 900) if rnd.random() < 0.97 else rnd.randint(100000, 400000)
-    body = b'\\n'.join(rnd.choice(words) for _ in range(max(1, size // 8)))[:size]
-    with open(os.path.join(d, 'f%05d.c' % i), 'wb') as f:
-        f.write(body)
-`;
-  execFileSync('python3', ['-c', script]);
-  const tarball = join(work, 'tree.tar');
-  sh(`tar -C '${tree}' -cf '${tarball}' .`);
-  rmSync(tree, { recursive: true, force: true });
-  return tarball;
-}
-
+/** One target's figures: MB/s for the big files, seconds for the small-file work. */
 interface Row {
   target: string;
   seqWrite: number;
-  seqReadWarm: number;
   seqReadCold: number;
   dupWrite: number;
   tarSeconds: number;
+  findSeconds: number;
+  catSeconds: number;
+  rmSeconds: number;
 }
 
-async function measure(t: Target, source: string, tarball: string): Promise<Row> {
+/** Remount where the target can, then empty the page, dentry and inode caches. */
+async function makeCold(t: Target): Promise<void> {
+  await t.remount?.();
+  dropCaches();
+}
+
+async function measure(t: Target, source: string, corpus: Corpus): Promise<Row> {
   const f1 = join(t.dir, 'unique.bin');
   const f2 = join(t.dir, 'dup.bin');
   const bytes = MIB * 1024 * 1024;
   const w = seconds(`dd if='${source}' of='${f1}' bs=1M conv=fsync status=none`);
-  const rw = seconds(`dd if='${f1}' of=/dev/null bs=1M status=none`);
   dropCaches();
   const rc = seconds(`dd if='${f1}' of=/dev/null bs=1M status=none`);
   const d = seconds(`dd if='${source}' of='${f2}' bs=1M conv=fsync status=none`);
   rmSync(f1);
   rmSync(f2);
-  mkdirSync(join(t.dir, 'tree'));
-  const tx = seconds(`tar -C '${join(t.dir, 'tree')}' -xf '${tarball}' && sync -f '${join(t.dir, 'tree')}'`);
-  sh(`rm -rf '${join(t.dir, 'tree')}'`);
+  const tree = join(t.dir, 'tree');
+  mkdirSync(tree);
+  const tx = seconds(`tar -C '${tree}' -xf '${corpus.tarball}' && sync -f '${tree}'`);
+  await makeCold(t);
+  const find = seconds(`find '${tree}' -printf '%s %m %u\\n' > /dev/null`);
+  await makeCold(t);
+  const cat = seconds(`find '${tree}' -type f -print0 | xargs -0 cat > /dev/null`);
+  const rm = seconds(`rm -rf '${tree}' && sync -f '${t.dir}'`);
   const mbs = (s: number) => bytes / s / 1e6;
-  return { target: t.name, seqWrite: mbs(w), seqReadWarm: mbs(rw), seqReadCold: mbs(rc), dupWrite: mbs(d), tarSeconds: tx };
+  return { target: t.name, seqWrite: mbs(w), seqReadCold: mbs(rc), dupWrite: mbs(d), tarSeconds: tx, findSeconds: find, catSeconds: cat, rmSeconds: rm };
+}
+
+/** Runs every target through `measure`, one at a time, and returns their rows. */
+async function benchVolume(work: string, source: string, corpus: Corpus, targets: Target[]): Promise<Row[]> {
+  const backing = join(work, 'backing');
+  mkdirSync(backing);
+  const runs: [string, () => Promise<Target>][] = [
+    ['tmpfs', async () => tmpfs(join(work, 'tmpfs'))],
+    ['backing disk', async () => ({ name: 'backing disk', dir: backing, stop: async () => undefined })],
+    ['memfs', () => memfs(join(work, 'memfs-mnt'))],
+    ...POGFS_VARIANTS.map((v, i): [string, () => Promise<Target>] => [v.label, () => pogfs(work, i)]),
+  ];
+  const rows: Row[] = [];
+  for (const [label, start] of runs) {
+    process.stdout.write(`measuring ${label}...\n`);
+    const t = await start();
+    targets.push(t);
+    try {
+      rows.push(await measure(t, source, corpus));
+    } finally {
+      await t.stop();
+      targets.pop();
+    }
+  }
+  return rows;
 }
 
 async function main(): Promise<void> {
@@ -151,36 +190,18 @@ async function main(): Promise<void> {
   const work = mkdtempSync(join(process.env.POGFS_BENCH_DIR ?? '/var/tmp', 'pogfs-bench-'));
   const targets: Target[] = [];
   try {
-    const srcFs = tmpfs(join(work, 'source'));
-    targets.push(srcFs);
-    const source = join(srcFs.dir, 'unique.src');
-    sh(`head -c ${MIB * 1024 * 1024} /dev/urandom > '${source}'`);
-    const tarball = makeTreeTarball(srcFs.dir);
-    const entries = Number(sh(`tar -tf '${tarball}' | wc -l`).trim());
-    console.log(`bench: ${MIB} MiB files, tar of ${entries} entries, work dir ${work}\n`);
-
-    const backing = join(work, 'backing');
-    mkdirSync(backing);
-    const rows: Row[] = [];
-    const runs: [string, () => Promise<Target>][] = [
-      ['tmpfs', async () => tmpfs(join(work, 'tmpfs'))],
-      ['backing disk', async () => ({ name: 'backing disk', dir: backing, stop: async () => undefined })],
-      ['memfs', () => memfs(join(work, 'memfs-mnt'))],
-      ['pogfs', () => pogfs(work, true)],
-      ['pogfs --no-sync-on-close', () => pogfs(work, false)],
-    ];
-    for (const [label, start] of runs) {
-      process.stdout.write(`measuring ${label}...\n`);
-      const t = await start();
-      targets.push(t);
-      try {
-        rows.push(await measure(t, source, tarball));
-      } finally {
-        await t.stop();
-        targets.pop();
-      }
+    let volume: { entries: number; corpus: string[]; rows: Row[] } | undefined;
+    if (process.env.POGFS_BENCH_VOLUME !== '0') {
+      const srcFs = tmpfs(join(work, 'source'));
+      targets.push(srcFs);
+      const source = join(srcFs.dir, 'unique.src');
+      sh(`head -c ${MIB * 1024 * 1024} /dev/urandom > '${source}'`);
+      const corpus = makeCorpusTarball(srcFs.dir);
+      console.log(`bench: ${MIB} MiB files; corpus of ${corpus.entries} entries (${corpus.dirs.join(', ')}); work dir ${work}\n`);
+      const rows = await benchVolume(work, source, corpus, targets);
+      printVolume(rows);
+      volume = { entries: corpus.entries, corpus: corpus.dirs, rows };
     }
-    print(rows, entries);
     const fsckFiles = Number(process.env.POGFS_BENCH_FSCK_FILES ?? 50000);
     const fsck = fsckFiles > 0 ? benchFsck(work, POGFS, fsckFiles, MIB) : undefined;
     if (fsck) printFsck(fsck);
@@ -192,7 +213,7 @@ async function main(): Promise<void> {
     if (remote) printRemote(remote);
     const driveView = process.env.POGFS_BENCH_DRIVEVIEW === '0' ? undefined : await benchDriveView(work);
     if (driveView) printDriveView(driveView);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, entries, rows, fsck, compression, codecThreads, remote, driveView }, null, 2));
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, fsck, compression, codecThreads, remote, driveView }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);
@@ -200,30 +221,67 @@ async function main(): Promise<void> {
   }
 }
 
-function print(rows: Row[], entries: number): void {
-  const get = (name: string) => rows.find((r) => r.target === name || r.target.startsWith(`${name} (`));
-  const ceiling = get('memfs');
-  const tmp = get('tmpfs');
-  const pog = get('pogfs');
-  const f = (n: number) => n.toFixed(0).padStart(8);
-  console.log('\n                     seq write  read warm  read cold  dup write   tar x (s)  files/s');
+/** Issue 15's targets for pogfs with default options, each against its reference. */
+interface Goal {
+  work: string;
+  /** The reference row's name. */
+  against: typeof TMPFS_NAME | typeof MEMFS_NAME;
+  /** pogfs's figure over the reference's (time ratio for work, speed ratio for MB/s). */
+  ratio(pog: Row, ref: Row): number;
+  /** The reference's own figure, as printed in its column. */
+  reference(ref: Row): string;
+  met(ratio: number): boolean;
+  target: string;
+}
+
+
+/** A small-file workload: pogfs's time over tmpfs's, at most `most` times. */
+function slowerAtMost(pick: (r: Row) => number, most: number): Pick<Goal, 'ratio' | 'reference' | 'met' | 'target'> {
+  return { ratio: (pog, ref) => pick(pog) / pick(ref), reference: (ref) => `${pick(ref).toFixed(2)} s`, met: (r) => r <= most, target: `<= ${most}x` };
+}
+
+/** A big-file workload: pogfs's MB/s over memfs's, at least `least` of it. */
+function speedAtLeast(pick: (r: Row) => number, least: number): Pick<Goal, 'ratio' | 'reference' | 'met' | 'target'> {
+  return { ratio: (pog, ref) => pick(pog) / pick(ref), reference: (ref) => `${pick(ref).toFixed(0)} MB/s`, met: (r) => r >= least, target: `>= ${least}` };
+}
+
+const GOALS: Goal[] = [
+  { work: 'tar x', against: TMPFS_NAME, ...slowerAtMost((r) => r.tarSeconds, 12) },
+  { work: "find -printf '%s %m %u', cold", against: TMPFS_NAME, ...slowerAtMost((r) => r.findSeconds, 3) },
+  { work: 'cat of every file, cold', against: TMPFS_NAME, ...slowerAtMost((r) => r.catSeconds, 2.5) },
+  { work: 'rm -rf', against: TMPFS_NAME, ...slowerAtMost((r) => r.rmSeconds, 8) },
+  { work: 'seq write, unique data', against: MEMFS_NAME, ...speedAtLeast((r) => r.seqWrite, 0.6) },
+  { work: 'seq read, cold', against: MEMFS_NAME, ...speedAtLeast((r) => r.seqReadCold, 0.8) },
+];
+
+function printVolume(rows: Row[]): void {
+  const mb = (n: number) => n.toFixed(0).padStart(10);
+  const sec = (n: number) => n.toFixed(2).padStart(9);
+  console.log(`\n${''.padEnd(26)} seq write  read cold  dup write    tar x     find      cat   rm -rf`);
   for (const r of rows) {
-    console.log(
-      `${r.target.padEnd(21)}${f(r.seqWrite)}   ${f(r.seqReadWarm)}   ${f(r.seqReadCold)}   ${f(r.dupWrite)}   ${r.tarSeconds.toFixed(2).padStart(8)}  ${f(entries / r.tarSeconds)}`,
-    );
+    console.log(`${r.target.padEnd(26)}${mb(r.seqWrite)} ${mb(r.seqReadCold)} ${mb(r.dupWrite)}${sec(r.tarSeconds)}${sec(r.findSeconds)}${sec(r.catSeconds)}${sec(r.rmSeconds)}`);
   }
-  console.log('(MB/s unless noted)\n');
-  if (!ceiling || !tmp || !pog) return;
-  const ratio = (a: number, b: number) => (a / b).toFixed(2);
-  console.log(`pogfs / FUSE ceiling: seq write ${ratio(pog.seqWrite, ceiling.seqWrite)} (target >= 0.4), warm read ${ratio(pog.seqReadWarm, ceiling.seqReadWarm)} (target >= 0.6), cold read ${ratio(pog.seqReadCold, ceiling.seqReadCold)}, dup write ${ratio(pog.dupWrite, ceiling.seqWrite)}`);
-  const fast = get('pogfs no-sync-on-close');
-  console.log(
-    `tar x time / tmpfs: pogfs ${ratio(pog.tarSeconds, tmp.tarSeconds)}x (target <= 25)` +
-      (fast ? `, pogfs --no-sync-on-close ${ratio(fast.tarSeconds, tmp.tarSeconds)}x` : '') +
-      `, memfs ${ratio(ceiling.tarSeconds, tmp.tarSeconds)}x`,
-  );
-  const disk = get('backing disk');
-  if (disk) console.log(`pogfs / backing disk: seq write ${ratio(pog.seqWrite, disk.seqWrite)}, tar x time ${ratio(pog.tarSeconds, disk.tarSeconds)}x`);
+  console.log('(MB/s; seconds for the small-file work: find and cat after a remount where the filesystem survives one, and drop_caches)\n');
+
+  // Issue 15's table: each pogfs variant as a ratio to its reference, the default's target beside it.
+  const pogs = POGFS_VARIANTS.map((v) => rows.find((r) => r.target === v.label)).filter((r): r is Row => r !== undefined);
+  const ref = (name: string) => rows.find((r) => r.target === name);
+  const workWidth = Math.max(...GOALS.map((g) => g.work.length)) + 2;
+  const colWidth = Math.max(14, ...pogs.map((p) => p.target.length + 2));
+  console.log(`${'work'.padEnd(workWidth)}${'reference'.padEnd(28)}${pogs.map((p) => p.target.padStart(colWidth)).join('')}   target (default options)`);
+  for (const g of GOALS) {
+    const r = ref(g.against);
+    if (!r) continue;
+    const ratios = pogs.map((p) => g.ratio(p, r));
+    const cells = ratios.map((x) => `${x.toFixed(2)}${g.against === TMPFS_NAME ? 'x' : ''}`.padStart(colWidth)).join('');
+    const verdict = ratios.length > 0 ? (g.met(ratios[0]) ? 'met' : 'not met') : '';
+    console.log(`${g.work.padEnd(workWidth)}${`${g.against} ${g.reference(r)}`.padEnd(28)}${cells}   ${g.target.padEnd(8)} ${verdict}`);
+  }
+  const memfs = ref(MEMFS_NAME);
+  const tmp = ref(TMPFS_NAME);
+  if (memfs && tmp) console.log(`\n${MEMFS_NAME} / tmpfs: tar x ${(memfs.tarSeconds / tmp.tarSeconds).toFixed(2)}x, rm -rf ${(memfs.rmSeconds / tmp.rmSeconds).toFixed(2)}x (no remount: its data lives in the process)`);
+  const disk = ref('backing disk');
+  if (disk && pogs[0]) console.log(`${pogs[0].target} / backing disk: seq write ${(pogs[0].seqWrite / disk.seqWrite).toFixed(2)}, tar x time ${(pogs[0].tarSeconds / disk.tarSeconds).toFixed(2)}x`);
 }
 
 main().catch((err) => {
