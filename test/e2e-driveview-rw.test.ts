@@ -266,6 +266,27 @@ describe('drive view --rw', () => {
     assert.equal(onDrive(emu, root, 'last.txt').md5Checksum, md5(Buffer.from('last')));
   });
 
+  it('umount --no-wait that fails (the mount is busy) is taken back: a later umount waits for the uploads', { timeout: 60_000 }, async () => {
+    await mountRw(mnt, state, flags, ['--upload-delay', '30']);
+    await writeFile(join(mnt, 'busy.txt'), 'busy');
+    const held = await open(join(mnt, 'busy.txt'), 'r');
+    let r;
+    try {
+      r = await pogfsAsync(['umount', '--no-wait', mnt]);
+    } finally {
+      await held.close();
+    }
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /cannot unmount/);
+    assert.doesNotMatch(r.stderr, /stay staged/);
+    assert.ok(isMounted(mnt));
+    assert.equal(emu.storedFiles().filter((f) => f.name === 'busy.txt').length, 0);
+    await pogfsAsyncOk(['umount', mnt], 60_000);
+    assert.equal(onDrive(emu, root, 'busy.txt').md5Checksum, md5(Buffer.from('busy')));
+    // The daemon that held busy.txt waited for it (the log after its session ended).
+    assert.match(logTail(state).split('session ended').pop()!, /uploading what is pending/);
+  });
+
   it('a conflict keeps both versions; local work in a folder deleted on Drive goes to pogfs-recovered', { timeout: 60_000 }, async () => {
     const [box] = emu.seedItems([{ name: 'Box', mimeType: FOLDER_MIME }]);
     const [shared, moving] = emu.seedItems([

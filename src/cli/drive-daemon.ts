@@ -260,7 +260,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
         if (req.op === 'refresh') return refresh();
         if (req.op === 'sync' && writing) return { ...(await writing.uploader.whenDone()), uploads: writing.uploader.status() };
         if (req.op === 'leave-pending' && writing) {
-          leavePending = true;
+          leavePending = req.leave !== false;
           return writing.uploader.status();
         }
         throw new Error(`a Drive view does not do ${JSON.stringify(req.op)}`);
