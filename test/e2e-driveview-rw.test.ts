@@ -287,6 +287,45 @@ describe('drive view --rw', () => {
     assert.match(logTail(state).split('session ended').pop()!, /uploading what is pending/);
   });
 
+  it('new content on Drive the feed has not shown yet is not overwritten by an upload: the local version goes beside it', { timeout: 60_000 }, async () => {
+    const [both, gone] = emu.seedItems([
+      { name: 'both.txt', size: 10, contentSeed: 8 },
+      { name: 'gone.txt', size: 10, contentSeed: 9 },
+    ]);
+    await mountRw(mnt, state, flags, ['--upload-delay', '60']);
+    assert.equal((await readFile(join(mnt, 'both.txt'))).length, 10);
+    await writeFile(join(mnt, 'both.txt'), 'local both');
+    await writeFile(join(mnt, 'gone.txt'), 'local gone');
+    // Changed on Drive after the mount's last poll (--poll-interval 0: the feed is not read again).
+    emu.changeItem(both, { contentSeed: 88, size: 2000 });
+    emu.changeItem(gone, { trashed: true });
+    const before = emu.calls();
+    await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+    assert.equal(emu.storedFile(both)?.size, 2000, "Drive's version stays");
+    assert.notEqual(emu.storedFile(both)?.md5Checksum, md5(Buffer.from('local both')));
+    const copy = liveChildren(emu, root).find((f) => /^both \(conflict .+ \d{4}-\d\d-\d\d \d{6}\)\.txt$/.test(f.name));
+    assert.ok(copy, liveChildren(emu, root).map((f) => f.name).join(', '));
+    assert.equal(copy.md5Checksum, md5(Buffer.from('local both')));
+    // Trashed on Drive: the local version is uploaded anew, the trashed file left alone.
+    assert.equal(emu.storedFile(gone)?.trashed, true);
+    assert.equal(emu.storedFile(gone)?.size, 10);
+    assert.equal(onDrive(emu, root, 'gone.txt').md5Checksum, md5(Buffer.from('local gone')));
+    assert.equal(callsBetween(before, emu.calls())['files.update'] ?? 0, 0, 'nothing overwritten');
+    // The mount shows both, Drive's under the name.
+    assert.equal((await readFile(join(mnt, 'both.txt'))).length, 2000);
+    assert.equal(await readFile(join(mnt, copy.name), 'utf8'), 'local both');
+    assert.equal(await readFile(join(mnt, 'gone.txt'), 'utf8'), 'local gone');
+    assert.match(logTail(state), /conflict: \W{1,2}both\.txt/);
+    // An unchanged file is still updated in place (one files.get before it).
+    const kept = onDrive(emu, root, 'gone.txt').id;
+    const beforeUpdate = emu.calls();
+    await writeFile(join(mnt, 'gone.txt'), 'again');
+    await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+    assert.equal(emu.storedFile(kept)?.md5Checksum, md5(Buffer.from('again')));
+    assert.deepEqual(callsBetween(beforeUpdate, emu.calls()), { 'files.get': 1, 'files.update': 1 });
+    await pogfsAsyncOk(['umount', mnt], 60_000);
+  });
+
   it('a conflict keeps both versions; local work in a folder deleted on Drive goes to pogfs-recovered', { timeout: 60_000 }, async () => {
     const [box] = emu.seedItems([{ name: 'Box', mimeType: FOLDER_MIME }]);
     const [shared, moving] = emu.seedItems([

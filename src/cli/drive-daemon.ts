@@ -210,6 +210,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
       metrics,
     );
     ops.attach(session);
+    if (writing) writing.uploader.onInvalidate = (inval) => void ops.invalidate(inval).catch((err: unknown) => log.error('invalidating after a change found on Drive', err));
     lateCatchUp?.then((inval) => ops.invalidate(inval)).catch((err: unknown) => log.error('catch-up poll failed', err));
     const record: DaemonRecord = {
       pid: process.pid,

@@ -172,6 +172,11 @@ export class DriveClient {
     return this.call('files.get', async (o) => toDriveFile((await this.api.files.get({ fileId, fields: FILE_FIELDS, supportsAllDrives: true }, o)).data));
   }
 
+  /** One item's metadata, the fields asked for (the writable Drive view reads a file's head revision before replacing its content). */
+  async getItem(fileId: string, fields: string): Promise<drive_v3.Schema$File> {
+    return this.call('files.get', async (o) => (await this.api.files.get({ fileId, fields, supportsAllDrives: true }, o)).data);
+  }
+
   /** Every file matching `q`, all pages. */
   async listFiles(q: string): Promise<DriveFile[]> {
     const out: DriveFile[] = [];
