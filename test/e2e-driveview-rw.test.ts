@@ -326,6 +326,29 @@ describe('drive view --rw', () => {
     await pogfsAsyncOk(['umount', mnt], 60_000);
   });
 
+  it('new content on Drive during the upload itself: the local version replaces it (Drive has no conditional update) and the log says so', { timeout: 60_000 }, async () => {
+    const [racing] = emu.seedItems([{ name: 'racing.bin', size: 10, contentSeed: 10 }]);
+    await mountRw(mnt, state, flags);
+    const data = randomBytes(6 * MiB);
+    emu.setFaults({ bandwidthBytesPerSec: MiB });
+    try {
+      emu.resetStats();
+      await writeFile(join(mnt, 'racing.bin'), data);
+      for (const deadline = Date.now() + 20_000; Date.now() < deadline && emu.stats().bytesReceived < MiB; ) await sleep(20);
+      assert.ok(emu.stats().bytesReceived >= MiB, 'the upload did not start');
+      emu.changeItem(racing, { contentSeed: 99, size: 3000 });
+      const changed = emu.storedFile(racing)!.headRevisionId!;
+      await pogfsAsyncOk(['drive', 'refresh', mnt]);
+      assert.ok(emu.stats().bytesReceived < data.length, 'the upload ended before the feed showed the change');
+      await pogfsAsyncOk(['drive', 'sync', mnt], 50_000);
+      assert.equal(emu.storedFile(racing)?.md5Checksum, md5(data));
+      assert.ok(logTail(state).includes(`got new content on Drive (revision ${changed}) while the local version was uploading`), logTail(state));
+    } finally {
+      emu.setFaults({ bandwidthBytesPerSec: 0 });
+    }
+    await pogfsAsyncOk(['umount', mnt], 60_000);
+  });
+
   it('a conflict keeps both versions; local work in a folder deleted on Drive goes to pogfs-recovered', { timeout: 60_000 }, async () => {
     const [box] = emu.seedItems([{ name: 'Box', mimeType: FOLDER_MIME }]);
     const [shared, moving] = emu.seedItems([

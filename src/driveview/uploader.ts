@@ -349,6 +349,7 @@ export class Uploader {
       if (drive !== false) {
         this.log.info(`${this.describe(op)} has ${drive ? 'new content' : 'been deleted'} on Drive since the version changed here: not overwritten`);
         this.writeBack.requeue(op.item);
+        this.writeBack.revisionsSeenInFlight(op.item); // decided here, not to be warned about later
         this.changedOnDrive.set(op.seq, drive);
         return;
       }
@@ -356,6 +357,13 @@ export class Uploader {
     const f = isNew
       ? await this.createOnce(op, { name: op.name, mimeType: 'application/octet-stream', parents: [op.parent!], modifiedTime }, { source, md5 })
       : await this.client.updateItem(op.item, { modifiedTime }, source, ITEM_FIELDS);
+    if (!isNew) {
+      // Drive has no conditional update: new content put there during the upload itself is under ours now.
+      const others = [...this.writeBack.revisionsSeenInFlight(op.item)].filter((rev) => rev !== f.headRevisionId);
+      if (others.length > 0) {
+        this.log.warn(`${this.describe(op)} got new content on Drive (revision ${others.join(', ')}) while the local version was uploading: the local version replaced it; Drive keeps it in the file's revisions`);
+      }
+    }
     if (f.md5Checksum !== md5) throw new Error(`Drive holds md5 ${f.md5Checksum ?? 'none'} after the upload, the bytes sent have ${md5} (changed while uploading?)`);
     // The bytes become cached chunks before the staged copy may go (reads never miss both).
     await this.cacheContent(md5, source);
