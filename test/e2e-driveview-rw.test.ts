@@ -349,6 +349,26 @@ describe('drive view --rw', () => {
     await pogfsAsyncOk(['umount', mnt], 60_000);
   });
 
+  it('a small create or update answered with a 500 is sent again whole by the client (no second uploader attempt)', { timeout: 60_000 }, async () => {
+    const [existing] = emu.seedItems([{ name: 'retried-update.txt', size: 10, contentSeed: 11 }]);
+    await mountRw(mnt, state, flags, ['--upload-delay', '60']);
+    await writeFile(join(mnt, 'retried-create.txt'), 'created after a 500');
+    await writeFile(join(mnt, 'retried-update.txt'), 'updated after a 500');
+    emu.injectFault({ method: 'files.create', fault: 500 });
+    emu.injectFault({ method: 'files.update', fault: 500 });
+    try {
+      const before = emu.calls();
+      await pogfsAsyncOk(['drive', 'sync', mnt], 30_000);
+      // The create's retry is guarded by one listing (did the failed one make it after all?).
+      assert.deepEqual(callsBetween(before, emu.calls()), { 'files.create': 2, 'files.list': 1, 'files.get': 1, 'files.update': 2 });
+      assert.equal(onDrive(emu, root, 'retried-create.txt').md5Checksum, md5(Buffer.from('created after a 500')));
+      assert.equal(emu.storedFile(existing)?.md5Checksum, md5(Buffer.from('updated after a 500')));
+      assert.doesNotMatch(logTail(state), /after EOF/);
+    } finally {
+      await releaseView(mnt, state);
+    }
+  });
+
   it('a conflict keeps both versions; local work in a folder deleted on Drive goes to pogfs-recovered', { timeout: 60_000 }, async () => {
     const [box] = emu.seedItems([{ name: 'Box', mimeType: FOLDER_MIME }]);
     const [shared, moving] = emu.seedItems([

@@ -255,6 +255,8 @@ export class Uploader {
           } catch (err) {
             this.log.error(`applying what Drive has of ${this.describe(op)}`, err);
           }
+          // Not set aside after all: retried with backoff, not in a loop of reads.
+          if (this.journal.pendingFor(item).some((o) => o.seq === op.seq)) this.failed(op, new Error('Drive has other content than the version changed here, and the local version could not be set aside'));
         }
         this.kick();
         this.wake();

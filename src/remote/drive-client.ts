@@ -294,8 +294,9 @@ export class DriveClient {
     const mimeType = metadata.mimeType ?? 'application/octet-stream';
     if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
       const whole = data?.read(0, data.size);
-      const media = whole === undefined ? {} : { media: { mimeType, body: Readable.from([whole]) } };
-      const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media, fields, supportsAllDrives: true }, o)).data), findExisting);
+      // A stream per attempt: a retry must not get the one the failed attempt consumed.
+      const media = () => (whole === undefined ? {} : { media: { mimeType, body: Readable.from([whole]) } });
+      const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media(), fields, supportsAllDrives: true }, o)).data), findExisting);
       if (whole) this.add('bytes.up', whole.length);
       return file;
     }
@@ -310,8 +311,9 @@ export class DriveClient {
     };
     if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
       const whole = data?.read(0, data.size);
-      const media = whole === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([whole]) } };
-      const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media, fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
+      // A stream per attempt: a retry must not get the one the failed attempt consumed.
+      const media = () => (whole === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([whole]) } });
+      const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media(), fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
       if (whole) this.add('bytes.up', whole.length);
       return file;
     }
