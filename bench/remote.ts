@@ -174,8 +174,8 @@ function logTail(path: string, lines = 30): string {
 
 const RAW_BYTES = 64 * MiB;
 
-/** Uploads and downloads a 64 MiB object with fetch (no pogfs): the emulator's ceiling on this machine. */
-async function rawClient(emu: EmulatorProcess, token: string): Promise<RawClient> {
+/** Uploads and downloads a 64 MiB object with fetch (no pogfs): the emulator's ceiling on this machine (bench/driveview-rw.ts reuses it). */
+export async function rawClient(emu: EmulatorProcess, token: string): Promise<RawClient> {
   const data = randomBytes(RAW_BYTES);
   const auth = { authorization: `Bearer ${token}` };
   const signal = () => AbortSignal.timeout(120_000);

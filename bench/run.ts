@@ -19,7 +19,11 @@
  * emulator: upload rate, cold read after a restore, calls per GiB (bench/remote.ts);
  * POGFS_BENCH_REMOTE=0 skips it, POGFS_BENCH_REMOTE_MIB sizes it. Then the Drive view
  * (`pogfs drive mount`): calls per 10,000 items, streaming, first byte and random reads,
- * each beside a naive strategy (bench/driveview.ts); POGFS_BENCH_DRIVEVIEW=0 skips it.
+ * each beside a naive strategy (bench/driveview.ts); POGFS_BENCH_DRIVEVIEW=0 skips it. Then
+ * the writable Drive view (`drive mount --rw`): upload rate as a share of the link, calls
+ * per file and per GiB, close to "on Drive", the same under faults, and a kill -9 mid-upload
+ * (bench/driveview-rw.ts); POGFS_BENCH_DRIVEVIEW_RW=0 skips it, POGFS_BENCH_DRIVEVIEW_RW_*
+ * size it.
  * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
  * POGFS_BENCH_CORPUS (directories separated by ':') replaces the small-file corpus,
  * POGFS_BENCH_VOLUME=0 skips the volume table, POGFS_BENCH_FSCK_FILES sizes the fsck
@@ -34,6 +38,7 @@ import { benchCompression, printCompression } from './compression';
 import { makeCorpusTarball, type Corpus } from './corpus';
 import { benchFsck, printFsck } from './fsck';
 import { benchDriveView, printDriveView } from './driveview';
+import { benchDriveViewRw, printDriveViewRw } from './driveview-rw';
 import { benchRemote, printRemote } from './remote';
 import { dropCaches, seconds, sh } from './shell';
 
@@ -213,7 +218,9 @@ async function main(): Promise<void> {
     if (remote) printRemote(remote);
     const driveView = process.env.POGFS_BENCH_DRIVEVIEW === '0' ? undefined : await benchDriveView(work);
     if (driveView) printDriveView(driveView);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, fsck, compression, codecThreads, remote, driveView }, null, 2));
+    const driveViewRw = process.env.POGFS_BENCH_DRIVEVIEW_RW === '0' ? undefined : await benchDriveViewRw(work, POGFS);
+    if (driveViewRw) printDriveViewRw(driveViewRw);
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, fsck, compression, codecThreads, remote, driveView, driveViewRw }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);

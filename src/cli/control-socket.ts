@@ -22,6 +22,8 @@ export interface ControlRequest {
   repackBelow?: number;
   /** gc: also rewrite super-chunks stored with another codec than the volume's current one. */
   recompress?: boolean;
+  /** leave-pending: false takes an earlier request back (the unmount it was for did not go ahead). */
+  leave?: boolean;
   /** Send `{"progress": ProgressEvent}` lines while working (a terminal shows them). */
   progress?: boolean;
 }

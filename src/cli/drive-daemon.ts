@@ -210,6 +210,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
       metrics,
     );
     ops.attach(session);
+    if (writing) writing.uploader.onInvalidate = (inval) => void ops.invalidate(inval).catch((err: unknown) => log.error('invalidating after a change found on Drive', err));
     lateCatchUp?.then((inval) => ops.invalidate(inval)).catch((err: unknown) => log.error('catch-up poll failed', err));
     const record: DaemonRecord = {
       pid: process.pid,
@@ -260,7 +261,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
         if (req.op === 'refresh') return refresh();
         if (req.op === 'sync' && writing) return { ...(await writing.uploader.whenDone()), uploads: writing.uploader.status() };
         if (req.op === 'leave-pending' && writing) {
-          leavePending = true;
+          leavePending = req.leave !== false;
           return writing.uploader.status();
         }
         throw new Error(`a Drive view does not do ${JSON.stringify(req.op)}`);

@@ -19,13 +19,17 @@ export async function umount(mountpoint: string, options: { wait: boolean } = { 
     console.error(`pogfs: ${target} had no running daemon; the stale mount was removed`);
     return;
   }
-  if (!options.wait && existsSync(join(m.source, STATE_FILES.view))) {
-    // A writable Drive view would upload what is pending before exiting: told to leave it staged.
-    const left = await callControl<{ pendingOps: number } | undefined>(m.source, { op: 'leave-pending' }).catch(() => undefined);
-    if (left && left.pendingOps > 0) console.error(`pogfs: ${left.pendingOps} pending Drive operations stay staged in ${m.source}; the next mount uploads them`);
-  }
+  // A writable Drive view would upload what is pending before exiting: told to leave it staged.
+  // Told before the unmount (once the kernel lets go the daemon starts uploading), and taken
+  // back if the unmount does not go ahead, so a later plain umount waits again.
+  const leaving = !options.wait && existsSync(join(m.source, STATE_FILES.view));
+  const left = leaving ? await callControl<{ pendingOps: number } | undefined>(m.source, { op: 'leave-pending', leave: true }).catch(() => undefined) : undefined;
   const err = fuseUnmount(target);
-  if (err) throw new UsageError(`cannot unmount ${target}: ${err}`, 1);
+  if (err) {
+    if (leaving) await callControl(m.source, { op: 'leave-pending', leave: false }).catch(() => undefined);
+    throw new UsageError(`cannot unmount ${target}: ${err}`, 1);
+  }
+  if (left && left.pendingOps > 0) console.error(`pogfs: ${left.pendingOps} pending Drive operations stay staged in ${m.source}; the next mount uploads them`);
   // The daemon commits everything once the kernel lets go, then exits. Asked through
   // liveDaemon, not kill(pid, 0): an exited daemon nobody reaps stays a zombie, which
   // kill() still finds.

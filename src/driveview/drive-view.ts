@@ -111,7 +111,9 @@ export class DriveView {
     const journal = new JournalDb(this.mirror.db);
     const area = new StagingArea(join(this.options.stateDir, STATE_FILES.staging), settings.stagingLimitBytes);
     const writeBack = new WriteBack(this, this.mirror, journal, area, this.options.log);
-    const uploader = new Uploader(this.client, this.mirror, journal, writeBack, this.cache, { ...settings, chunkSize: this.reader.chunkSize }, this.options.log);
+    const uploader = new Uploader(this.client, this.mirror, journal, writeBack, this.cache, { ...settings, chunkSize: this.reader.chunkSize }, this.options.log, (id, file) =>
+      this.sync.applyItem(id, file),
+    );
     this.sync.local = writeBack;
     uploader.kick();
     return { writeBack, uploader };

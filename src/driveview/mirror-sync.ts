@@ -185,6 +185,20 @@ export class MirrorSync {
     }
   }
 
+  /**
+   * One item as Drive has it now (undefined: gone), read outside the feed, applied like a
+   * change from the feed (a writable view's say included); returns what the kernel must forget.
+   */
+  applyItem(id: string, file: drive_v3.Schema$File | undefined): Invalidation {
+    const inval: Invalidation = { entries: [], inodes: [] };
+    this.mirror.transaction(() => {
+      const dirty = new Set<number>();
+      this.applyChange({ fileId: id, file, removed: file === undefined }, dirty, inval);
+      this.mirror.rename(dirty, inval);
+    });
+    return inval;
+  }
+
   private applyChange(c: drive_v3.Schema$Change, dirty: Set<number>, inval: Invalidation): number {
     if (c.changeType === 'drive') return 0;
     const id = c.fileId ?? c.file?.id;

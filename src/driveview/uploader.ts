@@ -17,7 +17,7 @@ import type { DriveClient, UploadSource } from '../remote/drive-client';
 import { RemoteError } from '../remote/remote';
 import { contentKey, type DiskChunkCache } from './chunk-cache';
 import type { JournalDb, PendingOp } from './journal-db';
-import { FOLDER_MIME, LOCAL_ID_PREFIX, type MirrorDb } from './mirror-db';
+import { FOLDER_MIME, LOCAL_ID_PREFIX, type Invalidation, type MirrorDb } from './mirror-db';
 import { ITEM_FIELDS } from './mirror-sync';
 import type { UploadSnapshot, WriteBack } from './write-back';
 
@@ -80,6 +80,10 @@ export class Uploader {
   private hurry = false;
   private uploadedFiles = 0;
   private uploadedBytes = 0;
+  /** Uploads not sent because Drive has other new content (or lost the file): what Drive has, by operation. */
+  private readonly changedOnDrive = new Map<number, drive_v3.Schema$File | undefined>();
+  /** What the kernel must forget after a change the uploader found on Drive (the daemon hands it to the mount). */
+  onInvalidate: (inval: Invalidation) => void = () => undefined;
 
   constructor(
     private readonly client: DriveClient,
@@ -89,6 +93,8 @@ export class Uploader {
     private readonly cache: DiskChunkCache,
     private readonly settings: UploaderSettings,
     private readonly log: UploaderLog,
+    /** Applies an item as Drive has it now, like a change from the feed (conflicts decided as there). */
+    private readonly applyDriveItem: (id: string, file: drive_v3.Schema$File | undefined) => Invalidation,
   ) {
     writeBack.onChange = () => this.kick();
     writeBack.inFlight = (item) => this.runningItems.has(item);
@@ -240,6 +246,18 @@ export class Uploader {
       .finally(() => {
         this.running.delete(op.seq);
         this.release(item);
+        if (this.changedOnDrive.has(op.seq)) {
+          // No longer in flight: the feed's rule sets the local version aside as a conflict copy.
+          const file = this.changedOnDrive.get(op.seq);
+          this.changedOnDrive.delete(op.seq);
+          try {
+            this.onInvalidate(this.applyDriveItem(item, file));
+          } catch (err) {
+            this.log.error(`applying what Drive has of ${this.describe(op)}`, err);
+          }
+          // Not set aside after all: retried with backoff, not in a loop of reads.
+          if (this.journal.pendingFor(item).some((o) => o.seq === op.seq)) this.failed(op, new Error('Drive has other content than the version changed here, and the local version could not be set aside'));
+        }
         this.kick();
         this.wake();
       });
@@ -328,9 +346,26 @@ export class Uploader {
     const { md5, source } = taken;
     const modifiedTime = iso(taken.modifiedMs);
     const isNew = op.item.startsWith(LOCAL_ID_PREFIX);
+    if (!isNew) {
+      const drive = await this.changedSinceBase(op.item);
+      if (drive !== false) {
+        this.log.info(`${this.describe(op)} has ${drive ? 'new content' : 'been deleted'} on Drive since the version changed here: not overwritten`);
+        this.writeBack.requeue(op.item);
+        this.writeBack.revisionsSeenInFlight(op.item); // decided here, not to be warned about later
+        this.changedOnDrive.set(op.seq, drive);
+        return;
+      }
+    }
     const f = isNew
       ? await this.createOnce(op, { name: op.name, mimeType: 'application/octet-stream', parents: [op.parent!], modifiedTime }, { source, md5 })
       : await this.client.updateItem(op.item, { modifiedTime }, source, ITEM_FIELDS);
+    if (!isNew) {
+      // Drive has no conditional update: new content put there during the upload itself is under ours now.
+      const others = [...this.writeBack.revisionsSeenInFlight(op.item)].filter((rev) => rev !== f.headRevisionId);
+      if (others.length > 0) {
+        this.log.warn(`${this.describe(op)} got new content on Drive (revision ${others.join(', ')}) while the local version was uploading: the local version replaced it; Drive keeps it in the file's revisions`);
+      }
+    }
     if (f.md5Checksum !== md5) throw new Error(`Drive holds md5 ${f.md5Checksum ?? 'none'} after the upload, the bytes sent have ${md5} (changed while uploading?)`);
     // The bytes become cached chunks before the staged copy may go (reads never miss both).
     await this.cacheContent(md5, source);
@@ -351,6 +386,26 @@ export class Uploader {
     this.uploadedBytes += source.size;
     this.recent.push({ at: Date.now(), bytes: source.size });
     this.log.info(`uploaded ${this.describe({ ...op, item: id })}: ${source.size} bytes, md5 ${md5}`);
+  }
+
+  /**
+   * Drive has no conditional update: new content put there since the version a local change
+   * was made on would be overwritten (kept only in Drive's revisions), and the changes feed may
+   * not have shown it yet. So the head revision is read just before sending (the window left is
+   * the upload itself). Answers false when Drive still has that version, else what Drive has
+   * now (undefined: deleted or in the trash).
+   */
+  private async changedSinceBase(id: string): Promise<drive_v3.Schema$File | undefined | false> {
+    const base = this.mirror.item(id)?.headRev;
+    let now: drive_v3.Schema$File;
+    try {
+      now = await this.client.getItem(id, ITEM_FIELDS);
+    } catch (err) {
+      if (err instanceof RemoteError && err.code === 'not-found') return undefined;
+      throw err;
+    }
+    if (now.trashed) return undefined;
+    return base !== undefined && now.headRevisionId && now.headRevisionId !== base ? now : false;
   }
 
   /** A create, unless an earlier attempt (before a crash, or one whose answer was lost) already made it. */

@@ -79,6 +79,8 @@ export class WriteBack implements LocalChanges {
   onChange: () => void = () => undefined;
   /** Whether the uploader is working on an item now (its journal entries are not to be dropped). */
   inFlight: (item: string) => boolean = () => false;
+  /** Head revisions the feed showed of items while they were uploading (see revisionsSeenInFlight). */
+  private readonly seenInFlight = new Map<string, Set<string>>();
 
   constructor(
     private readonly view: DriveView,
@@ -170,6 +172,13 @@ export class WriteBack implements LocalChanges {
     if (s.users === 0) this.area.remove(s.file);
     else s.orphan = true;
     return true;
+  }
+
+  /** The head revisions the feed showed of `id` while it was uploading, forgotten once asked. */
+  revisionsSeenInFlight(id: string): Set<string> {
+    const seen = this.seenInFlight.get(id) ?? new Set<string>();
+    this.seenInFlight.delete(id);
+    return seen;
   }
 
   /** Drive gave an item made here its id. */
@@ -390,8 +399,15 @@ export class WriteBack implements LocalChanges {
       }
       return true;
     };
-    // An upload of it is under way: the change may be that upload coming back.
-    if (this.inFlight(id)) return place();
+    // An upload of it is under way: the change may be that upload coming back (the uploader
+    // compares what was seen with the revision it made once the upload ends).
+    if (this.inFlight(id)) {
+      if (drive?.headRev && drive.headRev !== row.headRev) {
+        const seen = this.seenInFlight.get(id) ?? new Set<string>();
+        this.seenInFlight.set(id, seen.add(drive.headRev));
+      }
+      return place();
+    }
     if (!s || !ops.some((o) => o.kind === 'upload')) return place();
     if (!drive) {
       this.log.warn(`"${row.name}" (${id}) was deleted on Drive while changed here: the local version is uploaded anew`);

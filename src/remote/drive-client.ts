@@ -172,6 +172,11 @@ export class DriveClient {
     return this.call('files.get', async (o) => toDriveFile((await this.api.files.get({ fileId, fields: FILE_FIELDS, supportsAllDrives: true }, o)).data));
   }
 
+  /** One item's metadata, the fields asked for (the writable Drive view reads a file's head revision before replacing its content). */
+  async getItem(fileId: string, fields: string): Promise<drive_v3.Schema$File> {
+    return this.call('files.get', async (o) => (await this.api.files.get({ fileId, fields, supportsAllDrives: true }, o)).data);
+  }
+
   /** Every file matching `q`, all pages. */
   async listFiles(q: string): Promise<DriveFile[]> {
     const out: DriveFile[] = [];
@@ -289,8 +294,9 @@ export class DriveClient {
     const mimeType = metadata.mimeType ?? 'application/octet-stream';
     if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
       const whole = data?.read(0, data.size);
-      const media = whole === undefined ? {} : { media: { mimeType, body: Readable.from([whole]) } };
-      const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media, fields, supportsAllDrives: true }, o)).data), findExisting);
+      // A stream per attempt: a retry must not get the one the failed attempt consumed.
+      const media = () => (whole === undefined ? {} : { media: { mimeType, body: Readable.from([whole]) } });
+      const file = await this.call('files.create', async (o) => checked((await this.api.files.create({ requestBody: metadata, ...media(), fields, supportsAllDrives: true }, o)).data), findExisting);
       if (whole) this.add('bytes.up', whole.length);
       return file;
     }
@@ -305,8 +311,9 @@ export class DriveClient {
     };
     if (data === undefined || data.size <= this.settings.multipartMaxBytes) {
       const whole = data?.read(0, data.size);
-      const media = whole === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([whole]) } };
-      const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media, fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
+      // A stream per attempt: a retry must not get the one the failed attempt consumed.
+      const media = () => (whole === undefined ? {} : { media: { mimeType: 'application/octet-stream', body: Readable.from([whole]) } });
+      const file = await this.call('files.update', async (o) => checked((await this.api.files.update({ fileId, requestBody: metadata, ...media(), fields, supportsAllDrives: true, ...(move ?? {}) }, o)).data));
       if (whole) this.add('bytes.up', whole.length);
       return file;
     }
