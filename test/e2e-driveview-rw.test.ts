@@ -448,4 +448,61 @@ describe('drive view --rw', () => {
     emu.setStorageQuota(undefined);
     await releaseView(mnt, state);
   });
+
+  /** Writes `data` as `name` at the root and kills the daemon once Drive has half of it; answers the bytes Drive had then. */
+  async function killHalfWay(resumeState: string, name: string, data: Buffer): Promise<number> {
+    emu.setFaults({ bandwidthBytesPerSec: 8 * MiB, latencyMs: 5, errorRate: 0, resetRate: 0 });
+    emu.resetStats();
+    await writeFile(join(mnt, name), data);
+    for (const deadline = Date.now() + 30_000; emu.stats().bytesReceived < data.length / 2; await sleep(20)) {
+      assert.ok(Date.now() < deadline, `the upload never got half way (${emu.stats().bytesReceived} bytes)`);
+    }
+    process.kill(liveDaemon(resumeState)!.pid, 'SIGKILL');
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline && liveDaemon(resumeState); ) await sleep(20);
+    spawnSync('fusermount3', ['-u', '-z', mnt]);
+    assert.ok(!isMounted(mnt));
+    const received = emu.stats().bytesReceived;
+    assert.ok(received < data.length, 'killed after the upload ended');
+    emu.setFaults({ bandwidthBytesPerSec: 0, latencyMs: 0 });
+    emu.resetStats();
+    return received;
+  }
+
+  it('an upload cut off by kill -9 resumes its session after the remount: only the rest is sent', { timeout: 90_000 }, async () => {
+    const resumeState = join(dir, 'resume-state');
+    const data = randomBytes(24 * MiB + 777);
+    try {
+      await mountRw(mnt, resumeState, flags);
+      const before = await killHalfWay(resumeState, 'resumed.bin', data);
+      await mountRw(mnt, resumeState, flags);
+      await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+      const resent = emu.stats().bytesReceived;
+      process.stderr.write(`# kill -9 with ${before} of ${data.length} bytes sent: ${resent} sent again (${(resent / data.length).toFixed(2)} of the file)\n`);
+      // Without the kept session the whole file goes again (1.00); with it, what Drive did not keep.
+      assert.ok(resent < data.length * 0.7, `${resent} of ${data.length} bytes sent again`);
+      assert.equal(onDrive(emu, root, 'resumed.bin').md5Checksum, md5(data));
+      assert.equal(md5(await readFile(join(mnt, 'resumed.bin'))), md5(data));
+    } finally {
+      await releaseView(mnt, resumeState);
+    }
+  });
+
+  it('a file changed after its upload was cut off gets a new session: never the old session with other bytes', { timeout: 90_000 }, async () => {
+    const resumeState = join(dir, 'resume-changed-state');
+    const first = randomBytes(24 * MiB);
+    const second = randomBytes(24 * MiB);
+    try {
+      await mountRw(mnt, resumeState, flags);
+      await killHalfWay(resumeState, 'changed.bin', first);
+      await mountRw(mnt, resumeState, flags, ['--upload-delay', '60']);
+      // Same size, other bytes: only the md5 tells them apart.
+      await writeFile(join(mnt, 'changed.bin'), second);
+      await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+      assert.equal(onDrive(emu, root, 'changed.bin').md5Checksum, md5(second));
+      assert.ok(emu.stats().bytesReceived >= second.length, 'sent whole');
+      assert.match(logTail(resumeState), /changed since its upload was cut off/);
+    } finally {
+      await releaseView(mnt, resumeState);
+    }
+  });
 });

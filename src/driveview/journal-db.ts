@@ -2,7 +2,8 @@
  * The writable view's journal, in the mirror database (one SQLite file, one connection, so
  * a local change and its journal entry commit together): the operations still to do on
  * Drive in the order they were made, the staged files (written here, content not yet on
- * Drive), and the modes and owners kept locally (Drive has none).
+ * Drive), the resumable upload sessions opened for pending uploads (so one cut off by a
+ * crash goes on where it stopped), and the modes and owners kept locally (Drive has none).
  *
  * All of this module's SQL is here; the mirror's own tables are in mirror-db.ts.
  */
@@ -36,6 +37,13 @@ export interface StagedRow {
   file: string;
 }
 
+/** A resumable session opened for an upload, and the exact bytes it is for (it resumes only for those). */
+export interface UploadSessionRow {
+  uri: string;
+  size: number;
+  md5: string;
+}
+
 export interface LocalAttrs {
   mode: number | undefined;
   uid: number | undefined;
@@ -56,6 +64,7 @@ CREATE TABLE IF NOT EXISTS pending_ops (
 );
 CREATE INDEX IF NOT EXISTS pending_ops_item ON pending_ops(item);
 CREATE TABLE IF NOT EXISTS staged (item TEXT PRIMARY KEY, file TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS upload_sessions (seq INTEGER PRIMARY KEY, uri TEXT NOT NULL, size INTEGER NOT NULL, md5 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS local_attrs (item TEXT PRIMARY KEY, mode INTEGER, uid INTEGER, gid INTEGER);
 `;
 
@@ -105,6 +114,10 @@ export class JournalDb {
     stage: Database.Statement<[string, string]>;
     unstage: Database.Statement<[string]>;
     attrs: Database.Statement<[string], { mode: number | null; uid: number | null; gid: number | null }>;
+    session: Database.Statement<[number], UploadSessionRow>;
+    setSession: Database.Statement<[number, string, number, string]>;
+    dropSession: Database.Statement<[number]>;
+    dropOrphanSessions: Database.Statement<[]>;
   };
 
   constructor(private readonly db: Database.Database) {
@@ -122,7 +135,13 @@ export class JournalDb {
       stage: db.prepare('INSERT INTO staged (item, file) VALUES (?, ?) ON CONFLICT(item) DO UPDATE SET file = excluded.file'),
       unstage: db.prepare('DELETE FROM staged WHERE item = ?'),
       attrs: db.prepare('SELECT mode, uid, gid FROM local_attrs WHERE item = ?'),
+      session: db.prepare('SELECT uri, size, md5 FROM upload_sessions WHERE seq = ?'),
+      setSession: db.prepare('INSERT INTO upload_sessions (seq, uri, size, md5) VALUES (?, ?, ?, ?) ON CONFLICT(seq) DO UPDATE SET uri = excluded.uri, size = excluded.size, md5 = excluded.md5'),
+      dropSession: db.prepare('DELETE FROM upload_sessions WHERE seq = ?'),
+      dropOrphanSessions: db.prepare('DELETE FROM upload_sessions WHERE seq NOT IN (SELECT seq FROM pending_ops)'),
     };
+    // Sessions of operations a crash finished without their own removal.
+    this.st.dropOrphanSessions.run();
   }
 
   // ---- pending operations ----------------------------------------------------------------
@@ -151,16 +170,19 @@ export class JournalDb {
 
   done(seq: number): void {
     this.st.remove.run(seq);
+    this.st.dropSession.run(seq);
   }
 
   /** Forgets every operation on an item (one made here and deleted before it reached Drive). */
   dropItem(item: string): void {
     this.st.removeItem.run(item);
+    this.st.dropOrphanSessions.run();
   }
 
   /** Forgets an item's pending uploads (its local version became another item). */
   dropUploads(item: string): void {
     this.db.prepare("DELETE FROM pending_ops WHERE item = ? AND kind = 'upload'").run(item);
+    this.st.dropOrphanSessions.run();
   }
 
   /**
@@ -194,6 +216,22 @@ export class JournalDb {
     this.db.prepare('UPDATE pending_ops SET old_parent = ? WHERE old_parent = ?').run(newId, oldId);
     this.db.prepare('UPDATE staged SET item = ? WHERE item = ?').run(newId, oldId);
     this.db.prepare('UPDATE local_attrs SET item = ? WHERE item = ?').run(newId, oldId);
+  }
+
+  // ---- resumable upload sessions ---------------------------------------------------------
+
+  /** The session an upload operation opened before (a restart), if any. */
+  uploadSession(seq: number): UploadSessionRow | undefined {
+    return this.st.session.get(seq);
+  }
+
+  /** Kept as soon as the session is opened: a crash after this resumes it. */
+  setUploadSession(seq: number, s: UploadSessionRow): void {
+    this.st.setSession.run(seq, s.uri, s.size, s.md5);
+  }
+
+  dropUploadSession(seq: number): void {
+    this.st.dropSession.run(seq);
   }
 
   // ---- staged files ----------------------------------------------------------------------

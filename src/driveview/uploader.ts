@@ -13,7 +13,7 @@
  * unless the file changed meanwhile.
  */
 import type { drive_v3 } from '@googleapis/drive';
-import type { DriveClient, UploadSource } from '../remote/drive-client';
+import type { DriveClient, UploadSessionStore, UploadSource } from '../remote/drive-client';
 import { RemoteError } from '../remote/remote';
 import { contentKey, type DiskChunkCache } from './chunk-cache';
 import type { JournalDb, PendingOp } from './journal-db';
@@ -356,9 +356,10 @@ export class Uploader {
         return;
       }
     }
+    const session = this.sessionFor(op, source.size, md5);
     const f = isNew
-      ? await this.createOnce(op, { name: op.name, mimeType: 'application/octet-stream', parents: [op.parent!], modifiedTime }, { source, md5 })
-      : await this.client.updateItem(op.item, { modifiedTime }, source, ITEM_FIELDS);
+      ? await this.createOnce(op, { name: op.name, mimeType: 'application/octet-stream', parents: [op.parent!], modifiedTime }, { source, md5, session })
+      : await this.client.updateItem(op.item, { modifiedTime }, source, ITEM_FIELDS, undefined, session);
     if (!isNew) {
       // Drive has no conditional update: new content put there during the upload itself is under ours now.
       const others = [...this.writeBack.revisionsSeenInFlight(op.item)].filter((rev) => rev !== f.headRevisionId);
@@ -389,6 +390,20 @@ export class Uploader {
   }
 
   /**
+   * The resumable session this upload keeps in the journal: one opened before a restart is
+   * offered back only for the same bytes (size and md5 of the staged file), never for others.
+   */
+  private sessionFor(op: PendingOp, size: number, md5: string): UploadSessionStore {
+    const kept = this.journal.uploadSession(op.seq);
+    const same = kept !== undefined && kept.size === size && kept.md5 === md5;
+    if (kept && !same) this.log.info(`${this.describe(op)} changed since its upload was cut off: a new upload session, not the old one`);
+    return {
+      uri: same ? kept.uri : undefined,
+      opened: (uri) => this.journal.setUploadSession(op.seq, { uri, size, md5 }),
+    };
+  }
+
+  /**
    * Drive has no conditional update: new content put there since the version a local change
    * was made on would be overwritten (kept only in Drive's revisions), and the changes feed may
    * not have shown it yet. So the head revision is read just before sending (the window left is
@@ -409,7 +424,7 @@ export class Uploader {
   }
 
   /** A create, unless an earlier attempt (before a crash, or one whose answer was lost) already made it. */
-  private async createOnce(op: PendingOp, metadata: drive_v3.Schema$File, data: { source: UploadSource; md5: string } | undefined): Promise<drive_v3.Schema$File> {
+  private async createOnce(op: PendingOp, metadata: drive_v3.Schema$File, data: { source: UploadSource; md5: string; session: UploadSessionStore } | undefined): Promise<drive_v3.Schema$File> {
     const find = () => this.findCreated(op);
     if (op.attempted) {
       const found = await find();
@@ -417,15 +432,22 @@ export class Uploader {
         this.log.info(`found ${this.describe(op)} already created on Drive (before a restart): not created again`);
         // Its content may be older than what is staged now: an upload must compare md5, which the caller does.
         if (data === undefined || found.md5Checksum === data.md5) return found;
-        return this.client.updateItem(found.id!, { modifiedTime: metadata.modifiedTime }, data.source, ITEM_FIELDS);
+        // A session kept for the create is not one for this update: a new one (kept in its place).
+        return this.client.updateItem(found.id!, { modifiedTime: metadata.modifiedTime }, data.source, ITEM_FIELDS, undefined, { uri: undefined, opened: data.session.opened });
       }
     }
     this.journal.markAttempted(op.seq);
-    return this.client.createItem({ ...metadata, appProperties: { [OP_PROPERTY]: op.opKey } }, data?.source, ITEM_FIELDS, async () => {
-      const found = await find();
-      // Found after a lost answer: an upload's content is checked by md5 like any other.
-      return found;
-    });
+    return this.client.createItem(
+      { ...metadata, appProperties: { [OP_PROPERTY]: op.opKey } },
+      data?.source,
+      ITEM_FIELDS,
+      async () => {
+        const found = await find();
+        // Found after a lost answer: an upload's content is checked by md5 like any other.
+        return found;
+      },
+      data?.session,
+    );
   }
 
   private async findCreated(op: PendingOp): Promise<drive_v3.Schema$File | undefined> {

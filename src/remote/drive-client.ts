@@ -48,6 +48,17 @@ export interface UploadSource {
   read(offset: number, length: number): Buffer;
 }
 
+/**
+ * A resumable upload's session kept by the caller (in its journal), so an upload cut off by
+ * a crash goes on from what Drive holds instead of starting over. `uri` is a session opened
+ * earlier for these very bytes (the caller checks that); `opened` hears of every new session
+ * before any byte is sent through it.
+ */
+export interface UploadSessionStore {
+  uri: string | undefined;
+  opened(uri: string): void;
+}
+
 export function bufferSource(data: Buffer): UploadSource {
   return { size: data.length, read: (offset, length) => data.subarray(offset, offset + length) };
 }
@@ -286,7 +297,13 @@ export class DriveClient {
    * `multipartMaxBytes`, resumable above). `findExisting` guards every retry that might
    * otherwise create a second one.
    */
-  async createItem(metadata: drive_v3.Schema$File, data: UploadSource | undefined, fields: string, findExisting?: () => Promise<drive_v3.Schema$File | undefined>): Promise<drive_v3.Schema$File> {
+  async createItem(
+    metadata: drive_v3.Schema$File,
+    data: UploadSource | undefined,
+    fields: string,
+    findExisting?: () => Promise<drive_v3.Schema$File | undefined>,
+    session?: UploadSessionStore,
+  ): Promise<drive_v3.Schema$File> {
     const checked = (f: drive_v3.Schema$File) => {
       if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
       return f;
@@ -300,11 +317,18 @@ export class DriveClient {
       if (whole) this.add('bytes.up', whole.length);
       return file;
     }
-    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, { ...metadata, mimeType }, data, findExisting, { fields, parse: checked });
+    return this.resumableUpload('POST', `${this.rootUrl}upload/drive/v3/files`, { ...metadata, mimeType }, data, findExisting, { fields, parse: checked }, session);
   }
 
   /** Changes an item's metadata (name, modifiedTime, trashed; a move with add/removeParents) and, with `data`, its content (same id). */
-  async updateItem(fileId: string, metadata: drive_v3.Schema$File, data: UploadSource | undefined, fields: string, move?: { addParents: string; removeParents: string }): Promise<drive_v3.Schema$File> {
+  async updateItem(
+    fileId: string,
+    metadata: drive_v3.Schema$File,
+    data: UploadSource | undefined,
+    fields: string,
+    move?: { addParents: string; removeParents: string },
+    session?: UploadSessionStore,
+  ): Promise<drive_v3.Schema$File> {
     const checked = (f: drive_v3.Schema$File) => {
       if (typeof f?.id !== 'string') throw new RemoteError('Drive answered without a file id', 'io');
       return f;
@@ -317,7 +341,7 @@ export class DriveClient {
       if (whole) this.add('bytes.up', whole.length);
       return file;
     }
-    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { ...metadata }, data, undefined, { fields, parse: checked, query: move });
+    return this.resumableUpload('PATCH', `${this.rootUrl}upload/drive/v3/files/${encodeURIComponent(fileId)}`, { ...metadata }, data, undefined, { fields, parse: checked, query: move }, session);
   }
 
   /** Deletes a file for good (not to the trash); false if it was not there. */
@@ -455,12 +479,16 @@ export class DriveClient {
     data: UploadSource,
     findExisting: (() => Promise<T | undefined>) | undefined,
     shape: { fields: string; parse: (f: drive_v3.Schema$File) => T; query?: Record<string, string> } = { fields: FILE_FIELDS, parse: toDriveFile as unknown as (f: drive_v3.Schema$File) => T },
+    store?: UploadSessionStore,
   ): Promise<T> {
     const mimeType = typeof metadata.mimeType === 'string' ? metadata.mimeType : 'application/octet-stream';
     const apiMethod = method === 'POST' ? 'files.create' : 'files.update';
+    // A session kept from before a restart is asked how far it got; gone (404/410), a new one.
+    let kept = store?.uri;
     // A session can expire or be forgotten by the server; a few fresh starts, then give up.
     for (let session = 1; ; session++) {
-      const started = await this.call(apiMethod, async (o) => {
+      const resumed = kept !== undefined;
+      const started = kept ?? await this.call(apiMethod, async (o) => {
         const res = await this.auth.client.request({
           ...o,
           url,
@@ -474,10 +502,19 @@ export class DriveClient {
         if (!location) throw new RemoteError(`Drive ${apiMethod}: a resumable upload was started without a session URI`, 'io');
         return location as string | T;
       }, findExisting);
+      kept = undefined;
       if (typeof started !== 'string') return started;
+      if (resumed) this.count('upload.resume');
+      else store?.opened(started);
       try {
-        return shape.parse(await this.sendSession(started, data, mimeType));
+        return shape.parse(await this.sendSession(started, data, mimeType, resumed));
       } catch (e) {
+        if (e instanceof SessionGone && resumed) {
+          // Expired while the caller was away: not one of the fresh starts' failures.
+          this.count('upload.resume.expired');
+          session--;
+          continue;
+        }
         if (!(e instanceof SessionGone) || session >= 3) {
           if (e instanceof SessionGone) throw new RemoteError(`Drive upload: the upload session was lost ${session} times`, 'io');
           throw e;
@@ -489,11 +526,14 @@ export class DriveClient {
     }
   }
 
-  /** Sends `data` through a session, resuming from what the server holds after any failure. */
-  private async sendSession(sessionUri: string, data: UploadSource, mimeType: string): Promise<drive_v3.Schema$File> {
+  /**
+   * Sends `data` through a session, resuming from what the server holds after any failure;
+   * `resumed` (a session opened before a restart) starts by asking the server what it holds.
+   */
+  private async sendSession(sessionUri: string, data: UploadSource, mimeType: string, resumed = false): Promise<drive_v3.Schema$File> {
     const size = data.size;
     let offset = 0;
-    let probe = false;
+    let probe = resumed;
     let stalls = 0;
     let refreshed = false;
     // Bounded: a pass moves `offset` forward, spends one of `maxAttempts`, spends the one
