@@ -505,4 +505,42 @@ describe('drive view --rw', () => {
       await releaseView(mnt, resumeState);
     }
   });
+
+  it('new content on Drive for a file with only a rename and a time change pending: shown at once, the local name and time kept', { timeout: 90_000 }, async () => {
+    const feedState = join(dir, 'feed-state');
+    const [feed] = emu.seedItems([{ name: 'feed.bin', size: 1000, contentSeed: 31 }]);
+    try {
+      await mountRw(mnt, feedState, flags);
+      assert.equal(md5(await readFile(join(mnt, 'feed.bin'))), emu.storedFile(feed)?.md5Checksum);
+      // A full Drive stops the uploader: the rename and the time change stay pending.
+      emu.setStorageQuota(1);
+      await writeFile(join(mnt, 'stopper.bin'), randomBytes(100 * KiB));
+      for (const deadline = Date.now() + 20_000; !(await viewStatus(mnt)).uploads?.stopped; await sleep(50)) assert.ok(Date.now() < deadline, 'uploads never stopped');
+      await rename(join(mnt, 'feed.bin'), join(mnt, 'feed-renamed.bin'));
+      const localTime = new Date('2021-03-04T05:06:07Z');
+      await utimes(join(mnt, 'feed-renamed.bin'), localTime, localTime);
+      emu.changeItem(feed, { size: 5000, contentSeed: 32 });
+      const driveMd5 = emu.storedFile(feed)?.md5Checksum;
+      await pogfsAsyncOk(['drive', 'refresh', mnt]);
+      const st = await stat(join(mnt, 'feed-renamed.bin'));
+      assert.equal(st.size, 5000, "Drive's new size");
+      assert.equal(st.mtimeMs, localTime.getTime(), 'the pending local time');
+      assert.equal(md5(await readFile(join(mnt, 'feed-renamed.bin'))), driveMd5, "Drive's new bytes, not the old pages");
+      assert.ok(!(await readdir(mnt)).includes('feed.bin'), 'the pending local name');
+      assert.equal((await viewStatus(mnt)).uploads?.pendingOps, 3);
+      // Room again; a stopped uploader goes on with the next mount.
+      emu.setStorageQuota(undefined);
+      await pogfsAsyncOk(['umount', '--no-wait', mnt], 60_000);
+      await mountRw(mnt, feedState, flags);
+      assert.equal((await stat(join(mnt, 'feed-renamed.bin'))).size, 5000);
+      await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+      const after = emu.storedFile(feed)!;
+      assert.equal(after.name, 'feed-renamed.bin');
+      assert.equal(after.md5Checksum, driveMd5);
+      assert.equal(Date.parse(after.modifiedTime), localTime.getTime());
+    } finally {
+      emu.setStorageQuota(undefined);
+      await releaseView(mnt, feedState);
+    }
+  });
 });

@@ -384,7 +384,9 @@ export class WriteBack implements LocalChanges {
    * Drive's is shown under the name. Trashed on Drive while changed here: the local version
    * is made anew. A folder deleted on Drive: what was made here inside it moves to
    * `pogfs-recovered`. Otherwise the local content stays, with Drive's name and folder
-   * unless a local rename or move is pending too (then the local one wins).
+   * unless a local rename or move is pending too (then the local one wins). An item with
+   * only a rename, move or time change pending has no local content: Drive's new content
+   * (size, md5, revision) is taken, under the pending local name, folder and time.
    */
   keep(id: string, drive: MirrorItem | undefined, inval: Invalidation): boolean {
     if (!drive) this.rescueFrom(id, inval);
@@ -399,6 +401,24 @@ export class WriteBack implements LocalChanges {
       }
       return true;
     };
+    if (!s && drive && !this.inFlight(id) && (drive.headRev !== row.headRev || drive.md5 !== row.md5 || drive.size !== row.size)) {
+      // Nothing staged here: the content is Drive's (the mirror's upsert makes the kernel forget the old pages).
+      const moved = ops.some((o) => o.kind === 'move');
+      const timed = ops.some((o) => o.kind === 'mtime');
+      this.mirror.putLocalItem(
+        {
+          ...row,
+          name: moved ? row.name : drive.name,
+          parent: moved ? row.parent : drive.parent,
+          size: drive.size,
+          md5: drive.md5,
+          headRev: drive.headRev,
+          modifiedMs: timed ? row.modifiedMs : drive.modifiedMs,
+        },
+        inval,
+      );
+      return true;
+    }
     // An upload of it is under way: the change may be that upload coming back (the uploader
     // compares what was seen with the revision it made once the upload ends).
     if (this.inFlight(id)) {
