@@ -506,6 +506,35 @@ describe('drive view --rw', () => {
     }
   });
 
+  it('kill -9 after Drive finished an update but before the daemon heard: the remount asks the kept session, sends nothing again, no conflict copy', { timeout: 90_000 }, async () => {
+    const ownState = join(dir, 'own-state');
+    const [own] = emu.seedItems([{ name: 'own.bin', size: 1000, contentSeed: 41 }]);
+    const data = randomBytes(24 * MiB);
+    const want = md5(data);
+    try {
+      await mountRw(mnt, ownState, flags);
+      const pid = liveDaemon(ownState)!.pid;
+      await writeFile(join(mnt, 'own.bin'), data);
+      // Killed as soon as Drive holds the bytes: the daemon has not committed the upload yet.
+      for (const deadline = Date.now() + 30_000; emu.storedFile(own)?.md5Checksum !== want; await new Promise((r) => setImmediate(r))) {
+        assert.ok(Date.now() < deadline, 'the update never reached Drive');
+      }
+      process.kill(pid, 'SIGKILL');
+      for (const deadline = Date.now() + 10_000; Date.now() < deadline && liveDaemon(ownState); ) await sleep(20);
+      spawnSync('fusermount3', ['-u', '-z', mnt]);
+      assert.doesNotMatch(logTail(ownState), /uploaded \W{1,2}own\.bin/, 'the daemon heard of the upload before the kill');
+      emu.resetStats();
+      await mountRw(mnt, ownState, flags);
+      await pogfsAsyncOk(['drive', 'sync', mnt], 60_000);
+      assert.deepEqual(liveChildren(emu, root).filter((f) => f.name.startsWith('own')).map((f) => f.name), ['own.bin']);
+      assert.equal(emu.storedFile(own)?.md5Checksum, want);
+      assert.ok(emu.stats().bytesReceived < MiB, `${emu.stats().bytesReceived} bytes sent again`);
+      assert.doesNotMatch(logTail(ownState), /conflict/);
+    } finally {
+      await releaseView(mnt, ownState);
+    }
+  });
+
   it('new content on Drive for a file with only a rename and a time change pending: shown at once, the local name and time kept', { timeout: 90_000 }, async () => {
     const feedState = join(dir, 'feed-state');
     const [feed] = emu.seedItems([{ name: 'feed.bin', size: 1000, contentSeed: 31 }]);
