@@ -384,7 +384,7 @@ function addDriveCommands(p: Command): void {
     if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`expected a number of seconds, not ${text}`);
     return n;
   };
-  const drive = p.command('drive').description('a read-only view of your existing Google Drive (for Plex, Jellyfin...): one scan, then the changes feed');
+  const drive = p.command('drive').description('a view of your existing Google Drive (for Plex, Jellyfin...): one scan, then the changes feed; read-only, or writable with --rw');
   withDriveOptions(drive.command('mount'), 'Drive credentials (from pogfs auth --scope readonly, a service-account key, or an access token)')
     .description('mount a Drive read-only; the first mount scans it, later ones start at once; returns once the tree is served')
     .argument('<mountpoint>')
