@@ -2,8 +2,21 @@ import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import type { UsageError } from './errors';
 import type { DaemonLogger } from './log';
+import type { LogFlags } from './log-options';
 import { findMount, fuseUnmount } from './mounts';
 import { notifyStopping } from './service-notify';
+
+/** The flags both mount commands take for their daemon (`pogfs mount`, `pogfs drive mount`). */
+export interface DaemonFlags extends LogFlags {
+  allowNonEmpty?: boolean;
+  /** Internal: the launching command waits on an IPC channel for readiness. */
+  ipcReady?: boolean;
+  /** --metrics [ADDR:]PORT. */
+  metrics?: string;
+  /** Show progress even when stderr is not a terminal (JSON lines with --json). */
+  progress?: boolean;
+  json?: boolean;
+}
 
 /** What a daemon started with `--ipc-ready` tells the command that started it. */
 export interface DaemonMessage {

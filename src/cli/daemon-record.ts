@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VolumeFiles } from '../vfs/volume';
 
@@ -11,6 +11,19 @@ export interface DaemonRecord {
   started: string;
   /** With --metrics: where Prometheus scrapes (http://HOST:PORT/metrics). */
   metrics?: string;
+}
+
+/** Writes this process's record (mode 0600: it names where metrics are served). */
+export function writeDaemonRecord(path: string, mountpoint: string, metricsUrl?: string): DaemonRecord {
+  const record: DaemonRecord = {
+    pid: process.pid,
+    startTicks: processStartTicks(process.pid) ?? '',
+    mountpoint,
+    started: new Date().toISOString(),
+    ...(metricsUrl ? { metrics: metricsUrl } : {}),
+  };
+  writeFileSync(path, JSON.stringify(record), { mode: 0o600 });
+  return record;
 }
 
 export function processStartTicks(pid: number): string | undefined {

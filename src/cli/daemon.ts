@@ -5,7 +5,7 @@ import { FsAdapter } from '../fuse/fs-adapter';
 import { FuseSession } from '../fuse/session';
 import { PogFs } from '../vfs/filesystem';
 import { Volume, VolumeFiles } from '../vfs/volume';
-import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
+import { liveDaemon, writeDaemonRecord } from './daemon-record';
 import { keepDaemonProcess } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { serveControl } from './control-socket';
@@ -148,14 +148,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       metrics,
     );
     session.setSecurityXattrsPresent(fs.hasSecurityXattrs);
-    const record: DaemonRecord = {
-      pid: process.pid,
-      startTicks: processStartTicks(process.pid) ?? '',
-      mountpoint,
-      started: new Date().toISOString(),
-      ...(metricsServer ? { metrics: metricsServer.url } : {}),
-    };
-    writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+    writeDaemonRecord(recordPath, mountpoint, metricsServer?.url);
     if (o.pidFile) writeFileSync(o.pidFile, `${process.pid}\n`);
     log.info(`mounted ${volumePath} at ${mountpoint}`);
 

@@ -15,13 +15,13 @@ import { callControl } from './control-socket';
 import type { DriveViewStatus } from './drive-daemon';
 import type { UploadStatus } from '../driveview/uploader';
 import { UsageError } from './errors';
-import { daemonReporter, launchDaemon } from './daemon-launch';
-import { logArgv, logSettings, type LogLevel } from './log-options';
+import { daemonReporter, launchDaemon, type DaemonFlags } from './daemon-launch';
+import { logArgv, logSettings } from './log-options';
 import { parseMetricsAddress } from './metrics-address';
 import { mountOverlap, pogfsMountContaining } from './mounts';
 import { progressDisplay } from './progress-output';
 
-export interface DriveMountFlags {
+export interface DriveMountFlags extends DaemonFlags {
   root?: string;
   sharedDrive?: string;
   stateDir?: string;
@@ -30,20 +30,9 @@ export interface DriveMountFlags {
   credentials?: string;
   driveApiUrl?: string;
   driveTokenUrl?: string;
-  foreground?: boolean;
-  verbose?: boolean;
   chunkSize?: number;
   readahead?: number;
   catchUpWait?: number;
-  allowNonEmpty?: boolean;
-  ipcReady?: boolean;
-  logLevel?: LogLevel;
-  logFile?: string;
-  logMaxSize?: number;
-  metrics?: string;
-  /** Show the first scan's progress even when stderr is not a terminal (JSON lines with --json). */
-  progress?: boolean;
-  json?: boolean;
   rw?: boolean;
   uploadDelay?: number;
   stagingSize?: number;

@@ -17,7 +17,7 @@ import { FuseSession } from '../fuse/session';
 import { DRIVE_FULL_SCOPE, DRIVE_READONLY_SCOPE } from '../remote/credentials';
 import { openDriveClient } from '../remote/open-remote';
 import { serveControl } from './control-socket';
-import { liveDaemon, processStartTicks, type DaemonRecord } from './daemon-record';
+import { liveDaemon, writeDaemonRecord } from './daemon-record';
 import { keepDaemonProcess } from './daemon-launch';
 import { UsageError } from './errors';
 import { openLog, type DaemonLogger } from './log';
@@ -212,14 +212,7 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     ops.attach(session);
     if (writing) writing.uploader.onInvalidate = (inval) => void ops.invalidate(inval).catch((err: unknown) => log.error('invalidating after a change found on Drive', err));
     lateCatchUp?.then((inval) => ops.invalidate(inval)).catch((err: unknown) => log.error('catch-up poll failed', err));
-    const record: DaemonRecord = {
-      pid: process.pid,
-      startTicks: processStartTicks(process.pid) ?? '',
-      mountpoint,
-      started: new Date().toISOString(),
-      ...(metricsServer ? { metrics: metricsServer.url } : {}),
-    };
-    writeFileSync(recordPath, JSON.stringify(record), { mode: 0o600 });
+    const record = writeDaemonRecord(recordPath, mountpoint, metricsServer?.url);
     log.info(`mounted the Drive view of ${o.sharedDriveId ? `shared drive ${o.sharedDriveId}` : o.rootId} at ${mountpoint}`);
     process.chdir(stateDir);
 

@@ -3,11 +3,11 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { homedir } from 'node:os';
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { daemonReporter, launchDaemon } from './daemon-launch';
+import { daemonReporter, launchDaemon, type DaemonFlags } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { mountArgsFromHelper } from './mount-helper';
 import { mountOverlap } from './mounts';
-import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, logArgv, logSettings, type LogLevel } from './log-options';
+import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, logArgv, logSettings } from './log-options';
 import { parseSize } from './units';
 import { isRemoteSpec, localRemoteDir, normalizeRemoteSpec } from '../remote/remote-spec';
 
@@ -71,23 +71,13 @@ function withDaemonOptions(c: Command, where: string): Command {
     .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR defaults to 127.0.0.1; port 0 picks a free one, named in the log and daemon.json)');
 }
 
-interface MountFlags extends RemoteFlags {
-  foreground?: boolean;
-  verbose?: boolean;
+interface MountFlags extends RemoteFlags, DaemonFlags {
   allowOther?: boolean;
   syncOnClose: boolean;
   readOnly?: boolean;
   breakLock?: boolean;
-  allowNonEmpty?: boolean;
   pidFile?: string;
   cacheDir?: string;
-  ipcReady?: boolean;
-  logLevel?: LogLevel;
-  logFile?: string;
-  logMaxSize?: number;
-  metrics?: string;
-  progress?: boolean;
-  json?: boolean;
 }
 
 /**
