@@ -1,13 +1,11 @@
 import assert from 'node:assert/strict';
-import { openSync, readSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { BlockFetcher } from '../src/cache/block-fetcher';
-import { CacheEvictor } from '../src/cache/cache-evictor';
 import { RemoteCache } from '../src/cache/remote-cache';
 import { readPackIndex } from '../src/cache/restore';
 import { hashBlock } from '../src/store/hash';
-import { BLOCK, cacheFixture, randomBlocks, storeBlocks, type CacheFixture } from './support/cache';
+import { BLOCK, cacheFixture, evictAll, flipByte, randomBlocks, storeBlocks, type CacheFixture } from './support/cache';
 
 /**
  * Fetch on miss in-process: blocks uploaded, evicted from the real local store, then read
@@ -28,22 +26,8 @@ function remoteCache(f: CacheFixture, cacheBytes = 64 * BLOCK): RemoteCache {
 /** Uploads everything and evicts every clean block: the remote is then the only copy. */
 async function uploadAndDropLocal(f: CacheFixture, cache: RemoteCache): Promise<void> {
   await cache.flush();
-  const evictor = new CacheEvictor(f.volume.ledger, f.volume.meta.remote, { cacheBytes: 0, lowWater: 0, log: f.log });
-  await evictor.maybeEvict();
+  await evictAll(f);
   assert.equal(cache.status().localBytes, 0, 'every block evicted');
-}
-
-/** Flips one byte of a file. */
-function flipByte(path: string, offset: number): void {
-  const fd = openSync(path, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, offset);
-    b[0] ^= 0xff;
-    writeSync(fd, b, 0, 1, offset);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 async function readBlock(cache: RemoteCache, hash: Buffer): Promise<{ result: string; bytes: Buffer }> {

@@ -1,13 +1,11 @@
 import assert from 'node:assert/strict';
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { CacheEvictor } from '../src/cache/cache-evictor';
 import { RemoteCache } from '../src/cache/remote-cache';
 import { readPackIndex } from '../src/cache/restore';
 import { ROOT_INO, PogFs } from '../src/vfs/filesystem';
-import { BLOCK, cacheFixture, randomBlocks, type CacheFixture } from './support/cache';
+import { BLOCK, cacheFixture, evictAll, flipByte, randomBlocks, type CacheFixture } from './support/cache';
 import { b, quietLog, root } from './support/fs';
 
 /**
@@ -62,23 +60,6 @@ async function readFile(fs: PogFs, ino: number, offset: number, length: number):
   }
 }
 
-/** Every clean block out of the local store (what eviction does under pressure). */
-async function evictAll(s: Stack): Promise<void> {
-  await new CacheEvictor(s.f.volume.ledger, s.f.volume.meta.remote, { cacheBytes: 0, lowWater: 0, log: s.f.log }).maybeEvict();
-}
-
-function flipByte(path: string, offset: number): void {
-  const fd = openSync(path, 'r+');
-  try {
-    const one = Buffer.alloc(1);
-    readSync(fd, one, 0, 1, offset);
-    one[0] ^= 0x01;
-    writeSync(fd, one, 0, 1, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 describe('RemoteCache under PogFs', () => {
   it('a file whose blocks were evicted reads back whole from the remote', async () => {
     const s = await stack();
@@ -86,7 +67,7 @@ describe('RemoteCache under PogFs', () => {
       const data = Buffer.concat(randomBlocks(3).map((x) => x.data));
       const ino = await writeFile(s.fs, 'f', data);
       await s.cache.flush();
-      await evictAll(s);
+      await evictAll(s.f);
       assert.equal(s.cache.status().localBytes, 0);
       const back = await readFile(s.fs, ino, 0, data.length);
       assert.ok(Buffer.isBuffer(back) && back.equals(data));
@@ -102,7 +83,7 @@ describe('RemoteCache under PogFs', () => {
       const blocks = randomBlocks(3);
       const ino = await writeFile(s.fs, 'f', Buffer.concat(blocks.map((x) => x.data)));
       await s.cache.flush();
-      await evictAll(s);
+      await evictAll(s.f);
       const [pack] = await s.f.remote.list('pack');
       const second = (await readPackIndex(s.f.remote, pack)).find((e) => e.hash.equals(blocks[1].hash))!;
       flipByte(join(s.f.remoteDir, pack.id), second.valueOffset + second.valueLength - 100);
@@ -126,16 +107,16 @@ describe('RemoteCache under PogFs', () => {
       const other = randomBlocks(2);
       await writeFile(s.fs, 'other', Buffer.concat(other.map((x) => x.data)));
       await s.cache.flush();
-      await evictAll(s);
+      await evictAll(s.f);
 
       const result = await s.cache.pin(pinned);
       assert.deepEqual(result, { ino: pinned, blocks: 3, bytes: 3 * BLOCK, fetched: 3, failed: 0 });
       assert.equal(s.cache.status().pinnedBytes, 3 * BLOCK);
-      await evictAll(s);
+      await evictAll(s.f);
       for (const x of blocks) assert.equal(s.f.volume.store.has(x.hash), true, 'pinned blocks stay');
 
       assert.deepEqual(await s.cache.unpin(pinned), { ino: pinned, unpinned: true });
-      await evictAll(s);
+      await evictAll(s.f);
       for (const x of blocks) assert.equal(s.f.volume.store.has(x.hash), false, 'evictable again');
     } finally {
       await s.close();

@@ -118,12 +118,12 @@ export class RemoteCache implements BlockSource {
     const r = this.store.read(hash, from, length, target, at);
     if (r === 'missing') return this.miss(hash, from, length, target, at);
     if (typeof r === 'string') {
-      this.reads.hits++;
+      if (r === 'ok') this.reads.hits++;
       return r;
     }
     return r.then((res) => {
       if (res === 'missing') return this.miss(hash, from, length, target, at);
-      this.reads.hits++;
+      if (res === 'ok') this.reads.hits++;
       return res;
     });
   }

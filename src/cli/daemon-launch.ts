@@ -29,7 +29,11 @@ export interface DaemonMessage {
 }
 
 /** How long a daemon may stay silent while getting a mount ready (any message restarts the clock). */
-const READY_TIMEOUT_MS = Number(process.env.POGFS_READY_TIMEOUT_SECONDS ?? 120) * 1000;
+/** How long a mount waits for its daemon (POGFS_READY_TIMEOUT_SECONDS; anything but a positive number: 120). */
+const READY_TIMEOUT_MS = (() => {
+  const s = Number(process.env.POGFS_READY_TIMEOUT_SECONDS);
+  return (Number.isFinite(s) && s > 0 ? s : 120) * 1000;
+})();
 
 /**
  * Runs `argv` (a pogfs command line in the foreground with `--ipc-ready`) as a detached

@@ -137,6 +137,10 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
       reader: { ...(o.chunkSize ? { chunkSize: o.chunkSize } : {}), ...(o.maxReadaheadBytes ? { maxReadaheadBytes: o.maxReadaheadBytes } : {}) },
       log,
     });
+    // Local changes are kept by the feed from the first poll on (a mount without --rw keeps
+    // what an earlier --rw mount left for the next one to upload).
+    const leftPending = o.writes ? 0 : countPendingOps(view.mirror.db);
+    if (o.writes || leftPending > 0) view.keepLocalChanges(o.writes ? o.writes.stagingBytes : Number.MAX_SAFE_INTEGER);
     const firstScan = !view.sync.bootstrapped;
     const started = Date.now();
     // A later mount waits for its catch-up poll only so long: with Drive down, the stored tree is served and the poll goes on behind it.
@@ -181,7 +185,6 @@ export async function runDriveDaemon(o: DriveMountOptions): Promise<void> {
     }
     // Names, attributes and pages are cached for an hour: each poll invalidates exactly
     // what changed, and pages stay cached across opens for the same reason.
-    const leftPending = o.writes ? 0 : countPendingOps(view.mirror.db);
     if (leftPending > 0) log.warn(`${leftPending} changes made through a --rw mount are not on Drive yet: mount with --rw to upload them`);
     const writing = o.writes && view.enableWrites({ settleMs: o.writes.settleSec * 1000, concurrency: UPLOAD_CONCURRENCY, stagingLimitBytes: o.writes.stagingBytes });
     let leavePending = false;

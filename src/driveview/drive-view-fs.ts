@@ -117,10 +117,16 @@ export class DriveViewFs implements FileSystem {
 
   releasedir(): void {}
 
-  fsyncdir(): void {}
+  /** Writable: names and attributes changed here (and their journal entries) reach the disk. */
+  fsyncdir(): void {
+    if (this.wb) this.view.mirror.checkpoint();
+  }
 
+  /** Writable: the staged content, or (for a file not staged) what was changed of its name and attributes. */
   fsync(_ino: number, fh: number | undefined): void {
-    if (fh !== undefined && this.wb?.isStagedHandle(fh)) this.wb.fsync(fh);
+    if (!this.wb) return;
+    if (fh !== undefined && this.wb.isStagedHandle(fh)) this.wb.fsync(fh);
+    else this.view.mirror.checkpoint();
   }
 
   statfs(): StatFs {

@@ -66,6 +66,7 @@ export class DriveView {
   private nextFh = 1;
   private polling: Promise<PollResult & { inval: Invalidation }> | undefined;
   private readonly programs = new ProgramNames();
+  private writeBack: WriteBack | undefined;
 
   constructor(
     readonly client: DriveClient,
@@ -104,17 +105,31 @@ export class DriveView {
   }
 
   /**
-   * Makes the view writable (`--rw`): the journal and staging area in the state directory,
-   * and the uploader, which starts at once on whatever an earlier mount left pending.
+   * The local changes of a writable view: the journal and staging area in the state
+   * directory, and the feed's rule that keeps them (conflict copies, pogfs-recovered).
+   * Called before the first poll whenever there are any (a `--rw` mount, or a mount
+   * after one that left changes pending), so the catch-up poll can neither drop staged
+   * work nor take Drive's new revision as the base a pending upload would overwrite.
+   */
+  keepLocalChanges(stagingLimitBytes: number): WriteBack {
+    if (!this.writeBack) {
+      const journal = new JournalDb(this.mirror.db);
+      const area = new StagingArea(join(this.options.stateDir, STATE_FILES.staging), stagingLimitBytes);
+      this.writeBack = new WriteBack(this, this.mirror, journal, area, this.options.log);
+      this.sync.local = this.writeBack;
+    }
+    return this.writeBack;
+  }
+
+  /**
+   * Makes the view writable (`--rw`): its local changes (keepLocalChanges) and the
+   * uploader, which starts at once on whatever an earlier mount left pending.
    */
   enableWrites(settings: Omit<UploaderSettings, 'chunkSize'> & { stagingLimitBytes: number }): { writeBack: WriteBack; uploader: Uploader } {
-    const journal = new JournalDb(this.mirror.db);
-    const area = new StagingArea(join(this.options.stateDir, STATE_FILES.staging), settings.stagingLimitBytes);
-    const writeBack = new WriteBack(this, this.mirror, journal, area, this.options.log);
-    const uploader = new Uploader(this.client, this.mirror, journal, writeBack, this.cache, { ...settings, chunkSize: this.reader.chunkSize }, this.options.log, (id, file) =>
+    const writeBack = this.keepLocalChanges(settings.stagingLimitBytes);
+    const uploader = new Uploader(this.client, this.mirror, writeBack.journal, writeBack, this.cache, { ...settings, chunkSize: this.reader.chunkSize }, this.options.log, (id, file) =>
       this.sync.applyItem(id, file),
     );
-    this.sync.local = writeBack;
     uploader.kick();
     return { writeBack, uploader };
   }

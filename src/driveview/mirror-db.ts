@@ -14,7 +14,7 @@
  * directory's inode, and the directory lists the children of all of them.
  */
 import Database from 'better-sqlite3';
-import { ROOT_INO } from '../posix/file-system';
+import { ROOT_INO, type Invalidation } from '../posix/file-system';
 import { duplicateName, safeBase } from './names';
 
 export const FOLDER_MIME = 'application/vnd.google-apps.folder';
@@ -58,10 +58,7 @@ export interface EntryRow {
 }
 
 /** What the kernel must forget after a change: names (dir inode, name) and inodes whose content changed. */
-export interface Invalidation {
-  entries: Array<[number, Buffer]>;
-  inodes: number[];
-}
+export type { Invalidation };
 
 interface DirentRow {
   ino: number;
@@ -155,6 +152,9 @@ export class MirrorDb {
     touchChunk: Database.Statement<[number, string]>;
     oldestChunks: Database.Statement<[number], { key: string; bytes: number }>;
     removeChunk: Database.Statement<[string]>;
+    itemRow: Database.Statement<[string]>;
+    setItemContent: Database.Statement<[number, string | null, string | null, number, string]>;
+    markScanned: Database.Statement<[number, string]>;
   };
 
   constructor(path: string) {
@@ -199,6 +199,10 @@ export class MirrorDb {
       touchChunk: this.db.prepare('UPDATE chunks SET used = ? WHERE key = ?'),
       oldestChunks: this.db.prepare('SELECT key, bytes FROM chunks ORDER BY used LIMIT ?'),
       removeChunk: this.db.prepare('DELETE FROM chunks WHERE key = ?'),
+      // A writable view's: on every flush and release, and on each feed change of an item with local changes.
+      itemRow: this.db.prepare('SELECT id, parent, name, mime, size, md5, head_rev, created_ms, modified_ms, target FROM items WHERE id = ?'),
+      setItemContent: this.db.prepare('UPDATE items SET size = ?, md5 = ?, head_rev = ?, modified_ms = ? WHERE id = ?'),
+      markScanned: this.db.prepare('UPDATE items SET scan = max(scan, ?) WHERE id = ?'),
     };
     this.rootId = this.getState('root_id') ?? '';
   }
@@ -490,7 +494,7 @@ export class MirrorDb {
 
   /** The item row itself (undefined when the mirror does not hold it). */
   item(id: string): MirrorItem | undefined {
-    const r = this.db.prepare('SELECT id, parent, name, mime, size, md5, head_rev, created_ms, modified_ms, target FROM items WHERE id = ?').get(id) as
+    const r = this.st.itemRow.get(id) as
       | { id: string; parent: string | null; name: string; mime: string; size: number; md5: string | null; head_rev: string | null; created_ms: number; modified_ms: number; target: string | null }
       | undefined;
     return r && { id: r.id, parent: r.parent ?? undefined, name: r.name, mime: r.mime, size: r.size, md5: r.md5 ?? undefined, headRev: r.head_rev ?? undefined, createdMs: r.created_ms, modifiedMs: r.modified_ms, target: r.target ?? undefined };
@@ -545,12 +549,12 @@ export class MirrorDb {
 
   /** A scan saw an item whose row stays as it is (it has local changes still to send). */
   markScanned(id: string, scan: number): void {
-    this.db.prepare('UPDATE items SET scan = max(scan, ?) WHERE id = ?').run(scan, id);
+    this.st.markScanned.run(scan, id);
   }
 
   /** Content and times of an item as changed here or confirmed by Drive (md5 undefined: not yet known). */
   setItemContent(id: string, c: { size: number; md5: string | undefined; headRev: string | undefined; modifiedMs: number }): void {
-    this.db.prepare('UPDATE items SET size = ?, md5 = ?, head_rev = ?, modified_ms = ? WHERE id = ?').run(c.size, c.md5 ?? null, c.headRev ?? null, c.modifiedMs, id);
+    this.st.setItemContent.run(c.size, c.md5 ?? null, c.headRev ?? null, c.modifiedMs, id);
   }
 
   setItemCreated(id: string, createdMs: number): void {

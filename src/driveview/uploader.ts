@@ -347,7 +347,7 @@ export class Uploader {
     const modifiedTime = iso(taken.modifiedMs);
     const isNew = op.item.startsWith(LOCAL_ID_PREFIX);
     if (!isNew) {
-      const drive = await this.changedSinceBase(op.item);
+      const drive = await this.changedSinceBase(op.item, md5, source.size);
       if (drive !== false) {
         this.log.info(`${this.describe(op)} has ${drive ? 'new content' : 'been deleted'} on Drive since the version changed here: not overwritten`);
         this.writeBack.requeue(op.item);
@@ -369,7 +369,7 @@ export class Uploader {
     }
     if (f.md5Checksum !== md5) throw new Error(`Drive holds md5 ${f.md5Checksum ?? 'none'} after the upload, the bytes sent have ${md5} (changed while uploading?)`);
     // The bytes become cached chunks before the staged copy may go (reads never miss both).
-    await this.cacheContent(md5, source);
+    await this.cacheContent(op.item, taken.generation, md5, source);
     const id = f.id!;
     this.mirror.transaction(() => {
       if (isNew) this.created(op.item, f);
@@ -410,7 +410,12 @@ export class Uploader {
    * the upload itself). Answers false when Drive still has that version, else what Drive has
    * now (undefined: deleted or in the trash).
    */
-  private async changedSinceBase(id: string): Promise<drive_v3.Schema$File | undefined | false> {
+  /**
+   * Drive's version of the item when it has new content since the base of the local change
+   * (undefined: deleted or trashed there; false: unchanged, or already holding exactly the
+   * bytes to send - our own upload finished before a crash).
+   */
+  private async changedSinceBase(id: string, md5: string, size: number): Promise<drive_v3.Schema$File | undefined | false> {
     const base = this.mirror.item(id)?.headRev;
     let now: drive_v3.Schema$File;
     try {
@@ -420,6 +425,7 @@ export class Uploader {
       throw err;
     }
     if (now.trashed) return undefined;
+    if (now.md5Checksum === md5 && Number(now.size) === size) return false;
     return base !== undefined && now.headRevisionId && now.headRevisionId !== base ? now : false;
   }
 
@@ -485,10 +491,21 @@ export class Uploader {
     if (createdMs) this.mirror.setItemCreated(id, createdMs);
   }
 
-  private async cacheContent(md5: string, source: UploadSource): Promise<void> {
+  /**
+   * The uploaded bytes as cached chunks under their content key. Each piece is read and
+   * checked against the uploaded version in one tick (a write through the mount may come
+   * between two puts): bytes written since are never cached under the uploaded md5, and
+   * the staged copy of a changed file stays anyway (see WriteBack.uploaded).
+   */
+  private async cacheContent(item: string, generation: number, md5: string, source: UploadSource): Promise<void> {
     const cs = this.settings.chunkSize;
-    for (let i = 0; i * cs < source.size; i++) await this.cache.put(contentKey(md5, source.size, cs, i), Buffer.from(source.read(i * cs, Math.min(cs, source.size - i * cs))));
+    for (let i = 0; i * cs < source.size; i++) {
+      const bytes = source.read(i * cs, Math.min(cs, source.size - i * cs));
+      if (this.writeBack.generationOf(item) !== generation) return;
+      await this.cache.put(contentKey(md5, source.size, cs, i), bytes);
+    }
   }
+
 }
 
 function iso(ms: number): string {

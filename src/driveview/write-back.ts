@@ -85,7 +85,7 @@ export class WriteBack implements LocalChanges {
   constructor(
     private readonly view: DriveView,
     private readonly mirror: MirrorDb,
-    private readonly journal: JournalDb,
+    readonly journal: JournalDb,
     private readonly area: StagingArea,
     private readonly log: WriteBackLog,
   ) {
@@ -161,6 +161,11 @@ export class WriteBack implements LocalChanges {
   requeue(item: string): void {
     const s = this.staged.get(item);
     if (s) s.queued = true;
+  }
+
+  /** Which version of the item's content is staged now (undefined: none is). */
+  generationOf(item: string): number | undefined {
+    return this.staged.get(item)?.generation;
   }
 
   /** Drive holds generation `generation` of the item: its staged copy goes unless it changed since or is open for writing. */
@@ -437,6 +442,12 @@ export class WriteBack implements LocalChanges {
     }
     // Drive gives every new content a new head revision: the same one means only metadata changed there.
     if (drive.headRev === row.headRev) return place();
+    // Our own upload, finished on Drive before a crash kept this daemon from hearing of it:
+    // Drive holds exactly the bytes its kept session was sending (the uploader resumes that
+    // session, finds it complete and sends nothing again).
+    const upload = ops.find((o) => o.kind === 'upload');
+    const session = upload && this.journal.uploadSession(upload.seq);
+    if (session && session.md5 === drive.md5 && session.size === drive.size) return place();
     const name = conflictName(row.name, hostname(), new Date());
     this.log.warn(`conflict: "${row.name}" (${id}) changed on Drive while a local change was pending; both are kept: Drive's under its name, the local one as "${name}"`);
     this.fork(id, s, row, row.parent ?? '', name, inval);

@@ -6,8 +6,8 @@
  * Errors need no translation: a call throws an FsError with a Linux errno, which the
  * session replies with (anything else becomes EIO and a log line, DESIGN invariant 5).
  */
-import { constants } from 'node:os';
-import type { AttrChanges, Entry as FsEntry, FileSystem, MaybePromise } from '../posix/file-system';
+import { E, fail } from '../posix/errors';
+import type { AttrChanges, Entry as FsEntry, FileSystem, Invalidation, MaybePromise } from '../posix/file-system';
 import { direntSize, type FuseSession } from './session';
 import { SetAttrValid, type Attr, type CopyRange, type DirEntry, type Entry, type LowLevelOps, type OpenReply, type RequestContext, type SetAttr, type StatFs } from './types';
 
@@ -22,16 +22,8 @@ export interface FsAdapterOptions {
   keepDirCache: boolean;
 }
 
-/** What changed underneath the kernel: names in directories, and inodes (attributes and content). */
-export interface Invalidation {
-  entries: Array<[number, Buffer]>;
-  inodes: number[];
-}
-
 /** Notices in flight at once: a rescan may touch every name, and each is a job on libuv's threads. */
 const INVALIDATION_BATCH = 64;
-
-const ENOSYS = constants.errno.ENOSYS;
 
 /** Applies `fn` to a value that may still be coming, without a promise when it is not. */
 function then<T, R>(value: MaybePromise<T>, fn: (v: T) => R): MaybePromise<R> {
@@ -175,15 +167,15 @@ export class FsAdapter implements LowLevelOps {
     return then(this.fs.create(parent, name, mode, flags, ctx), (c) => ({ ...this.entry(c), fh: c.fh, keepCache: this.options.keepCache }));
   }
   fallocate(ino: number, fh: number, mode: number, offset: number, length: number): MaybePromise<void> {
-    if (!this.fs.fallocate) throw Object.assign(new Error('fallocate'), { errno: ENOSYS });
+    if (!this.fs.fallocate) fail(E.ENOSYS);
     return this.fs.fallocate(ino, fh, mode, offset, length);
   }
   lseek(ino: number, fh: number, offset: number, whence: number): MaybePromise<number> {
-    if (!this.fs.lseek) throw Object.assign(new Error('lseek'), { errno: ENOSYS });
+    if (!this.fs.lseek) fail(E.ENOSYS);
     return this.fs.lseek(ino, fh, offset, whence);
   }
   copyFileRange(range: CopyRange): MaybePromise<number> {
-    if (!this.fs.copyFileRange) throw Object.assign(new Error('copy_file_range'), { errno: ENOSYS });
+    if (!this.fs.copyFileRange) fail(E.ENOSYS);
     return this.fs.copyFileRange(range);
   }
 }

@@ -98,7 +98,7 @@ interface NativeBinding {
   /** Resolves with an errno, 0 on success. Runs umount2 off the JS thread. */
   umount(mountpoint: string, lazy: boolean): Promise<number>;
   setSecurityXattrsPresent(h: NativeHandle, present: boolean): void;
-  versions(): Omit<FuseVersions, 'file'>;
+  versions(): FuseVersions;
   /** One datagram to a Unix socket (`@NAME`: abstract); 0 or an errno. Non-blocking. */
   sdNotify(socketPath: string, message: string): number;
   /** Synchronous lazy unmount, for process exit only. */
@@ -120,7 +120,6 @@ interface NativeBinding {
 }
 
 let nativeBinding: NativeBinding | undefined;
-let nativeFile: string | undefined;
 
 /** Loads the addon from <package root>/build/Release, from src/ (ts-node) or dist/src/. */
 function loadNative(): NativeBinding {
@@ -133,7 +132,6 @@ function loadNative(): NativeBinding {
     dir = up;
   }
   const file = path.join(dir, 'build', 'Release', 'pogfs_fuse.node');
-  nativeFile = file;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     nativeBinding = require(file) as NativeBinding;
@@ -149,14 +147,12 @@ export interface FuseVersions {
   libfuse: string;
   /** FUSE_USE_VERSION as major.minor, e.g. "3.12". */
   api: string;
-  /** The addon file. */
-  file: string;
 }
 
 /** Loads the addon (throws what loading it threw) and asks it for libfuse's version. */
 export function fuseVersions(): FuseVersions {
   const native = loadNative();
-  return { ...native.versions(), file: nativeFile ?? '' };
+  return native.versions();
 }
 
 /** The addon's datagram sender, for the service manager's notifications (src/cli/service-notify.ts). */

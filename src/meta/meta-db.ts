@@ -613,10 +613,6 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
     return snapshotDatabase(this.path);
   }
 
-  /** True while the connection is open. */
-  get isOpen(): boolean {
-    return this.db.open;
-  }
 
   close(): void {
     if (!this.db.open) return;

@@ -114,8 +114,9 @@ export class SqliteEngine implements MetaEngine {
   }
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
-    // One statement (UPDATE ... RETURNING): atomic without a transaction of its own.
-    const row = this.update(ino, change) ?? this.meta.getInode(ino);
+    // One statement (UPDATE ... RETURNING), in the open group like every other change, so
+    // a chmod or utimens per file of a tar or cp -a is not a commit of its own.
+    const row = this.meta.writeTransaction(() => this.update(ino, change) ?? this.meta.getInode(ino));
     if (!row) fail(E.ENOENT);
     return row;
   }

@@ -117,6 +117,12 @@ export interface CopyRange {
   flags: number;
 }
 
+/** What changed underneath the kernel's caches: names in directories, and inodes (attributes and content). */
+export interface Invalidation {
+  entries: Array<[number, Buffer]>;
+  inodes: number[];
+}
+
 /** fallocate(2) mode bits (linux/falloc.h). */
 export const Falloc = {
   KEEP_SIZE: 0x01,

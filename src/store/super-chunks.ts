@@ -227,8 +227,8 @@ export class SuperChunks {
     const id = this.allocate(txn);
     let liveBytes = 0;
     for (const m of wanted) {
+      // New keys (absent blocks): nothing is freed, so no page-reuse commit is owed.
       this.blocks.put(m.hash, encodeLocator({ chunk: id, offset: m.offset, length: m.length }));
-      this.env.freed(txn);
       liveBytes += m.length;
       totals.blocks += 1;
       totals.uniqueBytes += m.length;

@@ -104,6 +104,8 @@ export class Committer {
     } catch (err) {
       for (const [r, p] of prepared) r.content.abortCommit(p);
       throw err;
+    } finally {
+      for (const [r] of prepared) r.content.endCommit();
     }
     this.reclaimer.release(prepared.flatMap(([, p]) => p.releases));
   }

@@ -77,6 +77,8 @@ export class FileContent {
   times: AttrChange = {};
   /** True when something differs from what is committed. */
   dirty = false;
+  /** Commit rounds that took changes from here and have not ended (durable or failed). */
+  private inFlight = 0;
   /** Writes and truncates waiting for a block to load, in order (see `after`). */
   private gate: Promise<void> | undefined;
   /** Where the last read ended, and how far read-ahead has been asked for (block index). */
@@ -421,6 +423,7 @@ export class FileContent {
     const releases = this.toRelease;
     this.toRelease = [];
     this.dirty = false;
+    this.inFlight += 1;
     return { rows, releases, size: this.size, stored: this.storedBytes(), times: {} };
   }
 
@@ -437,6 +440,19 @@ export class FileContent {
   /** The prepared commit's rows are in the metadata (after the blocks were durable). */
   applyCommit(p: PreparedCommit): void {
     this.committedSize = p.size;
+  }
+
+  /** The round that took a prepared commit has ended, durable or not. */
+  endCommit(): void {
+    this.inFlight -= 1;
+  }
+
+  /**
+   * Nothing to commit and no commit under way: only then is the committed state (the
+   * engine's rows) the whole truth, so the content may be dropped and fsync need not wait.
+   */
+  get idle(): boolean {
+    return !this.dirty && this.inFlight === 0;
   }
 
   /** The commit failed before it was durable: put the work back so a later one retries it. */

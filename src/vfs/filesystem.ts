@@ -206,7 +206,7 @@ export class PogFs implements FileSystem {
 
   async commitAll(): Promise<void> {
     const work: Promise<void>[] = [];
-    for (const node of this.nodes.values()) if (node.content?.dirty) work.push(this.commit(node));
+    for (const node of this.nodes.values()) if (node.content && !node.content.idle) work.push(this.commit(node));
     await Promise.all(work);
   }
 
@@ -390,12 +390,13 @@ export class PogFs implements FileSystem {
     if (!handle || !node) return;
     // The kernel writes cached pages back through any writable handle, so the test is
     // "could this handle have written", not "did it".
-    if (handle.writable && node.content?.dirty && this.options.syncOnClose) await this.commit(node);
+    if (handle.writable && node.content && !node.content.idle && this.options.syncOnClose) await this.commit(node);
   }
 
   async fsync(ino: number, _fh?: number, _datasync?: boolean): Promise<void> {
     const node = this.nodes.get(ino);
-    if (node?.content?.dirty) await this.commit(node);
+    // Also when a round has the file's changes in flight: a commit waits for it.
+    if (node?.content && !node.content.idle) await this.commit(node);
     else await this.engine.barrier();
   }
 
@@ -405,7 +406,7 @@ export class PogFs implements FileSystem {
     if (!node) return;
     node.opens -= 1;
     if (node.opens > 0) return;
-    if (!node.content?.dirty || node.unlinked) {
+    if (!node.content || node.content.idle || node.unlinked) {
       this.dropContent(node);
       this.releaseIfUnused(node);
       return;
@@ -599,7 +600,7 @@ export class PogFs implements FileSystem {
   }
 
   private dropContent(node: Node): void {
-    if (node.content && !node.content.dirty && node.opens === 0) node.content = undefined;
+    if (node.content?.idle && node.opens === 0) node.content = undefined;
   }
 
   private openNode(node: Node, flags: number): Opened {

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { CacheEvictor } from '../../src/cache/cache-evictor';
 import { LocalRemote } from '../../src/remote/local-remote';
 import { RemoteError, type PutOptions, type ReadProgress, type Remote, type RemoteCounters, type RemoteKind, type RemoteLock, type RemoteObject } from '../../src/remote/remote';
 import { hashBlock } from '../../src/store/hash';
@@ -143,5 +145,23 @@ export async function until(done: () => boolean, ms = 10_000, what = 'condition'
   while (!done()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Evicts every clean block from the fixture's local store (what eviction does under pressure). */
+export async function evictAll(f: CacheFixture): Promise<void> {
+  await new CacheEvictor(f.volume.ledger, f.volume.meta.remote, { cacheBytes: 0, lowWater: 0, log: f.log }).maybeEvict();
+}
+
+/** Flips every bit of one byte of a file (a damaged pack, say). */
+export function flipByte(path: string, offset: number): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const one = Buffer.alloc(1);
+    readSync(fd, one, 0, 1, offset);
+    one[0] ^= 0xff;
+    writeSync(fd, one, 0, 1, offset);
+  } finally {
+    closeSync(fd);
   }
 }

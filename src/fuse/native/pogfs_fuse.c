@@ -631,7 +631,11 @@ static void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, 
   r->ino2 = ino_out;
   r->fh2 = fi_out ? fi_out->fh : 0;
   r->off2 = (uint64_t)off_out;
-  r->size = len;
+  /* The reply's count is 32 bits (fuse_write_out.size): a longer copy would come back
+     wrapped (4 GiB as 0, which cp takes for end of file). Copy at most what the count can
+     say, page aligned as newer kernels clamp it; the caller loops for the rest. */
+  const size_t max_copy = (size_t)UINT32_MAX & ~(size_t)4095;
+  r->size = len > max_copy ? max_copy : len;
   r->flags = flags;
   enqueue(req_session(req), r);
 }
