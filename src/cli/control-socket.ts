@@ -13,11 +13,15 @@ export const CONTROL_SOCKET = 'control.sock';
 const MAX_REQUEST = 64 * 1024;
 
 export interface ControlRequest {
-  /** gc: collect garbage (and repack); status: what the daemon holds in memory (caches, queues); refresh: a Drive view polls the changes feed now; sync: a writable Drive view answers once everything pending is on Drive; leave-pending: its unmount leaves pending uploads for the next mount. */
-  op: 'gc' | 'status' | 'pin' | 'unpin' | 'refresh' | 'sync' | 'leave-pending';
+  /** gc: collect garbage (and repack); clone: a copy-on-write copy of a tree; snapshot-*: read-only snapshots; status: what the daemon holds in memory (caches, queues); refresh: a Drive view polls the changes feed now; sync: a writable Drive view answers once everything pending is on Drive; leave-pending: its unmount leaves pending uploads for the next mount. */
+  op: 'gc' | 'status' | 'pin' | 'unpin' | 'refresh' | 'sync' | 'leave-pending' | 'clone' | 'snapshot-create' | 'snapshot-list' | 'snapshot-rm';
   dryRun?: boolean;
-  /** pin, unpin: a path inside the mount, relative to its root. */
+  /** pin, unpin, clone (the source), snapshot-create (the tree to freeze): a path inside the mount, relative to its root. */
   path?: string;
+  /** clone: the new path, relative to the mount's root. */
+  to?: string;
+  /** snapshot-create, snapshot-rm: the snapshot's name. */
+  name?: string;
   /** gc: repack super-chunks whose live share is below this (default: the volume's setting). */
   repackBelow?: number;
   /** gc: also rewrite super-chunks stored with another codec than the volume's current one. */

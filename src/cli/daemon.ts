@@ -8,7 +8,10 @@ import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon, writeDaemonRecord } from './daemon-record';
 import { keepDaemonProcess } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
-import { serveControl } from './control-socket';
+import { serveControl, type ControlRequest } from './control-socket';
+import { getSystemErrorName } from 'node:util';
+import { FsError } from '../posix/errors';
+import type { Invalidation } from '../posix/file-system';
 import { openLog, type DaemonLogger } from './log';
 import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
@@ -49,6 +52,18 @@ function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined)
   if (dir === undefined) return;
   const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: dir }]);
   if (overlap) throw new UsageError(overlap);
+}
+
+/** A clone or snapshot request; a refusal says its errno's name (the CLI words it). */
+async function treeRequest(fs: PogFs, req: ControlRequest): Promise<{ inodes: number; invalidate: Invalidation }> {
+  try {
+    if (req.op === 'clone') return await fs.clone(req.path ?? '', req.to ?? '');
+    if (req.op === 'snapshot-create') return await fs.createSnapshot(req.name ?? '', req.path ?? '');
+    return await fs.removeSnapshot(req.name ?? '');
+  } catch (err) {
+    if (err instanceof FsError) throw new Error(`${getSystemErrorName(-err.errno)}${err.message.startsWith('errno ') ? '' : `: ${err.message}`}`);
+    throw err;
+  }
 }
 
 /** Runs the filesystem until it is unmounted or told to stop. Resolves after a clean shutdown. */
@@ -104,6 +119,10 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       },
       log,
     );
+    if (!o.readOnly) {
+      const unfinished = fs.finishTreeOps();
+      if (unfinished > 0) log.info(`finished ${unfinished} clone or snapshot operations an earlier crash left under way`);
+    }
     if (attached) startBackups(attached, volume, () => fs.reclaimer.hold(), log);
     const freed = await fs.recoverUnlinked();
     if (freed > 0) log.info(`freed ${freed} inodes left unlinked by an earlier crash`);
@@ -148,6 +167,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       metrics,
     );
     session.setSecurityXattrsPresent(fs.hasSecurityXattrs);
+    // Clones and snapshots tell the kernel of the names they make.
+    adapter.attach(session);
     writeDaemonRecord(recordPath, mountpoint, metricsServer?.url);
     if (o.pidFile) writeFileSync(o.pidFile, `${process.pid}\n`);
     log.info(`mounted ${volumePath} at ${mountpoint}`);
@@ -172,6 +193,16 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
           const ino = await fs.inoOfPath(req.path ?? '');
           const cache = attached.cache;
           return req.op === 'pin' ? exclusive(() => cache.pin(ino, progress)) : exclusive(() => cache.unpin(ino));
+        }
+        if (req.op === 'snapshot-list') return fs.listSnapshots().map((snap) => ({ ...snap, name: snap.name.toString() }));
+        if (req.op === 'clone' || req.op === 'snapshot-create' || req.op === 'snapshot-rm') {
+          if (o.readOnly) throw new Error('the volume is mounted read-only');
+          return exclusive(async () => {
+            const r = await treeRequest(fs, req);
+            await adapter.invalidate(r.invalidate);
+            log.info(`${req.op} ${req.name ?? req.path ?? ''}${req.to === undefined ? '' : ` to ${req.to}`}: ${r.inodes} inodes`);
+            return { inodes: r.inodes };
+          });
         }
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
         if (o.readOnly) throw new Error('the volume is mounted read-only: gc changes it');

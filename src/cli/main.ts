@@ -27,6 +27,7 @@ const commands = {
   gc: () => import('./gc-command'),
   remoteVolume: () => import('./remote-volume'),
   pin: () => import('./pin-command'),
+  clone: () => import('./clone-command'),
   status: () => import('./status-command'),
   auth: () => import('./auth-command'),
   drive: () => import('./drive-command'),
@@ -298,6 +299,48 @@ function program(): Command {
     .action(async (path: string, opts: { json?: boolean }) => {
       const { pin } = await commands.pin();
       await pin('unpin', path, !!opts.json);
+    });
+
+  p.command('clone')
+    .description('copy a file or tree inside a mounted volume at once, sharing every block (copy-on-write): modes, owners, times, xattrs, symlinks and hard links within the tree kept; exit 1 when refused (DST exists, SRC missing, inside a snapshot), 2 for a usage error')
+    .argument('<src>', 'a file, symlink or directory inside a mounted pogfs volume')
+    .argument('<dst>', 'a new name in the same mount (must not exist)')
+    .option('--json', 'machine-readable output')
+    .action(async (src: string, dst: string, opts: { json?: boolean }) => {
+      const { clone } = await commands.clone();
+      await clone(src, dst, !!opts.json);
+    });
+
+  const snapshot = p.command('snapshot').description('read-only snapshots of a mounted volume, at MOUNTPOINT/.snapshots/NAME');
+  snapshot
+    .command('create')
+    .description('freeze the whole volume (or --path DIR) as MOUNTPOINT/.snapshots/NAME: no data copied, every write inside fails with EROFS; exit 1 when refused (NAME exists), 2 for a usage error')
+    .argument('<mountpoint>')
+    .argument('<name>')
+    .option('--path <dir>', 'freeze only this file or tree inside the mount')
+    .option('--json', 'machine-readable output')
+    .action(async (mountpoint: string, name: string, opts: { path?: string; json?: boolean }) => {
+      const { snapshotCreate } = await commands.clone();
+      await snapshotCreate(mountpoint, name, opts.path, !!opts.json);
+    });
+  snapshot
+    .command('list')
+    .alias('ls')
+    .description('the snapshots: name, when taken, files, and the bytes only the snapshot holds (what removing it could free)')
+    .argument('<mountpoint>')
+    .option('--json', 'machine-readable output')
+    .action(async (mountpoint: string, opts: { json?: boolean }) => {
+      const { snapshotList } = await commands.clone();
+      await snapshotList(mountpoint, !!opts.json);
+    });
+  snapshot
+    .command('rm')
+    .description('remove a snapshot and release the blocks only it held; exit 1 when there is no such snapshot')
+    .argument('<mountpoint>')
+    .argument('<name>')
+    .action(async (mountpoint: string, name: string) => {
+      const { snapshotRemove } = await commands.clone();
+      await snapshotRemove(mountpoint, name);
     });
 
   p.command('version')

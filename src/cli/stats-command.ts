@@ -9,6 +9,7 @@ import { UsageError } from './errors';
 import { findMount, isPogfsMount } from './mounts';
 import { formatBytes, formatRows } from '../format';
 import type { CodecMix, KindCount } from '../store/block-store';
+import { SNAPSHOTS_SCHEMA } from '../meta/schema';
 
 export interface VolumeStats {
   volume: string;
@@ -34,6 +35,8 @@ export interface VolumeStats {
   chunkCache: { capacityBytes: number; bytes?: number; chunks?: number; hits?: number; misses?: number };
   /** Where the volume is mounted, when it is. */
   mountpoint?: string;
+  /** Read-only snapshots, each with the bytes only it references (what removing it could free). */
+  snapshots: { name: string; created: string; files: number; exclusiveBytes: number }[];
   /** With a remote: what it holds, what waits for upload, and (mounted) the calls made. */
   remote?: {
     spec: string;
@@ -118,11 +121,23 @@ export async function collectStats(target: string): Promise<VolumeStats> {
       superChunks: { enabled: v.settings.superchunks, chunks: chunk.chunks, queuedBlocks: chunk.queuedBlocks },
       chunkCache: { capacityBytes: v.settings.chunkCacheBytes, ...live },
       mountpoint: holder?.mountpoint,
+      snapshots: snapshotsOf(v),
       remote,
     };
   } finally {
     await v.close();
   }
+}
+
+/** The volume's snapshots (none before schema 5: a read-only open does not migrate). */
+export function snapshotsOf(v: Volume): VolumeStats['snapshots'] {
+  if (v.meta.schemaVersion() < SNAPSHOTS_SCHEMA) return [];
+  return v.meta.clone.snapshots().map((s) => ({
+    name: s.name.toString(),
+    created: new Date(s.createdNs / 1e6).toISOString(),
+    files: s.files,
+    exclusiveBytes: s.exclusiveBytes,
+  }));
 }
 
 /** "loose: lz4 120 (1.2 MiB of 3.0 MiB), raw 4 (...); super-chunks: zstd 3 (...)". */
@@ -173,6 +188,7 @@ export async function stats(target: string, json: boolean): Promise<void> {
     ['block store file', formatBytes(s.blockStoreFileBytes)],
   ];
   if (s.mountpoint) rows.splice(1, 0, ['mounted at', s.mountpoint]);
+  for (const snap of s.snapshots) rows.push([`snapshot ${snap.name}`, `${snap.files} files, ${formatBytes(snap.exclusiveBytes)} held by it alone (taken ${snap.created})`]);
   const r = s.remote;
   if (r) {
     rows.push(

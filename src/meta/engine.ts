@@ -238,3 +238,78 @@ export interface MetaSnapshot {
   /** A consistent copy of the committed metadata, compressed, made off the JavaScript thread. */
   snapshot(): Promise<{ data: Buffer; rawBytes: number }>;
 }
+
+/** One hash and how many block rows of a range reference it. */
+export interface RefCount {
+  hash: Buffer;
+  n: number;
+}
+
+/** A tree operation under way: a clone staged but not yet named, or a tree being removed. */
+export interface TreeOp {
+  id: number;
+  kind: 'clone' | 'remove';
+  /** The inode range the operation made (a clone) or releases (a removal). */
+  first: number;
+  last: number;
+}
+
+/** A clone staged by `stageClone`: its inodes exist, nothing names its root yet. */
+export interface StagedClone extends TreeOp {
+  root: number;
+  inodes: number;
+}
+
+/** A read-only snapshot, as `pogfs snapshot list` shows it. */
+export interface SnapshotInfo {
+  name: Buffer;
+  root: number;
+  first: number;
+  last: number;
+  /** The path frozen, relative to the volume's root ('' for the whole volume). */
+  source: string;
+  createdNs: number;
+  /** Regular files in it. */
+  files: number;
+  /** Bytes of blocks that nothing outside the snapshot references (what removing it could free). */
+  exclusiveBytes: number;
+}
+
+/**
+ * Clones and snapshots (src/vfs/tree-ops.ts drives them): set-based copies of whole
+ * trees inside the metadata, each step one transaction. Kept apart from MetaEngine so
+ * an engine can come without them. Synchronous (SQLite in process): the vfs takes the
+ * block references of a staged range with no other metadata change in between.
+ */
+export interface MetaClone {
+  /**
+   * Copies the tree at `src` (a file, symlink or directory and everything under it,
+   * skipping the inodes in `exclude`) into new inodes with consecutive numbers: modes,
+   * owners, times, symlink targets, xattrs and block rows; two names of one inode inside
+   * the tree become two names of one new inode. Nothing names the copy's root yet; the
+   * operation is recorded in tree_ops. ENOENT.
+   */
+  stageClone(src: number, exclude: readonly number[], t: Timespec): StagedClone;
+  /** The block rows of an inode range, counted per hash. */
+  rangeReferences(first: number, last: number): RefCount[];
+  /**
+   * Names a staged clone: an entry `name` in `parent` for its root, the parent's times and
+   * link count, and (for a snapshot) its snapshots row; the tree_ops row goes. EEXIST,
+   * ENOENT, ENOTDIR.
+   */
+  linkClone(op: StagedClone, parent: number, name: Buffer, t: Timespec, snapshot?: { name: Buffer; source: string }): InodeRow;
+  /**
+   * Takes a snapshot's entry and row away and records its range for removal (tree_ops
+   * 'remove'); its rows stay until `dropRange`. ENOENT.
+   */
+  detachSnapshot(name: Buffer, t: Timespec): TreeOp;
+  /** Deletes every row of the operation's inode range, and the operation. */
+  dropRange(op: TreeOp): void;
+  /** Tree operations a crash left under way. */
+  pendingTreeOps(): TreeOp[];
+  /** The .snapshots directory's inode, made (mode 0555, root's owner) when `create` says so. */
+  snapshotsDir(create?: { t: Timespec }): number | undefined;
+  snapshots(): SnapshotInfo[];
+  /** The inode ranges of every snapshot (what is read-only). */
+  snapshotRanges(): { first: number; last: number }[];
+}

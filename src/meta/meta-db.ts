@@ -6,6 +6,7 @@ import { RemoteIndex } from './remote-index';
 import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
 import { snapshotDatabase } from './snapshot';
 import { SqliteEngine } from './sqlite-engine';
+import { SqliteClone } from './tree-clone';
 
 export interface Superblock {
   magic: string;
@@ -152,6 +153,7 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   private groupTimer: NodeJS.Timeout | undefined;
   private groupChanges = 0;
   private remoteIndex: RemoteIndex | undefined;
+  private sqliteClone: SqliteClone | undefined;
 
   private constructor(
     readonly path: string,
@@ -261,6 +263,12 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   get remote(): RemoteIndex {
     this.remoteIndex ??= new RemoteIndex(this.db);
     return this.remoteIndex;
+  }
+
+  /** Clones and snapshots (schema 5 on). */
+  get clone(): SqliteClone {
+    this.sqliteClone ??= new SqliteClone(this.db, this);
+    return this.sqliteClone;
   }
 
   superblock(): Superblock {

@@ -109,9 +109,33 @@ const MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 5: clones and snapshots. A tree operation under way (a clone staged but not yet
+  // named, a snapshot being removed) is a row of tree_ops naming the inode range it made
+  // (clones take consecutive inode numbers), so a crash leaves something to finish
+  // (src/vfs/tree-ops.ts). A snapshot is a read-only tree under the .snapshots directory
+  // (its inode in volume_state), holding every inode of its range.
+  `
+  CREATE TABLE tree_ops (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    first_ino INTEGER NOT NULL,
+    last_ino INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL
+  );
+  CREATE TABLE snapshots (
+    name BLOB PRIMARY KEY,
+    root INTEGER NOT NULL,
+    first_ino INTEGER NOT NULL,
+    last_ino INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
+/** The schema version that brought clones and snapshots (tree_ops, snapshots). */
+export const SNAPSHOTS_SCHEMA = 5;
 
 export class SchemaTooNewError extends Error {}
 

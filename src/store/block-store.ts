@@ -85,6 +85,15 @@ export interface StoreLedger {
 
 const INSTANCE_KEY = Buffer.from('instance');
 const REMOTE_KEY = Buffer.from('remote');
+/** Marks of tree operations whose reference step is done, by operation id. */
+const TREE_OP_PREFIX = Buffer.from('tree-op:');
+
+function treeOpKey(op: number): Buffer {
+  const key = Buffer.alloc(TREE_OP_PREFIX.length + 8);
+  TREE_OP_PREFIX.copy(key);
+  key.writeBigUInt64BE(BigInt(op), TREE_OP_PREFIX.length);
+  return key;
+}
 
 /**
  * Content-addressed blocks in LMDB with reference counts: the core of the store.
@@ -247,21 +256,72 @@ export class BlockStore implements BlockSource {
     if (hashes.length === 0) return;
     await this.lmdb.write((txn) => {
       const totals = this.lmdb.totals();
-      for (const hash of hashes) {
-        const count = this.refCount(hash);
-        if (count === 0) continue; // already gone: a leak repaired by fsck, never an error here
-        totals.references -= 1;
-        if (count > 1) {
-          this.refs.put(hash, encodeRefCount(count - 1));
-          continue;
-        }
-        this.refs.remove(hash);
-        this.removeBlock(txn, hash, totals);
-      }
+      for (const hash of hashes) this.dropReferences(txn, hash, 1, totals);
       this.lmdb.setTotals(txn, totals);
     });
     await this.lmdb.reusableFirst();
     await this.lmdb.synced();
+  }
+
+  /** Drops `n` references on `hash`, deleting the block when none is left. */
+  private dropReferences(txn: WriteTxn, hash: Buffer, n: number, totals: BlockStoreStats): void {
+    const count = this.refCount(hash);
+    if (count === 0) return; // already gone: a leak repaired by fsck, never an error here
+    const dropped = Math.min(n, count);
+    totals.references -= dropped;
+    if (count > dropped) {
+      this.refs.put(hash, encodeRefCount(count - dropped));
+      return;
+    }
+    this.refs.remove(hash);
+    this.removeBlock(txn, hash, totals);
+  }
+
+  /**
+   * Takes (`delta` 1) or drops (-1) the counted references of a tree operation (a clone,
+   * a snapshot's removal: src/vfs/tree-ops.ts) in one durable transaction on the calling
+   * thread, setting (`mark`) or clearing the operation's mark in the same transaction:
+   * after a crash, the mark says whether this step happened. Taking a reference on a block the store no longer has throws,
+   * and then nothing is changed.
+   */
+  changeReferencesMarked(op: number, delta: 1 | -1, counts: readonly { hash: Buffer; n: number }[], mark: boolean): void {
+    this.lmdb.writeSync((txn) => {
+      const totals = this.lmdb.totals();
+      for (const { hash, n } of counts) {
+        if (delta < 0) {
+          this.dropReferences(txn, hash, n, totals);
+          continue;
+        }
+        const count = this.refCount(hash);
+        if (count === 0 && !this.blocks.doesExist(hash)) throw new Error(`block ${hash.toString('hex')} was to be shared by reference but is no longer stored`);
+        this.refs.put(hash, encodeRefCount(count + n));
+        totals.references += n;
+      }
+      this.lmdb.setTotals(txn, totals);
+      if (mark) this.lmdb.info.put(treeOpKey(op), Buffer.from([1]));
+      else this.lmdb.info.remove(treeOpKey(op));
+    });
+  }
+
+  /** True when the tree operation's reference step is done (its mark is set). */
+  hasTreeOpMark(op: number): boolean {
+    return this.lmdb.info.doesExist(treeOpKey(op));
+  }
+
+  /** Forgets a finished tree operation's mark (durable on return). */
+  clearTreeOpMark(op: number): void {
+    this.lmdb.writeSync(() => {
+      this.lmdb.info.remove(treeOpKey(op));
+    });
+  }
+
+  /** The tree operations with a mark set. */
+  treeOpMarks(): number[] {
+    const marks: number[] = [];
+    for (const { key } of this.lmdb.info.getRange({ start: TREE_OP_PREFIX, end: Buffer.concat([TREE_OP_PREFIX, Buffer.from([0xff])]) })) {
+      marks.push(Number((key as Buffer).readBigUInt64BE(TREE_OP_PREFIX.length)));
+    }
+    return marks;
   }
 
   /**

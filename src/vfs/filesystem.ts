@@ -16,13 +16,16 @@ import {
   type DirEntry,
   type Entry,
   type FileSystem,
+  type Invalidation,
   type Opened,
   type StatFs,
 } from '../posix/file-system';
-import type { AttrChange, Detached, MetaEngine, NodeSpec } from '../meta/engine';
+import type { AttrChange, Detached, MetaEngine, NodeSpec, SnapshotInfo } from '../meta/engine';
 import type { BlockRow, InodeRow } from '../meta/meta-db';
 import { checkXattrName } from '../meta/name-rules';
 import { PathNamer } from '../meta/path-namer';
+import { SNAPSHOTS_DIR_NAME } from '../meta/tree-clone';
+import { TreeOps } from './tree-ops';
 import { BlockWriter, type ContentSource } from './block-writer';
 import { Committer } from './committer';
 import { E, FsError, fail } from '../posix/errors';
@@ -40,6 +43,7 @@ export { NAME_MAX, ROOT_INO };
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+const O_TRUNC = 0o1000;
 
 export interface FsLog {
   error(msg: string, err?: unknown): void;
@@ -116,6 +120,9 @@ export class PogFs implements FileSystem {
   private securityXattrs: boolean;
   private readonly engine: MetaEngine;
   private readonly namer: PathNamer;
+  private readonly trees: TreeOps;
+  /** What is read-only for everyone: the .snapshots directory and the inode ranges of the snapshots in it. */
+  private frozen: { dir: number | undefined; ranges: { first: number; last: number }[] } = { dir: undefined, ranges: [] };
   /** Tells the engine which inodes are still in use here (an unlinked one then stays until forgotten). */
   private readonly inUse = (ino: number): boolean => {
     const node = this.nodes.get(ino);
@@ -129,6 +136,8 @@ export class PogFs implements FileSystem {
   ) {
     this.engine = volume.engine;
     this.namer = new PathNamer(volume.meta);
+    this.trees = new TreeOps(volume.meta.clone, () => volume.meta.barrier(), volume.store);
+    this.loadFrozen();
     this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
     this.reclaimer = new Reclaimer(this.engine, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
     this.committer = new Committer(this.engine, this.writer, this.reclaimer);
@@ -230,6 +239,7 @@ export class PogFs implements FileSystem {
   }
 
   async setattr(ino: number, ch: AttrChanges, _fh?: number, _ctx?: Caller): Promise<Attr> {
+    this.checkWritable(ino);
     const t = now();
     const change: AttrChange = {};
     if (ch.mode !== undefined) change.mode = ch.mode & 0o7777;
@@ -328,6 +338,8 @@ export class PogFs implements FileSystem {
   }
 
   async link(ino: number, newParent: number, newName: Buffer, _ctx?: Caller): Promise<Entry> {
+    this.checkWritable(ino);
+    this.checkWritable(newParent);
     await this.admitName(newParent, newName);
     const row = await this.engine.link(ino, newParent, newName, now());
     this.changed(newParent);
@@ -337,18 +349,22 @@ export class PogFs implements FileSystem {
   }
 
   async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
+    this.checkNameWritable(parent, name);
     const d = await this.engine.unlink(parent, name, now(), this.inUse);
     this.changed(parent);
     this.detached(d);
   }
 
   async rmdir(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
+    this.checkNameWritable(parent, name);
     const d = await this.engine.rmdir(parent, name, now(), this.inUse);
     this.changed(parent);
     this.detached(d);
   }
 
   async rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: Caller): Promise<void> {
+    this.checkNameWritable(parent, name);
+    this.checkNameWritable(newParent, newName);
     const r = await this.engine.rename(parent, name, newParent, newName, flags, now(), this.inUse);
     this.changed(parent);
     this.changed(newParent);
@@ -362,6 +378,7 @@ export class PogFs implements FileSystem {
   async open(ino: number, flags: number, _ctx?: Caller): Promise<Opened> {
     const row = await this.row(ino);
     if (isDir(row.mode)) fail(E.EISDIR);
+    if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) this.checkWritable(ino);
     const node = isReg(row.mode) ? await this.withContent(row) : this.nodeOf(ino);
     return this.openNode(node, flags);
   }
@@ -519,6 +536,7 @@ export class PogFs implements FileSystem {
 
   async setxattr(ino: number, name: Buffer, value: Buffer, flags: number, _ctx?: Caller): Promise<void> {
     checkXattrName(name);
+    this.checkWritable(ino);
     // POSIX ACLs are not supported: storing them as plain attributes would make `cp -a`
     // believe its permissions were set (it tries the ACL first, chmod only on EOPNOTSUPP).
     if (name.subarray(0, 7).toString('latin1') === 'system.') fail(E.EOPNOTSUPP);
@@ -541,8 +559,110 @@ export class PogFs implements FileSystem {
   }
 
   async removexattr(ino: number, name: Buffer, _ctx?: Caller): Promise<void> {
+    this.checkWritable(ino);
     await this.engine.removexattr(ino, name, now());
     this.changed(ino);
+  }
+
+  // ---- clones and snapshots ----
+
+  /** Finishes (or undoes) the clones and snapshot removals a crash left under way; before the mount serves. */
+  finishTreeOps(): number {
+    const n = this.trees.finishPending();
+    this.loadFrozen();
+    return n;
+  }
+
+  /**
+   * `pogfs clone`: a copy of the file or tree at `srcPath` as `dstPath` (both relative
+   * to the root), sharing every block (src/vfs/tree-ops.ts). What open files wrote is
+   * committed first. Returns what the kernel must forget: the new name (it may hold a
+   * negative entry for it) and the parent's attributes.
+   */
+  async clone(srcPath: string, dstPath: string): Promise<{ inodes: number; invalidate: Invalidation }> {
+    const src = await this.inoOfPath(srcPath);
+    const { parent, name } = await this.placeOfPath(dstPath);
+    this.checkNameWritable(parent, name);
+    await this.commitAll();
+    this.space.admitMetadata();
+    const r = this.trees.clone(src, this.frozen.dir === undefined ? [] : [this.frozen.dir], parent, name, now());
+    this.changed(parent);
+    return { inodes: r.inodes, invalidate: { entries: [[parent, name]], inodes: [parent] } };
+  }
+
+  /**
+   * `pogfs snapshot create`: a read-only clone of the whole volume (or of `path`) at
+   * /.snapshots/NAME; .snapshots is made with the first snapshot and never copied into one.
+   */
+  async createSnapshot(name: string, path = ''): Promise<{ inodes: number; invalidate: Invalidation }> {
+    const nameBuf = snapshotName(name);
+    const src = await this.inoOfPath(path);
+    if (this.frozenIno(src)) fail(E.EINVAL, 'a snapshot is made of the live tree, not of a snapshot (clone it out first)');
+    await this.commitAll();
+    this.space.admitMetadata();
+    const t = now();
+    const meta = this.volume.meta.clone;
+    const existed = meta.snapshotsDir();
+    const dir = existed ?? meta.snapshotsDir({ t });
+    if (dir === undefined) fail(E.EIO, 'the .snapshots directory could not be made');
+    const r = this.trees.clone(src, [dir], dir, nameBuf, t, { name: nameBuf, source: path.split('/').filter((p) => p !== '' && p !== '.').join('/') });
+    this.loadFrozen();
+    this.changed(dir);
+    this.changed(ROOT_INO);
+    const entries: Array<[number, Buffer]> = [[dir, nameBuf]];
+    if (existed === undefined) entries.push([ROOT_INO, SNAPSHOTS_DIR_NAME]);
+    return { inodes: r.inodes, invalidate: { entries, inodes: [dir, ROOT_INO] } };
+  }
+
+  /** `pogfs snapshot list`. */
+  listSnapshots(): SnapshotInfo[] {
+    return this.volume.meta.clone.snapshots();
+  }
+
+  /**
+   * `pogfs snapshot rm`: the name goes at once, the references and rows as soon as no
+   * metadata backup in progress may name them. The range stays read-only until then.
+   */
+  async removeSnapshot(name: string): Promise<{ inodes: number; invalidate: Invalidation }> {
+    const nameBuf = snapshotName(name);
+    const dir = this.frozen.dir;
+    if (dir === undefined) fail(E.ENOENT);
+    const op = await this.trees.removeSnapshot(nameBuf, now(), () => this.reclaimer.whenUnheld());
+    this.loadFrozen();
+    this.changed(dir);
+    return { inodes: op.last - op.first + 1, invalidate: { entries: [[dir, nameBuf]], inodes: [dir] } };
+  }
+
+  private loadFrozen(): void {
+    const meta = this.volume.meta.clone;
+    this.frozen = { dir: meta.snapshotsDir(), ranges: meta.snapshotRanges() };
+  }
+
+  /** Inside a snapshot, or the .snapshots directory itself: read-only for everyone, root too. */
+  private frozenIno(ino: number): boolean {
+    if (ino === this.frozen.dir) return true;
+    for (const r of this.frozen.ranges) if (ino >= r.first && ino <= r.last) return true;
+    return false;
+  }
+
+  /** EROFS for a change to a snapshot's inode (or .snapshots). */
+  private checkWritable(ino: number): void {
+    if (this.frozenIno(ino)) fail(E.EROFS);
+  }
+
+  /** EROFS for a change to a name in a snapshot, or to the name .snapshots itself. */
+  private checkNameWritable(parent: number, name: Buffer): void {
+    this.checkWritable(parent);
+    if (parent === ROOT_INO && this.frozen.dir !== undefined && name.equals(SNAPSHOTS_DIR_NAME)) fail(E.EROFS);
+  }
+
+  /** The directory and name a new path would take; EEXIST for the root itself. */
+  private async placeOfPath(path: string): Promise<{ parent: number; name: Buffer }> {
+    const parts = path.split('/').filter((p) => p !== '' && p !== '.');
+    const last = parts.pop();
+    if (last === undefined) fail(E.EEXIST);
+    if (last === '..') fail(E.EINVAL);
+    return { parent: await this.inoOfPath(parts.join('/')), name: Buffer.from(last) };
   }
 
   // ---- internals ----
@@ -667,6 +787,7 @@ export class PogFs implements FileSystem {
   }
 
   private async makeNode(parent: number, name: Buffer, spec: NodeSpec): Promise<InodeRow> {
+    this.checkNameWritable(parent, name);
     await this.admitName(parent, name);
     const row = await this.engine.mknod(parent, name, spec, now());
     this.changed(parent);
@@ -703,6 +824,12 @@ export class PogFs implements FileSystem {
       ctimeNsec: ctime ? ctime.ns : r.ctime_ns,
     };
   }
+}
+
+/** A snapshot's name: one path component. */
+function snapshotName(name: string): Buffer {
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) fail(E.EINVAL, `${JSON.stringify(name)} is not a snapshot name (one path component)`);
+  return Buffer.from(name);
 }
 
 export { FsError };

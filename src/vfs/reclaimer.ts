@@ -12,6 +12,8 @@ export class Reclaimer {
   private running: Promise<void> = Promise.resolve();
   /** Holds in place (a metadata backup in progress): releases wait in the queue. */
   private holds = 0;
+  /** Told when the last hold goes. */
+  private unheld: (() => void)[] = [];
 
   constructor(
     private readonly meta: Pick<MetaDurability, 'barrier'>,
@@ -43,8 +45,18 @@ export class Reclaimer {
       if (done) return;
       done = true;
       this.holds--;
-      if (this.holds === 0 && this.hashes.length > 0) void this.run();
+      if (this.holds > 0) return;
+      const waiting = this.unheld;
+      this.unheld = [];
+      for (const w of waiting) w();
+      if (this.hashes.length > 0) void this.run();
     };
+  }
+
+  /** Resolves once nothing holds releases (a release made then cannot take a block a backup in progress names). */
+  whenUnheld(): Promise<void> {
+    if (this.holds === 0) return Promise.resolve();
+    return new Promise((resolve) => this.unheld.push(resolve));
   }
 
   /** Releases everything queued now (unless held); resolves when done. */
