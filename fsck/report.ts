@@ -23,7 +23,8 @@ export type FindingKind =
   | 'bad-totals'
   | 'missing-pack'
   | 'orphan-pack'
-  | 'known-damaged';
+  | 'known-damaged'
+  | 'unfinished-tree-op';
 
 /**
  * - `error`: the volume is inconsistent (or has lost data);
@@ -35,6 +36,7 @@ export type Severity = 'error' | 'leak' | 'notice';
 /** What each check looks for, in report order. */
 export const CHECKS: readonly { kind: FindingKind; severity: Severity; title: string }[] = [
   { kind: 'metadata-corrupt', severity: 'error', title: 'the metadata database fails SQLite\'s own check' },
+  { kind: 'unfinished-tree-op', severity: 'error', title: 'clones or snapshot removals a crash left under way (the next mount or --repair finishes them; until then they may cause findings below)' },
   { kind: 'missing-block', severity: 'error', title: 'blocks referenced by files but absent from the block store' },
   { kind: 'corrupt-block', severity: 'error', title: 'stored blocks whose bytes do not match their BLAKE3 key (or whose header is invalid)' },
   { kind: 'corrupt-superchunk', severity: 'error', title: 'super-chunks that are missing, do not decompress, or are shorter than their blocks (every file with a block inside is named)' },

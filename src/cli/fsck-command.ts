@@ -10,7 +10,8 @@ import { MetaDb } from '../meta/meta-db';
 import { readSettings } from '../vfs/volume-settings';
 import { repairVolume } from '../../fsck/repairer';
 import { exitCodeFor, renderJson, renderText, type FsckReport } from '../../fsck/report';
-import { SCHEMA_VERSION } from '../meta/schema';
+import { SCHEMA_VERSION, SNAPSHOTS_SCHEMA } from '../meta/schema';
+import { TreeOps } from '../vfs/tree-ops';
 import { BlockStore } from '../store/block-store';
 import { checkStoreFile } from '../store/store-files';
 import { Volume, VolumeFiles } from '../vfs/volume';
@@ -90,9 +91,14 @@ export async function runFsck(target: string, flags: FsckFlags, progress?: Progr
   const volume = openForCheck(path, !!flags.repair);
   const started = performance.now();
   try {
+    // A clone or snapshot removal cut off by a crash: finished first by a repair, as a mount would.
+    const unfinished = volume.meta.schemaVersion() >= SNAPSHOTS_SCHEMA ? volume.meta.clone.pendingTreeOps() : [];
+    if (unfinished.length > 0 && flags.repair) new TreeOps(volume.meta.clone, () => volume.meta.barrier(), volume.store).finishPending();
     let state;
     try {
       state = checkVolume(volume, { quick: !!flags.quick, progress });
+      for (const op of unfinished) state.findings.add('unfinished-tree-op', `a ${op.kind === 'clone' ? 'clone' : 'snapshot removal'} (inodes ${op.first} to ${op.last})`);
+      if (unfinished.length > 0 && flags.repair) state.findings.setRepaired('unfinished-tree-op', unfinished.length, 'finished: a clone undone, a removal completed');
     } catch (err) {
       throw new FsckAbort(`${path}: the check failed: ${(err as Error).message}`);
     } finally {
