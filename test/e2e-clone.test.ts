@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { CLI, isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
-import { sha256, treeDigests, unmountQuietly } from './support/remote-mount';
+import { treeDigests, unmountQuietly } from './support/remote-mount';
 import { tempDir } from './support/tmp';
 
 /**
@@ -82,6 +82,21 @@ attempt('snapshot-rename', lambda: os.rename(s, live + '/.snapshots/other'))
 
 describe('pogfs clone and snapshots', () => {
   const m = mountFresh();
+
+  it('clone and snapshot have --help; a path off any pogfs mount is a usage error (exit 2)', () => {
+    for (const cmd of [['clone'], ['snapshot'], ['snapshot', 'create'], ['snapshot', 'list'], ['snapshot', 'rm']]) {
+      const r = pogfs([...cmd, '--help']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /Usage: pogfs/);
+    }
+    const off = tempDir();
+    const clone = pogfs(['clone', off, join(off, 'x')]);
+    assert.equal(clone.status, 2);
+    assert.match(clone.stderr, /is not inside a mounted pogfs volume/);
+    const snap = pogfs(['snapshot', 'list', off]);
+    assert.equal(snap.status, 2);
+    assert.match(snap.stderr, /is not a mount point/);
+  });
 
   it('a clone shares every block, keeps modes, owners, times, xattrs, symlinks and hard links, then changes independently of its source', () => {
     mkdirSync(m.p('src', 'sub'), { recursive: true });
@@ -269,14 +284,14 @@ describe('kill -9 during a large clone or snapshot removal', () => {
   let treeSize = 0;
   let cloneMs = 0;
 
-  it('builds a tree of about 40,000 inodes (by cloning a small one)', () => {
+  it('builds a tree of about 25,000 inodes (by cloning a small one)', () => {
     mkdirSync(m.p('seed'));
     sh(`cd '${m.p('seed')}' && for d in $(seq 1 20); do mkdir d$d; for f in $(seq 1 49); do printf "file $d $f" > d$d/f$f; done; done`);
     sh(`head -c ${4 * B} /dev/urandom > '${m.p('seed', 'big')}'`);
     mkdirSync(m.p('tree'));
-    for (let i = 0; i < 40; i++) pogfsOk(['clone', m.p('seed'), m.p('tree', `s${i}`)]);
+    for (let i = 0; i < 25; i++) pogfsOk(['clone', m.p('seed'), m.p('tree', `s${i}`)]);
     treeSize = count(m.p('tree'));
-    assert.ok(treeSize > 40_000, `${treeSize} inodes`);
+    assert.ok(treeSize > 25_000, `${treeSize} inodes`);
     const started = performance.now();
     pogfsOk(['clone', m.p('tree'), m.p('timing')]);
     cloneMs = performance.now() - started;
@@ -288,11 +303,11 @@ describe('kill -9 during a large clone or snapshot removal', () => {
     m.mount();
   });
 
-  for (const round of [0, 1, 2, 3, 4, 5]) {
+  for (const round of [0, 1, 2, 3, 4]) {
     it(`kill -9 during a clone, round ${round}: after the remount the clone is whole or absent, and fsck is clean`, async () => {
       const dst = m.p(`clone${round}`);
       // Spread over the clone's own time (the command's start-up included), seeded by round.
-      await killDuring(m.daemonPid(), ['clone', m.p('tree'), dst], 150 + (round * cloneMs) / 5);
+      await killDuring(m.daemonPid(), ['clone', m.p('tree'), dst], 150 + (round * cloneMs) / 4);
       m.mount();
       const present = existsSync(dst);
       if (present) {
@@ -309,7 +324,7 @@ describe('kill -9 during a large clone or snapshot removal', () => {
     });
   }
 
-  for (const round of [0, 1, 2, 3, 4]) {
+  for (const round of [0, 1, 2, 3]) {
     it(`kill -9 during a snapshot removal, round ${round}: the snapshot is whole or gone, counts exact (fsck clean)`, async () => {
       pogfsOk(['snapshot', 'create', m.mnt, `s${round}`]);
       // Blocks only the snapshot holds, so its removal releases some to zero.
@@ -317,7 +332,7 @@ describe('kill -9 during a large clone or snapshot removal', () => {
       m.umount();
       m.mount();
       const started = performance.now();
-      await killDuring(m.daemonPid(), ['snapshot', 'rm', m.mnt, `s${round}`], 150 + (round * cloneMs) / 4);
+      await killDuring(m.daemonPid(), ['snapshot', 'rm', m.mnt, `s${round}`], 150 + (round * cloneMs) / 3);
       const waited = performance.now() - started;
       m.mount();
       const snap = m.p('.snapshots', `s${round}`);
@@ -337,6 +352,5 @@ describe('kill -9 during a large clone or snapshot removal', () => {
     m.umount();
     fsckClean(m.volume);
     m.mount();
-    void sha256;
   });
 });
