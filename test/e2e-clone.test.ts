@@ -156,6 +156,14 @@ describe('pogfs clone and snapshots', () => {
     assert.match(elsewhere.stderr, /same pogfs mount/);
   });
 
+  it('a .snapshots of the user\'s own at the root keeps snapshot create from working, with one line saying so', () => {
+    mkdirSync(m.p('.snapshots'));
+    const r = pogfs(['snapshot', 'create', m.mnt, 'early']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^pogfs: snapshot create early: the root holds a \.snapshots of its own .*rename it first \(EEXIST\)\n$/);
+    sh(`rmdir '${m.p('.snapshots')}'`);
+  });
+
   it('a snapshot reads like its tree did and refuses every kind of write with EROFS, root included; .snapshots too', () => {
     mkdirSync(m.p('d', 'empty'), { recursive: true });
     mkdirSync(m.p('emptydir'));

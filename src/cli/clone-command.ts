@@ -33,7 +33,7 @@ function refusal(what: string, err: Error, paths: { exists?: string; missing?: s
   const [code, ...rest] = err.message.split(': ');
   const why = rest.join(': ');
   const words: Record<string, string> = {
-    EEXIST: `${paths.exists ?? 'the destination'} already exists`,
+    EEXIST: why || `${paths.exists ?? 'the destination'} already exists`,
     ENOENT: `${paths.missing ?? 'a path'} does not exist`,
     ENOTDIR: 'a component of a path is not a directory',
     EROFS: 'snapshots are read-only (and so is .snapshots)',

@@ -603,6 +603,9 @@ export class PogFs implements FileSystem {
     const t = now();
     const meta = this.volume.meta.clone;
     const existed = meta.snapshotsDir();
+    if (existed === undefined && (await this.engine.lookup(ROOT_INO, SNAPSHOTS_DIR_NAME).then(() => true, () => false))) {
+      fail(E.EEXIST, 'the root holds a .snapshots of its own (not the snapshots directory): rename it first');
+    }
     const dir = existed ?? meta.snapshotsDir({ t });
     if (dir === undefined) fail(E.EIO, 'the .snapshots directory could not be made');
     const r = this.trees.clone(src, [dir], dir, nameBuf, t, { name: nameBuf, source: path.split('/').filter((p) => p !== '' && p !== '.').join('/') });
