@@ -216,7 +216,7 @@ describe('volumes with compression', () => {
     // Turn it back into a schema-1 volume: no compression column.
     const db = new Database(join(t.path, 'meta.db'));
     // Schema 1: none of the later tables, no compression column.
-    db.exec('DROP TABLE settings; DROP TABLE packs; DROP TABLE pack_blocks; DROP TABLE pins; DROP TABLE volume_state');
+    db.exec('DROP TABLE settings; DROP TABLE packs; DROP TABLE pack_blocks; DROP TABLE pins; DROP TABLE volume_state; DROP TABLE tree_ops; DROP TABLE snapshots');
     db.pragma('user_version = 1');
     db.close();
     const ro = Volume.open(t.path, { readOnly: true });
