@@ -109,6 +109,16 @@ const MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 5: blocks of files just closed, parked here in the transaction that commits their rows
+  // until the block store has them durably (a NULL data: one more reference to a block the
+  // store has). The sequence only grows (AUTOINCREMENT): the store records the last it took.
+  `
+  CREATE TABLE parked_blocks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash BLOB NOT NULL,
+    data BLOB
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
