@@ -17,6 +17,16 @@ export interface Entry {
   attrTimeout: number;
 }
 
+/**
+ * One name of a readdirplus listing. With `entry`, its attributes go with it and it
+ * counts as a lookup (the filesystem counted it, like a lookup reply; the kernel forgets
+ * it later). Without (`.`, `..`, or a name that could not be looked up), it is a plain
+ * entry, as readdir gives.
+ */
+export interface DirEntryPlus extends DirEntry {
+  entry?: Entry;
+}
+
 /** The caller of a request. */
 export type RequestContext = Caller;
 
@@ -89,6 +99,13 @@ export interface LowLevelOps {
   opendir(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply>;
   /** Entries starting after `offset` (0 = from the start); the binding packs as many as fit in `size`. */
   readdir(ino: number, fh: number, offset: number, size: number): MaybePromise<DirEntry[]>;
+  /**
+   * readdir with each entry's attributes. Optional: without it the kernel is never asked
+   * (it sends readdir and a lookup per name). `size` is the reply buffer in bytes; the
+   * binding packs whole entries while they fit and hands every counted entry that did not
+   * fit back to forget().
+   */
+  readdirplus?(ino: number, fh: number, offset: number, size: number, ctx: RequestContext): MaybePromise<DirEntryPlus[]>;
   releasedir(ino: number, fh: number): MaybePromise<void>;
   fsyncdir(ino: number, fh: number, datasync: boolean): MaybePromise<void>;
   statfs(ino: number): MaybePromise<StatFs>;

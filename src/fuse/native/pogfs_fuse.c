@@ -59,7 +59,8 @@ enum {
   OP_MKDIR, OP_UNLINK, OP_RMDIR, OP_SYMLINK, OP_RENAME, OP_LINK, OP_OPEN, OP_READ,
   OP_WRITE, OP_FLUSH, OP_RELEASE, OP_FSYNC, OP_OPENDIR, OP_READDIR, OP_RELEASEDIR,
   OP_FSYNCDIR, OP_STATFS, OP_SETXATTR, OP_GETXATTR, OP_LISTXATTR, OP_REMOVEXATTR,
-  OP_ACCESS, OP_CREATE, OP_FALLOCATE, OP_LSEEK, OP_COPY_FILE_RANGE, OP_END, OP_ERROR, OP_COUNT
+  OP_ACCESS, OP_CREATE, OP_FALLOCATE, OP_LSEEK, OP_COPY_FILE_RANGE, OP_READDIRPLUS, OP_END, OP_ERROR,
+  OP_COUNT
 };
 /* Queue-only kind: a forget_multi batch, delivered to the OP_FORGET handler item by item. */
 #define OP_FORGET_MULTI 1000
@@ -70,6 +71,8 @@ enum {
   S_ATIME, S_ATIME_NS, S_MTIME, S_MTIME_NS, S_CTIME, S_CTIME_NS,
   S_ENTRY_TIMEOUT, S_ATTR_TIMEOUT, S_FH, S_OPEN_FLAGS, S_COUNT = 32
 };
+/* A readdirplus reply's attributes: one run of S_INO..S_ATTR_TIMEOUT per entry. */
+#define DIRPLUS_STRIDE (S_ATTR_TIMEOUT + 1)
 /* statfs reuses slots 0..8 in StatFs field order. */
 #define OPEN_KEEP_CACHE 1
 #define OPEN_DIRECT_IO 2
@@ -137,6 +140,7 @@ typedef struct pf_session {
 
   uint32_t max_write;
   int writeback;
+  int readdirplus;             /* JS serves readdirplus: ask the kernel for it */
   double neg_timeout;
   atomic_int security_xattrs;
   atomic_int notifying; /* cache invalidations running on worker threads; finish() waits for them */
@@ -261,6 +265,15 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   /* This mount is the only writer: attribute replies never mean "someone else changed
      the data", so a new mtime must not throw the page cache away (keep_cache rules). */
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  /* One readdirplus fills a listing's entries and their attributes, so a walk that stats
+     every name (find, ls -l) costs no lookup per name. Adaptive: the kernel keeps asking
+     for attributes only while the names it was given are being looked at. */
+  if (s->readdirplus && (conn->capable & FUSE_CAP_READDIRPLUS)) {
+    conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+  } else {
+    conn->want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+  }
 
   /* libfuse has already capped conn->max_write to its receive buffer (256 pages with
      FUSE_MAX_PAGES, 32 without). Never raise it past that: the kernel would send writes
@@ -500,6 +513,16 @@ static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
   enqueue(req_session(req), r);
 }
 
+static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  pf_req *r = req_new(req, OP_READDIRPLUS, NULL, NULL);
+  if (!r) return;
+  r->ino = ino;
+  set_fh(r, fi);
+  r->size = size;
+  r->off = (uint64_t)off;
+  enqueue(req_session(req), r);
+}
+
 static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   pf_req *r = req_new(req, OP_RELEASEDIR, NULL, NULL);
   if (!r) return;
@@ -663,6 +686,7 @@ static const struct fuse_lowlevel_ops ll_ops = {
   .fsync = ll_fsync,
   .opendir = ll_opendir,
   .readdir = ll_readdir,
+  .readdirplus = ll_readdirplus,
   .releasedir = ll_releasedir,
   .fsyncdir = ll_fsyncdir,
   .statfs = ll_statfs,
@@ -886,6 +910,9 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   case OP_READDIR:
     a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->off);
     a_num(&a, (double)r->size); break;
+  case OP_READDIRPLUS:
+    a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->off);
+    a_num(&a, (double)r->size); a_ctx(&a, r); break;
   case OP_STATFS:
     a_num(&a, (double)r->ino); break;
   case OP_SETXATTR:
@@ -1333,15 +1360,39 @@ static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
   return js_bool(env, 1);
 }
 
-/* replyDir(handle, id, entries: DirEntry[]): packs whole entries until r->size is full. */
+static int is_dot_or_dotdot(const char *name) {
+  return name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
+}
+
+/* replyDir(handle, id, entries: DirEntry[], attrs?: Float64Array) -> entries packed, or
+   false when the request was already answered. Packs whole entries until r->size is
+   full. A readdirplus reply also gives each entry's attributes in `attrs`
+   (DIRPLUS_STRIDE slots per entry, in scratch order): an entry whose S_INO slot is 0
+   goes without them (. and .., or a name that could not be looked up), and every other
+   one adds one to the kernel's lookup count of its inode. JS forgets, for the filesystem,
+   the counted entries that did not fit. */
 static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
-  REPLY_PROLOGUE(3)
-  if (r->op != OP_READDIR) return reply_invalid(env, r, "replyDir used for an operation other than readdir");
+  REPLY_PROLOGUE(4)
+  const int plus = r->op == OP_READDIRPLUS;
+  if (r->op != OP_READDIR && !plus)
+    return reply_invalid(env, r, "replyDir used for an operation other than readdir/readdirplus");
   bool is_array = false;
   uint32_t count = 0;
   if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array ||
       napi_get_array_length(env, argv[2], &count) != napi_ok)
     return reply_invalid(env, r, "readdir must return an array of DirEntry");
+  const double *attrs = NULL;
+  if (plus) {
+    bool is_ta = false;
+    napi_typedarray_type tt;
+    size_t tlen = 0;
+    void *tdata = NULL;
+    if (argc < 4 || napi_is_typedarray(env, argv[3], &is_ta) != napi_ok || !is_ta ||
+        napi_get_typedarray_info(env, argv[3], &tt, &tlen, &tdata, NULL, NULL) != napi_ok ||
+        tt != napi_float64_array || tlen < (size_t)count * DIRPLUS_STRIDE)
+      return reply_invalid(env, r, "readdirplus needs a Float64Array of attributes for every entry");
+    attrs = tdata;
+  }
   napi_value k_name, k_ino, k_mode, k_next;
   if (napi_create_string_latin1(env, "name", NAPI_AUTO_LENGTH, &k_name) != napi_ok ||
       napi_create_string_latin1(env, "ino", NAPI_AUTO_LENGTH, &k_ino) != napi_ok ||
@@ -1352,9 +1403,12 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   if (!buf) {
     fuse_reply_err(r->req, ENOMEM);
     req_free(r);
-    return js_bool(env, 1);
+    napi_value zero;
+    napi_create_uint32(env, 0, &zero);
+    return zero;
   }
   size_t pos = 0;
+  uint32_t packed = 0;
   const char *bad = NULL;
   char name[1024];
   for (uint32_t i = 0; i < count; i++) {
@@ -1377,14 +1431,35 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
     }
     memcpy(name, nd, nlen);
     name[nlen] = 0; /* fuse_add_direntry wants a C string */
-    struct stat st;
-    memset(&st, 0, sizeof st);
-    st.st_ino = d2u64(ino);
-    st.st_mode = (mode_t)d2u64(mode) & S_IFMT;
-    size_t need = fuse_add_direntry(r->req, NULL, 0, name, NULL, 0);
-    if (need > r->size - pos) break; /* never split an entry: the kernel asks again */
-    fuse_add_direntry(r->req, buf + pos, r->size - pos, name, &st, (off_t)d2i64(next));
+    size_t need;
+    if (plus) {
+      struct fuse_entry_param ep;
+      memset(&ep, 0, sizeof ep);
+      const double *d = attrs + (size_t)i * DIRPLUS_STRIDE;
+      if (d[S_INO] > 0 && !is_dot_or_dotdot(name)) {
+        scratch_stat(d, &ep.attr);
+        ep.ino = ep.attr.st_ino;
+        ep.entry_timeout = d2timeout(d[S_ENTRY_TIMEOUT]);
+        ep.attr_timeout = d2timeout(d[S_ATTR_TIMEOUT]);
+      } else {
+        /* ep.ino 0: a plain entry, no attributes and no lookup count. */
+        ep.attr.st_ino = d2u64(ino);
+        ep.attr.st_mode = (mode_t)d2u64(mode) & S_IFMT;
+      }
+      need = fuse_add_direntry_plus(r->req, NULL, 0, name, NULL, 0);
+      if (need > r->size - pos) break; /* never split an entry: the kernel asks again */
+      fuse_add_direntry_plus(r->req, buf + pos, r->size - pos, name, &ep, (off_t)d2i64(next));
+    } else {
+      struct stat st;
+      memset(&st, 0, sizeof st);
+      st.st_ino = d2u64(ino);
+      st.st_mode = (mode_t)d2u64(mode) & S_IFMT;
+      need = fuse_add_direntry(r->req, NULL, 0, name, NULL, 0);
+      if (need > r->size - pos) break; /* never split an entry: the kernel asks again */
+      fuse_add_direntry(r->req, buf + pos, r->size - pos, name, &st, (off_t)d2i64(next));
+    }
     pos += need;
+    packed++;
   }
   bool pending = false;
   if (bad && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -1398,7 +1473,9 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   fuse_reply_buf(r->req, buf, pos);
   free(buf);
   req_free(r);
-  return js_bool(env, 1);
+  napi_value out;
+  if (napi_create_uint32(env, packed, &out) != napi_ok) return NULL;
+  return out;
 }
 
 static napi_value js_set_security_xattrs(napi_env env, napi_callback_info info) {
@@ -1492,6 +1569,11 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->free_head = NO_SLOT;
   s->max_write = max_write >= 4096 && max_write <= (double)UINT32_MAX ? (uint32_t)max_write : ONE_MIB;
   s->writeback = writeback;
+  /* The kernel is asked for readdirplus only when JS serves it. */
+  napi_value rdp;
+  napi_valuetype rdp_type = napi_undefined;
+  if (napi_get_element(env, argv[5], OP_READDIRPLUS, &rdp) == napi_ok) napi_typeof(env, rdp, &rdp_type);
+  s->readdirplus = rdp_type == napi_function;
   s->neg_timeout = d2timeout(neg_timeout);
   atomic_init(&s->security_xattrs, 0);
   atomic_init(&s->notifying, 0);
