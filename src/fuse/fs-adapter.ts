@@ -119,7 +119,7 @@ export class FsAdapter implements LowLevelOps {
     return then(this.fs.link(ino, newParent, newName, ctx), this.entry);
   }
   open(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply> {
-    return then(this.fs.open(ino, flags, ctx), (o) => ({ fh: o.fh, keepCache: this.options.keepCache }));
+    return then(this.fs.open(ino, flags, ctx), (o) => ({ fh: o.fh, keepCache: this.options.keepCache, noFlush: o.noFlush }));
   }
   read(ino: number, fh: number, size: number, offset: number, ctx: RequestContext): MaybePromise<Buffer> {
     return this.fs.read(ino, fh, size, offset, ctx);
@@ -209,7 +209,7 @@ export class FsAdapter implements LowLevelOps {
     return this.fs.access(ino, mask, ctx);
   }
   create(parent: number, name: Buffer, mode: number, flags: number, ctx: RequestContext): MaybePromise<Entry & OpenReply> {
-    return then(this.fs.create(parent, name, mode, flags, ctx), (c) => ({ ...this.entry(c), fh: c.fh, keepCache: this.options.keepCache }));
+    return then(this.fs.create(parent, name, mode, flags, ctx), (c) => ({ ...this.entry(c), fh: c.fh, keepCache: this.options.keepCache, noFlush: c.noFlush }));
   }
   fallocate(ino: number, fh: number, mode: number, offset: number, length: number): MaybePromise<void> {
     if (!this.fs.fallocate) fail(E.ENOSYS);

@@ -85,6 +85,7 @@ const enum S {
 const DIRPLUS_STRIDE = S.ATTR_TIMEOUT + 1;
 const OPEN_KEEP_CACHE = 1;
 const OPEN_DIRECT_IO = 2;
+const OPEN_NO_FLUSH = 4;
 
 declare const nativeHandleBrand: unique symbol;
 type NativeHandle = { readonly [nativeHandleBrand]: true };
@@ -492,7 +493,7 @@ export class FuseSession {
 
   private putOpen(o: OpenReply): void {
     this.scratch[S.FH] = o.fh;
-    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0);
+    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0) | (o.noFlush ? OPEN_NO_FLUSH : 0);
   }
 
   private readonly rEntry = (id: number, e: Entry): void => {
@@ -597,7 +598,10 @@ export class FuseSession {
         this.log.error('pogfs: init() threw', e);
       }
     };
-    h[Op.FORGET] = (ino: number, nlookup: number): void => this.forget(ino, nlookup);
+    // Forgets come in batches: (ino, nlookup) pairs, one call for all the kernel sent at once.
+    h[Op.FORGET] = (pairs: Float64Array): void => {
+      for (let i = 0; i + 1 < pairs.length; i += 2) this.forget(pairs[i], pairs[i + 1]);
+    };
     h[Op.END] = (rc: number): void => this.onEnd(rc);
     h[Op.ERROR] = (e: unknown): void => this.log.error('pogfs: uncaught error while dispatching a FUSE request', e);
 

@@ -63,6 +63,8 @@ export interface OpenReply {
   /** Keep the kernel page cache across opens (safe: this mount is the only writer). */
   keepCache?: boolean;
   directIo?: boolean;
+  /** flush of this handle has nothing to do: the binding answers it without calling flush(). */
+  noFlush?: boolean;
 }
 
 /**

@@ -76,6 +76,14 @@ enum {
 /* statfs reuses slots 0..8 in StatFs field order. */
 #define OPEN_KEEP_CACHE 1
 #define OPEN_DIRECT_IO 2
+#define OPEN_NO_FLUSH 4
+
+/* The handle the kernel holds is JS's fh shifted left by one; the low bit says "flush has
+   nothing to do here" (OPEN_NO_FLUSH), so such a flush is answered in C without a JS
+   round trip (it comes at every close, of every read-only open). JS handles stay below
+   2^53, so the shifted value fits. Every fh the kernel sends back is decoded (fh_of). */
+#define FH_NO_FLUSH 1u
+static uint64_t fh_of(uint64_t kernel_fh) { return kernel_fh >> 1; }
 
 #define SESSION_MAGIC 0x706f6766u /* "pogf" */
 #define ONE_MIB (1024u * 1024u)
@@ -335,7 +343,7 @@ static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void set_fh(pf_req *r, struct fuse_file_info *fi) {
   if (fi) {
-    r->fh = fi->fh;
+    r->fh = fh_of(fi->fh);
     r->has_fh = 1;
   }
 }
@@ -470,6 +478,10 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 }
 
 static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  if (fi->fh & FH_NO_FLUSH) {
+    fuse_reply_err(req, 0);
+    return;
+  }
   pf_req *r = req_new(req, OP_FLUSH, NULL, NULL);
   if (!r) return;
   r->ino = ino;
@@ -652,7 +664,7 @@ static void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, 
   set_fh(r, fi_in);
   r->off = (uint64_t)off_in;
   r->ino2 = ino_out;
-  r->fh2 = fi_out ? fi_out->fh : 0;
+  r->fh2 = fi_out ? fh_of(fi_out->fh) : 0;
   r->off2 = (uint64_t)off_out;
   /* The reply's count is 32 bits (fuse_write_out.size): a longer copy would come back
      wrapped (4 GiB as 0, which cp takes for end of file). Copy at most what the count can
@@ -947,18 +959,45 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   }
 }
 
-static void dispatch_forgets(napi_env env, napi_value handlers, pf_req *r) {
-  const struct fuse_forget_data *f = (const void *)r->data;
-  size_t n = r->op == OP_FORGET_MULTI ? r->datalen : 1;
-  for (size_t i = 0; i < n; i++) {
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-    args_t a = { .env = env, .n = 0, .ok = 1 };
-    a_num(&a, (double)(f ? f[i].ino : r->ino));
-    a_num(&a, (double)(f ? f[i].nlookup : r->off));
-    if (a.ok) call_handler(env, handlers, OP_FORGET, &a);
-    napi_close_handle_scope(env, scope);
+static int is_forget(const pf_req *r) { return r->op == OP_FORGET || r->op == OP_FORGET_MULTI; }
+
+/* The run of forget items starting at r, handed to JS in one call as (ino, nlookup)
+   pairs in a Float64Array: the kernel sends forgets by the thousand (rm -rf, memory
+   pressure) and one call each was one N-API round trip each. Returns the first item
+   after the run; the run's items are freed. */
+static pf_req *dispatch_forgets(napi_env env, napi_value handlers, pf_req *r) {
+  size_t n = 0;
+  for (pf_req *q = r; q && is_forget(q); q = q->next) n += q->op == OP_FORGET_MULTI ? q->datalen : 1;
+  napi_value ab, pairs;
+  double *d = NULL;
+  int ok = n > 0 && napi_create_arraybuffer(env, n * 2 * sizeof(double), (void **)&d, &ab) == napi_ok &&
+           napi_create_typedarray(env, napi_float64_array, n * 2, ab, 0, &pairs) == napi_ok;
+  size_t i = 0;
+  while (r && is_forget(r)) {
+    pf_req *next = r->next;
+    if (ok) {
+      if (r->op == OP_FORGET_MULTI) {
+        const struct fuse_forget_data *f = (const void *)r->data;
+        for (size_t k = 0; k < r->datalen; k++, i++) {
+          d[2 * i] = (double)f[k].ino;
+          d[2 * i + 1] = (double)f[k].nlookup;
+        }
+      } else {
+        d[2 * i] = (double)r->ino;
+        d[2 * i + 1] = (double)r->off;
+        i++;
+      }
+    }
+    req_free(r);
+    r = next;
   }
+  /* Without memory for the batch the FS only keeps some inodes too long. */
+  if (ok) {
+    args_t a = { .env = env, .n = 0, .ok = 1 };
+    a.v[a.n++] = pairs;
+    call_handler(env, handlers, OP_FORGET, &a);
+  }
+  return r;
 }
 
 static void free_session(pf_session *s) {
@@ -1040,9 +1079,8 @@ static void drain(napi_env env, pf_session *s) {
       if (r->req) fuse_reply_err(r->req, EIO);
       req_free(r);
     } else {
-      if (r->op == OP_FORGET || r->op == OP_FORGET_MULTI) {
-        dispatch_forgets(env, handlers, r);
-        req_free(r);
+      if (is_forget(r)) {
+        next = dispatch_forgets(env, handlers, r);
       } else if (r->op == OP_INIT) {
         args_t a = { .env = env, .n = 0, .ok = 1 };
         call_handler(env, handlers, OP_INIT, &a);
@@ -1172,7 +1210,7 @@ static void scratch_stat(const double *d, struct stat *st) {
 static void scratch_open(const double *d, struct fuse_file_info *fi) {
   memset(fi, 0, sizeof *fi);
   uint64_t flags = d2u64(d[S_OPEN_FLAGS]);
-  fi->fh = d2u64(d[S_FH]);
+  fi->fh = d2u64(d[S_FH]) << 1 | ((flags & OPEN_NO_FLUSH) ? FH_NO_FLUSH : 0);
   fi->keep_cache = (flags & OPEN_KEEP_CACHE) != 0;
   fi->direct_io = (flags & OPEN_DIRECT_IO) != 0;
 }
