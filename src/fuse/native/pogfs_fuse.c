@@ -274,14 +274,15 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
      the data", so a new mtime must not throw the page cache away (keep_cache rules). */
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   /* One readdirplus fills a listing's entries and their attributes, so a walk that stats
-     every name (find, ls -l) costs no lookup per name. Adaptive: the kernel keeps asking
-     for attributes only while the names it was given are being looked at. */
-  if (s->readdirplus && (conn->capable & FUSE_CAP_READDIRPLUS)) {
-    conn->want |= FUSE_CAP_READDIRPLUS;
-    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
-  } else {
-    conn->want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
-  }
+     every name (find, ls -l, rm -rf, a media scanner) costs no lookup request per name.
+     Always, not adaptively (libfuse's default, READDIRPLUS_AUTO): the adaptive kernel
+     asks for attributes in the first buffer of a listing only, and a program reads the
+     whole listing before it stats the names, so the rest of a large directory went back
+     to one lookup per name. A lookup answered inside JS costs far less than one that
+     crosses the kernel. */
+  if (s->readdirplus && (conn->capable & FUSE_CAP_READDIRPLUS)) conn->want |= FUSE_CAP_READDIRPLUS;
+  else conn->want &= ~FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 
   /* libfuse has already capped conn->max_write to its receive buffer (256 pages with
      FUSE_MAX_PAGES, 32 without). Never raise it past that: the kernel would send writes
