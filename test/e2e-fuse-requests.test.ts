@@ -84,6 +84,35 @@ describe('FUSE requests reaching the daemon', () => {
     }
   });
 
+  it('a directory listed again comes from the kernel\'s cache, until it changes through the mount', async () => {
+    const m = mountFresh();
+    sh(`mkdir ${m.p('d')} && for i in $(seq 1 20); do echo $i > ${m.p('d')}/f$i; done`);
+    m.umount();
+    const url = mountWithMetrics(m);
+    const listings = (text: string): number => ops(text, 'readdir') + ops(text, 'readdirplus');
+    const ls = (): string[] => sh(`ls -A ${m.p('d')}`).trim().split('\n').sort();
+    const names = Array.from({ length: 20 }, (_, i) => `f${i + 1}`);
+    try {
+      assert.deepEqual(ls(), [...names].sort());
+      const first = await scrape(url);
+      assert.deepEqual(ls(), [...names].sort());
+      const again = await scrape(url);
+      assert.equal(listings(again) - listings(first), 0);
+      assert.ok(ops(again, 'opendir') > ops(first, 'opendir'));
+      // Each change drops the cached listing.
+      sh(`touch ${m.p('d', 'new')}`);
+      assert.deepEqual(ls(), [...names, 'new'].sort());
+      sh(`rm ${m.p('d', 'f1')} && mv ${m.p('d', 'f2')} ${m.p('d', 'moved')}`);
+      assert.deepEqual(ls(), [...names.slice(2), 'moved', 'new'].sort());
+      sh(`mkdir ${m.p('e')} && mv ${m.p('d', 'f3')} ${m.p('e', 'f3')}`);
+      assert.deepEqual(ls(), [...names.slice(3), 'moved', 'new'].sort());
+      const changed = await scrape(url);
+      assert.ok(listings(changed) - listings(again) >= 3);
+    } finally {
+      m.umount();
+    }
+  });
+
   it('files listed, opened, unlinked and closed all at once are freed: their blocks leave the store', async () => {
     const m = mountFresh();
     const n = 200;

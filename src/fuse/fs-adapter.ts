@@ -137,7 +137,7 @@ export class FsAdapter implements LowLevelOps {
     return this.fs.fsync(ino, fh, datasync);
   }
   opendir(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply> {
-    return then(this.fs.opendir(ino, flags, ctx), (o) => (this.options.keepDirCache ? { fh: o.fh, keepCache: true } : { fh: o.fh }));
+    return then(this.fs.opendir(ino, flags, ctx), (o) => (this.options.keepDirCache ? { fh: o.fh, keepCache: true, cacheDir: true } : { fh: o.fh }));
   }
   readdir(ino: number, fh: number, offset: number, size: number): MaybePromise<DirEntry[]> {
     // As many as could fit if every name were one byte long; the binding packs what fits

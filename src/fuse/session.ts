@@ -86,6 +86,7 @@ const DIRPLUS_STRIDE = S.ATTR_TIMEOUT + 1;
 const OPEN_KEEP_CACHE = 1;
 const OPEN_DIRECT_IO = 2;
 const OPEN_NO_FLUSH = 4;
+const OPEN_CACHE_DIR = 8;
 
 declare const nativeHandleBrand: unique symbol;
 type NativeHandle = { readonly [nativeHandleBrand]: true };
@@ -493,7 +494,7 @@ export class FuseSession {
 
   private putOpen(o: OpenReply): void {
     this.scratch[S.FH] = o.fh;
-    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0) | (o.noFlush ? OPEN_NO_FLUSH : 0);
+    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0) | (o.noFlush ? OPEN_NO_FLUSH : 0) | (o.cacheDir ? OPEN_CACHE_DIR : 0);
   }
 
   private readonly rEntry = (id: number, e: Entry): void => {

@@ -65,6 +65,12 @@ export interface OpenReply {
   directIo?: boolean;
   /** flush of this handle has nothing to do: the binding answers it without calling flush(). */
   noFlush?: boolean;
+  /**
+   * opendir: the kernel may keep the listing it reads (FOPEN_CACHE_DIR) and serve later
+   * listings from it; it drops it when the directory changes through the mount. With
+   * keepCache, a new open keeps what is cached.
+   */
+  cacheDir?: boolean;
 }
 
 /**

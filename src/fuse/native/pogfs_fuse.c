@@ -77,6 +77,7 @@ enum {
 #define OPEN_KEEP_CACHE 1
 #define OPEN_DIRECT_IO 2
 #define OPEN_NO_FLUSH 4
+#define OPEN_CACHE_DIR 8
 
 /* The handle the kernel holds is JS's fh shifted left by one; the low bit says "flush has
    nothing to do here" (OPEN_NO_FLUSH), so such a flush is answered in C without a JS
@@ -1214,6 +1215,7 @@ static void scratch_open(const double *d, struct fuse_file_info *fi) {
   fi->fh = d2u64(d[S_FH]) << 1 | ((flags & OPEN_NO_FLUSH) ? FH_NO_FLUSH : 0);
   fi->keep_cache = (flags & OPEN_KEEP_CACHE) != 0;
   fi->direct_io = (flags & OPEN_DIRECT_IO) != 0;
+  fi->cache_readdir = (flags & OPEN_CACHE_DIR) != 0;
 }
 
 /* Common prologue: (handle, id, ...) -> session and the claimed request. Returns false
