@@ -59,6 +59,7 @@ export interface SetAttr {
 }
 
 export interface OpenReply {
+  /** A non-negative integer below 2^53 (the binding hands the kernel fh * 2 plus a flag bit). */
   fh: number;
   /** Keep the kernel page cache across opens (safe: this mount is the only writer). */
   keepCache?: boolean;
