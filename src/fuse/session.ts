@@ -23,6 +23,13 @@
  *   setSecurityXattrsPresent(false) (the default). Call setSecurityXattrsPresent(true)
  *   at mount when the FS already stores any security.* attribute. A setxattr of a
  *   security.* name turns the flag on by itself.
+ * - flush of a handle whose open (or create) reply said `noFlush` is answered in C:
+ *   flush() is never called for it.
+ * - readdirplus is optional (without it the kernel is not offered it). Every entry it
+ *   returns with `entry` is counted like a lookup reply; the session gives forget() back
+ *   the ones that did not fit in the kernel's buffer.
+ * - forget() is called once per inode, but a burst of the kernel's forgets reaches JS in
+ *   one call.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
