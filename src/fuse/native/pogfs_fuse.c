@@ -62,7 +62,7 @@ enum {
   OP_ACCESS, OP_CREATE, OP_FALLOCATE, OP_LSEEK, OP_COPY_FILE_RANGE, OP_READDIRPLUS, OP_END, OP_ERROR,
   OP_COUNT
 };
-/* Queue-only kind: a forget_multi batch, delivered to the OP_FORGET handler item by item. */
+/* Queue-only kind: a forget_multi batch; forgets reach the OP_FORGET handler in runs (dispatch_forgets). */
 #define OP_FORGET_MULTI 1000
 
 /* Scratch (Float64Array) layout. Keep in sync with session.ts. */
