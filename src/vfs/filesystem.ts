@@ -644,8 +644,10 @@ export class PogFs implements FileSystem {
   private openNode(node: Node, flags: number): Opened {
     node.opens += 1;
     const fh = this.nextFh++;
-    this.files.set(fh, { ino: node.ino, writable: (flags & O_ACCMODE) !== O_RDONLY });
-    return { fh };
+    const writable = (flags & O_ACCMODE) !== O_RDONLY;
+    this.files.set(fh, { ino: node.ino, writable });
+    // flush only ever commits what a writable handle may have written.
+    return writable ? { fh } : { fh, noFlush: true };
   }
 
   /** Commits the node's content (safe from a daemon crash, not yet synced); `urgent` when a caller waits for that (fsync, close). */
