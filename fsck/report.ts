@@ -24,6 +24,7 @@ export type FindingKind =
   | 'missing-pack'
   | 'orphan-pack'
   | 'known-damaged'
+  | 'parked-blocks'
   | 'unfinished-tree-op';
 
 /**
@@ -45,6 +46,7 @@ export const CHECKS: readonly { kind: FindingKind; severity: Severity; title: st
   { kind: 'wrong-refcount', severity: 'error', title: 'reference counts below the number of block rows (a later delete could lose data), or malformed' },
   { kind: 'excess-refcount', severity: 'leak', title: 'reference counts above the number of block rows (left by a crash: the block would outlive its files)' },
   { kind: 'orphan-block', severity: 'leak', title: 'stored blocks no block row references' },
+  { kind: 'parked-blocks', severity: 'notice', title: 'blocks of files closed just before a crash, still parked in the metadata (the next mount moves them into the block store)' },
   { kind: 'wrong-nlink', severity: 'error', title: 'inodes whose link count differs from the entries naming them' },
   { kind: 'dangling-entry', severity: 'error', title: 'directory entries pointing to a missing inode or sitting in a missing directory' },
   { kind: 'unreachable', severity: 'error', title: 'inodes not reachable from the root, directory cycles, directories linked twice' },

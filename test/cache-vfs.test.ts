@@ -26,7 +26,7 @@ interface Stack {
 async function stack(): Promise<Stack> {
   const f = await cacheFixture();
   const cache = new RemoteCache(f.volume.ledger, f.volume.meta, f.remote, f.volume.packer(), { cacheBytes: 64 * BLOCK, packBytes: 64 * BLOCK, readaheadBytes: 0, uploadIdleMs: 60_000, log: f.log });
-  const fs = new PogFs(f.volume, { syncOnClose: true, writebackIntervalMs: 60_000, metadataCommitMs: 1000, cache, readaheadBytes: 0 }, quietLog);
+  const fs = new PogFs(f.volume, { syncOnClose: true, commitIntervalMs: 5000, metadataCommitMs: 1000, cache, readaheadBytes: 0 }, quietLog);
   return {
     f,
     cache,
@@ -45,6 +45,8 @@ async function writeFile(fs: PogFs, name: string, data: Buffer): Promise<number>
   await fs.write(e.attr.ino, e.fh, data, 0, root);
   await fs.flush(e.attr.ino, e.fh);
   fs.release(e.attr.ino, e.fh, 0);
+  // The close parked its blocks in the metadata: into the store (and the cache's ledger) now.
+  await fs.durability.move();
   return e.attr.ino;
 }
 

@@ -47,6 +47,7 @@ async function errno(fn: () => unknown): Promise<number | undefined> {
 /** Commits everything and drops released references, as an unmount would. */
 async function settle(t: TestFs): Promise<void> {
   await t.fs.commitAll();
+  await t.fs.durability.move();
   await t.fs.reclaimer.run();
 }
 

@@ -26,6 +26,8 @@ export interface DaemonOptions {
   mountpoint: string;
   allowOther: boolean;
   syncOnClose: boolean;
+  /** Everything reaches the disk within this long (ms). */
+  commitIntervalMs: number;
   /** Mount read-only: no writes, no writer lock, no uploads. */
   readOnly: boolean;
   /** Take the remote's writer lock from another holder (with a warning). */
@@ -111,7 +113,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       volume,
       {
         syncOnClose: o.syncOnClose,
-        writebackIntervalMs: 5000,
+        commitIntervalMs: o.commitIntervalMs,
         metadataCommitMs: 1000,
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
         cache,
@@ -124,6 +126,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       if (unfinished > 0) log.info(`finished ${unfinished} clone or snapshot operations an earlier crash left under way`);
     }
     if (attached) startBackups(attached, volume, () => fs.reclaimer.hold(), log);
+    if (volume.takenAtOpen > 0) log.info(`took ${volume.takenAtOpen} blocks of files closed before an earlier crash into the block store`);
+    await fs.settleParked();
     const freed = await fs.recoverUnlinked();
     if (freed > 0) log.info(`freed ${freed} inodes left unlinked by an earlier crash`);
     let metrics: DaemonMetrics | undefined;

@@ -8,7 +8,10 @@ import { UsageError, userFacingError } from './errors';
 import { mountArgsFromHelper } from './mount-helper';
 import { mountOverlap } from './mounts';
 import { DEFAULT_LOG_MAX_BYTES, LOG_LEVELS, logArgv, logSettings } from './log-options';
-import { parseSize } from './units';
+import { parseCommitInterval, parseSize } from './units';
+
+/** How often a mounted volume makes everything durable (like ext4's commit=5). */
+const DEFAULT_COMMIT_INTERVAL_S = 5;
 import { isRemoteSpec, localRemoteDir, normalizeRemoteSpec } from '../remote/remote-spec';
 
 function defaultVolume(): string {
@@ -74,7 +77,10 @@ function withDaemonOptions(c: Command, where: string): Command {
 
 interface MountFlags extends RemoteFlags, DaemonFlags {
   allowOther?: boolean;
-  syncOnClose: boolean;
+  /** true: --sync-on-close; false: the old --no-sync-on-close (now the default, with a notice). */
+  syncOnClose?: boolean;
+  /** --commit-interval, seconds. */
+  commitInterval?: number;
   readOnly?: boolean;
   breakLock?: boolean;
   pidFile?: string;
@@ -104,6 +110,9 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   // Checked here, before anything is created, restored or started, so a typo is one line and exit 2.
   const metrics = flags.metrics === undefined ? undefined : (await import('./metrics-address')).parseMetricsAddress(flags.metrics);
   const { logFile, logOptions } = logSettings(flags);
+  if (flags.syncOnClose === false && !flags.ipcReady) {
+    console.error('pogfs: --no-sync-on-close is the default now (close commits without waiting for the disk; fsync and the commit interval make data durable): the flag can go');
+  }
 
   if (args.length === 1) {
     volume = defaultVolume();
@@ -131,7 +140,8 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
       logOptions,
       metrics,
       allowOther: !!flags.allowOther,
-      syncOnClose: flags.syncOnClose,
+      syncOnClose: flags.syncOnClose === true,
+      commitIntervalMs: (flags.commitInterval ?? DEFAULT_COMMIT_INTERVAL_S) * 1000,
       readOnly: !!flags.readOnly,
       breakLock: !!flags.breakLock,
       allowNonEmpty: !!flags.allowNonEmpty,
@@ -149,7 +159,8 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
   const argv = [__filename, 'mount', resolve(volume), resolve(mountpoint), '--foreground', '--ipc-ready'];
   if (flags.verbose) argv.push('--verbose');
   if (flags.allowOther) argv.push('--allow-other');
-  if (!flags.syncOnClose) argv.push('--no-sync-on-close');
+  if (flags.syncOnClose) argv.push('--sync-on-close');
+  if (flags.commitInterval !== undefined) argv.push('--commit-interval', String(flags.commitInterval));
   if (flags.readOnly) argv.push('--read-only');
   if (flags.breakLock) argv.push('--break-lock');
   if (flags.allowNonEmpty) argv.push('--allow-non-empty');
@@ -204,7 +215,9 @@ function program(): Command {
     .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
-    .option('--no-sync-on-close', 'do not make data durable at close (only fsync and the 5 s writeback do)')
+    .option('--sync-on-close', 'make close as durable as fsync (survives a power cut); by default close commits without waiting for the disk (survives a crash of pogfs) and the commit interval makes it durable')
+    .addOption(new Option('--no-sync-on-close', 'the default now; accepted with a notice').hideHelp())
+    .option('--commit-interval <seconds>', `everything written reaches the disk within this many seconds (default ${DEFAULT_COMMIT_INTERVAL_S})`, parseCommitInterval)
     .option('--read-only', 'mount read-only (with a remote: no writer lock, so another machine may be writing)')
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')

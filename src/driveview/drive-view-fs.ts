@@ -80,10 +80,11 @@ export class DriveViewFs implements FileSystem {
   async open(ino: number, flags: number, caller: Caller): Promise<Opened> {
     if (!this.wb) {
       if ((flags & 3) !== fsConstants.O_RDONLY || flags & fsConstants.O_TRUNC) fail(E.EROFS);
-      return { fh: this.view.open(ino, caller.pid) };
+      return { fh: this.view.open(ino, caller.pid), noFlush: true };
     }
+    // Only a staged (writable) handle has anything to flush.
     const staged = await this.wb.open(this.view.entry(ino), flags);
-    return { fh: staged ?? this.view.open(ino, caller.pid) };
+    return staged !== undefined ? { fh: staged } : { fh: this.view.open(ino, caller.pid), noFlush: true };
   }
 
   read(_ino: number, fh: number, size: number, offset: number, caller: Caller): Promise<Buffer> | Buffer {

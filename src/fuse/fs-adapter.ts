@@ -8,8 +8,8 @@
  */
 import { E, fail } from '../posix/errors';
 import type { AttrChanges, Entry as FsEntry, FileSystem, Invalidation, MaybePromise } from '../posix/file-system';
-import { direntSize, type FuseSession } from './session';
-import { SetAttrValid, type Attr, type CopyRange, type DirEntry, type Entry, type LowLevelOps, type OpenReply, type RequestContext, type SetAttr, type StatFs } from './types';
+import { direntPlusSize, direntSize, type FuseSession } from './session';
+import { SetAttrValid, type Attr, type CopyRange, type DirEntry, type DirEntryPlus, type Entry, type LowLevelOps, type OpenReply, type RequestContext, type SetAttr, type StatFs } from './types';
 
 export interface FsAdapterOptions {
   /** Seconds the kernel may cache a name → inode binding. */
@@ -28,6 +28,11 @@ const INVALIDATION_BATCH = 64;
 /** Applies `fn` to a value that may still be coming, without a promise when it is not. */
 function then<T, R>(value: MaybePromise<T>, fn: (v: T) => R): MaybePromise<R> {
   return value instanceof Promise ? value.then(fn) : fn(value);
+}
+
+/** `.` and `..`: listed without attributes, never counted as lookups. */
+function isDotOrDotDot(name: Buffer): boolean {
+  return name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e));
 }
 
 /** setattr's valid bits → the fields to change. */
@@ -114,7 +119,7 @@ export class FsAdapter implements LowLevelOps {
     return then(this.fs.link(ino, newParent, newName, ctx), this.entry);
   }
   open(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply> {
-    return then(this.fs.open(ino, flags, ctx), (o) => ({ fh: o.fh, keepCache: this.options.keepCache }));
+    return then(this.fs.open(ino, flags, ctx), (o) => ({ fh: o.fh, keepCache: this.options.keepCache, noFlush: o.noFlush }));
   }
   read(ino: number, fh: number, size: number, offset: number, ctx: RequestContext): MaybePromise<Buffer> {
     return this.fs.read(ino, fh, size, offset, ctx);
@@ -132,12 +137,52 @@ export class FsAdapter implements LowLevelOps {
     return this.fs.fsync(ino, fh, datasync);
   }
   opendir(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply> {
-    return then(this.fs.opendir(ino, flags, ctx), (o) => (this.options.keepDirCache ? { fh: o.fh, keepCache: true } : { fh: o.fh }));
+    return then(this.fs.opendir(ino, flags, ctx), (o) => (this.options.keepDirCache ? { fh: o.fh, keepCache: true, cacheDir: true } : { fh: o.fh }));
   }
   readdir(ino: number, fh: number, offset: number, size: number): MaybePromise<DirEntry[]> {
     // As many as could fit if every name were one byte long; the binding packs what fits
     // and the kernel continues from the last one packed.
     return this.fs.readdir(ino, fh, offset, Math.floor(size / direntSize(1)) + 1);
+  }
+  /**
+   * readdir, then a lookup of each name that fits the kernel's buffer (only those: each
+   * lookup is a counted reference). A name that cannot be looked up any more goes without
+   * attributes; the kernel looks it up itself if it cares.
+   */
+  readdirplus(ino: number, fh: number, offset: number, size: number, ctx: RequestContext): MaybePromise<DirEntryPlus[]> {
+    const listed = this.fs.readdir(ino, fh, offset, Math.floor(size / direntPlusSize(1)) + 1);
+    return listed instanceof Promise ? listed.then((list) => this.withAttributes(ino, list, size, ctx)) : this.withAttributes(ino, listed, size, ctx);
+  }
+
+  /** The entries of `list` that fit in `size` bytes, each (but . and ..) with its lookup. */
+  private withAttributes(ino: number, list: DirEntry[], size: number, ctx: RequestContext): MaybePromise<DirEntryPlus[]> {
+    const out: DirEntryPlus[] = [];
+    let pending: Promise<void>[] | undefined;
+    for (let i = 0, used = 0; i < list.length; i++) {
+      const e = list[i];
+      used += direntPlusSize(e.name.length);
+      if (used > size) break;
+      const plus: DirEntryPlus = { name: e.name, ino: e.ino, mode: e.mode, nextOffset: e.nextOffset };
+      out.push(plus);
+      if (isDotOrDotDot(e.name)) continue;
+      let found: MaybePromise<FsEntry>;
+      try {
+        found = this.fs.lookup(ino, e.name, ctx);
+      } catch {
+        continue;
+      }
+      if (found instanceof Promise) {
+        (pending ??= []).push(
+          found.then(
+            (f) => void (plus.entry = this.entry(f)),
+            () => undefined,
+          ),
+        );
+      } else {
+        plus.entry = this.entry(found);
+      }
+    }
+    return pending ? Promise.all(pending).then(() => out) : out;
   }
   releasedir(ino: number, fh: number): MaybePromise<void> {
     return this.fs.releasedir(ino, fh);
@@ -164,7 +209,7 @@ export class FsAdapter implements LowLevelOps {
     return this.fs.access(ino, mask, ctx);
   }
   create(parent: number, name: Buffer, mode: number, flags: number, ctx: RequestContext): MaybePromise<Entry & OpenReply> {
-    return then(this.fs.create(parent, name, mode, flags, ctx), (c) => ({ ...this.entry(c), fh: c.fh, keepCache: this.options.keepCache }));
+    return then(this.fs.create(parent, name, mode, flags, ctx), (c) => ({ ...this.entry(c), fh: c.fh, keepCache: this.options.keepCache, noFlush: c.noFlush }));
   }
   fallocate(ino: number, fh: number, mode: number, offset: number, length: number): MaybePromise<void> {
     if (!this.fs.fallocate) fail(E.ENOSYS);

@@ -23,6 +23,13 @@
  *   setSecurityXattrsPresent(false) (the default). Call setSecurityXattrsPresent(true)
  *   at mount when the FS already stores any security.* attribute. A setxattr of a
  *   security.* name turns the flag on by itself.
+ * - flush of a handle whose open (or create) reply said `noFlush` is answered in C:
+ *   flush() is never called for it.
+ * - readdirplus is optional (without it the kernel is not offered it). Every entry it
+ *   returns with `entry` is counted like a lookup reply; the session gives forget() back
+ *   the ones that did not fit in the kernel's buffer.
+ * - forget() is called once per inode, but a burst of the kernel's forgets reaches JS in
+ *   one call.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -32,6 +39,7 @@ import type {
   Attr,
   CopyRange,
   DirEntry,
+  DirEntryPlus,
   Entry,
   LowLevelOps,
   MaybePromise,
@@ -64,7 +72,7 @@ const enum Op {
   INIT = 0, LOOKUP, FORGET, GETATTR, SETATTR, READLINK, MKNOD, MKDIR, UNLINK, RMDIR,
   SYMLINK, RENAME, LINK, OPEN, READ, WRITE, FLUSH, RELEASE, FSYNC, OPENDIR, READDIR,
   RELEASEDIR, FSYNCDIR, STATFS, SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR, ACCESS,
-  CREATE, FALLOCATE, LSEEK, COPY_FILE_RANGE, END, ERROR, COUNT,
+  CREATE, FALLOCATE, LSEEK, COPY_FILE_RANGE, READDIRPLUS, END, ERROR, COUNT,
 }
 
 const OP_NAMES = [
@@ -72,6 +80,7 @@ const OP_NAMES = [
   'rmdir', 'symlink', 'rename', 'link', 'open', 'read', 'write', 'flush', 'release', 'fsync',
   'opendir', 'readdir', 'releasedir', 'fsyncdir', 'statfs', 'setxattr', 'getxattr',
   'listxattr', 'removexattr', 'access', 'create', 'fallocate', 'lseek', 'copy_file_range',
+  'readdirplus',
 ];
 
 /** Scratch (Float64Array) slots; must match S_* in pogfs_fuse.c. */
@@ -79,8 +88,12 @@ const enum S {
   INO = 0, MODE, NLINK, UID, GID, RDEV, SIZE, BLOCKS, ATIME, ATIME_NS, MTIME, MTIME_NS,
   CTIME, CTIME_NS, ENTRY_TIMEOUT, ATTR_TIMEOUT, FH, OPEN_FLAGS,
 }
+/** Slots per entry in a readdirplus reply's attribute array (S.INO .. S.ATTR_TIMEOUT); DIRPLUS_STRIDE in pogfs_fuse.c. */
+const DIRPLUS_STRIDE = S.ATTR_TIMEOUT + 1;
 const OPEN_KEEP_CACHE = 1;
 const OPEN_DIRECT_IO = 2;
+const OPEN_NO_FLUSH = 4;
+const OPEN_CACHE_DIR = 8;
 
 declare const nativeHandleBrand: unique symbol;
 type NativeHandle = { readonly [nativeHandleBrand]: true };
@@ -113,7 +126,12 @@ interface NativeBinding {
   replyLseek(h: NativeHandle, id: number, offset: number): boolean;
   replyBuf(h: NativeHandle, id: number, data: Uint8Array): boolean;
   replyStatfs(h: NativeHandle, id: number): boolean;
-  replyDir(h: NativeHandle, id: number, entries: readonly DirEntry[]): boolean;
+  /**
+   * Packs whole entries while they fit; returns how many it packed (false: already
+   * answered). A readdirplus reply gives `attrs`: DIRPLUS_STRIDE slots per entry, S.INO 0
+   * for an entry without attributes.
+   */
+  replyDir(h: NativeHandle, id: number, entries: readonly DirEntry[], attrs?: Float64Array): number | false;
   /** Resolve with an errno (0 done, ENOENT nothing cached, ENOTCONN session gone); run off the JS thread. */
   notifyInvalEntry(h: NativeHandle, parent: number, name: Buffer): Promise<number>;
   notifyInvalInode(h: NativeHandle, ino: number, off: number, len: number): Promise<number>;
@@ -198,6 +216,11 @@ export function direntSize(nameLength: number): number {
   return (24 + nameLength + 7) & ~7;
 }
 
+/** Bytes of one readdirplus entry in the kernel buffer (a fuse_entry_out before the dirent). */
+export function direntPlusSize(nameLength: number): number {
+  return (152 + nameLength + 7) & ~7;
+}
+
 /**
  * Resolves the mount point without ever stat'ing an existing mount point: if it is a
  * FUSE mount served by this very thread, a synchronous stat would never return.
@@ -268,6 +291,8 @@ export class FuseSession {
   private readonly observer: FuseOpObserver | undefined;
   /** performance.now() when the request being dispatched arrived (set only with an observer). */
   private opStart = 0;
+  /** Reused for the attributes of readdirplus replies (grown when a listing needs more). */
+  private dirPlusAttrs = new Float64Array(64 * DIRPLUS_STRIDE);
 
   /**
    * Mounts synchronously. Throws an Error with `errno`/`code` for the common failures
@@ -447,6 +472,15 @@ export class FuseSession {
     }
   }
 
+  /** Drops references the kernel no longer holds; never throws (there is no reply to fail). */
+  private forget(ino: number, nlookup: number): void {
+    try {
+      this.ops.forget(ino, nlookup);
+    } catch (e) {
+      this.log.error('pogfs: forget() threw', e);
+    }
+  }
+
   private putAttr(a: Attr): void {
     const s = this.scratch;
     s[S.INO] = a.ino;
@@ -467,7 +501,7 @@ export class FuseSession {
 
   private putOpen(o: OpenReply): void {
     this.scratch[S.FH] = o.fh;
-    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0);
+    this.scratch[S.OPEN_FLAGS] = (o.keepCache ? OPEN_KEEP_CACHE : 0) | (o.directIo ? OPEN_DIRECT_IO : 0) | (o.noFlush ? OPEN_NO_FLUSH : 0) | (o.cacheDir ? OPEN_CACHE_DIR : 0);
   }
 
   private readonly rEntry = (id: number, e: Entry): void => {
@@ -507,6 +541,45 @@ export class FuseSession {
   private readonly rDir = (id: number, list: DirEntry[]): void => {
     this.native.replyDir(this.handle, id, list);
   };
+  private readonly rDirPlus = (id: number, list: DirEntryPlus[]): void => {
+    if (this.dirPlusAttrs.length < list.length * DIRPLUS_STRIDE) this.dirPlusAttrs = new Float64Array(list.length * 2 * DIRPLUS_STRIDE);
+    const d = this.dirPlusAttrs;
+    for (let i = 0, o = 0; i < list.length; i++, o += DIRPLUS_STRIDE) {
+      const e = list[i].entry;
+      if (!e) {
+        d[o + S.INO] = 0;
+        continue;
+      }
+      const a = e.attr;
+      d[o + S.INO] = a.ino;
+      d[o + S.MODE] = a.mode;
+      d[o + S.NLINK] = a.nlink;
+      d[o + S.UID] = a.uid;
+      d[o + S.GID] = a.gid;
+      d[o + S.RDEV] = a.rdev;
+      d[o + S.SIZE] = a.size;
+      d[o + S.BLOCKS] = a.blocks;
+      d[o + S.ATIME] = a.atimeSec;
+      d[o + S.ATIME_NS] = a.atimeNsec;
+      d[o + S.MTIME] = a.mtimeSec;
+      d[o + S.MTIME_NS] = a.mtimeNsec;
+      d[o + S.CTIME] = a.ctimeSec;
+      d[o + S.CTIME_NS] = a.ctimeNsec;
+      d[o + S.ENTRY_TIMEOUT] = e.entryTimeout;
+      d[o + S.ATTR_TIMEOUT] = e.attrTimeout;
+    }
+    let packed = 0;
+    try {
+      packed = this.native.replyDir(this.handle, id, list, d) || 0;
+    } finally {
+      // Counted references the kernel never got (they did not fit, or the request was
+      // already answered) are the filesystem's to drop again.
+      for (let i = packed; i < list.length; i++) {
+        const e = list[i].entry;
+        if (e) this.forget(e.attr.ino, 1);
+      }
+    }
+  };
   private readonly rStatfs = (id: number, st: StatFs): void => {
     const s = this.scratch;
     s[0] = st.bsize;
@@ -533,12 +606,9 @@ export class FuseSession {
         this.log.error('pogfs: init() threw', e);
       }
     };
-    h[Op.FORGET] = (ino: number, nlookup: number): void => {
-      try {
-        ops.forget(ino, nlookup);
-      } catch (e) {
-        this.log.error('pogfs: forget() threw', e);
-      }
+    // Forgets come in batches: (ino, nlookup) pairs, one call for all the kernel sent at once.
+    h[Op.FORGET] = (pairs: Float64Array): void => {
+      for (let i = 0; i + 1 < pairs.length; i += 2) this.forget(pairs[i], pairs[i + 1]);
     };
     h[Op.END] = (rc: number): void => this.onEnd(rc);
     h[Op.ERROR] = (e: unknown): void => this.log.error('pogfs: uncaught error while dispatching a FUSE request', e);
@@ -627,6 +697,13 @@ export class FuseSession {
       try { this.settle(id, Op.READDIR, ops.readdir(ino, fh, offset, size), this.rDir); }
       catch (e) { this.fail(id, Op.READDIR, e); }
     };
+    if (ops.readdirplus) {
+      const readdirplus = ops.readdirplus.bind(ops);
+      h[Op.READDIRPLUS] = (id: number, ino: number, fh: number, offset: number, size: number, u: number, g: number, p: number, m: number): void => {
+        try { this.settle(id, Op.READDIRPLUS, readdirplus(ino, fh, offset, size, ctx(u, g, p, m)), this.rDirPlus); }
+        catch (e) { this.fail(id, Op.READDIRPLUS, e); }
+      };
+    }
     h[Op.RELEASEDIR] = (id: number, ino: number, fh: number): void => {
       try { this.settle(id, Op.RELEASEDIR, ops.releasedir(ino, fh), this.rVoid); }
       catch (e) { this.fail(id, Op.RELEASEDIR, e); }
@@ -691,8 +768,8 @@ export class FuseSession {
     };
     if (this.observer) {
       // Every request handler notes when its request arrived; settle() carries it to the reply.
-      for (let op = Op.LOOKUP; op <= Op.COPY_FILE_RANGE; op++) {
-        if (op === Op.FORGET) continue;
+      for (let op = Op.LOOKUP; op <= Op.READDIRPLUS; op++) {
+        if (op === Op.FORGET || !h[op]) continue;
         const handler = h[op] as (...args: unknown[]) => void;
         h[op] = ((...args: unknown[]): void => {
           this.opStart = performance.now();

@@ -17,6 +17,16 @@ export interface Entry {
   attrTimeout: number;
 }
 
+/**
+ * One name of a readdirplus listing. With `entry`, its attributes go with it and it
+ * counts as a lookup (the filesystem counted it, like a lookup reply; the kernel forgets
+ * it later). Without (`.`, `..`, or a name that could not be looked up), it is a plain
+ * entry, as readdir gives.
+ */
+export interface DirEntryPlus extends DirEntry {
+  entry?: Entry;
+}
+
 /** The caller of a request. */
 export type RequestContext = Caller;
 
@@ -49,10 +59,19 @@ export interface SetAttr {
 }
 
 export interface OpenReply {
+  /** A non-negative integer below 2^53 (the binding hands the kernel fh * 2 plus a flag bit). */
   fh: number;
   /** Keep the kernel page cache across opens (safe: this mount is the only writer). */
   keepCache?: boolean;
   directIo?: boolean;
+  /** flush of this handle has nothing to do: the binding answers it without calling flush(). */
+  noFlush?: boolean;
+  /**
+   * opendir: the kernel may keep the listing it reads (FOPEN_CACHE_DIR) and serve later
+   * listings from it; it drops it when the directory changes through the mount. With
+   * keepCache, a new open keeps what is cached.
+   */
+  cacheDir?: boolean;
 }
 
 /**
@@ -89,6 +108,13 @@ export interface LowLevelOps {
   opendir(ino: number, flags: number, ctx: RequestContext): MaybePromise<OpenReply>;
   /** Entries starting after `offset` (0 = from the start); the binding packs as many as fit in `size`. */
   readdir(ino: number, fh: number, offset: number, size: number): MaybePromise<DirEntry[]>;
+  /**
+   * readdir with each entry's attributes. Optional: without it the kernel is never asked
+   * (it sends readdir and a lookup per name). `size` is the reply buffer in bytes; the
+   * binding packs whole entries while they fit and hands every counted entry that did not
+   * fit back to forget().
+   */
+  readdirplus?(ino: number, fh: number, offset: number, size: number, ctx: RequestContext): MaybePromise<DirEntryPlus[]>;
   releasedir(ino: number, fh: number): MaybePromise<void>;
   fsyncdir(ino: number, fh: number, datasync: boolean): MaybePromise<void>;
   statfs(ino: number): MaybePromise<StatFs>;

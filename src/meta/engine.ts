@@ -85,6 +85,25 @@ export interface ContentCommit {
   attrs?: AttrChange;
 }
 
+/** A block whose bytes wait in the metadata until the block store takes them (no data: one more reference to a stored block). */
+export interface ParkedBlock {
+  hash: Buffer;
+  data?: Buffer;
+}
+
+/**
+ * Blocks parked in the metadata (DESIGN invariant 3): a file being closed is committed
+ * with its last blocks in the same metadata transaction, handed to the OS without waiting
+ * for the disk, so the close survives a crash of the daemon and no row can ever reach the
+ * disk without the bytes it names. The block store takes them later, many at once.
+ */
+export interface MetaBlockParking {
+  /** `commitContent` with `blocks` parked in the same transaction; returns the sequence number of the last one. */
+  commitContentParking(commits: readonly ContentCommit[], blocks: readonly ParkedBlock[]): Promise<number>;
+  /** Drops the parked blocks up to `seq`: the block store holds them durably. */
+  unpark(seq: number): Promise<void>;
+}
+
 /** The hooks the vfs's durability rules rest on (group commit, fsync, close-to-durable). */
 export interface MetaDurability {
   /**
@@ -197,6 +216,8 @@ export interface MetaScan {
   namesOf(parent: number, ino: number): Buffer[];
   blockRowCounts(): IterableIterator<{ hash: Buffer; n: number }>;
   blockRowsOf(hash: Buffer): { ino: number; idx: number; len: number }[];
+  /** Blocks parked with content commits after `seq` (see MetaBlockParking), in order. */
+  parkedBlocksAfter(seq: number): (ParkedBlock & { seq: number })[];
   blockRowsPastSize(blockSize: number): { ino: number; idx: number; hash: Buffer; len: number; size: number; mode: number }[];
   storedBytesMismatches(): { ino: number; stored: number; actual: number }[];
   strayRowOwners(): { ino: number; blocks: number; symlinks: number; xattrs: number }[];

@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
 import type { MetaRepair, MetaScan, MetaSnapshot } from './engine';
 import { ROOT_INO, S_IFDIR, S_IFMT, S_IFREG } from '../posix/file-system';
+import { ParkedBlocks, type ParkedRow } from './parked-blocks';
 import { RemoteIndex } from './remote-index';
 import { FORMAT_VERSION, VOLUME_MAGIC, migrate } from './schema';
 import { snapshotDatabase } from './snapshot';
@@ -154,6 +155,8 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   private groupChanges = 0;
   private remoteIndex: RemoteIndex | undefined;
   private sqliteClone: SqliteClone | undefined;
+  /** Blocks of files just closed, until the block store has them (see MetaBlockParking). */
+  readonly parked: ParkedBlocks;
 
   private constructor(
     readonly path: string,
@@ -169,6 +172,7 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
     if (!options.readOnly) migrate(this.db);
     const db = this.db;
     this.atomic = db.transaction((fn: () => unknown) => fn());
+    this.parked = new ParkedBlocks(db);
     this.s = {
       // `*`: a read-only open does not migrate, so an older volume may lack later columns.
       superblock: db.prepare('SELECT * FROM superblock WHERE id = 1'),
@@ -368,6 +372,27 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
     const result = this.transaction(fn);
     this.barrier();
     return result;
+  }
+
+  /**
+   * Stops SQLite's automatic checkpoints (every 1,000 pages of log, on the committing
+   * thread, each with two fsyncs): a mounted volume commits at every close, and those
+   * would land on the thread serving FUSE many times a second. `checkpoint()` at sync
+   * points moves the log into the database instead.
+   */
+  checkpointAtSyncPoints(): void {
+    this.db.pragma('wal_autocheckpoint = 0');
+    // A log that grew large between two sync points is cut back once it starts over.
+    this.db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);
+  }
+
+  /**
+   * Copies the write-ahead log into the database as far as no reader holds it back
+   * (PASSIVE), so the log starts over instead of growing; called after a barrier.
+   */
+  checkpoint(): void {
+    this.commitGroup();
+    this.db.pragma('wal_checkpoint(PASSIVE)');
   }
 
   /**
@@ -612,6 +637,10 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   // ---- metadata backups (MetaSnapshot) ----
 
   /** SQLite's count of rows this connection changed since it opened. */
+  parkedBlocksAfter(seq: number): ParkedRow[] {
+    return this.parked.after(seq);
+  }
+
   changeCount(): number {
     return this.s.changes.get() as number;
   }

@@ -109,7 +109,17 @@ const MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
-  // 5: clones and snapshots. A tree operation under way (a clone staged but not yet
+  // 5: blocks of files just closed, parked here in the transaction that commits their rows
+  // until the block store has them durably (a NULL data: one more reference to a block the
+  // store has). The sequence only grows (AUTOINCREMENT): the store records the last it took.
+  `
+  CREATE TABLE parked_blocks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash BLOB NOT NULL,
+    data BLOB
+  );
+  `,
+  // 6: clones and snapshots. A tree operation under way (a clone staged but not yet
   // named, a snapshot being removed) is a row of tree_ops naming the inode range it made
   // (clones take consecutive inode numbers), so a crash leaves something to finish
   // (src/vfs/tree-ops.ts). A snapshot is a read-only tree under the .snapshots directory
@@ -135,7 +145,7 @@ const MIGRATIONS: readonly string[] = [
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 /** The schema version that brought clones and snapshots (tree_ops, snapshots). */
-export const SNAPSHOTS_SCHEMA = 5;
+export const SNAPSHOTS_SCHEMA = 6;
 
 export class SchemaTooNewError extends Error {}
 

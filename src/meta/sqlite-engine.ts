@@ -9,7 +9,9 @@ import {
   type Detached,
   type DirPage,
   type InUse,
+  type MetaBlockParking,
   type MetaEngine,
+  type ParkedBlock,
   type NodeSpec,
   type RenameResult,
   type Timespec,
@@ -47,7 +49,7 @@ interface Touch {
  * times are written as field updates (nlink = nlink + ?), never as whole rows read
  * before: two connections changing one inode both keep their change.
  */
-export class SqliteEngine implements MetaEngine {
+export class SqliteEngine implements MetaEngine, MetaBlockParking {
   readonly url: string;
   private readonly s;
   private readonly updates = new Map<string, Database.Statement>();
@@ -334,15 +336,29 @@ export class SqliteEngine implements MetaEngine {
   }
 
   async commitContent(commits: readonly ContentCommit[]): Promise<void> {
-    this.meta.writeTransaction(() => {
-      for (const c of commits) {
-        for (const [idx, ref] of c.rows) {
-          if (ref) this.meta.setBlock(c.ino, idx, ref.hash, ref.len);
-          else this.meta.deleteBlock(c.ino, idx);
-        }
-        this.update(c.ino, { ...c.attrs, size: c.size, storedBytes: c.storedBytes });
-      }
+    this.meta.writeTransaction(() => this.writeContent(commits));
+  }
+
+  async commitContentParking(commits: readonly ContentCommit[], blocks: readonly ParkedBlock[]): Promise<number> {
+    return this.meta.writeTransaction(() => {
+      const seq = this.meta.parked.park(blocks);
+      this.writeContent(commits);
+      return seq;
     });
+  }
+
+  async unpark(seq: number): Promise<void> {
+    this.meta.transaction(() => this.meta.parked.drop(seq));
+  }
+
+  private writeContent(commits: readonly ContentCommit[]): void {
+    for (const c of commits) {
+      for (const [idx, ref] of c.rows) {
+        if (ref) this.meta.setBlock(c.ino, idx, ref.hash, ref.len);
+        else this.meta.deleteBlock(c.ino, idx);
+      }
+      this.update(c.ino, { ...c.attrs, size: c.size, storedBytes: c.storedBytes });
+    }
   }
 
   // ---- freeing ----

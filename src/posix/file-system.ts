@@ -59,6 +59,8 @@ export interface Entry {
 /** An open file or directory. */
 export interface Opened {
   fh: number;
+  /** flush of this handle does nothing (a handle that cannot write): it need not be called. */
+  noFlush?: boolean;
 }
 
 /** Who makes a call. */

@@ -85,6 +85,8 @@ export interface StoreLedger {
 
 const INSTANCE_KEY = Buffer.from('instance');
 const REMOTE_KEY = Buffer.from('remote');
+/** The last block parked in the metadata that the store took (see parkedSeq). */
+const PARKED_KEY = Buffer.from('parked');
 /** Marks of tree operations whose reference step is done, by operation id. */
 const TREE_OP_PREFIX = Buffer.from('tree-op:');
 
@@ -196,10 +198,10 @@ export class BlockStore implements BlockSource {
    * Takes one reference on each block, storing the bytes of those the store lacks.
    * Resolves once the change is durable on disk, so metadata may then point at them.
    */
-  async acquire(items: readonly BlockToStore[]): Promise<void> {
+  async acquire(items: readonly BlockToStore[], parkedSeq?: number): Promise<void> {
     if (items.length === 0) return;
     await this.lmdb.reusableFirst();
-    const r = await this.lmdb.durableWrite((txn) => this.takeReferences(txn, items));
+    const r = await this.lmdb.durableWrite((txn) => this.takeReferences(txn, items, parkedSeq));
     this.afterStore(r);
   }
 
@@ -209,9 +211,19 @@ export class BlockStore implements BlockSource {
    * thread, about a quarter of a millisecond per commit here; large batches should use
    * `acquire`, which does not block the caller while the disk writes.
    */
-  acquireSync(items: readonly BlockToStore[]): void {
+  acquireSync(items: readonly BlockToStore[], parkedSeq?: number): void {
     if (items.length === 0) return;
-    this.afterStore(this.lmdb.writeSync((txn) => this.takeReferences(txn, items)));
+    this.afterStore(this.lmdb.writeSync((txn) => this.takeReferences(txn, items, parkedSeq)));
+  }
+
+  /**
+   * The sequence number of the last block parked in the metadata that this store took
+   * (0: none). `acquire` with a `parkedSeq` records it in the same transaction as the
+   * references, so a parked block is taken exactly once, whatever crashes in between.
+   */
+  parkedSeq(): number {
+    const raw = readFast(this.lmdb.info, PARKED_KEY);
+    return raw && raw.length === 8 ? Number(raw.readBigUInt64LE(0)) : 0;
   }
 
   private afterStore(r: { queued: number; stored: number }): void {
@@ -220,7 +232,12 @@ export class BlockStore implements BlockSource {
   }
 
   /** Returns the bytes queued for packing and the number of blocks newly stored. */
-  private takeReferences(txn: WriteTxn, items: readonly BlockToStore[]): { queued: number; stored: number } {
+  private takeReferences(txn: WriteTxn, items: readonly BlockToStore[], parkedSeq?: number): { queued: number; stored: number } {
+    if (parkedSeq !== undefined) {
+      const raw = Buffer.alloc(8);
+      raw.writeBigUInt64LE(BigInt(parkedSeq), 0);
+      this.lmdb.info.put(PARKED_KEY, raw);
+    }
     const totals = this.lmdb.totals();
     let queued = 0;
     let stored = 0;

@@ -2,6 +2,8 @@ import type { BlockRead, BlockSource, BlockStore, BlockToStore } from '../store/
 
 /** Up to this much, a drain commits on the calling thread (see drain). */
 const SYNC_COMMIT_MAX_BYTES = 1024 * 1024;
+/** Up to this much left queued at a commit is parked in the metadata (see park). */
+const PARK_MAX_BYTES = 1024 * 1024;
 
 /** A BlockSource that may also read ahead and hold writers back (the remote cache). */
 export interface ContentSource extends BlockSource {
@@ -11,7 +13,7 @@ export interface ContentSource extends BlockSource {
 }
 
 /** A block handed over, with its compressed value being made off this thread if it needs one. */
-interface QueuedBlock extends BlockToStore {
+export interface QueuedBlock extends BlockToStore {
   encoding?: Promise<Buffer>;
 }
 
@@ -40,6 +42,10 @@ export class BlockWriter {
   private waiters: (() => void)[] = [];
   /** Resolves once every batch submitted so far is stored or failed. */
   private allSettled: Promise<void> = Promise.resolve();
+  /** Parked blocks whose metadata commit is done (up to `seq`), waiting to be moved into the store. */
+  private movable: { batch: QueuedBlock[]; seq: number }[] = [];
+  private parkedBytes = 0;
+  private moving: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly store: BlockStore,
@@ -125,7 +131,72 @@ export class BlockWriter {
 
   /** Bytes handed over and not yet durable in the store (they will take room on disk). */
   bufferedBytes(): number {
-    return this.queuedBytes + this.inFlightBytes;
+    return this.queuedBytes + this.inFlightBytes + this.parkedBytes;
+  }
+
+  /**
+   * At a commit: the blocks still queued, when they are few (a small file being closed),
+   * are handed back to be parked in the metadata with the commit (MetaBlockParking),
+   * which costs no sync of the block store; they stay readable here until `moveParked`.
+   * More than that are submitted to the store as usual. Returns what the caller parks.
+   */
+  park(): QueuedBlock[] {
+    if (this.queue.length === 0 || this.queuedBytes > PARK_MAX_BYTES) return [];
+    const batch = this.queue;
+    this.parkedBytes += this.queuedBytes;
+    this.queue = [];
+    this.queuedBytes = 0;
+    return batch;
+  }
+
+  /** The parked blocks are in the metadata as sequence numbers up to `seq`: the store may take them. */
+  parkedAt(batch: QueuedBlock[], seq: number): void {
+    this.movable.push({ batch, seq });
+  }
+
+  /** Parking them failed: they go to the store the usual way. */
+  unpark(batch: QueuedBlock[]): void {
+    for (const b of batch) {
+      this.parkedBytes -= b.data?.length ?? 0;
+      this.queue.push(b);
+      this.queuedBytes += b.data?.length ?? 0;
+    }
+    this.submit();
+  }
+
+  /** Bytes parked and not yet moved into the store. */
+  get parkedPending(): number {
+    return this.parkedBytes;
+  }
+
+  /**
+   * Moves every parked block whose metadata commit is done into the store, in one durable
+   * commit that also records the last sequence number taken (so a block is taken once,
+   * whatever crashes). Resolves with that number (undefined: nothing to move). One move
+   * at a time; a failed one is retried by the next.
+   */
+  moveParked(): Promise<number | undefined> {
+    const run = this.moving.then(async () => {
+      const groups = this.movable;
+      if (groups.length === 0) return undefined;
+      this.movable = [];
+      const batch = groups.flatMap((g) => g.batch);
+      const seq = Math.max(...groups.map((g) => g.seq));
+      try {
+        await Promise.all(batch.filter((b) => b.encoding && !b.value).map((b) => b.encoding));
+        // Behind every batch submitted before: a parked reference may share one of their blocks.
+        await this.allSettled;
+        await this.store.acquire(batch, seq);
+      } catch (err) {
+        this.movable = [...groups, ...this.movable];
+        throw err;
+      }
+      this.settle(batch);
+      for (const b of batch) this.parkedBytes -= b.data?.length ?? 0;
+      return seq;
+    });
+    this.moving = run.catch(() => undefined);
+    return run;
   }
 
   /** Resolves when buffered bytes are under the limit (and the cache has room for more dirty data). */

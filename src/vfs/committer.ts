@@ -1,5 +1,6 @@
-import type { MetaEngine } from '../meta/engine';
+import type { MetaBlockParking, MetaEngine } from '../meta/engine';
 import type { BlockWriter } from './block-writer';
+import type { Durability } from './durability';
 import type { FileContent, PreparedCommit } from './file-content';
 import type { Reclaimer } from './reclaimer';
 
@@ -9,14 +10,15 @@ interface Request {
 }
 
 /**
- * Makes file content durable in rounds: every file whose commit was asked for while the
- * previous round ran goes into the next one, which costs one LMDB commit for all their
- * new blocks, one metadata transaction for all their rows, and one sync of each. Parallel
- * writers, the periodic writeback and closes that do not wait for durability therefore
- * share the two fsyncs a commit needs instead of paying them per file.
+ * Commits file content in rounds: every file whose commit was asked for while the
+ * previous round ran goes into the next one, which costs one metadata transaction for
+ * all their rows (and at most one LMDB commit for their new blocks), handed to the OS
+ * without waiting for the disk (see Durability: the last few blocks are parked in that
+ * transaction; a sync point makes it durable).
  *
- * Order within a round keeps DESIGN invariant 1: blocks durable, then rows durable, then
- * replaced blocks released. Rounds run one at a time, so a file's commits stay in order.
+ * Order within a round keeps DESIGN invariant 1: blocks durable in the store or parked
+ * with the rows, then rows committed; replaced blocks are released only after a sync
+ * point. Rounds run one at a time, so a file's commits stay in order.
  */
 /** A commit nobody waits for waits this long for others to share its round. */
 const LAZY_ROUND_MS = 200;
@@ -31,15 +33,16 @@ export class Committer {
   private wake: (() => void) | undefined;
 
   constructor(
-    private readonly meta: Pick<MetaEngine, 'commitContent' | 'barrier'>,
+    private readonly meta: Pick<MetaEngine, 'commitContent' | 'commitGroup'> & Partial<Pick<MetaBlockParking, 'commitContentParking'>>,
     private readonly writer: BlockWriter,
     private readonly reclaimer: Reclaimer,
+    private readonly durability: Durability,
   ) {}
 
   /**
-   * Resolves once the file's content as of now is durable (with its size and times). An
-   * urgent commit (fsync, a close that must be durable) starts a round at once; others
-   * wait up to LAZY_ROUND_MS for company.
+   * Resolves once the file's content as of now is committed (with its size and times),
+   * safe from a crash of the daemon, not yet synced. An urgent commit (close, fsync)
+   * starts a round at once; others wait up to LAZY_ROUND_MS for company.
    */
   commit(content: FileContent, urgent: boolean): Promise<void> {
     return new Promise((resolve, reject) => {
@@ -94,14 +97,25 @@ export class Committer {
       if (p) prepared.push([r, p]);
     }
     if (prepared.length === 0) return;
+    const parkWith = this.durability.canPark ? this.meta.commitContentParking?.bind(this.meta) : undefined;
+    let parked = parkWith ? this.writer.park() : [];
     try {
       await this.writer.drain();
-      await this.meta.commitContent(
-        prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeTimes(p) })),
-      );
+      const commits = prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeTimes(p) }));
+      if (parkWith && parked.length > 0) {
+        const seq = await parkWith(
+          commits,
+          parked.map((b) => ({ hash: b.hash, data: b.data })),
+        );
+        this.writer.parkedAt(parked, seq);
+        parked = [];
+        this.durability.parked();
+      } else await this.meta.commitContent(commits);
       for (const [r, p] of prepared) r.content.applyCommit(p);
-      await this.meta.barrier();
+      // The open group holds the files' names and attributes too: all handed to the OS now.
+      await this.meta.commitGroup();
     } catch (err) {
+      if (parked.length > 0) this.writer.unpark(parked);
       for (const [r, p] of prepared) r.content.abortCommit(p);
       throw err;
     } finally {

@@ -28,6 +28,7 @@ import { SNAPSHOTS_DIR_NAME } from '../meta/tree-clone';
 import { TreeOps } from './tree-ops';
 import { BlockWriter, type ContentSource } from './block-writer';
 import { Committer } from './committer';
+import { Durability } from './durability';
 import { E, FsError, fail } from '../posix/errors';
 import { FileContent } from './file-content';
 import { Reclaimer } from './reclaimer';
@@ -51,10 +52,13 @@ export interface FsLog {
 }
 
 export interface FsOptions {
-  /** Make data durable when a file written through a handle is closed (DESIGN invariant 3). */
+  /**
+   * Make data durable against a power cut when a file written through a handle is
+   * closed; without it, close commits without waiting for the disk (DESIGN invariant 3).
+   */
   syncOnClose: boolean;
-  /** Commit dirty file content this often even if nobody closes or fsyncs (ms). */
-  writebackIntervalMs: number;
+  /** Everything reaches the disk within this long (ms): open files' content is committed and a sync point made. */
+  commitIntervalMs: number;
   /** Group metadata changes into one SQLite commit for up to this long (ms; 0: commit each). */
   metadataCommitMs: number;
   /** Told when the first security.* xattr appears (the binding then stops answering those itself). */
@@ -114,6 +118,8 @@ export class PogFs implements FileSystem {
   readonly reclaimer: Reclaimer;
   readonly packer: SuperChunkPacker;
   private readonly committer: Committer;
+  /** Sync points and the crash ordering of content commits. */
+  readonly durability: Durability;
   /** Says when the disk is too full for new data or names (ENOSPC), and why a commit failed. */
   readonly space: SpaceGuard;
   private readonly writeback: NodeJS.Timeout;
@@ -139,8 +145,19 @@ export class PogFs implements FileSystem {
     this.trees = new TreeOps(volume.meta.clone, () => volume.meta.barrier(), volume.store);
     this.loadFrozen();
     this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
-    this.reclaimer = new Reclaimer(this.engine, volume.store, 1000, (err) => log.error('releasing blocks failed', err));
-    this.committer = new Committer(this.engine, this.writer, this.reclaimer);
+    volume.meta.checkpointAtSyncPoints();
+    this.durability = new Durability(
+      this.writer,
+      this.engine,
+      volume.parking,
+      () => volume.meta.changeCount(),
+      (err) => log.error('moving parked blocks into the block store failed (they stay parked in the metadata; retried)', err),
+      () => volume.meta.checkpoint(),
+    );
+    this.reclaimer = new Reclaimer({ barrier: () => this.durability.beforeRelease() }, volume.store, 1000, (err) =>
+      log.error('releasing blocks failed', err),
+    );
+    this.committer = new Committer(this.engine, this.writer, this.reclaimer, this.durability);
     this.space = new SpaceGuard({
       path: volume.path,
       storeFreeBytes: () => storeSpace(volume.store).freeBytes,
@@ -152,13 +169,24 @@ export class PogFs implements FileSystem {
     this.securityXattrs = volume.meta.anySecurityXattr();
     this.engine.setGroupCommit(options.metadataCommitMs);
     this.writeback = setInterval(() => {
-      this.commitAll().catch((err) => log.error('periodic writeback failed', err));
-    }, options.writebackIntervalMs);
+      this.commitAll()
+        .then(() => this.durability.periodic())
+        .catch((err) => log.error('periodic writeback failed', err));
+    }, options.commitIntervalMs);
     this.writeback.unref();
   }
 
   get hasSecurityXattrs(): boolean {
     return this.securityXattrs;
+  }
+
+  /**
+   * Drops the parked blocks the block store has taken (at open, Volume.open moved what a
+   * crash left), once the store has them on disk.
+   */
+  async settleParked(): Promise<void> {
+    await this.volume.store.flushed();
+    await this.volume.parking.unpark(this.volume.store.parkedSeq());
   }
 
   /** Frees inodes left unlinked-but-open by a crash. */
@@ -172,10 +200,12 @@ export class PogFs implements FileSystem {
   /** Commits every open file's content, then drops released blocks: the unmount path. */
   async shutdown(): Promise<void> {
     clearInterval(this.writeback);
+    this.durability.stop();
     await this.commitAll();
+    await this.durability.move();
     await this.reclaimer.run();
     await this.packer.flush();
-    await this.engine.barrier();
+    await this.durability.syncPoint();
   }
 
   /**
@@ -185,6 +215,7 @@ export class PogFs implements FileSystem {
   async quiesceForGc(): Promise<void> {
     await this.commitAll();
     await this.writer.drain();
+    await this.durability.move();
     await this.reclaimer.run();
     await this.packer.flush();
   }
@@ -366,6 +397,10 @@ export class PogFs implements FileSystem {
     this.checkNameWritable(parent, name);
     this.checkNameWritable(newParent, newName);
     const r = await this.engine.rename(parent, name, newParent, newName, flags, now(), this.inUse);
+    // Handed to the OS before the rename returns, like a close: a file saved by renaming
+    // it over the old one stays saved if the daemon dies next (other metadata changes
+    // are grouped for up to metadataCommitMs).
+    await this.engine.commitGroup();
     this.changed(parent);
     this.changed(newParent);
     this.remember(r.moved);
@@ -406,15 +441,18 @@ export class PogFs implements FileSystem {
     const node = this.nodes.get(ino);
     if (!handle || !node) return;
     // The kernel writes cached pages back through any writable handle, so the test is
-    // "could this handle have written", not "did it".
-    if (handle.writable && node.content && !node.content.idle && this.options.syncOnClose) await this.commit(node);
+    // "could this handle have written", not "did it". Committed, not synced: the file
+    // survives a crash of the daemon from here (DESIGN invariant 3).
+    if (!handle.writable || !node.content) return;
+    if (!node.content.idle) await this.commit(node);
+    if (this.options.syncOnClose) await this.durability.syncPoint();
   }
 
   async fsync(ino: number, _fh?: number, _datasync?: boolean): Promise<void> {
     const node = this.nodes.get(ino);
     // Also when a round has the file's changes in flight: a commit waits for it.
     if (node?.content && !node.content.idle) await this.commit(node);
-    else await this.engine.barrier();
+    await this.durability.syncPoint();
   }
 
   release(ino: number, fh: number, _flags?: number): void {
@@ -529,7 +567,7 @@ export class PogFs implements FileSystem {
   }
 
   async fsyncdir(_ino?: number, _fh?: number, _datasync?: boolean): Promise<void> {
-    await this.engine.barrier();
+    await this.durability.syncPoint();
   }
 
   // ---- extended attributes ----
@@ -583,7 +621,7 @@ export class PogFs implements FileSystem {
     const src = await this.inoOfPath(srcPath);
     const { parent, name } = await this.placeOfPath(dstPath);
     this.checkNameWritable(parent, name);
-    await this.commitAll();
+    await this.settleForCopy();
     this.space.admitMetadata();
     const r = this.trees.clone(src, this.frozen.dir === undefined ? [] : [this.frozen.dir], parent, name, now());
     this.changed(parent);
@@ -598,7 +636,7 @@ export class PogFs implements FileSystem {
     const nameBuf = snapshotName(name);
     const src = await this.inoOfPath(path);
     if (this.frozenIno(src)) fail(E.EINVAL, 'a snapshot is made of the live tree, not of a snapshot (clone it out first)');
-    await this.commitAll();
+    await this.settleForCopy();
     this.space.admitMetadata();
     const t = now();
     const meta = this.volume.meta.clone;
@@ -634,6 +672,18 @@ export class PogFs implements FileSystem {
     this.loadFrozen();
     this.changed(dir);
     return { inodes: op.last - op.first + 1, invalidate: { entries: [[dir, nameBuf]], inodes: [dir] } };
+  }
+
+  /**
+   * Before a copy: what open files wrote is committed, and every block a committed row
+   * names is in the block store (parked ones moved there), so the copy can take a
+   * reference on each. (A file closed in the moment after this may park a block a copy
+   * then cannot reference: that copy fails as a whole, and nothing is left of it.)
+   */
+  private async settleForCopy(): Promise<void> {
+    await this.commitAll();
+    await this.writer.drain();
+    await this.durability.move();
   }
 
   private loadFrozen(): void {
@@ -729,11 +779,13 @@ export class PogFs implements FileSystem {
   private openNode(node: Node, flags: number): Opened {
     node.opens += 1;
     const fh = this.nextFh++;
-    this.files.set(fh, { ino: node.ino, writable: (flags & O_ACCMODE) !== O_RDONLY });
-    return { fh };
+    const writable = (flags & O_ACCMODE) !== O_RDONLY;
+    this.files.set(fh, { ino: node.ino, writable });
+    // flush only ever commits what a writable handle may have written.
+    return writable ? { fh } : { fh, noFlush: true };
   }
 
-  /** Makes the node's content durable; `urgent` when a caller waits for that (fsync, close). */
+  /** Commits the node's content (safe from a daemon crash, not yet synced); `urgent` when a caller waits for that (fsync, close). */
   private commit(node: Node, urgent = true): Promise<void> {
     if (!node.content) return Promise.resolve();
     // A commit that failed for want of room says ENOSPC to fsync and close, as Linux does.

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { MetaEngine } from '../meta/engine';
+import type { MetaBlockParking, MetaEngine } from '../meta/engine';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
 import { CacheLedger } from '../cache/cache-ledger';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
@@ -62,6 +62,31 @@ export class Volume {
   /** The POSIX-level operations on the volume's metadata (what the vfs uses). */
   get engine(): MetaEngine {
     return this.meta.engine;
+  }
+
+  /** Blocks of closed files parked in the metadata until the block store takes them (see Durability). */
+  get parking(): MetaBlockParking {
+    return this.meta.engine;
+  }
+
+  /** Parked blocks a crash left that the store took at open (see takeParked). */
+  takenAtOpen = 0;
+
+  /**
+   * Gives the block store the blocks parked in the metadata that it has not taken yet
+   * (a crash came between a close and their move), before anything reads the volume,
+   * and keeps the metadata's sequence past what the store took.
+   */
+  private takeParked(): void {
+    const taken = this.store.parkedSeq();
+    this.meta.transaction(() => this.meta.parked.continueAfter(taken));
+    const rows = this.meta.parked.after(taken);
+    if (rows.length === 0) return;
+    this.store.acquireSync(
+      rows.map((r) => ({ hash: r.hash, data: r.data })),
+      rows[rows.length - 1].seq,
+    );
+    this.takenAtOpen = rows.length;
   }
 
   get blockSize(): number {
@@ -149,7 +174,9 @@ export class Volume {
     }
     const store = BlockStore.open(join(dir, VolumeFiles.blocks), { readOnly: options.readOnly, ...storeOptions(settings, superblock.block_size) });
     if (settings.remote && !options.readOnly) store.rememberRemote(settings.remote);
-    return new Volume(dir, meta, store, superblock, settings);
+    const volume = new Volume(dir, meta, store, superblock, settings);
+    if (!options.readOnly) volume.takeParked();
+    return volume;
   }
 
   /** Stores changed settings (the volume must not be mounted: a daemon reads them once). */

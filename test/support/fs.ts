@@ -29,7 +29,7 @@ export interface TestFs {
 /** Opens the volume at `path`, creating it (with `blockSize`, `compression`, `superchunks`) when absent. */
 export function openFs(path: string, blockSize?: number, compression?: Compression, superchunks?: boolean): TestFs {
   const volume = Volume.exists(path) ? Volume.open(path) : Volume.create(path, { blockSize, compression, superchunks });
-  const fs = new PogFs(volume, { syncOnClose: true, writebackIntervalMs: 60000, metadataCommitMs: 1000 }, quietLog);
+  const fs = new PogFs(volume, { syncOnClose: true, commitIntervalMs: 5000, metadataCommitMs: 1000 }, quietLog);
   const t: TestFs = {
     fs,
     volume,

@@ -59,9 +59,10 @@ enum {
   OP_MKDIR, OP_UNLINK, OP_RMDIR, OP_SYMLINK, OP_RENAME, OP_LINK, OP_OPEN, OP_READ,
   OP_WRITE, OP_FLUSH, OP_RELEASE, OP_FSYNC, OP_OPENDIR, OP_READDIR, OP_RELEASEDIR,
   OP_FSYNCDIR, OP_STATFS, OP_SETXATTR, OP_GETXATTR, OP_LISTXATTR, OP_REMOVEXATTR,
-  OP_ACCESS, OP_CREATE, OP_FALLOCATE, OP_LSEEK, OP_COPY_FILE_RANGE, OP_END, OP_ERROR, OP_COUNT
+  OP_ACCESS, OP_CREATE, OP_FALLOCATE, OP_LSEEK, OP_COPY_FILE_RANGE, OP_READDIRPLUS, OP_END, OP_ERROR,
+  OP_COUNT
 };
-/* Queue-only kind: a forget_multi batch, delivered to the OP_FORGET handler item by item. */
+/* Queue-only kind: a forget_multi batch; forgets reach the OP_FORGET handler in runs (dispatch_forgets). */
 #define OP_FORGET_MULTI 1000
 
 /* Scratch (Float64Array) layout. Keep in sync with session.ts. */
@@ -70,9 +71,20 @@ enum {
   S_ATIME, S_ATIME_NS, S_MTIME, S_MTIME_NS, S_CTIME, S_CTIME_NS,
   S_ENTRY_TIMEOUT, S_ATTR_TIMEOUT, S_FH, S_OPEN_FLAGS, S_COUNT = 32
 };
+/* A readdirplus reply's attributes: one run of S_INO..S_ATTR_TIMEOUT per entry. */
+#define DIRPLUS_STRIDE (S_ATTR_TIMEOUT + 1)
 /* statfs reuses slots 0..8 in StatFs field order. */
 #define OPEN_KEEP_CACHE 1
 #define OPEN_DIRECT_IO 2
+#define OPEN_NO_FLUSH 4
+#define OPEN_CACHE_DIR 8
+
+/* The handle the kernel holds is JS's fh shifted left by one; the low bit says "flush has
+   nothing to do here" (OPEN_NO_FLUSH), so such a flush is answered in C without a JS
+   round trip (it comes at every close, of every read-only open). JS handles stay below
+   2^53, so the shifted value fits. Every fh the kernel sends back is decoded (fh_of). */
+#define FH_NO_FLUSH 1u
+static uint64_t fh_of(uint64_t kernel_fh) { return kernel_fh >> 1; }
 
 #define SESSION_MAGIC 0x706f6766u /* "pogf" */
 #define ONE_MIB (1024u * 1024u)
@@ -137,6 +149,7 @@ typedef struct pf_session {
 
   uint32_t max_write;
   int writeback;
+  int readdirplus;             /* JS serves readdirplus: ask the kernel for it */
   double neg_timeout;
   atomic_int security_xattrs;
   atomic_int notifying; /* cache invalidations running on worker threads; finish() waits for them */
@@ -261,6 +274,16 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn) {
   /* This mount is the only writer: attribute replies never mean "someone else changed
      the data", so a new mtime must not throw the page cache away (keep_cache rules). */
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  /* One readdirplus fills a listing's entries and their attributes, so a walk that stats
+     every name (find, ls -l, rm -rf, a media scanner) costs no lookup request per name.
+     Always, not adaptively (libfuse's default, READDIRPLUS_AUTO): the adaptive kernel
+     asks for attributes in the first buffer of a listing only, and a program reads the
+     whole listing before it stats the names, so the rest of a large directory went back
+     to one lookup per name. A lookup answered inside JS costs far less than one that
+     crosses the kernel. */
+  if (s->readdirplus && (conn->capable & FUSE_CAP_READDIRPLUS)) conn->want |= FUSE_CAP_READDIRPLUS;
+  else conn->want &= ~FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 
   /* libfuse has already capped conn->max_write to its receive buffer (256 pages with
      FUSE_MAX_PAGES, 32 without). Never raise it past that: the kernel would send writes
@@ -322,7 +345,7 @@ static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void set_fh(pf_req *r, struct fuse_file_info *fi) {
   if (fi) {
-    r->fh = fi->fh;
+    r->fh = fh_of(fi->fh);
     r->has_fh = 1;
   }
 }
@@ -457,6 +480,10 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 }
 
 static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  if (fi->fh & FH_NO_FLUSH) {
+    fuse_reply_err(req, 0);
+    return;
+  }
   pf_req *r = req_new(req, OP_FLUSH, NULL, NULL);
   if (!r) return;
   r->ino = ino;
@@ -492,6 +519,16 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   pf_req *r = req_new(req, OP_READDIR, NULL, NULL);
+  if (!r) return;
+  r->ino = ino;
+  set_fh(r, fi);
+  r->size = size;
+  r->off = (uint64_t)off;
+  enqueue(req_session(req), r);
+}
+
+static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  pf_req *r = req_new(req, OP_READDIRPLUS, NULL, NULL);
   if (!r) return;
   r->ino = ino;
   set_fh(r, fi);
@@ -629,7 +666,7 @@ static void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, 
   set_fh(r, fi_in);
   r->off = (uint64_t)off_in;
   r->ino2 = ino_out;
-  r->fh2 = fi_out ? fi_out->fh : 0;
+  r->fh2 = fi_out ? fh_of(fi_out->fh) : 0;
   r->off2 = (uint64_t)off_out;
   /* The reply's count is 32 bits (fuse_write_out.size): a longer copy would come back
      wrapped (4 GiB as 0, which cp takes for end of file). Copy at most what the count can
@@ -663,6 +700,7 @@ static const struct fuse_lowlevel_ops ll_ops = {
   .fsync = ll_fsync,
   .opendir = ll_opendir,
   .readdir = ll_readdir,
+  .readdirplus = ll_readdirplus,
   .releasedir = ll_releasedir,
   .fsyncdir = ll_fsyncdir,
   .statfs = ll_statfs,
@@ -886,6 +924,9 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   case OP_READDIR:
     a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->off);
     a_num(&a, (double)r->size); break;
+  case OP_READDIRPLUS:
+    a_num(&a, (double)r->ino); a_num(&a, (double)r->fh); a_num(&a, (double)r->off);
+    a_num(&a, (double)r->size); a_ctx(&a, r); break;
   case OP_STATFS:
     a_num(&a, (double)r->ino); break;
   case OP_SETXATTR:
@@ -920,18 +961,45 @@ static void dispatch_request(napi_env env, pf_session *s, napi_value handlers, p
   }
 }
 
-static void dispatch_forgets(napi_env env, napi_value handlers, pf_req *r) {
-  const struct fuse_forget_data *f = (const void *)r->data;
-  size_t n = r->op == OP_FORGET_MULTI ? r->datalen : 1;
-  for (size_t i = 0; i < n; i++) {
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-    args_t a = { .env = env, .n = 0, .ok = 1 };
-    a_num(&a, (double)(f ? f[i].ino : r->ino));
-    a_num(&a, (double)(f ? f[i].nlookup : r->off));
-    if (a.ok) call_handler(env, handlers, OP_FORGET, &a);
-    napi_close_handle_scope(env, scope);
+static int is_forget(const pf_req *r) { return r->op == OP_FORGET || r->op == OP_FORGET_MULTI; }
+
+/* The run of forget items starting at r, handed to JS in one call as (ino, nlookup)
+   pairs in a Float64Array: the kernel sends forgets by the thousand (rm -rf, memory
+   pressure) and one call each was one N-API round trip each. Returns the first item
+   after the run; the run's items are freed. */
+static pf_req *dispatch_forgets(napi_env env, napi_value handlers, pf_req *r) {
+  size_t n = 0;
+  for (pf_req *q = r; q && is_forget(q); q = q->next) n += q->op == OP_FORGET_MULTI ? q->datalen : 1;
+  napi_value ab, pairs;
+  double *d = NULL;
+  int ok = n > 0 && napi_create_arraybuffer(env, n * 2 * sizeof(double), (void **)&d, &ab) == napi_ok &&
+           napi_create_typedarray(env, napi_float64_array, n * 2, ab, 0, &pairs) == napi_ok;
+  size_t i = 0;
+  while (r && is_forget(r)) {
+    pf_req *next = r->next;
+    if (ok) {
+      if (r->op == OP_FORGET_MULTI) {
+        const struct fuse_forget_data *f = (const void *)r->data;
+        for (size_t k = 0; k < r->datalen; k++, i++) {
+          d[2 * i] = (double)f[k].ino;
+          d[2 * i + 1] = (double)f[k].nlookup;
+        }
+      } else {
+        d[2 * i] = (double)r->ino;
+        d[2 * i + 1] = (double)r->off;
+        i++;
+      }
+    }
+    req_free(r);
+    r = next;
   }
+  /* Without memory for the batch the FS only keeps some inodes too long. */
+  if (ok) {
+    args_t a = { .env = env, .n = 0, .ok = 1 };
+    a.v[a.n++] = pairs;
+    call_handler(env, handlers, OP_FORGET, &a);
+  }
+  return r;
 }
 
 static void free_session(pf_session *s) {
@@ -1013,9 +1081,8 @@ static void drain(napi_env env, pf_session *s) {
       if (r->req) fuse_reply_err(r->req, EIO);
       req_free(r);
     } else {
-      if (r->op == OP_FORGET || r->op == OP_FORGET_MULTI) {
-        dispatch_forgets(env, handlers, r);
-        req_free(r);
+      if (is_forget(r)) {
+        next = dispatch_forgets(env, handlers, r);
       } else if (r->op == OP_INIT) {
         args_t a = { .env = env, .n = 0, .ok = 1 };
         call_handler(env, handlers, OP_INIT, &a);
@@ -1145,9 +1212,10 @@ static void scratch_stat(const double *d, struct stat *st) {
 static void scratch_open(const double *d, struct fuse_file_info *fi) {
   memset(fi, 0, sizeof *fi);
   uint64_t flags = d2u64(d[S_OPEN_FLAGS]);
-  fi->fh = d2u64(d[S_FH]);
+  fi->fh = d2u64(d[S_FH]) << 1 | ((flags & OPEN_NO_FLUSH) ? FH_NO_FLUSH : 0);
   fi->keep_cache = (flags & OPEN_KEEP_CACHE) != 0;
   fi->direct_io = (flags & OPEN_DIRECT_IO) != 0;
+  fi->cache_readdir = (flags & OPEN_CACHE_DIR) != 0;
 }
 
 /* Common prologue: (handle, id, ...) -> session and the claimed request. Returns false
@@ -1333,15 +1401,39 @@ static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
   return js_bool(env, 1);
 }
 
-/* replyDir(handle, id, entries: DirEntry[]): packs whole entries until r->size is full. */
+static int is_dot_or_dotdot(const char *name) {
+  return name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
+}
+
+/* replyDir(handle, id, entries: DirEntry[], attrs?: Float64Array) -> entries packed, or
+   false when the request was already answered. Packs whole entries until r->size is
+   full. A readdirplus reply also gives each entry's attributes in `attrs`
+   (DIRPLUS_STRIDE slots per entry, in scratch order): an entry whose S_INO slot is 0
+   goes without them (. and .., or a name that could not be looked up), and every other
+   one adds one to the kernel's lookup count of its inode. JS forgets, for the filesystem,
+   the counted entries that did not fit. */
 static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
-  REPLY_PROLOGUE(3)
-  if (r->op != OP_READDIR) return reply_invalid(env, r, "replyDir used for an operation other than readdir");
+  REPLY_PROLOGUE(4)
+  const int plus = r->op == OP_READDIRPLUS;
+  if (r->op != OP_READDIR && !plus)
+    return reply_invalid(env, r, "replyDir used for an operation other than readdir/readdirplus");
   bool is_array = false;
   uint32_t count = 0;
   if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array ||
       napi_get_array_length(env, argv[2], &count) != napi_ok)
     return reply_invalid(env, r, "readdir must return an array of DirEntry");
+  const double *attrs = NULL;
+  if (plus) {
+    bool is_ta = false;
+    napi_typedarray_type tt;
+    size_t tlen = 0;
+    void *tdata = NULL;
+    if (argc < 4 || napi_is_typedarray(env, argv[3], &is_ta) != napi_ok || !is_ta ||
+        napi_get_typedarray_info(env, argv[3], &tt, &tlen, &tdata, NULL, NULL) != napi_ok ||
+        tt != napi_float64_array || tlen < (size_t)count * DIRPLUS_STRIDE)
+      return reply_invalid(env, r, "readdirplus needs a Float64Array of attributes for every entry");
+    attrs = tdata;
+  }
   napi_value k_name, k_ino, k_mode, k_next;
   if (napi_create_string_latin1(env, "name", NAPI_AUTO_LENGTH, &k_name) != napi_ok ||
       napi_create_string_latin1(env, "ino", NAPI_AUTO_LENGTH, &k_ino) != napi_ok ||
@@ -1352,9 +1444,12 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   if (!buf) {
     fuse_reply_err(r->req, ENOMEM);
     req_free(r);
-    return js_bool(env, 1);
+    napi_value zero;
+    napi_create_uint32(env, 0, &zero);
+    return zero;
   }
   size_t pos = 0;
+  uint32_t packed = 0;
   const char *bad = NULL;
   char name[1024];
   for (uint32_t i = 0; i < count; i++) {
@@ -1377,14 +1472,35 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
     }
     memcpy(name, nd, nlen);
     name[nlen] = 0; /* fuse_add_direntry wants a C string */
-    struct stat st;
-    memset(&st, 0, sizeof st);
-    st.st_ino = d2u64(ino);
-    st.st_mode = (mode_t)d2u64(mode) & S_IFMT;
-    size_t need = fuse_add_direntry(r->req, NULL, 0, name, NULL, 0);
-    if (need > r->size - pos) break; /* never split an entry: the kernel asks again */
-    fuse_add_direntry(r->req, buf + pos, r->size - pos, name, &st, (off_t)d2i64(next));
+    size_t need;
+    if (plus) {
+      struct fuse_entry_param ep;
+      memset(&ep, 0, sizeof ep);
+      const double *d = attrs + (size_t)i * DIRPLUS_STRIDE;
+      if (d[S_INO] > 0 && !is_dot_or_dotdot(name)) {
+        scratch_stat(d, &ep.attr);
+        ep.ino = ep.attr.st_ino;
+        ep.entry_timeout = d2timeout(d[S_ENTRY_TIMEOUT]);
+        ep.attr_timeout = d2timeout(d[S_ATTR_TIMEOUT]);
+      } else {
+        /* ep.ino 0: a plain entry, no attributes and no lookup count. */
+        ep.attr.st_ino = d2u64(ino);
+        ep.attr.st_mode = (mode_t)d2u64(mode) & S_IFMT;
+      }
+      need = fuse_add_direntry_plus(r->req, NULL, 0, name, NULL, 0);
+      if (need > r->size - pos) break; /* never split an entry: the kernel asks again */
+      fuse_add_direntry_plus(r->req, buf + pos, r->size - pos, name, &ep, (off_t)d2i64(next));
+    } else {
+      struct stat st;
+      memset(&st, 0, sizeof st);
+      st.st_ino = d2u64(ino);
+      st.st_mode = (mode_t)d2u64(mode) & S_IFMT;
+      need = fuse_add_direntry(r->req, NULL, 0, name, NULL, 0);
+      if (need > r->size - pos) break; /* never split an entry: the kernel asks again */
+      fuse_add_direntry(r->req, buf + pos, r->size - pos, name, &st, (off_t)d2i64(next));
+    }
     pos += need;
+    packed++;
   }
   bool pending = false;
   if (bad && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -1398,7 +1514,9 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   fuse_reply_buf(r->req, buf, pos);
   free(buf);
   req_free(r);
-  return js_bool(env, 1);
+  napi_value out;
+  if (napi_create_uint32(env, packed, &out) != napi_ok) return NULL;
+  return out;
 }
 
 static napi_value js_set_security_xattrs(napi_env env, napi_callback_info info) {
@@ -1492,6 +1610,11 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->free_head = NO_SLOT;
   s->max_write = max_write >= 4096 && max_write <= (double)UINT32_MAX ? (uint32_t)max_write : ONE_MIB;
   s->writeback = writeback;
+  /* The kernel is asked for readdirplus only when JS serves it. */
+  napi_value rdp;
+  napi_valuetype rdp_type = napi_undefined;
+  if (napi_get_element(env, argv[5], OP_READDIRPLUS, &rdp) == napi_ok) napi_typeof(env, rdp, &rdp_type);
+  s->readdirplus = rdp_type == napi_function;
   s->neg_timeout = d2timeout(neg_timeout);
   atomic_init(&s->security_xattrs, 0);
   atomic_init(&s->notifying, 0);

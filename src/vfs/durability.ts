@@ -1,0 +1,97 @@
+import type { MetaBlockParking, MetaDurability } from '../meta/engine';
+import type { BlockWriter } from './block-writer';
+
+/** Parked bytes past which they are moved into the block store at once. */
+const MOVE_AT_BYTES = 8 * 1024 * 1024;
+/** Parked blocks are moved into the block store this long after the first (ms). */
+const MOVE_AFTER_MS = 1000;
+
+/**
+ * DESIGN invariant 3. A close commits the file without waiting for the disk: its last
+ * blocks are parked in the metadata, in the very transaction that commits its rows, and
+ * that transaction is handed to the OS (the daemon may die from here; the file stays).
+ * Blocks already on their way to the block store (a large file's) are awaited: the store
+ * syncs every commit, so they are on disk before any row names them. No crash of the
+ * machine can then leave a row without its bytes: the metadata reaches the disk in order
+ * (SQLite's write-ahead log), parked bytes with their rows, and a file renamed over
+ * another after its close is behind its content in that order.
+ *
+ * Parked blocks move into the block store later, many per sync of it (`move`); the
+ * store records the last one taken in the same commit, so each is taken once whatever
+ * crashes, and a volume opened after a crash takes what is left (Volume.open).
+ * A sync point (fsync, the commit interval, unmount) syncs the metadata: everything
+ * committed before it is then durable.
+ */
+export class Durability {
+  private moveTimer: NodeJS.Timeout | undefined;
+  private moving: Promise<void> = Promise.resolve();
+  /** Metadata changes counted at the last sync point: an idle volume skips its syncs. */
+  private changesAtSync = -1;
+
+  constructor(
+    private readonly writer: BlockWriter,
+    private readonly meta: Pick<MetaDurability, 'barrier'>,
+    private readonly parking: MetaBlockParking | undefined,
+    /** The metadata's running count of changes (to tell an idle volume). */
+    private readonly changeCount: () => number,
+    private readonly onError: (err: unknown) => void,
+    /** Runs after each sync point (the metadata's log moved into its database). */
+    private readonly afterSync: () => void = () => undefined,
+  ) {}
+
+  /** Parks blocks with commits when the metadata can hold them. */
+  get canPark(): boolean {
+    return this.parking !== undefined;
+  }
+
+  /** After a commit that parked blocks: moves them soon, or now when many wait. */
+  parked(): void {
+    if (this.writer.parkedPending >= MOVE_AT_BYTES) {
+      this.move().catch(this.onError);
+      return;
+    }
+    if (this.moveTimer) return;
+    this.moveTimer = setTimeout(() => {
+      this.moveTimer = undefined;
+      this.move().catch(this.onError);
+    }, MOVE_AFTER_MS);
+    this.moveTimer.unref();
+  }
+
+  /** Moves the parked blocks whose commit is done into the block store, then drops them from the metadata. */
+  move(): Promise<void> {
+    const run = this.moving.then(async () => {
+      const seq = await this.writer.moveParked();
+      if (seq !== undefined) await this.parking?.unpark(seq);
+    });
+    this.moving = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Makes everything committed so far durable against a power cut (one sync of the metadata). */
+  async syncPoint(): Promise<void> {
+    await this.meta.barrier();
+    this.afterSync();
+    this.changesAtSync = this.changeCount();
+  }
+
+  /** The commit interval's sync point: skipped when nothing changed since the last one. */
+  async periodic(): Promise<void> {
+    if (this.changeCount() === this.changesAtSync) return;
+    await this.syncPoint();
+  }
+
+  /**
+   * Before references are dropped: parked blocks first taken by the store (a count must
+   * never pass through zero while a row still names the block), then a sync point.
+   */
+  async beforeRelease(): Promise<void> {
+    await this.move();
+    await this.syncPoint();
+  }
+
+  stop(): void {
+    if (this.moveTimer) clearTimeout(this.moveTimer);
+    this.moveTimer = undefined;
+  }
+}
