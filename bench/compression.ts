@@ -9,7 +9,7 @@
  *     pristine, later copies get a deterministic pseudo-random subset of files changed
  *     (a line appended, or a few bytes overwritten);
  *   - media: POGFS_BENCH_MEDIA_MIB (200) MiB of random bytes in 16 MiB files.
- * Per mode: `cp -a` of each part into a fresh volume mounted with --no-sync-on-close,
+ * Per mode: `cp -a` of each part into a fresh volume (default mount options),
  * timed up to the end of `pogfs umount` (which returns once every block is compressed,
  * stored and committed), so write MB/s covers the codec and not only the page cache.
  * Reads (`cat` of every file) on a fresh mount: "warm" right after writing (the volume's
@@ -199,10 +199,10 @@ function measureMode(work: string, pogfs: string, mode: Mode, corpus: Corpus, te
   try {
     sh(`${pogfs} init ${q(vol)} ${INIT_FLAGS[mode]}`);
     // Writes: cp -a, then umount, which waits until every block is durable.
-    mount(' --no-sync-on-close');
+    mount();
     const textWrite = seconds(`cp -a ${q(corpus.text)} ${q(mnt)}/ && ${umount}`);
     const textSt = JSON.parse(sh(`${pogfs} stats ${q(vol)} --json`)) as { logicalBytes: number; storedBytes: number };
-    mount(' --no-sync-on-close');
+    mount();
     const mediaWrite = seconds(`cp -a ${q(corpus.media)} ${q(mnt)}/ && ${umount}`);
     const st = JSON.parse(sh(`${pogfs} stats ${q(vol)} --json`)) as { logicalBytes: number; uniqueBytes: number; storedBytes: number };
     // Reads on a fresh mount: warm (volume files in the host page cache), then cold.

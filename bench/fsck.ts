@@ -25,7 +25,7 @@ export function benchFsck(work: string, pogfs: string, files: number, totalMiB: 
   const vol = join(work, 'fsck-vol');
   const mnt = join(work, 'fsck-mnt');
   mkdirSync(mnt);
-  sh(`${pogfs} init '${vol}' && ${pogfs} mount '${vol}' '${mnt}' --no-sync-on-close`);
+  sh(`${pogfs} init '${vol}' && ${pogfs} mount '${vol}' '${mnt}'`);
   try {
     // Sizes spread around the mean, all unique, written by one process to keep it quick.
     const script = `

@@ -196,6 +196,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
           if (!attached) throw new Error('this volume has no remote: everything is local already');
           const ino = await fs.inoOfPath(req.path ?? '');
           const cache = attached.cache;
+          // Blocks of files just closed wait parked in the metadata: into the store first, where pin finds them.
+          if (req.op === 'pin') await fs.durability.move();
           return req.op === 'pin' ? exclusive(() => cache.pin(ino, progress)) : exclusive(() => cache.unpin(ino));
         }
         if (req.op === 'snapshot-list') return fs.listSnapshots().map((snap) => ({ ...snap, name: snap.name.toString() }));
