@@ -21,8 +21,7 @@ export function benchClone(work: string, pogfs: string, files: number): CloneBen
   const vol = join(work, 'clone-vol');
   const mnt = join(work, 'clone-mnt');
   mkdirSync(mnt);
-  // Without sync on close: making the tree is not what is measured (100,000 fsyncs would take longest).
-  sh(`${pogfs} init '${vol}' && ${pogfs} mount '${vol}' '${mnt}' --no-sync-on-close`);
+  sh(`${pogfs} init '${vol}' && ${pogfs} mount '${vol}' '${mnt}'`);
   try {
     // Unique files of 1 to 16 KiB in directories of 200, like a source tree.
     const script = `
@@ -40,7 +39,7 @@ for i in range(n):
     const stored = () => (JSON.parse(sh(`${pogfs} stats '${mnt}' --json`)) as { storedBytes: number }).storedBytes;
     // Each copy starts on a settled volume: a remount commits what the step before left
     // in flight (cp -a's 100,000 closes are committed behind it), so no step pays for another.
-    const settle = () => sh(`${pogfs} umount '${mnt}' && ${pogfs} mount '${vol}' '${mnt}' --no-sync-on-close`);
+    const settle = () => sh(`${pogfs} umount '${mnt}' && ${pogfs} mount '${vol}' '${mnt}'`);
     const timed = (cmd: string) => {
       settle();
       const before = stored();
