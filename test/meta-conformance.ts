@@ -550,6 +550,38 @@ export function metaConformance(engineName: string, factory: EngineFactory): voi
         }
       }));
 
+      it('two directories moved under each other at once: one move wins, no cycle', withEngine(async (a, fx) => {
+        const c = await fx.client();
+        /** The chain of parents from `ino` up to the root (fails on a cycle). */
+        const ancestry = async (ino: number): Promise<number[]> => {
+          const up: number[] = [];
+          for (let cur: number | undefined = ino; cur !== undefined && cur !== ROOT_INO; cur = await c.parentOf(cur)) {
+            assert.ok(!up.includes(cur) && up.length < 100, 'the tree has a cycle');
+            up.push(cur);
+          }
+          return up;
+        };
+        for (let round = 0; round < 10; round++) {
+          // top/x/p/s and top/y/q/r: moving p under r and q under s touch no directory in
+          // common, and each alone is allowed; both together would make p, r, q, s a loop.
+          const top = await a.mknod(ROOT_INO, b(`top${round}`), dir(), tick());
+          const x = await a.mknod(top.ino, b('x'), dir(), tick());
+          const y = await a.mknod(top.ino, b('y'), dir(), tick());
+          const p = await a.mknod(x.ino, b('p'), dir(), tick());
+          const q = await a.mknod(y.ino, b('q'), dir(), tick());
+          const s = await a.mknod(p.ino, b('s'), dir(), tick());
+          const r = await a.mknod(q.ino, b('r'), dir(), tick());
+          const [pr, qs] = await Promise.all([
+            errno(() => a.rename(x.ino, b('p'), r.ino, b('p'), 0, tick())),
+            errno(() => c.rename(y.ino, b('q'), s.ino, b('q'), 0, tick())),
+          ]);
+          assert.ok((pr === undefined) !== (qs === undefined), 'exactly one move succeeds');
+          assert.equal(pr ?? qs, E.EINVAL, 'the other move would put a directory inside itself');
+          for (const d of [p, q, r, s]) assert.equal((await ancestry(d.ino)).at(-1), top.ino);
+          assert.equal(await c.parentOf(pr === undefined ? p.ino : q.ino), pr === undefined ? r.ino : s.ino);
+        }
+      }));
+
       it('a client in another thread interleaving with this one loses nothing', withEngine(async (a, fx) => {
         const d = await a.mknod(ROOT_INO, b('shared'), dir(), tick());
         const f = await a.mknod(ROOT_INO, b('counted'), file(), tick());
