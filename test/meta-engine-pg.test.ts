@@ -20,14 +20,14 @@ const init = () => ({
 });
 
 metaConformance('postgres', async () => {
-  const url = await server.createDatabase();
+  const url = server.createDatabase();
   const engine = await openMetaEngine(url, { create: init() });
   return { engine, url, connect: () => openMetaEngine(url) };
 });
 
 describe('the postgres: engine URL', () => {
   it('opens by postgres: and postgresql: and refuses a database without a volume, or a second volume', async () => {
-    const url = await server.createDatabase();
+    const url = server.createDatabase();
     await assert.rejects(openMetaEngine(url, { readOnly: true }), (err: Error) => err instanceof MetadataError && /no pogfs schema/.test(err.message));
     const created = await openMetaEngine(url, { create: init() });
     assert.equal(created.url, url);

@@ -10,7 +10,6 @@
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Client } from 'pg';
 import { tempDir } from './tmp';
 
 export interface PostgresServer {
@@ -21,7 +20,7 @@ export interface PostgresServer {
   /** A `postgres://` URL of the database `name` on this server. */
   url(name: string): string;
   /** Creates a new, empty database and returns its URL. */
-  createDatabase(): Promise<string>;
+  createDatabase(): string;
   /** Stops the server now (it is also stopped after the test file). */
   stop(): void;
 }
@@ -99,15 +98,9 @@ export function startPostgres(): PostgresServer {
     socketDir,
     user,
     url,
-    async createDatabase() {
+    createDatabase() {
       const name = `pogfs_test_${process.pid}_${++databases}`;
-      const admin = new Client({ host: socketDir, user, database: 'postgres' });
-      await admin.connect();
-      try {
-        await admin.query(`CREATE DATABASE ${name}`);
-      } finally {
-        await admin.end();
-      }
+      runPg(bin, 'createdb', ['-h', socketDir, '-U', user, name]);
       return url(name);
     },
     stop,
