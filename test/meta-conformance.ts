@@ -448,6 +448,24 @@ export function metaConformance(engineName: string, factory: EngineFactory): voi
       }));
     });
 
+    describe('order', () => {
+      it('one client\'s changes land in call order, and a read sees the changes called before it', withEngine(async (m) => {
+        const f = await m.mknod(ROOT_INO, b('f'), file(), tick());
+        for (let i = 0; i < 20; i++) {
+          // The vfs commits content in the background while a utimens may arrive: the later call wins.
+          const content = m.commitContent([{ ino: f.ino, rows: new Map([[0, { hash: hash(i), len: 10 }]]), size: 10, storedBytes: 10, attrs: { mtime: { s: 1000 + i, ns: 0 } } }]);
+          const touch = m.setattr(f.ino, { mtime: { s: 5000 + i, ns: 0 } });
+          const seen = m.getattr(f.ino);
+          await Promise.all([content, touch]);
+          assert.deepEqual(time(await seen, 'mtime'), { s: 5000 + i, ns: 0 });
+          assert.deepEqual(time(await m.getattr(f.ino), 'mtime'), { s: 5000 + i, ns: 0 });
+        }
+        const made = m.mknod(ROOT_INO, b('g'), file(), tick());
+        const found = m.lookup(ROOT_INO, b('g'));
+        assert.equal((await found).ino, (await made).ino);
+      }));
+    });
+
     describe('durability hooks', () => {
       it('groups changes and makes them visible to another client at commit and durable at a barrier', withEngine(async (m, fx) => {
         m.setGroupCommit(60000);

@@ -188,6 +188,14 @@ const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
  */
 export class PgEngine implements MetaEngine {
   private readonly updates = new Map<string, string>();
+  /**
+   * The last change called: changes of this client run one after another in call order,
+   * and a read waits for the changes called before it, as with the SQLite engine (whose
+   * calls complete when made). Without it, a setattr called after a commitContent of the
+   * same file could reach the server first and lose to the older times. Clients of other
+   * processes and machines meet at the row locks instead.
+   */
+  private lastChange: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly pool: Pool,
@@ -280,7 +288,7 @@ export class PgEngine implements MetaEngine {
 
   /** Nothing is held back: every operation's commit has been handed to the server when it returns. */
   async commitGroup(): Promise<void> {
-    return;
+    await this.lastChange;
   }
 
   async barrier(): Promise<void> {
@@ -296,6 +304,7 @@ export class PgEngine implements MetaEngine {
 
   async lookup(parent: number, name: Buffer): Promise<InodeRow> {
     checkName(name);
+    await this.lastChange;
     const r = (await runRaw(this.pool, 'lookupWithParent', [name, parent])).rows[0];
     if (!r) fail(E.ENOENT);
     if (!isDir(r[0] as number)) fail(E.ENOTDIR);
@@ -304,22 +313,27 @@ export class PgEngine implements MetaEngine {
   }
 
   async getattr(ino: number): Promise<InodeRow> {
+    await this.lastChange;
     return this.inode(this.pool, ino);
   }
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
     // One statement (UPDATE ... RETURNING): atomic on its own, and only the fields given.
-    const row = (await this.update(this.pool, ino, change)) ?? (await this.getInode(this.pool, ino));
-    if (!row) fail(E.ENOENT);
-    return row;
+    return this.inOrder(async () => {
+      const row = (await this.update(this.pool, ino, change)) ?? (await this.getInode(this.pool, ino));
+      if (!row) fail(E.ENOENT);
+      return row;
+    });
   }
 
   async parentOf(ino: number): Promise<number | undefined> {
+    await this.lastChange;
     if (ino === ROOT_INO) return undefined;
     return this.parentOfIn(this.pool, ino);
   }
 
   async statfs(): Promise<VolumeTotals> {
+    await this.lastChange;
     return (await run(this.pool, 'totals', [])).rows[0] as VolumeTotals;
   }
 
@@ -480,6 +494,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async readdir(dir: number, after?: Buffer, limit?: number): Promise<DirPage> {
+    await this.lastChange;
     const row = await this.inode(this.pool, dir);
     if (!isDir(row.mode)) fail(E.ENOTDIR);
     const max = limit ?? null;
@@ -490,6 +505,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async readlink(ino: number): Promise<Buffer> {
+    await this.lastChange;
     const r = await run(this.pool, 'getSymlink', [ino]);
     if (r.rows.length > 0) return r.rows[0].target as Buffer;
     if (((await this.inode(this.pool, ino)).mode & S_IFMT) !== S_IFLNK) fail(E.EINVAL);
@@ -500,6 +516,7 @@ export class PgEngine implements MetaEngine {
 
   async getxattr(ino: number, name: Buffer): Promise<Buffer> {
     checkXattrName(name);
+    await this.lastChange;
     const r = await run(this.pool, 'getXattr', [ino, name]);
     if (r.rows.length > 0) return r.rows[0].value as Buffer;
     await this.inode(this.pool, ino);
@@ -520,6 +537,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async listxattr(ino: number): Promise<Buffer[]> {
+    await this.lastChange;
     await this.inode(this.pool, ino);
     return (await run(this.pool, 'listXattrs', [ino])).rows.map((r) => r.name as Buffer);
   }
@@ -534,12 +552,14 @@ export class PgEngine implements MetaEngine {
   }
 
   async anySecurityXattr(): Promise<boolean> {
+    await this.lastChange;
     return (await run(this.pool, 'anySecurityXattr', [SECURITY_PREFIX])).rows.length > 0;
   }
 
   // ---- content ----
 
   async blocks(ino: number): Promise<BlockRow[]> {
+    await this.lastChange;
     return (await run(this.pool, 'listBlocks', [ino])).rows as BlockRow[];
   }
 
@@ -579,10 +599,12 @@ export class PgEngine implements MetaEngine {
   }
 
   async unlinkedInodes(): Promise<number[]> {
+    await this.lastChange;
     return (await run(this.pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number);
   }
 
   async close(): Promise<void> {
+    await this.lastChange;
     await this.pool.end();
   }
 
@@ -593,7 +615,18 @@ export class PgEngine implements MetaEngine {
    * PostgreSQL reports a deadlock or serialization failure or `fn` finds that another
    * client overtook its unlocked reads.
    */
-  private async transaction<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+  private transaction<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    return this.inOrder(() => this.attempts(fn));
+  }
+
+  /** Runs a change after the changes called before it (see lastChange). */
+  private inOrder<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.lastChange.then(fn);
+    this.lastChange = result.catch(() => undefined);
+    return result;
+  }
+
+  private async attempts<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const client = await this.pool.connect();
       let broken: Error | undefined;
