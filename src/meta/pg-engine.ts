@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Pool, types as pgTypes, type PoolClient, type QueryResult } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import {
   RENAME_EXCHANGE,
   RENAME_NOREPLACE,
@@ -17,134 +17,18 @@ import {
 } from './engine';
 import { E, fail } from '../posix/errors';
 import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
-import {
-  INODE_COLUMNS,
-  MetadataError,
-  inodeFromRaw,
-  newInode,
-  sqlIsDir,
-  sqlIsReg,
-  type BlockRow,
-  type DirRow,
-  type InodeRow,
-  type NewInode,
-  type Superblock,
-  type VolumeTotals,
-} from './meta-db';
+import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 import { pgMigrate } from './pg-schema';
+import { PgSession, Restart } from './pg-session';
+import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
 import { parsePgUrl } from './pg-url';
 import type { OpenMetaOptions } from './registry';
 import { FORMAT_VERSION, VOLUME_MAGIC } from './schema';
 
-const INODE_VALUES = '$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13';
-
-/**
- * Every statement the engine runs, each prepared once per connection under its key (pg
- * names prepared statements; one name must always mean one text).
- */
-const SQL = {
-  superblock: 'SELECT magic, format_version, block_size, hash_algorithm, uuid, created_ns FROM superblock WHERE id = 1',
-  barrier: 'UPDATE superblock SET barrier = barrier + 1 WHERE id = 1',
-  getInode: `SELECT ${INODE_COLUMNS} FROM inodes WHERE ino = $1`,
-  // A miss says ENOENT or ENOTDIR by the parent's mode: one statement for a negative
-  // lookup (before every create) and for a hit.
-  lookupWithParent: `SELECT p.mode, ${INODE_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ')}
-      FROM inodes p LEFT JOIN dentries d ON d.parent = p.ino AND d.name = $1 LEFT JOIN inodes i ON i.ino = d.ino
-     WHERE p.ino = $2`,
-  lookupIno: 'SELECT ino FROM dentries WHERE parent = $1 AND name = $2',
-  // Row locks in one order (by inode number) so that two operations never wait on each other in a cycle.
-  lockInodes: `SELECT ${INODE_COLUMNS} FROM inodes WHERE ino = ANY($1::bigint[]) ORDER BY ino FOR UPDATE`,
-  // Cross-directory renames one at a time (Linux's s_vfs_rename_mutex): the ancestor check
-  // of one cannot then be undone by another moving a directory meanwhile.
-  renameLock: 'SELECT pg_advisory_xact_lock($1)',
-  insertInode: `INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
-      VALUES (${INODE_VALUES}) RETURNING ino`,
-  insertInodeWithIno: `INSERT INTO inodes (ino, mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
-      VALUES ($14, ${INODE_VALUES})`,
-  // After inserting inodes under given numbers: new inodes are numbered after them.
-  syncInoSequence: "SELECT setval(pg_get_serial_sequence('inodes', 'ino'), (SELECT max(ino) FROM inodes))",
-  deleteInode: `WITH b AS (DELETE FROM blocks WHERE ino = $1 RETURNING hash),
-       s AS (DELETE FROM symlinks WHERE ino = $1),
-       x AS (DELETE FROM xattrs WHERE ino = $1),
-       i AS (DELETE FROM inodes WHERE ino = $1)
-     SELECT hash FROM b`,
-  unlinkedInodes: 'SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino',
-  touch: 'UPDATE inodes SET nlink = nlink + $1, mtime_s = $2, mtime_ns = $3, ctime_s = $2, ctime_ns = $3 WHERE ino = $4',
-  change: 'UPDATE inodes SET nlink = nlink + $1, ctime_s = $2, ctime_ns = $3 WHERE ino = $4',
-  nlink: 'UPDATE inodes SET nlink = nlink + $1 WHERE ino = $2',
-  orphan: 'UPDATE inodes SET nlink = 0, ctime_s = $1, ctime_ns = $2 WHERE ino = $3',
-  addEntry: 'INSERT INTO dentries (parent, name, ino) VALUES ($1, $2, $3)',
-  removeEntry: 'DELETE FROM dentries WHERE parent = $1 AND name = $2',
-  retargetEntry: 'UPDATE dentries SET ino = $1 WHERE parent = $2 AND name = $3',
-  hasChildren: 'SELECT 1 FROM dentries WHERE parent = $1 LIMIT 1',
-  parentOf: 'SELECT parent FROM dentries WHERE ino = $1 LIMIT 1',
-  // LIMIT NULL is no limit.
-  listFirst: `SELECT d.name AS name, d.ino AS ino, i.mode AS mode FROM dentries d JOIN inodes i ON i.ino = d.ino
-     WHERE d.parent = $1 ORDER BY d.name LIMIT $2`,
-  listAfter: `SELECT d.name AS name, d.ino AS ino, i.mode AS mode FROM dentries d JOIN inodes i ON i.ino = d.ino
-     WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3`,
-  getSymlink: 'SELECT target FROM symlinks WHERE ino = $1',
-  setSymlink: 'INSERT INTO symlinks (ino, target) VALUES ($1, $2) ON CONFLICT (ino) DO UPDATE SET target = EXCLUDED.target',
-  getXattr: 'SELECT value FROM xattrs WHERE ino = $1 AND name = $2',
-  setXattr: 'INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3) ON CONFLICT (ino, name) DO UPDATE SET value = EXCLUDED.value',
-  listXattrs: 'SELECT name FROM xattrs WHERE ino = $1 ORDER BY name',
-  removeXattr: 'DELETE FROM xattrs WHERE ino = $1 AND name = $2',
-  anySecurityXattr: 'SELECT 1 FROM xattrs WHERE substring(name FROM 1 FOR 9) = $1 LIMIT 1',
-  listBlocks: 'SELECT idx, hash, len FROM blocks WHERE ino = $1 ORDER BY idx',
-  // A file's changed rows in one statement each way, however many blocks a commit holds.
-  upsertBlocks: `INSERT INTO blocks (ino, idx, hash, len) SELECT $1, r.idx, r.hash, r.len FROM unnest($2::bigint[], $3::bytea[], $4::bigint[]) AS r(idx, hash, len)
-     ON CONFLICT (ino, idx) DO UPDATE SET hash = EXCLUDED.hash, len = EXCLUDED.len`,
-  deleteBlocks: 'DELETE FROM blocks WHERE ino = $1 AND idx = ANY($2::bigint[])',
-  totals: `SELECT
-      (SELECT count(*) FROM inodes WHERE ${sqlIsReg('mode')}) AS files,
-      (SELECT count(*) FROM inodes WHERE ${sqlIsDir('mode')}) AS directories,
-      (SELECT count(*) FROM inodes) AS inodes,
-      (SELECT coalesce(sum(size), 0) FROM inodes WHERE ${sqlIsReg('mode')}) AS "logicalBytes",
-      (SELECT count(*) FROM blocks) AS "blockRefs"`,
-} as const;
-
-type StatementKey = keyof typeof SQL;
-
-/** The columns each AttrChange field writes, in a fixed order (the key of a prepared UPDATE). */
-const ATTR_COLUMNS: readonly [keyof AttrChange, (n: () => string) => string][] = [
-  ['mode', (n) => `mode = (mode & ${S_IFMT}) | (${n()} & ${0o7777})`],
-  ['uid', (n) => `uid = ${n()}`],
-  ['gid', (n) => `gid = ${n()}`],
-  ['size', (n) => `size = ${n()}`],
-  ['storedBytes', (n) => `stored_bytes = ${n()}`],
-  ['atime', (n) => `atime_s = ${n()}, atime_ns = ${n()}`],
-  ['mtime', (n) => `mtime_s = ${n()}, mtime_ns = ${n()}`],
-  ['ctime', (n) => `ctime_s = ${n()}, ctime_ns = ${n()}`],
-];
-
 const SECURITY_PREFIX = Buffer.from('security.');
 /** The advisory lock key of cross-directory renames ("pogr"). */
 const RENAME_LOCK = 0x706f6772;
-
-/** How often an operation is tried when PostgreSQL reports a conflict with another client. */
-const MAX_ATTEMPTS = 20;
-
-/** PostgreSQL's SQLSTATEs for "try the transaction again": serialization failure, deadlock. */
-const RETRYABLE = new Set(['40001', '40P01']);
-
-/** Thrown inside a transaction whose reads before its locks were overtaken by another client: run it again. */
-class Restart extends Error {}
-
-/**
- * int8 and numeric as JS numbers (inode numbers, sizes, times, counts, sums), not the
- * strings pg gives by default; a value past 2^53 (only the creation time in ns) as a bigint.
- */
-const INT8_OID = 20;
-const NUMERIC_OID = 1700;
-function parseWide(text: string): number | bigint {
-  const n = Number(text);
-  return Number.isSafeInteger(n) || !/^-?\d+$/.test(text) ? n : BigInt(text);
-}
-const typeParsers = {
-  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
-    (oid === INT8_OID || oid === NUMERIC_OID) && format !== 'binary' ? parseWide : pgTypes.getTypeParser(oid, format)) as typeof pgTypes.getTypeParser,
-};
 
 /** Changes to one inode gathered while a rename runs, written once at its end. */
 interface Touch {
@@ -153,17 +37,6 @@ interface Touch {
   modified: boolean;
   /** ctime only (an inode whose names or links changed). */
   changed: boolean;
-}
-
-/** A connection (inside a transaction) or the pool (one statement on its own). */
-type Queryable = Pool | PoolClient;
-
-function run(on: Queryable, key: StatementKey, values: unknown[]): Promise<QueryResult> {
-  return on.query({ name: `pogfs_${key}`, text: SQL[key], values });
-}
-
-function runRaw(on: Queryable, key: StatementKey, values: unknown[]): Promise<QueryResult<unknown[]>> {
-  return on.query({ name: `pogfs_${key}`, text: SQL[key], values, rowMode: 'array' });
 }
 
 const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
@@ -179,45 +52,27 @@ const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
  * read before the locks are read again after them; if another client changed them
  * meanwhile, the operation starts again. A deadlock or serialization failure PostgreSQL
  * reports is retried a bounded number of times. Link counts and times are written as field
- * updates (nlink = nlink + $1), never as whole rows read before.
- *
- * Durability: commits are asynchronous (synchronous_commit = off): committed and visible
- * to every client at once, on disk within PostgreSQL's WAL writer delay (200 ms), which is
- * PostgreSQL's own group commit. `barrier` commits synchronously, and so flushes the WAL
- * past every earlier commit.
+ * updates (nlink = nlink + $1), never as whole rows read before. The order of one
+ * client's calls and the durability of commits are PgSession's.
  */
 export class PgEngine implements MetaEngine {
-  private readonly updates = new Map<string, string>();
-  /**
-   * The last change called: changes of this client run one after another in call order,
-   * and a read waits for the changes called before it, as with the SQLite engine (whose
-   * calls complete when made). Without it, a setattr called after a commitContent of the
-   * same file could reach the server first and lose to the older times. Clients of other
-   * processes and machines meet at the row locks instead.
-   */
-  private lastChange: Promise<unknown> = Promise.resolve();
+  /** For the reads (one statement each, on any connection). */
+  private readonly pool: Pool;
 
   private constructor(
-    private readonly pool: Pool,
+    private readonly session: PgSession,
     readonly url: string,
-  ) {}
+  ) {
+    this.pool = session.pool;
+  }
 
   /** Opens (or with `create`, creates) the metadata in the database `address` names (after "postgres:"). */
   static async open(address: string, options: OpenMetaOptions): Promise<PgEngine> {
     const target = parsePgUrl(address);
-    const pool = new Pool({
-      connectionString: target.connectionString,
-      max: 4,
-      types: typeParsers,
-      options: `-c synchronous_commit=off${options.readOnly ? ' -c default_transaction_read_only=on' : ''}`,
-      application_name: 'pogfs',
-    });
-    // An idle connection the server closed (a restart) is dropped by the pool; the next
-    // operation connects again. Without a listener the error would end the process.
-    pool.on('error', () => undefined);
-    const engine = new PgEngine(pool, target.url);
+    const session = new PgSession(target.connectionString, { readOnly: options.readOnly });
+    const engine = new PgEngine(session, target.url);
     try {
-      const client = await pool.connect();
+      const client = await session.pool.connect();
       try {
         if (!options.readOnly) await pgMigrate(client);
         if (options.create) await engine.create(client, options.create);
@@ -227,7 +82,7 @@ export class PgEngine implements MetaEngine {
       await engine.checkSuperblock();
       if (options.create) await engine.barrier();
     } catch (err) {
-      await pool.end().catch(() => undefined);
+      await session.close().catch(() => undefined);
       if (err instanceof MetadataError) throw err;
       throw new MetadataError(`cannot open metadata database ${target.url}: ${(err as Error).message}`);
     }
@@ -237,15 +92,10 @@ export class PgEngine implements MetaEngine {
   private async create(client: PoolClient, init: NonNullable<OpenMetaOptions['create']>): Promise<void> {
     await client.query('BEGIN');
     try {
-      const existing = await client.query({ text: SQL.superblock });
+      const existing = await run(client, 'superblock', []);
       if (existing.rows.length > 0) throw new MetadataError(`${this.url} already holds a pogfs volume`);
-      await client.query(
-        'INSERT INTO superblock (id, magic, format_version, block_size, hash_algorithm, uuid, created_ns) VALUES (1, $1, $2, $3, $4, $5, $6)',
-        [VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), (BigInt(Date.now()) * 1000000n).toString()],
-      );
-      for (const [key, value] of Object.entries(init.settings ?? {})) {
-        await client.query('INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value', [key, value]);
-      }
+      await run(client, 'insertSuperblock', [VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), (BigInt(Date.now()) * 1000000n).toString()]);
+      for (const [key, value] of Object.entries(init.settings ?? {})) await run(client, 'setSetting', [key, value]);
       await run(client, 'insertInodeWithIno', [...inodeValues(init.root), ROOT_INO]);
       await run(client, 'syncInoSequence', []);
       await client.query('COMMIT');
@@ -288,23 +138,18 @@ export class PgEngine implements MetaEngine {
 
   /** Nothing is held back: every operation's commit has been handed to the server when it returns. */
   async commitGroup(): Promise<void> {
-    await this.lastChange;
+    await this.session.settled();
   }
 
   async barrier(): Promise<void> {
-    // A synchronous commit waits for the WAL to be flushed up to its commit record, which
-    // lies after the records of every commit that returned before it.
-    await this.transaction(async (c) => {
-      await c.query('SET LOCAL synchronous_commit = on');
-      await run(c, 'barrier', []);
-    });
+    await this.session.barrier((c) => run(c, 'barrier', []));
   }
 
   // ---- names and attributes ----
 
   async lookup(parent: number, name: Buffer): Promise<InodeRow> {
     checkName(name);
-    await this.lastChange;
+    await this.session.settled();
     const r = (await runRaw(this.pool, 'lookupWithParent', [name, parent])).rows[0];
     if (!r) fail(E.ENOENT);
     if (!isDir(r[0] as number)) fail(E.ENOTDIR);
@@ -313,27 +158,27 @@ export class PgEngine implements MetaEngine {
   }
 
   async getattr(ino: number): Promise<InodeRow> {
-    await this.lastChange;
+    await this.session.settled();
     return this.inode(this.pool, ino);
   }
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
     // One statement (UPDATE ... RETURNING): atomic on its own, and only the fields given.
-    return this.inOrder(async () => {
-      const row = (await this.update(this.pool, ino, change)) ?? (await this.getInode(this.pool, ino));
+    return this.session.changeStatement(async (pool) => {
+      const row = (await this.update(pool, ino, change)) ?? (await this.getInode(pool, ino));
       if (!row) fail(E.ENOENT);
       return row;
     });
   }
 
   async parentOf(ino: number): Promise<number | undefined> {
-    await this.lastChange;
+    await this.session.settled();
     if (ino === ROOT_INO) return undefined;
     return this.parentOfIn(this.pool, ino);
   }
 
   async statfs(): Promise<VolumeTotals> {
-    await this.lastChange;
+    await this.session.settled();
     return (await run(this.pool, 'totals', [])).rows[0] as VolumeTotals;
   }
 
@@ -345,7 +190,7 @@ export class PgEngine implements MetaEngine {
       if (spec.target.length > SYMLINK_MAX) fail(E.ENAMETOOLONG);
     }
     checkName(name);
-    return this.transaction(async (c) => {
+    return this.session.change(async (c) => {
       const dir = (await this.lock(c, [parent])).get(parent);
       if (!dir) fail(E.ENOENT);
       if (!isDir(dir.mode)) fail(E.ENOTDIR);
@@ -369,7 +214,7 @@ export class PgEngine implements MetaEngine {
 
   async link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow> {
     checkName(name);
-    return this.transaction(async (c) => {
+    return this.session.change(async (c) => {
       const rows = await this.lock(c, [ino, parent]);
       const node = rows.get(ino);
       if (!node) fail(E.ENOENT);
@@ -387,7 +232,7 @@ export class PgEngine implements MetaEngine {
 
   async unlink(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached> {
     checkName(name);
-    return this.transaction(async (c) => {
+    return this.session.change(async (c) => {
       const { rows, inos } = await this.lockNamed(c, [parent], [[parent, name]]);
       this.dirIn(rows, parent);
       const node = this.namedIn(rows, inos[0]);
@@ -401,7 +246,7 @@ export class PgEngine implements MetaEngine {
 
   async rmdir(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached> {
     checkName(name);
-    return this.transaction(async (c) => {
+    return this.session.change(async (c) => {
       const { rows, inos } = await this.lockNamed(c, [parent], [[parent, name]]);
       this.dirIn(rows, parent);
       const node = this.namedIn(rows, inos[0]);
@@ -419,7 +264,7 @@ export class PgEngine implements MetaEngine {
     checkName(name);
     checkName(newName);
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
-    return this.transaction(async (c) => {
+    return this.session.change(async (c) => {
       if (newParent !== parent) await run(c, 'renameLock', [RENAME_LOCK]);
       const { rows, inos } = await this.lockNamed(c, [parent, newParent], [[parent, name], [newParent, newName]]);
       this.dirIn(rows, parent);
@@ -494,7 +339,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async readdir(dir: number, after?: Buffer, limit?: number): Promise<DirPage> {
-    await this.lastChange;
+    await this.session.settled();
     const row = await this.inode(this.pool, dir);
     if (!isDir(row.mode)) fail(E.ENOTDIR);
     const max = limit ?? null;
@@ -505,7 +350,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async readlink(ino: number): Promise<Buffer> {
-    await this.lastChange;
+    await this.session.settled();
     const r = await run(this.pool, 'getSymlink', [ino]);
     if (r.rows.length > 0) return r.rows[0].target as Buffer;
     if (((await this.inode(this.pool, ino)).mode & S_IFMT) !== S_IFLNK) fail(E.EINVAL);
@@ -516,7 +361,7 @@ export class PgEngine implements MetaEngine {
 
   async getxattr(ino: number, name: Buffer): Promise<Buffer> {
     checkXattrName(name);
-    await this.lastChange;
+    await this.session.settled();
     const r = await run(this.pool, 'getXattr', [ino, name]);
     if (r.rows.length > 0) return r.rows[0].value as Buffer;
     await this.inode(this.pool, ino);
@@ -526,7 +371,7 @@ export class PgEngine implements MetaEngine {
   async setxattr(ino: number, name: Buffer, value: Buffer, flags: number, t: Timespec): Promise<void> {
     checkXattrName(name);
     if (value.length > XATTR_SIZE_MAX) fail(E.E2BIG);
-    await this.transaction(async (c) => {
+    await this.session.change(async (c) => {
       if (!(await this.lock(c, [ino])).has(ino)) fail(E.ENOENT);
       const exists = (await run(c, 'getXattr', [ino, name])).rows.length > 0;
       if (flags & XATTR_CREATE && exists) fail(E.EEXIST);
@@ -537,14 +382,14 @@ export class PgEngine implements MetaEngine {
   }
 
   async listxattr(ino: number): Promise<Buffer[]> {
-    await this.lastChange;
+    await this.session.settled();
     await this.inode(this.pool, ino);
     return (await run(this.pool, 'listXattrs', [ino])).rows.map((r) => r.name as Buffer);
   }
 
   async removexattr(ino: number, name: Buffer, t: Timespec): Promise<void> {
     checkXattrName(name);
-    await this.transaction(async (c) => {
+    await this.session.change(async (c) => {
       if (!(await this.lock(c, [ino])).has(ino)) fail(E.ENOENT);
       if ((await run(c, 'removeXattr', [ino, name])).rowCount === 0) fail(E.ENODATA);
       await run(c, 'change', [0, ...timeArgs(t), ino]);
@@ -552,20 +397,20 @@ export class PgEngine implements MetaEngine {
   }
 
   async anySecurityXattr(): Promise<boolean> {
-    await this.lastChange;
+    await this.session.settled();
     return (await run(this.pool, 'anySecurityXattr', [SECURITY_PREFIX])).rows.length > 0;
   }
 
   // ---- content ----
 
   async blocks(ino: number): Promise<BlockRow[]> {
-    await this.lastChange;
+    await this.session.settled();
     return (await run(this.pool, 'listBlocks', [ino])).rows as BlockRow[];
   }
 
   async commitContent(commits: readonly ContentCommit[]): Promise<void> {
     if (commits.length === 0) return;
-    await this.transaction(async (c) => {
+    await this.session.change(async (c) => {
       // Locked, so a free of one of these inodes by another client waits for this commit.
       await this.lock(c, commits.map((x) => x.ino));
       for (const x of commits) {
@@ -590,7 +435,7 @@ export class PgEngine implements MetaEngine {
   // ---- freeing ----
 
   async free(ino: number): Promise<Buffer[]> {
-    return this.transaction(async (c) => {
+    return this.session.change(async (c) => {
       const row = (await this.lock(c, [ino])).get(ino);
       // Another client may have given it a name again meanwhile: then it stays.
       if (!row || row.nlink > 0) return [];
@@ -599,55 +444,15 @@ export class PgEngine implements MetaEngine {
   }
 
   async unlinkedInodes(): Promise<number[]> {
-    await this.lastChange;
+    await this.session.settled();
     return (await run(this.pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number);
   }
 
   async close(): Promise<void> {
-    await this.lastChange;
-    await this.pool.end();
+    await this.session.close();
   }
 
   // ---- internals ----
-
-  /**
-   * Runs `fn` as one transaction on one connection, again (up to MAX_ATTEMPTS) when
-   * PostgreSQL reports a deadlock or serialization failure or `fn` finds that another
-   * client overtook its unlocked reads.
-   */
-  private transaction<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
-    return this.inOrder(() => this.attempts(fn));
-  }
-
-  /** Runs a change after the changes called before it (see lastChange). */
-  private inOrder<T>(fn: () => Promise<T>): Promise<T> {
-    const result = this.lastChange.then(fn);
-    this.lastChange = result.catch(() => undefined);
-    return result;
-  }
-
-  private async attempts<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      const client = await this.pool.connect();
-      let broken: Error | undefined;
-      try {
-        await client.query('BEGIN');
-        const result = await fn(client);
-        await client.query('COMMIT');
-        return result;
-      } catch (err) {
-        await client.query('ROLLBACK').catch((e: Error) => {
-          broken = e;
-        });
-        const retry = err instanceof Restart || RETRYABLE.has((err as { code?: string }).code ?? '');
-        if (!retry || attempt >= MAX_ATTEMPTS) throw err;
-      } finally {
-        client.release(broken);
-      }
-      // A little, growing, random wait, so that two clients that collided do not collide again.
-      await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 2 ** attempt)));
-    }
-  }
 
   /** Locks the inode rows (in inode order) and returns those that exist. */
   private async lock(c: PoolClient, inos: readonly number[]): Promise<Map<number, InodeRow>> {
@@ -742,35 +547,9 @@ export class PgEngine implements MetaEngine {
     }
   }
 
-  /**
-   * Writes the fields `change` gives, and only those (one prepared statement per set of
-   * fields); the row after, or undefined when no such inode (or no field) is given.
-   */
+  /** Writes the fields `change` gives, and only those; the row after, or undefined when no such inode (or no field) is given. */
   private async update(on: Queryable, ino: number, change: AttrChange): Promise<InodeRow | undefined> {
-    const args: number[] = [];
-    let key = '';
-    for (const [field] of ATTR_COLUMNS) {
-      const v = change[field];
-      if (v === undefined) continue;
-      key += `${field},`;
-      if (typeof v === 'number') args.push(v);
-      else args.push(v.s, v.ns);
-    }
-    if (key === '') return undefined;
-    let text = this.updates.get(key);
-    if (!text) {
-      let n = 0;
-      const next = () => `$${++n}`;
-      const sets = ATTR_COLUMNS.filter(([field]) => change[field] !== undefined).map(([, sql]) => sql(next));
-      text = `UPDATE inodes SET ${sets.join(', ')} WHERE ino = ${next()} RETURNING ${INODE_COLUMNS}`;
-      this.updates.set(key, text);
-    }
-    const r = (await on.query({ name: `pogfs_update_${key}`, text, values: [...args, ino], rowMode: 'array' })).rows[0] as unknown[] | undefined;
+    const r = (await runAttrUpdate(on, ino, change))?.rows[0];
     return r && inodeFromRaw(r);
   }
-}
-
-/** An inode's values in the order of INODE_VALUES ($1 … $13). */
-function inodeValues(r: NewInode): number[] {
-  return [r.mode, r.uid, r.gid, r.nlink, r.size, r.rdev, r.atime_s, r.atime_ns, r.mtime_s, r.mtime_ns, r.ctime_s, r.ctime_ns, r.stored_bytes];
 }
