@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { Client } from 'pg';
-import { isMounted, mountFresh, pogfs } from './support/mount';
+import { makeArchiverTree } from './support/corpus';
+import { isMounted, mountFresh, pogfs, sh } from './support/mount';
 import { startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
@@ -83,6 +84,31 @@ describe('a volume with its metadata in PostgreSQL', () => {
     m.mount(); // a fresh page cache: the bytes come from the block store
     try {
       assert.ok(fs.readFileSync(m.p('moved', 'big.bin')).equals(big));
+    } finally {
+      m.umount();
+    }
+  });
+
+  it('cp -a, tar and rsync -aH round trips are identical, also after a remount', () => {
+    const src = join(tempDir(), 'src');
+    fs.mkdirSync(src);
+    makeArchiverTree(src);
+    m.mount();
+    try {
+      sh(`cp -a '${src}' '${m.p('cp')}'`);
+      sh(`mkdir '${m.p('tar')}' && tar --format=posix -C '${src}' -cf - . | tar -C '${m.p('tar')}' -xpf -`);
+      sh(`rsync -aH '${src}/' '${m.p('rsync')}/'`);
+      for (const copy of ['cp', 'tar', 'rsync']) sh(`diff -r --no-dereference '${src}' '${m.p(copy)}'`);
+      assert.equal(sh(`rsync -aHi --dry-run '${src}/' '${m.p('rsync')}/'`).trim(), '');
+    } finally {
+      m.umount();
+    }
+    m.mount();
+    try {
+      for (const copy of ['cp', 'tar', 'rsync']) sh(`diff -r --no-dereference '${src}' '${m.p(copy)}'`);
+      assert.equal(sh(`stat -c '%y %a %h' '${m.p('tar', 'a', 'f4')}'`).trim(), sh(`stat -c '%y %a %h' '${src}/a/f4'`).trim());
+      assert.equal(sh(`stat -c '%h' '${m.p('rsync', 'a', 'f3')}'`).trim(), '2');
+      sh(`rm -r '${m.p('cp')}'`);
     } finally {
       m.umount();
     }
