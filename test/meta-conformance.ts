@@ -568,6 +568,27 @@ export function metaConformance(engineName: string, factory: EngineFactory): voi
         }
       }));
 
+      it('unlink against a create of the same name: the name and the inode agree either way', withEngine(async (a, fx) => {
+        const c = await fx.client();
+        const d = await a.mknod(ROOT_INO, b('d'), dir(), tick());
+        for (let round = 0; round < 20; round++) {
+          const [made, gone] = await Promise.all([
+            a.mknod(d.ino, b('x'), file(), tick()),
+            errno(() => c.unlink(d.ino, b('x'), tick(), () => false)),
+          ]);
+          if (gone === undefined) {
+            // The unlink came second: it removed the new file, and freed it.
+            assert.deepEqual(await names(a, d.ino), []);
+            assert.equal(await errno(() => a.getattr(made.ino)), E.ENOENT);
+          } else {
+            assert.equal(gone, E.ENOENT);
+            assert.equal((await c.lookup(d.ino, b('x'))).ino, made.ino);
+            assert.equal((await c.getattr(made.ino)).nlink, 1);
+            await a.unlink(d.ino, b('x'), tick());
+          }
+        }
+      }));
+
       it('two directories moved under each other at once: one move wins, no cycle', withEngine(async (a, fx) => {
         const c = await fx.client();
         /** The chain of parents from `ino` up to the root (fails on a cycle). */

@@ -130,7 +130,7 @@ export class PgEngine implements MetaEngine {
 
   /**
    * Kept for the interface: every operation already commits on its own, asynchronously,
-   * which groups the WAL flushes of many commits as a group commit would (see the class).
+   * which groups the WAL flushes of many commits as a group commit would (see PgSession).
    */
   setGroupCommit(): void {
     return;
@@ -194,7 +194,6 @@ export class PgEngine implements MetaEngine {
       const dir = (await this.lock(c, [parent])).get(parent);
       if (!dir) fail(E.ENOENT);
       if (!isDir(dir.mode)) fail(E.ENOTDIR);
-      if ((await this.lookupIno(c, parent, name)) !== undefined) fail(E.EEXIST);
       // In a set-group-ID directory new entries take the directory's group, and new
       // subdirectories inherit the bit (as ext4 does).
       let mode = spec.mode;
@@ -204,11 +203,10 @@ export class PgEngine implements MetaEngine {
         { mode, uid: spec.uid, gid: sgid ? dir.gid : spec.gid, nlink: isDir(mode) ? 2 : 1, size: spec.target?.length, rdev: spec.rdev },
         t,
       );
-      const ino = (await run(c, 'insertInode', inodeValues(fresh))).rows[0].ino as number;
-      await run(c, 'addEntry', [parent, name, ino]);
-      if (spec.target) await run(c, 'setSymlink', [ino, spec.target]);
-      await run(c, 'touch', [isDir(mode) ? 1 : 0, ...timeArgs(t), parent]);
-      return { ino, ...fresh };
+      // The parent is locked, so the name check inside the statement cannot be overtaken.
+      const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t)]);
+      if (made.rows.length === 0) fail(E.EEXIST);
+      return { ino: made.rows[0].ino as number, ...fresh };
     });
   }
 
@@ -237,9 +235,7 @@ export class PgEngine implements MetaEngine {
       this.dirIn(rows, parent);
       const node = this.namedIn(rows, inos[0]);
       if (isDir(node.mode)) fail(E.EISDIR);
-      await run(c, 'removeEntry', [parent, name]);
-      await run(c, 'change', [-1, ...timeArgs(t), node.ino]);
-      await run(c, 'touch', [0, ...timeArgs(t), parent]);
+      await run(c, 'dropName', [parent, name, node.ino, ...timeArgs(t)]);
       return this.detached(c, { ...node, nlink: node.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);
     });
   }
@@ -465,22 +461,30 @@ export class PgEngine implements MetaEngine {
 
   /**
    * Locks directories `dirs` and the inodes that `names` name in them, and returns the
-   * rows and what each name names under the locks. The names are read before the locks
-   * (so the inodes can be locked in order with the directories); if another client
-   * changed one meanwhile, the transaction starts again.
+   * rows and what each name names under the locks. The names are resolved in the locking
+   * statement (so the inodes are locked in order with the directories), and again once
+   * the directories are locked: if another client changed one in between, the
+   * transaction starts again.
    */
   private async lockNamed(
     c: PoolClient,
     dirs: readonly number[],
     names: readonly [number, Buffer][],
   ): Promise<{ rows: Map<number, InodeRow>; inos: (number | undefined)[] }> {
-    const before: (number | undefined)[] = [];
-    for (const [p, n] of names) before.push(await this.lookupIno(c, p, n));
-    const rows = await this.lock(c, [...dirs, ...before.filter((x): x is number => x !== undefined)]);
-    for (let i = 0; i < names.length; i++) {
-      if ((await this.lookupIno(c, names[i][0], names[i][1])) !== before[i]) throw new Restart();
+    const parents = names.map(([p]) => p);
+    const keys = names.map(([, n]) => n);
+    const locked = await runRaw(c, 'lockNamed', [[...new Set(dirs)], parents, keys]);
+    const rows = new Map(locked.rows.map((raw) => {
+      const row = inodeFromRaw(raw);
+      return [row.ino, row];
+    }));
+    const inos = (await run(c, 'lookupInos', [parents, keys])).rows.map((r) => (r.ino ?? undefined) as number | undefined);
+    for (const ino of inos) {
+      // Named by an inode not locked: renamed meanwhile (start again), or an entry whose
+      // inode is missing (left for the caller: ENOENT).
+      if (ino !== undefined && !rows.has(ino) && (await this.getInode(c, ino))) throw new Restart();
     }
-    return { rows, inos: before };
+    return { rows, inos };
   }
 
   private dirIn(rows: Map<number, InodeRow>, ino: number): InodeRow {

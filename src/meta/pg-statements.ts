@@ -25,11 +25,36 @@ export const SQL = {
   lookupIno: 'SELECT ino FROM dentries WHERE parent = $1 AND name = $2',
   // Row locks in one order (by inode number) so that two operations never wait on each other in a cycle.
   lockInodes: `SELECT ${INODE_COLUMNS} FROM inodes WHERE ino = ANY($1::bigint[]) ORDER BY ino FOR UPDATE`,
+  // The same, for directories $1 and the inodes names ($2 the directories, $3 the names)
+  // name in them, found and locked in one statement (rows are locked in the sorted order).
+  lockNamed: `SELECT ${INODE_COLUMNS} FROM inodes
+     WHERE ino = ANY($1::bigint[])
+        OR ino IN (SELECT d.ino FROM dentries d JOIN unnest($2::bigint[], $3::bytea[]) AS n(parent, name) ON d.parent = n.parent AND d.name = n.name)
+     ORDER BY ino FOR UPDATE`,
+  // What each name ($1 the directories, $2 the names) names, in the order given (null: nothing).
+  lookupInos: `SELECT d.ino FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS n(parent, name, i)
+       LEFT JOIN dentries d ON d.parent = n.parent AND d.name = n.name
+     ORDER BY n.i`,
   // Cross-directory renames one at a time (Linux's s_vfs_rename_mutex): the ancestor check
   // of one cannot then be undone by another moving a directory meanwhile.
   renameLock: 'SELECT pg_advisory_xact_lock($1)',
-  insertInode: `INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
-      VALUES (${INODE_VALUES}) RETURNING ino`,
+  // A create after the parent's lock, in one round trip: the inode, its entry, a symlink's
+  // target and the parent's link count and times, or nothing (no row back) when the name
+  // is taken. $1 … $13 the inode, $14 the parent, $15 the name, $16 the target (or null),
+  // $17 the parent's link count change, $18 and $19 the time.
+  create: `WITH taken AS (SELECT 1 FROM dentries WHERE parent = $14 AND name = $15),
+       ins AS (INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
+               SELECT ${INODE_VALUES.split(', ').map((v) => `${v}::bigint`).join(', ')} WHERE NOT EXISTS (SELECT 1 FROM taken) RETURNING ino),
+       ent AS (INSERT INTO dentries (parent, name, ino) SELECT $14, $15, ino FROM ins),
+       sym AS (INSERT INTO symlinks (ino, target) SELECT ino, $16::bytea FROM ins WHERE $16::bytea IS NOT NULL),
+       dir AS (UPDATE inodes SET nlink = nlink + $17, mtime_s = $18, mtime_ns = $19, ctime_s = $18, ctime_ns = $19
+                WHERE ino = $14 AND EXISTS (SELECT 1 FROM ins))
+     SELECT ino FROM ins`,
+  // An unlink's writes in one round trip: the entry, the inode's link count and ctime, the
+  // parent's times ($1 the parent, $2 the name, $3 the inode, $4 and $5 the time).
+  dropName: `WITH gone AS (DELETE FROM dentries WHERE parent = $1 AND name = $2),
+       node AS (UPDATE inodes SET nlink = nlink - 1, ctime_s = $4, ctime_ns = $5 WHERE ino = $3)
+     UPDATE inodes SET mtime_s = $4, mtime_ns = $5, ctime_s = $4, ctime_ns = $5 WHERE ino = $1`,
   insertInodeWithIno: `INSERT INTO inodes (ino, mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
       VALUES ($14, ${INODE_VALUES})`,
   // After inserting inodes under given numbers: new inodes are numbered after them.
@@ -55,7 +80,6 @@ export const SQL = {
   listAfter: `SELECT d.name AS name, d.ino AS ino, i.mode AS mode FROM dentries d JOIN inodes i ON i.ino = d.ino
      WHERE d.parent = $1 AND d.name > $2 ORDER BY d.name LIMIT $3`,
   getSymlink: 'SELECT target FROM symlinks WHERE ino = $1',
-  setSymlink: 'INSERT INTO symlinks (ino, target) VALUES ($1, $2) ON CONFLICT (ino) DO UPDATE SET target = EXCLUDED.target',
   getXattr: 'SELECT value FROM xattrs WHERE ino = $1 AND name = $2',
   setXattr: 'INSERT INTO xattrs (ino, name, value) VALUES ($1, $2, $3) ON CONFLICT (ino, name) DO UPDATE SET value = EXCLUDED.value',
   listXattrs: 'SELECT name FROM xattrs WHERE ino = $1 ORDER BY name',
