@@ -137,7 +137,11 @@ export class Volume {
     return this.metaUrl === undefined ? this.db.engine : undefined;
   }
 
-  /** The metadata's running count of changes (to tell an idle volume); another engine's always moves. */
+  /**
+   * The metadata's running count of changes (to tell an idle volume). Another engine's
+   * changes are not counted here: its count moves at every call, so its periodic sync
+   * point always runs (one synchronous commit per commit interval).
+   */
   metaChangeCount(): number {
     return this.metaUrl === undefined ? this.db.changeCount() : ++this.externalChangeTicks;
   }
@@ -147,6 +151,7 @@ export class Volume {
     this.db.checkpointAtSyncPoints();
   }
 
+  /** After a sync point: meta.db's write-ahead log into the database (see MetaDb.checkpoint). */
   checkpoint(): void {
     this.db.checkpoint();
   }
