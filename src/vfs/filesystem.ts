@@ -121,7 +121,8 @@ export class PogFs implements FileSystem {
   private readonly writeback: NodeJS.Timeout;
   private securityXattrs: boolean;
   private readonly engine: MetaEngine;
-  private readonly namer: PathNamer;
+  /** Names files by path in log lines (absent for a volume whose metadata engine has no synchronous scans). */
+  private readonly namer: PathNamer | undefined;
   /** Tells the engine which inodes are still in use here (an unlinked one then stays until forgotten). */
   private readonly inUse = (ino: number): boolean => {
     const node = this.nodes.get(ino);
@@ -134,16 +135,16 @@ export class PogFs implements FileSystem {
     private readonly log: FsLog,
   ) {
     this.engine = volume.engine;
-    this.namer = new PathNamer(volume.meta);
+    this.namer = volume.metaUrl === undefined ? new PathNamer(volume.meta) : undefined;
     this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
-    volume.meta.checkpointAtSyncPoints();
+    volume.checkpointAtSyncPoints();
     this.durability = new Durability(
       this.writer,
       this.engine,
       volume.parking,
-      () => volume.meta.changeCount(),
+      () => volume.metaChangeCount(),
       (err) => log.error('moving parked blocks into the block store failed (they stay parked in the metadata; retried)', err),
-      () => volume.meta.checkpoint(),
+      () => volume.checkpoint(),
     );
     this.reclaimer = new Reclaimer({ barrier: () => this.durability.beforeRelease() }, volume.store, 1000, (err) =>
       log.error('releasing blocks failed', err),
@@ -157,7 +158,7 @@ export class PogFs implements FileSystem {
     this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));
     // Read once, synchronously, before the mount answers its first request (the binding
     // answers security.* queries itself while there are none).
-    this.securityXattrs = volume.meta.anySecurityXattr();
+    this.securityXattrs = volume.anySecurityXattr();
     this.engine.setGroupCommit(options.metadataCommitMs);
     this.writeback = setInterval(() => {
       this.commitAll()
@@ -177,7 +178,7 @@ export class PogFs implements FileSystem {
    */
   async settleParked(): Promise<void> {
     await this.volume.store.flushed();
-    await this.volume.parking.unpark(this.volume.store.parkedSeq());
+    await this.volume.parking?.unpark(this.volume.store.parkedSeq());
   }
 
   /** Frees inodes left unlinked-but-open by a crash. */
@@ -634,7 +635,7 @@ export class PogFs implements FileSystem {
   private newContent(row: InodeRow, blocks: readonly BlockRow[]): FileContent {
     const v = this.volume;
     const readahead = this.options.cache ? Math.floor((this.options.readaheadBytes ?? 0) / v.blockSize) : 0;
-    return new FileContent({ ino: row.ino, size: row.size, blocks, describe: (ino) => this.namer.of(ino) }, v.blockSize, this.writer, this.log, readahead);
+    return new FileContent({ ino: row.ino, size: row.size, blocks, describe: (ino) => this.namer?.of(ino) ?? `inode #${ino}` }, v.blockSize, this.writer, this.log, readahead);
   }
 
   private dropContent(node: Node): void {
