@@ -3,32 +3,15 @@ import Database from 'better-sqlite3';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { makeArchiverTree } from './support/corpus';
 import { mountFresh, sh } from './support/mount';
 import { tempDir } from './support/tmp';
-
-/** A small tree with the things archivers care about: modes, links, times, odd names. */
-function makeTree(root: string): void {
-  sh(`
-    set -e
-    mkdir -p '${root}/a/b/c' '${root}/empty'
-    for i in $(seq 1 200); do head -c $((i * 97)) /dev/urandom > '${root}/a/f'$i; done
-    head -c 1000000 /dev/urandom > '${root}/a/b/big'
-    cp '${root}/a/b/big' '${root}/a/b/c/big-copy'
-    printf 'exec\\n' > '${root}/a/run.sh' && chmod 755 '${root}/a/run.sh'
-    chmod 600 '${root}/a/f1'
-    ln -s ../a/f2 '${root}/empty/../link'
-    ln -s /nonexistent '${root}/dangling'
-    ln '${root}/a/f3' '${root}/a/b/hard'
-    printf 'x' > "${root}/$(printf 'name with spaces \\001\\377')"
-    touch -h -d '2001-02-03 04:05:06.123456789' '${root}/a/f4' '${root}/link'
-  `);
-}
 
 describe('ordinary programs on a mounted volume', () => {
   const m = mountFresh();
   const src = join(tempDir(), 'src');
   mkdirSync(src);
-  makeTree(src);
+  makeArchiverTree(src);
 
   it('cp -a round trip is identical (diff -r) and keeps times, modes, links', () => {
     sh(`cp -a '${src}' '${m.p('cp')}'`);

@@ -39,6 +39,7 @@ const FSCK_USERS = /^src\/cli\/[^/]+-command\.ts$/;
 /** Packages only their owners import: SQL only in meta (and the Drive view's mirror and journal), LMDB only in the store, the Drive API only in remote (and the Drive view). */
 const PACKAGE_OWNERS: Record<string, readonly string[]> = {
   'better-sqlite3': ['src/meta/', 'src/driveview/mirror-db.ts', 'src/driveview/journal-db.ts'],
+  pg: ['src/meta/'],
   lmdb: ['src/store/'],
   '@googleapis/drive': ['src/remote/', 'src/driveview/'],
 };
@@ -142,6 +143,7 @@ describe('the layer rule', () => {
     assert.match(violation({ from: 'src/cache/restore.ts', to: 'fsck/report' }) ?? '', /cache/);
     assert.match(violation({ from: 'src/cli/mounts.ts', to: 'fsck/gc' }) ?? '', /only the \*-command\.ts files/);
     assert.match(violation({ from: 'src/vfs/volume.ts', to: 'lmdb' }) ?? '', /only src\/store\//);
+    assert.match(violation({ from: 'src/cache/ledger.ts', to: 'pg' }) ?? '', /only src\/meta\//);
     assert.equal(violation({ from: 'src/cli/gc-command.ts', to: 'fsck/gc' }), undefined);
     assert.equal(violation({ from: 'src/cache/block-fetcher.ts', to: 'src/store/hash' }), undefined);
     assert.equal(violation({ from: 'src/store/codec.ts', to: 'src/format' }), undefined);

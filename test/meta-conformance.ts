@@ -448,6 +448,24 @@ export function metaConformance(engineName: string, factory: EngineFactory): voi
       }));
     });
 
+    describe('order', () => {
+      it('one client\'s changes land in call order, and a read sees the changes called before it', withEngine(async (m) => {
+        const f = await m.mknod(ROOT_INO, b('f'), file(), tick());
+        for (let i = 0; i < 20; i++) {
+          // The vfs commits content in the background while a utimens may arrive: the later call wins.
+          const content = m.commitContent([{ ino: f.ino, rows: new Map([[0, { hash: hash(i), len: 10 }]]), size: 10, storedBytes: 10, attrs: { mtime: { s: 1000 + i, ns: 0 } } }]);
+          const touch = m.setattr(f.ino, { mtime: { s: 5000 + i, ns: 0 } });
+          const seen = m.getattr(f.ino);
+          await Promise.all([content, touch]);
+          assert.deepEqual(time(await seen, 'mtime'), { s: 5000 + i, ns: 0 });
+          assert.deepEqual(time(await m.getattr(f.ino), 'mtime'), { s: 5000 + i, ns: 0 });
+        }
+        const made = m.mknod(ROOT_INO, b('g'), file(), tick());
+        const found = m.lookup(ROOT_INO, b('g'));
+        assert.equal((await found).ino, (await made).ino);
+      }));
+    });
+
     describe('durability hooks', () => {
       it('groups changes and makes them visible to another client at commit and durable at a barrier', withEngine(async (m, fx) => {
         m.setGroupCommit(60000);
@@ -547,6 +565,59 @@ export function metaConformance(engineName: string, factory: EngineFactory): voi
         else {
           assert.equal(rm, E.ENOTEMPTY);
           assert.deepEqual(await names(a, e.ino), ['child']);
+        }
+      }));
+
+      it('unlink against a create of the same name: the name and the inode agree either way', withEngine(async (a, fx) => {
+        const c = await fx.client();
+        const d = await a.mknod(ROOT_INO, b('d'), dir(), tick());
+        for (let round = 0; round < 20; round++) {
+          const [made, gone] = await Promise.all([
+            a.mknod(d.ino, b('x'), file(), tick()),
+            errno(() => c.unlink(d.ino, b('x'), tick(), () => false)),
+          ]);
+          if (gone === undefined) {
+            // The unlink came second: it removed the new file, and freed it.
+            assert.deepEqual(await names(a, d.ino), []);
+            assert.equal(await errno(() => a.getattr(made.ino)), E.ENOENT);
+          } else {
+            assert.equal(gone, E.ENOENT);
+            assert.equal((await c.lookup(d.ino, b('x'))).ino, made.ino);
+            assert.equal((await c.getattr(made.ino)).nlink, 1);
+            await a.unlink(d.ino, b('x'), tick());
+          }
+        }
+      }));
+
+      it('two directories moved under each other at once: one move wins, no cycle', withEngine(async (a, fx) => {
+        const c = await fx.client();
+        /** The chain of parents from `ino` up to the root (fails on a cycle). */
+        const ancestry = async (ino: number): Promise<number[]> => {
+          const up: number[] = [];
+          for (let cur: number | undefined = ino; cur !== undefined && cur !== ROOT_INO; cur = await c.parentOf(cur)) {
+            assert.ok(!up.includes(cur) && up.length < 100, 'the tree has a cycle');
+            up.push(cur);
+          }
+          return up;
+        };
+        for (let round = 0; round < 10; round++) {
+          // top/x/p/s and top/y/q/r: moving p under r and q under s touch no directory in
+          // common, and each alone is allowed; both together would make p, r, q, s a loop.
+          const top = await a.mknod(ROOT_INO, b(`top${round}`), dir(), tick());
+          const x = await a.mknod(top.ino, b('x'), dir(), tick());
+          const y = await a.mknod(top.ino, b('y'), dir(), tick());
+          const p = await a.mknod(x.ino, b('p'), dir(), tick());
+          const q = await a.mknod(y.ino, b('q'), dir(), tick());
+          const s = await a.mknod(p.ino, b('s'), dir(), tick());
+          const r = await a.mknod(q.ino, b('r'), dir(), tick());
+          const [pr, qs] = await Promise.all([
+            errno(() => a.rename(x.ino, b('p'), r.ino, b('p'), 0, tick())),
+            errno(() => c.rename(y.ino, b('q'), s.ino, b('q'), 0, tick())),
+          ]);
+          assert.ok((pr === undefined) !== (qs === undefined), 'exactly one move succeeds');
+          assert.equal(pr ?? qs, E.EINVAL, 'the other move would put a directory inside itself');
+          for (const d of [p, q, r, s]) assert.equal((await ancestry(d.ino)).at(-1), top.ino);
+          assert.equal(await c.parentOf(pr === undefined ? p.ino : q.ino), pr === undefined ? r.ino : s.ino);
         }
       }));
 

@@ -21,7 +21,7 @@ metaConformance('sqlite', async () => {
 
 describe('openMetaEngine', () => {
   it('opens engines by URL scheme and names the known ones for an unknown scheme', async () => {
-    assert.deepEqual(metaEngineSchemes(), ['sqlite']);
+    assert.deepEqual(metaEngineSchemes(), ['sqlite', 'postgres', 'postgresql']);
     const path = join(tempDir(), 'meta.db');
     const created = await openMetaEngine(`sqlite://${path}`, { create: init() });
     assert.equal(created.url, `sqlite:${path}`);
@@ -29,7 +29,7 @@ describe('openMetaEngine', () => {
     const opened = await openMetaEngine(`SQLITE:${path}`);
     assert.equal((await opened.superblock()).block_size, 131072);
     await opened.close();
-    await assert.rejects(openMetaEngine('postgres://host/db'), (err: Error) => err instanceof MetadataError && /unknown metadata engine "postgres:".*known: sqlite:/.test(err.message));
+    await assert.rejects(openMetaEngine('mysql://host/db'), (err: Error) => err instanceof MetadataError && /unknown metadata engine "mysql:".*known: sqlite:, postgres:, postgresql:/.test(err.message));
     await assert.rejects(openMetaEngine('/just/a/path'), /not a metadata engine URL/);
     await assert.rejects(openMetaEngine('sqlite:'), /needs the path/);
     await assert.rejects(openMetaEngine(`sqlite:${join(tempDir(), 'absent.db')}`), MetadataError);

@@ -39,6 +39,7 @@ function refusal(what: string, err: Error, paths: { exists?: string; missing?: s
     EROFS: 'snapshots are read-only (and so is .snapshots)',
     EINVAL: why || 'invalid argument',
     ENOSPC: 'no space left on the volume\'s disk',
+    EOPNOTSUPP: why || 'not supported on this volume',
   };
   const text = words[code];
   if (text === undefined) return new UsageError(`${what}: ${err.message}`, REFUSED_EXIT);

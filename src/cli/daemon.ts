@@ -80,6 +80,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     volume = Volume.open(volumePath);
     try {
       checkRemoteOutsideMount(mountpoint, volume.settings.remote);
+      await volume.openEngine();
     } catch (err) {
       await volume.close();
       throw err;

@@ -67,6 +67,7 @@ function openForCheck(path: string, repair: boolean): Volume {
     throw new FsckAbort((err as Error).message);
   }
   try {
+    if (volume.metaUrl !== undefined) throw new FsckAbort(`${path} keeps its metadata in ${volume.metaUrl.split(':')[0]}: fsck does not support such a volume yet`);
     const version = volume.meta.schemaVersion();
     if (version > SCHEMA_VERSION) {
       throw new FsckAbort(`${path}: the metadata has schema version ${version}, newer than this pogfs understands (${SCHEMA_VERSION}); upgrade pogfs`);

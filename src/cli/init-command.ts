@@ -27,8 +27,13 @@ export async function initVolume(
   given: InitSettings = {},
   remote?: string,
   remoteFlags: Record<string, string | undefined> = {},
+  metaUrl?: string,
 ): Promise<void> {
   checkBlockSize(blockSize);
+  if (metaUrl !== undefined && !/^postgres(ql)?:/i.test(metaUrl)) throw new UsageError('--meta takes a PostgreSQL URL: postgres://USER@HOST[:PORT]/DB');
+  if (metaUrl !== undefined && remote !== undefined) {
+    throw new UsageError('--meta with --remote is not supported yet: a volume with its metadata in PostgreSQL keeps its blocks locally for now');
+  }
   const { compression, ...rest } = given;
   const settings: Partial<VolumeSettings> = { ...rest };
   if (compression !== undefined) {
@@ -57,6 +62,7 @@ export async function initVolume(
     throw err instanceof Error && err.name === 'VolumeError' ? err : new UsageError((err as Error).message);
   }
   try {
+    if (metaUrl !== undefined) await v.createExternalMeta(metaUrl);
     if (v.settings.remote) await attachNewVolume(v);
   } catch (err) {
     await v.close();
@@ -68,7 +74,7 @@ export async function initVolume(
   const s = v.settings;
   console.log(
     `created pogfs volume ${v.path} (block size ${formatBytes(blockSize)}, compression ${s.compression}, super-chunks ${s.superchunks ? 'on' : 'off'}` +
-      `${s.remote ? `, remote ${s.remote}, cache ${formatBytes(s.cacheBytes)}` : ''})`,
+      `${s.remote ? `, remote ${s.remote}, cache ${formatBytes(s.cacheBytes)}` : ''}${metaUrl !== undefined ? `, metadata in ${v.metaUrl ?? metaUrl}` : ''})`,
   );
 }
 

@@ -191,9 +191,10 @@ function program(): Command {
     .option('--compression <codec>', 'compress each block (kept only when it saves 1/8): lz4, zstd, zstd:LEVEL (1 to 19) or none', 'lz4')
     .addOption(new Option('--superchunks <on|off>', 'pack small files and file tails into super-chunks compressed together').choices(['on', 'off']).default('on'))
     .option('--remote <spec>', 'keep the durable copy on a remote: local:DIR or drive:FOLDER (a name in My Drive, or a folder id); the local store becomes a cache')
-    .action(async (volume: string, opts: { blockSize: number; compression: string; superchunks: 'on' | 'off'; remote?: string } & RemoteFlags) => {
+    .option('--meta <url>', 'keep the metadata in PostgreSQL: postgres://USER@HOST[:PORT]/DB, an empty database (the password from PGPASSWORD or ~/.pgpass, never in the URL)')
+    .action(async (volume: string, opts: { blockSize: number; compression: string; superchunks: 'on' | 'off'; remote?: string; meta?: string } & RemoteFlags) => {
       const { initVolume } = await commands.init();
-      await initVolume(volume, opts.blockSize, { compression: opts.compression, superchunks: opts.superchunks === 'on' }, opts.remote, remoteSettingFlags(opts));
+      await initVolume(volume, opts.blockSize, { compression: opts.compression, superchunks: opts.superchunks === 'on' }, opts.remote, remoteSettingFlags(opts), opts.meta);
     });
   withRemoteOptions(p.commands.find((c) => c.name() === 'init')!);
 

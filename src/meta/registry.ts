@@ -33,7 +33,8 @@ export function metaEngineSchemes(): string[] {
 
 /**
  * Opens (or with `create`, creates) the metadata engine a URL names: `sqlite:PATH` (also
- * `sqlite://PATH`) is a volume's SQLite database file. An unknown scheme is a
+ * `sqlite://PATH`) is a volume's SQLite database file; `postgres://USER@HOST[:PORT]/DB`
+ * (also `postgresql:`) a PostgreSQL database, the password never in the URL. An unknown scheme is a
  * MetadataError naming the known ones.
  */
 export function openMetaEngine(url: string, options: OpenMetaOptions = {}): Promise<MetaEngine> {
@@ -51,3 +52,8 @@ registerMetaEngine('sqlite', async (address, options) => {
   const meta = options.create ? MetaDb.create(path, options.create) : MetaDb.open(path, { readOnly: options.readOnly });
   return meta.engine;
 });
+
+// Loaded on first use: a volume on SQLite does not load the PostgreSQL client.
+const openPostgres: MetaEngineOpener = async (address, options) => (await import('./pg-engine')).PgEngine.open(address, options);
+registerMetaEngine('postgres', openPostgres);
+registerMetaEngine('postgresql', openPostgres);

@@ -1,11 +1,6 @@
 import type { MetaBlockParking, MetaDurability } from '../meta/engine';
 import type { BlockWriter } from './block-writer';
 
-/** Parked bytes past which they are moved into the block store at once. */
-const MOVE_AT_BYTES = 8 * 1024 * 1024;
-/** Parked blocks are moved into the block store this long after the first (ms). */
-const MOVE_AFTER_MS = 1000;
-
 /**
  * DESIGN invariant 3. A close commits the file without waiting for the disk: its last
  * blocks are parked in the metadata, in the very transaction that commits its rows, and
@@ -16,14 +11,16 @@ const MOVE_AFTER_MS = 1000;
  * (SQLite's write-ahead log), parked bytes with their rows, and a file renamed over
  * another after its close is behind its content in that order.
  *
- * Parked blocks move into the block store later, many per sync of it (`move`); the
+ * Parked blocks move into the block store right after, many per sync of it (`move`); the
  * store records the last one taken in the same commit, so each is taken once whatever
  * crashes, and a volume opened after a crash takes what is left (Volume.open).
  * A sync point (fsync, the commit interval, unmount) syncs the metadata: everything
  * committed before it is then durable.
  */
 export class Durability {
-  private moveTimer: NodeJS.Timeout | undefined;
+  /** A move is queued behind the running one (it takes whatever was parked meanwhile). */
+  private moveQueued = false;
+  private stopped = false;
   private moving: Promise<void> = Promise.resolve();
   /** Metadata changes counted at the last sync point: an idle volume skips its syncs. */
   private changesAtSync = -1;
@@ -44,18 +41,21 @@ export class Durability {
     return this.parking !== undefined;
   }
 
-  /** After a commit that parked blocks: moves them soon, or now when many wait. */
+  /**
+   * After a commit that parked blocks: moves them as soon as the move before has ended.
+   * Moves run one at a time beside the closes (which never wait for them), so each takes
+   * every block parked while the one before synced: one sync of the block store for many
+   * files, as many as its sync latency lets through.
+   */
   parked(): void {
-    if (this.writer.parkedPending >= MOVE_AT_BYTES) {
-      this.move().catch(this.onError);
-      return;
-    }
-    if (this.moveTimer) return;
-    this.moveTimer = setTimeout(() => {
-      this.moveTimer = undefined;
-      this.move().catch(this.onError);
-    }, MOVE_AFTER_MS);
-    this.moveTimer.unref();
+    if (this.moveQueued || this.stopped) return;
+    this.moveQueued = true;
+    this.moving
+      .then(() => {
+        this.moveQueued = false;
+        return this.move();
+      })
+      .catch(this.onError);
   }
 
   /** Moves the parked blocks whose commit is done into the block store, then drops them from the metadata. */
@@ -90,8 +90,8 @@ export class Durability {
     await this.syncPoint();
   }
 
+  /** No more moves on their own (unmounting: the caller moves what is left). */
   stop(): void {
-    if (this.moveTimer) clearTimeout(this.moveTimer);
-    this.moveTimer = undefined;
+    this.stopped = true;
   }
 }

@@ -125,8 +125,10 @@ export class PogFs implements FileSystem {
   private readonly writeback: NodeJS.Timeout;
   private securityXattrs: boolean;
   private readonly engine: MetaEngine;
-  private readonly namer: PathNamer;
-  private readonly trees: TreeOps;
+  /** Names files by path in log lines (absent for a volume whose metadata engine has no synchronous scans). */
+  private readonly namer: PathNamer | undefined;
+  /** Clones and snapshots (absent for a volume whose metadata is not in SQLite: not there yet). */
+  private readonly trees: TreeOps | undefined;
   /** What is read-only for everyone: the .snapshots directory and the inode ranges of the snapshots in it. */
   private frozen: { dir: number | undefined; ranges: { first: number; last: number }[] } = { dir: undefined, ranges: [] };
   /** Tells the engine which inodes are still in use here (an unlinked one then stays until forgotten). */
@@ -141,18 +143,18 @@ export class PogFs implements FileSystem {
     private readonly log: FsLog,
   ) {
     this.engine = volume.engine;
-    this.namer = new PathNamer(volume.meta);
-    this.trees = new TreeOps(volume.meta.clone, () => volume.meta.barrier(), volume.store);
+    this.namer = volume.metaUrl === undefined ? new PathNamer(volume.meta) : undefined;
+    this.trees = volume.metaUrl === undefined ? new TreeOps(volume.meta.clone, () => volume.meta.barrier(), volume.store) : undefined;
     this.loadFrozen();
     this.writer = new BlockWriter(volume.store, options.cache ?? volume.store);
-    volume.meta.checkpointAtSyncPoints();
+    volume.checkpointAtSyncPoints();
     this.durability = new Durability(
       this.writer,
       this.engine,
       volume.parking,
-      () => volume.meta.changeCount(),
+      () => volume.metaChangeCount(),
       (err) => log.error('moving parked blocks into the block store failed (they stay parked in the metadata; retried)', err),
-      () => volume.meta.checkpoint(),
+      () => volume.checkpoint(),
     );
     this.reclaimer = new Reclaimer({ barrier: () => this.durability.beforeRelease() }, volume.store, 1000, (err) =>
       log.error('releasing blocks failed', err),
@@ -166,7 +168,7 @@ export class PogFs implements FileSystem {
     this.packer = volume.packer((err) => log.error('packing short blocks into super-chunks failed (they stay loose; nothing is lost)', err));
     // Read once, synchronously, before the mount answers its first request (the binding
     // answers security.* queries itself while there are none).
-    this.securityXattrs = volume.meta.anySecurityXattr();
+    this.securityXattrs = volume.anySecurityXattr();
     this.engine.setGroupCommit(options.metadataCommitMs);
     this.writeback = setInterval(() => {
       this.commitAll()
@@ -186,7 +188,7 @@ export class PogFs implements FileSystem {
    */
   async settleParked(): Promise<void> {
     await this.volume.store.flushed();
-    await this.volume.parking.unpark(this.volume.store.parkedSeq());
+    await this.volume.parking?.unpark(this.volume.store.parkedSeq());
   }
 
   /** Frees inodes left unlinked-but-open by a crash. */
@@ -606,6 +608,7 @@ export class PogFs implements FileSystem {
 
   /** Finishes (or undoes) the clones and snapshot removals a crash left under way; before the mount serves. */
   finishTreeOps(): number {
+    if (!this.trees) return 0;
     const n = this.trees.finishPending();
     this.loadFrozen();
     return n;
@@ -623,7 +626,7 @@ export class PogFs implements FileSystem {
     this.checkNameWritable(parent, name);
     await this.settleForCopy();
     this.space.admitMetadata();
-    const r = this.trees.clone(src, this.frozen.dir === undefined ? [] : [this.frozen.dir], parent, name, now());
+    const r = this.treeOps().clone(src, this.frozen.dir === undefined ? [] : [this.frozen.dir], parent, name, now());
     this.changed(parent);
     return { inodes: r.inodes, invalidate: { entries: [[parent, name]], inodes: [parent] } };
   }
@@ -634,6 +637,7 @@ export class PogFs implements FileSystem {
    */
   async createSnapshot(name: string, path = ''): Promise<{ inodes: number; invalidate: Invalidation }> {
     const nameBuf = snapshotName(name);
+    const trees = this.treeOps();
     const src = await this.inoOfPath(path);
     if (this.frozenIno(src)) fail(E.EINVAL, 'a snapshot is made of the live tree, not of a snapshot (clone it out first)');
     await this.settleForCopy();
@@ -646,7 +650,7 @@ export class PogFs implements FileSystem {
     }
     const dir = existed ?? meta.snapshotsDir({ t });
     if (dir === undefined) fail(E.EIO, 'the .snapshots directory could not be made');
-    const r = this.trees.clone(src, [dir], dir, nameBuf, t, { name: nameBuf, source: path.split('/').filter((p) => p !== '' && p !== '.').join('/') });
+    const r = trees.clone(src, [dir], dir, nameBuf, t, { name: nameBuf, source: path.split('/').filter((p) => p !== '' && p !== '.').join('/') });
     this.loadFrozen();
     this.changed(dir);
     this.changed(ROOT_INO);
@@ -657,7 +661,7 @@ export class PogFs implements FileSystem {
 
   /** `pogfs snapshot list`. */
   listSnapshots(): SnapshotInfo[] {
-    return this.volume.meta.clone.snapshots();
+    return this.trees ? this.volume.meta.clone.snapshots() : [];
   }
 
   /**
@@ -668,7 +672,7 @@ export class PogFs implements FileSystem {
     const nameBuf = snapshotName(name);
     const dir = this.frozen.dir;
     if (dir === undefined) fail(E.ENOENT);
-    const op = await this.trees.removeSnapshot(nameBuf, now(), () => this.reclaimer.whenUnheld());
+    const op = await this.treeOps().removeSnapshot(nameBuf, now(), () => this.reclaimer.whenUnheld());
     this.loadFrozen();
     this.changed(dir);
     return { inodes: op.last - op.first + 1, invalidate: { entries: [[dir, nameBuf]], inodes: [dir] } };
@@ -686,7 +690,13 @@ export class PogFs implements FileSystem {
     await this.durability.move();
   }
 
+  private treeOps(): TreeOps {
+    if (!this.trees) fail(E.EOPNOTSUPP, 'clones and snapshots need a volume whose metadata is in SQLite (not PostgreSQL yet)');
+    return this.trees;
+  }
+
   private loadFrozen(): void {
+    if (!this.trees) return;
     const meta = this.volume.meta.clone;
     this.frozen = { dir: meta.snapshotsDir(), ranges: meta.snapshotRanges() };
   }
@@ -769,7 +779,7 @@ export class PogFs implements FileSystem {
   private newContent(row: InodeRow, blocks: readonly BlockRow[]): FileContent {
     const v = this.volume;
     const readahead = this.options.cache ? Math.floor((this.options.readaheadBytes ?? 0) / v.blockSize) : 0;
-    return new FileContent({ ino: row.ino, size: row.size, blocks, describe: (ino) => this.namer.of(ino) }, v.blockSize, this.writer, this.log, readahead);
+    return new FileContent({ ino: row.ino, size: row.size, blocks, describe: (ino) => this.namer?.of(ino) ?? `inode #${ino}` }, v.blockSize, this.writer, this.log, readahead);
   }
 
   private dropContent(node: Node): void {

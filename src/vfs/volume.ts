@@ -1,7 +1,9 @@
-import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { MetaBlockParking, MetaEngine } from '../meta/engine';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
+import { openMetaEngine } from '../meta/registry';
+import { ROOT_INO } from '../posix/file-system';
 import { CacheLedger } from '../cache/cache-ledger';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
 import { encodingOf } from '../store/codec';
@@ -20,6 +22,8 @@ const PACK_IDLE_MS = 1000;
 /** Where a volume keeps its parts, relative to the volume directory. */
 export const VolumeFiles = {
   meta: 'meta.db',
+  /** The URL of the metadata engine holding the namespace, when it is not meta.db (postgres://…). */
+  metaUrl: 'meta.url',
   blocks: 'blocks',
   log: 'pogfs.log',
   daemon: 'daemon.json',
@@ -39,9 +43,20 @@ function storeOptions(settings: VolumeSettings, blockSize: number): BlockStoreOp
   return { codec, zstdLevel: level, packBelow, chunkCacheBytes: settings.chunkCacheBytes };
 }
 
-/** An opened volume: its metadata database, its block store and its settings. */
+/**
+ * An opened volume: its metadata database, its block store and its settings.
+ *
+ * The namespace lives in meta.db, or, when the volume records a metadata engine URL
+ * (meta.url, `pogfs init --meta postgres://…`), in that engine: then meta.db keeps only the
+ * volume's settings, `engine` is that engine once `openEngine` has run, and `meta` (the
+ * SQLite scans, repairs and backups of fsck, gc, stats and remotes) refuses, so nothing
+ * reads meta.db's empty namespace for the volume's.
+ */
 export class Volume {
   private superChunkPacker: SuperChunkPacker | undefined;
+  private externalEngine: MetaEngine | undefined;
+  private externalSecurityXattrs = false;
+  private externalChangeTicks = 0;
   /**
    * The store's ledger as a cache of the remote: what is not uploaded yet. Joined to the
    * store on every open, so a block deleted for good always loses its dirty mark; new
@@ -51,22 +66,94 @@ export class Volume {
 
   private constructor(
     readonly path: string,
-    readonly meta: MetaDb,
+    private readonly db: MetaDb,
     readonly store: BlockStore,
     readonly superblock: Superblock,
     readonly settings: VolumeSettings,
+    /** The metadata engine's URL when the namespace is not in meta.db. */
+    readonly metaUrl: string | undefined,
   ) {
     this.ledger = new CacheLedger(store, settings.remote !== '');
   }
 
+  /** The SQLite metadata (scans, repairs, backups, the remote's index); a VolumeError when the namespace is elsewhere. */
+  get meta(): MetaDb {
+    if (this.metaUrl !== undefined) {
+      throw new VolumeError(
+        `${this.path} keeps its metadata in ${this.metaUrl.split(':')[0]}: fsck, gc, stats, remotes and metadata backups do not support such a volume yet`,
+      );
+    }
+    return this.db;
+  }
+
   /** The POSIX-level operations on the volume's metadata (what the vfs uses). */
   get engine(): MetaEngine {
-    return this.meta.engine;
+    if (this.metaUrl === undefined) return this.db.engine;
+    if (!this.externalEngine) throw new Error(`the metadata engine of ${this.path} is not open (Volume.openEngine)`);
+    return this.externalEngine;
+  }
+
+  /** Connects to the volume's metadata engine when it is not meta.db (a no-op when it is). */
+  async openEngine(options: { readOnly?: boolean } = {}): Promise<MetaEngine> {
+    if (this.metaUrl === undefined || this.externalEngine) return this.engine;
+    try {
+      this.externalEngine = await openMetaEngine(this.metaUrl, options);
+      this.externalSecurityXattrs = await this.externalEngine.anySecurityXattr();
+    } catch (err) {
+      throw new VolumeError(`${this.path}: ${(err as Error).message}`);
+    }
+    return this.externalEngine;
+  }
+
+  /** True when some inode has a security.* attribute (read when the engine opened). */
+  anySecurityXattr(): boolean {
+    return this.metaUrl === undefined ? this.db.anySecurityXattr() : this.externalSecurityXattrs;
+  }
+
+  /**
+   * Moves the new volume's namespace into the metadata engine at `url` (an empty
+   * database): creates its schema, superblock and root directory, and records the URL.
+   */
+  async createExternalMeta(url: string): Promise<void> {
+    const root = this.db.getInode(ROOT_INO);
+    if (!root) throw new VolumeError(`${this.path}: the new volume has no root directory`);
+    const { ino: _root, ...rootRow } = root;
+    let engine: MetaEngine;
+    try {
+      engine = await openMetaEngine(url, {
+        create: { blockSize: this.superblock.block_size, hashAlgorithm: this.superblock.hash_algorithm, settings: this.db.settings(), root: rootRow },
+      });
+    } catch (err) {
+      throw new VolumeError((err as Error).message);
+    }
+    const recorded = engine.url;
+    await engine.close();
+    writeFileSync(join(this.path, VolumeFiles.metaUrl), `${recorded}\n`, { mode: 0o600 });
   }
 
   /** Blocks of closed files parked in the metadata until the block store takes them (see Durability). */
-  get parking(): MetaBlockParking {
-    return this.meta.engine;
+  get parking(): MetaBlockParking | undefined {
+    // Not in another engine yet: closes there wait for the block store instead.
+    return this.metaUrl === undefined ? this.db.engine : undefined;
+  }
+
+  /**
+   * The metadata's running count of changes (to tell an idle volume). Another engine's
+   * changes are not counted here: its count moves at every call, so its periodic sync
+   * point always runs (one synchronous commit per commit interval).
+   */
+  metaChangeCount(): number {
+    return this.metaUrl === undefined ? this.db.changeCount() : ++this.externalChangeTicks;
+  }
+
+  /** Moves meta.db's write-ahead log into the database at sync points only (see MetaDb). */
+  checkpointAtSyncPoints(): void {
+    this.db.checkpointAtSyncPoints();
+  }
+
+  /** After a sync point: meta.db's write-ahead log into the database (see MetaDb.checkpoint). */
+  checkpoint(): void {
+    this.db.checkpoint();
   }
 
   /** Parked blocks a crash left that the store took at open (see takeParked). */
@@ -79,8 +166,8 @@ export class Volume {
    */
   private takeParked(): void {
     const taken = this.store.parkedSeq();
-    this.meta.transaction(() => this.meta.parked.continueAfter(taken));
-    const rows = this.meta.parked.after(taken);
+    this.db.transaction(() => this.db.parked.continueAfter(taken));
+    const rows = this.db.parked.after(taken);
     if (rows.length === 0) return;
     this.store.acquireSync(
       rows.map((r) => ({ hash: r.hash, data: r.data })),
@@ -134,7 +221,7 @@ export class Volume {
     });
     const store = BlockStore.open(join(dir, VolumeFiles.blocks), storeOptions(settings, blockSize));
     if (settings.remote) store.rememberRemote(settings.remote);
-    return new Volume(dir, meta, store, meta.superblock(), settings);
+    return new Volume(dir, meta, store, meta.superblock(), settings, undefined);
   }
 
   static open(path: string, options: { readOnly?: boolean } = {}): Volume {
@@ -174,7 +261,9 @@ export class Volume {
     }
     const store = BlockStore.open(join(dir, VolumeFiles.blocks), { readOnly: options.readOnly, ...storeOptions(settings, superblock.block_size) });
     if (settings.remote && !options.readOnly) store.rememberRemote(settings.remote);
-    const volume = new Volume(dir, meta, store, superblock, settings);
+    const urlFile = join(dir, VolumeFiles.metaUrl);
+    const metaUrl = existsSync(urlFile) ? readFileSync(urlFile, 'utf8').trim() : undefined;
+    const volume = new Volume(dir, meta, store, superblock, settings, metaUrl);
     if (!options.readOnly) volume.takeParked();
     return volume;
   }
@@ -182,7 +271,7 @@ export class Volume {
   /** Stores changed settings (the volume must not be mounted: a daemon reads them once). */
   changeSettings(changes: Partial<VolumeSettings>): VolumeSettings {
     const next = { ...this.settings, ...changes };
-    this.meta.setSettings(formatSettings(next));
+    this.db.setSettings(formatSettings(next));
     if (next.remote) this.store.rememberRemote(next.remote);
     return next;
   }
@@ -190,6 +279,7 @@ export class Volume {
   async close(): Promise<void> {
     await this.superChunkPacker?.close();
     await this.store.close();
-    this.meta.close();
+    await this.externalEngine?.close();
+    this.db.close();
   }
 }

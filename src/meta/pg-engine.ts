@@ -1,0 +1,559 @@
+import { randomUUID } from 'node:crypto';
+import type { Pool, PoolClient } from 'pg';
+import {
+  RENAME_EXCHANGE,
+  RENAME_NOREPLACE,
+  XATTR_CREATE,
+  XATTR_REPLACE,
+  type AttrChange,
+  type ContentCommit,
+  type Detached,
+  type DirPage,
+  type InUse,
+  type MetaEngine,
+  type NodeSpec,
+  type RenameResult,
+  type Timespec,
+} from './engine';
+import { E, fail } from '../posix/errors';
+import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
+import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
+import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
+import { pgMigrate } from './pg-schema';
+import { PgSession, Restart } from './pg-session';
+import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
+import { parsePgUrl } from './pg-url';
+import type { OpenMetaOptions } from './registry';
+import { FORMAT_VERSION, VOLUME_MAGIC } from './schema';
+
+const SECURITY_PREFIX = Buffer.from('security.');
+/** The advisory lock key of cross-directory renames ("pogr"). */
+const RENAME_LOCK = 0x706f6772;
+
+/** Changes to one inode gathered while a rename runs, written once at its end. */
+interface Touch {
+  nlink: number;
+  /** mtime and ctime (a directory whose entries changed). */
+  modified: boolean;
+  /** ctime only (an inode whose names or links changed). */
+  changed: boolean;
+}
+
+const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
+
+/**
+ * The PostgreSQL engine: every MetaEngine operation as one transaction (READ COMMITTED)
+ * over a pool of connections, with row locks where the SQLite engine relies on its single
+ * writer. An operation that changes names locks the directories it changes and the inodes
+ * it re-links, all in inode-number order (cross-directory renames first take one volume
+ * lock, as Linux does): another client's operation on the same directory waits, then sees
+ * the result, so create against create of one name, rmdir against a create inside, rename
+ * against unlink and link against the unlink of the last name each have one outcome. Names
+ * read before the locks are read again after them; if another client changed them
+ * meanwhile, the operation starts again. A deadlock or serialization failure PostgreSQL
+ * reports is retried a bounded number of times. Link counts and times are written as field
+ * updates (nlink = nlink + $1), never as whole rows read before. The order of one
+ * client's calls and the durability of commits are PgSession's.
+ */
+export class PgEngine implements MetaEngine {
+  /** For the reads (one statement each, on any connection). */
+  private readonly pool: Pool;
+
+  private constructor(
+    private readonly session: PgSession,
+    readonly url: string,
+  ) {
+    this.pool = session.pool;
+  }
+
+  /** Opens (or with `create`, creates) the metadata in the database `address` names (after "postgres:"). */
+  static async open(address: string, options: OpenMetaOptions): Promise<PgEngine> {
+    const target = parsePgUrl(address);
+    const session = new PgSession(target.connectionString, { readOnly: options.readOnly });
+    const engine = new PgEngine(session, target.url);
+    try {
+      const client = await session.pool.connect();
+      try {
+        if (!options.readOnly) await pgMigrate(client);
+        if (options.create) await engine.create(client, options.create);
+      } finally {
+        client.release();
+      }
+      await engine.checkSuperblock();
+      if (options.create) await engine.barrier();
+    } catch (err) {
+      await session.close().catch(() => undefined);
+      if (err instanceof MetadataError) throw err;
+      throw new MetadataError(`cannot open metadata database ${target.url}: ${(err as Error).message}`);
+    }
+    return engine;
+  }
+
+  private async create(client: PoolClient, init: NonNullable<OpenMetaOptions['create']>): Promise<void> {
+    await client.query('BEGIN');
+    try {
+      const existing = await run(client, 'superblock', []);
+      if (existing.rows.length > 0) throw new MetadataError(`${this.url} already holds a pogfs volume`);
+      await run(client, 'insertSuperblock', [VOLUME_MAGIC, FORMAT_VERSION, init.blockSize, init.hashAlgorithm, randomUUID(), (BigInt(Date.now()) * 1000000n).toString()]);
+      for (const [key, value] of Object.entries(init.settings ?? {})) await run(client, 'setSetting', [key, value]);
+      await run(client, 'insertInodeWithIno', [...inodeValues(init.root), ROOT_INO]);
+      await run(client, 'syncInoSequence', []);
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK');
+      throw err;
+    }
+  }
+
+  private async checkSuperblock(): Promise<void> {
+    let sb: Superblock;
+    try {
+      sb = await this.superblock();
+    } catch (err) {
+      if ((err as { code?: string }).code === '42P01') throw new MetadataError(`${this.url} has no pogfs schema: not a pogfs volume`);
+      throw err;
+    }
+    if (sb.magic !== VOLUME_MAGIC) throw new MetadataError(`not a pogfs volume (magic ${JSON.stringify(sb.magic)})`);
+    if (sb.format_version > FORMAT_VERSION) {
+      throw new MetadataError(`the volume has format version ${sb.format_version}, newer than this pogfs understands (${FORMAT_VERSION}); upgrade pogfs`);
+    }
+  }
+
+  async superblock(): Promise<Superblock> {
+    const r = await run(this.pool, 'superblock', []);
+    const row = r.rows[0] as Superblock | undefined;
+    if (!row) throw new MetadataError('the metadata database has no superblock: not a pogfs volume');
+    return { ...row };
+  }
+
+  // ---- durability ----
+
+  /**
+   * Kept for the interface: every operation already commits on its own, asynchronously,
+   * which groups the WAL flushes of many commits as a group commit would (see PgSession).
+   */
+  setGroupCommit(): void {
+    return;
+  }
+
+  /** Nothing is held back: every operation's commit has been handed to the server when it returns. */
+  async commitGroup(): Promise<void> {
+    await this.session.settled();
+  }
+
+  async barrier(): Promise<void> {
+    await this.session.barrier((c) => run(c, 'barrier', []));
+  }
+
+  // ---- names and attributes ----
+
+  async lookup(parent: number, name: Buffer): Promise<InodeRow> {
+    checkName(name);
+    await this.session.settled();
+    const r = (await runRaw(this.pool, 'lookupWithParent', [name, parent])).rows[0];
+    if (!r) fail(E.ENOENT);
+    if (!isDir(r[0] as number)) fail(E.ENOTDIR);
+    if (r[1] === null) fail(E.ENOENT);
+    return inodeFromRaw(r, 1);
+  }
+
+  async getattr(ino: number): Promise<InodeRow> {
+    await this.session.settled();
+    return this.inode(this.pool, ino);
+  }
+
+  async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
+    // One statement (UPDATE ... RETURNING): atomic on its own, and only the fields given.
+    return this.session.changeStatement(async (pool) => {
+      const row = (await this.update(pool, ino, change)) ?? (await this.getInode(pool, ino));
+      if (!row) fail(E.ENOENT);
+      return row;
+    });
+  }
+
+  async parentOf(ino: number): Promise<number | undefined> {
+    await this.session.settled();
+    if (ino === ROOT_INO) return undefined;
+    return this.parentOfIn(this.pool, ino);
+  }
+
+  async statfs(): Promise<VolumeTotals> {
+    await this.session.settled();
+    return (await run(this.pool, 'totals', [])).rows[0] as VolumeTotals;
+  }
+
+  // ---- the namespace ----
+
+  async mknod(parent: number, name: Buffer, spec: NodeSpec, t: Timespec): Promise<InodeRow> {
+    if (spec.target !== undefined) {
+      if (spec.target.length === 0) fail(E.ENOENT);
+      if (spec.target.length > SYMLINK_MAX) fail(E.ENAMETOOLONG);
+    }
+    checkName(name);
+    return this.session.change(async (c) => {
+      const dir = (await this.lock(c, [parent])).get(parent);
+      if (!dir) fail(E.ENOENT);
+      if (!isDir(dir.mode)) fail(E.ENOTDIR);
+      // In a set-group-ID directory new entries take the directory's group, and new
+      // subdirectories inherit the bit (as ext4 does).
+      let mode = spec.mode;
+      const sgid = (dir.mode & S_ISGID) !== 0;
+      if (sgid && isDir(mode)) mode |= S_ISGID;
+      const fresh = newInode(
+        { mode, uid: spec.uid, gid: sgid ? dir.gid : spec.gid, nlink: isDir(mode) ? 2 : 1, size: spec.target?.length, rdev: spec.rdev },
+        t,
+      );
+      // The parent is locked, so the name check inside the statement cannot be overtaken.
+      const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t)]);
+      if (made.rows.length === 0) fail(E.EEXIST);
+      return { ino: made.rows[0].ino as number, ...fresh };
+    });
+  }
+
+  async link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow> {
+    checkName(name);
+    return this.session.change(async (c) => {
+      const rows = await this.lock(c, [ino, parent]);
+      const node = rows.get(ino);
+      if (!node) fail(E.ENOENT);
+      if (isDir(node.mode)) fail(E.EPERM);
+      const dir = rows.get(parent);
+      if (!dir) fail(E.ENOENT);
+      if (!isDir(dir.mode)) fail(E.ENOTDIR);
+      if ((await this.lookupIno(c, parent, name)) !== undefined) fail(E.EEXIST);
+      await run(c, 'addEntry', [parent, name, ino]);
+      await run(c, 'change', [1, ...timeArgs(t), ino]);
+      await run(c, 'touch', [0, ...timeArgs(t), parent]);
+      return { ...node, nlink: node.nlink + 1, ctime_s: t.s, ctime_ns: t.ns };
+    });
+  }
+
+  async unlink(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached> {
+    checkName(name);
+    return this.session.change(async (c) => {
+      const { rows, inos } = await this.lockNamed(c, [parent], [[parent, name]]);
+      this.dirIn(rows, parent);
+      const node = this.namedIn(rows, inos[0]);
+      if (isDir(node.mode)) fail(E.EISDIR);
+      await run(c, 'dropName', [parent, name, node.ino, ...timeArgs(t)]);
+      return this.detached(c, { ...node, nlink: node.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);
+    });
+  }
+
+  async rmdir(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached> {
+    checkName(name);
+    return this.session.change(async (c) => {
+      const { rows, inos } = await this.lockNamed(c, [parent], [[parent, name]]);
+      this.dirIn(rows, parent);
+      const node = this.namedIn(rows, inos[0]);
+      if (!isDir(node.mode)) fail(E.ENOTDIR);
+      // Locked: no entry can be made in it until this commits.
+      if ((await run(c, 'hasChildren', [node.ino])).rows.length > 0) fail(E.ENOTEMPTY);
+      await run(c, 'removeEntry', [parent, name]);
+      await run(c, 'orphan', [...timeArgs(t), node.ino]);
+      await run(c, 'touch', [-1, ...timeArgs(t), parent]); // its ".." is gone
+      return this.detached(c, { ...node, nlink: 0, ctime_s: t.s, ctime_ns: t.ns }, inUse);
+    });
+  }
+
+  async rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, t: Timespec, inUse?: InUse): Promise<RenameResult> {
+    checkName(name);
+    checkName(newName);
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
+    return this.session.change(async (c) => {
+      if (newParent !== parent) await run(c, 'renameLock', [RENAME_LOCK]);
+      const { rows, inos } = await this.lockNamed(c, [parent, newParent], [[parent, name], [newParent, newName]]);
+      this.dirIn(rows, parent);
+      if (newParent !== parent) this.dirIn(rows, newParent);
+      const src = this.namedIn(rows, inos[0]);
+      const dstIno = inos[1];
+      let dst: InodeRow | undefined;
+      if (dstIno !== undefined) {
+        dst = rows.get(dstIno);
+        if (!dst) fail(E.ENOENT);
+      }
+      const touches = new Map<number, Touch>();
+      const touch = (ino: number): Touch => {
+        let x = touches.get(ino);
+        if (!x) touches.set(ino, (x = { nlink: 0, modified: false, changed: false }));
+        return x;
+      };
+
+      if (flags & RENAME_EXCHANGE) {
+        if (!dst) fail(E.ENOENT);
+        if (src.ino === dst.ino) return { moved: src, exchanged: dst };
+        if (isDir(src.mode)) await this.checkNotAncestor(c, src.ino, newParent);
+        if (isDir(dst.mode)) await this.checkNotAncestor(c, dst.ino, parent);
+        await run(c, 'retargetEntry', [dst.ino, parent, name]);
+        await run(c, 'retargetEntry', [src.ino, newParent, newName]);
+        if (parent !== newParent && isDir(src.mode) !== isDir(dst.mode)) {
+          const delta = isDir(src.mode) ? 1 : -1;
+          touch(newParent).nlink += delta;
+          touch(parent).nlink -= delta;
+        }
+        touch(src.ino).changed = true;
+        touch(dst.ino).changed = true;
+        touch(parent).modified = true;
+        touch(newParent).modified = true;
+        await this.apply(c, touches, t);
+        return { moved: { ...src, ctime_s: t.s, ctime_ns: t.ns }, exchanged: { ...dst, ctime_s: t.s, ctime_ns: t.ns } };
+      }
+
+      if (dst) {
+        // Two names of one inode: POSIX says do nothing and succeed.
+        if (dst.ino === src.ino) return { moved: src };
+        if (flags & RENAME_NOREPLACE) fail(E.EEXIST);
+        if (isDir(src.mode)) {
+          if (!isDir(dst.mode)) fail(E.ENOTDIR);
+          if ((await run(c, 'hasChildren', [dst.ino])).rows.length > 0) fail(E.ENOTEMPTY);
+        } else if (isDir(dst.mode)) fail(E.EISDIR);
+      }
+      if (isDir(src.mode)) await this.checkNotAncestor(c, src.ino, newParent);
+
+      await run(c, 'removeEntry', [parent, name]);
+      if (dst) {
+        await run(c, 'retargetEntry', [src.ino, newParent, newName]);
+        if (isDir(dst.mode)) {
+          await run(c, 'orphan', [...timeArgs(t), dst.ino]);
+          touch(newParent).nlink -= 1; // the replaced directory's ".." is gone
+        } else touch(dst.ino).nlink -= 1;
+        touch(dst.ino).changed = true;
+      } else await run(c, 'addEntry', [newParent, newName, src.ino]);
+      if (isDir(src.mode) && parent !== newParent) {
+        touch(parent).nlink -= 1;
+        touch(newParent).nlink += 1;
+      }
+      touch(src.ino).changed = true;
+      touch(parent).modified = true;
+      touch(newParent).modified = true;
+      await this.apply(c, touches, t);
+      const moved = { ...src, ctime_s: t.s, ctime_ns: t.ns };
+      if (!dst) return { moved };
+      const replaced = await this.detached(c, { ...dst, nlink: isDir(dst.mode) ? 0 : dst.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);
+      return { moved, replaced };
+    });
+  }
+
+  async readdir(dir: number, after?: Buffer, limit?: number): Promise<DirPage> {
+    await this.session.settled();
+    const row = await this.inode(this.pool, dir);
+    if (!isDir(row.mode)) fail(E.ENOTDIR);
+    const max = limit ?? null;
+    const r = after ? await run(this.pool, 'listAfter', [dir, after, max]) : await run(this.pool, 'listFirst', [dir, max]);
+    const entries = r.rows as DirRow[];
+    const last = entries.at(-1);
+    return { entries, next: limit !== undefined && entries.length === limit && last ? last.name : undefined };
+  }
+
+  async readlink(ino: number): Promise<Buffer> {
+    await this.session.settled();
+    const r = await run(this.pool, 'getSymlink', [ino]);
+    if (r.rows.length > 0) return r.rows[0].target as Buffer;
+    if (((await this.inode(this.pool, ino)).mode & S_IFMT) !== S_IFLNK) fail(E.EINVAL);
+    return fail(E.EIO, `symlink ${ino} has no target`);
+  }
+
+  // ---- extended attributes ----
+
+  async getxattr(ino: number, name: Buffer): Promise<Buffer> {
+    checkXattrName(name);
+    await this.session.settled();
+    const r = await run(this.pool, 'getXattr', [ino, name]);
+    if (r.rows.length > 0) return r.rows[0].value as Buffer;
+    await this.inode(this.pool, ino);
+    return fail(E.ENODATA);
+  }
+
+  async setxattr(ino: number, name: Buffer, value: Buffer, flags: number, t: Timespec): Promise<void> {
+    checkXattrName(name);
+    if (value.length > XATTR_SIZE_MAX) fail(E.E2BIG);
+    await this.session.change(async (c) => {
+      if (!(await this.lock(c, [ino])).has(ino)) fail(E.ENOENT);
+      const exists = (await run(c, 'getXattr', [ino, name])).rows.length > 0;
+      if (flags & XATTR_CREATE && exists) fail(E.EEXIST);
+      if (flags & XATTR_REPLACE && !exists) fail(E.ENODATA);
+      await run(c, 'setXattr', [ino, name, value]);
+      await run(c, 'change', [0, ...timeArgs(t), ino]);
+    });
+  }
+
+  async listxattr(ino: number): Promise<Buffer[]> {
+    await this.session.settled();
+    await this.inode(this.pool, ino);
+    return (await run(this.pool, 'listXattrs', [ino])).rows.map((r) => r.name as Buffer);
+  }
+
+  async removexattr(ino: number, name: Buffer, t: Timespec): Promise<void> {
+    checkXattrName(name);
+    await this.session.change(async (c) => {
+      if (!(await this.lock(c, [ino])).has(ino)) fail(E.ENOENT);
+      if ((await run(c, 'removeXattr', [ino, name])).rowCount === 0) fail(E.ENODATA);
+      await run(c, 'change', [0, ...timeArgs(t), ino]);
+    });
+  }
+
+  async anySecurityXattr(): Promise<boolean> {
+    await this.session.settled();
+    return (await run(this.pool, 'anySecurityXattr', [SECURITY_PREFIX])).rows.length > 0;
+  }
+
+  // ---- content ----
+
+  async blocks(ino: number): Promise<BlockRow[]> {
+    await this.session.settled();
+    return (await run(this.pool, 'listBlocks', [ino])).rows as BlockRow[];
+  }
+
+  async commitContent(commits: readonly ContentCommit[]): Promise<void> {
+    if (commits.length === 0) return;
+    await this.session.change(async (c) => {
+      // Locked, so a free of one of these inodes by another client waits for this commit.
+      await this.lock(c, commits.map((x) => x.ino));
+      for (const x of commits) {
+        const idx: number[] = [];
+        const hashes: Buffer[] = [];
+        const lens: number[] = [];
+        const gone: number[] = [];
+        for (const [i, ref] of x.rows) {
+          if (ref) {
+            idx.push(i);
+            hashes.push(ref.hash);
+            lens.push(ref.len);
+          } else gone.push(i);
+        }
+        if (idx.length > 0) await run(c, 'upsertBlocks', [x.ino, idx, hashes, lens]);
+        if (gone.length > 0) await run(c, 'deleteBlocks', [x.ino, gone]);
+        await this.update(c, x.ino, { ...x.attrs, size: x.size, storedBytes: x.storedBytes });
+      }
+    });
+  }
+
+  // ---- freeing ----
+
+  async free(ino: number): Promise<Buffer[]> {
+    return this.session.change(async (c) => {
+      const row = (await this.lock(c, [ino])).get(ino);
+      // Another client may have given it a name again meanwhile: then it stays.
+      if (!row || row.nlink > 0) return [];
+      return this.deleteInode(c, ino);
+    });
+  }
+
+  async unlinkedInodes(): Promise<number[]> {
+    await this.session.settled();
+    return (await run(this.pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number);
+  }
+
+  async close(): Promise<void> {
+    await this.session.close();
+  }
+
+  // ---- internals ----
+
+  /** Locks the inode rows (in inode order) and returns those that exist. */
+  private async lock(c: PoolClient, inos: readonly number[]): Promise<Map<number, InodeRow>> {
+    const r = await runRaw(c, 'lockInodes', [[...new Set(inos)]]);
+    return new Map(r.rows.map((raw) => {
+      const row = inodeFromRaw(raw);
+      return [row.ino, row];
+    }));
+  }
+
+  /**
+   * Locks directories `dirs` and the inodes that `names` name in them, and returns the
+   * rows and what each name names under the locks. The names are resolved in the locking
+   * statement (so the inodes are locked in order with the directories), and again once
+   * the directories are locked: if another client changed one in between, the
+   * transaction starts again.
+   */
+  private async lockNamed(
+    c: PoolClient,
+    dirs: readonly number[],
+    names: readonly [number, Buffer][],
+  ): Promise<{ rows: Map<number, InodeRow>; inos: (number | undefined)[] }> {
+    const parents = names.map(([p]) => p);
+    const keys = names.map(([, n]) => n);
+    const locked = await runRaw(c, 'lockNamed', [[...new Set(dirs)], parents, keys]);
+    const rows = new Map(locked.rows.map((raw) => {
+      const row = inodeFromRaw(raw);
+      return [row.ino, row];
+    }));
+    const inos = (await run(c, 'lookupInos', [parents, keys])).rows.map((r) => (r.ino ?? undefined) as number | undefined);
+    for (const ino of inos) {
+      // Named by an inode not locked: renamed meanwhile (start again), or an entry whose
+      // inode is missing (left for the caller: ENOENT).
+      if (ino !== undefined && !rows.has(ino) && (await this.getInode(c, ino))) throw new Restart();
+    }
+    return { rows, inos };
+  }
+
+  private dirIn(rows: Map<number, InodeRow>, ino: number): InodeRow {
+    const row = rows.get(ino);
+    if (!row) fail(E.ENOENT);
+    if (!isDir(row.mode)) fail(E.ENOTDIR);
+    return row;
+  }
+
+  /** The locked inode a name names; ENOENT for no name (or a name whose inode is missing). */
+  private namedIn(rows: Map<number, InodeRow>, ino: number | undefined): InodeRow {
+    const row = ino === undefined ? undefined : rows.get(ino);
+    if (!row) fail(E.ENOENT);
+    return row;
+  }
+
+  private async lookupIno(on: Queryable, parent: number, name: Buffer): Promise<number | undefined> {
+    const r = await run(on, 'lookupIno', [parent, name]);
+    return r.rows.length > 0 ? (r.rows[0].ino as number) : undefined;
+  }
+
+  private async getInode(on: Queryable, ino: number): Promise<InodeRow | undefined> {
+    const r = (await runRaw(on, 'getInode', [ino])).rows[0];
+    return r && inodeFromRaw(r);
+  }
+
+  private async inode(on: Queryable, ino: number): Promise<InodeRow> {
+    const row = await this.getInode(on, ino);
+    if (!row) fail(E.ENOENT);
+    return row;
+  }
+
+  private async parentOfIn(on: Queryable, ino: number): Promise<number | undefined> {
+    const r = await run(on, 'parentOf', [ino]);
+    return r.rows.length > 0 ? (r.rows[0].parent as number) : undefined;
+  }
+
+  /** Deletes an inode and everything it owns; returns the block hashes it referenced. */
+  private async deleteInode(c: PoolClient, ino: number): Promise<Buffer[]> {
+    return (await run(c, 'deleteInode', [ino])).rows.map((r) => r.hash as Buffer);
+  }
+
+  /** The inode after it lost a name (`attr` as written); freed now when it has none left and nobody uses it. */
+  private async detached(c: PoolClient, attr: InodeRow, inUse: InUse | undefined): Promise<Detached> {
+    if (attr.nlink > 0 || inUse?.(attr.ino)) return { attr };
+    return { attr, freed: await this.deleteInode(c, attr.ino) };
+  }
+
+  /** EINVAL when moving directory `ino` under `target` would put it inside itself. */
+  private async checkNotAncestor(c: PoolClient, ino: number, target: number): Promise<void> {
+    let cur: number | undefined = target;
+    for (let depth = 0; cur !== undefined && depth < 100000; depth++) {
+      if (cur === ino) fail(E.EINVAL);
+      if (cur === ROOT_INO) return;
+      cur = await this.parentOfIn(c, cur);
+    }
+  }
+
+  private async apply(c: PoolClient, touches: Map<number, Touch>, t: Timespec): Promise<void> {
+    for (const [ino, x] of touches) {
+      if (x.modified) await run(c, 'touch', [x.nlink, ...timeArgs(t), ino]);
+      else if (x.changed) await run(c, 'change', [x.nlink, ...timeArgs(t), ino]);
+      else if (x.nlink !== 0) await run(c, 'nlink', [x.nlink, ino]);
+    }
+  }
+
+  /** Writes the fields `change` gives, and only those; the row after, or undefined when no such inode (or no field) is given. */
+  private async update(on: Queryable, ino: number, change: AttrChange): Promise<InodeRow | undefined> {
+    const r = (await runAttrUpdate(on, ino, change))?.rows[0];
+    return r && inodeFromRaw(r);
+  }
+}
