@@ -27,7 +27,9 @@
  * Needs root (tmpfs mount, drop_caches). POGFS_BENCH_MIB scales the big files,
  * POGFS_BENCH_CORPUS (directories separated by ':') replaces the small-file corpus,
  * POGFS_BENCH_VOLUME=0 skips the volume table, POGFS_BENCH_FSCK_FILES sizes the fsck
- * volume (0 skips it). Then `pogfs clone` and `snapshot create` of a tree of many small
+ * volume (0 skips it). Then `cp` of a large file within a volume (copy_file_range, by
+ * reference) beside writing it (bench/copy-range.ts; POGFS_BENCH_COPY_MIB sizes it, 0
+ * skips it). Then `pogfs clone` and `snapshot create` of a tree of many small
  * files beside `cp -a` of it (bench/clone.ts); POGFS_BENCH_CLONE_FILES sizes the tree
  * (default 100,000; 0 skips it).
  */
@@ -36,6 +38,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { benchClone, printClone } from './clone';
+import { benchCopyRange, printCopyRange } from './copy-range';
 import { benchCodecThreads, printCodecThreads } from './codec-threads';
 import { benchCompression, printCompression } from './compression';
 import { makeCorpusTarball, type Corpus } from './corpus';
@@ -213,6 +216,9 @@ async function main(): Promise<void> {
     const fsckFiles = Number(process.env.POGFS_BENCH_FSCK_FILES ?? 50000);
     const fsck = fsckFiles > 0 ? benchFsck(work, POGFS, fsckFiles, MIB) : undefined;
     if (fsck) printFsck(fsck);
+    const copyMib = Number(process.env.POGFS_BENCH_COPY_MIB ?? 1024);
+    const copyRange = copyMib > 0 ? benchCopyRange(work, POGFS, copyMib) : undefined;
+    if (copyRange) printCopyRange(copyRange);
     const cloneFiles = Number(process.env.POGFS_BENCH_CLONE_FILES ?? 100000);
     const clone = cloneFiles > 0 ? benchClone(work, POGFS, cloneFiles) : undefined;
     if (clone) printClone(clone);
@@ -226,7 +232,7 @@ async function main(): Promise<void> {
     if (driveView) printDriveView(driveView);
     const driveViewRw = process.env.POGFS_BENCH_DRIVEVIEW_RW === '0' ? undefined : await benchDriveViewRw(work, POGFS);
     if (driveViewRw) printDriveViewRw(driveViewRw);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, fsck, clone, compression, codecThreads, remote, driveView, driveViewRw }, null, 2));
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, fsck, copyRange, clone, compression, codecThreads, remote, driveView, driveViewRw }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);
