@@ -193,6 +193,7 @@ export class BlockWriter {
       }
       this.settle(batch);
       for (const b of batch) this.parkedBytes -= b.data?.length ?? 0;
+      this.wakeWriters();
       return seq;
     });
     this.moving = run.catch(() => undefined);
@@ -202,7 +203,8 @@ export class BlockWriter {
   /** Resolves when buffered bytes are under the limit (and the cache has room for more dirty data). */
   admit(): Promise<void> | undefined {
     const room = this.source.admit?.(() => this.queuedBytes + this.inFlightBytes);
-    if (this.queuedBytes + this.inFlightBytes < this.maxBytes) return room;
+    // Parked bytes count too: if the store's moves fall behind, writers wait for them.
+    if (this.bufferedBytes() < this.maxBytes) return room;
     const buffered = new Promise<void>((resolve) => this.waiters.push(resolve));
     return room ? Promise.all([buffered, room]).then(() => undefined) : buffered;
   }
@@ -269,12 +271,16 @@ export class BlockWriter {
         this.settle(batch);
         this.inFlightBytes -= bytes;
         this.pending.delete(p);
-        if (this.queuedBytes + this.inFlightBytes < this.maxBytes) {
-          const waiters = this.waiters;
-          this.waiters = [];
-          for (const w of waiters) w();
-        }
+        this.wakeWriters();
       });
     this.pending.add(p);
+  }
+
+  /** Lets waiting writers go on once the bytes held are under the limit again. */
+  private wakeWriters(): void {
+    if (this.bufferedBytes() >= this.maxBytes) return;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
   }
 }
