@@ -186,6 +186,33 @@ describe('copy_file_range', () => {
     await t.close();
   });
 
+  it('shares a block a close parked in the metadata before it reaches the store (cp right after writing)', async () => {
+    const t = newFs();
+    const { fs, volume } = t;
+    // Moves held back: the small file's only block stays parked in the metadata.
+    fs.durability.stop();
+    const data = randomBytes(5000);
+    const src = await create(fs, 'src');
+    await write(fs, src, data);
+    await fs.flush(src.ino, src.fh);
+    assert.equal(volume.store.refCount(hashBlock(data)), 0, 'the block is parked, not in the store');
+    const dst = await create(fs, 'dst');
+    assert.equal(await copy(fs, src, 0, dst, 0, data.length), data.length);
+    // A turn of the event loop, as before the kernel's next request: the reference goes to the store.
+    await new Promise((resolve) => setImmediate(resolve));
+    await fs.flush(dst.ino, dst.fh);
+    fs.release(src.ino, src.fh, 0);
+    fs.release(dst.ino, dst.fh, 0);
+    await fs.durability.move();
+    await settle(t);
+    assert.equal(volume.store.refCount(hashBlock(data)), 2, 'one block, two references');
+    const ino = (await fs.lookup(ROOT_INO, b('dst'), root)).attr.ino;
+    const reopened = { ino, fh: (await fs.open(ino, 0)).fh };
+    assert.deepEqual(await readAll(fs, reopened), data);
+    fs.release(ino, reopened.fh, 0);
+    assert.deepEqual(await fsckFindings(t), []);
+  });
+
   it('refuses a destination opened read-only', async () => {
     const t = newFs();
     const { fs } = t;

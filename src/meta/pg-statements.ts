@@ -1,6 +1,6 @@
 import type { Pool, PoolClient, QueryResult } from 'pg';
+import { attrUpdate } from './attr-update';
 import type { AttrChange } from './engine';
-import { S_IFMT } from '../posix/file-system';
 import { INODE_COLUMNS, sqlIsDir, sqlIsReg, type NewInode } from './meta-db';
 
 /** The PostgreSQL engine's statements (the only SQL it runs besides its schema, pg-schema.ts). */
@@ -100,17 +100,6 @@ export const SQL = {
 
 export type StatementKey = keyof typeof SQL;
 
-/** The columns each AttrChange field writes, in a fixed order (the key of a prepared UPDATE). */
-const ATTR_COLUMNS: readonly [keyof AttrChange, (n: () => string) => string][] = [
-  ['mode', (n) => `mode = (mode & ${S_IFMT}) | (${n()} & ${0o7777})`],
-  ['uid', (n) => `uid = ${n()}`],
-  ['gid', (n) => `gid = ${n()}`],
-  ['size', (n) => `size = ${n()}`],
-  ['storedBytes', (n) => `stored_bytes = ${n()}`],
-  ['atime', (n) => `atime_s = ${n()}, atime_ns = ${n()}`],
-  ['mtime', (n) => `mtime_s = ${n()}, mtime_ns = ${n()}`],
-  ['ctime', (n) => `ctime_s = ${n()}, ctime_ns = ${n()}`],
-];
 
 
 /** A connection (inside a transaction) or the pool (one statement on its own). */
@@ -137,23 +126,14 @@ const attrUpdates = new Map<string, string>();
  * only those (one prepared statement per set of fields), or undefined when it gives none.
  */
 export function runAttrUpdate(on: Queryable, ino: number, change: AttrChange): Promise<QueryResult<unknown[]>> | undefined {
-  const args: number[] = [];
-  let key = '';
-  for (const [field] of ATTR_COLUMNS) {
-    const v = change[field];
-    if (v === undefined) continue;
-    key += `${field},`;
-    if (typeof v === 'number') args.push(v);
-    else args.push(v.s, v.ns);
-  }
-  if (key === '') return undefined;
-  let text = attrUpdates.get(key);
+  const u = attrUpdate(change);
+  if (!u) return undefined;
+  let text = attrUpdates.get(u.key);
   if (!text) {
     let n = 0;
     const next = () => `$${++n}`;
-    const sets = ATTR_COLUMNS.filter(([field]) => change[field] !== undefined).map(([, sql]) => sql(next));
-    text = `UPDATE inodes SET ${sets.join(', ')} WHERE ino = ${next()} RETURNING ${INODE_COLUMNS}`;
-    attrUpdates.set(key, text);
+    text = `UPDATE inodes SET ${u.sets(next)} WHERE ino = ${next()} RETURNING ${INODE_COLUMNS}`;
+    attrUpdates.set(u.key, text);
   }
-  return on.query({ name: `pogfs_update_${key}`, text, values: [...args, ino], rowMode: 'array' });
+  return on.query({ name: `pogfs_update_${u.key}`, text, values: [...u.args, ino], rowMode: 'array' });
 }

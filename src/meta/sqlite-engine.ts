@@ -20,18 +20,8 @@ import { E, fail } from '../posix/errors';
 import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
 import { INODE_COLUMNS, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type MetaDb, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
+import { attrUpdate } from './attr-update';
 
-/** The columns each AttrChange field writes, in a fixed order (the key of a cached UPDATE). */
-const ATTR_COLUMNS: readonly [keyof AttrChange, string][] = [
-  ['mode', `mode = (mode & ${S_IFMT}) | (? & ${0o7777})`],
-  ['uid', 'uid = ?'],
-  ['gid', 'gid = ?'],
-  ['size', 'size = ?'],
-  ['storedBytes', 'stored_bytes = ?'],
-  ['atime', 'atime_s = ?, atime_ns = ?'],
-  ['mtime', 'mtime_s = ?, mtime_ns = ?'],
-  ['ctime', 'ctime_s = ?, ctime_ns = ?'],
-];
 
 /** Changes to one inode gathered while an operation runs, written once at its end. */
 interface Touch {
@@ -430,23 +420,14 @@ export class SqliteEngine implements MetaEngine, MetaBlockParking {
    * fields); the row after, or undefined when no such inode (or no field) is given.
    */
   private update(ino: number, change: AttrChange): InodeRow | undefined {
-    const args: number[] = [];
-    let key = '';
-    for (const [field] of ATTR_COLUMNS) {
-      const v = change[field];
-      if (v === undefined) continue;
-      key += `${field},`;
-      if (typeof v === 'number') args.push(v);
-      else args.push(v.s, v.ns);
-    }
-    if (key === '') return undefined;
-    let stmt = this.updates.get(key);
+    const u = attrUpdate(change);
+    if (!u) return undefined;
+    let stmt = this.updates.get(u.key);
     if (!stmt) {
-      const sets = ATTR_COLUMNS.filter(([field]) => change[field] !== undefined).map(([, sql]) => sql);
-      stmt = this.db.prepare(`UPDATE inodes SET ${sets.join(', ')} WHERE ino = ? RETURNING ${INODE_COLUMNS}`).raw();
-      this.updates.set(key, stmt);
+      stmt = this.db.prepare(`UPDATE inodes SET ${u.sets(() => '?')} WHERE ino = ? RETURNING ${INODE_COLUMNS}`).raw();
+      this.updates.set(u.key, stmt);
     }
-    const r = stmt.get(...args, ino) as unknown[] | undefined;
+    const r = stmt.get(...u.args, ino) as unknown[] | undefined;
     return r && inodeFromRaw(r);
   }
 }

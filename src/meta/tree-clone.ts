@@ -3,7 +3,7 @@ import type { MetaClone, RefCount, SnapshotInfo, StagedClone, TreeOp } from './e
 import { E, fail } from '../posix/errors';
 import { ROOT_INO, S_IFDIR, isDir, type Timespec } from '../posix/file-system';
 import type { InodeRow, MetaDb } from './meta-db';
-import { sqlIsDir, sqlIsReg } from './meta-db';
+import { newInode, sqlIsDir, sqlIsReg } from './meta-db';
 import { checkName } from './name-rules';
 
 /** Where the .snapshots directory's inode number is kept (volume_state). */
@@ -172,21 +172,7 @@ export class SqliteClone implements MetaClone {
       if (this.meta.lookup(ROOT_INO, SNAPSHOTS_DIR_NAME) !== undefined) fail(E.EEXIST);
       const root = this.meta.getInode(ROOT_INO);
       if (!root) fail(E.ENOENT);
-      const made = this.meta.insertInode({
-        mode: S_IFDIR | 0o555,
-        uid: root.uid,
-        gid: root.gid,
-        nlink: 2,
-        size: 0,
-        rdev: 0,
-        atime_s: t.s,
-        atime_ns: t.ns,
-        mtime_s: t.s,
-        mtime_ns: t.ns,
-        ctime_s: t.s,
-        ctime_ns: t.ns,
-        stored_bytes: 0,
-      });
+      const made = this.meta.insertInode(newInode({ mode: S_IFDIR | 0o555, uid: root.uid, gid: root.gid, nlink: 2 }, t));
       this.meta.addEntry(ROOT_INO, SNAPSHOTS_DIR_NAME, made);
       this.s.touchParent.run(1, t.s, t.ns, t.s, t.ns, ROOT_INO);
       this.s.setState.run(SNAPSHOTS_DIR_KEY, String(made));

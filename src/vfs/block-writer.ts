@@ -98,9 +98,17 @@ export class BlockWriter {
    * reference): no bytes are read or written. Queued behind every block handed over
    * before, so it is durable by the same `drain()`; and a release of the same block by
    * its other holder is only made after a commit that drains first, so the count never
-   * passes through zero in between.
+   * passes through zero in between. A block still in the writer's hands (queued, in
+   * flight, or parked in the metadata by a close and not yet moved) may not be in the
+   * store when this reference reaches it: the reference then carries the bytes, which
+   * the store keeps only if it still lacks them.
    */
   share(hash: Buffer): void {
+    const held = this.unsettled.size > 0 ? this.unsettled.get(hash.toString('latin1')) : undefined;
+    if (held) {
+      this.add(hash, held.data);
+      return;
+    }
     // Not submitted by count: a reference carries no bytes, and a copy's references all
     // wait for the batches before them, so they had better go in one commit, not many.
     this.queue.push({ hash });

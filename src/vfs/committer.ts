@@ -1,4 +1,4 @@
-import type { MetaBlockParking, MetaEngine } from '../meta/engine';
+import type { MetaEngine } from '../meta/engine';
 import type { BlockWriter } from './block-writer';
 import type { Durability } from './durability';
 import type { FileContent, PreparedCommit } from './file-content';
@@ -33,7 +33,7 @@ export class Committer {
   private wake: (() => void) | undefined;
 
   constructor(
-    private readonly meta: Pick<MetaEngine, 'commitContent' | 'commitGroup'> & Partial<Pick<MetaBlockParking, 'commitContentParking'>>,
+    private readonly meta: Pick<MetaEngine, 'commitContent' | 'commitGroup'>,
     private readonly writer: BlockWriter,
     private readonly reclaimer: Reclaimer,
     private readonly durability: Durability,
@@ -97,13 +97,13 @@ export class Committer {
       if (p) prepared.push([r, p]);
     }
     if (prepared.length === 0) return;
-    const parkWith = this.durability.canPark ? this.meta.commitContentParking?.bind(this.meta) : undefined;
-    let parked = parkWith ? this.writer.park() : [];
+    const parking = this.durability.parking;
+    let parked = parking ? this.writer.park() : [];
     try {
       await this.writer.drain();
       const commits = prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeTimes(p) }));
-      if (parkWith && parked.length > 0) {
-        const seq = await parkWith(
+      if (parking && parked.length > 0) {
+        const seq = await parking.commitContentParking(
           commits,
           parked.map((b) => ({ hash: b.hash, data: b.data })),
         );

@@ -28,18 +28,14 @@ export class Durability {
   constructor(
     private readonly writer: BlockWriter,
     private readonly meta: Pick<MetaDurability, 'barrier'>,
-    private readonly parking: MetaBlockParking | undefined,
+    /** Where closes park their last blocks; undefined when the metadata engine cannot hold them. */
+    readonly parking: MetaBlockParking | undefined,
     /** The metadata's running count of changes (to tell an idle volume). */
     private readonly changeCount: () => number,
     private readonly onError: (err: unknown) => void,
     /** Runs after each sync point (the metadata's log moved into its database). */
     private readonly afterSync: () => void = () => undefined,
   ) {}
-
-  /** Parks blocks with commits when the metadata can hold them. */
-  get canPark(): boolean {
-    return this.parking !== undefined;
-  }
 
   /**
    * After a commit that parked blocks: moves them as soon as the move before has ended.

@@ -446,14 +446,19 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   enqueue(req_session(req), r);
 }
 
-static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  pf_req *r = req_new(req, OP_READ, NULL, NULL);
+/* A request for `size` bytes at `off` of an open file or directory (read, readdir, readdirplus). */
+static void enqueue_range(fuse_req_t req, int op, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  pf_req *r = req_new(req, op, NULL, NULL);
   if (!r) return;
   r->ino = ino;
   set_fh(r, fi);
   r->size = size;
   r->off = (uint64_t)off;
   enqueue(req_session(req), r);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  enqueue_range(req, OP_READ, ino, size, off, fi);
 }
 
 static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -518,23 +523,11 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  pf_req *r = req_new(req, OP_READDIR, NULL, NULL);
-  if (!r) return;
-  r->ino = ino;
-  set_fh(r, fi);
-  r->size = size;
-  r->off = (uint64_t)off;
-  enqueue(req_session(req), r);
+  enqueue_range(req, OP_READDIR, ino, size, off, fi);
 }
 
 static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
-  pf_req *r = req_new(req, OP_READDIRPLUS, NULL, NULL);
-  if (!r) return;
-  r->ino = ino;
-  set_fh(r, fi);
-  r->size = size;
-  r->off = (uint64_t)off;
-  enqueue(req_session(req), r);
+  enqueue_range(req, OP_READDIRPLUS, ino, size, off, fi);
 }
 
 static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
