@@ -97,4 +97,23 @@ describe('MetaDb', () => {
   it('refuses a missing database file instead of creating one', () => {
     assert.throws(() => MetaDb.open(join(tempDir(), 'nothing.db')), MetadataError);
   });
+
+  it('syncs the log off the thread: the open group is committed, and a sync in flight outlives close', async () => {
+    const { path, meta } = freshDb();
+    meta.groupCommitMs = 60_000;
+    meta.transaction(() => meta.updateInode({ ino: 1, ...root, mtime_s: 77 }));
+    const other = new Database(path, { readonly: true });
+    const mtime = () => (other.prepare('SELECT mtime_s FROM inodes WHERE ino = 1').get() as { mtime_s: number }).mtime_s;
+    assert.equal(mtime(), 3, 'the group is still open');
+    await meta.syncLog();
+    assert.equal(mtime(), 77, 'committed by the sync');
+    meta.transaction(() => meta.updateInode({ ino: 1, ...root, mtime_s: 78 }));
+    const inFlight = meta.syncLog();
+    meta.close();
+    await inFlight;
+    other.close();
+    const again = MetaDb.open(path);
+    assert.equal(again.getInode(1)?.mtime_s, 78);
+    again.close();
+  });
 });

@@ -1,6 +1,9 @@
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import { promisify } from 'node:util';
 import type { MetaRepair, MetaScan, MetaSnapshot } from './engine';
+import { FsError } from '../posix/errors';
 import { ROOT_INO, S_IFDIR, S_IFMT, S_IFREG } from '../posix/file-system';
 import { ParkedBlocks, type ParkedRow } from './parked-blocks';
 import { RemoteIndex } from './remote-index';
@@ -132,6 +135,8 @@ export const sqlIsDir = (m: string): string => `(${m} & ${S_IFMT}) = ${S_IFDIR}`
 /** A group commit closes after this many changes even before its interval is up. */
 const GROUP_COMMIT_MAX_CHANGES = 5000;
 
+const fdatasync = promisify(fs.fdatasync);
+
 /**
  * The volume's metadata in SQLite (WAL). Owns the schema and every statement; callers
  * group calls with `transaction`. Commits are not synced by default (like a journalling
@@ -157,6 +162,10 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   private sqliteClone: SqliteClone | undefined;
   /** Blocks of files just closed, until the block store has them (see MetaBlockParking). */
   readonly parked: ParkedBlocks;
+  /** The write-ahead log, opened for `syncLog` (undefined until it exists). */
+  private logFd: number | undefined;
+  /** Syncs of the log in flight: its descriptor is closed only after them. */
+  private logSyncs = 0;
 
   private constructor(
     readonly path: string,
@@ -410,6 +419,42 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
     }
   }
 
+  /**
+   * `barrier` without holding the calling thread while the disk writes: commits the
+   * open group (handing it to the OS), then syncs the write-ahead log file on libuv's
+   * thread pool, so FUSE requests go on being served meanwhile. That is the sync a
+   * synchronous commit makes: it covers every frame written before it, and recovery
+   * keeps the log's longest valid prefix. The log only starts over after a checkpoint
+   * has synced the database, so no frame it overwrites was needed.
+   */
+  async syncLog(): Promise<void> {
+    this.commitGroup();
+    const fd = this.logFile();
+    if (fd === undefined) return this.barrier();
+    this.logSyncs++;
+    try {
+      await fdatasync(fd);
+    } catch (err) {
+      // What fsync(2) on the volume then answers: the sync's own errno (ENOSPC, EIO).
+      const errno = (err as NodeJS.ErrnoException).errno;
+      throw typeof errno === 'number' && errno < 0 ? new FsError(-errno, `syncing the metadata log failed: ${String(err)}`) : err;
+    } finally {
+      if (--this.logSyncs === 0 && !this.db.open) fs.closeSync(fd);
+    }
+  }
+
+  private logFile(): number | undefined {
+    if (this.logFd === undefined) {
+      try {
+        // Read-only is enough: Linux syncs a file through any descriptor of it.
+        this.logFd = fs.openSync(`${this.path}-wal`, 'r');
+      } catch {
+        return undefined; // no log yet (nothing written since it was last removed)
+      }
+    }
+    return this.logFd;
+  }
+
   getInode(ino: number): InodeRow | undefined {
     const r = this.s.getInode.get(ino) as unknown[] | undefined;
     return r && inodeFromRaw(r);
@@ -654,6 +699,8 @@ export class MetaDb implements MetaScan, MetaRepair, MetaSnapshot {
   close(): void {
     if (!this.db.open) return;
     this.commitGroup();
+    if (this.logFd !== undefined && this.logSyncs === 0) fs.closeSync(this.logFd);
+    this.logFd = undefined;
     this.db.close();
   }
 }

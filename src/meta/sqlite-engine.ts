@@ -87,7 +87,7 @@ export class SqliteEngine implements MetaEngine, MetaBlockParking {
   }
 
   async barrier(): Promise<void> {
-    this.meta.barrier();
+    await this.meta.syncLog();
   }
 
   // ---- names and attributes ----
