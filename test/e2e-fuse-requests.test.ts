@@ -148,4 +148,39 @@ describe('FUSE requests reaching the daemon', () => {
       m.umount();
     }
   });
+
+  it("rm of files nobody holds sends no setattr to the daemon (the kernel's write-back of a freed inode's times is answered in the binding); a file still open keeps its own", async () => {
+    const m = mountFresh();
+    const n = 100;
+    sh(`mkdir ${m.p('d')} && for i in $(seq 1 ${n}); do echo $i > ${m.p('d')}/f$i; done && echo kept > ${m.p('held')}`);
+    m.umount();
+    const url = mountWithMetrics(m);
+    try {
+      const before = await scrape(url);
+      sh(`rm ${m.p('d')}/f*`);
+      const removed = await scrape(url);
+      assert.equal(ops(removed, 'unlink') - ops(before, 'unlink'), n);
+      assert.equal(ops(removed, 'setattr') - ops(before, 'setattr'), 0);
+      assert.equal(sh(`ls -A ${m.p('d')}`), '');
+      // Unlinked while open: not freed, so its new ctime reaches the daemon, and the open
+      // descriptor still sees the file whole.
+      const holder = `
+        const fs = require('node:fs');
+        const path = ${JSON.stringify(m.p('held'))};
+        const fd = fs.openSync(path, 'r');
+        const ctime = fs.fstatSync(fd).ctimeMs;
+        const t = Date.now(); while (Date.now() - t < 20) {}
+        fs.unlinkSync(path);
+        const st = fs.fstatSync(fd);
+        process.stdout.write(JSON.stringify({ nlink: st.nlink, newer: st.ctimeMs > ctime, data: fs.readFileSync(fd, 'utf8') }));
+      `;
+      const r = spawnSync(process.execPath, ['-e', holder], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout), { nlink: 0, newer: true, data: 'kept\n' });
+      const held = await scrape(url);
+      assert.ok(ops(held, 'setattr') - ops(removed, 'setattr') >= 1, 'the open file\'s ctime reached the daemon');
+    } finally {
+      m.umount();
+    }
+  });
 });

@@ -7,7 +7,7 @@
  * session replies with (anything else becomes EIO and a log line, DESIGN invariant 5).
  */
 import { E, fail } from '../posix/errors';
-import type { AttrChanges, Entry as FsEntry, FileSystem, Invalidation, MaybePromise } from '../posix/file-system';
+import type { AttrChanges, Entry as FsEntry, FileSystem, Invalidation, MaybePromise, Unlinked } from '../posix/file-system';
 import { direntPlusSize, direntSize, type FuseSession } from './session';
 import { SetAttrValid, type Attr, type CopyRange, type DirEntry, type DirEntryPlus, type Entry, type LowLevelOps, type OpenReply, type RequestContext, type SetAttr, type StatFs } from './types';
 
@@ -103,7 +103,7 @@ export class FsAdapter implements LowLevelOps {
   mkdir(parent: number, name: Buffer, mode: number, ctx: RequestContext): MaybePromise<Entry> {
     return then(this.fs.mkdir(parent, name, mode, ctx), this.entry);
   }
-  unlink(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<void> {
+  unlink(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<Unlinked | void> {
     return this.fs.unlink(parent, name, ctx);
   }
   rmdir(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<void> {

@@ -48,6 +48,7 @@ import type {
   RequestContext,
   SetAttr,
   StatFs,
+  Unlinked,
 } from './types';
 
 export interface FuseLog {
@@ -118,6 +119,7 @@ interface NativeBinding {
   detach(h: NativeHandle): void;
   // Each reply returns false when the request was already answered or the session ended.
   replyErr(h: NativeHandle, id: number, errno: number): boolean;
+  replyUnlinked(h: NativeHandle, id: number, goneIno: number): boolean;
   replyEntry(h: NativeHandle, id: number): boolean;
   replyAttr(h: NativeHandle, id: number): boolean;
   replyOpen(h: NativeHandle, id: number): boolean;
@@ -529,6 +531,10 @@ export class FuseSession {
   private readonly rVoid = (id: number): void => {
     this.native.replyErr(this.handle, id, 0);
   };
+  private readonly rUnlinked = (id: number, u: Unlinked | void): void => {
+    if (u) this.native.replyUnlinked(this.handle, id, u.goneIno);
+    else this.native.replyErr(this.handle, id, 0);
+  };
   private readonly rBuf = (id: number, b: Buffer): void => {
     this.native.replyBuf(this.handle, id, b);
   };
@@ -643,7 +649,7 @@ export class FuseSession {
       catch (e) { this.fail(id, Op.MKDIR, e); }
     };
     h[Op.UNLINK] = (id: number, parent: number, name: Buffer, u: number, g: number, p: number, m: number): void => {
-      try { this.settle(id, Op.UNLINK, ops.unlink(parent, name, ctx(u, g, p, m)), this.rVoid); }
+      try { this.settle(id, Op.UNLINK, ops.unlink(parent, name, ctx(u, g, p, m)), this.rUnlinked); }
       catch (e) { this.fail(id, Op.UNLINK, e); }
     };
     h[Op.RMDIR] = (id: number, parent: number, name: Buffer, u: number, g: number, p: number, m: number): void => {

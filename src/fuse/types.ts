@@ -3,9 +3,9 @@
  * filesystem that serves it. Everything here is inode-based (libfuse 3 low-level API):
  * inode numbers are the filesystem's own, names are raw bytes, times are (sec, nsec).
  */
-import type { Attr, Caller, CopyRange, DirEntry, MaybePromise, StatFs } from '../posix/file-system';
+import type { Attr, Caller, CopyRange, DirEntry, MaybePromise, StatFs, Unlinked } from '../posix/file-system';
 
-export type { Attr, CopyRange, DirEntry, MaybePromise, StatFs };
+export type { Attr, CopyRange, DirEntry, MaybePromise, StatFs, Unlinked };
 export { Falloc, Whence } from '../posix/file-system';
 
 /** Reply to lookup/mknod/mkdir/symlink/link/create. Each such reply adds one to the kernel's lookup count. */
@@ -91,7 +91,11 @@ export interface LowLevelOps {
   readlink(ino: number, ctx: RequestContext): MaybePromise<Buffer>;
   mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: RequestContext): MaybePromise<Entry>;
   mkdir(parent: number, name: Buffer, mode: number, ctx: RequestContext): MaybePromise<Entry>;
-  unlink(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<void>;
+  /**
+   * The inode, when the unlink left it unreachable (no name left, no handle open): the
+   * binding then answers the kernel's write-back of its times (ENOENT) without a round trip.
+   */
+  unlink(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<Unlinked | void>;
   rmdir(parent: number, name: Buffer, ctx: RequestContext): MaybePromise<void>;
   symlink(target: Buffer, parent: number, name: Buffer, ctx: RequestContext): MaybePromise<Entry>;
   /** flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2). */

@@ -22,6 +22,12 @@ export const isReg = (mode: number): boolean => (mode & S_IFMT) === S_IFREG;
 
 export type MaybePromise<T> = T | Promise<T>;
 
+/**
+ * What an unlink says: the inode, when it lost its last name while no handle has it
+ * open (nothing can reach it any more; its number is never used again).
+ */
+export type Unlinked = { goneIno: number } | undefined;
+
 /** A point in time as whole seconds and nanoseconds, the form stored and sent to the kernel. */
 export interface Timespec {
   s: number;
@@ -157,7 +163,8 @@ export interface FileSystem {
   readlink(ino: number, caller: Caller): MaybePromise<Buffer>;
   mknod(parent: number, name: Buffer, mode: number, rdev: number, caller: Caller): MaybePromise<Entry>;
   mkdir(parent: number, name: Buffer, mode: number, caller: Caller): MaybePromise<Entry>;
-  unlink(parent: number, name: Buffer, caller: Caller): MaybePromise<void>;
+  /** Says which inode is gone, when the unlink left one unreachable (see Unlinked). */
+  unlink(parent: number, name: Buffer, caller: Caller): MaybePromise<Unlinked | void>;
   rmdir(parent: number, name: Buffer, caller: Caller): MaybePromise<void>;
   symlink(target: Buffer, parent: number, name: Buffer, caller: Caller): MaybePromise<Entry>;
   /** flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE. */

@@ -19,6 +19,7 @@ import {
   type Invalidation,
   type Opened,
   type StatFs,
+  type Unlinked,
 } from '../posix/file-system';
 import type { AttrChange, Detached, MetaEngine, NodeSpec, SnapshotInfo } from '../meta/engine';
 import type { BlockRow, InodeRow } from '../meta/meta-db';
@@ -381,11 +382,13 @@ export class PogFs implements FileSystem {
     return this.entry(row);
   }
 
-  async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
+  async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<Unlinked> {
     this.checkNameWritable(parent, name);
     const d = await this.engine.unlink(parent, name, now(), this.inUse);
     this.changed(parent);
     this.detached(d);
+    // No name and no handle: nothing can reach the inode (a kernel lookup alone cannot).
+    return d.attr.nlink === 0 && !(this.nodes.get(d.attr.ino)?.opens ?? 0) ? { goneIno: d.attr.ino } : undefined;
   }
 
   async rmdir(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {

@@ -132,6 +132,11 @@ typedef struct {
 #define SLOT_IDX_MASK ((1u << SLOT_IDX_BITS) - 1)
 #define SLOT_GEN_LIMIT (1u << 28) /* gen * 2^24 + idx stays below 2^52: exact in a double */
 
+/* Inodes an unlink left unreachable (no name, no open handle), remembered to answer the
+   kernel's write-back of their times (see ll_setattr); it comes right after the unlink,
+   so a few suffice. */
+#define GONE_SLOTS 64
+
 typedef struct pf_session {
   uint32_t magic;
   napi_env env;
@@ -154,6 +159,8 @@ typedef struct pf_session {
   int readdirplus;             /* JS serves readdirplus: ask the kernel for it */
   double neg_timeout;
   int spin;                    /* poll /dev/fuse a while after each wake-up (more than one CPU) */
+  uint64_t gone[GONE_SLOTS];   /* inodes gone at their last unlink (a ring; 0: empty) */
+  unsigned gone_next;
   atomic_int security_xattrs;
   atomic_int notifying; /* cache invalidations running on worker threads; finish() waits for them */
 
@@ -316,8 +323,22 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
   enqueue(req_session(req), r);
 }
 
+/* Where `ino` is among the gone inodes (see ll_setattr), -1 if not. */
+static int gone_slot(pf_session *s, uint64_t ino) {
+  for (int i = 0; i < GONE_SLOTS; i++)
+    if (s->gone[i] == ino) return i;
+  return -1;
+}
+
+/* The kernel is done with the inode: its number is forgotten here too. */
+static void forget_gone(pf_session *s, uint64_t ino) {
+  int i = gone_slot(s, ino);
+  if (i >= 0) s->gone[i] = 0;
+}
+
 static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
   pf_session *s = req_session(req);
+  forget_gone(s, ino);
   /* No reply is sent for forget; release libfuse's request right away. */
   fuse_reply_none(req);
   pf_req *r = calloc(1, sizeof *r);
@@ -330,6 +351,7 @@ static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
 
 static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
   pf_session *s = req_session(req);
+  for (size_t i = 0; i < count; i++) forget_gone(s, forgets[i].ino);
   pf_req *r = calloc(1, sizeof *r);
   char *copy = count ? malloc(count * sizeof *forgets) : NULL;
   if (r && copy) {
@@ -361,8 +383,19 @@ static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   enqueue(req_session(req), r);
 }
 
+#define TIMES_ONLY (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
+
 static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                        struct fuse_file_info *fi) {
+  pf_session *s = req_session(req);
+  /* With the writeback cache the kernel keeps times itself and writes an unlinked
+     inode's new ctime back at once (a setattr of times per file an `rm -r` removes).
+     When that unlink left the inode unreachable (no name, no handle open), nobody can
+     ever see its times: answer here (ENOENT, as for a freed inode), without JS. */
+  if ((to_set & ~TIMES_ONLY) == 0 && gone_slot(s, ino) >= 0) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
   pf_req *r = req_new(req, OP_SETATTR, NULL, NULL);
   if (!r) return;
   r->ino = ino;
@@ -375,7 +408,7 @@ static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   r->sa.atim = attr->st_atim;
   r->sa.mtim = attr->st_mtim;
   r->sa.ctim = attr->st_ctim;
-  enqueue(req_session(req), r);
+  enqueue(s, r);
 }
 
 static void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
@@ -1276,6 +1309,23 @@ static void scratch_open(const double *d, struct fuse_file_info *fi) {
 
 /* A reply that doesn't fit the request still answers it (EIO), then throws so the
    JS side logs the bug. */
+static napi_value reply_invalid(napi_env env, pf_req *r, const char *msg);
+
+/* replyUnlinked(handle, id, goneIno): an unlink's success, with the inode it left
+   unreachable (no name, no handle open), whose time write-back ll_setattr then answers. */
+static napi_value js_reply_unlinked(napi_env env, napi_callback_info info) {
+  REPLY_PROLOGUE(3)
+  double ino;
+  if (r->op != OP_UNLINK) return reply_invalid(env, r, "replyUnlinked answers an unlink only");
+  if (napi_get_value_double(env, argv[2], &ino) != napi_ok || !(ino > 0) || ino != floor(ino) || ino >= 18446744073709551616.0)
+    return reply_invalid(env, r, "the gone inode must be a positive integer");
+  s->gone[s->gone_next] = (uint64_t)ino;
+  s->gone_next = (s->gone_next + 1) % GONE_SLOTS;
+  fuse_reply_err(r->req, 0);
+  req_free(r);
+  return js_bool(env, 1);
+}
+
 static napi_value reply_invalid(napi_env env, pf_req *r, const char *msg) {
   fuse_reply_err(r->req, EIO);
   req_free(r);
@@ -1904,6 +1954,7 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "detach", NULL, js_detach, NULL, NULL, NULL, napi_enumerable, NULL },
     { "setSecurityXattrsPresent", NULL, js_set_security_xattrs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyErr", NULL, js_reply_err, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "replyUnlinked", NULL, js_reply_unlinked, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyEntry", NULL, js_reply_entry, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyAttr", NULL, js_reply_attr, NULL, NULL, NULL, napi_enumerable, NULL },
     { "replyOpen", NULL, js_reply_open, NULL, NULL, NULL, napi_enumerable, NULL },
