@@ -2,7 +2,8 @@
  * A real PostgreSQL server for a test file: Debian's `postgresql` package (installed by
  * scripts/install-system-deps.sh), `initdb` into a scratch directory, listening only on a
  * Unix socket in that directory (no TCP port to collide with anything), stopped and
- * deleted after the test file, also when it fails or exits early.
+ * deleted after the test file, also when it fails or exits early. The benchmark starts
+ * one the same way (launchPostgres, in a directory of its own).
  *
  * PostgreSQL refuses to run as root: under root its programs run as the `postgres` system
  * user (which the package creates), and the scratch directory is handed to that user.
@@ -21,8 +22,12 @@ export interface PostgresServer {
   url(name: string): string;
   /** Creates a new, empty database and returns its URL. */
   createDatabase(): string;
-  /** Stops the server now (it is also stopped after the test file). */
+  /** Stops the server now, at once, as a crash would (it is also stopped after the test file). */
   stop(): void;
+  /** Starts the stopped server again, on the same data and socket; returns once it accepts connections. */
+  start(): void;
+  /** Stops the server as an administrator does (`pg_ctl restart -m fast`: sessions are ended, commits flushed) and starts it again. */
+  restart(): void;
 }
 
 /** The newest installed PostgreSQL's programs (Debian keeps each major version apart). */
@@ -51,6 +56,17 @@ let databases = 0;
 
 /** Starts a server for the current test file (call it at the top of the file: it is stopped after the file). */
 export function startPostgres(): PostgresServer {
+  let server: PostgresServer | undefined;
+  const dir = tempDir('pogfs-pg-', () => server?.stop());
+  server = launchPostgres(dir);
+  return server;
+}
+
+/**
+ * Starts a server whose data and socket live in the empty directory `dir` (the caller
+ * removes it after `stop`); also stopped when the process exits.
+ */
+export function launchPostgres(dir: string): PostgresServer {
   const bin = postgresBinDir();
   let running = false;
   const stop = (): void => {
@@ -62,7 +78,6 @@ export function startPostgres(): PostgresServer {
       process.stderr.write(`${(err as Error).message}\n`);
     }
   };
-  const dir = tempDir('pogfs-pg-', stop);
   const data = join(dir, 'data');
   const socketDir = join(dir, 'run');
   mkdirSync(socketDir);
@@ -83,13 +98,18 @@ export function startPostgres(): PostgresServer {
     // Short, so a deadlock the engine retries costs little time in the tests.
     '-c deadlock_timeout=100ms',
   ].join(' ');
-  running = true;
-  try {
-    runPg(bin, 'pg_ctl', ['start', '-D', data, '-l', join(dir, 'server.log'), '-w', '-t', '60', '-o', serverOptions]);
-  } catch (err) {
-    const log = join(dir, 'server.log');
-    throw new Error(`${(err as Error).message}\n${existsSync(log) ? readFileSync(log, 'utf8') : ''}`);
-  }
+  const log = join(dir, 'server.log');
+  const withLog = (err: unknown): Error => new Error(`${(err as Error).message}\n${existsSync(log) ? readFileSync(log, 'utf8') : ''}`);
+  const start = (): void => {
+    if (running) return;
+    running = true;
+    try {
+      runPg(bin, 'pg_ctl', ['start', '-D', data, '-l', log, '-w', '-t', '60', '-o', serverOptions]);
+    } catch (err) {
+      throw withLog(err);
+    }
+  };
+  start();
   // A test process killed outright still stops its server on the way out.
   process.once('exit', stop);
 
@@ -104,5 +124,13 @@ export function startPostgres(): PostgresServer {
       return url(name);
     },
     stop,
+    start,
+    restart() {
+      try {
+        runPg(bin, 'pg_ctl', ['restart', '-D', data, '-l', log, '-m', 'fast', '-w', '-t', '60', '-o', serverOptions]);
+      } catch (err) {
+        throw withLog(err);
+      }
+    },
   };
 }
