@@ -56,10 +56,10 @@ let databases = 0;
 
 /** Starts a server for the current test file (call it at the top of the file: it is stopped after the file). */
 export function startPostgres(): PostgresServer {
-  let server: PostgresServer | undefined;
-  const dir = tempDir('pogfs-pg-', () => server?.stop());
-  server = launchPostgres(dir);
-  return server;
+  const started: PostgresServer[] = [];
+  const dir = tempDir('pogfs-pg-', () => started.forEach((s) => s.stop()));
+  started.push(launchPostgres(dir));
+  return started[0];
 }
 
 /**
