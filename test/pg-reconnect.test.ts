@@ -30,7 +30,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** A new volume on a new database, and its URL. The log lines go to `said`. */
 async function freshEngine(said: string[], reconnectWaitMs?: number): Promise<{ engine: PgEngine; url: string }> {
   const url = server.createDatabase();
-  const engine = await PgEngine.open(url.slice('postgres:'.length), { create: init() }, { reconnectWaitMs, warn: (msg) => said.push(msg) });
+  const engine = await PgEngine.open(url.slice('postgres:'.length), { create: init(), warn: (msg) => said.push(msg) }, { reconnectWaitMs });
   return { engine, url };
 }
 

@@ -66,9 +66,9 @@ export class PgEngine implements MetaEngine {
    * Opens (or with `create`, creates) the metadata in the database `address` names (after
    * "postgres:"); `connection` tunes how a lost server is waited for (PgSession's defaults).
    */
-  static async open(address: string, options: OpenMetaOptions, connection: Omit<PgSessionOptions, 'readOnly'> = {}): Promise<PgEngine> {
+  static async open(address: string, options: OpenMetaOptions, connection: Pick<PgSessionOptions, 'reconnectWaitMs'> = {}): Promise<PgEngine> {
     const target = parsePgUrl(address);
-    const session = new PgSession(target.connectionString, { ...connection, readOnly: options.readOnly });
+    const session = new PgSession(target.connectionString, { ...connection, readOnly: options.readOnly, warn: options.warn });
     const engine = new PgEngine(session, target.url);
     try {
       const client = await session.pool.connect();

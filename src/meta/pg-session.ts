@@ -48,7 +48,7 @@ export interface PgSessionOptions {
   readOnly?: boolean;
   /** How long to try to reach the server again before EIO (RECONNECT_WAIT_MS; shorter only in tests). */
   reconnectWaitMs?: number;
-  /** Where to say that the server was lost and found again (stderr, which the daemon logs). */
+  /** Where to say that the server was lost and found again (default: stderr). */
   warn?: (msg: string) => void;
 }
 
