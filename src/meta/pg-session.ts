@@ -55,7 +55,7 @@ export interface PgSessionOptions {
 /** The connection failed after a COMMIT was sent and before its reply: whether it committed is unknown. */
 class CommitUnknown extends Error {
   constructor(cause: Error) {
-    super(`the connection to PostgreSQL failed while a change committed (${cause.message}); whether it took effect is not known, so it is not done again`);
+    super(`the connection to PostgreSQL failed while a change was committing (${cause.message}); whether it took effect is not known, so it is not done again`);
   }
 }
 
