@@ -162,9 +162,9 @@ export class PgEngine implements MetaEngine {
   }
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
-    // One statement (UPDATE ... RETURNING): atomic on its own, and only the fields given.
-    return this.session.changeStatement(async (pool) => {
-      const row = (await this.update(pool, ino, change)) ?? (await this.getInode(pool, ino));
+    // Only the fields given (UPDATE ... RETURNING).
+    return this.session.change(async (c) => {
+      const row = (await this.update(c, ino, change)) ?? (await this.getInode(c, ino));
       if (!row) fail(E.ENOENT);
       return row;
     });
@@ -374,9 +374,7 @@ export class PgEngine implements MetaEngine {
       if (flags & XATTR_REPLACE && !exists) fail(E.ENODATA);
       await run(c, 'setXattr', [ino, name, value]);
       await run(c, 'change', [0, ...timeArgs(t), ino]);
-      // Done twice it writes the same value and time, unless it must create: then the
-      // second would find the first's attribute and say EEXIST.
-    }, { idempotent: (flags & XATTR_CREATE) === 0 });
+    });
   }
 
   async listxattr(ino: number): Promise<Buffer[]> {
@@ -426,8 +424,7 @@ export class PgEngine implements MetaEngine {
         if (gone.length > 0) await run(c, 'deleteBlocks', [x.ino, gone]);
         await this.update(c, x.ino, { ...x.attrs, size: x.size, storedBytes: x.storedBytes });
       }
-      // Block rows and fields set to the values given: done twice, the rows are the same.
-    }, { idempotent: true });
+    });
   }
 
   // ---- freeing ----

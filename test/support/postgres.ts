@@ -54,11 +54,14 @@ function runPg(bin: string, program: string, args: string[], timeout = 60_000): 
 
 let databases = 0;
 
-/** Starts a server for the current test file (call it at the top of the file: it is stopped after the file). */
-export function startPostgres(): PostgresServer {
+/**
+ * Starts a server for the current test file (call it at the top of the file: it is
+ * stopped after the file); `settings` are more `-c name=value` server settings.
+ */
+export function startPostgres(settings: string[] = []): PostgresServer {
   const started: PostgresServer[] = [];
   const dir = tempDir('pogfs-pg-', () => started.forEach((s) => s.stop()));
-  started.push(launchPostgres(dir));
+  started.push(launchPostgres(dir, settings));
   return started[0];
 }
 
@@ -66,7 +69,7 @@ export function startPostgres(): PostgresServer {
  * Starts a server whose data and socket live in the empty directory `dir` (the caller
  * removes it after `stop`); also stopped when the process exits.
  */
-export function launchPostgres(dir: string): PostgresServer {
+export function launchPostgres(dir: string, settings: string[] = []): PostgresServer {
   const bin = postgresBinDir();
   let running = false;
   const stop = (): void => {
@@ -97,6 +100,7 @@ export function launchPostgres(dir: string): PostgresServer {
     '-c shared_buffers=32MB',
     // Short, so a deadlock the engine retries costs little time in the tests.
     '-c deadlock_timeout=100ms',
+    ...settings.map((s) => `-c ${s}`),
   ].join(' ');
   const log = join(dir, 'server.log');
   const withLog = (err: unknown): Error => new Error(`${(err as Error).message}\n${existsSync(log) ? readFileSync(log, 'utf8') : ''}`);
