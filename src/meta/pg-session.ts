@@ -36,7 +36,7 @@ const SOCKET_CODES = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE', '
 const LOST_MESSAGES = /Connection terminated|not queryable|Client was closed|timeout exceeded when trying to connect|connection timeout/i;
 
 /** Whether `err` says the connection to the server failed (not that the server refused the statement). */
-export function isConnectionFailure(err: unknown): boolean {
+function isConnectionFailure(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && (code.startsWith('08') || CONNECTION_STATES.has(code) || SOCKET_CODES.has(code))) return true;
