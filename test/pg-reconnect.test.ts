@@ -180,6 +180,34 @@ describe('the PostgreSQL engine across a lost server', () => {
     }
   });
 
+  /**
+   * Makes changes, each followed by `crash`, until one is lost (a commit the WAL writer
+   * happened to write before the crash survives it): then every sync is EIO, said once.
+   */
+  async function loseAChange(engine: PgEngine, said: string[], crash: () => Promise<void>): Promise<void> {
+    let lost = false;
+    for (let attempt = 0; attempt < 3 && !lost; attempt++) {
+      await engine.barrier();
+      await engine.mknod(ROOT_INO, name(`maybe${attempt}`), file, t);
+      await crash();
+      const survived = await engine.lookup(ROOT_INO, name(`maybe${attempt}`)).then(
+        () => true,
+        () => false,
+      );
+      await engine.mknod(ROOT_INO, name(`after${attempt}`), file, t);
+      if (survived) {
+        await engine.barrier();
+        continue;
+      }
+      lost = true;
+      await assert.rejects(engine.barrier(), isEio);
+      await engine.mknod(ROOT_INO, name('later'), file, t);
+      await assert.rejects(engine.barrier(), isEio, 'every sync after, until a remount');
+    }
+    assert.ok(lost, 'a crash of the server lost an asynchronous commit');
+    assert.equal(said.filter((m) => /lost changes it had acknowledged/.test(m)).length, 1, said.join('\n'));
+  }
+
   it('answers EIO at every sync once a crash of the server lost changes it had acknowledged; a restart loses none', async () => {
     const said: string[] = [];
     const { engine } = await freshEngine(said);
@@ -189,31 +217,31 @@ describe('the PostgreSQL engine across a lost server', () => {
       await engine.mknod(ROOT_INO, name('next'), file, t); // the first change on the new server asks after 'kept'
       await engine.barrier();
       await engine.lookup(ROOT_INO, name('kept'));
-      let lost = false;
-      // A commit the WAL writer happened to write before the crash survives it: then try again.
-      for (let attempt = 0; attempt < 3 && !lost; attempt++) {
-        await engine.barrier();
-        await engine.mknod(ROOT_INO, name(`maybe${attempt}`), file, t);
-        server.stop(); // a crash: what the WAL writer had not written is gone
+      await loseAChange(engine, said, async () => {
+        server.stop(); // at once: what the WAL writer had not written is gone
         server.start();
-        const survived = await engine.lookup(ROOT_INO, name(`maybe${attempt}`)).then(
-          () => true,
-          () => false,
-        );
-        await engine.mknod(ROOT_INO, name(`after${attempt}`), file, t);
-        if (survived) {
-          await engine.barrier();
-          continue;
-        }
-        lost = true;
-        await assert.rejects(engine.barrier(), isEio);
-        await engine.mknod(ROOT_INO, name('later'), file, t);
-        await assert.rejects(engine.barrier(), isEio, 'every sync after, until a remount');
-      }
-      assert.ok(lost, 'a crash of the server lost an asynchronous commit');
-      assert.equal(said.filter((m) => /lost changes it had acknowledged/.test(m)).length, 1, said.join('\n'));
+      });
     } finally {
       server.start();
+      await engine.close();
+    }
+  });
+
+  it('finds changes lost when one server process crashed and PostgreSQL started the others again from its WAL', async () => {
+    const said: string[] = [];
+    const { engine, url } = await freshEngine(said);
+    try {
+      await loseAChange(engine, said, async () => {
+        const victim = new Client({ connectionString: url });
+        victim.on('error', () => undefined);
+        await victim.connect();
+        const pid = (await victim.query('SELECT pg_backend_pid() AS pid')).rows[0] as { pid: number };
+        process.kill(Number(pid.pid), 'SIGKILL');
+        // The server's start time stays; only the connections it ended say something happened.
+        await sleep(1500);
+        await victim.end().catch(() => undefined);
+      });
+    } finally {
       await engine.close();
     }
   });

@@ -125,8 +125,8 @@ const typeParsers = {
  * group commit; `barrier` commits synchronously, which flushes the WAL past every earlier
  * commit. A restart keeps every commit (a shutdown flushes the WAL); a crash of the server
  * loses the commits its WAL writer had not written yet, and a barrier after it would flush
- * nothing of them. So the first change on a server that started since this client's last
- * change committed asks whether that change survived: its transaction id is past the ids
+ * nothing of them. So the first change after a connection failed or the server started
+ * again since this client's last change committed asks whether that change survived: its transaction id is past the ids
  * the server has given out since (ids of lost transactions are given out again), or
  * txid_status says it is not committed, and it was lost. Then the server lost changes
  * this client was told were made, and blocks they released could be dropped by a caller
@@ -145,6 +145,8 @@ export class PgSession {
   private lastCommit: CommitId | undefined;
   /** The server lost changes it had acknowledged (a crash): barriers answer EIO. */
   private lostChanges = false;
+  /** A connection failed since the last change committed: the next change asks whether that one survived. */
+  private suspect = false;
 
   constructor(connectionString: string, options: PgSessionOptions) {
     this.reconnectWaitMs = options.reconnectWaitMs ?? RECONNECT_WAIT_MS;
@@ -259,12 +261,16 @@ export class PgSession {
   }
 
   /**
-   * Called at the start of each change with its transaction: when the server is not the
-   * one that committed this client's last change, whether that change survived (see the class).
+   * Called at the start of each change with its transaction: when a connection failed or
+   * the server started again since this client's last change committed, whether that
+   * change survived (see the class). A crash of one server process makes PostgreSQL
+   * start all of them again from its WAL, without a new start time, but it ends every
+   * connection; a connection that was not open through a restart sees the new start time.
    */
   private async checkLastCommit(c: PoolClient, now: CommitId): Promise<void> {
     const last = this.lastCommit;
-    if (!last || last.server === now.server) return;
+    if (!last || (last.server === now.server && !this.suspect)) return;
+    this.suspect = false;
     // Ids at or past ours were given out again by the new server: ours was lost. Else no
     // change of ours ran there yet, so an id before ours is still our transaction.
     // Null: too old for the server to remember, so long on its disk.
@@ -280,6 +286,7 @@ export class PgSession {
 
   /** Says once per outage that the server cannot be reached. */
   private lost(err: Error): void {
+    this.suspect = true;
     if (this.outage) return;
     this.outage = true;
     this.warn(`lost the connection to PostgreSQL (${err.message}); operations wait up to ${Math.round(this.reconnectWaitMs / 1000)} s for it to come back`);
