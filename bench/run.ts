@@ -12,7 +12,11 @@
  * `tar x`, a stat walk (`find -printf '%s %m %u'`), `cat` of every file, both after a
  * remount (where the filesystem survives one) and drop_caches, and `rm -rf`. Ratios:
  * the small-file work to tmpfs, the big files to memfs, each beside the issue's target.
- * Then fsck and gc (bench/fsck.ts).
+ * Then the PostgreSQL metadata engine: `tar x` and the cold stat walk on a volume whose
+ * metadata is in PostgreSQL as ratios of the SQLite engine's, and metadata operations per
+ * second with one and two engine clients of each engine (bench/postgres.ts; a server of
+ * its own; POGFS_BENCH_PG=0 skips it, POGFS_BENCH_PG_OPS sizes the operations). Then fsck
+ * and gc (bench/fsck.ts).
  * Then compression, none vs lz4 per block vs lz4 with super-chunks vs zstd:1/3/9 vs borg
  * (bench/compression.ts), and where LZ4 runs best (bench/codec-threads.ts);
  * POGFS_BENCH_COMPRESSION=0 skips both. Then the Google Drive remote against the Drive
@@ -46,7 +50,9 @@ import { benchFsck, printFsck } from './fsck';
 import { benchDriveView, printDriveView } from './driveview';
 import { benchDriveViewRw, printDriveViewRw } from './driveview-rw';
 import { benchRemote, printRemote } from './remote';
+import { benchPostgres, printPostgres } from './postgres';
 import { dropCaches, seconds, sh } from './shell';
+import { makeCold, pogfsTarget, tarAndColdWalk, type Target } from './volume-targets';
 
 const ROOT = resolve(__dirname, '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -66,17 +72,6 @@ const POGFS_VARIANTS: { label: string; mountArgs: string[] }[] = [
   { label: 'pogfs (default)', mountArgs: [] },
   { label: 'pogfs --sync-on-close', mountArgs: ['--sync-on-close'] },
 ];
-
-interface Target {
-  name: string;
-  dir: string;
-  /**
-   * Unmounts and mounts again, so nothing the kernel or the filesystem keeps in memory
-   * survives; absent where the data would not (tmpfs, memfs) or no mount exists.
-   */
-  remount?(): Promise<void>;
-  stop(): Promise<void>;
-}
 
 async function waitForMount(dir: string, child?: ChildProcess): Promise<void> {
   for (let i = 0; i < 200; i++) {
@@ -105,22 +100,7 @@ const POGFS = `'${process.execPath}' '${CLI}'`;
 
 async function pogfs(work: string, index: number): Promise<Target> {
   const variant = POGFS_VARIANTS[index];
-  const vol = join(work, `vol-${index}`);
-  const dir = join(work, `pogfs-mnt-${index}`);
-  mkdirSync(dir);
-  sh(`${POGFS} init '${vol}'`);
-  const mount = () => void sh(`${POGFS} mount '${vol}' '${dir}' ${variant.mountArgs.join(' ')}`);
-  const umount = () => void sh(`${POGFS} umount '${dir}'`);
-  mount();
-  return {
-    name: variant.label,
-    dir,
-    remount: async () => {
-      umount();
-      mount();
-    },
-    stop: async () => umount(),
-  };
+  return pogfsTarget(POGFS, work, String(index), variant.label, { mountArgs: variant.mountArgs });
 }
 
 function tmpfs(dir: string): Target {
@@ -141,12 +121,6 @@ interface Row {
   rmSeconds: number;
 }
 
-/** Remount where the target can, then empty the page, dentry and inode caches. */
-async function makeCold(t: Target): Promise<void> {
-  await t.remount?.();
-  dropCaches();
-}
-
 async function measure(t: Target, source: string, corpus: Corpus): Promise<Row> {
   const f1 = join(t.dir, 'unique.bin');
   const f2 = join(t.dir, 'dup.bin');
@@ -157,11 +131,7 @@ async function measure(t: Target, source: string, corpus: Corpus): Promise<Row> 
   const d = seconds(`dd if='${source}' of='${f2}' bs=1M conv=fsync status=none`);
   rmSync(f1);
   rmSync(f2);
-  const tree = join(t.dir, 'tree');
-  mkdirSync(tree);
-  const tx = seconds(`tar -C '${tree}' -xf '${corpus.tarball}' && sync -f '${tree}'`);
-  await makeCold(t);
-  const find = seconds(`find '${tree}' -printf '%s %m %u\\n' > /dev/null`);
+  const { tree, tarSeconds: tx, findSeconds: find } = await tarAndColdWalk(t, corpus);
   await makeCold(t);
   const cat = seconds(`find '${tree}' -type f -print0 | xargs -0 cat > /dev/null`);
   const rm = seconds(`rm -rf '${tree}' && sync -f '${t.dir}'`);
@@ -203,17 +173,28 @@ async function main(): Promise<void> {
   const targets: Target[] = [];
   try {
     let volume: { entries: number; corpus: string[]; rows: Row[] } | undefined;
+    // The source files and the corpus live on a tmpfs (reading them costs nothing), made once for the sections that use them.
+    let sourceFs: Target | undefined;
+    const sourceDir = (): string => {
+      if (!sourceFs) {
+        sourceFs = tmpfs(join(work, 'source'));
+        targets.push(sourceFs);
+      }
+      return sourceFs.dir;
+    };
+    let corpusTarball: Corpus | undefined;
+    const corpusOnTmpfs = (): Corpus => (corpusTarball ??= makeCorpusTarball(sourceDir()));
     if (process.env.POGFS_BENCH_VOLUME !== '0') {
-      const srcFs = tmpfs(join(work, 'source'));
-      targets.push(srcFs);
-      const source = join(srcFs.dir, 'unique.src');
+      const source = join(sourceDir(), 'unique.src');
       sh(`head -c ${MIB * 1024 * 1024} /dev/urandom > '${source}'`);
-      const corpus = makeCorpusTarball(srcFs.dir);
+      const corpus = corpusOnTmpfs();
       console.log(`bench: ${MIB} MiB files; corpus of ${corpus.entries} entries (${corpus.dirs.join(', ')}); work dir ${work}\n`);
       const rows = await benchVolume(work, source, corpus, targets);
       printVolume(rows);
       volume = { entries: corpus.entries, corpus: corpus.dirs, rows };
     }
+    const pg = process.env.POGFS_BENCH_PG === '0' ? undefined : await benchPostgres(work, POGFS, corpusOnTmpfs);
+    if (pg) printPostgres(pg);
     const fsckFiles = Number(process.env.POGFS_BENCH_FSCK_FILES ?? 50000);
     const fsck = fsckFiles > 0 ? benchFsck(work, POGFS, fsckFiles, MIB) : undefined;
     if (fsck) printFsck(fsck);
@@ -233,7 +214,7 @@ async function main(): Promise<void> {
     if (driveView) printDriveView(driveView);
     const driveViewRw = process.env.POGFS_BENCH_DRIVEVIEW_RW === '0' ? undefined : await benchDriveViewRw(work, POGFS);
     if (driveViewRw) printDriveViewRw(driveViewRw);
-    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, fsck, copyRange, clone, compression, codecThreads, remote, driveView, driveViewRw }, null, 2));
+    writeFileSync(join(ROOT, 'bench', 'last-run.json'), JSON.stringify({ when: new Date().toISOString(), mib: MIB, ...volume, pg, fsck, copyRange, clone, compression, codecThreads, remote, driveView, driveViewRw }, null, 2));
   } finally {
     for (const t of targets.reverse()) await t.stop().catch(() => undefined);
     spawnSync('umount', ['-l', join(work, 'source')]);

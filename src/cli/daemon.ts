@@ -73,6 +73,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const volumePath = resolve(o.volume);
   const mountpoint = resolve(o.mountpoint);
   let volume: Volume;
+  const engineLog: { warn(msg: string): void } = { warn: (msg) => process.stderr.write(`pogfs: ${msg}\n`) };
   try {
     prepareMountpoint(mountpoint, [{ what: 'volume', path: volumePath }], o.allowNonEmpty, o.notice);
     const holder = liveDaemon(volumePath);
@@ -80,7 +81,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     volume = Volume.open(volumePath);
     try {
       checkRemoteOutsideMount(mountpoint, volume.settings.remote);
-      await volume.openEngine();
+      // The log opens after the engine (it may live on the volume): until then, stderr.
+      await volume.openEngine({ warn: (msg) => engineLog.warn(msg) });
     } catch (err) {
       await volume.close();
       throw err;
@@ -93,6 +95,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
   const logTarget = o.logFile ?? join(volumePath, VolumeFiles.log);
   try {
     log = openLog(logTarget, o.logOptions);
+    engineLog.warn = (msg) => log.warn(msg);
   } catch (err) {
     await volume.close();
     o.onReady(new UsageError(`cannot open the log file ${logTarget}: ${(err as Error).message}`));

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Pool, PoolClient } from 'pg';
+import type { PoolClient } from 'pg';
 import {
   RENAME_EXCHANGE,
   RENAME_NOREPLACE,
@@ -20,7 +20,7 @@ import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system'
 import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 import { pgMigrate } from './pg-schema';
-import { PgSession, Restart } from './pg-session';
+import { PgSession, Restart, type PgSessionOptions } from './pg-session';
 import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
 import { parsePgUrl } from './pg-url';
 import type { OpenMetaOptions } from './registry';
@@ -53,23 +53,22 @@ const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
  * meanwhile, the operation starts again. A deadlock or serialization failure PostgreSQL
  * reports is retried a bounded number of times. Link counts and times are written as field
  * updates (nlink = nlink + $1), never as whole rows read before. The order of one
- * client's calls and the durability of commits are PgSession's.
+ * client's calls, the durability of commits and what a lost connection does (waits for the
+ * server to come back, then EIO) are PgSession's.
  */
 export class PgEngine implements MetaEngine {
-  /** For the reads (one statement each, on any connection). */
-  private readonly pool: Pool;
-
   private constructor(
     private readonly session: PgSession,
     readonly url: string,
-  ) {
-    this.pool = session.pool;
-  }
+  ) {}
 
-  /** Opens (or with `create`, creates) the metadata in the database `address` names (after "postgres:"). */
-  static async open(address: string, options: OpenMetaOptions): Promise<PgEngine> {
+  /**
+   * Opens (or with `create`, creates) the metadata in the database `address` names (after
+   * "postgres:"); `connection` tunes how a lost server is waited for (PgSession's defaults).
+   */
+  static async open(address: string, options: OpenMetaOptions, connection: Pick<PgSessionOptions, 'reconnectWaitMs'> = {}): Promise<PgEngine> {
     const target = parsePgUrl(address);
-    const session = new PgSession(target.connectionString, { readOnly: options.readOnly });
+    const session = new PgSession(target.connectionString, { ...connection, readOnly: options.readOnly, warn: options.warn });
     const engine = new PgEngine(session, target.url);
     try {
       const client = await session.pool.connect();
@@ -120,7 +119,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async superblock(): Promise<Superblock> {
-    const r = await run(this.pool, 'superblock', []);
+    const r = await this.session.read((pool) => run(pool, 'superblock', []));
     const row = r.rows[0] as Superblock | undefined;
     if (!row) throw new MetadataError('the metadata database has no superblock: not a pogfs volume');
     return { ...row };
@@ -149,37 +148,35 @@ export class PgEngine implements MetaEngine {
 
   async lookup(parent: number, name: Buffer): Promise<InodeRow> {
     checkName(name);
-    await this.session.settled();
-    const r = (await runRaw(this.pool, 'lookupWithParent', [name, parent])).rows[0];
-    if (!r) fail(E.ENOENT);
-    if (!isDir(r[0] as number)) fail(E.ENOTDIR);
-    if (r[1] === null) fail(E.ENOENT);
-    return inodeFromRaw(r, 1);
+    return this.session.read(async (pool) => {
+      const r = (await runRaw(pool, 'lookupWithParent', [name, parent])).rows[0];
+      if (!r) fail(E.ENOENT);
+      if (!isDir(r[0] as number)) fail(E.ENOTDIR);
+      if (r[1] === null) fail(E.ENOENT);
+      return inodeFromRaw(r, 1);
+    });
   }
 
   async getattr(ino: number): Promise<InodeRow> {
-    await this.session.settled();
-    return this.inode(this.pool, ino);
+    return this.session.read((pool) => this.inode(pool, ino));
   }
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
-    // One statement (UPDATE ... RETURNING): atomic on its own, and only the fields given.
-    return this.session.changeStatement(async (pool) => {
-      const row = (await this.update(pool, ino, change)) ?? (await this.getInode(pool, ino));
+    // Only the fields given (UPDATE ... RETURNING).
+    return this.session.change(async (c) => {
+      const row = (await this.update(c, ino, change)) ?? (await this.getInode(c, ino));
       if (!row) fail(E.ENOENT);
       return row;
     });
   }
 
   async parentOf(ino: number): Promise<number | undefined> {
-    await this.session.settled();
     if (ino === ROOT_INO) return undefined;
-    return this.parentOfIn(this.pool, ino);
+    return this.session.read((pool) => this.parentOfIn(pool, ino));
   }
 
   async statfs(): Promise<VolumeTotals> {
-    await this.session.settled();
-    return (await run(this.pool, 'totals', [])).rows[0] as VolumeTotals;
+    return this.session.read(async (pool) => (await run(pool, 'totals', [])).rows[0] as VolumeTotals);
   }
 
   // ---- the namespace ----
@@ -335,33 +332,36 @@ export class PgEngine implements MetaEngine {
   }
 
   async readdir(dir: number, after?: Buffer, limit?: number): Promise<DirPage> {
-    await this.session.settled();
-    const row = await this.inode(this.pool, dir);
-    if (!isDir(row.mode)) fail(E.ENOTDIR);
-    const max = limit ?? null;
-    const r = after ? await run(this.pool, 'listAfter', [dir, after, max]) : await run(this.pool, 'listFirst', [dir, max]);
-    const entries = r.rows as DirRow[];
-    const last = entries.at(-1);
-    return { entries, next: limit !== undefined && entries.length === limit && last ? last.name : undefined };
+    return this.session.read(async (pool) => {
+      const row = await this.inode(pool, dir);
+      if (!isDir(row.mode)) fail(E.ENOTDIR);
+      const max = limit ?? null;
+      const r = after ? await run(pool, 'listAfter', [dir, after, max]) : await run(pool, 'listFirst', [dir, max]);
+      const entries = r.rows as DirRow[];
+      const last = entries.at(-1);
+      return { entries, next: limit !== undefined && entries.length === limit && last ? last.name : undefined };
+    });
   }
 
   async readlink(ino: number): Promise<Buffer> {
-    await this.session.settled();
-    const r = await run(this.pool, 'getSymlink', [ino]);
-    if (r.rows.length > 0) return r.rows[0].target as Buffer;
-    if (((await this.inode(this.pool, ino)).mode & S_IFMT) !== S_IFLNK) fail(E.EINVAL);
-    return fail(E.EIO, `symlink ${ino} has no target`);
+    return this.session.read(async (pool) => {
+      const r = await run(pool, 'getSymlink', [ino]);
+      if (r.rows.length > 0) return r.rows[0].target as Buffer;
+      if (((await this.inode(pool, ino)).mode & S_IFMT) !== S_IFLNK) fail(E.EINVAL);
+      return fail(E.EIO, `symlink ${ino} has no target`);
+    });
   }
 
   // ---- extended attributes ----
 
   async getxattr(ino: number, name: Buffer): Promise<Buffer> {
     checkXattrName(name);
-    await this.session.settled();
-    const r = await run(this.pool, 'getXattr', [ino, name]);
-    if (r.rows.length > 0) return r.rows[0].value as Buffer;
-    await this.inode(this.pool, ino);
-    return fail(E.ENODATA);
+    return this.session.read(async (pool) => {
+      const r = await run(pool, 'getXattr', [ino, name]);
+      if (r.rows.length > 0) return r.rows[0].value as Buffer;
+      await this.inode(pool, ino);
+      return fail(E.ENODATA);
+    });
   }
 
   async setxattr(ino: number, name: Buffer, value: Buffer, flags: number, t: Timespec): Promise<void> {
@@ -378,9 +378,10 @@ export class PgEngine implements MetaEngine {
   }
 
   async listxattr(ino: number): Promise<Buffer[]> {
-    await this.session.settled();
-    await this.inode(this.pool, ino);
-    return (await run(this.pool, 'listXattrs', [ino])).rows.map((r) => r.name as Buffer);
+    return this.session.read(async (pool) => {
+      await this.inode(pool, ino);
+      return (await run(pool, 'listXattrs', [ino])).rows.map((r) => r.name as Buffer);
+    });
   }
 
   async removexattr(ino: number, name: Buffer, t: Timespec): Promise<void> {
@@ -393,15 +394,13 @@ export class PgEngine implements MetaEngine {
   }
 
   async anySecurityXattr(): Promise<boolean> {
-    await this.session.settled();
-    return (await run(this.pool, 'anySecurityXattr', [SECURITY_PREFIX])).rows.length > 0;
+    return this.session.read(async (pool) => (await run(pool, 'anySecurityXattr', [SECURITY_PREFIX])).rows.length > 0);
   }
 
   // ---- content ----
 
   async blocks(ino: number): Promise<BlockRow[]> {
-    await this.session.settled();
-    return (await run(this.pool, 'listBlocks', [ino])).rows as BlockRow[];
+    return this.session.read(async (pool) => (await run(pool, 'listBlocks', [ino])).rows as BlockRow[]);
   }
 
   async commitContent(commits: readonly ContentCommit[]): Promise<void> {
@@ -440,8 +439,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async unlinkedInodes(): Promise<number[]> {
-    await this.session.settled();
-    return (await run(this.pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number);
+    return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number));
   }
 
   async close(): Promise<void> {

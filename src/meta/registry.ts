@@ -13,6 +13,8 @@ export interface OpenMetaOptions {
   /** Creates the metadata instead of opening existing metadata. */
   create?: MetaInit;
   readOnly?: boolean;
+  /** Where the engine says what it recovers from on its own (a lost database connection): the daemon's log. */
+  warn?: (msg: string) => void;
 }
 
 /** Opens the engine at `address` (the URL after "scheme:"). */

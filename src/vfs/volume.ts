@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSy
 import { join, resolve } from 'node:path';
 import type { MetaBlockParking, MetaEngine } from '../meta/engine';
 import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-db';
-import { openMetaEngine } from '../meta/registry';
+import { openMetaEngine, type OpenMetaOptions } from '../meta/registry';
 import { ROOT_INO } from '../posix/file-system';
 import { CacheLedger } from '../cache/cache-ledger';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
@@ -94,7 +94,7 @@ export class Volume {
   }
 
   /** Connects to the volume's metadata engine when it is not meta.db (a no-op when it is). */
-  async openEngine(options: { readOnly?: boolean } = {}): Promise<MetaEngine> {
+  async openEngine(options: Pick<OpenMetaOptions, 'readOnly' | 'warn'> = {}): Promise<MetaEngine> {
     if (this.metaUrl === undefined || this.externalEngine) return this.engine;
     try {
       this.externalEngine = await openMetaEngine(this.metaUrl, options);

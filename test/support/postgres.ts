@@ -2,7 +2,8 @@
  * A real PostgreSQL server for a test file: Debian's `postgresql` package (installed by
  * scripts/install-system-deps.sh), `initdb` into a scratch directory, listening only on a
  * Unix socket in that directory (no TCP port to collide with anything), stopped and
- * deleted after the test file, also when it fails or exits early.
+ * deleted after the test file, also when it fails or exits early. The benchmark starts
+ * one the same way (launchPostgres, in a directory of its own).
  *
  * PostgreSQL refuses to run as root: under root its programs run as the `postgres` system
  * user (which the package creates), and the scratch directory is handed to that user.
@@ -21,8 +22,12 @@ export interface PostgresServer {
   url(name: string): string;
   /** Creates a new, empty database and returns its URL. */
   createDatabase(): string;
-  /** Stops the server now (it is also stopped after the test file). */
+  /** Stops the server now, at once, as a crash would (it is also stopped after the test file). */
   stop(): void;
+  /** Starts the stopped server again, on the same data and socket; returns once it accepts connections. */
+  start(): void;
+  /** Stops the server as an administrator does (`pg_ctl restart -m fast`: sessions are ended, commits flushed) and starts it again. */
+  restart(): void;
 }
 
 /** The newest installed PostgreSQL's programs (Debian keeps each major version apart). */
@@ -49,8 +54,22 @@ function runPg(bin: string, program: string, args: string[], timeout = 60_000): 
 
 let databases = 0;
 
-/** Starts a server for the current test file (call it at the top of the file: it is stopped after the file). */
-export function startPostgres(): PostgresServer {
+/**
+ * Starts a server for the current test file (call it at the top of the file: it is
+ * stopped after the file); `settings` are more `-c name=value` server settings.
+ */
+export function startPostgres(settings: string[] = []): PostgresServer {
+  const started: PostgresServer[] = [];
+  const dir = tempDir('pogfs-pg-', () => started.forEach((s) => s.stop()));
+  started.push(launchPostgres(dir, settings));
+  return started[0];
+}
+
+/**
+ * Starts a server whose data and socket live in the empty directory `dir` (the caller
+ * removes it after `stop`); also stopped when the process exits.
+ */
+export function launchPostgres(dir: string, settings: string[] = []): PostgresServer {
   const bin = postgresBinDir();
   let running = false;
   const stop = (): void => {
@@ -62,7 +81,6 @@ export function startPostgres(): PostgresServer {
       process.stderr.write(`${(err as Error).message}\n`);
     }
   };
-  const dir = tempDir('pogfs-pg-', stop);
   const data = join(dir, 'data');
   const socketDir = join(dir, 'run');
   mkdirSync(socketDir);
@@ -82,14 +100,20 @@ export function startPostgres(): PostgresServer {
     '-c shared_buffers=32MB',
     // Short, so a deadlock the engine retries costs little time in the tests.
     '-c deadlock_timeout=100ms',
+    ...settings.map((s) => `-c ${s}`),
   ].join(' ');
-  running = true;
-  try {
-    runPg(bin, 'pg_ctl', ['start', '-D', data, '-l', join(dir, 'server.log'), '-w', '-t', '60', '-o', serverOptions]);
-  } catch (err) {
-    const log = join(dir, 'server.log');
-    throw new Error(`${(err as Error).message}\n${existsSync(log) ? readFileSync(log, 'utf8') : ''}`);
-  }
+  const log = join(dir, 'server.log');
+  const withLog = (err: unknown): Error => new Error(`${(err as Error).message}\n${existsSync(log) ? readFileSync(log, 'utf8') : ''}`);
+  const start = (): void => {
+    if (running) return;
+    running = true;
+    try {
+      runPg(bin, 'pg_ctl', ['start', '-D', data, '-l', log, '-w', '-t', '60', '-o', serverOptions]);
+    } catch (err) {
+      throw withLog(err);
+    }
+  };
+  start();
   // A test process killed outright still stops its server on the way out.
   process.once('exit', stop);
 
@@ -104,5 +128,13 @@ export function startPostgres(): PostgresServer {
       return url(name);
     },
     stop,
+    start,
+    restart() {
+      try {
+        runPg(bin, 'pg_ctl', ['restart', '-D', data, '-l', log, '-m', 'fast', '-w', '-t', '60', '-o', serverOptions]);
+      } catch (err) {
+        throw withLog(err);
+      }
+    },
   };
 }
