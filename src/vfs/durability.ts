@@ -17,6 +17,15 @@ import type { BlockWriter } from './block-writer';
  * A sync point (fsync, the commit interval, unmount) syncs the metadata: everything
  * committed before it is then durable.
  */
+/**
+ * How long a move waits after the one before, gathering more parked blocks. Moving as soon
+ * as the store's last sync ended took 3 files per LMDB commit in a `tar x` of small files;
+ * each commit costs the thread serving FUSE its callbacks and the disk a sync, and waiting
+ * 30 ms to 1 s instead cut the daemon's CPU by a quarter and the tar's time by 15-20%.
+ * Parked blocks are safe meanwhile (in the metadata) and readable (in the writer).
+ */
+const MOVE_GAP_MS = 100;
+
 export class Durability {
   /** A move is queued behind the running one (it takes whatever was parked meanwhile). */
   private moveQueued = false;
@@ -38,18 +47,20 @@ export class Durability {
   ) {}
 
   /**
-   * After a commit that parked blocks: moves them as soon as the move before has ended.
-   * Moves run one at a time beside the closes (which never wait for them), so each takes
-   * every block parked while the one before synced: one sync of the block store for many
-   * files, as many as its sync latency lets through.
+   * After a commit that parked blocks: moves them MOVE_GAP_MS after the move before has
+   * ended. Moves run one at a time beside the closes (which never wait for them), so each
+   * takes every block parked meanwhile: one commit and sync of the block store for many
+   * files.
    */
   parked(): void {
     if (this.moveQueued || this.stopped) return;
     this.moveQueued = true;
     this.moving
+      .then(() => new Promise((resolve) => setTimeout(resolve, MOVE_GAP_MS).unref()))
       .then(() => {
         this.moveQueued = false;
-        return this.move();
+        // Unmounting moves what is left itself (after the store's last commit, not beside it).
+        return this.stopped ? undefined : this.move();
       })
       .catch(this.onError);
   }
