@@ -119,7 +119,7 @@ interface NativeBinding {
   detach(h: NativeHandle): void;
   // Each reply returns false when the request was already answered or the session ended.
   replyErr(h: NativeHandle, id: number, errno: number): boolean;
-  replyUnlinked(h: NativeHandle, id: number, goneIno: number): boolean;
+  replyUnlinked(h: NativeHandle, id: number): boolean;
   replyEntry(h: NativeHandle, id: number): boolean;
   replyAttr(h: NativeHandle, id: number): boolean;
   replyOpen(h: NativeHandle, id: number): boolean;
@@ -532,8 +532,13 @@ export class FuseSession {
     this.native.replyErr(this.handle, id, 0);
   };
   private readonly rUnlinked = (id: number, u: Unlinked | void): void => {
-    if (u) this.native.replyUnlinked(this.handle, id, u.goneIno);
-    else this.native.replyErr(this.handle, id, 0);
+    if (!u) {
+      this.native.replyErr(this.handle, id, 0);
+      return;
+    }
+    this.putAttr(u.gone);
+    this.scratch[S.ATTR_TIMEOUT] = this.attrTimeout;
+    this.native.replyUnlinked(this.handle, id);
   };
   private readonly rBuf = (id: number, b: Buffer): void => {
     this.native.replyBuf(this.handle, id, b);

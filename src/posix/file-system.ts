@@ -23,10 +23,10 @@ export const isReg = (mode: number): boolean => (mode & S_IFMT) === S_IFREG;
 export type MaybePromise<T> = T | Promise<T>;
 
 /**
- * What an unlink says: the inode, when it lost its last name while no handle has it
- * open (nothing can reach it any more; its number is never used again).
+ * What an unlink says: the inode's attributes, when it lost its last name while no handle
+ * has it open (nothing can reach it any more; its number is never used again).
  */
-export type Unlinked = { goneIno: number } | undefined;
+export type Unlinked = { gone: Attr } | undefined;
 
 /** A point in time as whole seconds and nanoseconds, the form stored and sent to the kernel. */
 export interface Timespec {

@@ -388,7 +388,8 @@ export class PogFs implements FileSystem {
     this.changed(parent);
     this.detached(d);
     // No name and no handle: nothing can reach the inode (a kernel lookup alone cannot).
-    return d.attr.nlink === 0 && !(this.nodes.get(d.attr.ino)?.opens ?? 0) ? { goneIno: d.attr.ino } : undefined;
+    const node = this.nodes.get(d.attr.ino);
+    return d.attr.nlink === 0 && !(node?.opens ?? 0) ? { gone: this.attr(node, d.attr) } : undefined;
   }
 
   async rmdir(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {

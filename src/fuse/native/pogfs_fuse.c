@@ -137,6 +137,12 @@ typedef struct {
    so a few suffice. */
 #define GONE_SLOTS 64
 
+typedef struct {
+  uint64_t ino;
+  struct stat st;        /* its attributes as the unlink left them, times as written back since */
+  double attr_timeout;
+} pf_gone;
+
 typedef struct pf_session {
   uint32_t magic;
   napi_env env;
@@ -159,7 +165,7 @@ typedef struct pf_session {
   int readdirplus;             /* JS serves readdirplus: ask the kernel for it */
   double neg_timeout;
   int spin;                    /* poll /dev/fuse a while after each wake-up (more than one CPU) */
-  uint64_t gone[GONE_SLOTS];   /* inodes gone at their last unlink (a ring; 0: empty) */
+  pf_gone gone[GONE_SLOTS];    /* inodes gone at their last unlink (a ring; ino 0: empty) */
   unsigned gone_next;
   atomic_int security_xattrs;
   atomic_int notifying; /* cache invalidations running on worker threads; finish() waits for them */
@@ -326,14 +332,14 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
 /* Where `ino` is among the gone inodes (see ll_setattr), -1 if not. */
 static int gone_slot(pf_session *s, uint64_t ino) {
   for (int i = 0; i < GONE_SLOTS; i++)
-    if (s->gone[i] == ino) return i;
+    if (s->gone[i].ino == ino) return i;
   return -1;
 }
 
 /* The kernel is done with the inode: its number is forgotten here too. */
 static void forget_gone(pf_session *s, uint64_t ino) {
   int i = gone_slot(s, ino);
-  if (i >= 0) s->gone[i] = 0;
+  if (i >= 0) s->gone[i].ino = 0;
 }
 
 static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
@@ -389,11 +395,22 @@ static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
                        struct fuse_file_info *fi) {
   pf_session *s = req_session(req);
   /* With the writeback cache the kernel keeps times itself and writes an unlinked
-     inode's new ctime back at once (a setattr of times per file an `rm -r` removes).
-     When that unlink left the inode unreachable (no name, no handle open), nobody can
-     ever see its times: answer here (ENOENT, as for a freed inode), without JS. */
-  if ((to_set & ~TIMES_ONLY) == 0 && gone_slot(s, ino) >= 0) {
-    fuse_reply_err(req, ENOENT);
+     inode's new ctime back at once (a setattr of times per file an `rm -r` removes), and
+     again at syncfs if it is still dirty. When that unlink left the inode unreachable (no
+     name, no handle open), nobody can ever see its times: acknowledge them here with the
+     attributes the unlink left, without JS. (An error would be kept against the whole
+     filesystem: the next syncfs would fail with it.) */
+  int gone = (to_set & ~TIMES_ONLY) == 0 ? gone_slot(s, ino) : -1;
+  if (gone >= 0) {
+    pf_gone *g = &s->gone[gone];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) g->st.st_atim = now;
+    else if (to_set & FUSE_SET_ATTR_ATIME) g->st.st_atim = attr->st_atim;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) g->st.st_mtim = now;
+    else if (to_set & FUSE_SET_ATTR_MTIME) g->st.st_mtim = attr->st_mtim;
+    if (to_set & FUSE_SET_ATTR_CTIME) g->st.st_ctim = attr->st_ctim;
+    fuse_reply_attr(req, &g->st, g->attr_timeout);
     return;
   }
   pf_req *r = req_new(req, OP_SETATTR, NULL, NULL);
@@ -1311,15 +1328,19 @@ static void scratch_open(const double *d, struct fuse_file_info *fi) {
    JS side logs the bug. */
 static napi_value reply_invalid(napi_env env, pf_req *r, const char *msg);
 
-/* replyUnlinked(handle, id, goneIno): an unlink's success, with the inode it left
-   unreachable (no name, no handle open), whose time write-back ll_setattr then answers. */
+static void scratch_stat(const double *d, struct stat *st);
+
+/* replyUnlinked(handle, id): an unlink's success, with the attributes (in scratch) of the
+   inode it left unreachable (no name, no handle open), whose time write-back ll_setattr
+   then answers. */
 static napi_value js_reply_unlinked(napi_env env, napi_callback_info info) {
-  REPLY_PROLOGUE(3)
-  double ino;
+  REPLY_PROLOGUE(2)
+  if (!s->scratch) return reply_invalid(env, r, "session has ended");
   if (r->op != OP_UNLINK) return reply_invalid(env, r, "replyUnlinked answers an unlink only");
-  if (napi_get_value_double(env, argv[2], &ino) != napi_ok || !(ino > 0) || ino != floor(ino) || ino >= 18446744073709551616.0)
-    return reply_invalid(env, r, "the gone inode must be a positive integer");
-  s->gone[s->gone_next] = (uint64_t)ino;
+  pf_gone *g = &s->gone[s->gone_next];
+  scratch_stat(s->scratch, &g->st);
+  g->ino = g->st.st_ino;
+  g->attr_timeout = d2timeout(s->scratch[S_ATTR_TIMEOUT]);
   s->gone_next = (s->gone_next + 1) % GONE_SLOTS;
   fuse_reply_err(r->req, 0);
   req_free(r);
