@@ -11,7 +11,9 @@
  * data that is all duplicates; then on a corpus of real small files (bench/corpus.ts)
  * `tar x`, a stat walk (`find -printf '%s %m %u'`), `cat` of every file, both after a
  * remount (where the filesystem survives one) and drop_caches, and `rm -rf`. Ratios:
- * the small-file work to tmpfs, the big files to memfs, each beside the issue's target.
+ * the small-file work to tmpfs, the big files to memfs, each beside the issue's target;
+ * a target that its bound misses too (memfs for the small-file work, the backing disk
+ * for the big files) is marked out of reach on the machine measured.
  * Then the PostgreSQL metadata engine: `tar x` and the cold stat walk on a volume whose
  * metadata is in PostgreSQL as ratios of the SQLite engine's, and metadata operations per
  * second with one and two engine clients of each engine (bench/postgres.ts; a server of
