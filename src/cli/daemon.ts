@@ -56,6 +56,15 @@ function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined)
   if (overlap) throw new UsageError(overlap);
 }
 
+/**
+ * The mount session's expiry from POGFS_SESSION_EXPIRY_SECONDS, which only tests set (so a
+ * killed daemon's session expires within their time); otherwise the engine's own.
+ */
+function sessionExpiryMs(): number | undefined {
+  const s = Number(process.env.POGFS_SESSION_EXPIRY_SECONDS);
+  return Number.isFinite(s) && s > 0 ? s * 1000 : undefined;
+}
+
 /** A clone or snapshot request; a refusal says its errno's name (the CLI words it). */
 async function treeRequest(fs: PogFs, req: ControlRequest): Promise<{ inodes: number; invalidate: Invalidation }> {
   try {
@@ -82,7 +91,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     try {
       checkRemoteOutsideMount(mountpoint, volume.settings.remote);
       // The log opens after the engine (it may live on the volume): until then, stderr.
-      await volume.openEngine({ warn: (msg) => engineLog.warn(msg) });
+      // A mount claims a shared metadata database for itself (refused while another holds it).
+      await volume.openEngine({ warn: (msg) => engineLog.warn(msg), mountSession: { readOnly: o.readOnly, expiryMs: sessionExpiryMs() } });
     } catch (err) {
       await volume.close();
       throw err;

@@ -19,6 +19,7 @@ import { E, fail } from '../posix/errors';
 import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
 import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
+import { PgMountSession } from './pg-mount-session';
 import { pgMigrate } from './pg-schema';
 import { PgSession, Restart, type PgSessionOptions } from './pg-session';
 import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
@@ -57,6 +58,9 @@ const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
  * server to come back, then EIO) are PgSession's.
  */
 export class PgEngine implements MetaEngine {
+  /** This mount's claim on the database (OpenMetaOptions.mountSession), released on close. */
+  private mount: PgMountSession | undefined;
+
   private constructor(
     private readonly session: PgSession,
     readonly url: string,
@@ -80,6 +84,7 @@ export class PgEngine implements MetaEngine {
       }
       await engine.checkSuperblock();
       if (options.create) await engine.barrier();
+      if (options.mountSession) engine.mount = await PgMountSession.claim(session, options.mountSession, session.warn);
     } catch (err) {
       await session.close().catch(() => undefined);
       if (err instanceof MetadataError) throw err;
@@ -442,8 +447,18 @@ export class PgEngine implements MetaEngine {
     return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number));
   }
 
+  /** The mount session this engine holds (OpenMetaOptions.mountSession), if any. */
+  get mountSession(): PgMountSession | undefined {
+    return this.mount;
+  }
+
   async close(): Promise<void> {
-    await this.session.close();
+    await this.session.settled();
+    try {
+      await this.mount?.release();
+    } finally {
+      await this.session.close();
+    }
   }
 
   // ---- internals ----

@@ -69,6 +69,18 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX blocks_hash ON blocks(hash);
   `,
+  // One row per mounted client (pg-mount-session.ts); times are the server's clock, so
+  // machines whose clocks disagree still agree on which session expired.
+  `
+  CREATE TABLE sessions (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    read_only boolean NOT NULL,
+    started timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat timestamptz NOT NULL DEFAULT clock_timestamp()
+  );
+  `,
 ];
 
 export const PG_SCHEMA_VERSION = MIGRATIONS.length;

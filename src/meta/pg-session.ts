@@ -46,6 +46,17 @@ function isConnectionFailure(err: unknown): boolean {
 /** Every change's BEGIN: its transaction id, and the start time of the server running it. */
 const BEGIN = 'BEGIN; SELECT txid_current() AS xid, pg_postmaster_start_time()::text AS server';
 
+/**
+ * A check every change makes in its transaction before running (a mount session's hold on
+ * the volume, see pg-mount-session.ts): `expression` is one more column of the BEGIN's
+ * SELECT, in the same round trip, named `held`; when it is false, `refused` is called and
+ * its error is the change's answer (EIO), and the change is not run.
+ */
+export interface ChangeGuard {
+  expression: string;
+  refused(): Error;
+}
+
 /** txid_status of an id the server has not given out ("in the future"). */
 const INVALID_PARAMETER = '22023';
 
@@ -138,7 +149,8 @@ export class PgSession {
   readonly pool: Pool;
   private lastChange: Promise<unknown> = Promise.resolve();
   private readonly reconnectWaitMs: number;
-  private readonly warn: (msg: string) => void;
+  /** Where the session says what it recovers from (PgSessionOptions.warn). */
+  readonly warn: (msg: string) => void;
   /** Set while the server cannot be reached: said once in the log, not per operation. */
   private outage = false;
   /** The last change committed, until a later change finds the server that committed it still running. */
@@ -147,6 +159,7 @@ export class PgSession {
   private lostChanges = false;
   /** A connection failed since the last change committed: the next change asks whether that one survived. */
   private suspect = false;
+  private guard: ChangeGuard | undefined;
 
   constructor(connectionString: string, options: PgSessionOptions) {
     this.reconnectWaitMs = options.reconnectWaitMs ?? RECONNECT_WAIT_MS;
@@ -196,6 +209,11 @@ export class PgSession {
       await c.query('SET LOCAL synchronous_commit = on');
       await statement(c);
     });
+  }
+
+  /** From now on every change first checks `guard` (see ChangeGuard). */
+  guardChanges(guard: ChangeGuard): void {
+    this.guard = guard;
   }
 
   async close(): Promise<void> {
@@ -307,9 +325,12 @@ export class PgSession {
       try {
         // The transaction's id and its server's start with its BEGIN, in one round trip:
         // what a lost COMMIT reply, or a change lost in a crash, is asked about.
-        const begun = (await client.query(BEGIN)) as unknown as QueryResult[];
-        commit = begun[1].rows[0] as CommitId;
+        const guard = this.guard;
+        const begun = (await client.query(guard ? `${BEGIN}, ${guard.expression} AS held` : BEGIN)) as unknown as QueryResult[];
+        const row = begun[1].rows[0] as CommitId & { held?: boolean };
+        commit = { xid: row.xid, server: row.server };
         await this.checkLastCommit(client, commit);
+        if (guard && row.held === false) throw guard.refused();
         const result = await fn(client);
         committing = { result };
         await client.query('COMMIT');

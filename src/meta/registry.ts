@@ -1,5 +1,6 @@
 import type { MetaEngine } from './engine';
 import { MetaDb, MetadataError, type NewInode } from './meta-db';
+import type { MountSessionOptions } from './pg-mount-session';
 
 /** What a new volume's metadata starts with (the superblock's fields and the root directory). */
 export interface MetaInit {
@@ -15,6 +16,12 @@ export interface OpenMetaOptions {
   readOnly?: boolean;
   /** Where the engine says what it recovers from on its own (a lost database connection): the daemon's log. */
   warn?: (msg: string) => void;
+  /**
+   * A mount's engine: claims the metadata for this client (a session, refused while another
+   * mount holds it; see pg-mount-session.ts), held until close. Engines of one process
+   * (the SQLite engine) have nothing to claim and ignore it.
+   */
+  mountSession?: MountSessionOptions;
 }
 
 /** Opens the engine at `address` (the URL after "scheme:"). */

@@ -94,7 +94,7 @@ export class Volume {
   }
 
   /** Connects to the volume's metadata engine when it is not meta.db (a no-op when it is). */
-  async openEngine(options: Pick<OpenMetaOptions, 'readOnly' | 'warn'> = {}): Promise<MetaEngine> {
+  async openEngine(options: Pick<OpenMetaOptions, 'readOnly' | 'warn' | 'mountSession'> = {}): Promise<MetaEngine> {
     if (this.metaUrl === undefined || this.externalEngine) return this.engine;
     try {
       this.externalEngine = await openMetaEngine(this.metaUrl, options);
