@@ -66,6 +66,8 @@ export class PgMountSession {
   private lost = false;
   private beating = false;
   private heartbeatFailing = false;
+  /** Set by release: a heartbeat still under way then finds no row, and must not call it taken. */
+  private released = false;
 
   private constructor(
     private readonly session: PgSession,
@@ -112,14 +114,14 @@ export class PgMountSession {
 
   /** Updates our row's heartbeat; a failure is said once (the next success says so), never fatal. */
   async heartbeat(): Promise<void> {
-    if (this.lost || this.beating) return;
+    if (this.lost || this.released || this.beating) return;
     this.beating = true;
     try {
       // Outside the order of changes: a heartbeat must not wait behind them.
       const r = await this.session.pool.query('UPDATE sessions SET heartbeat = clock_timestamp() WHERE id = $1', [this.id]);
       if (this.heartbeatFailing) this.warn('the mount session heartbeat reaches PostgreSQL again');
       this.heartbeatFailing = false;
-      if (r.rowCount === 0) this.refuse();
+      if (r.rowCount === 0 && !this.released) this.refuse();
     } catch (err) {
       if (!this.heartbeatFailing) this.warn(`the mount session heartbeat failed (${(err as Error).message}); trying again every ${Math.round(this.expiryMs / HEARTBEATS_PER_EXPIRY / 1000)} s`);
       this.heartbeatFailing = true;
@@ -132,6 +134,7 @@ export class PgMountSession {
   async release(): Promise<void> {
     this.stop();
     if (this.lost) return;
+    this.released = true;
     try {
       await this.session.pool.query('DELETE FROM sessions WHERE id = $1', [this.id]);
     } catch (err) {
