@@ -123,7 +123,7 @@ export class PgMountSession {
       this.heartbeatFailing = false;
       if (r.rowCount === 0 && !this.released) this.refuse();
     } catch (err) {
-      if (!this.heartbeatFailing) this.warn(`the mount session heartbeat failed (${(err as Error).message}); trying again every ${Math.round(this.expiryMs / HEARTBEATS_PER_EXPIRY / 1000)} s`);
+      if (!this.heartbeatFailing) this.warn(`the mount session heartbeat failed (${(err as Error).message}); trying again every ${(this.expiryMs / HEARTBEATS_PER_EXPIRY / 1000).toFixed(1)} s`);
       this.heartbeatFailing = true;
     } finally {
       this.beating = false;
