@@ -7,6 +7,7 @@ import { SNAPSHOTS_DIR_NAME } from '../src/meta/tree-clone';
 import { ROOT_INO } from '../src/vfs/filesystem';
 import { now } from '../src/vfs/time';
 import { b, newFs, root, type TestFs } from './support/fs';
+import { errno } from './support/errno';
 
 /**
  * Clones and snapshot removals stopped after each of their steps, as a crash would stop
@@ -42,14 +43,6 @@ async function fsckKinds(t: TestFs): Promise<string[]> {
   return report.findings.filter((f) => f.count > 0).map((f) => `${f.kind}: ${f.examples.join('; ')}`);
 }
 
-async function errno(fn: () => unknown): Promise<number | undefined> {
-  try {
-    await fn();
-    return undefined;
-  } catch (err) {
-    return (err as { errno?: number }).errno;
-  }
-}
 
 describe('clone steps cut off by a crash', () => {
   // How far the clone got: staged (rows, no references), referenced (mark set), linked (named, mark still set).

@@ -7,6 +7,7 @@ import { Falloc, Whence, type CopyRange } from '../src/fuse/types';
 import { hashBlock } from '../src/store/hash';
 import { ROOT_INO, type PogFs } from '../src/vfs/filesystem';
 import { b, newFs, root, type TestFs } from './support/fs';
+import { errno } from './support/errno';
 
 const E = constants.errno;
 const O_RDWR = 2;
@@ -35,14 +36,6 @@ function copy(fs: PogFs, src: OpenFile, offIn: number, dst: OpenFile, offOut: nu
   return fs.copyFileRange(range);
 }
 
-async function errno(fn: () => unknown): Promise<number | undefined> {
-  try {
-    await fn();
-    return undefined;
-  } catch (err) {
-    return (err as { errno?: number }).errno;
-  }
-}
 
 /** Commits everything and drops released references, as an unmount would. */
 async function settle(t: TestFs): Promise<void> {

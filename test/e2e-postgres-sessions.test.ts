@@ -11,9 +11,8 @@ import * as fs from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { Client } from 'pg';
 import { isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
-import { startPostgres } from './support/postgres';
+import { queryPostgres, startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
 const EXPIRY_S = 2;
@@ -24,13 +23,7 @@ const server = startPostgres();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function sessionCount(url: string): Promise<number> {
-  const c = new Client({ connectionString: url });
-  await c.connect();
-  try {
-    return ((await c.query('SELECT count(*)::int AS n FROM sessions')).rows[0] as { n: number }).n;
-  } finally {
-    await c.end();
-  }
+  return (await queryPostgres(url, 'SELECT count(*)::int AS n FROM sessions'))[0].n as number;
 }
 
 /** Unmounts `mnt` if it is mounted: through pogfs, else (a killed daemon's dead mount) with fusermount3, else by aborting its connection. */

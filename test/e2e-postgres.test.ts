@@ -9,24 +9,12 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { Client } from 'pg';
 import { makeArchiverTree } from './support/corpus';
 import { isMounted, mountFresh, pogfs, sh } from './support/mount';
-import { startPostgres } from './support/postgres';
+import { queryPostgres, startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
 const server = startPostgres();
-
-/** Runs one query on the database at `url`. */
-async function query(url: string, text: string): Promise<Record<string, unknown>[]> {
-  const c = new Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query(text)).rows as Record<string, unknown>[];
-  } finally {
-    await c.end();
-  }
-}
 
 describe('a volume with its metadata in PostgreSQL', () => {
   const url = server.createDatabase();
@@ -53,9 +41,9 @@ describe('a volume with its metadata in PostgreSQL', () => {
       m.umount();
     }
     // The namespace is in PostgreSQL: names as bytea rows, the file's block rows.
-    const names = (await query(url, "SELECT convert_from(name, 'UTF8') AS name FROM dentries ORDER BY name")).map((r) => r.name);
+    const names = (await queryPostgres(url, "SELECT convert_from(name, 'UTF8') AS name FROM dentries ORDER BY name")).map((r) => r.name);
     assert.deepEqual(names, ['big.bin', 'dir', 'hardlink.bin', 'link', 'renamed.txt']);
-    const blocks = await query(url, 'SELECT count(*)::int AS n FROM blocks');
+    const blocks = await queryPostgres(url, 'SELECT count(*)::int AS n FROM blocks');
     assert.equal(blocks[0].n, 4, 'a 300 KiB file is three 128 KiB block rows, the small file one');
   });
 

@@ -20,6 +20,7 @@ import {
 } from '../src/meta/engine';
 import { ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isDir } from '../src/posix/file-system';
 import type { InodeRow } from '../src/meta/meta-db';
+import { errno } from './support/errno';
 
 const E = constants.errno;
 const S_IFIFO = 0o010000;
@@ -45,16 +46,6 @@ function tick(): Timespec {
   return { s: clock, ns: 123456789 };
 }
 
-async function errno(p: () => Promise<unknown>): Promise<number | undefined> {
-  try {
-    await p();
-    return undefined;
-  } catch (err) {
-    const n = (err as { errno?: number }).errno;
-    if (n === undefined) throw err;
-    return n;
-  }
-}
 
 const time = (r: InodeRow, which: 'atime' | 'mtime' | 'ctime'): Timespec => ({ s: r[`${which}_s`], ns: r[`${which}_ns`] });
 const hash = (n: number): Buffer => Buffer.alloc(32, n);
@@ -659,4 +650,3 @@ export function metaConformance(engineName: string, factory: EngineFactory): voi
 }
 
 /** Asserts the errno a failure carries (for callers composing their own cases). */
-export { errno };

@@ -5,23 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { S_IFDIR } from '../src/posix/file-system';
-import { MetadataError, newInode } from '../src/meta/meta-db';
+import { MetadataError } from '../src/meta/meta-db';
 import { openMetaEngine } from '../src/meta/registry';
 import { metaConformance } from './meta-conformance';
 import { startPostgres } from './support/postgres';
+import { newVolumeInit } from './support/volume-init';
 
 const server = startPostgres();
 
-const init = () => ({
-  blockSize: 131072,
-  hashAlgorithm: 'blake3',
-  root: newInode({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, nlink: 2 }, { s: 1, ns: 2 }),
-});
 
 metaConformance('postgres', async () => {
   const url = server.createDatabase();
-  const engine = await openMetaEngine(url, { create: init() });
+  const engine = await openMetaEngine(url, { create: newVolumeInit() });
   return { engine, url, connect: () => openMetaEngine(url) };
 });
 
@@ -29,14 +24,14 @@ describe('the postgres: engine URL', () => {
   it('opens by postgres: and postgresql: and refuses a database without a volume, or a second volume', async () => {
     const url = server.createDatabase();
     await assert.rejects(openMetaEngine(url, { readOnly: true }), (err: Error) => err instanceof MetadataError && /no pogfs schema/.test(err.message));
-    const created = await openMetaEngine(url, { create: init() });
+    const created = await openMetaEngine(url, { create: newVolumeInit() });
     assert.equal(created.url, url);
     await created.close();
     const again = await openMetaEngine(url.replace(/^postgres:/, 'postgresql:'));
     assert.equal((await again.superblock()).block_size, 131072);
     assert.equal(typeof (await again.getattr(1)).ino, 'number');
     await again.close();
-    await assert.rejects(openMetaEngine(url, { create: init() }), (err: Error) => err instanceof MetadataError && /already holds a pogfs volume/.test(err.message));
+    await assert.rejects(openMetaEngine(url, { create: newVolumeInit() }), (err: Error) => err instanceof MetadataError && /already holds a pogfs volume/.test(err.message));
   });
 
   it('refuses a password in the URL without repeating it', async () => {

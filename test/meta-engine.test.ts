@@ -1,21 +1,16 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { S_IFDIR } from '../src/posix/file-system';
-import { MetadataError, newInode } from '../src/meta/meta-db';
+import { MetadataError } from '../src/meta/meta-db';
 import { metaEngineSchemes, openMetaEngine } from '../src/meta/registry';
 import { metaConformance } from './meta-conformance';
 import { tempDir } from './support/tmp';
+import { newVolumeInit } from './support/volume-init';
 
-const init = () => ({
-  blockSize: 131072,
-  hashAlgorithm: 'blake3',
-  root: newInode({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, nlink: 2 }, { s: 1, ns: 2 }),
-});
 
 metaConformance('sqlite', async () => {
   const url = `sqlite:${join(tempDir(), 'meta.db')}`;
-  const engine = await openMetaEngine(url, { create: init() });
+  const engine = await openMetaEngine(url, { create: newVolumeInit() });
   return { engine, url, connect: () => openMetaEngine(url) };
 });
 
@@ -23,7 +18,7 @@ describe('openMetaEngine', () => {
   it('opens engines by URL scheme and names the known ones for an unknown scheme', async () => {
     assert.deepEqual(metaEngineSchemes(), ['sqlite', 'postgres', 'postgresql']);
     const path = join(tempDir(), 'meta.db');
-    const created = await openMetaEngine(`sqlite://${path}`, { create: init() });
+    const created = await openMetaEngine(`sqlite://${path}`, { create: newVolumeInit() });
     assert.equal(created.url, `sqlite:${path}`);
     await created.close();
     const opened = await openMetaEngine(`SQLITE:${path}`);

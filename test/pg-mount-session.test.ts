@@ -8,22 +8,16 @@
 import assert from 'node:assert/strict';
 import { hostname } from 'node:os';
 import { describe, it } from 'node:test';
-import { Client } from 'pg';
 import { PgEngine } from '../src/meta/pg-engine';
 import { PgMountSession, SessionInUseError } from '../src/meta/pg-mount-session';
 import { PgSession } from '../src/meta/pg-session';
-import { newInode } from '../src/meta/meta-db';
 import { E, FsError } from '../src/posix/errors';
-import { ROOT_INO, S_IFDIR, S_IFREG } from '../src/posix/file-system';
-import { startPostgres } from './support/postgres';
+import { ROOT_INO, S_IFREG } from '../src/posix/file-system';
+import { queryPostgres, startPostgres } from './support/postgres';
+import { newVolumeInit } from './support/volume-init';
 
 const server = startPostgres();
 
-const init = () => ({
-  blockSize: 131072,
-  hashAlgorithm: 'blake3',
-  root: newInode({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, nlink: 2 }, { s: 1, ns: 2 }),
-});
 const t = { s: 1000, ns: 5 };
 const file = { mode: S_IFREG | 0o644, uid: 0, gid: 0 };
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -32,7 +26,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 async function freshVolume(): Promise<string> {
   const url = server.createDatabase();
   const address = url.slice('postgres:'.length);
-  await (await PgEngine.open(address, { create: init() })).close();
+  await (await PgEngine.open(address, { create: newVolumeInit() })).close();
   return address;
 }
 
@@ -41,13 +35,24 @@ function mountEngine(address: string, said: string[] = [], expiryMs?: number): P
   return PgEngine.open(address, { warn: (msg) => said.push(msg), mountSession: { readOnly: false, expiryMs } });
 }
 
-async function sessionRows(address: string): Promise<Record<string, unknown>[]> {
-  const c = new Client({ connectionString: `postgres:${address}` });
-  await c.connect();
+function sessionRows(address: string): Promise<Record<string, unknown>[]> {
+  return queryPostgres(`postgres:${address}`, 'SELECT id, host, pid, read_only, heartbeat FROM sessions ORDER BY started');
+}
+
+/**
+ * Of `claims` racing, exactly one wins, the others are refused as in use, and one session
+ * row is left; the winners are `undo`ne in any case.
+ */
+async function oneWins<T>(address: string, round: number, claims: Promise<T>[], undo: (won: Awaited<T>) => Promise<void>): Promise<void> {
+  const results = await Promise.allSettled(claims);
+  const won = results.filter((r): r is PromiseFulfilledResult<Awaited<T>> => r.status === 'fulfilled');
+  const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
   try {
-    return (await c.query('SELECT id, host, pid, read_only, heartbeat FROM sessions ORDER BY started')).rows as Record<string, unknown>[];
+    assert.equal(won.length, 1, `round ${round}: ${JSON.stringify(lost.map((r) => String(r.reason)))}`);
+    assert.ok(lost[0].reason instanceof SessionInUseError, String(lost[0].reason));
+    assert.equal((await sessionRows(address)).length, 1);
   } finally {
-    await c.end();
+    for (const w of won) await undo(w.value);
   }
 }
 
@@ -121,10 +126,7 @@ describe('mount sessions of the PostgreSQL engine', () => {
     const said: string[] = [];
     const a = await mountEngine(address, said, 600);
     try {
-      const c = new Client({ connectionString: `postgres:${address}` });
-      await c.connect();
-      await c.query('DELETE FROM sessions');
-      await c.end();
+      await queryPostgres(`postgres:${address}`, 'DELETE FROM sessions');
       await sleep(500);
       assert.equal(a.mountSession?.taken, true, 'the heartbeat noticed');
       await assert.rejects(a.mknod(ROOT_INO, Buffer.from('x'), file, t), (err: unknown) => err instanceof FsError && err.errno === E.EIO);
@@ -138,16 +140,7 @@ describe('mount sessions of the PostgreSQL engine', () => {
     const address = await freshVolume();
     // Whole opens racing, as two daemons started together.
     for (let round = 0; round < 4; round++) {
-      const results = await Promise.allSettled([mountEngine(address), mountEngine(address)]);
-      const won = results.filter((r): r is PromiseFulfilledResult<PgEngine> => r.status === 'fulfilled');
-      const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-      try {
-        assert.equal(won.length, 1, `round ${round}: ${JSON.stringify(lost.map((r) => String(r.reason)))}`);
-        assert.ok(lost[0].reason instanceof SessionInUseError, String(lost[0].reason));
-        assert.equal((await sessionRows(address)).length, 1);
-      } finally {
-        for (const w of won) await w.value.close();
-      }
+      await oneWins(address, round, [mountEngine(address), mountEngine(address)], (e) => e.close());
     }
     // The claims themselves started in one tick from two connected clients: their
     // transactions overlap, so only the table lock keeps both from seeing no other session.
@@ -155,16 +148,8 @@ describe('mount sessions of the PostgreSQL engine', () => {
       const clients = [new PgSession(`postgres:${address}`, {}), new PgSession(`postgres:${address}`, {})];
       try {
         await Promise.all(clients.map((c) => c.read((pool) => pool.query('SELECT 1'))));
-        const results = await Promise.allSettled(clients.map((c) => PgMountSession.claim(c, { readOnly: false }, () => undefined)));
-        const won = results.filter((r): r is PromiseFulfilledResult<PgMountSession> => r.status === 'fulfilled');
-        const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-        try {
-          assert.equal(won.length, 1, `round ${round}: ${JSON.stringify(lost.map((r) => String(r.reason)))}`);
-          assert.ok(lost[0].reason instanceof SessionInUseError, String(lost[0].reason));
-          assert.equal((await sessionRows(address)).length, 1);
-        } finally {
-          for (const w of won) await w.value.release();
-        }
+        const claims = clients.map((c) => PgMountSession.claim(c, { readOnly: false }, () => undefined));
+        await oneWins(address, round, claims, (m) => m.release());
       } finally {
         for (const c of clients) await c.close();
       }

@@ -11,21 +11,16 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Client } from 'pg';
 import { PgEngine } from '../src/meta/pg-engine';
-import { newInode } from '../src/meta/meta-db';
 import { FsError, E } from '../src/posix/errors';
-import { ROOT_INO, S_IFDIR, S_IFREG } from '../src/posix/file-system';
-import { startPostgres } from './support/postgres';
+import { ROOT_INO, S_IFREG } from '../src/posix/file-system';
+import { queryPostgres, startPostgres } from './support/postgres';
+import { newVolumeInit } from './support/volume-init';
 
 // The WAL writer slowed down, so that an asynchronous commit is likely still only in the
 // server's memory when a test crashes it (the tests that crash the server make their
 // earlier changes durable with a barrier first, except the one about lost changes).
 const server = startPostgres(['wal_writer_delay=10s']);
 
-const init = () => ({
-  blockSize: 131072,
-  hashAlgorithm: 'blake3',
-  root: newInode({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, nlink: 2 }, { s: 1, ns: 2 }),
-});
 const t = { s: 1000, ns: 5 };
 const file = { mode: S_IFREG | 0o644, uid: 0, gid: 0 };
 const name = (s: string): Buffer => Buffer.from(s);
@@ -34,18 +29,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** A new volume on a new database, and its URL. The log lines go to `said`. */
 async function freshEngine(said: string[], reconnectWaitMs?: number): Promise<{ engine: PgEngine; url: string }> {
   const url = server.createDatabase();
-  const engine = await PgEngine.open(url.slice('postgres:'.length), { create: init(), warn: (msg) => said.push(msg) }, { reconnectWaitMs });
+  const engine = await PgEngine.open(url.slice('postgres:'.length), { create: newVolumeInit(), warn: (msg) => said.push(msg) }, { reconnectWaitMs });
   return { engine, url };
-}
-
-async function sql(url: string, text: string): Promise<Record<string, unknown>[]> {
-  const c = new Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query(text)).rows as Record<string, unknown>[];
-  } finally {
-    await c.end();
-  }
 }
 
 const isEio = (err: unknown): boolean => err instanceof FsError && err.errno === E.EIO;
@@ -108,7 +93,7 @@ describe('the PostgreSQL engine across a lost server', () => {
       await writer;
       assert.ok(confirmed.length > 10, `changes went on (${confirmed.length})`);
       await engine.barrier();
-      const rows = await sql(url, 'SELECT convert_from(d.name, \'UTF8\') AS name, i.size FROM dentries d JOIN inodes i ON i.ino = d.ino');
+      const rows = await queryPostgres(url, 'SELECT convert_from(d.name, \'UTF8\') AS name, i.size FROM dentries d JOIN inodes i ON i.ino = d.ino');
       const sizes = new Map(rows.map((r) => [r.name as string, Number(r.size)]));
       assert.equal(sizes.size, confirmed.length, 'exactly the confirmed files, none made twice');
       for (const n of confirmed) assert.equal(sizes.get(n), Number(n.slice(1)), `${n} has the size set after it`);
@@ -140,7 +125,7 @@ describe('the PostgreSQL engine across a lost server', () => {
     try {
       // A deferred trigger runs inside COMMIT: it ends its own connection there, once per
       // sequence (nextval is not rolled back), as a server dying mid-commit would.
-      await sql(
+      await queryPostgres(
         url,
         `CREATE SEQUENCE cut_create; CREATE SEQUENCE cut_content;
          CREATE FUNCTION cut_connection() RETURNS void LANGUAGE plpgsql AS $$
@@ -173,7 +158,7 @@ describe('the PostgreSQL engine across a lost server', () => {
         [[0, true, 100]],
       );
       assert.equal((await engine.getattr(again.ino)).size, 100);
-      const cuts = await sql(url, 'SELECT (SELECT last_value FROM cut_create) AS c, (SELECT last_value FROM cut_content) AS b');
+      const cuts = await queryPostgres(url, 'SELECT (SELECT last_value FROM cut_create) AS c, (SELECT last_value FROM cut_content) AS b');
       assert.deepEqual([Number(cuts[0].c), Number(cuts[0].b)], [2, 2], 'each cut happened, and its change ran again once');
     } finally {
       await engine.close();

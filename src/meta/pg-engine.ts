@@ -25,20 +25,13 @@ import { PgSession, Restart, type PgSessionOptions } from './pg-session';
 import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
 import { parsePgUrl } from './pg-url';
 import type { OpenMetaOptions } from './registry';
+import { renameTouches, type Touch } from './rename-touches';
 import { FORMAT_VERSION, VOLUME_MAGIC } from './schema';
 
 const SECURITY_PREFIX = Buffer.from('security.');
 /** The advisory lock key of cross-directory renames ("pogr"). */
 const RENAME_LOCK = 0x706f6772;
 
-/** Changes to one inode gathered while a rename runs, written once at its end. */
-interface Touch {
-  nlink: number;
-  /** mtime and ctime (a directory whose entries changed). */
-  modified: boolean;
-  /** ctime only (an inode whose names or links changed). */
-  changed: boolean;
-}
 
 const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
 
@@ -274,13 +267,6 @@ export class PgEngine implements MetaEngine {
         dst = rows.get(dstIno);
         if (!dst) fail(E.ENOENT);
       }
-      const touches = new Map<number, Touch>();
-      const touch = (ino: number): Touch => {
-        let x = touches.get(ino);
-        if (!x) touches.set(ino, (x = { nlink: 0, modified: false, changed: false }));
-        return x;
-      };
-
       if (flags & RENAME_EXCHANGE) {
         if (!dst) fail(E.ENOENT);
         if (src.ino === dst.ino) return { moved: src, exchanged: dst };
@@ -288,16 +274,7 @@ export class PgEngine implements MetaEngine {
         if (isDir(dst.mode)) await this.checkNotAncestor(c, dst.ino, parent);
         await run(c, 'retargetEntry', [dst.ino, parent, name]);
         await run(c, 'retargetEntry', [src.ino, newParent, newName]);
-        if (parent !== newParent && isDir(src.mode) !== isDir(dst.mode)) {
-          const delta = isDir(src.mode) ? 1 : -1;
-          touch(newParent).nlink += delta;
-          touch(parent).nlink -= delta;
-        }
-        touch(src.ino).changed = true;
-        touch(dst.ino).changed = true;
-        touch(parent).modified = true;
-        touch(newParent).modified = true;
-        await this.apply(c, touches, t);
+        await this.apply(c, renameTouches(parent, newParent, src, dst, true), t);
         return { moved: { ...src, ctime_s: t.s, ctime_ns: t.ns }, exchanged: { ...dst, ctime_s: t.s, ctime_ns: t.ns } };
       }
 
@@ -315,20 +292,9 @@ export class PgEngine implements MetaEngine {
       await run(c, 'removeEntry', [parent, name]);
       if (dst) {
         await run(c, 'retargetEntry', [src.ino, newParent, newName]);
-        if (isDir(dst.mode)) {
-          await run(c, 'orphan', [...timeArgs(t), dst.ino]);
-          touch(newParent).nlink -= 1; // the replaced directory's ".." is gone
-        } else touch(dst.ino).nlink -= 1;
-        touch(dst.ino).changed = true;
+        if (isDir(dst.mode)) await run(c, 'orphan', [...timeArgs(t), dst.ino]);
       } else await run(c, 'addEntry', [newParent, newName, src.ino]);
-      if (isDir(src.mode) && parent !== newParent) {
-        touch(parent).nlink -= 1;
-        touch(newParent).nlink += 1;
-      }
-      touch(src.ino).changed = true;
-      touch(parent).modified = true;
-      touch(newParent).modified = true;
-      await this.apply(c, touches, t);
+      await this.apply(c, renameTouches(parent, newParent, src, dst, false), t);
       const moved = { ...src, ctime_s: t.s, ctime_ns: t.ns };
       if (!dst) return { moved };
       const replaced = await this.detached(c, { ...dst, nlink: isDir(dst.mode) ? 0 : dst.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);

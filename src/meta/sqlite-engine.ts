@@ -21,16 +21,9 @@ import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system'
 import { INODE_COLUMNS, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type MetaDb, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 import { attrUpdate } from './attr-update';
+import { renameTouches, type Touch } from './rename-touches';
 
 
-/** Changes to one inode gathered while an operation runs, written once at its end. */
-interface Touch {
-  nlink: number;
-  /** mtime and ctime (a directory whose entries changed). */
-  modified: boolean;
-  /** ctime only (an inode whose names or links changed). */
-  changed: boolean;
-}
 
 /**
  * The SQLite engine: every MetaEngine operation as one transaction of the volume's
@@ -202,13 +195,6 @@ export class SqliteEngine implements MetaEngine, MetaBlockParking {
       const src = this.named(parent, name);
       const dstIno = this.meta.lookup(newParent, newName);
       const dst = dstIno === undefined ? undefined : this.inode(dstIno);
-      const touches = new Map<number, Touch>();
-      const touch = (ino: number): Touch => {
-        let x = touches.get(ino);
-        if (!x) touches.set(ino, (x = { nlink: 0, modified: false, changed: false }));
-        return x;
-      };
-
       if (flags & RENAME_EXCHANGE) {
         if (!dst) fail(E.ENOENT);
         if (src.ino === dst.ino) return { moved: src, exchanged: dst };
@@ -216,16 +202,7 @@ export class SqliteEngine implements MetaEngine, MetaBlockParking {
         if (isDir(dst.mode)) this.checkNotAncestor(dst.ino, parent);
         this.meta.retargetEntry(parent, name, dst.ino);
         this.meta.retargetEntry(newParent, newName, src.ino);
-        if (parent !== newParent && isDir(src.mode) !== isDir(dst.mode)) {
-          const delta = isDir(src.mode) ? 1 : -1;
-          touch(newParent).nlink += delta;
-          touch(parent).nlink -= delta;
-        }
-        touch(src.ino).changed = true;
-        touch(dst.ino).changed = true;
-        touch(parent).modified = true;
-        touch(newParent).modified = true;
-        this.apply(touches, t);
+        this.apply(renameTouches(parent, newParent, src, dst, true), t);
         return { moved: { ...src, ctime_s: t.s, ctime_ns: t.ns }, exchanged: { ...dst, ctime_s: t.s, ctime_ns: t.ns } };
       }
 
@@ -243,20 +220,9 @@ export class SqliteEngine implements MetaEngine, MetaBlockParking {
       this.meta.removeEntry(parent, name);
       if (dst) {
         this.meta.retargetEntry(newParent, newName, src.ino);
-        if (isDir(dst.mode)) {
-          this.s.orphan.run(t.s, t.ns, dst.ino);
-          touch(newParent).nlink -= 1; // the replaced directory's ".." is gone
-        } else touch(dst.ino).nlink -= 1;
-        touch(dst.ino).changed = true;
+        if (isDir(dst.mode)) this.s.orphan.run(t.s, t.ns, dst.ino);
       } else this.meta.addEntry(newParent, newName, src.ino);
-      if (isDir(src.mode) && parent !== newParent) {
-        touch(parent).nlink -= 1;
-        touch(newParent).nlink += 1;
-      }
-      touch(src.ino).changed = true;
-      touch(parent).modified = true;
-      touch(newParent).modified = true;
-      this.apply(touches, t);
+      this.apply(renameTouches(parent, newParent, src, dst, false), t);
       const moved = { ...src, ctime_s: t.s, ctime_ns: t.ns };
       if (!dst) return { moved };
       return { moved, replaced: this.detached({ ...dst, nlink: isDir(dst.mode) ? 0 : dst.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse) };

@@ -11,7 +11,7 @@ import type { BlockWriter } from './block-writer';
  * (SQLite's write-ahead log), parked bytes with their rows, and a file renamed over
  * another after its close is behind its content in that order.
  *
- * Parked blocks move into the block store right after, many per sync of it (`move`); the
+ * Parked blocks move into the block store shortly after, many per sync of it (`move`); the
  * store records the last one taken in the same commit, so each is taken once whatever
  * crashes, and a volume opened after a crash takes what is left (Volume.open).
  * A sync point (fsync, the commit interval, unmount) syncs the metadata: everything

@@ -11,6 +11,7 @@
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Client } from 'pg';
 import { tempDir } from './tmp';
 
 export interface PostgresServer {
@@ -137,4 +138,15 @@ export function launchPostgres(dir: string, settings: string[] = []): PostgresSe
       }
     },
   };
+}
+
+/** The rows one query returns, on a connection of its own to `url` (a `postgres://` URL). */
+export async function queryPostgres(url: string, text: string): Promise<Record<string, unknown>[]> {
+  const c = new Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query(text)).rows as Record<string, unknown>[];
+  } finally {
+    await c.end();
+  }
 }

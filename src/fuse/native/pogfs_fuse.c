@@ -789,23 +789,26 @@ static int loop_has_work(uv_loop_t *loop) {
   return poll(&p, 1, 0) > 0;
 }
 
-/* Reads and processes up to `max` queued requests (counted in *got); 1 when the
-   connection is gone or the read failed, 0 when the queue is empty or max was reached. */
-static int read_requests(pf_session *s, int max, int *got) {
+#define CONNECTION_GONE (-1)
+
+/* Reads and processes up to `max` queued requests; how many, or CONNECTION_GONE when the
+   connection went away or the read failed. */
+static int read_requests(pf_session *s, int max) {
+  int got = 0;
   for (int i = 0; i < max; i++) {
     int res = fuse_session_receive_buf(s->se, &s->fbuf);
     if (res == -EINTR) continue;
-    if (res == -EAGAIN) return 0;
+    if (res == -EAGAIN) break;
     if (res <= 0 || fuse_session_exited(s->se)) {
       /* 0: ENODEV, the kernel released the mount; < 0: a read error */
       s->loop_rc = res < 0 ? res : 0;
-      return 1;
+      return CONNECTION_GONE;
     }
-    (*got)++;
+    got++;
     fuse_session_process_buf(s->se, &s->fbuf);
-    if (fuse_session_exited(s->se)) return 1;
+    if (fuse_session_exited(s->se)) return CONNECTION_GONE;
   }
-  return 0;
+  return got;
 }
 
 /* Reads what the kernel has queued (bounded, so timers and I/O of the rest of the
@@ -814,19 +817,18 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   (void)events;
   pf_session *s = h->data;
   if (s->loop_done) return;
-  int got = 0;
-  int done = status < 0 || read_requests(s, 64, &got);
+  int done = status < 0 || read_requests(s, 64) == CONNECTION_GONE;
   run_queue(s);
   if (!done && s->spin) {
     uint64_t start = now_ns(), last = start;
     for (;;) {
       uint64_t t = now_ns();
       if (t - last > SPIN_NS || t - start > SPIN_MAX_NS || s->closing || s->loop_done || s->ended) break;
-      int n = 0;
-      done = read_requests(s, 64, &n);
-      if (n || done) run_queue(s);
+      int n = read_requests(s, 64);
+      done = n == CONNECTION_GONE;
+      if (n != 0) run_queue(s);
       if (done) break;
-      if (n) last = now_ns();
+      if (n > 0) last = now_ns();
       else if (loop_has_work(h->loop)) break;
     }
   }
