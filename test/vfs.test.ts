@@ -360,6 +360,43 @@ describe('PogFs attributes and xattrs', () => {
     await t2.close();
   });
 
+  it('holds back setattrs of a file open with changes to commit, and commits them with its content', async () => {
+    const t = newFs();
+    const { fs } = t;
+    const engine = t.volume.engine;
+    const f = await fs.create(ROOT_INO, b('f'), 0o644, O_RDWR, root);
+    const ino = f.attr.ino;
+    await fs.write(ino, f.fh, randomBytes(5000), 0, root);
+    // What tar does after writing, before closing: times, owner, mode.
+    await fs.setattr(ino, { mtime: { s: 1000, ns: 5 }, atime: { s: 900, ns: 7 } }, f.fh, root);
+    await fs.setattr(ino, { uid: 42, gid: 43 }, f.fh, root);
+    await fs.setattr(ino, { mode: 0o640 }, f.fh, root);
+    const seen = await fs.getattr(ino, undefined, root);
+    assert.deepEqual(
+      [seen.mode, seen.uid, seen.gid, seen.atimeSec, seen.atimeNsec, seen.mtimeSec, seen.mtimeNsec, seen.size],
+      [S_IFREG | 0o640, 42, 43, 900, 7, 1000, 5, 5000],
+    );
+    // Held: the metadata has none of it yet, and permission checks use what was set.
+    const before = await engine.getattr(ino);
+    assert.deepEqual([before.mode & 0o7777, before.uid], [0o644, root.uid]);
+    assert.equal(await errno(() => fs.access(ino, 2, user(42, 43))), undefined);
+    assert.equal(await errno(() => fs.access(ino, 4, user(44, 44))), E.EACCES);
+
+    // A setattr arriving while the close's commit is under way is not overwritten by it.
+    const flushing = fs.flush(ino, f.fh);
+    await fs.setattr(ino, { mode: 0o600 }, f.fh, root);
+    await flushing;
+    fs.release(ino, f.fh, 0);
+    await fs.durability.move();
+    await fs.commitAll();
+    const after = await engine.getattr(ino);
+    assert.deepEqual([after.mode & 0o7777, after.uid, after.gid, after.atime_s, after.mtime_s, after.mtime_ns, after.size], [0o600, 42, 43, 900, 1000, 5, 5000]);
+    const t2 = await t.reopen();
+    const r = await t2.fs.getattr(ino, undefined, root);
+    assert.deepEqual([r.mode, r.uid, r.gid, r.atimeSec, r.mtimeSec, r.size], [S_IFREG | 0o600, 42, 43, 900, 1000, 5000]);
+    await t2.close();
+  });
+
   it('writes attribute changes field by field: another client\'s change to the same inode survives', async () => {
     const t = newFs();
     const { fs } = t;

@@ -101,7 +101,7 @@ export class Committer {
     let parked = parking ? this.writer.park() : [];
     try {
       await this.writer.drain();
-      const commits = prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeTimes(p) }));
+      const commits = prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeAttrs(p) }));
       if (parking && parked.length > 0) {
         const seq = await parking.commitContentParking(
           commits,

@@ -11,13 +11,13 @@ interface BlockRef {
   len: number;
 }
 
-/** What one file's commit writes: block rows, the size, the times of its writes, and the references it then drops. */
+/** What one file's commit writes: block rows, the size, the attributes held back (times of its writes, setattrs), and the references it then drops. */
 export interface PreparedCommit {
   rows: Map<number, BlockRef | undefined>;
   releases: Buffer[];
   size: number;
   stored: number;
-  times: AttrChange;
+  attrs: AttrChange;
 }
 
 /**
@@ -71,10 +71,14 @@ export class FileContent {
   /** Size as last committed. */
   committedSize: number;
   /**
-   * mtime and ctime of writes not yet committed: committed with the content (one field
-   * update with the size), not written per write.
+   * Attribute changes held back until the content is committed (one field update with
+   * the size): the mtime and ctime of writes, and the setattrs made while the file is
+   * open with changes to commit (a program that writes a file, then sets its times,
+   * owner and mode before closing it, as tar and cp do, costs no metadata write per call).
    */
-  times: AttrChange = {};
+  private held: AttrChange = {};
+  /** What commit rounds under way took from `held`: still the truth until they end. */
+  private committingAttrs: AttrChange = {};
   /** True when something differs from what is committed. */
   dirty = false;
   /** Commit rounds that took changes from here and have not ended (durable or failed). */
@@ -104,7 +108,25 @@ export class FileContent {
 
   /** Records the time of a change to the content (committed with it). */
   touch(t: { s: number; ns: number }): void {
-    this.times = { mtime: t, ctime: t };
+    this.held = { ...this.held, mtime: t, ctime: t };
+  }
+
+  /** Holds `change` back for the next commit, over what is held already (and makes sure one comes). */
+  holdAttrs(change: AttrChange): void {
+    this.held = { ...this.held, ...change };
+    this.dirty = true;
+  }
+
+  /** Takes what is held back, to be written now by the caller (nothing may be under way: see `idle`). */
+  takeHeldAttrs(): AttrChange {
+    const held = this.held;
+    this.held = {};
+    return held;
+  }
+
+  /** The attribute changes not in the engine yet: held back, or taken by a commit still under way. */
+  pendingAttrs(): AttrChange {
+    return { ...this.committingAttrs, ...this.held };
   }
 
   /** The bytes at [offset, offset+length) clipped to the size; a promise when a super-chunk must be decompressed first. */
@@ -424,17 +446,18 @@ export class FileContent {
     this.toRelease = [];
     this.dirty = false;
     this.inFlight += 1;
-    return { rows, releases, size: this.size, stored: this.storedBytes(), times: {} };
+    return { rows, releases, size: this.size, stored: this.storedBytes(), attrs: {} };
   }
 
   /**
-   * Takes the times of the writes so far into a prepared commit, at the last moment
-   * before it is written (an explicit setattr of mtime in between has cleared them).
+   * Takes the attribute changes held so far into a prepared commit, at the last moment
+   * before it is written (a setattr in between is then part of it).
    */
-  takeTimes(p: PreparedCommit): AttrChange {
-    p.times = this.times;
-    this.times = {};
-    return p.times;
+  takeAttrs(p: PreparedCommit): AttrChange {
+    p.attrs = this.held;
+    this.committingAttrs = { ...this.committingAttrs, ...this.held };
+    this.held = {};
+    return p.attrs;
   }
 
   /** The prepared commit's rows are in the metadata (after the blocks were durable). */
@@ -445,6 +468,7 @@ export class FileContent {
   /** The round that took a prepared commit has ended, durable or not. */
   endCommit(): void {
     this.inFlight -= 1;
+    if (this.inFlight === 0) this.committingAttrs = {};
   }
 
   /**
@@ -459,7 +483,7 @@ export class FileContent {
   abortCommit(p: PreparedCommit): void {
     for (const idx of p.rows.keys()) if (!this.changed.has(idx)) this.changed.add(idx);
     this.toRelease = p.releases.concat(this.toRelease);
-    this.times = { ...p.times, ...this.times };
+    this.held = { ...p.attrs, ...this.held };
     this.dirty = true;
   }
 

@@ -5,6 +5,7 @@ import {
   ROOT_INO,
   S_IFDIR,
   S_IFLNK,
+  S_IFMT,
   S_IFREG,
   Whence,
   isDir,
@@ -275,7 +276,7 @@ export class PogFs implements FileSystem {
   async setattr(ino: number, ch: AttrChanges, _fh?: number, _ctx?: Caller): Promise<Attr> {
     this.checkWritable(ino);
     const t = now();
-    const change: AttrChange = {};
+    let change: AttrChange = {};
     if (ch.mode !== undefined) change.mode = ch.mode & 0o7777;
     if (ch.uid !== undefined) change.uid = ch.uid;
     if (ch.gid !== undefined) change.gid = ch.gid;
@@ -297,9 +298,19 @@ export class PogFs implements FileSystem {
       // A truncate with no open handle is committed now: nothing else would commit it.
       if (node.opens === 0) await this.commit(node);
     }
-    // Times given here supersede those of writes not yet committed.
     const c = node?.content;
-    if (c) c.times = change.mtime ? {} : { mtime: c.times.mtime };
+    if (node && c && node.opens > 0 && !c.idle) {
+      // Open with changes to commit: held back and committed with the content at close,
+      // fsync or the commit interval, like the times of its writes (what tar and cp do
+      // after writing, before closing: times, owner, mode).
+      c.holdAttrs(change);
+      return this.attr(node, await this.row(ino));
+    }
+    if (c) {
+      // A commit under way writes what it took when it ends: this change goes after it.
+      if (!c.idle) await c.committing;
+      change = { ...c.takeHeldAttrs(), ...change };
+    }
     const row = this.remember(await this.engine.setattr(ino, change));
     if (node && node.opens === 0) {
       this.dropContent(node);
@@ -313,7 +324,7 @@ export class PogFs implements FileSystem {
   }
 
   async access(ino: number, mask: number, ctx: Caller): Promise<void> {
-    const row = await this.row(ino);
+    const row = this.attr(this.nodes.get(ino), await this.row(ino));
     if (mask === 0) return;
     let bits: number;
     if (ctx.uid === 0) {
@@ -871,22 +882,24 @@ export class PogFs implements FileSystem {
     return { attr: this.attr(node, row) };
   }
 
-  /** The attributes: the engine's row, with the size, stored bytes and times of content not yet committed. */
+  /** The attributes: the engine's row, with the size, stored bytes and attribute changes of content not yet committed. */
   private attr(node: Node | undefined, r: InodeRow): Attr {
     const c = node?.content;
-    const mtime = c?.times.mtime;
-    const ctime = c?.times.ctime;
+    const held = c?.pendingAttrs();
+    const mtime = held?.mtime;
+    const ctime = held?.ctime;
+    const atime = held?.atime;
     return {
       ino: r.ino,
-      mode: r.mode,
+      mode: held?.mode !== undefined ? (r.mode & S_IFMT) | held.mode : r.mode,
       nlink: r.nlink,
-      uid: r.uid,
-      gid: r.gid,
+      uid: held?.uid ?? r.uid,
+      gid: held?.gid ?? r.gid,
       rdev: r.rdev,
       size: c ? c.size : r.size,
       blocks: Math.ceil((c ? c.storedBytes() : r.stored_bytes) / 512),
-      atimeSec: r.atime_s,
-      atimeNsec: r.atime_ns,
+      atimeSec: atime ? atime.s : r.atime_s,
+      atimeNsec: atime ? atime.ns : r.atime_ns,
       mtimeSec: mtime ? mtime.s : r.mtime_s,
       mtimeNsec: mtime ? mtime.ns : r.mtime_ns,
       ctimeSec: ctime ? ctime.s : r.ctime_s,
