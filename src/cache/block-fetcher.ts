@@ -1,4 +1,4 @@
-import type { RemoteIndex } from '../meta/remote-index';
+import type { RemoteIndex, SharedPackIndex } from '../meta/remote-index';
 import type { ReadProgress, Remote } from '../remote/remote';
 import type { BlockRead, BlockStore } from '../store/block-store';
 import { decodeMembersAsync } from '../store/block-verify';
@@ -25,6 +25,12 @@ export interface FetcherOptions {
   log: { error(msg: string, err?: unknown): void; warn(msg: string): void };
   /** Told of blocks just made local (the evictor counts them as used now, so read-ahead is not evicted before it is read). */
   onInstalled?: (hashes: readonly Buffer[]) => void;
+  /**
+   * A volume several machines share: where to look for blocks the local index does not
+   * know (another machine uploaded them); what is found is recorded in the local index.
+   * Fetched blocks are then kept whether or not this store counts a reference to them.
+   */
+  shared?: SharedPackIndex;
 }
 
 export interface FetcherStats {
@@ -68,7 +74,13 @@ export class BlockFetcher {
 
   /** Starts fetching every listed block not held locally; the promises say how each ended. */
   fetch(hashes: readonly Buffer[]): Map<string, Promise<BlockRead>> {
+    return this.fetchFrom(hashes, this.options.shared !== undefined);
+  }
+
+  /** `fetch`; with `askShared`, blocks the local index does not know are looked up in the shared index first. */
+  private fetchFrom(hashes: readonly Buffer[], askShared: boolean): Map<string, Promise<BlockRead>> {
     const out = new Map<string, Promise<BlockRead>>();
+    const unknown: Buffer[] = [];
     const byValue = new Map<string, { value: Value; hashes: Buffer[] }>();
     for (const hash of hashes) {
       const k = key(hash);
@@ -84,7 +96,8 @@ export class BlockFetcher {
       }
       const loc = this.index.locate(hash);
       if (!loc) {
-        out.set(k, Promise.resolve('missing'));
+        if (askShared) unknown.push(hash);
+        else out.set(k, Promise.resolve('missing'));
         continue;
       }
       const vk = `${loc.pack}:${loc.valueOffset}`;
@@ -116,7 +129,41 @@ export class BlockFetcher {
         }
       }
     }
+    if (unknown.length > 0) this.fetchUnknown(unknown, out);
     return out;
+  }
+
+  /**
+   * Blocks the local index does not know: asked of the shared index in one query, the
+   * packs found recorded locally, then fetched as any other (those still unknown: missing).
+   */
+  private fetchUnknown(hashes: Buffer[], out: Map<string, Promise<BlockRead>>): void {
+    const shared = this.options.shared!;
+    const placeholders = new Map<string, Promise<BlockRead>>();
+    const fetched = shared.locate(hashes).then(
+      (packs) => {
+        for (const pack of packs) this.index.recordPack(pack);
+        // In the same tick: the placeholders give way to the real fetches, which no other caller can start between.
+        for (const [k, p] of placeholders) if (this.inflight.get(k) === p) this.inflight.delete(k);
+        return this.fetchFrom(hashes, false);
+      },
+      (err: unknown) => {
+        this.stats.failures++;
+        this.options.log.error('looking up blocks in the shared pack index failed', err);
+        return new Map<string, Promise<BlockRead>>();
+      },
+    );
+    for (const hash of hashes) {
+      const k = key(hash);
+      const p: Promise<BlockRead> = fetched
+        .then((results) => results.get(k) ?? 'missing')
+        .finally(() => {
+          if (this.inflight.get(k) === p) this.inflight.delete(k);
+        });
+      placeholders.set(k, p);
+      this.inflight.set(k, p);
+      out.set(k, p);
+    }
   }
 
   /** Values grouped into ranged reads: same pack, in offset order, close together, bounded in size. */
@@ -212,7 +259,7 @@ export class BlockFetcher {
     }
     if (good.length > 0) {
       // A super-chunk with a bad member is kept for its good ones only if its decoded bytes are whole.
-      const installed = await this.store.installFetched(Buffer.from(value), good);
+      const installed = await this.store.installFetched(Buffer.from(value), good, this.options.shared !== undefined);
       this.stats.blocks += installed;
       this.options.onInstalled?.(good.map((m) => m.hash));
     }

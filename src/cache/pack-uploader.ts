@@ -1,9 +1,9 @@
-import type { MetaDb } from '../meta/meta-db';
+import type { LocalPackIndex } from './remote-cache';
 import type { Remote } from '../remote/remote';
 import { packName } from '../remote/object-names';
 import { hashHex, hashBlock } from '../store/hash';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
-import type { PackEntry } from '../meta/remote-index';
+import type { PackEntry, SharedPackIndex } from '../meta/remote-index';
 import type { CacheLedger } from './cache-ledger';
 import { PackBuilder } from './pack-format';
 
@@ -30,6 +30,8 @@ export interface UploaderOptions {
   /** After a failed upload, wait this long before trying again (ms). */
   retryMs: number;
   log: { error(msg: string, err?: unknown): void; info(msg: string): void };
+  /** A volume several machines share: each pack is published here once the remote holds it, before its blocks count as clean. */
+  shared?: SharedPackIndex;
 }
 
 export interface UploaderStatus {
@@ -72,7 +74,7 @@ export class PackUploader {
 
   constructor(
     private readonly ledger: CacheLedger,
-    private readonly meta: MetaDb,
+    private readonly meta: LocalPackIndex,
     private readonly remote: Remote,
     private readonly packer: SuperChunkPacker,
     private readonly options: UploaderOptions,
@@ -263,6 +265,8 @@ export class PackUploader {
     const started = Date.now();
     try {
       const object = await this.remote.put('pack', name, data, { fresh: true });
+      // Other machines find the blocks from now on; only then may rows there refer to them.
+      await this.options.shared?.publish({ name, remoteId: object.id, size: data.length, entries });
       const existing = this.meta.remote.packByName(name);
       if (existing) this.meta.remote.deletePack(existing.id);
       this.meta.durableTransaction(() => this.meta.remote.addPack(name, object.id, data.length, entries));

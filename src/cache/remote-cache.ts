@@ -1,4 +1,5 @@
 import type { MetaDb } from '../meta/meta-db';
+import type { SharedPackIndex } from '../meta/remote-index';
 import type { Remote, RemoteCounters } from '../remote/remote';
 import type { BlockRead, BlockSource, BlockStore } from '../store/block-store';
 import type { CacheLedger } from './cache-ledger';
@@ -22,7 +23,19 @@ export interface RemoteCacheOptions {
   readaheadBytes: number;
   uploadIdleMs: number;
   log: { error(msg: string, err?: unknown): void; warn(msg: string): void; info(msg: string): void };
+  /**
+   * A volume several machines share through the remote (its metadata in PostgreSQL): the
+   * pack index they all publish to and look up (pg-pack-index.ts); the local one caches it.
+   */
+  shared?: SharedPackIndex;
 }
+
+/**
+ * What the cache needs of the local SQLite database: its pack index (RemoteIndex: packs,
+ * block locations, pins) and durable transactions. A volume's meta.db, also when its
+ * namespace lives in another engine (Volume.localPackIndex).
+ */
+export type LocalPackIndex = Pick<MetaDb, 'remote' | 'durableTransaction'>;
 
 export interface CacheStatus {
   remote: string;
@@ -68,7 +81,7 @@ export class RemoteCache implements BlockSource {
 
   constructor(
     private readonly ledger: CacheLedger,
-    private readonly meta: MetaDb,
+    private readonly meta: LocalPackIndex,
     readonly remote: Remote,
     packer: SuperChunkPacker,
     readonly options: RemoteCacheOptions,
@@ -85,6 +98,7 @@ export class RemoteCache implements BlockSource {
       onInstalled: (hashes) => {
         for (const h of hashes) this.evictor.touch(h);
       },
+      shared: options.shared,
     });
     this.uploader = new PackUploader(ledger, meta, remote, packer, {
       // Writers wait once dirty data reaches the cache size: packs of at most half of it
@@ -94,6 +108,7 @@ export class RemoteCache implements BlockSource {
       parallel: 2,
       retryMs: 5000,
       log: options.log,
+      shared: options.shared,
     });
     this.evictor = new CacheEvictor(ledger, meta.remote, { cacheBytes: options.cacheBytes, lowWater: 0.9, log: options.log });
     this.uploader.onUploaded = () => this.scheduleEviction();
@@ -226,6 +241,15 @@ export class RemoteCache implements BlockSource {
     this.evictor.pinsChanged();
     this.scheduleEviction();
     return { ino, unpinned };
+  }
+
+  /**
+   * A volume several machines share, before a commit of rows: resolves once every block
+   * stored so far (short ones waiting for a super-chunk too) is on the remote and in the
+   * shared pack index, so another machine can read what the rows reference.
+   */
+  publishStored(): Promise<void> {
+    return this.uploader.flush();
   }
 
   /** Uploads everything dirty (metadata backup, unmount). */

@@ -131,6 +131,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         metadataCommitMs: 1000,
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
         cache,
+        publishBlocks: attached?.shared && cache ? () => cache.publishStored() : undefined,
         readaheadBytes: cache?.readaheadBytes ?? volume.settings.readaheadBytes,
       },
       log,
@@ -208,6 +209,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         }
         if (req.op === 'pin' || req.op === 'unpin') {
           if (!attached) throw new Error('this volume has no remote: everything is local already');
+          if (attached.shared) throw new Error('pin is not supported yet on a volume whose metadata is in PostgreSQL');
           const ino = await fs.inoOfPath(req.path ?? '');
           const cache = attached.cache;
           // Blocks of files just closed wait parked in the metadata: into the store first, where pin finds them.

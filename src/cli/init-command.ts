@@ -31,9 +31,6 @@ export async function initVolume(
 ): Promise<void> {
   checkBlockSize(blockSize);
   if (metaUrl !== undefined && !/^postgres(ql)?:/i.test(metaUrl)) throw new UsageError('--meta takes a PostgreSQL URL: postgres://USER@HOST[:PORT]/DB');
-  if (metaUrl !== undefined && remote !== undefined) {
-    throw new UsageError('--meta with --remote is not supported yet: a volume with its metadata in PostgreSQL keeps its blocks locally for now');
-  }
   const { compression, ...rest } = given;
   const settings: Partial<VolumeSettings> = { ...rest };
   if (compression !== undefined) {
@@ -62,8 +59,9 @@ export async function initVolume(
     throw err instanceof Error && err.name === 'VolumeError' ? err : new UsageError((err as Error).message);
   }
   try {
+    // The remote is checked first: a remote holding another volume leaves the database untouched.
+    if (v.settings.remote) await attachNewVolume(v, { firstGeneration: metaUrl === undefined });
     if (metaUrl !== undefined) await v.createExternalMeta(metaUrl);
-    if (v.settings.remote) await attachNewVolume(v);
   } catch (err) {
     await v.close();
     rmSync(v.path, { recursive: true, force: true });

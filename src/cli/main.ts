@@ -29,6 +29,7 @@ const commands = {
   fsck: () => import('./fsck-command'),
   gc: () => import('./gc-command'),
   remoteVolume: () => import('./remote-volume'),
+  pgJoin: () => import('./pg-join'),
   pin: () => import('./pin-command'),
   clone: () => import('./clone-command'),
   status: () => import('./status-command'),
@@ -99,6 +100,9 @@ async function checkMountOverlap(volume: string, mountpoint: string, cacheDir: s
     dirs.push({ what: 'local copy (cache directory)', path: cacheDir ?? defaultLocalCopy(spec) });
     const remoteDir = localRemoteDir(spec);
     if (remoteDir !== undefined) dirs.push({ what: 'remote directory', path: remoteDir });
+  } else if ((await commands.pgJoin()).isPgUrl(volume)) {
+    // The default cache directory is named by the volume's UUID: checked once it is known.
+    if (cacheDir !== undefined) dirs.push({ what: 'local cache (cache directory)', path: cacheDir });
   } else dirs.push({ what: 'volume', path: volume });
   const overlap = mountOverlap(mountpoint, dirs);
   if (overlap) throw new UsageError(overlap);
@@ -128,6 +132,11 @@ async function mount(args: string[], flags: MountFlags): Promise<void> {
     // A remote: mount its local copy, restored first if this machine has none.
     const { localCopyFor } = await commands.remoteVolume();
     volume = await localCopyFor(volume, { cacheDir: flags.cacheDir, settings: remoteSettingFlags(flags), notice: (line) => console.error(line), progress: flags });
+  } else if (!flags.ipcReady && (await commands.pgJoin()).isPgUrl(volume)) {
+    // A volume whose metadata is in PostgreSQL, joined from this machine: mount its local cache.
+    const { joinPostgresVolume } = await commands.pgJoin();
+    volume = await joinPostgresVolume(volume, { cacheDir: flags.cacheDir, notice: (line) => console.error(line) });
+    await checkMountOverlap(volume, mountpoint, undefined);
   }
 
   if (flags.foreground) {
@@ -212,8 +221,8 @@ function program(): Command {
 
   p.command('mount')
     .description('mount a volume (the default volume when only a mount point is given); returns once the mount is ready')
-    .usage('[options] [volume | local:DIR | drive:FOLDER] <mountpoint>')
-    .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
+    .usage('[options] [volume | local:DIR | drive:FOLDER | postgres://USER@HOST[:PORT]/DB] <mountpoint>')
+    .argument('<volume-and-mountpoint...>', 'VOLUME MOUNTPOINT; a remote (local:DIR, drive:FOLDER) and MOUNTPOINT, restored from the remote when this machine has no copy; the PostgreSQL database of a volume (postgres://USER@HOST[:PORT]/DB, made with init --meta and --remote) and MOUNTPOINT, through a local cache; or MOUNTPOINT alone for the default volume ($XDG_DATA_HOME/pogfs/default, created on first use)')
     .option('-f, --foreground', 'keep the daemon attached to this terminal')
     .option('--allow-other', 'let other users see the mount (always on when mounted by root; needs user_allow_other in /etc/fuse.conf otherwise)')
     .option('--sync-on-close', 'make close as durable as fsync (survives a power cut); by default close commits without waiting for the disk (survives a crash of pogfs) and the commit interval makes it durable')
@@ -223,7 +232,7 @@ function program(): Command {
     .option('--break-lock', 'take the remote\'s writer lock from another machine (only if it will never write again)')
     .option('--allow-non-empty', 'mount over a directory that has entries (they stay hidden until unmounted)')
     .option('--pid-file <file>', 'write the daemon\'s pid here once the mount is ready (systemd Type=forking)')
-    .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes)')
+    .option('--cache-dir <dir>', 'mounting a remote: where its local copy lives (default under ~/.local/share/pogfs/remotes); mounting postgres://…: where its local cache lives (default ~/.cache/pogfs/UUID)')
     .option('--progress', 'show progress on stderr (reading a remote\'s pack indexes while restoring it) even when it is not a terminal')
     .option('--json', 'errors as JSON on stdout; with --progress, progress as one JSON object per line on stderr')
     .addOption(new Option('--ipc-ready').hideHelp())

@@ -4,6 +4,7 @@ import { maxPackSize } from '../cache/pack-format';
 import { RemoteCache } from '../cache/remote-cache';
 import { openRemote, type RemoteSettings } from '../remote/open-remote';
 import { RemoteError, type Remote } from '../remote/remote';
+import type { SharedPackIndex } from '../meta/remote-index';
 import type { Volume } from '../vfs/volume';
 import type { VolumeSettings } from '../vfs/volume-settings';
 import { UsageError } from './errors';
@@ -64,16 +65,24 @@ export interface AttachedRemote {
   owner: string;
   readOnly: boolean;
   backup?: MetaBackup;
+  /** The shared pack index of a volume several machines write (Volume.sharesBlocks). */
+  shared?: SharedPackIndex;
 }
 
-/** Opens the remote, takes its writer lock (unless read-only) and sets up the cache. */
+/**
+ * Opens the remote, takes its writer lock (unless read-only) and sets up the cache. A
+ * volume several machines share (Volume.sharesBlocks) takes no writer lock (the mount
+ * sessions in its metadata database guard it) and gets the shared pack index.
+ */
 export async function attachRemote(volume: Volume, o: AttachOptions): Promise<AttachedRemote> {
   const s = volume.settings;
   const remote = await openVolumeRemote(s);
   const owner = volume.store.instanceId();
+  let shared: SharedPackIndex | undefined;
   try {
     await remote.init();
-    if (!o.readOnly) {
+    if (volume.sharesBlocks) shared = (await import('../meta/pg-pack-index')).PgPackIndex.open(volume.metaUrl!, { warn: (msg) => o.log.warn(msg) });
+    else if (!o.readOnly) {
       const holder = await remote.readLock();
       if (holder && holder.owner !== owner) {
         if (!o.breakLock) {
@@ -91,19 +100,24 @@ export async function attachRemote(volume: Volume, o: AttachOptions): Promise<At
     await remote.close().catch(() => undefined);
     throw remoteUsageError(s.remote, err);
   }
-  const cache = new RemoteCache(volume.ledger, volume.meta, remote, volume.packer(), {
+  const cache = new RemoteCache(volume.ledger, volume.localPackIndex, remote, volume.packer(), {
     cacheBytes: s.cacheBytes,
     packBytes: s.packBytes,
     readaheadBytes: s.readaheadBytes,
     uploadIdleMs: 2000,
     log: o.log,
+    shared,
   });
-  return { remote, cache, owner, readOnly: o.readOnly };
+  return { remote, cache, owner, readOnly: o.readOnly, shared };
 }
 
-/** Starts the metadata backups (after the filesystem exists: backups hold its block releases). */
+/**
+ * Starts the metadata backups (after the filesystem exists: backups hold its block
+ * releases). Not of a volume whose metadata is in another engine: its backups are the
+ * database's (pg_dump).
+ */
 export function startBackups(a: AttachedRemote, volume: Volume, holdReleases: () => () => void, log: Logger): void {
-  if (a.readOnly) return;
+  if (a.readOnly || volume.metaUrl !== undefined) return;
   a.backup = new MetaBackup(volume.meta, a.remote, {
     keep: volume.settings.backupKeep,
     holdReleases,
@@ -122,7 +136,10 @@ export function startBackups(a: AttachedRemote, volume: Volume, holdReleases: ()
 export async function detachRemote(a: AttachedRemote, log: Logger): Promise<void> {
   a.backup?.stop();
   try {
-    if (!a.readOnly) {
+    if (a.shared) {
+      // Every commit uploaded its blocks already: what is left was never committed.
+      if (!a.readOnly) await a.cache.flush();
+    } else if (!a.readOnly) {
       await a.backup!.backup('unmount');
       await a.remote.releaseLock(a.owner);
     }
@@ -130,6 +147,7 @@ export async function detachRemote(a: AttachedRemote, log: Logger): Promise<void
     log.error(`could not finish with ${a.remote.description} at unmount: the local volume keeps what is not uploaded (it goes up at the next mount) and the writer lock stays`, err);
   } finally {
     await a.cache.close();
+    await a.shared?.close().catch(() => undefined);
     await a.remote.close().catch(() => undefined);
   }
 }

@@ -40,8 +40,12 @@ function given(flags: SettingFlags): Record<string, string> {
   return out;
 }
 
-/** Connects a new volume to its remote: the remote must be free; it gets the volume's first metadata generation. */
-export async function attachNewVolume(v: Volume): Promise<void> {
+/**
+ * Connects a new volume to its remote: the remote must be free; it gets the volume's first
+ * metadata generation (not a volume whose metadata will be in PostgreSQL: `firstGeneration`
+ * false; its backups are the database's).
+ */
+export async function attachNewVolume(v: Volume, o: { firstGeneration: boolean } = { firstGeneration: true }): Promise<void> {
   const remote = await openVolumeRemote(v.settings);
   try {
     await remote.init();
@@ -51,6 +55,7 @@ export async function attachNewVolume(v: Volume): Promise<void> {
         `${v.settings.remote} already holds a pogfs volume (metadata generation ${existing[0].generation}); mount it with: pogfs mount ${v.settings.remote} MOUNTPOINT`,
       );
     }
+    if (!o.firstGeneration) return;
     const backup = new MetaBackup(v.meta, remote, { keep: v.settings.backupKeep, holdReleases: () => () => undefined, flushBlocks: async () => undefined, log: { info: () => undefined, error: () => undefined } });
     await backup.backup('init');
   } catch (err) {

@@ -410,6 +410,8 @@ export class PgEngine implements MetaEngine {
   }
 
   async unlinkedInodes(): Promise<number[]> {
+    // Another live mount (a volume shared by several machines) may hold them open.
+    if (this.mount && (await this.mount.othersLive())) return [];
     return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number));
   }
 

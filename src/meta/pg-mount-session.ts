@@ -38,6 +38,17 @@ export class SessionInUseError extends MetadataError {
   }
 }
 
+/**
+ * Whether the volume's blocks are shared through a remote (its settings name one): then
+ * every mount uploads and publishes its blocks before committing rows that reference them
+ * (invariant 1 across machines), so several mounts may write at once.
+ */
+async function sharesBlocks(c: PoolClient): Promise<boolean> {
+  const r = await c.query("SELECT value FROM settings WHERE key = 'remote'");
+  const remote = (r.rows[0] as { value: string } | undefined)?.value ?? '';
+  return remote !== '' && remote !== 'none';
+}
+
 interface OtherSession {
   host: string;
   pid: number;
@@ -47,10 +58,11 @@ interface OtherSession {
 /**
  * A mounted client's row in the sessions table, kept live by heartbeats.
  *
- * Until several machines can write one volume (their blocks are in each volume
- * directory's own store, and each mount's kernel caches names for a minute), one live
- * session at a time: a claim made while another session is live is refused, a read-only
- * one too (it would read rows naming blocks only the other mount's store has).
+ * A volume whose blocks live only in a volume directory's own store has one live session
+ * at a time: a claim made while another session is live is refused, a read-only one too
+ * (it would read rows naming blocks only the other mount's store has). A volume with a
+ * remote shares its blocks through it and its pack index (pg-pack-index.ts): there every
+ * claim is let in beside the live ones.
  *
  * Our row can be taken away: when no heartbeat reached the server for the expiry (the
  * machine cut off, the process stopped), another mount may delete it and claim the
@@ -93,7 +105,7 @@ export class PgMountSession {
         'SELECT host, pid, (extract(epoch FROM clock_timestamp() - heartbeat) * 1000)::float8 AS age_ms FROM sessions ORDER BY heartbeat DESC LIMIT 1',
       );
       const other = others.rows[0] as OtherSession | undefined;
-      if (other) throw new SessionInUseError(other.host, other.pid, Math.max(0, other.age_ms), expiryMs);
+      if (other && !(await sharesBlocks(c))) throw new SessionInUseError(other.host, other.pid, Math.max(0, other.age_ms), expiryMs);
       await c.query('INSERT INTO sessions (id, host, pid, read_only) VALUES ($1, $2, $3, $4)', [id, hostname(), process.pid, options.readOnly]);
     });
     const mount = new PgMountSession(session, id, expiryMs, warn);
@@ -105,6 +117,17 @@ export class PgMountSession {
     mount.timer = setInterval(() => void mount.heartbeat(), Math.max(1, Math.floor(expiryMs / HEARTBEATS_PER_EXPIRY)));
     mount.timer.unref();
     return mount;
+  }
+
+  /**
+   * Whether a session other than ours is live (by the server's clock): then another mount
+   * may hold inodes open that have no name left, and they are not ours to free.
+   */
+  async othersLive(): Promise<boolean> {
+    const r = await this.session.read((pool) =>
+      pool.query("SELECT 1 FROM sessions WHERE id <> $1 AND heartbeat >= clock_timestamp() - $2 * interval '1 millisecond' LIMIT 1", [this.id, this.expiryMs]),
+    );
+    return r.rows.length > 0;
   }
 
   /** Whether our row was taken away (changes answer EIO). */

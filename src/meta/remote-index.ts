@@ -30,6 +30,26 @@ export interface PackEntry {
   length: number;
 }
 
+/** A pack as a shared pack index holds it: the pack and the location of each of its blocks. */
+export interface SharedPack {
+  name: string;
+  remoteId: string;
+  size: number;
+  entries: PackEntry[];
+}
+
+/**
+ * The pack index of a volume several machines write (pg-pack-index.ts): where the blocks
+ * every machine uploaded live on the shared remote. The local RemoteIndex caches it.
+ */
+export interface SharedPackIndex {
+  /** Records a pack on the remote and its blocks' locations; done twice (a retry), it changes nothing more. */
+  publish(pack: SharedPack): Promise<void>;
+  /** The packs holding the given blocks, each with all its entries (blocks not found are left out). */
+  locate(hashes: readonly Buffer[]): Promise<SharedPack[]>;
+  close(): Promise<void>;
+}
+
 export interface PackUsage {
   pack: number;
   name: string;
@@ -106,6 +126,18 @@ export class RemoteIndex {
       const id = Number(this.s.insertPack.run(name, remoteId, size, BigInt(Date.now()) * 1000000n).lastInsertRowid);
       for (const e of entries) this.s.upsertEntry.run(e.hash, id, e.valueOffset, e.valueLength, e.blockOffset, e.length);
       return id;
+    })();
+  }
+
+  /**
+   * Records a pack another machine uploaded (found in the shared pack index), adding its
+   * entries to the pack's row when the pack is known here already.
+   */
+  recordPack(pack: SharedPack): void {
+    this.db.transaction(() => {
+      const known = this.packByName(pack.name);
+      const id = known ? known.id : Number(this.s.insertPack.run(pack.name, pack.remoteId, pack.size, BigInt(Date.now()) * 1000000n).lastInsertRowid);
+      for (const e of pack.entries) this.s.upsertEntry.run(e.hash, id, e.valueOffset, e.valueLength, e.blockOffset, e.length);
     })();
   }
 

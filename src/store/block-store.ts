@@ -507,11 +507,15 @@ export class BlockStore implements BlockSource {
    * Stores a value fetched from the remote (already verified by the caller): a loose block
    * as it is, or a super-chunk with locators for its members. Only members still
    * referenced and absent here are taken; nothing becomes dirty (it is on the remote).
+   * With `unreferenced`, members absent here are taken whether or not this store counts a
+   * reference to them: a volume several machines share reads blocks the rows of another
+   * machine reference (their count here stays 0, so releasing them later is a no-op, and
+   * eviction gives them up as any clean block).
    */
-  async installFetched(value: Buffer, members: readonly { hash: Buffer; blockOffset: number; length: number }[]): Promise<number> {
+  async installFetched(value: Buffer, members: readonly { hash: Buffer; blockOffset: number; length: number }[], unreferenced = false): Promise<number> {
     return this.lmdb.write((txn) => {
       const totals = this.lmdb.totals();
-      const wanted = members.filter((m) => this.refCount(m.hash) > 0 && !this.blocks.doesExist(m.hash));
+      const wanted = members.filter((m) => (unreferenced || this.refCount(m.hash) > 0) && !this.blocks.doesExist(m.hash));
       if (wanted.length === 0) return 0;
       const loose = !isLocator(value) && members.length === 1 && members[0].blockOffset === 0 && value.readUInt32LE(4) === members[0].length;
       if (loose) {

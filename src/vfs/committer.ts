@@ -37,6 +37,12 @@ export class Committer {
     private readonly writer: BlockWriter,
     private readonly reclaimer: Reclaimer,
     private readonly durability: Durability,
+    /**
+     * A volume several machines share: gets the blocks stored so far onto the remote and
+     * into the shared pack index, before a round commits rows that reference them (DESIGN
+     * invariant 1 across machines). The files of one round share one upload.
+     */
+    private readonly publishBlocks?: () => Promise<void>,
   ) {}
 
   /**
@@ -101,6 +107,7 @@ export class Committer {
     let parked = parking ? this.writer.park() : [];
     try {
       await this.writer.drain();
+      await this.publishBlocks?.();
       const commits = prepared.map(([r, p]) => ({ ino: r.content.ino, rows: p.rows, size: p.size, storedBytes: p.stored, attrs: r.content.takeAttrs(p) }));
       if (parking && parked.length > 0) {
         const seq = await parking.commitContentParking(

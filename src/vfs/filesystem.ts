@@ -65,6 +65,8 @@ export interface FsOptions {
   metadataCommitMs: number;
   /** Told when the first security.* xattr appears (the binding then stops answering those itself). */
   onSecurityXattr?: () => void;
+  /** A volume several machines share: uploads and publishes the stored blocks before content rows are committed (RemoteCache.publishStored). */
+  publishBlocks?: () => Promise<void>;
   /** The remote cache in front of the block store, when the volume has a remote. */
   cache?: ContentSource;
   /** Bytes to fetch ahead of a sequential reader (with a cache). */
@@ -161,7 +163,7 @@ export class PogFs implements FileSystem {
     this.reclaimer = new Reclaimer({ barrier: () => this.durability.beforeRelease() }, volume.store, 1000, (err) =>
       log.error('releasing blocks failed', err),
     );
-    this.committer = new Committer(this.engine, this.writer, this.reclaimer, this.durability);
+    this.committer = new Committer(this.engine, this.writer, this.reclaimer, this.durability, options.publishBlocks);
     this.space = new SpaceGuard({
       path: volume.path,
       storeFreeBytes: () => storeSpace(volume.store).freeBytes,

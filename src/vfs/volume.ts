@@ -5,6 +5,7 @@ import { MetaDb, MetadataError, newInode, type Superblock } from '../meta/meta-d
 import { openMetaEngine, type OpenMetaOptions } from '../meta/registry';
 import { ROOT_INO } from '../posix/file-system';
 import { CacheLedger } from '../cache/cache-ledger';
+import type { LocalPackIndex } from '../cache/remote-cache';
 import { BlockStore, type BlockStoreOptions } from '../store/block-store';
 import { encodingOf } from '../store/codec';
 import { HASH_ALGORITHM } from '../store/hash';
@@ -86,6 +87,22 @@ export class Volume {
     return this.db;
   }
 
+  /**
+   * meta.db's pack index, for the remote cache: the volume's own, or with the namespace in
+   * another engine, a local cache of the shared one (see sharesBlocks).
+   */
+  get localPackIndex(): LocalPackIndex {
+    return this.db;
+  }
+
+  /**
+   * Whether several machines may write the volume at once, sharing its blocks through the
+   * remote: its namespace is in another engine (PostgreSQL) and it has a remote.
+   */
+  get sharesBlocks(): boolean {
+    return this.metaUrl !== undefined && this.settings.remote !== '';
+  }
+
   /** The POSIX-level operations on the volume's metadata (what the vfs uses). */
   get engine(): MetaEngine {
     if (this.metaUrl === undefined) return this.db.engine;
@@ -128,7 +145,12 @@ export class Volume {
     }
     const recorded = engine.url;
     await engine.close();
-    writeFileSync(join(this.path, VolumeFiles.metaUrl), `${recorded}\n`, { mode: 0o600 });
+    this.recordMetaUrl(recorded);
+  }
+
+  /** Records that the namespace is in the engine at `url` (a new volume's, or a machine joining one: see meta.url). */
+  recordMetaUrl(url: string): void {
+    writeFileSync(join(this.path, VolumeFiles.metaUrl), `${url}\n`, { mode: 0o600 });
   }
 
   /** Blocks of closed files parked in the metadata until the block store takes them (see Durability). */
