@@ -1,0 +1,133 @@
+/**
+ * Several mounts of one PostgreSQL volume at once over a shared `local:` remote, through
+ * the real kernel mount: A is the volume directory (`pogfs init V --meta URL --remote
+ * local:R`), B joins from the database's URL alone (`pogfs mount URL MB --cache-dir C`),
+ * each with its own block store. What is closed on one reads identically on the other
+ * (its blocks reached the remote and the shared pack index before its rows were
+ * committed), both create files in one directory at once with no entry lost, and a killed
+ * A leaves B serving while A's session expires (POGFS_SESSION_EXPIRY_SECONDS, which only
+ * tests set). Names are read on the other mount only where that mount never looked them
+ * up: keeping kernel name caches current is the change feed's business.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { isMounted, pogfs, pogfsOk } from './support/mount';
+import { queryPostgres, startPostgres } from './support/postgres';
+import { tempDir } from './support/tmp';
+
+const EXPIRY_S = 2;
+// Inherited by every daemon this file starts.
+process.env.POGFS_SESSION_EXPIRY_SECONDS = String(EXPIRY_S);
+
+const server = startPostgres();
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Unmounts `mnt` if it is mounted: through pogfs, else (a killed daemon's dead mount) with fusermount3, else by aborting its connection. */
+function unmountAnyway(mnt: string): void {
+  if (!isMounted(mnt)) return;
+  if (pogfs(['umount', mnt]).status === 0 && !isMounted(mnt)) return;
+  spawnSync('fusermount3', ['-u', '-z', mnt]);
+  if (!isMounted(mnt)) return;
+  const dev = fs.statSync(mnt, { throwIfNoEntry: false })?.dev;
+  if (dev !== undefined) fs.writeFileSync(`/sys/fs/fuse/connections/${dev & 0xff}/abort`, '1');
+}
+
+/** Runs a shell command without blocking this process (two writers at once); rejects on a non-zero exit. */
+function shAsync(command: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('/bin/sh', ['-c', command], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${command}: exit ${code}: ${err}`))));
+  });
+}
+
+function daemonPid(volumeDir: string): number {
+  return (JSON.parse(fs.readFileSync(join(volumeDir, 'daemon.json'), 'utf8')) as { pid: number }).pid;
+}
+
+/** Sessions with a heartbeat within the expiry (an expired row stays until the next claim deletes it). */
+async function liveSessions(url: string): Promise<number> {
+  const q = `SELECT count(*)::int AS n FROM sessions WHERE heartbeat >= clock_timestamp() - interval '${EXPIRY_S} seconds'`;
+  return (await queryPostgres(url, q))[0].n as number;
+}
+
+describe('several mounts of one PostgreSQL volume over a shared remote', () => {
+  const url = server.createDatabase();
+  // Unmounted before the directory is removed, also after a failure.
+  const dir = tempDir('pogfs-shared-', () => {
+    unmountAnyway(mb);
+    unmountAnyway(ma);
+  });
+  const volume = join(dir, 'vol');
+  const remote = join(dir, 'remote');
+  const cacheB = join(dir, 'cache-b');
+  const ma = join(dir, 'ma');
+  const mb = join(dir, 'mb');
+  for (const d of [ma, mb]) fs.mkdirSync(d);
+
+  it('mounts the volume directory on A and the database URL on B, both live at once', async () => {
+    pogfsOk(['init', volume, '--meta', url, '--remote', `local:${remote}`]);
+    pogfsOk(['mount', volume, ma]);
+    const joined = pogfs(['mount', url, mb, '--cache-dir', cacheB]);
+    assert.equal(joined.status, 0, joined.stderr);
+    assert.doesNotMatch(joined.stderr, /password/i);
+    assert.ok(isMounted(ma) && isMounted(mb));
+    assert.equal(await liveSessions(url), 2);
+    assert.equal(fs.readFileSync(join(cacheB, 'meta.url'), 'utf8').trim(), url);
+  });
+
+  it('a small file and a file of several blocks closed on one mount read identically on the other, both ways', () => {
+    const small = Buffer.from('written on A\n');
+    const big = randomBytes(5 * 128 * 1024 + 4321);
+    fs.writeFileSync(join(ma, 'small-a.txt'), small);
+    fs.writeFileSync(join(ma, 'big-a.bin'), big);
+    assert.deepEqual(fs.readFileSync(join(mb, 'small-a.txt')), small);
+    assert.deepEqual(fs.readFileSync(join(mb, 'big-a.bin')), big);
+
+    const smallB = Buffer.from('written on B\n');
+    const bigB = randomBytes(6 * 128 * 1024 + 99);
+    fs.writeFileSync(join(mb, 'small-b.txt'), smallB);
+    fs.writeFileSync(join(mb, 'big-b.bin'), bigB);
+    assert.deepEqual(fs.readFileSync(join(ma, 'small-b.txt')), smallB);
+    assert.deepEqual(fs.readFileSync(join(ma, 'big-b.bin')), bigB);
+    // The blocks went through the shared remote and its index in the database.
+    assert.ok(fs.readdirSync(remote, { recursive: true }).length > 0);
+  });
+
+  it('both create 200 files in one directory at once: no entry is lost', async () => {
+    fs.mkdirSync(join(ma, 'both'));
+    const ino = fs.statSync(join(ma, 'both')).ino;
+    await Promise.all([
+      shAsync(`for i in $(seq 1 200); do echo "a $i" > '${join(ma, 'both')}'/a-$i; done`),
+      shAsync(`for i in $(seq 1 200); do echo "b $i" > '${join(mb, 'both')}'/b-$i; done`),
+    ]);
+    const rows = await queryPostgres(url, `SELECT convert_from(name, 'UTF8') AS name FROM dentries WHERE parent = ${ino} ORDER BY name`);
+    const names = rows.map((r) => r.name as string);
+    const expected = [...Array.from({ length: 200 }, (_, i) => `a-${i + 1}`), ...Array.from({ length: 200 }, (_, i) => `b-${i + 1}`)].sort();
+    assert.deepEqual(names, expected);
+    // Contents cross over too (names B never looked up).
+    assert.equal(fs.readFileSync(join(mb, 'both', 'a-137'), 'utf8'), 'a 137\n');
+    assert.equal(fs.readFileSync(join(ma, 'both', 'b-58'), 'utf8'), 'b 58\n');
+  });
+
+  it('kill -9 of A leaves B serving; A\'s session expires; what A closed before still reads on B', async () => {
+    const data = randomBytes(3 * 128 * 1024 + 17);
+    fs.writeFileSync(join(ma, 'before-kill.bin'), data);
+    process.kill(daemonPid(volume), 'SIGKILL');
+    try {
+      fs.writeFileSync(join(mb, 'after-kill.txt'), 'B goes on\n');
+      assert.equal(fs.readFileSync(join(mb, 'after-kill.txt'), 'utf8'), 'B goes on\n');
+      assert.deepEqual(fs.readFileSync(join(mb, 'before-kill.bin')), data);
+      await sleep(EXPIRY_S * 1000 + 1500);
+      assert.equal(await liveSessions(url), 1, "A's session expired, B's is live");
+      assert.equal(fs.readFileSync(join(mb, 'small-a.txt'), 'utf8'), 'written on A\n');
+    } finally {
+      unmountAnyway(ma);
+    }
+  });
+});
