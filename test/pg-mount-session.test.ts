@@ -156,6 +156,28 @@ describe('mount sessions of the PostgreSQL engine', () => {
     }
   });
 
+  it('a volume with a remote lets several claims in at once; none frees an open unlinked inode while another is live', async () => {
+    const url = server.createDatabase();
+    const address = url.slice('postgres:'.length);
+    await (await PgEngine.open(address, { create: { ...newVolumeInit(), settings: { remote: 'local:/nowhere' } } })).close();
+    const a = await mountEngine(address);
+    const b = await mountEngine(address);
+    let aOpen = true;
+    try {
+      assert.equal((await sessionRows(address)).length, 2);
+      // A file A holds open, unlinked (as by a crash of its daemon, nothing freed it).
+      const f = await a.mknod(ROOT_INO, Buffer.from('open-on-a'), file, t);
+      await a.unlink(ROOT_INO, Buffer.from('open-on-a'), t, () => true);
+      assert.deepEqual(await b.unlinkedInodes(), [], 'A may hold it open: not B\'s to free');
+      await a.close();
+      aOpen = false;
+      assert.deepEqual(await b.unlinkedInodes(), [f.ino], 'B alone: it frees what nobody holds');
+    } finally {
+      if (aOpen) await a.close();
+      await b.close();
+    }
+  });
+
   it('goes on with its heartbeats across a restart of the server', async () => {
     const address = await freshVolume();
     const said: string[] = [];
