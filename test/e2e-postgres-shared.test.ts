@@ -115,6 +115,31 @@ describe('several mounts of one PostgreSQL volume over a shared remote', () => {
     assert.equal(fs.readFileSync(join(ma, 'both', 'b-58'), 'utf8'), 'b 58\n');
   });
 
+  it('B unlinks, truncates and overwrites files whose blocks only A stored: no error, and the results read back', async () => {
+    const v1 = randomBytes(4 * 128 * 1024);
+    const v2 = randomBytes(4 * 128 * 1024 + 500);
+    fs.writeFileSync(join(ma, 'victim-1.bin'), v1);
+    fs.writeFileSync(join(ma, 'victim-2.bin'), v2);
+    fs.writeFileSync(join(ma, 'victim-3.txt'), 'old content from A\n');
+    fs.rmSync(join(mb, 'victim-1.bin'));
+    // Mid-block: B's new tail block is made from bytes it fetches first.
+    fs.truncateSync(join(mb, 'victim-2.bin'), 200_000);
+    fs.writeFileSync(join(mb, 'victim-3.txt'), 'new from B\n');
+    assert.deepEqual(fs.readFileSync(join(mb, 'victim-2.bin')), v2.subarray(0, 200_000));
+    assert.equal(fs.readFileSync(join(mb, 'victim-3.txt'), 'utf8'), 'new from B\n');
+    const rows = await queryPostgres(url, "SELECT convert_from(d.name, 'UTF8') AS name, i.size::int AS size FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE d.name LIKE 'victim%' ORDER BY 1");
+    assert.deepEqual(rows, [
+      { name: 'victim-2.bin', size: 200_000 },
+      { name: 'victim-3.txt', size: 11 },
+    ]);
+    // Releasing blocks its store never counted is not an error (nor a negative count).
+    const errors = fs
+      .readFileSync(join(cacheB, 'pogfs.log'), 'utf8')
+      .split('\n')
+      .filter((l) => l !== '' && (JSON.parse(l) as { level: number }).level >= 50);
+    assert.deepEqual(errors, []);
+  });
+
   it('kill -9 of A leaves B serving; A\'s session expires; what A closed before still reads on B', async () => {
     const data = randomBytes(3 * 128 * 1024 + 17);
     fs.writeFileSync(join(ma, 'before-kill.bin'), data);
