@@ -2,15 +2,23 @@
  * The shared pack index of a PostgreSQL volume (src/meta/pg-pack-index.ts) on a real
  * server: a pack published twice (a retry after a lost reply) is one pack with its
  * entries once, blocks are located with their whole pack, unknown blocks are left out,
- * and a later pack holding a block takes over its location.
+ * and a later pack holding a block takes over its location. Then two block stores (two
+ * machines) over one `local:` remote and the index: what one uploads the other fetches,
+ * and releasing or taking blocks it never counted keeps its counts and ledger sound.
  */
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { RemoteCache } from '../src/cache/remote-cache';
+import { LocalRemote } from '../src/remote/local-remote';
+import { Volume } from '../src/vfs/volume';
 import { PgEngine } from '../src/meta/pg-engine';
 import { PgPackIndex } from '../src/meta/pg-pack-index';
 import type { PackEntry, SharedPack } from '../src/meta/remote-index';
 import { hashBlock } from '../src/store/hash';
+import { BLOCK, TestLog, randomBlocks, storeBlocks } from './support/cache';
 import { queryPostgres, startPostgres } from './support/postgres';
+import { tempDir } from './support/tmp';
 import { newVolumeInit } from './support/volume-init';
 
 const server = startPostgres();
@@ -85,6 +93,74 @@ describe('the shared pack index in PostgreSQL', () => {
       await Promise.all(jobs);
       const counts = await queryPostgres(url, 'SELECT (SELECT count(*)::int FROM packs) AS packs, (SELECT count(*)::int FROM pack_blocks) AS blocks');
       assert.deepEqual(counts[0], { packs: 40, blocks: 19 * 3 + 1 + 40 });
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it('a store fetches blocks another uploaded and published; releasing and sharing them keeps counts and the ledger sound', async () => {
+    const url = await freshVolume();
+    const dir = tempDir('pogfs-shared-cache-');
+    const remoteDir = join(dir, 'remote');
+    const log = new TestLog();
+    const machine = async (name: string) => {
+      const volume = Volume.create(join(dir, name), { remote: `local:${remoteDir}`, compression: 'none', superchunks: false });
+      const remote = new LocalRemote(remoteDir);
+      await remote.init();
+      const shared = PgPackIndex.open(url);
+      const cache = new RemoteCache(volume.ledger, volume.localPackIndex, remote, volume.packer(), {
+        cacheBytes: 1 << 30,
+        packBytes: 8 << 20,
+        readaheadBytes: 0,
+        uploadIdleMs: 60_000,
+        log,
+        shared,
+      });
+      return {
+        volume,
+        cache,
+        async close() {
+          await cache.close();
+          await shared.close();
+          await remote.close();
+          await volume.close();
+        },
+      };
+    };
+    const a = await machine('a');
+    const b = await machine('b');
+    try {
+      const blocks = randomBlocks(3);
+      await storeBlocks(a.volume, blocks);
+      assert.equal(a.volume.ledger.dirtyStats().blocks, 3);
+      await a.cache.publishStored();
+      assert.equal(a.volume.ledger.dirtyStats().blocks, 0, 'clean once uploaded and published');
+      assert.equal((await queryPostgres(url, 'SELECT count(*)::int AS n FROM pack_blocks'))[0].n, 3);
+
+      // B never stored them: its index learns them from the shared one, the bytes come from the remote.
+      const target = Buffer.alloc(BLOCK);
+      assert.equal(await b.cache.read(blocks[0].hash, 0, BLOCK, target, 0), 'ok');
+      assert.deepEqual(target, blocks[0].data);
+      assert.ok(b.volume.localPackIndex.remote.locate(blocks[1].hash), 'the whole pack is recorded locally');
+      assert.ok(b.volume.store.has(blocks[0].hash));
+      assert.equal(b.volume.store.refCount(blocks[0].hash), 0, 'held, not counted: rows elsewhere reference it');
+
+      // Releasing blocks B never counted (an unlink of A's file on B): no error, no negative count.
+      const before = b.volume.store.stats();
+      await b.volume.store.release([blocks[0].hash, blocks[1].hash]);
+      const after = b.volume.store.stats();
+      assert.equal(after.references, before.references);
+      assert.equal(b.volume.store.refCount(blocks[1].hash), 0);
+      // Writing the same bytes on B shares the fetched copy and dirties nothing (A's pack holds it).
+      await storeBlocks(b.volume, [blocks[0]]);
+      assert.equal(b.volume.store.refCount(blocks[0].hash), 1);
+      assert.equal(b.volume.ledger.dirtyStats().blocks, 0);
+      await b.volume.store.release([blocks[0].hash]);
+      assert.equal(b.volume.store.refCount(blocks[0].hash), 0);
+      // A block nobody published is missing, not an error.
+      assert.equal(await b.cache.fetcher.fetchOne(randomBlocks(1)[0].hash), 'missing');
+      assert.deepEqual(log.errors, []);
     } finally {
       await a.close();
       await b.close();
