@@ -87,5 +87,14 @@ describe('joining a PostgreSQL volume from another machine', () => {
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     assert.match(r.stderr, /has no remote/);
     assert.ok(!fs.existsSync(cache));
+
+    // A password in the URL is refused without being printed.
+    const withPassword = url.replace('postgres://', 'postgres://someone:hunter2@');
+    const p = pogfs(['mount', withPassword, mnt, '--cache-dir', cache]);
+    assert.equal(p.status, 2, p.stderr);
+    assert.equal(p.stderr.trim().split('\n').length, 1, p.stderr);
+    assert.match(p.stderr, /carries a password/);
+    assert.doesNotMatch(p.stderr, /hunter2/);
+    assert.ok(!fs.existsSync(cache));
   });
 });

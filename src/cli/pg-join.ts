@@ -38,8 +38,11 @@ export async function joinPostgresVolume(url: string, o: JoinOptions): Promise<s
   try {
     info = await readPgVolumeInfo(url);
   } catch (err) {
-    if (err instanceof MetadataError) throw new UsageError(`${err.message} (check the URL, that the server is up, and PGPASSWORD, ~/.pgpass or PGPASSFILE)`);
-    throw err;
+    if (!(err instanceof MetadataError)) throw err;
+    // A URL refused as written says what to do already; a server not reached is a failure (1), not a usage error.
+    if (/PGPASSWORD/.test(err.message)) throw new UsageError(err.message);
+    const unreachable = /unreachable/.test(err.message);
+    throw new UsageError(`${err.message} (check the URL, that the server is up, and PGPASSWORD, ~/.pgpass or PGPASSFILE)`, unreachable ? 1 : 2);
   }
   let settings: VolumeSettings;
   try {
