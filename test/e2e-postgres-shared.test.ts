@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { isMounted, pogfs, pogfsOk } from './support/mount';
+import { isMounted, pogfs, pogfsOk, sh } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
@@ -115,12 +115,21 @@ describe('several mounts of one PostgreSQL volume over a shared remote', () => {
     assert.equal(fs.readFileSync(join(ma, 'both', 'b-58'), 'utf8'), 'b 58\n');
   });
 
-  it('B unlinks, truncates and overwrites files whose blocks only A stored: no error, and the results read back', async () => {
+  it('B copies by reference, unlinks, truncates and overwrites files whose blocks only A stored: no error, and the results read back', async () => {
     const v1 = randomBytes(4 * 128 * 1024);
     const v2 = randomBytes(4 * 128 * 1024 + 500);
     fs.writeFileSync(join(ma, 'victim-1.bin'), v1);
     fs.writeFileSync(join(ma, 'victim-2.bin'), v2);
     fs.writeFileSync(join(ma, 'victim-3.txt'), 'old content from A\n');
+    const shared = randomBytes(3 * 128 * 1024);
+    fs.writeFileSync(join(ma, 'copy-source.bin'), shared);
+    // A copy by reference on B of blocks B never held (copy_file_range shares whole blocks).
+    sh(
+      `python3 -c 'import os, sys\ns = os.open(sys.argv[1], os.O_RDONLY)\nd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT, 0o644)\n` +
+        `n = os.fstat(s).st_size\nwhile n > 0: n -= os.copy_file_range(s, d, n)' '${join(mb, 'copy-source.bin')}' '${join(mb, 'copied-on-b.bin')}'`,
+    );
+    assert.deepEqual(fs.readFileSync(join(mb, 'copied-on-b.bin')), shared);
+    assert.deepEqual(fs.readFileSync(join(ma, 'copied-on-b.bin')), shared);
     fs.rmSync(join(mb, 'victim-1.bin'));
     // Mid-block: B's new tail block is made from bytes it fetches first.
     fs.truncateSync(join(mb, 'victim-2.bin'), 200_000);

@@ -129,6 +129,13 @@ export class BlockStore implements BlockSource {
   zstdLevel: number;
   /** Blocks shorter than this wait to be packed into super-chunks (0: super-chunks off). */
   packBelow: number;
+  /**
+   * A volume several machines share through its remote: a reference may be taken on a
+   * block this store never held (a copy by reference of a file another machine wrote), as
+   * on an evicted one. Its bytes are on the remote: every block a row references was
+   * uploaded and published before the row was committed (see Volume.sharesBlocks).
+   */
+  referencesOnRemote = false;
   /** Told after a commit queued short blocks for packing (the SuperChunkPacker listens). */
   onQueued: ((bytes: number) => void) | undefined;
   /**
@@ -243,7 +250,7 @@ export class BlockStore implements BlockSource {
     let stored = 0;
     for (const { hash, data, value: encoded } of items) {
       const count = this.refCount(hash);
-      if (count === 0 && !this.blocks.doesExist(hash)) {
+      if (count === 0 && !this.blocks.doesExist(hash) && !(data === undefined && this.referencesOnRemote)) {
         // Never a reference to bytes nobody has (DESIGN invariant 1).
         if (!data) throw new Error(`block ${hash.toString('hex')} was to be shared by reference but is no longer stored`);
         let value: Buffer;

@@ -75,6 +75,7 @@ export class Volume {
     readonly metaUrl: string | undefined,
   ) {
     this.ledger = new CacheLedger(store, settings.remote !== '');
+    store.referencesOnRemote = this.sharesBlocks;
   }
 
   /** The SQLite metadata (scans, repairs, backups, the remote's index); a VolumeError when the namespace is elsewhere. */
