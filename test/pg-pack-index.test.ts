@@ -158,6 +158,15 @@ describe('the shared pack index in PostgreSQL', () => {
       assert.equal(b.volume.ledger.dirtyStats().blocks, 0);
       await b.volume.store.release([blocks[0].hash]);
       assert.equal(b.volume.store.refCount(blocks[0].hash), 0);
+      // A copy by reference on B of a block B never held (A's blocks[2]): counted as an evicted block is, read from the remote.
+      await assert.rejects(b.volume.store.acquire([{ hash: blocks[2].hash }]), /no longer stored/);
+      b.volume.store.referencesOnRemote = true;
+      await b.volume.store.acquire([{ hash: blocks[2].hash }]);
+      assert.equal(b.volume.store.refCount(blocks[2].hash), 1);
+      assert.ok(!b.volume.store.has(blocks[2].hash));
+      assert.equal(await b.cache.read(blocks[2].hash, 0, BLOCK, target, 0), 'ok');
+      assert.deepEqual(target, blocks[2].data);
+      assert.equal(b.volume.ledger.dirtyStats().blocks, 0);
       // A block nobody published is missing, not an error.
       assert.equal(await b.cache.fetcher.fetchOne(randomBlocks(1)[0].hash), 'missing');
       assert.deepEqual(log.errors, []);
