@@ -30,6 +30,11 @@ const RECONNECT_WAIT_MS = 30_000;
  * before any row referencing their blocks is committed, and looks here for blocks its own
  * index (meta.db, a cache of this one) does not know. A connection of its own, so that an
  * upload never waits behind the namespace's changes, nor they behind it.
+ *
+ * Its commits are asynchronous, as the engine's are: a crash of the server may lose the
+ * last ones, but only as a suffix of its log, and a row referencing a block is committed
+ * (by this machine or by one that saw the pack) after the pack's publication: a row that
+ * survives names blocks whose publication survived too.
  */
 export class PgPackIndex implements SharedPackIndex {
   private constructor(private readonly session: PgSession) {}
