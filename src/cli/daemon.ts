@@ -12,6 +12,7 @@ import { serveControl, type ControlRequest } from './control-socket';
 import { getSystemErrorName } from 'node:util';
 import { FsError } from '../posix/errors';
 import type { Invalidation } from '../posix/file-system';
+import type { ChangeWatch } from '../meta/engine';
 import { openLog, type DaemonLogger } from './log';
 import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
@@ -75,6 +76,26 @@ async function treeRequest(fs: PogFs, req: ControlRequest): Promise<{ inodes: nu
     if (err instanceof FsError) throw new Error(`${getSystemErrorName(-err.errno)}${err.message.startsWith('errno ') ? '' : `: ${err.message}`}`);
     throw err;
   }
+}
+
+/**
+ * Makes the mount forget what other mounts of a shared metadata engine change (the engine's
+ * watchChanges; nothing for an engine that has no other clients): each change drops the
+ * read copies it makes stale in `fs`, then the kernel's entries, attributes and pages.
+ * One change at a time, in commit order. The kernel's answers are not waited on by any
+ * request (its notices run on worker threads), and its refusals (ENOENT for an inode or
+ * name it no longer holds) are normal: nothing is said above debug level.
+ */
+function followChanges(volume: Volume, fs: PogFs, adapter: FsAdapter, log: DaemonLogger): ChangeWatch | undefined {
+  const engine = volume.engine;
+  if (!engine.watchChanges) return undefined;
+  let chain: Promise<void> = Promise.resolve();
+  return engine.watchChanges((change) => {
+    if (change.kind === 'everything') log.debug(`another mount's changes: everything may have changed (${change.reason})`);
+    chain = chain
+      .then(async () => adapter.invalidate(await fs.externalChange(change)))
+      .catch((err: unknown) => log.debug(`following another mount's change failed: ${(err as Error).message}`));
+  });
 }
 
 /** Runs the filesystem until it is unmounted or told to stop. Resolves after a clean shutdown. */
@@ -166,8 +187,9 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
       log.info(`metrics at ${metricsServer.url}`);
     }
     const isRoot = process.getuid?.() === 0;
-    // This mount is the volume's only writer: the kernel may cache names, attributes,
-    // pages and listings for a minute, and pages across opens.
+    // The kernel may cache names, attributes, pages and listings for a minute, and pages
+    // across opens: this mount is the volume's only writer, or (a shared metadata engine)
+    // the other mounts' changes are followed below and make it forget what they change.
     const adapter = new FsAdapter(fs, { entryTimeout: 60, attrTimeout: 60, keepCache: true, keepDirCache: true });
     session = FuseSession.mount(
       mountpoint,
@@ -188,6 +210,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     session.setSecurityXattrsPresent(fs.hasSecurityXattrs);
     // Clones and snapshots tell the kernel of the names they make.
     adapter.attach(session);
+    const following = followChanges(volume, fs, adapter, log);
+    if (following) await following.ready;
     writeDaemonRecord(recordPath, mountpoint, metricsServer?.url);
     if (o.pidFile) writeFileSync(o.pidFile, `${process.pid}\n`);
     log.info(`mounted ${volumePath} at ${mountpoint}`);
@@ -246,6 +270,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     notifyReady(`mounted ${volumePath} at ${mountpoint}`, log);
     o.onReady();
     await active.ended;
+    following?.stop();
     notifyStopping(log);
     log.info('session ended: committing and closing');
     control.close();

@@ -117,6 +117,23 @@ export interface MetaDurability {
   barrier(): Promise<void>;
 }
 
+/**
+ * What another client of a shared metadata database changed (MetaEngine.watchChanges):
+ * the inodes whose attributes, names or content changed and the names (directory, name)
+ * added or removed; or, when that cannot be said (a change too large to list, notices
+ * missed while the feed was disconnected), that everything may have changed.
+ */
+export type ExternalChange =
+  | { kind: 'names'; inodes: number[]; entries: Array<[number, Buffer]> }
+  | { kind: 'everything'; reason: string };
+
+/** A subscription to other clients' changes (MetaEngine.watchChanges). */
+export interface ChangeWatch {
+  /** Resolves once the first try to follow changes is over (changes committed after it are seen, or, if it failed, an "everything" follows once it works). */
+  ready: Promise<void>;
+  stop(): void;
+}
+
 export interface MetaEngine extends MetaDurability {
   /** The engine's URL (scheme and address), as given to openMetaEngine. */
   readonly url: string;
@@ -196,6 +213,13 @@ export interface MetaEngine extends MetaDurability {
   free(ino: number): Promise<Buffer[]>;
   /** Inodes left without names (unlinked while open before a crash), for recovery. */
   unlinkedInodes(): Promise<number[]>;
+
+  /**
+   * Calls `onChange` with what other clients of the same database commit, in commit order,
+   * never for this client's own changes (engines other clients can share; absent where the
+   * engine is its volume's only client). Stopped by `stop`, or when the engine closes.
+   */
+  watchChanges?(onChange: (change: ExternalChange) => void): ChangeWatch;
 
   close(): Promise<void>;
 }

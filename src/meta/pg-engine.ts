@@ -6,9 +6,11 @@ import {
   XATTR_CREATE,
   XATTR_REPLACE,
   type AttrChange,
+  type ChangeWatch,
   type ContentCommit,
   type Detached,
   type DirPage,
+  type ExternalChange,
   type InUse,
   type MetaEngine,
   type NodeSpec,
@@ -19,6 +21,7 @@ import { E, fail } from '../posix/errors';
 import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system';
 import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
+import { ChangeNotice, PgChangeFeed, newClientId } from './pg-change-feed';
 import { PgMountSession } from './pg-mount-session';
 import { pgMigrate } from './pg-schema';
 import { PgSession, Restart, type PgSessionOptions } from './pg-session';
@@ -49,14 +52,23 @@ const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
  * updates (nlink = nlink + $1), never as whole rows read before. The order of one
  * client's calls, the durability of commits and what a lost connection does (waits for the
  * server to come back, then EIO) are PgSession's.
+ *
+ * Every change also publishes what it changed (pg-change-feed.ts), in the round trip of
+ * its COMMIT; `watchChanges` follows what the other clients publish.
  */
 export class PgEngine implements MetaEngine {
   /** This mount's claim on the database (OpenMetaOptions.mountSession), released on close. */
   private mount: PgMountSession | undefined;
+  /** Names this client in its change notices, so that it skips its own. */
+  private readonly clientId = newClientId();
+  /** The connection following other clients' changes, while someone watches them. */
+  private feed: PgChangeFeed | undefined;
+  private readonly watchers = new Set<(change: ExternalChange) => void>();
 
   private constructor(
     private readonly session: PgSession,
     readonly url: string,
+    private readonly connectionString: string,
   ) {}
 
   /**
@@ -66,7 +78,7 @@ export class PgEngine implements MetaEngine {
   static async open(address: string, options: OpenMetaOptions, connection: Pick<PgSessionOptions, 'reconnectWaitMs'> = {}): Promise<PgEngine> {
     const target = parsePgUrl(address);
     const session = new PgSession(target.connectionString, { ...connection, readOnly: options.readOnly, warn: options.warn });
-    const engine = new PgEngine(session, target.url);
+    const engine = new PgEngine(session, target.url, target.connectionString);
     try {
       const client = await session.pool.connect();
       try {
@@ -161,9 +173,10 @@ export class PgEngine implements MetaEngine {
 
   async setattr(ino: number, change: AttrChange): Promise<InodeRow> {
     // Only the fields given (UPDATE ... RETURNING).
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       const row = (await this.update(c, ino, change)) ?? (await this.getInode(c, ino));
       if (!row) fail(E.ENOENT);
+      changed.inode(ino);
       return row;
     });
   }
@@ -185,7 +198,7 @@ export class PgEngine implements MetaEngine {
       if (spec.target.length > SYMLINK_MAX) fail(E.ENAMETOOLONG);
     }
     checkName(name);
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       const dir = (await this.lock(c, [parent])).get(parent);
       if (!dir) fail(E.ENOENT);
       if (!isDir(dir.mode)) fail(E.ENOTDIR);
@@ -201,13 +214,15 @@ export class PgEngine implements MetaEngine {
       // The parent is locked, so the name check inside the statement cannot be overtaken.
       const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t)]);
       if (made.rows.length === 0) fail(E.EEXIST);
+      changed.inode(parent);
+      changed.entry(parent, name);
       return { ino: made.rows[0].ino as number, ...fresh };
     });
   }
 
   async link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow> {
     checkName(name);
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       const rows = await this.lock(c, [ino, parent]);
       const node = rows.get(ino);
       if (!node) fail(E.ENOENT);
@@ -219,25 +234,29 @@ export class PgEngine implements MetaEngine {
       await run(c, 'addEntry', [parent, name, ino]);
       await run(c, 'change', [1, ...timeArgs(t), ino]);
       await run(c, 'touch', [0, ...timeArgs(t), parent]);
+      changed.inode(ino, parent);
+      changed.entry(parent, name);
       return { ...node, nlink: node.nlink + 1, ctime_s: t.s, ctime_ns: t.ns };
     });
   }
 
   async unlink(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached> {
     checkName(name);
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       const { rows, inos } = await this.lockNamed(c, [parent], [[parent, name]]);
       this.dirIn(rows, parent);
       const node = this.namedIn(rows, inos[0]);
       if (isDir(node.mode)) fail(E.EISDIR);
       await run(c, 'dropName', [parent, name, node.ino, ...timeArgs(t)]);
+      changed.inode(parent, node.ino);
+      changed.entry(parent, name);
       return this.detached(c, { ...node, nlink: node.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);
     });
   }
 
   async rmdir(parent: number, name: Buffer, t: Timespec, inUse?: InUse): Promise<Detached> {
     checkName(name);
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       const { rows, inos } = await this.lockNamed(c, [parent], [[parent, name]]);
       this.dirIn(rows, parent);
       const node = this.namedIn(rows, inos[0]);
@@ -247,6 +266,8 @@ export class PgEngine implements MetaEngine {
       await run(c, 'removeEntry', [parent, name]);
       await run(c, 'orphan', [...timeArgs(t), node.ino]);
       await run(c, 'touch', [-1, ...timeArgs(t), parent]); // its ".." is gone
+      changed.inode(parent, node.ino);
+      changed.entry(parent, name);
       return this.detached(c, { ...node, nlink: 0, ctime_s: t.s, ctime_ns: t.ns }, inUse);
     });
   }
@@ -255,7 +276,7 @@ export class PgEngine implements MetaEngine {
     checkName(name);
     checkName(newName);
     if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) fail(E.EINVAL);
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       if (newParent !== parent) await run(c, 'renameLock', [RENAME_LOCK]);
       const { rows, inos } = await this.lockNamed(c, [parent, newParent], [[parent, name], [newParent, newName]]);
       this.dirIn(rows, parent);
@@ -275,6 +296,9 @@ export class PgEngine implements MetaEngine {
         await run(c, 'retargetEntry', [dst.ino, parent, name]);
         await run(c, 'retargetEntry', [src.ino, newParent, newName]);
         await this.apply(c, renameTouches(parent, newParent, src, dst, true), t);
+        changed.inode(parent, newParent, src.ino, dst.ino);
+        changed.entry(parent, name);
+        changed.entry(newParent, newName);
         return { moved: { ...src, ctime_s: t.s, ctime_ns: t.ns }, exchanged: { ...dst, ctime_s: t.s, ctime_ns: t.ns } };
       }
 
@@ -295,6 +319,10 @@ export class PgEngine implements MetaEngine {
         if (isDir(dst.mode)) await run(c, 'orphan', [...timeArgs(t), dst.ino]);
       } else await run(c, 'addEntry', [newParent, newName, src.ino]);
       await this.apply(c, renameTouches(parent, newParent, src, dst, false), t);
+      changed.inode(parent, newParent, src.ino);
+      if (dst) changed.inode(dst.ino);
+      changed.entry(parent, name);
+      changed.entry(newParent, newName);
       const moved = { ...src, ctime_s: t.s, ctime_ns: t.ns };
       if (!dst) return { moved };
       const replaced = await this.detached(c, { ...dst, nlink: isDir(dst.mode) ? 0 : dst.nlink - 1, ctime_s: t.s, ctime_ns: t.ns }, inUse);
@@ -338,13 +366,14 @@ export class PgEngine implements MetaEngine {
   async setxattr(ino: number, name: Buffer, value: Buffer, flags: number, t: Timespec): Promise<void> {
     checkXattrName(name);
     if (value.length > XATTR_SIZE_MAX) fail(E.E2BIG);
-    await this.session.change(async (c) => {
+    await this.change(async (c, changed) => {
       if (!(await this.lock(c, [ino])).has(ino)) fail(E.ENOENT);
       const exists = (await run(c, 'getXattr', [ino, name])).rows.length > 0;
       if (flags & XATTR_CREATE && exists) fail(E.EEXIST);
       if (flags & XATTR_REPLACE && !exists) fail(E.ENODATA);
       await run(c, 'setXattr', [ino, name, value]);
       await run(c, 'change', [0, ...timeArgs(t), ino]);
+      changed.inode(ino);
     });
   }
 
@@ -357,10 +386,11 @@ export class PgEngine implements MetaEngine {
 
   async removexattr(ino: number, name: Buffer, t: Timespec): Promise<void> {
     checkXattrName(name);
-    await this.session.change(async (c) => {
+    await this.change(async (c, changed) => {
       if (!(await this.lock(c, [ino])).has(ino)) fail(E.ENOENT);
       if ((await run(c, 'removeXattr', [ino, name])).rowCount === 0) fail(E.ENODATA);
       await run(c, 'change', [0, ...timeArgs(t), ino]);
+      changed.inode(ino);
     });
   }
 
@@ -376,9 +406,10 @@ export class PgEngine implements MetaEngine {
 
   async commitContent(commits: readonly ContentCommit[]): Promise<void> {
     if (commits.length === 0) return;
-    await this.session.change(async (c) => {
+    await this.change(async (c, changed) => {
       // Locked, so a free of one of these inodes by another client waits for this commit.
       await this.lock(c, commits.map((x) => x.ino));
+      changed.inode(...commits.map((x) => x.ino));
       for (const x of commits) {
         const idx: number[] = [];
         const hashes: Buffer[] = [];
@@ -401,10 +432,11 @@ export class PgEngine implements MetaEngine {
   // ---- freeing ----
 
   async free(ino: number): Promise<Buffer[]> {
-    return this.session.change(async (c) => {
+    return this.change(async (c, changed) => {
       const row = (await this.lock(c, [ino])).get(ino);
       // Another client may have given it a name again meanwhile: then it stays.
       if (!row || row.nlink > 0) return [];
+      changed.inode(ino);
       return this.deleteInode(c, ino);
     });
   }
@@ -420,7 +452,29 @@ export class PgEngine implements MetaEngine {
     return this.mount;
   }
 
+  /** Follows the other clients' changes on a connection of its own (PgChangeFeed), opened for the first watcher and closed after the last. */
+  watchChanges(onChange: (change: ExternalChange) => void): ChangeWatch {
+    this.watchers.add(onChange);
+    this.feed ??= new PgChangeFeed(this.connectionString, this.clientId, (change) => {
+      for (const w of [...this.watchers]) w(change);
+    });
+    const feed = this.feed;
+    return {
+      ready: feed.ready,
+      stop: () => {
+        this.watchers.delete(onChange);
+        if (this.watchers.size > 0 || this.feed !== feed) return;
+        this.feed = undefined;
+        void feed.close();
+      },
+    };
+  }
+
   async close(): Promise<void> {
+    this.watchers.clear();
+    const feed = this.feed;
+    this.feed = undefined;
+    await feed?.close();
     await this.session.settled();
     try {
       await this.mount?.release();
@@ -430,6 +484,18 @@ export class PgEngine implements MetaEngine {
   }
 
   // ---- internals ----
+
+  /** A change transaction (PgSession.change) that publishes what `fn` says it changed, with its COMMIT. */
+  private change<T>(fn: (c: PoolClient, changed: ChangeNotice) => Promise<T>): Promise<T> {
+    let changed = new ChangeNotice();
+    return this.session.change(
+      (c) => {
+        changed = new ChangeNotice(); // a transaction run again starts over
+        return fn(c, changed);
+      },
+      () => changed.statement(this.clientId),
+    );
+  }
 
   /** Locks the inode rows (in inode order) and returns those that exist. */
   private async lock(c: PoolClient, inos: readonly number[]): Promise<Map<number, InodeRow>> {

@@ -194,9 +194,14 @@ export class PgSession {
     await this.lastChange;
   }
 
-  /** Runs `fn` as one transaction after the changes called before it, again on a conflict or a failed connection. */
-  change<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
-    return this.inOrder(() => this.reconnecting(() => this.attempts(fn)));
+  /**
+   * Runs `fn` as one transaction after the changes called before it, again on a conflict or
+   * a failed connection. `closing`, asked after `fn` succeeded, may give one more statement
+   * (without parameters) to run last in the transaction, sent with its COMMIT in one round
+   * trip (the change feed's notice).
+   */
+  change<T>(fn: (c: PoolClient) => Promise<T>, closing?: () => string | undefined): Promise<T> {
+    return this.inOrder(() => this.reconnecting(() => this.attempts(fn, closing)));
   }
 
   /**
@@ -316,7 +321,7 @@ export class PgSession {
     this.warn('connected to PostgreSQL again');
   }
 
-  private async attempts<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+  private async attempts<T>(fn: (c: PoolClient) => Promise<T>, closing?: () => string | undefined): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const client = await this.pool.connect();
       let broken: Error | undefined;
@@ -332,8 +337,9 @@ export class PgSession {
         await this.checkLastCommit(client, commit);
         if (guard && row.held === false) throw guard.refused();
         const result = await fn(client);
+        const last = closing?.();
         committing = { result };
-        await client.query('COMMIT');
+        await client.query(last === undefined ? 'COMMIT' : `${last}; COMMIT`);
         this.lastCommit = commit;
         return result;
       } catch (err) {

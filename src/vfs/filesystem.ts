@@ -22,7 +22,7 @@ import {
   type StatFs,
   type Unlinked,
 } from '../posix/file-system';
-import type { AttrChange, Detached, MetaEngine, NodeSpec, SnapshotInfo } from '../meta/engine';
+import type { AttrChange, Detached, ExternalChange, MetaEngine, NodeSpec, SnapshotInfo } from '../meta/engine';
 import type { BlockRow, InodeRow } from '../meta/meta-db';
 import { checkXattrName } from '../meta/name-rules';
 import { PathNamer } from '../meta/path-namer';
@@ -86,8 +86,8 @@ export interface DaemonStatus {
  * Its attributes live in the metadata engine: each change is written there field by
  * field, so nothing is written back from a stale copy. `row` is only a read copy of the
  * engine's last answer, so a getattr, open or access of a known inode costs no query:
- * it is dropped whenever an operation here may have changed the inode. (Today a volume
- * has one client, its daemon; a shared engine will need these copies to expire.)
+ * it is dropped whenever an operation here may have changed the inode, and when another
+ * client of a shared engine did (externalChange).
  */
 interface Node {
   ino: number;
@@ -99,6 +99,14 @@ interface Node {
   content?: FileContent;
   /** Its last name went while in use here: freed once unused. */
   unlinked: boolean;
+}
+
+/** An open directory's listing, taken whole at opendir. */
+interface DirListing {
+  ino: number;
+  entries: DirEntry[];
+  /** Listed again after another client changed the directory: what a read from the start (rewinddir) gives. */
+  relisted?: DirEntry[];
 }
 
 interface FileHandle {
@@ -116,7 +124,12 @@ interface FileHandle {
 export class PogFs implements FileSystem {
   private readonly nodes = new Map<number, Node>();
   private readonly files = new Map<number, FileHandle>();
-  private readonly dirs = new Map<number, DirEntry[]>();
+  private readonly dirs = new Map<number, DirListing>();
+  /**
+   * Counts the external changes handed in (externalChange). An engine answer is kept as a
+   * read copy only when no external change came while it was on its way: it may predate it.
+   */
+  private epoch = 0;
   private nextFh = 1;
   readonly writer: BlockWriter;
   readonly reclaimer: Reclaimer;
@@ -256,10 +269,90 @@ export class PogFs implements FileSystem {
     await Promise.all(work);
   }
 
+  // ---- other clients' changes ----
+
+  /**
+   * Another client of the volume's shared metadata committed `change` (the engine's
+   * watchChanges): drops the read copies here it makes stale and returns what the kernel
+   * must forget. Dropped: the attributes of the inodes named, the content of those not open
+   * here (an open file keeps what it read until it is closed: close-to-open, so a file
+   * opened after the other client's close reads its new size and block map), and open
+   * directory listings, which a read from the start (rewinddir) takes anew. The kernel is
+   * told only of inodes it knows (and names in directories it knows).
+   *
+   * "Everything": every inode the kernel knows, and every name in each directory among
+   * them as listed now. What cannot be named stays cached for up to the timeouts: negative
+   * entries, and names another client removed or renamed while the notices were missed
+   * (their inode's attributes are dropped, so a name whose inode was freed answers ENOENT).
+   */
+  async externalChange(change: ExternalChange): Promise<Invalidation> {
+    this.epoch += 1;
+    if (change.kind === 'everything') return this.everythingChanged();
+    const inodes: number[] = [];
+    for (const ino of change.inodes) {
+      const node = this.nodes.get(ino);
+      if (node) this.dropReadCopies(node);
+      if (this.kernelKnows(ino)) inodes.push(ino);
+    }
+    await this.relist((ino) => change.inodes.includes(ino) || change.entries.some(([parent]) => parent === ino));
+    return { inodes, entries: change.entries.filter(([parent]) => this.kernelKnows(parent)) };
+  }
+
+  private async everythingChanged(): Promise<Invalidation> {
+    const known = [...this.nodes.values()];
+    const modes = new Map(known.map((n) => [n.ino, n.row?.mode]));
+    for (const node of known) this.dropReadCopies(node);
+    const inodes = [ROOT_INO, ...known.filter((n) => n.ino !== ROOT_INO && this.kernelKnows(n.ino)).map((n) => n.ino)];
+    const entries: Array<[number, Buffer]> = [];
+    const since = this.epoch;
+    await Promise.all(
+      inodes.map(async (ino) => {
+        try {
+          const mode = modes.get(ino) ?? (await this.engine.getattr(ino)).mode;
+          if (!isDir(mode)) return;
+          for (const e of (await this.engine.readdir(ino)).entries) entries.push([ino, e.name]);
+        } catch (err) {
+          // Gone meanwhile: nothing of it to name (its inode is invalidated all the same).
+          if (!(err instanceof FsError)) throw err;
+        }
+      }),
+    );
+    if (since === this.epoch) await this.relist(() => true);
+    return { inodes, entries };
+  }
+
+  /** Forgets the attributes of `node` and, when no handle has it open here, its content. */
+  private dropReadCopies(node: Node): void {
+    node.row = undefined;
+    if (node.opens > 0 || !node.content?.idle) return;
+    node.content = undefined;
+    this.releaseIfUnused(node);
+  }
+
+  /** The root, and every inode the kernel holds a reference to. */
+  private kernelKnows(ino: number): boolean {
+    return ino === ROOT_INO || (this.nodes.get(ino)?.lookups ?? 0) > 0;
+  }
+
+  /** Lists again the open directories `which` picks, for their next read from the start. */
+  private async relist(which: (ino: number) => boolean): Promise<void> {
+    const open = [...this.dirs.values()].filter((d) => which(d.ino));
+    await Promise.all(
+      open.map(async (d) => {
+        try {
+          d.relisted = await this.listing(d.ino);
+        } catch (err) {
+          if (!(err instanceof FsError)) throw err;
+        }
+      }),
+    );
+  }
+
   // ---- lookups and attributes ----
 
   async lookup(parent: number, name: Buffer, _ctx?: Caller): Promise<Entry> {
-    return this.entry(await this.engine.lookup(parent, name));
+    const since = this.epoch;
+    return this.entry(await this.engine.lookup(parent, name), since);
   }
 
   forget(ino: number, nlookup: number): void {
@@ -272,11 +365,13 @@ export class PogFs implements FileSystem {
   getattr(ino: number, _fh?: number, _ctx?: Caller): Attr | Promise<Attr> {
     const node = this.nodes.get(ino);
     if (node?.row) return this.attr(node, node.row);
-    return this.engine.getattr(ino).then((row) => this.attr(this.nodes.get(ino), this.remember(row)));
+    const since = this.epoch;
+    return this.engine.getattr(ino).then((row) => this.attr(this.nodes.get(ino), this.remember(row, since)));
   }
 
   async setattr(ino: number, ch: AttrChanges, _fh?: number, _ctx?: Caller): Promise<Attr> {
     this.checkWritable(ino);
+    const since = this.epoch;
     const t = now();
     let change: AttrChange = {};
     if (ch.mode !== undefined) change.mode = ch.mode & 0o7777;
@@ -291,7 +386,7 @@ export class PogFs implements FileSystem {
       if (isDir(row.mode)) fail(E.EISDIR);
       if (!isReg(row.mode)) fail(E.EINVAL);
       if (ch.size < 0 || !Number.isSafeInteger(ch.size)) fail(E.EINVAL);
-      node = await this.withContent(row);
+      node = await this.withContent(row, since);
       const content = node.content as FileContent;
       if (ch.size !== content.size) {
         await content.truncate(ch.size);
@@ -313,7 +408,7 @@ export class PogFs implements FileSystem {
       if (!c.idle) await c.committing;
       change = { ...c.takeHeldAttrs(), ...change };
     }
-    const row = this.remember(await this.engine.setattr(ino, change));
+    const row = this.remember(await this.engine.setattr(ino, change), since);
     if (node && node.opens === 0) {
       this.dropContent(node);
       this.releaseIfUnused(node);
@@ -364,23 +459,27 @@ export class PogFs implements FileSystem {
   // ---- namespace ----
 
   async mknod(parent: number, name: Buffer, mode: number, rdev: number, ctx: Caller): Promise<Entry> {
-    return this.entry(await this.makeNode(parent, name, { mode, uid: ctx.uid, gid: ctx.gid, rdev }));
+    const since = this.epoch;
+    return this.entry(await this.makeNode(parent, name, { mode, uid: ctx.uid, gid: ctx.gid, rdev }), since);
   }
 
   async mkdir(parent: number, name: Buffer, mode: number, ctx: Caller): Promise<Entry> {
-    return this.entry(await this.makeNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid }));
+    const since = this.epoch;
+    return this.entry(await this.makeNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid }), since);
   }
 
   async symlink(target: Buffer, parent: number, name: Buffer, ctx: Caller): Promise<Entry> {
-    return this.entry(await this.makeNode(parent, name, { mode: S_IFLNK | 0o777, uid: ctx.uid, gid: ctx.gid, target }));
+    const since = this.epoch;
+    return this.entry(await this.makeNode(parent, name, { mode: S_IFLNK | 0o777, uid: ctx.uid, gid: ctx.gid, target }), since);
   }
 
   async create(parent: number, name: Buffer, mode: number, flags: number, ctx: Caller): Promise<Entry & Opened> {
+    const since = this.epoch;
     const row = await this.makeNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid });
     const node = this.nodeOf(row.ino);
     // A new file has no blocks to load.
     node.content ??= this.newContent(row, []);
-    const entry = this.entry(row);
+    const entry = this.entry(row, since);
     return { ...entry, ...this.openNode(node, flags) };
   }
 
@@ -388,18 +487,20 @@ export class PogFs implements FileSystem {
     this.checkWritable(ino);
     this.checkWritable(newParent);
     await this.admitName(newParent, newName);
+    const since = this.epoch;
     const row = await this.engine.link(ino, newParent, newName, now());
     this.changed(newParent);
     const node = this.nodes.get(ino);
     if (node) node.unlinked = false;
-    return this.entry(row);
+    return this.entry(row, since);
   }
 
   async unlink(parent: number, name: Buffer, _ctx?: Caller): Promise<Unlinked> {
     this.checkNameWritable(parent, name);
+    const since = this.epoch;
     const d = await this.engine.unlink(parent, name, now(), this.inUse);
     this.changed(parent);
-    this.detached(d);
+    this.detached(d, since);
     // No name and no handle: nothing can reach the inode (a kernel lookup alone cannot).
     const node = this.nodes.get(d.attr.ino);
     return d.attr.nlink === 0 && !(node?.opens ?? 0) ? { gone: this.attr(node, d.attr) } : undefined;
@@ -407,14 +508,16 @@ export class PogFs implements FileSystem {
 
   async rmdir(parent: number, name: Buffer, _ctx?: Caller): Promise<void> {
     this.checkNameWritable(parent, name);
+    const since = this.epoch;
     const d = await this.engine.rmdir(parent, name, now(), this.inUse);
     this.changed(parent);
-    this.detached(d);
+    this.detached(d, since);
   }
 
   async rename(parent: number, name: Buffer, newParent: number, newName: Buffer, flags: number, _ctx?: Caller): Promise<void> {
     this.checkNameWritable(parent, name);
     this.checkNameWritable(newParent, newName);
+    const since = this.epoch;
     const r = await this.engine.rename(parent, name, newParent, newName, flags, now(), this.inUse);
     // Handed to the OS before the rename returns, like a close: a file saved by renaming
     // it over the old one stays saved if the daemon dies next (other metadata changes
@@ -422,18 +525,19 @@ export class PogFs implements FileSystem {
     await this.engine.commitGroup();
     this.changed(parent);
     this.changed(newParent);
-    this.remember(r.moved);
-    if (r.exchanged) this.remember(r.exchanged);
-    if (r.replaced) this.detached(r.replaced);
+    this.remember(r.moved, since);
+    if (r.exchanged) this.remember(r.exchanged, since);
+    if (r.replaced) this.detached(r.replaced, since);
   }
 
   // ---- files ----
 
   async open(ino: number, flags: number, _ctx?: Caller): Promise<Opened> {
+    const since = this.epoch;
     const row = await this.row(ino);
     if (isDir(row.mode)) fail(E.EISDIR);
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) this.checkWritable(ino);
-    const node = isReg(row.mode) ? await this.withContent(row) : this.nodeOf(ino);
+    const node = isReg(row.mode) ? await this.withContent(row, since) : this.nodeOf(ino);
     return this.openNode(node, flags);
   }
 
@@ -563,6 +667,14 @@ export class PogFs implements FileSystem {
 
   async opendir(ino: number, _flags?: number, _ctx?: Caller): Promise<Opened> {
     // The listing is taken whole at opendir, so offsets stay valid while entries come and go.
+    const list = await this.listing(ino);
+    const fh = this.nextFh++;
+    this.dirs.set(fh, { ino, entries: list });
+    return { fh };
+  }
+
+  /** A directory's entries as readdir gives them: `.`, `..`, then the engine's in name order. */
+  private async listing(ino: number): Promise<DirEntry[]> {
     const { entries } = await this.engine.readdir(ino);
     const parent = ino === ROOT_INO ? ROOT_INO : (await this.engine.parentOf(ino)) ?? ROOT_INO;
     const list: DirEntry[] = [
@@ -570,15 +682,18 @@ export class PogFs implements FileSystem {
       { name: Buffer.from('..'), ino: parent, mode: S_IFDIR, nextOffset: 2 },
     ];
     for (const row of entries) list.push({ name: row.name, ino: row.ino, mode: row.mode, nextOffset: list.length + 1 });
-    const fh = this.nextFh++;
-    this.dirs.set(fh, list);
-    return { fh };
+    return list;
   }
 
   readdir(_ino: number, fh: number, offset: number, limit: number): DirEntry[] {
-    const list = this.dirs.get(fh);
-    if (!list) fail(E.EBADF);
-    return list.slice(offset, offset + limit);
+    const listing = this.dirs.get(fh);
+    if (!listing) fail(E.EBADF);
+    // Another client changed the directory: a read from the start (rewinddir) takes the new listing.
+    if (offset === 0 && listing.relisted) {
+      listing.entries = listing.relisted;
+      listing.relisted = undefined;
+    }
+    return listing.entries.slice(offset, offset + limit);
   }
 
   releasedir(_ino: number, fh: number): void {
@@ -750,13 +865,18 @@ export class PogFs implements FileSystem {
   /** The inode's attributes: the read copy of a known inode, else the engine's (kept when the inode is known). */
   private row(ino: number): InodeRow | Promise<InodeRow> {
     const row = this.nodes.get(ino)?.row;
-    return row ?? this.engine.getattr(ino).then((r) => this.remember(r));
+    if (row) return row;
+    const since = this.epoch;
+    return this.engine.getattr(ino).then((r) => this.remember(r, since));
   }
 
-  /** Keeps the engine's latest answer as the read copy of a known inode. */
-  private remember(row: InodeRow): InodeRow {
+  /**
+   * Keeps the engine's latest answer as the read copy of a known inode, unless another
+   * client's change came in since `since` (this.epoch when the answer was asked for).
+   */
+  private remember(row: InodeRow, since: number): InodeRow {
     const node = this.nodes.get(row.ino);
-    if (node) node.row = row;
+    if (node && since === this.epoch) node.row = row;
     return row;
   }
 
@@ -783,14 +903,24 @@ export class PogFs implements FileSystem {
     return node;
   }
 
-  /** The node of a regular file with its content loaded (kept if another open loaded it first). */
-  private async withContent(row: InodeRow): Promise<Node> {
-    if (this.nodes.get(row.ino)?.content) return this.nodeOf(row.ino);
-    const blocks = await this.engine.blocks(row.ino);
-    // From here on synchronous: a concurrent open or a forget cannot interleave.
-    const node = this.nodeOf(row.ino);
-    node.content ??= this.newContent(row, blocks);
-    return node;
+  /**
+   * The node of a regular file with its content loaded (kept if another open loaded it
+   * first). `row` was asked for at `since`: when another client's change came in since,
+   * the size and the block map could be of two versions, so both are read again.
+   */
+  private async withContent(row: InodeRow, since: number): Promise<Node> {
+    for (;;) {
+      if (this.nodes.get(row.ino)?.content) return this.nodeOf(row.ino);
+      const blocks = await this.engine.blocks(row.ino);
+      // From here on synchronous: a concurrent open or a forget cannot interleave.
+      if (since === this.epoch || this.nodes.get(row.ino)?.content) {
+        const node = this.nodeOf(row.ino);
+        node.content ??= this.newContent(row, blocks);
+        return node;
+      }
+      since = this.epoch;
+      row = this.remember(await this.engine.getattr(row.ino), since);
+    }
   }
 
   private newContent(row: InodeRow, blocks: readonly BlockRow[]): FileContent {
@@ -827,11 +957,11 @@ export class PogFs implements FileSystem {
   }
 
   /** After an inode lost a name: releases what the engine freed, or marks it for freeing once unused here. */
-  private detached(d: Detached): void {
+  private detached(d: Detached, since: number): void {
     if (d.freed) this.reclaimer.release(d.freed);
     const node = this.nodes.get(d.attr.ino);
     if (!node) return;
-    node.row = d.attr;
+    node.row = since === this.epoch ? d.attr : undefined;
     if (d.attr.nlink === 0) node.unlinked = true;
     this.releaseIfUnused(node);
   }
@@ -876,11 +1006,11 @@ export class PogFs implements FileSystem {
     return row;
   }
 
-  /** Counts the caller's new reference before the reply leaves (a forget can't outrun it). */
-  private entry(row: InodeRow): Entry {
+  /** Counts the caller's new reference before the reply leaves (a forget can't outrun it); `since` as for remember. */
+  private entry(row: InodeRow, since: number): Entry {
     const node = this.nodeOf(row.ino);
     node.lookups += 1;
-    node.row = row;
+    if (since === this.epoch) node.row = row;
     return { attr: this.attr(node, row) };
   }
 
