@@ -191,6 +191,11 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     // across opens: this mount is the volume's only writer, or (a shared metadata engine)
     // the other mounts' changes are followed below and make it forget what they change.
     const adapter = new FsAdapter(fs, { entryTimeout: 60, attrTimeout: 60, keepCache: true, keepDirCache: true });
+    // With the writeback cache the kernel trusts its own size and times of a file it holds
+    // over any the filesystem gives it, even after an invalidation: another mount's
+    // truncate or write would never show. So a mount that follows other mounts' changes
+    // sends writes through at once (and the daemon keeps the times).
+    const shared = volume.engine.watchChanges !== undefined;
     session = FuseSession.mount(
       mountpoint,
       adapter,
@@ -199,7 +204,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         subtype: 'pogfs',
         allowOther: isRoot || o.allowOther,
         defaultPermissions: true,
-        writebackCache: true,
+        writebackCache: !shared,
         negativeTimeout: 60,
         attrTimeout: 60,
         readOnly: o.readOnly,
