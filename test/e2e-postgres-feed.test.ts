@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { after, before, describe, it, type TestContext } from 'node:test';
+import { Client } from 'pg';
 import { PgEngine } from '../src/meta/pg-engine';
 import { ROOT_INO, S_IFDIR, S_IFREG } from '../src/posix/file-system';
 import { isMounted, mountFresh, type MountedVolume } from './support/mount';
@@ -138,6 +139,35 @@ describe('a mount of a PostgreSQL volume follows changes made by another client'
     const rows = await other.blocks((await other.lookup(ROOT_INO, Buffer.from('two'))).ino);
     await other.commitContent([{ ino, rows: new Map(rows.map((r) => [r.idx, { hash: r.hash, len: r.len }])), size: two.length, storedBytes: two.length, attrs: { mtime: nowSpec(), ctime: nowSpec() } }]);
     await seenWithin(t, 'new content', () => fs.readFileSync(m.p('one')).equals(two), () => fs.readFileSync(m.p('one')).subarray(0, 8).toString());
+  });
+
+  it('after the feed missed changes (its connection lost), everything the kernel knows is dropped', async (t) => {
+    fs.writeFileSync(m.p('kept'), 'x');
+    assert.equal(fs.statSync(m.p('kept')).mode & 0o777, 0o644);
+    assert.equal(exists(m.p('late')), false);
+    const ino = (await other.lookup(ROOT_INO, Buffer.from('kept'))).ino;
+    // The feed's connection is ended and cannot come back until the changes are made, so
+    // their notices are missed for certain (the other client's connections stay open).
+    const address = new URL(url);
+    const database = decodeURIComponent(address.pathname.slice(1));
+    address.pathname = '/postgres'; // a database cannot be closed to connections from inside it
+    const admin = new Client({ connectionString: address.toString() });
+    await admin.connect();
+    try {
+      await admin.query(`ALTER DATABASE "${database}" ALLOW_CONNECTIONS false`);
+      const ended = await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pogfs-feed'");
+      assert.equal(ended.rows.length, 1, 'the mount follows changes on one connection');
+      await other.setattr(ino, { mode: 0o600, ctime: nowSpec() });
+      await other.mknod(ROOT_INO, Buffer.from('late'), { mode: S_IFREG | 0o644, uid: 0, gid: 0 }, nowSpec());
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // Still cached: the notices went nowhere.
+      assert.equal(fs.statSync(m.p('kept')).mode & 0o777, 0o644);
+      assert.equal(exists(m.p('late')), false);
+    } finally {
+      await admin.query(`ALTER DATABASE "${database}" ALLOW_CONNECTIONS true`);
+      await admin.end();
+    }
+    await seenWithin(t, 'changes missed by the feed', () => (fs.statSync(m.p('kept')).mode & 0o777) === 0o600 && exists(m.p('late')), () => fs.readdirSync(m.mnt));
   });
 
   it('a directory made elsewhere lists and takes files', async (t) => {
