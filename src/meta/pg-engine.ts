@@ -456,7 +456,14 @@ export class PgEngine implements MetaEngine {
   watchChanges(onChange: (change: ExternalChange) => void): ChangeWatch {
     this.watchers.add(onChange);
     this.feed ??= new PgChangeFeed(this.connectionString, this.clientId, (change) => {
-      for (const w of [...this.watchers]) w(change);
+      for (const w of [...this.watchers]) {
+        try {
+          w(change);
+        } catch {
+          // A watcher's failure is its own: thrown here it would end the process (the pg
+          // client's event), and the other watchers would miss the change.
+        }
+      }
     });
     const feed = this.feed;
     return {
