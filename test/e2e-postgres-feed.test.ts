@@ -141,6 +141,31 @@ describe('a mount of a PostgreSQL volume follows changes made by another client'
     await seenWithin(t, 'new content', () => fs.readFileSync(m.p('one')).equals(two), () => fs.readFileSync(m.p('one')).subarray(0, 8).toString());
   });
 
+  it('close-to-open: a file open here reads what it read until the file is opened again, which reads the change', async (t) => {
+    const text = 'open while another client truncates it\n'.repeat(50);
+    fs.writeFileSync(m.p('held'), text);
+    const fd = fs.openSync(m.p('held'), 'r');
+    const readAll = (): string => {
+      const buf = Buffer.alloc(text.length);
+      return buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString();
+    };
+    try {
+      assert.equal(readAll(), text);
+      const ino = (await other.lookup(ROOT_INO, Buffer.from('held'))).ino;
+      const rows = await other.blocks(ino);
+      await other.commitContent([{ ino, rows: new Map(rows.map((r) => [r.idx, undefined])), size: 0, storedBytes: 0, attrs: { mtime: nowSpec(), ctime: nowSpec() } }]);
+      await new Promise((resolve) => setTimeout(resolve, 200)); // the notice has come: the kernel's pages are gone
+      assert.equal(readAll(), text, 'the open handle reads what it read');
+      assert.equal(fs.fstatSync(fd).size, text.length);
+      // Opened after the change: the new, empty content (for the old handle too from then on).
+      await seenWithin(t, 'a truncate, to a new open', () => fs.readFileSync(m.p('held'), 'utf8') === '', () => fs.statSync(m.p('held')).size);
+      assert.equal(readAll(), '');
+    } finally {
+      fs.closeSync(fd);
+    }
+    assert.equal(fs.readFileSync(m.p('held'), 'utf8'), '');
+  });
+
   it('after the feed missed changes (its connection lost), everything the kernel knows is dropped', async (t) => {
     fs.writeFileSync(m.p('kept'), 'x');
     assert.equal(fs.statSync(m.p('kept')).mode & 0o777, 0o644);

@@ -154,6 +154,8 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         cache,
         publishBlocks: attached?.shared && cache ? () => cache.publishStored() : undefined,
         readaheadBytes: cache?.readaheadBytes ?? volume.settings.readaheadBytes,
+        // Only ever called by a request, so once the adapter is serving.
+        forgetInKernel: (inval): Promise<void> => adapter.invalidate(inval),
       },
       log,
     );
@@ -190,7 +192,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
     // The kernel may cache names, attributes, pages and listings for a minute, and pages
     // across opens: this mount is the volume's only writer, or (a shared metadata engine)
     // the other mounts' changes are followed below and make it forget what they change.
-    const adapter = new FsAdapter(fs, { entryTimeout: 60, attrTimeout: 60, keepCache: true, keepDirCache: true });
+    const adapter: FsAdapter = new FsAdapter(fs, { entryTimeout: 60, attrTimeout: 60, keepCache: true, keepDirCache: true });
     // With the writeback cache the kernel trusts its own size and times of a file it holds
     // over any the filesystem gives it, even after an invalidation: another mount's
     // truncate or write would never show. So a mount that follows other mounts' changes

@@ -71,6 +71,11 @@ export interface FsOptions {
   cache?: ContentSource;
   /** Bytes to fetch ahead of a sequential reader (with a cache). */
   readaheadBytes?: number;
+  /**
+   * Makes the kernel forget attributes and pages (of a file loaded anew at open because
+   * another client changed it while it was open here); resolves when it has.
+   */
+  forgetInKernel?: (inval: Invalidation) => Promise<void>;
 }
 
 /** A mounted volume's in-memory state, as `pogfs stats` shows it. */
@@ -97,6 +102,11 @@ interface Node {
   /** Open file handles. */
   opens: number;
   content?: FileContent;
+  /**
+   * Another client changed the file while it was open here: the handles open keep reading
+   * `content`, the next open loads the file anew (for every handle from then on).
+   */
+  superseded?: boolean;
   /** Its last name went while in use here: freed once unused. */
   unlinked: boolean;
 }
@@ -275,8 +285,9 @@ export class PogFs implements FileSystem {
    * Another client of the volume's shared metadata committed `change` (the engine's
    * watchChanges): drops the read copies here it makes stale and returns what the kernel
    * must forget. Dropped: the attributes of the inodes named, the content of those not open
-   * here (an open file keeps what it read until it is closed: close-to-open, so a file
-   * opened after the other client's close reads its new size and block map), and open
+   * here (close-to-open: a file opened after the other client's close reads its new size
+   * and block map; the handles already open keep reading what they read until the next
+   * open loads it anew, and content with changes of its own is kept), and open
    * directory listings, which a read from the start (rewinddir) takes anew. The kernel is
    * told only of inodes it knows (and names in directories it knows).
    *
@@ -321,10 +332,17 @@ export class PogFs implements FileSystem {
     return { inodes, entries };
   }
 
-  /** Forgets the attributes of `node` and, when no handle has it open here, its content. */
+  /**
+   * Forgets the attributes of `node` and its content: now when no handle has it open here,
+   * at the next open when one has (and never content with changes of its own to commit).
+   */
   private dropReadCopies(node: Node): void {
     node.row = undefined;
-    if (node.opens > 0 || !node.content?.idle) return;
+    if (!node.content?.idle) return;
+    if (node.opens > 0) {
+      node.superseded = true;
+      return;
+    }
     node.content = undefined;
     this.releaseIfUnused(node);
   }
@@ -537,7 +555,12 @@ export class PogFs implements FileSystem {
     const row = await this.row(ino);
     if (isDir(row.mode)) fail(E.EISDIR);
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) this.checkWritable(ino);
-    const node = isReg(row.mode) ? await this.withContent(row, since) : this.nodeOf(ino);
+    // Close-to-open: a file another client changed while it was open here is loaded anew,
+    // and the kernel forgets the size and pages it had of the old version.
+    const was = this.nodes.get(ino);
+    const renew = was?.superseded === true && was.content?.idle === true;
+    const node = isReg(row.mode) ? await this.withContent(row, since, renew) : this.nodeOf(ino);
+    if (renew) await this.options.forgetInKernel?.({ entries: [], inodes: [ino] });
     return this.openNode(node, flags);
   }
 
@@ -905,17 +928,23 @@ export class PogFs implements FileSystem {
 
   /**
    * The node of a regular file with its content loaded (kept if another open loaded it
-   * first). `row` was asked for at `since`: when another client's change came in since,
-   * the size and the block map could be of two versions, so both are read again.
+   * first, unless `renew`: another client changed the file). `row` was asked for at
+   * `since`: when another client's change came in since, the size and the block map could
+   * be of two versions, so both are read again.
    */
-  private async withContent(row: InodeRow, since: number): Promise<Node> {
+  private async withContent(row: InodeRow, since: number, renew = false): Promise<Node> {
     for (;;) {
-      if (this.nodes.get(row.ino)?.content) return this.nodeOf(row.ino);
+      const had = this.nodes.get(row.ino)?.content;
+      if (had && !renew) return this.nodeOf(row.ino);
       const blocks = await this.engine.blocks(row.ino);
       // From here on synchronous: a concurrent open or a forget cannot interleave.
-      if (since === this.epoch || this.nodes.get(row.ino)?.content) {
+      if (since === this.epoch || (!renew && this.nodes.get(row.ino)?.content)) {
         const node = this.nodeOf(row.ino);
-        node.content ??= this.newContent(row, blocks);
+        // Renewed only while nothing was written to the old one (the handles open read on from the new).
+        if (!node.content || (renew && node.content === had && had.idle)) {
+          node.content = this.newContent(row, blocks);
+          node.superseded = false;
+        }
         return node;
       }
       since = this.epoch;
