@@ -4,7 +4,7 @@ import type { ExternalChange } from './engine';
 
 /**
  * The PostgreSQL engine's change feed: every change transaction says what it changed with
- * pg_notify on one channel, inside the transaction, so PostgreSQL delivers it at commit, in
+ * NOTIFY on one channel, inside the transaction, so PostgreSQL delivers it at commit, in
  * commit order, and never for a change rolled back. Every other client of the database
  * LISTENs (PgChangeFeed) and drops what it holds of those inodes and names.
  *
@@ -46,12 +46,13 @@ export class ChangeNotice {
   }
 
   /**
-   * The statement that publishes it, to send in the same round trip as the COMMIT; the
-   * payload holds no quote or backslash (JSON of numbers and base64), doubled anyway.
+   * The statement that publishes it, to send in the same round trip as the COMMIT (NOTIFY:
+   * a utility statement, not planned as a SELECT of pg_notify would be); the payload holds
+   * no quote or backslash (JSON of numbers and base64), quotes doubled anyway.
    */
   statement(client: string): string | undefined {
     const p = this.payload(client);
-    return p === undefined ? undefined : `SELECT pg_notify('${CHANGE_CHANNEL}', '${p.replace(/'/g, "''")}')`;
+    return p === undefined ? undefined : `NOTIFY ${CHANGE_CHANNEL}, '${p.replace(/'/g, "''")}'`;
   }
 }
 
