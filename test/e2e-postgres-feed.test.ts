@@ -195,6 +195,21 @@ describe('a mount of a PostgreSQL volume follows changes made by another client'
     await seenWithin(t, 'changes missed by the feed', () => (fs.statSync(m.p('kept')).mode & 0o777) === 0o600 && exists(m.p('late')), () => fs.readdirSync(m.mnt));
   });
 
+  it('a burst of changes elsewhere (names of a tar x): every one shows', async (t) => {
+    fs.mkdirSync(m.p('burst'));
+    const dir = await other.lookup(ROOT_INO, Buffer.from('burst'));
+    const count = 300;
+    for (let i = 0; i < count; i += 7) assert.equal(exists(m.p('burst', `f${i}`)), false); // negative entries, cached
+    assert.deepEqual(fs.readdirSync(m.p('burst')), []);
+    for (let i = 0; i < count; i++) await other.mknod(dir.ino, Buffer.from(`f${i}`), { mode: S_IFREG | 0o644, uid: 0, gid: 0 }, nowSpec());
+    await seenWithin(
+      t,
+      `${count} new names`,
+      () => fs.readdirSync(m.p('burst')).length === count && Array.from({ length: Math.ceil(count / 7) }, (_, k) => k * 7).every((i) => exists(m.p('burst', `f${i}`))),
+      () => fs.readdirSync(m.p('burst')).length,
+    );
+  });
+
   it('a directory made elsewhere lists and takes files', async (t) => {
     assert.equal(exists(m.p('sub')), false);
     await other.mknod(ROOT_INO, Buffer.from('sub'), { mode: S_IFDIR | 0o755, uid: 0, gid: 0 }, nowSpec());

@@ -12,7 +12,7 @@ import { serveControl, type ControlRequest } from './control-socket';
 import { getSystemErrorName } from 'node:util';
 import { FsError } from '../posix/errors';
 import type { Invalidation } from '../posix/file-system';
-import type { ChangeWatch } from '../meta/engine';
+import type { ChangeWatch, ExternalChange } from '../meta/engine';
 import { openLog, type DaemonLogger } from './log';
 import type { LogOptions } from './log-options';
 import { mountOverlap, prepareMountpoint } from './mounts';
@@ -82,20 +82,47 @@ async function treeRequest(fs: PogFs, req: ControlRequest): Promise<{ inodes: nu
  * Makes the mount forget what other mounts of a shared metadata engine change (the engine's
  * watchChanges; nothing for an engine that has no other clients): each change drops the
  * read copies it makes stale in `fs`, then the kernel's entries, attributes and pages.
- * One change at a time, in commit order. The kernel's answers are not waited on by any
- * request (its notices run on worker threads), and its refusals (ENOENT for an inode or
- * name it no longer holds) are normal: nothing is said above debug level.
+ * In commit order; the changes that come while one is being applied are applied together
+ * next (a burst elsewhere, a `tar x`, names each directory once, not once per file). The
+ * kernel's answers are not waited on by any request (its notices run on worker threads),
+ * and its refusals (ENOENT for an inode or name it no longer holds) are normal: nothing is
+ * said above debug level.
  */
 function followChanges(volume: Volume, fs: PogFs, adapter: FsAdapter, log: DaemonLogger): ChangeWatch | undefined {
   const engine = volume.engine;
   if (!engine.watchChanges) return undefined;
-  let chain: Promise<void> = Promise.resolve();
+  let queued: ExternalChange[] = [];
+  let applying = false;
+  const apply = async (): Promise<void> => {
+    applying = true;
+    while (queued.length > 0) {
+      const change = mergeChanges(queued);
+      queued = [];
+      if (change.kind === 'everything') log.debug(`another mount's changes: everything may have changed (${change.reason})`);
+      try {
+        await adapter.invalidate(await fs.externalChange(change));
+      } catch (err) {
+        log.debug(`following another mount's change failed: ${(err as Error).message}`);
+      }
+    }
+    applying = false;
+  };
   return engine.watchChanges((change) => {
-    if (change.kind === 'everything') log.debug(`another mount's changes: everything may have changed (${change.reason})`);
-    chain = chain
-      .then(async () => adapter.invalidate(await fs.externalChange(change)))
-      .catch((err: unknown) => log.debug(`following another mount's change failed: ${(err as Error).message}`));
+    queued.push(change);
+    if (!applying) void apply();
   });
+}
+
+/** Several changes as one: every inode and entry they name, or "everything" if one says so. */
+function mergeChanges(changes: readonly ExternalChange[]): ExternalChange {
+  const inodes = new Set<number>();
+  const entries: Array<[number, Buffer]> = [];
+  for (const c of changes) {
+    if (c.kind === 'everything') return c;
+    for (const ino of c.inodes) inodes.add(ino);
+    entries.push(...c.entries);
+  }
+  return { kind: 'names', inodes: [...inodes], entries };
 }
 
 /** Runs the filesystem until it is unmounted or told to stop. Resolves after a clean shutdown. */
