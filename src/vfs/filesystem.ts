@@ -315,7 +315,6 @@ export class PogFs implements FileSystem {
     for (const node of known) this.dropReadCopies(node);
     const inodes = [ROOT_INO, ...known.filter((n) => n.ino !== ROOT_INO && this.kernelKnows(n.ino)).map((n) => n.ino)];
     const entries: Array<[number, Buffer]> = [];
-    const since = this.epoch;
     await Promise.all(
       inodes.map(async (ino) => {
         try {
@@ -328,7 +327,7 @@ export class PogFs implements FileSystem {
         }
       }),
     );
-    if (since === this.epoch) await this.relist(() => true);
+    await this.relist(() => true);
     return { inodes, entries };
   }
 
