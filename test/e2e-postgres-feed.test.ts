@@ -4,16 +4,21 @@
  * machine (engines without a mount session open beside a mount). With the mount's kernel
  * caches warm (names, negative names, attributes, listings and pages cached for a minute),
  * a name created, renamed and removed, a chmod/chown/utimens and a truncate made there show
- * through the mount within 1 s, because the change feed makes the mount forget them.
+ * through the mount within 1 s, because the change feed makes the mount forget them. Then
+ * two daemons on one volume (over a shared local: remote): a rename on A shows on B within
+ * a second, a file closed on A reads new on B. Every test here fails with the daemon's
+ * invalidation disabled.
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { Client } from 'pg';
 import { PgEngine } from '../src/meta/pg-engine';
 import { ROOT_INO, S_IFDIR, S_IFREG } from '../src/posix/file-system';
-import { isMounted, mountFresh, type MountedVolume } from './support/mount';
+import { isMounted, mountFresh, pogfs, pogfsOk, type MountedVolume } from './support/mount';
 import { startPostgres } from './support/postgres';
+import { tempDir } from './support/tmp';
 
 const server = startPostgres();
 
@@ -217,5 +222,43 @@ describe('a mount of a PostgreSQL volume follows changes made by another client'
     fs.writeFileSync(m.p('sub', 'here'), 'written through the mount');
     const sub = await other.lookup(ROOT_INO, Buffer.from('sub'));
     assert.deepEqual((await other.readdir(sub.ino)).entries.map((e) => e.name.toString()), ['here']);
+  });
+});
+
+describe('two daemons on one PostgreSQL volume follow each other', () => {
+  const url = server.createDatabase();
+  const dir = tempDir('pogfs-feed-two-', () => {
+    for (const mnt of [mb, ma]) if (isMounted(mnt)) pogfs(['umount', mnt]);
+  });
+  const ma = join(dir, 'ma');
+  const mb = join(dir, 'mb');
+  for (const d of [ma, mb]) fs.mkdirSync(d);
+
+  before(() => {
+    pogfsOk(['init', join(dir, 'vol'), '--meta', url, '--remote', `local:${join(dir, 'remote')}`]);
+    pogfsOk(['mount', join(dir, 'vol'), ma]);
+    pogfsOk(['mount', url, mb, '--cache-dir', join(dir, 'cache-b')]);
+  });
+
+  after(() => {
+    for (const mnt of [mb, ma]) if (isMounted(mnt)) pogfsOk(['umount', mnt]);
+  });
+
+  it('a rename on A shows on B within a second; a file rewritten and closed on A reads new on B', async (t) => {
+    fs.writeFileSync(join(ma, 'doc.txt'), 'first version\n');
+    // B's caches warm: the name, the missing new name, the listing, the pages.
+    assert.equal(fs.readFileSync(join(mb, 'doc.txt'), 'utf8'), 'first version\n');
+    assert.equal(exists(join(mb, 'renamed.txt')), false);
+    assert.deepEqual(fs.readdirSync(mb), ['doc.txt']);
+    fs.renameSync(join(ma, 'doc.txt'), join(ma, 'renamed.txt'));
+    await seenWithin(t, "A's rename on B", () => !exists(join(mb, 'doc.txt')) && exists(join(mb, 'renamed.txt')), () => fs.readdirSync(mb));
+    assert.deepEqual(fs.readdirSync(mb), ['renamed.txt']);
+
+    assert.equal(fs.readFileSync(join(mb, 'renamed.txt'), 'utf8'), 'first version\n');
+    fs.writeFileSync(join(ma, 'renamed.txt'), 'the second, longer version\n');
+    await seenWithin(t, "A's new content on B", () => fs.readFileSync(join(mb, 'renamed.txt'), 'utf8') === 'the second, longer version\n', () => fs.readFileSync(join(mb, 'renamed.txt'), 'utf8'));
+    // And the other way.
+    fs.unlinkSync(join(mb, 'renamed.txt'));
+    await seenWithin(t, "B's unlink on A", () => !exists(join(ma, 'renamed.txt')), () => fs.readdirSync(ma));
   });
 });
