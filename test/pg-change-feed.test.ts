@@ -132,6 +132,21 @@ describe('the change feed of the PostgreSQL engine', () => {
     await heardByB.silent();
   });
 
+  it('a commit of many files at once arrives in several notices that name every one', async () => {
+    const made: number[] = [];
+    for (let i = 0; i < 1200; i++) made.push((await a.mknod(ROOT_INO, name(`many-${i}`), file, t)).ino);
+    for (let i = 0; i < 1200; i++) await heardByB.next();
+    await a.commitContent(made.map((ino) => ({ ino, rows: new Map([[0, { hash: Buffer.alloc(32, 2), len: 1 }]]), size: 1, storedBytes: 1 })));
+    const heard: number[] = [];
+    while (heard.length < made.length) {
+      const c = await heardByB.next();
+      assert.equal(c.kind, 'names');
+      if (c.kind === 'names') heard.push(...c.inodes);
+    }
+    assert.deepEqual(sorted(heard), sorted(made));
+    await heardByB.silent();
+  });
+
   it('says nothing of a change that failed and was rolled back', async () => {
     await a.mknod(ROOT_INO, name('taken'), file, t);
     await heardByB.next();
@@ -158,19 +173,39 @@ describe('the change feed of the PostgreSQL engine', () => {
 });
 
 describe('change notices', () => {
-  it('fit PostgreSQL\'s payload limit: a change too large to list is "everything"', () => {
+  it('fit PostgreSQL\'s payload limit: a large change in several notices, one too large for them is "everything"', () => {
     const small = new ChangeNotice();
     small.inode(1, 2);
     small.entry(1, name('a'));
-    assert.deepEqual(parseNotice(small.payload('me') as string, 'other'), { kind: 'names', inodes: [1, 2], entries: [[1, name('a')]] });
-    assert.equal(parseNotice(small.payload('me') as string, 'me'), undefined, 'a client skips its own notices');
-    assert.equal(new ChangeNotice().payload('me'), undefined, 'nothing changed: no notice');
+    assert.equal(small.payloads('me').length, 1);
+    assert.deepEqual(parseNotice(small.payloads('me')[0], 'other'), { kind: 'names', inodes: [1, 2], entries: [[1, name('a')]] });
+    assert.equal(parseNotice(small.payloads('me')[0], 'me'), undefined, 'a client skips its own notices');
+    assert.deepEqual(new ChangeNotice().payloads('me'), [], 'nothing changed: no notice');
+    assert.equal(new ChangeNotice().statement('me'), undefined);
 
+    // 40 names of 255 bytes and 2,000 inodes of 16 digits: several notices that say it all.
     const big = new ChangeNotice();
-    for (let i = 0; i < 40; i++) big.entry(1, Buffer.alloc(255, i));
-    const p = big.payload('me') as string;
-    assert.ok(p.length < 8000);
-    assert.deepEqual(parseNotice(p, 'other'), { kind: 'everything', reason: 'a change too large to list' });
+    const inos = Array.from({ length: 2000 }, (_, i) => 2 ** 52 + i);
+    big.inode(...inos);
+    for (let i = 0; i < 40; i++) big.entry(7, Buffer.alloc(255, i));
+    const parts = big.payloads('me');
+    assert.ok(parts.length > 2 && parts.length <= 16, `${parts.length} notices`);
+    const heard = parts.map((p) => {
+      assert.ok(p.length < 8000, `${p.length} bytes`);
+      const c = parseNotice(p, 'other');
+      assert.equal(c?.kind, 'names');
+      return c as Extract<ExternalChange, { kind: 'names' }>;
+    });
+    assert.deepEqual(heard.flatMap((c) => c.inodes), inos);
+    assert.deepEqual(
+      heard.flatMap((c) => c.entries.map(([p, n]) => `${p}/${n[0]}/${n.length}`)),
+      Array.from({ length: 40 }, (_, i) => `7/${i}/255`),
+    );
+    assert.equal(big.statement('me')?.split('; NOTIFY ').length, parts.length, 'all sent with the COMMIT');
+
+    const huge = new ChangeNotice();
+    huge.inode(...Array.from({ length: 20_000 }, (_, i) => 2 ** 52 + i));
+    assert.deepEqual(huge.payloads('me').map((p) => parseNotice(p, 'other')), [{ kind: 'everything', reason: 'a change too large to list' }]);
     assert.equal(parseNotice('not json', 'other')?.kind, 'everything', 'a notice that cannot be read is never taken as nothing');
   });
 });

@@ -9,14 +9,17 @@ import type { ExternalChange } from './engine';
  * LISTENs (PgChangeFeed) and drops what it holds of those inodes and names.
  *
  * A notice's payload is JSON: `{"c": client, "i": [inodes], "e": [[parent, name], …]}`
- * (names in base64: they are bytes), or `{"c": client, "all": 1}` for a change too large
- * for PostgreSQL's 8000-byte payload: then everything may have changed.
+ * (names in base64: they are bytes); a change that does not fit PostgreSQL's 8000-byte
+ * payload says it in several notices, and one too large for MAX_NOTICES of them publishes
+ * `{"c": client, "all": 1}` instead: everything may have changed.
  */
 
 export const CHANGE_CHANNEL = 'pogfs_changes';
 
 /** PostgreSQL refuses a payload of 8000 bytes or more. */
 const PAYLOAD_MAX = 7999;
+/** Notices one change may publish (about 128 KiB: some 16,000 inodes, or 350 long names); more is "everything". */
+const MAX_NOTICES = 16;
 
 /** A short random name for one client (one engine), so it can skip its own notices. */
 export function newClientId(): string {
@@ -38,21 +41,43 @@ export class ChangeNotice {
     this.entries.set(`${parent}/${name.toString('base64')}`, [parent, name]);
   }
 
-  /** The payload to publish for client `client`, or undefined when nothing changed. */
-  payload(client: string): string | undefined {
-    if (this.inodes.size === 0 && this.entries.size === 0) return undefined;
-    const text = JSON.stringify({ c: client, i: [...this.inodes], e: [...this.entries.values()].map(([p, n]) => [p, n.toString('base64')]) });
-    return text.length <= PAYLOAD_MAX ? text : JSON.stringify({ c: client, all: 1 });
+  /**
+   * The payloads to publish for client `client` (none when nothing changed): as many as
+   * PostgreSQL's payload limit takes (a commit round of many files names many inodes), up
+   * to MAX_NOTICES; past that, one "everything may have changed".
+   */
+  payloads(client: string): string[] {
+    if (this.inodes.size === 0 && this.entries.size === 0) return [];
+    const head = `{"c":${JSON.stringify(client)},"i":[`;
+    const notices: string[] = [];
+    let inodes: string[] = [];
+    let entries: string[] = [];
+    let length = head.length + '],"e":[]}'.length;
+    const flush = (): void => {
+      notices.push(`${head}${inodes.join(',')}],"e":[${entries.join(',')}]}`);
+      inodes = [];
+      entries = [];
+      length = head.length + '],"e":[]}'.length;
+    };
+    const add = (kind: 'inode' | 'entry', item: string): void => {
+      if (length + item.length + 1 > PAYLOAD_MAX && inodes.length + entries.length > 0) flush();
+      (kind === 'inode' ? inodes : entries).push(item);
+      length += item.length + 1;
+    };
+    for (const ino of this.inodes) add('inode', String(ino));
+    for (const [parent, name] of this.entries.values()) add('entry', JSON.stringify([parent, name.toString('base64')]));
+    flush();
+    return notices.length <= MAX_NOTICES ? notices : [JSON.stringify({ c: client, all: 1 })];
   }
 
   /**
-   * The statement that publishes it, to send in the same round trip as the COMMIT (NOTIFY:
+   * The statements that publish it, to send in the same round trip as the COMMIT (NOTIFY:
    * a utility statement, not planned as a SELECT of pg_notify would be); the payload holds
    * no quote or backslash (JSON of numbers and base64), quotes doubled anyway.
    */
   statement(client: string): string | undefined {
-    const p = this.payload(client);
-    return p === undefined ? undefined : `NOTIFY ${CHANGE_CHANNEL}, '${p.replace(/'/g, "''")}'`;
+    const notices = this.payloads(client).map((p) => `NOTIFY ${CHANGE_CHANNEL}, '${p.replace(/'/g, "''")}'`);
+    return notices.length === 0 ? undefined : notices.join('; ');
   }
 }
 
