@@ -6,8 +6,8 @@
  * (its blocks reached the remote and the shared pack index before its rows were
  * committed), both create files in one directory at once with no entry lost, and a killed
  * A leaves B serving while A's session expires (POGFS_SESSION_EXPIRY_SECONDS, which only
- * tests set). Names are read on the other mount only where that mount never looked them
- * up: keeping kernel name caches current is the change feed's business.
+ * tests set). Kernel caches following the other mount's changes (the change feed) are
+ * test/e2e-postgres-feed.test.ts's.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -110,7 +110,13 @@ describe('several mounts of one PostgreSQL volume over a shared remote', () => {
     const names = rows.map((r) => r.name as string);
     const expected = [...Array.from({ length: 200 }, (_, i) => `a-${i + 1}`), ...Array.from({ length: 200 }, (_, i) => `b-${i + 1}`)].sort();
     assert.deepEqual(names, expected);
-    // Contents cross over too (names B never looked up).
+    // Each mount lists every name, its own and the other's.
+    for (const [m, which] of [[ma, 'A'], [mb, 'B']] as const) {
+      const start = Date.now();
+      while (fs.readdirSync(join(m, 'both')).length !== expected.length && Date.now() - start < 1000) await sleep(20);
+      assert.deepEqual(fs.readdirSync(join(m, 'both')).sort(), expected, `${which} lists every name`);
+    }
+    // Contents cross over too.
     assert.equal(fs.readFileSync(join(mb, 'both', 'a-137'), 'utf8'), 'a 137\n');
     assert.equal(fs.readFileSync(join(ma, 'both', 'b-58'), 'utf8'), 'b 58\n');
   });
