@@ -2,7 +2,9 @@
  * The PostgreSQL metadata engine beside the SQLite one, measured in the same run:
  *   - `tar x` of the corpus and the cold stat walk (`find -printf '%s %m %u'` after a
  *     remount and drop_caches) on a mounted volume of each engine, PostgreSQL's time as a
- *     ratio of SQLite's (the volume section's helpers and corpus);
+ *     ratio of SQLite's (the volume section's helpers and corpus); and on a PostgreSQL
+ *     volume several machines could share (a `local:` remote on the same disk: every
+ *     close waits for its blocks' upload and publication);
  *   - metadata operations per second through openMetaEngine, without FUSE: each client
  *     repeats mknod, lookup, setattr, rename, unlink in a directory of its own, one client
  *     and then two at once (two engines on one volume; in one process, so two clients of
@@ -32,10 +34,13 @@ const OPS_PER_ROUND = 5;
 const GROUP_COMMIT_MS = 0;
 
 export type EngineName = 'sqlite' | 'postgres';
+/** The volumes the small-file work runs on: each engine, and PostgreSQL with a remote (shared). */
+export type SmallFilesVolume = EngineName | 'postgres-shared';
+const SMALL_FILES_VOLUMES: readonly SmallFilesVolume[] = ['sqlite', 'postgres', 'postgres-shared'];
 
 export interface PgBench {
   corpusEntries: number;
-  smallFiles: Record<EngineName, { tarSeconds: number; findSeconds: number }>;
+  smallFiles: Record<SmallFilesVolume, { tarSeconds: number; findSeconds: number }>;
   /** PostgreSQL's time over SQLite's. */
   tarRatio: number;
   findRatio: number;
@@ -56,9 +61,10 @@ export async function benchPostgres(work: string, pogfs: string, corpus: () => C
     server = launchPostgres(serverDir);
     const smallFiles = {} as PgBench['smallFiles'];
     const the = corpus();
-    for (const engine of ['sqlite', 'postgres'] as const) {
+    for (const engine of SMALL_FILES_VOLUMES) {
       process.stdout.write(`measuring tar x and the cold stat walk on ${engine}...\n`);
-      const initArgs = engine === 'postgres' ? ['--meta', server.createDatabase()] : [];
+      const initArgs = engine === 'sqlite' ? [] : ['--meta', server.createDatabase()];
+      if (engine === 'postgres-shared') initArgs.push('--remote', `local:${mkdtempSync(join(work, 'pg-remote-'))}`);
       const t = pogfsTarget(pogfs, work, `meta-${engine}`, `pogfs on ${engine}`, { initArgs });
       try {
         const { tarSeconds, findSeconds } = await tarAndColdWalk(t, the);
@@ -130,10 +136,13 @@ function now(): { s: number; ns: number } {
 export function printPostgres(r: PgBench): void {
   const sec = (n: number) => n.toFixed(2).padStart(9);
   console.log(`\nmetadata engines (corpus of ${r.corpusEntries} entries)       tar x     find`);
-  for (const engine of ['sqlite', 'postgres'] as const) {
-    console.log(`${`pogfs on ${engine}`.padEnd(46)}${sec(r.smallFiles[engine].tarSeconds)}${sec(r.smallFiles[engine].findSeconds)}`);
+  const label: Record<SmallFilesVolume, string> = { sqlite: 'sqlite', postgres: 'postgres', 'postgres-shared': 'postgres, shared (local: remote)' };
+  for (const v of SMALL_FILES_VOLUMES) {
+    console.log(`${`pogfs on ${label[v]}`.padEnd(46)}${sec(r.smallFiles[v].tarSeconds)}${sec(r.smallFiles[v].findSeconds)}`);
   }
-  console.log(`${'postgres / sqlite'.padEnd(46)}${`${r.tarRatio.toFixed(2)}x`.padStart(9)}${`${r.findRatio.toFixed(2)}x`.padStart(9)}`);
+  const ratio = (v: SmallFilesVolume, of: 'tarSeconds' | 'findSeconds') => `${(r.smallFiles[v][of] / r.smallFiles.sqlite[of]).toFixed(2)}x`.padStart(9);
+  console.log(`${'postgres / sqlite'.padEnd(46)}${ratio('postgres', 'tarSeconds')}${ratio('postgres', 'findSeconds')}`);
+  console.log(`${'postgres, shared / sqlite'.padEnd(46)}${ratio('postgres-shared', 'tarSeconds')}${ratio('postgres-shared', 'findSeconds')}`);
   console.log('(seconds; find after a remount and drop_caches)\n');
   console.log(`metadata operations per second (mknod, lookup, setattr, rename, unlink; ${ROUNDS} rounds per client)`);
   console.log(`${''.padEnd(12)}${'1 client'.padStart(12)}${'2 clients'.padStart(12)}`);
