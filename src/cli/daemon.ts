@@ -180,6 +180,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
         cache,
         publishBlocks: attached?.shared && cache ? () => cache.publishStored() : undefined,
+        republishBlocks: attached?.shared && cache ? (hashes) => cache.republish(hashes) : undefined,
         readaheadBytes: cache?.readaheadBytes ?? volume.settings.readaheadBytes,
         // Only ever called by a request, so once the adapter is serving.
         forgetInKernel: (inval): Promise<void> => adapter.invalidate(inval),
