@@ -20,6 +20,7 @@ import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-serve
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { localRemoteDir } from '../remote/remote-spec';
 import { collectRemoteGarbage } from '../gc/remote-gc';
+import { SHARED_GC_GRACE_MS, collectSharedGarbage } from '../gc/shared-gc';
 import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DaemonOptions {
@@ -64,6 +65,16 @@ function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined)
 function sessionExpiryMs(): number | undefined {
   const s = Number(process.env.POGFS_SESSION_EXPIRY_SECONDS);
   return Number.isFinite(s) && s > 0 ? s * 1000 : undefined;
+}
+
+/**
+ * How long gc on a volume several machines share leaves new packs alone: from
+ * POGFS_GC_GRACE_SECONDS, which only tests set (0: none), otherwise SHARED_GC_GRACE_MS.
+ */
+function sharedGcGraceMs(): number {
+  const text = process.env.POGFS_GC_GRACE_SECONDS;
+  const s = Number(text);
+  return text !== undefined && text.trim() !== '' && Number.isFinite(s) && s >= 0 ? s * 1000 : SHARED_GC_GRACE_MS;
 }
 
 /** A clone or snapshot request; a refusal says its errno's name (the CLI words it). */
@@ -287,6 +298,17 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         }
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
         if (o.readOnly) throw new Error('the volume is mounted read-only: gc changes it');
+        const shared = attached?.shared;
+        if (attached && shared) {
+          // Several machines write the volume: decided in the shared index, not by this store's counts.
+          const parts = { remote: attached.remote, cache: attached.cache, index: shared };
+          const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
+          return exclusive(async () => {
+            await fs.quiesceForGc();
+            const remote = await collectSharedGarbage(volume, parts, { dryRun: !!req.dryRun, repackBelow, graceMs: sharedGcGraceMs(), log, progress });
+            return { dryRun: !!req.dryRun, remote };
+          });
+        }
         return exclusive(async () => {
           await fs.quiesceForGc();
           const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;

@@ -10,6 +10,7 @@ import { UsageError } from './errors';
 import { formatBytes } from '../format';
 import { join } from 'node:path';
 import { collectRemoteGarbage, type RemoteGcResult } from '../gc/remote-gc';
+import type { SharedGcResult } from '../gc/shared-gc';
 import { VolumeFiles } from '../vfs/volume';
 import { fileLogger } from './log';
 import { attachRemote, detachRemote, remoteUsageError, startBackups } from './remote-attachment';
@@ -55,6 +56,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
       line.clear();
     }
     if (flags.json) console.log(JSON.stringify({ volume: path, mounted: holder.mountpoint, ...live }, null, 2));
+    else if (live.remote && isSharedGc(live.remote)) printSharedGc(path, holder.mountpoint, live.remote);
     else {
       printRemoved(path, live, holder.mountpoint);
       if (live.skippedBusy) console.log(`${live.skippedBusy} unreferenced blocks were taken by writes while gc ran and were kept`);
@@ -63,6 +65,9 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
       printSpace(live.space, false);
     }
     return;
+  }
+  if (existsSync(join(path, VolumeFiles.metaUrl))) {
+    throw new UsageError(`${path} keeps its metadata in PostgreSQL: gc runs in a mounted daemon; mount the volume (on any machine) and run pogfs gc there on its volume or cache directory`);
   }
   let result: GcResult;
   // A status line with rate and ETA on a terminal's stderr (or as asked by --progress).
@@ -143,6 +148,20 @@ function printRemoteGc(r: RemoteGcResult): void {
     `remote: ${r.packs} packs; ${r.deadLocations} locations of deleted blocks ${would}forgotten; ${r.repackedPacks} mostly dead packs ${would}repacked (${r.movedBlocks} live blocks moved); ` +
       `${r.deletedPacks} empty packs ${would}deleted (${formatBytes(r.deletedBytes)}); ${r.orphanPacks} orphan packs ${would}deleted` +
       (r.prunedGenerations ? `; ${r.prunedGenerations} older metadata generations that named them deleted` : ''),
+  );
+}
+
+function isSharedGc(r: RemoteGcResult): r is SharedGcResult {
+  return (r as Partial<SharedGcResult>).sharedIndex === true;
+}
+
+/** A volume several machines write: only the shared remote is collected (each machine's store is a cache, evicted on its own). */
+function printSharedGc(volume: string, mountpoint: string, r: SharedGcResult): void {
+  console.log(`pogfs gc ${volume} (mounted at ${mountpoint}: done by its daemon, in the pack index the machines share)${r.dryRun ? ' (dry run: nothing changed)' : ''}`);
+  printRemoteGc(r);
+  console.log(
+    `${r.youngPacks} packs published within the grace period (${r.gracePeriodSeconds} s) left alone` +
+      (r.failedDeletes ? `; ${r.failedDeletes} packs left on the remote because deleting them failed (see the log)` : ''),
   );
 }
 
