@@ -26,7 +26,7 @@ const LAZY_ROUND_MS = 200;
 /** ... unless this many files are already waiting. */
 const LAZY_ROUND_FILES = 512;
 /** Commits of a round refused for blocks gc removed from the shared index, uploaded again each time, before EIO. */
-const REPUBLISH_ATTEMPTS = 3;
+const REPUBLISH_ATTEMPTS = 5;
 
 export class Committer {
   private waiting = new Map<FileContent, Request>();
