@@ -66,7 +66,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
     }
     return;
   }
-  if (existsSync(join(path, VolumeFiles.metaUrl))) {
+  if (existsSync(join(path, VolumeFiles.metaUrl)) && (await sharesBlocks(path))) {
     throw new UsageError(`${path} keeps its metadata in PostgreSQL: gc runs in a mounted daemon; mount the volume (on any machine) and run pogfs gc there on its volume or cache directory`);
   }
   let result: GcResult;
@@ -149,6 +149,16 @@ function printRemoteGc(r: RemoteGcResult): void {
       `${r.deletedPacks} empty packs ${would}deleted (${formatBytes(r.deletedBytes)}); ${r.orphanPacks} orphan packs ${would}deleted` +
       (r.prunedGenerations ? `; ${r.prunedGenerations} older metadata generations that named them deleted` : ''),
   );
+}
+
+/** Whether the volume at `path` is one several machines write (Volume.sharesBlocks). */
+async function sharesBlocks(path: string): Promise<boolean> {
+  const volume = Volume.open(path);
+  try {
+    return volume.sharesBlocks;
+  } finally {
+    await volume.close();
+  }
 }
 
 function isSharedGc(r: RemoteGcResult): r is SharedGcResult {
