@@ -8,7 +8,8 @@
  * again before its row is committed; both mounts write, overwrite and delete files while
  * gc runs several times, and afterwards every file reads back identically on A, on B and
  * on a third mount with an empty cache (every block from the remote), and no pack that
- * the index forgot is left on the remote.
+ * the index forgot is left on the remote. A mostly dead pack is rewritten; gc of the
+ * unmounted volume (or cache directory) works too.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -128,6 +129,35 @@ describe('gc of a PostgreSQL volume two mounts write at once', () => {
     }
   });
 
+  it('a mostly dead pack is repacked: its live block moves to a new pack, the old one is deleted, a fresh mount reads the file', async () => {
+    const r = randomBytes(8 * BLOCK);
+    fs.writeFileSync(join(ma, 'r.bin'), r);
+    const packOfFirst = async (): Promise<string> =>
+      (
+        await queryPostgres(
+          url,
+          "SELECT p.name FROM dentries d JOIN blocks b ON b.ino = d.ino AND b.idx = 0 JOIN pack_blocks pb ON pb.hash = b.hash JOIN packs p ON p.id = pb.pack WHERE d.name = 'r.bin'::bytea",
+        )
+      )[0].name as string;
+    const before = await packOfFirst();
+    fs.truncateSync(join(ma, 'r.bin'), BLOCK);
+    const out = pogfsOk(['gc', volume, '--repack-below', '0.5']);
+    assert.match(out, /in the pack index the machines share/);
+    assert.match(out, /[1-9]\d* mostly dead packs repacked/);
+    assert.match(out, /packs published within the grace period \(0 s\) left alone/);
+    const after = await packOfFirst();
+    assert.notEqual(after, before);
+    assert.ok(!remotePacks(remote).includes(before), 'the old pack is gone from the remote');
+    assert.deepEqual(remotePacks(remote), await indexedPacks(url));
+    fs.rmSync(cacheC, { recursive: true, force: true });
+    pogfsOk(['mount', url, mc, '--cache-dir', cacheC]);
+    try {
+      assert.deepEqual(fs.readFileSync(join(mc, 'r.bin')), r.subarray(0, BLOCK));
+    } finally {
+      pogfsOk(['umount', mc]);
+    }
+  });
+
   it('gc run several times while both write, overwrite and delete loses nothing; every file reads back on A, B and a mount with an empty cache', async () => {
     // Contents both mounts draw from, so blocks are shared across machines (deduplicated).
     const pool = [randomBytes(100), randomBytes(BLOCK), randomBytes(2 * BLOCK + 5), randomBytes(3 * BLOCK), randomBytes(5000), randomBytes(BLOCK + 1)];
@@ -194,12 +224,28 @@ describe('gc of a PostgreSQL volume two mounts write at once', () => {
     }
   });
 
-  it('gc of an unmounted shared volume is refused in one line (exit 2)', () => {
+  it('gc of the unmounted volume, and of a joined machine\'s unmounted cache directory, works as through a daemon', async () => {
+    fs.rmSync(join(ma, 'x-again.bin'));
     pogfsOk(['umount', mb]);
     pogfsOk(['umount', ma]);
-    const r = pogfs(['gc', volume]);
+    const dry = JSON.parse(pogfsOk(['gc', cacheB, '--dry-run', '--json'])) as SharedGcJson;
+    assert.ok(dry.remote.deletedPacks >= 1, JSON.stringify(dry));
+    const out = pogfsOk(['gc', volume]);
+    assert.match(out, /in the pack index the machines share/);
+    assert.doesNotMatch(out, /mounted at/);
+    assert.match(out, /[1-9]\d* empty packs deleted/);
+    assert.deepEqual(remotePacks(remote), await indexedPacks(url));
+    const r = pogfs(['gc', volume, '--compact']);
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /mount the volume/);
-    assert.equal(r.stderr.trim().split('\n').length, 1);
+    fs.rmSync(cacheC, { recursive: true, force: true });
+    pogfsOk(['mount', url, mc, '--cache-dir', cacheC]);
+    try {
+      assert.deepEqual(fs.readFileSync(join(mc, 'r.bin')).length, BLOCK);
+      assert.ok(!fs.existsSync(join(mc, 'x-again.bin')));
+      const dangling = await queryPostgres(url, 'SELECT count(*)::int AS n FROM blocks b WHERE NOT EXISTS (SELECT 1 FROM pack_blocks p WHERE p.hash = b.hash)');
+      assert.equal(dangling[0].n, 0);
+    } finally {
+      pogfsOk(['umount', mc]);
+    }
   });
 });

@@ -20,7 +20,7 @@ import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-serve
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { localRemoteDir } from '../remote/remote-spec';
 import { collectRemoteGarbage } from '../gc/remote-gc';
-import { SHARED_GC_GRACE_MS, collectSharedGarbage } from '../gc/shared-gc';
+import { collectSharedGarbage, sharedGcGraceMs } from '../gc/shared-gc';
 import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DaemonOptions {
@@ -65,16 +65,6 @@ function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined)
 function sessionExpiryMs(): number | undefined {
   const s = Number(process.env.POGFS_SESSION_EXPIRY_SECONDS);
   return Number.isFinite(s) && s > 0 ? s * 1000 : undefined;
-}
-
-/**
- * How long gc on a volume several machines share leaves new packs alone: from
- * POGFS_GC_GRACE_SECONDS, which only tests set (0: none), otherwise SHARED_GC_GRACE_MS.
- */
-function sharedGcGraceMs(): number {
-  const text = process.env.POGFS_GC_GRACE_SECONDS;
-  const s = Number(text);
-  return text !== undefined && text.trim() !== '' && Number.isFinite(s) && s >= 0 ? s * 1000 : SHARED_GC_GRACE_MS;
 }
 
 /** A clone or snapshot request; a refusal says its errno's name (the CLI words it). */

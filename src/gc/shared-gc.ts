@@ -27,6 +27,16 @@ import type { RemoteGcOptions, RemoteGcResult } from './remote-gc';
 /** The default grace period: far beyond the commit interval (5 s) of any machine. */
 export const SHARED_GC_GRACE_MS = 15 * 60 * 1000;
 
+/**
+ * The grace period gc uses: POGFS_GC_GRACE_SECONDS, which only tests set (0: none), or
+ * SHARED_GC_GRACE_MS.
+ */
+export function sharedGcGraceMs(): number {
+  const text = process.env.POGFS_GC_GRACE_SECONDS;
+  const s = Number(text);
+  return text !== undefined && text.trim() !== '' && Number.isFinite(s) && s >= 0 ? s * 1000 : SHARED_GC_GRACE_MS;
+}
+
 export interface SharedGcParts {
   remote: Remote;
   cache: RemoteCache;
