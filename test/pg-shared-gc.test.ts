@@ -12,6 +12,7 @@ import { describe, it } from 'node:test';
 import { Client } from 'pg';
 import { RemoteCache } from '../src/cache/remote-cache';
 import { BlocksNotPublished, type ContentCommit } from '../src/meta/engine';
+import { collectSharedGarbage } from '../src/gc/shared-gc';
 import { PgEngine } from '../src/meta/pg-engine';
 import { PgPackIndex } from '../src/meta/pg-pack-index';
 import type { PackEntry } from '../src/meta/remote-index';
@@ -55,6 +56,35 @@ async function someoneWaitsForALock(url: string): Promise<void> {
     await new Promise((r) => setTimeout(r, 10));
   }
   throw new Error('nobody waited for a lock');
+}
+
+/** A machine: its own block store and local pack index over the shared remote `DIR/remote` and index. */
+async function machineOf(url: string, dir: string, log: TestLog, name: string) {
+  const remoteDir = join(dir, 'remote');
+  const volume = Volume.create(join(dir, name), { remote: `local:${remoteDir}`, compression: 'none', superchunks: false });
+  const remote = new LocalRemote(remoteDir);
+  await remote.init();
+  const shared = PgPackIndex.open(url);
+  const cache = new RemoteCache(volume.ledger, volume.localPackIndex, remote, volume.packer(), {
+    cacheBytes: 1 << 30,
+    packBytes: 8 << 20,
+    readaheadBytes: 0,
+    uploadIdleMs: 60_000,
+    log,
+    shared,
+  });
+  return {
+    volume,
+    cache,
+    shared,
+    remote,
+    async close() {
+      await cache.close();
+      await shared.close();
+      await remote.close();
+      await volume.close();
+    },
+  };
 }
 
 describe('gc of a shared pack index against other machines\' commits', () => {
@@ -154,32 +184,7 @@ describe('a machine whose local pack index names a pack gc deleted elsewhere', (
     const dir = tempDir('pogfs-shared-gc-');
     const remoteDir = join(dir, 'remote');
     const log = new TestLog();
-    const machine = async (name: string) => {
-      const volume = Volume.create(join(dir, name), { remote: `local:${remoteDir}`, compression: 'none', superchunks: false });
-      const remote = new LocalRemote(remoteDir);
-      await remote.init();
-      const shared = PgPackIndex.open(url);
-      const cache = new RemoteCache(volume.ledger, volume.localPackIndex, remote, volume.packer(), {
-        cacheBytes: 1 << 30,
-        packBytes: 8 << 20,
-        readaheadBytes: 0,
-        uploadIdleMs: 60_000,
-        log,
-        shared,
-      });
-      return {
-        volume,
-        cache,
-        shared,
-        remote,
-        async close() {
-          await cache.close();
-          await shared.close();
-          await remote.close();
-          await volume.close();
-        },
-      };
-    };
+    const machine = (name: string) => machineOf(url, dir, log, name);
     const a = await machine('a');
     const b = await machine('b');
     try {
@@ -213,6 +218,41 @@ describe('a machine whose local pack index names a pack gc deleted elsewhere', (
     } finally {
       await a.close();
       await b.close();
+    }
+  });
+
+  it('collectSharedGarbage leaves packs within the grace period alone, then deletes a pack a later one took every entry from, on the index and the remote', async () => {
+    const url = await freshVolume();
+    const dir = tempDir('pogfs-shared-gc-');
+    const log = new TestLog();
+    const a = await machineOf(url, dir, log, 'a');
+    try {
+      const [x] = randomBlocks(1);
+      await storeBlocks(a.volume, [x]);
+      await a.cache.publishStored();
+      const first = a.volume.localPackIndex.remote.locate(x.hash)!.name;
+      await a.volume.ledger.markDirtyAgain([x.hash]);
+      // A different pack of the same block: a new one on the remote, and the old one left without entries.
+      await storeBlocks(a.volume, randomBlocks(1));
+      await a.cache.publishStored();
+      assert.equal((await queryPostgres(url, `SELECT count(*)::int AS n FROM pack_blocks pb JOIN packs p ON p.id = pb.pack WHERE p.name = '${first}'`))[0].n, 0);
+      const parts = { remote: a.remote, cache: a.cache, index: a.shared };
+      const young = await collectSharedGarbage(a.volume, parts, { dryRun: false, graceMs: 60_000, log });
+      assert.equal(young.deletedPacks, 0);
+      assert.equal(young.youngPacks, 2);
+      const dry = await collectSharedGarbage(a.volume, parts, { dryRun: true, graceMs: 0, log });
+      assert.equal(dry.deletedPacks, 2, 'the emptied pack, and the new one (nothing references x or the other block)');
+      assert.ok(fs.readdirSync(join(dir, 'remote'), { recursive: true }).some((f) => String(f).includes(first)));
+      const done = await collectSharedGarbage(a.volume, parts, { dryRun: false, graceMs: 0, log });
+      assert.equal(done.deletedPacks, 2);
+      assert.equal(done.youngPacks, 0);
+      assert.equal(done.failedDeletes, 0);
+      assert.deepEqual(await queryPostgres(url, 'SELECT name FROM packs'), []);
+      assert.ok(!fs.readdirSync(join(dir, 'remote'), { recursive: true }).some((f) => /^p[0-9a-f]{40}$/.test(String(f).split('/').pop()!)));
+      assert.equal(a.volume.localPackIndex.remote.packs().length, 0, 'the local index forgets them too');
+      assert.deepEqual(log.errors, []);
+    } finally {
+      await a.close();
     }
   });
 });

@@ -93,8 +93,9 @@ export async function collectSharedGarbage(volume: Volume, parts: SharedGcParts,
 
   if (sparse.length > 0) await repack(volume, parts, sparse, result, o);
 
-  // After the repack its packs have no live entries left, only dead ones (or none).
-  const candidates = (await parts.index.usage()).filter((u) => old(u) && u.entries > u.liveBlocks);
+  // Packs with a dead entry, or with none left (moved out by the repack, or by a machine
+  // that uploaded the same blocks again: a later pack takes a block's entry over).
+  const candidates = (await parts.index.usage()).filter((u) => old(u) && (u.entries === 0 || u.entries > u.liveBlocks));
   const local = volume.localPackIndex;
   o.progress?.start('gc: deleting dead packs');
   for (const [i, u] of candidates.entries()) {

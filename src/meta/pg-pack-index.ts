@@ -81,6 +81,8 @@ export class PgPackIndex implements SharedPackIndex {
    * removed from the index and are committed again). gc deletes the object only while no
    * pack of that name is in the index, and a publication waits for the delete to end.
    */
+  // Holds one connection of the pool (PgSession's, of 4) while `fn` may take another: the
+  // uploader's two parallel uploads and one gc leave one free, so they cannot starve each other.
   async holdingName<T>(name: string, fn: () => Promise<T>): Promise<T> {
     const client = await this.session.pool.connect();
     let broken: Error | undefined;
