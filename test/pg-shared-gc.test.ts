@@ -221,7 +221,7 @@ describe('a machine whose local pack index names a pack gc deleted elsewhere', (
     }
   });
 
-  it('collectSharedGarbage leaves packs within the grace period alone, then deletes a pack a later one took every entry from, on the index and the remote', async () => {
+  it('collectSharedGarbage leaves packs within the grace period alone, then deletes a pack a later one took every entry from, on the index and the remote, and an orphan', async () => {
     const url = await freshVolume();
     const dir = tempDir('pogfs-shared-gc-');
     const log = new TestLog();
@@ -243,8 +243,12 @@ describe('a machine whose local pack index names a pack gc deleted elsewhere', (
       const dry = await collectSharedGarbage(a.volume, parts, { dryRun: true, graceMs: 0, log });
       assert.equal(dry.deletedPacks, 2, 'the emptied pack, and the new one (nothing references x or the other block)');
       assert.ok(fs.readdirSync(join(dir, 'remote'), { recursive: true }).some((f) => String(f).includes(first)));
+      // A pack on the remote the index never named (a crash between an upload and its publication).
+      await a.remote.put('pack', `p${'0'.repeat(40)}`, Buffer.from('never published'));
+      assert.equal((await collectSharedGarbage(a.volume, parts, { dryRun: true, graceMs: 0, log })).orphanPacks, 1);
       const done = await collectSharedGarbage(a.volume, parts, { dryRun: false, graceMs: 0, log });
       assert.equal(done.deletedPacks, 2);
+      assert.equal(done.orphanPacks, 1);
       assert.equal(done.youngPacks, 0);
       assert.equal(done.failedDeletes, 0);
       assert.deepEqual(await queryPostgres(url, 'SELECT name FROM packs'), []);

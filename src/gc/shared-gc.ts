@@ -19,9 +19,8 @@ import type { RemoteGcOptions, RemoteGcResult } from './remote-gc';
  * another machine that names a block whose entry is being deleted is kept safe by the
  * locks PgPackIndex.collectPack takes (the commit then uploads the block again).
  *
- * The metadata's backups are PostgreSQL's (the user's) and no generation on the remote
- * names packs, and a pack on the remote the index does not know may be one another
- * machine is uploading: orphans are left alone.
+ * The metadata's backups are PostgreSQL's (the user's): no generation on the remote names
+ * packs. Packs on the remote the index does not know are deleted (see deleteOrphans).
  */
 
 /** The default grace period: far beyond the commit interval (5 s) of any machine. */
@@ -48,14 +47,14 @@ export interface SharedGcOptions extends RemoteGcOptions {
   graceMs: number;
 }
 
-/** RemoteGcResult (orphanPacks and prunedGenerations stay 0), and what only a shared index has. */
+/** RemoteGcResult (prunedGenerations stays 0), and what only a shared index has. */
 export interface SharedGcResult extends RemoteGcResult {
   /** The pack index is the one several machines share in PostgreSQL. */
   sharedIndex: true;
   gracePeriodSeconds: number;
   /** Packs left alone because they were published within the grace period. */
   youngPacks: number;
-  /** Packs deleted from the index whose object on the remote could not be deleted (left as orphans). */
+  /** Packs whose object on the remote could not be deleted (left as orphans for the next gc). */
   failedDeletes: number;
 }
 
@@ -82,6 +81,8 @@ export async function collectSharedGarbage(volume: Volume, parts: SharedGcParts,
   };
   const sparse = settled.filter((u) => u.liveBlocks > 0 && u.size > 0 && u.liveValueBytes / u.size < threshold);
   if (o.dryRun) {
+    const known = new Set(before.map((u) => u.name));
+    result.orphanPacks = (await parts.remote.list('pack')).filter((p) => !known.has(p.name)).length;
     result.deadLocations = settled.reduce((n, u) => n + u.entries - u.liveBlocks, 0);
     const empty = settled.filter((u) => u.liveBlocks === 0);
     result.deletedPacks = empty.length;
@@ -123,11 +124,36 @@ export async function collectSharedGarbage(volume: Volume, parts: SharedGcParts,
     }
   }
   if (candidates.length > 0) o.progress?.update(candidates.length, candidates.length);
+  await deleteOrphans(parts, result, o);
   o.log.info(
     `gc on the shared remote: ${result.deadLocations} dead entries, ${result.deletedPacks} packs deleted (${result.deletedBytes} bytes), ` +
       `${result.repackedPacks} repacked, ${result.youngPacks} younger than the grace period (${result.gracePeriodSeconds} s) left alone`,
   );
   return result;
+}
+
+/**
+ * Packs on the remote the index does not name (left by a crash between an upload and its
+ * publication, or between gc's commit and its delete). Each is deleted holding its name's
+ * lock, which every upload holds from its put to its publication: a pack still being
+ * uploaded and published is waited for, and then named by the index, so it stays.
+ */
+async function deleteOrphans(parts: SharedGcParts, result: SharedGcResult, o: SharedGcOptions): Promise<void> {
+  const known = new Set((await parts.index.usage()).map((u) => u.name));
+  const unknown = (await parts.remote.list('pack')).filter((p) => !known.has(p.name));
+  for (const p of unknown) {
+    try {
+      const deleted = await parts.index.holdingName(p.name, async () => {
+        if (await parts.index.hasPack(p.name)) return false;
+        await parts.remote.delete(p);
+        return true;
+      });
+      if (deleted) result.orphanPacks++;
+    } catch (err) {
+      result.failedDeletes++;
+      o.log.error(`gc: deleting the orphan pack ${p.name} failed`, err);
+    }
+  }
 }
 
 /** Mostly dead packs: their live blocks made local, marked dirty and uploaded (and published) into new packs. */
