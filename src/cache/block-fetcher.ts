@@ -120,10 +120,16 @@ export class BlockFetcher {
         for (const v of range.values) settle(v.value, this.unreachable(v.value));
       });
       for (const v of range.values) {
-        const outcome = outcomes.get(valueKey(v.value))!.done;
+        const done = outcomes.get(valueKey(v.value))!.done;
+        // Shared: blocks the local index placed in a pack that could not be read may have moved (a gc elsewhere).
+        const outcome = askShared ? done.then((results) => this.relocateMissing(v.value, v.hashes, results)) : done;
         for (const hash of v.hashes) {
           const k = key(hash);
-          const p = outcome.then((results) => results.get(k) ?? 'missing').finally(() => this.inflight.delete(k));
+          const p: Promise<BlockRead> = outcome
+            .then((results) => results.get(k) ?? 'missing')
+            .finally(() => {
+              if (this.inflight.get(k) === p) this.inflight.delete(k);
+            });
           this.inflight.set(k, p);
           out.set(k, p);
         }
@@ -164,6 +170,40 @@ export class BlockFetcher {
       this.inflight.set(k, p);
       out.set(k, p);
     }
+  }
+
+  /**
+   * A volume several machines share: blocks of `value` that came out missing (its pack
+   * could not be read) are asked of the shared index again. A gc on another machine may
+   * have deleted the pack this machine's index names (moving the blocks' entries to a new
+   * pack, or finding them dead): the stale local entries are dropped, the packs the
+   * shared index names now are recorded, and the blocks are fetched from there, once.
+   */
+  private async relocateMissing(value: Value, hashes: readonly Buffer[], results: Map<string, BlockRead>): Promise<Map<string, BlockRead>> {
+    const missing = hashes.filter((h) => (results.get(key(h)) ?? 'missing') === 'missing');
+    if (missing.length === 0) return results;
+    let packs;
+    try {
+      packs = await this.options.shared!.locate(missing);
+    } catch (err) {
+      this.options.log.error('looking up blocks in the shared pack index again failed', err);
+      return results;
+    }
+    const now = new Map<string, string>();
+    for (const p of packs) for (const e of p.entries) now.set(key(e.hash), p.name);
+    // Where the shared index still names the same pack, it is only unreachable now.
+    const stale = missing.filter((h) => now.get(key(h)) !== value.name);
+    if (stale.length === 0) return results;
+    this.index.deleteEntries(stale);
+    for (const p of packs) if (p.name !== value.name) this.index.recordPack(p);
+    const found = stale.filter((h) => now.has(key(h))).length;
+    this.options.log.warn(`pack ${value.name} could not be read and the shared index no longer places ${stale.length} of its blocks there (a gc): ${found} found in other packs`);
+    // Out of the in-flight map first: the fetch below must not wait for the one this is part of.
+    for (const h of stale) this.inflight.delete(key(h));
+    const again = this.fetchFrom(stale, false);
+    const merged = new Map(results);
+    for (const h of stale) merged.set(key(h), await (again.get(key(h)) ?? Promise.resolve<BlockRead>('missing')));
+    return merged;
   }
 
   /** Values grouped into ranged reads: same pack, in offset order, close together, bounded in size. */

@@ -1,5 +1,5 @@
 import type { LocalPackIndex } from './remote-cache';
-import type { Remote } from '../remote/remote';
+import type { Remote, RemoteObject } from '../remote/remote';
 import { packName } from '../remote/object-names';
 import { hashHex, hashBlock } from '../store/hash';
 import type { SuperChunkPacker } from '../store/super-chunk-packer';
@@ -264,9 +264,15 @@ export class PackUploader {
     this.inFlight.add(name);
     const started = Date.now();
     try {
-      const object = await this.remote.put('pack', name, data, { fresh: true });
-      // Other machines find the blocks from now on; only then may rows there refer to them.
-      await this.options.shared?.publish({ name, remoteId: object.id, size: data.length, entries });
+      const upload = async (): Promise<RemoteObject> => {
+        const object = await this.remote.put('pack', name, data, { fresh: true });
+        // Other machines find the blocks from now on; only then may rows there refer to them.
+        await this.options.shared?.publish({ name, remoteId: object.id, size: data.length, entries });
+        return object;
+      };
+      // Shared: no gc deletes an object of this name (an earlier pack of the same bytes) meanwhile.
+      const shared = this.options.shared;
+      const object = shared ? await shared.holdingName(name, upload) : await upload();
       const existing = this.meta.remote.packByName(name);
       if (existing) this.meta.remote.deletePack(existing.id);
       this.meta.durableTransaction(() => this.meta.remote.addPack(name, object.id, data.length, entries));

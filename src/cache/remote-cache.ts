@@ -252,6 +252,22 @@ export class RemoteCache implements BlockSource {
     return this.uploader.flush();
   }
 
+  /**
+   * A volume several machines share: blocks a commit names whose entries gc removed from
+   * the shared index go up again (marked dirty; the next publishStored uploads them). Those
+   * the local store does not hold cannot: rejects, naming them in the log.
+   */
+  async republish(hashes: readonly Buffer[]): Promise<void> {
+    const absent = hashes.filter((h) => !this.store.has(h));
+    if (absent.length > 0) {
+      const message = `${absent.length} blocks a commit names are in no pack on the remote (a gc removed them) nor in the local store (first ${absent[0].toString('hex')}): the commit fails`;
+      this.options.log.error(message);
+      throw new Error(message);
+    }
+    const marked = await this.ledger.markDirtyAgain(hashes);
+    this.options.log.info(`${hashes.length} blocks a commit names lost their pack to a gc: uploading them again (${marked} marked dirty)`);
+  }
+
   /** Uploads everything dirty (metadata backup, unmount). */
   flush(): Promise<void> {
     return this.uploader.flush();

@@ -20,6 +20,7 @@ import { DaemonMetrics, serveMetrics, type MetricsServer } from './metrics-serve
 import { attachRemote, detachRemote, startBackups, type AttachedRemote } from './remote-attachment';
 import { localRemoteDir } from '../remote/remote-spec';
 import { collectRemoteGarbage } from '../gc/remote-gc';
+import { collectSharedGarbage, sharedGcGraceMs } from '../gc/shared-gc';
 import { notifyReady, notifyStatus, notifyStopping } from './service-notify';
 
 export interface DaemonOptions {
@@ -180,6 +181,7 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         onSecurityXattr: () => session?.setSecurityXattrsPresent(true),
         cache,
         publishBlocks: attached?.shared && cache ? () => cache.publishStored() : undefined,
+        republishBlocks: attached?.shared && cache ? (hashes) => cache.republish(hashes) : undefined,
         readaheadBytes: cache?.readaheadBytes ?? volume.settings.readaheadBytes,
         // Only ever called by a request, so once the adapter is serving.
         forgetInKernel: (inval): Promise<void> => adapter.invalidate(inval),
@@ -286,6 +288,17 @@ export async function runDaemon(o: DaemonOptions): Promise<void> {
         }
         if (req.op !== 'gc') throw new Error(`unknown request ${JSON.stringify(req.op)}`);
         if (o.readOnly) throw new Error('the volume is mounted read-only: gc changes it');
+        const shared = attached?.shared;
+        if (attached && shared) {
+          // Several machines write the volume: decided in the shared index, not by this store's counts.
+          const parts = { remote: attached.remote, cache: attached.cache, index: shared };
+          const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;
+          return exclusive(async () => {
+            await fs.quiesceForGc();
+            const remote = await collectSharedGarbage(volume, parts, { dryRun: !!req.dryRun, repackBelow, graceMs: sharedGcGraceMs(), log, progress });
+            return { dryRun: !!req.dryRun, remote };
+          });
+        }
         return exclusive(async () => {
           await fs.quiesceForGc();
           const repackBelow = typeof req.repackBelow === 'number' ? req.repackBelow : undefined;

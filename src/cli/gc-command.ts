@@ -10,6 +10,7 @@ import { UsageError } from './errors';
 import { formatBytes } from '../format';
 import { join } from 'node:path';
 import { collectRemoteGarbage, type RemoteGcResult } from '../gc/remote-gc';
+import { collectSharedGarbage, sharedGcGraceMs, type SharedGcResult } from '../gc/shared-gc';
 import { VolumeFiles } from '../vfs/volume';
 import { fileLogger } from './log';
 import { attachRemote, detachRemote, remoteUsageError, startBackups } from './remote-attachment';
@@ -55,6 +56,7 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
       line.clear();
     }
     if (flags.json) console.log(JSON.stringify({ volume: path, mounted: holder.mountpoint, ...live }, null, 2));
+    else if (live.remote && isSharedGc(live.remote)) printSharedGc(path, holder.mountpoint, live.remote);
     else {
       printRemoved(path, live, holder.mountpoint);
       if (live.skippedBusy) console.log(`${live.skippedBusy} unreferenced blocks were taken by writes while gc ran and were kept`);
@@ -62,6 +64,20 @@ export async function gc(target: string, flags: GcFlags): Promise<void> {
       if (live.remote) printRemoteGc(live.remote);
       printSpace(live.space, false);
     }
+    return;
+  }
+  if (existsSync(join(path, VolumeFiles.metaUrl)) && (await sharesBlocks(path))) {
+    if (flags.compact) throw new UsageError('--compact is for a volume whose metadata is in meta.db: this one shares its blocks through the remote, and its block store is a cache');
+    // No daemon here: this machine's cache directory and the shared index, as the daemon would.
+    const progress = progressDisplay(flags);
+    let remote: SharedGcResult;
+    try {
+      remote = await sharedGcOffline(path, !!flags.dryRun, repackBelow, progress);
+    } finally {
+      progress.clear();
+    }
+    if (flags.json) console.log(JSON.stringify({ volume: path, dryRun: remote.dryRun, remote }, null, 2));
+    else printSharedGc(path, undefined, remote);
     return;
   }
   let result: GcResult;
@@ -143,6 +159,51 @@ function printRemoteGc(r: RemoteGcResult): void {
     `remote: ${r.packs} packs; ${r.deadLocations} locations of deleted blocks ${would}forgotten; ${r.repackedPacks} mostly dead packs ${would}repacked (${r.movedBlocks} live blocks moved); ` +
       `${r.deletedPacks} empty packs ${would}deleted (${formatBytes(r.deletedBytes)}); ${r.orphanPacks} orphan packs ${would}deleted` +
       (r.prunedGenerations ? `; ${r.prunedGenerations} older metadata generations that named them deleted` : ''),
+  );
+}
+
+/** gc of the shared remote of an unmounted volume several machines write (other machines may have it mounted). */
+async function sharedGcOffline(path: string, dryRun: boolean, repackBelow: number | undefined, progress: ProgressSink): Promise<SharedGcResult> {
+  const volume = Volume.open(path);
+  try {
+    const log = fileLogger(join(path, VolumeFiles.log), false);
+    const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
+    try {
+      const parts = { remote: attached.remote, cache: attached.cache, index: attached.shared! };
+      return await collectSharedGarbage(volume, parts, { dryRun, repackBelow, graceMs: sharedGcGraceMs(), log, progress });
+    } catch (err) {
+      throw remoteUsageError(volume.settings.remote, err);
+    } finally {
+      await detachRemote(attached, log);
+      log.flush();
+    }
+  } finally {
+    await volume.close();
+  }
+}
+
+/** Whether the volume at `path` is one several machines write (Volume.sharesBlocks). */
+async function sharesBlocks(path: string): Promise<boolean> {
+  const volume = Volume.open(path);
+  try {
+    return volume.sharesBlocks;
+  } finally {
+    await volume.close();
+  }
+}
+
+function isSharedGc(r: RemoteGcResult): r is SharedGcResult {
+  return (r as Partial<SharedGcResult>).sharedIndex === true;
+}
+
+/** A volume several machines write: only the shared remote is collected (each machine's store is a cache, evicted on its own). */
+function printSharedGc(volume: string, mountpoint: string | undefined, r: SharedGcResult): void {
+  const where = mountpoint ? `mounted at ${mountpoint}: done by its daemon, ` : '';
+  console.log(`pogfs gc ${volume} (${where}in the pack index the machines share)${r.dryRun ? ' (dry run: nothing changed)' : ''}`);
+  printRemoteGc(r);
+  console.log(
+    `${r.youngPacks} packs published within the grace period (${r.gracePeriodSeconds} s) left alone` +
+      (r.failedDeletes ? `; ${r.failedDeletes} packs left on the remote because deleting them failed (see the log)` : ''),
   );
 }
 

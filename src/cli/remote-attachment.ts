@@ -4,7 +4,7 @@ import { maxPackSize } from '../cache/pack-format';
 import { RemoteCache } from '../cache/remote-cache';
 import { openRemote, type RemoteSettings } from '../remote/open-remote';
 import { RemoteError, type Remote } from '../remote/remote';
-import type { SharedPackIndex } from '../meta/remote-index';
+import type { PgPackIndex } from '../meta/pg-pack-index';
 import type { Volume } from '../vfs/volume';
 import type { VolumeSettings } from '../vfs/volume-settings';
 import { UsageError } from './errors';
@@ -65,8 +65,8 @@ export interface AttachedRemote {
   owner: string;
   readOnly: boolean;
   backup?: MetaBackup;
-  /** The shared pack index of a volume several machines write (Volume.sharesBlocks). */
-  shared?: SharedPackIndex;
+  /** The shared pack index of a volume several machines write (Volume.sharesBlocks); gc works on it. */
+  shared?: PgPackIndex;
 }
 
 /**
@@ -78,7 +78,7 @@ export async function attachRemote(volume: Volume, o: AttachOptions): Promise<At
   const s = volume.settings;
   const remote = await openVolumeRemote(s);
   const owner = volume.store.instanceId();
-  let shared: SharedPackIndex | undefined;
+  let shared: PgPackIndex | undefined;
   try {
     await remote.init();
     if (volume.sharesBlocks) shared = (await import('../meta/pg-pack-index')).PgPackIndex.open(volume.metaUrl!, { warn: (msg) => o.log.warn(msg) });

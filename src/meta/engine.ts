@@ -85,6 +85,18 @@ export interface ContentCommit {
   attrs?: AttrChange;
 }
 
+/**
+ * A content commit on a volume several machines share refused because blocks it names are
+ * in no pack of the shared index (gc removed their entries since this machine stored
+ * them): nothing was committed. The caller uploads them again and commits again.
+ */
+export class BlocksNotPublished extends Error {
+  override readonly name = 'BlocksNotPublished';
+  constructor(readonly hashes: readonly Buffer[]) {
+    super(`${hashes.length} blocks of the commit are in no pack of the shared pack index`);
+  }
+}
+
 /** A block whose bytes wait in the metadata until the block store takes them (no data: one more reference to a stored block). */
 export interface ParkedBlock {
   hash: Buffer;

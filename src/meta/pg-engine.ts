@@ -5,6 +5,7 @@ import {
   RENAME_NOREPLACE,
   XATTR_CREATE,
   XATTR_REPLACE,
+  BlocksNotPublished,
   type AttrChange,
   type ChangeWatch,
   type ContentCommit,
@@ -69,6 +70,8 @@ export class PgEngine implements MetaEngine {
     private readonly session: PgSession,
     readonly url: string,
     private readonly connectionString: string,
+    /** OpenMetaOptions.sharedPacks: content commits check the shared pack index. */
+    private readonly sharedPacks: boolean,
   ) {}
 
   /**
@@ -78,7 +81,7 @@ export class PgEngine implements MetaEngine {
   static async open(address: string, options: OpenMetaOptions, connection: Pick<PgSessionOptions, 'reconnectWaitMs'> = {}): Promise<PgEngine> {
     const target = parsePgUrl(address);
     const session = new PgSession(target.connectionString, { ...connection, readOnly: options.readOnly, warn: options.warn });
-    const engine = new PgEngine(session, target.url, target.connectionString);
+    const engine = new PgEngine(session, target.url, target.connectionString, options.sharedPacks === true);
     try {
       const client = await session.pool.connect();
       try {
@@ -410,6 +413,7 @@ export class PgEngine implements MetaEngine {
       // Locked, so a free of one of these inodes by another client waits for this commit.
       await this.lock(c, commits.map((x) => x.ino));
       changed.inode(...commits.map((x) => x.ino));
+      if (this.sharedPacks) await this.holdPublished(c, commits);
       for (const x of commits) {
         const idx: number[] = [];
         const hashes: Buffer[] = [];
@@ -427,6 +431,21 @@ export class PgEngine implements MetaEngine {
         await this.update(c, x.ino, { ...x.attrs, size: x.size, storedBytes: x.storedBytes });
       }
     });
+  }
+
+  /**
+   * A volume several machines share: every block the commit names must be in the shared
+   * pack index, and stay there until the commit ends. Its entries are locked FOR KEY SHARE,
+   * which gc's FOR UPDATE waits for (and then sees these rows); an entry gc deleted first
+   * is missing here, and the commit refused before it wrote a row (BlocksNotPublished).
+   */
+  private async holdPublished(c: PoolClient, commits: readonly ContentCommit[]): Promise<void> {
+    const wanted = new Map<string, Buffer>();
+    for (const x of commits) for (const ref of x.rows.values()) if (ref) wanted.set(ref.hash.toString('latin1'), ref.hash);
+    if (wanted.size === 0) return;
+    const found = await run(c, 'keyShareEntries', [[...wanted.values()]]);
+    for (const row of found.rows as { hash: Buffer }[]) wanted.delete(row.hash.toString('latin1'));
+    if (wanted.size > 0) throw new BlocksNotPublished([...wanted.values()]);
   }
 
   // ---- freeing ----

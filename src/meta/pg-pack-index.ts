@@ -1,7 +1,7 @@
 import { MetadataError } from './meta-db';
 import { PgSession, type PgSessionOptions } from './pg-session';
 import { parsePgUrl } from './pg-url';
-import type { PackEntry, SharedPack, SharedPackIndex } from './remote-index';
+import type { PackEntry, SharedPack, SharedPackIndex, SharedPackUsage } from './remote-index';
 
 /** The shared pack index's statements (its tables are pg-schema.ts's third migration). */
 const SQL = {
@@ -19,7 +19,34 @@ const SQL = {
       WHERE id IN (SELECT pack FROM pack_blocks WHERE hash = ANY($1::bytea[])) ORDER BY id`,
   entriesOfPacks: `SELECT pack, hash, value_offset AS "valueOffset", value_length AS "valueLength", block_offset AS "blockOffset", length
       FROM pack_blocks WHERE pack = ANY($1::bigint[]) ORDER BY pack, value_offset, block_offset`,
+  // gc: each pack with its entries and what of them a row of `blocks` names (live), by
+  // stored value, as RemoteIndex.usage computes it for a SQLite volume.
+  usage: `WITH e AS (
+        SELECT pb.pack, pb.value_offset, pb.value_length, EXISTS (SELECT 1 FROM blocks b WHERE b.hash = pb.hash) AS live FROM pack_blocks pb
+      ), v AS (
+        SELECT pack, value_offset, max(value_length) AS len, bool_or(live) AS live, count(*) AS n, count(*) FILTER (WHERE live) AS nlive
+          FROM e GROUP BY pack, value_offset
+      )
+      SELECT p.id AS pack, p.name, p.remote_id AS "remoteId", p.size, p.created_ns AS "createdNs",
+             coalesce(sum(v.n), 0)::bigint AS entries, coalesce(sum(v.nlive), 0)::bigint AS "liveBlocks",
+             coalesce(sum(v.len) FILTER (WHERE v.live), 0)::bigint AS "liveValueBytes"
+        FROM packs p LEFT JOIN v ON v.pack = p.id GROUP BY p.id ORDER BY p.id`,
+  liveEntriesOf: `SELECT pb.hash FROM pack_blocks pb WHERE pb.pack = $1 AND EXISTS (SELECT 1 FROM blocks b WHERE b.hash = pb.hash)`,
+  // The pack's row first (a publication of the same name waits), then its entries in hash
+  // order (as commits take FOR KEY SHARE and publications update them).
+  lockPack: 'SELECT id FROM packs WHERE id = $1 FOR UPDATE',
+  lockEntriesOf: 'SELECT hash FROM pack_blocks WHERE pack = $1 ORDER BY hash FOR UPDATE',
+  // A statement of its own, after the locks: it sees every commit that ended while they were awaited.
+  deleteDeadEntriesOf: `DELETE FROM pack_blocks pb WHERE pb.pack = $1 AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.hash = pb.hash) RETURNING pb.hash`,
+  deleteEmptyPack: `DELETE FROM packs p WHERE p.id = $1 AND NOT EXISTS (SELECT 1 FROM pack_blocks pb WHERE pb.pack = p.id)
+      RETURNING p.name, p.remote_id AS "remoteId", p.size`,
+  packNamed: 'SELECT 1 FROM packs WHERE name = $1',
+  lockName: 'SELECT pg_advisory_lock($1, hashtext($2))',
+  unlockName: 'SELECT pg_advisory_unlock($1, hashtext($2))',
 } as const;
+
+/** The first key of the advisory locks on pack names ("pogp"); the second is the name's hash. */
+const PACK_NAME_LOCK = 0x706f6770;
 
 /** How long the index waits for a lost server before an upload or a fetch fails (the uploader tries again). */
 const RECONNECT_WAIT_MS = 30_000;
@@ -45,6 +72,79 @@ export class PgPackIndex implements SharedPackIndex {
     if (!m) throw new MetadataError(`"${url}" is not a postgres:// URL`);
     const target = parsePgUrl(m[1]);
     return new PgPackIndex(new PgSession(target.connectionString, { reconnectWaitMs: RECONNECT_WAIT_MS, ...options }));
+  }
+
+  /**
+   * Runs `fn` (an upload and publication of pack `name`, or gc's delete of its object)
+   * holding a lock on the name across machines: packs are named by their content, so a
+   * machine may upload again, under the same name, a pack gc is deleting (its blocks were
+   * removed from the index and are committed again). gc deletes the object only while no
+   * pack of that name is in the index, and a publication waits for the delete to end.
+   */
+  // Holds one connection of the pool (PgSession's, of 4) while `fn` may take another: the
+  // uploader's two parallel uploads and one gc leave one free, so they cannot starve each other.
+  async holdingName<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const client = await this.session.pool.connect();
+    let broken: Error | undefined;
+    try {
+      await client.query({ name: 'pogfs_lockPackName', text: SQL.lockName, values: [PACK_NAME_LOCK, name] });
+      try {
+        return await fn();
+      } finally {
+        await client.query({ name: 'pogfs_unlockPackName', text: SQL.unlockName, values: [PACK_NAME_LOCK, name] }).catch((err: Error) => {
+          broken = err;
+        });
+      }
+    } catch (err) {
+      broken ??= err as Error;
+      throw err;
+    } finally {
+      // A connection whose unlock failed is dropped: the server releases its locks with it.
+      client.release(broken);
+    }
+  }
+
+  /** Whether the index holds a pack named `name`. */
+  async hasPack(name: string): Promise<boolean> {
+    return this.session.read(async (pool) => (await pool.query({ name: 'pogfs_packNamed', text: SQL.packNamed, values: [name] })).rows.length > 0);
+  }
+
+  /** Every pack with its entries and how many of them, and which of its stored bytes, some file references. */
+  async usage(): Promise<SharedPackUsage[]> {
+    const rows = await this.session.read(async (pool) => (await pool.query({ name: 'pogfs_packUsage', text: SQL.usage, values: [] })).rows as Record<string, unknown>[]);
+    return rows.map((r) => ({
+      pack: Number(r.pack),
+      name: r.name as string,
+      remoteId: r.remoteId as string,
+      size: Number(r.size),
+      createdNs: BigInt(r.createdNs as string),
+      entries: Number(r.entries),
+      liveBlocks: Number(r.liveBlocks),
+      liveValueBytes: Number(r.liveValueBytes),
+    }));
+  }
+
+  /** The blocks of pack `pack` some file references. */
+  async liveEntriesOf(pack: number): Promise<Buffer[]> {
+    return this.session.read(async (pool) => ((await pool.query({ name: 'pogfs_liveEntriesOf', text: SQL.liveEntriesOf, values: [pack] })).rows as { hash: Buffer }[]).map((r) => r.hash));
+  }
+
+  /**
+   * gc of one pack, in one transaction: its entries no file references are deleted, and
+   * the pack's row when no entry is left (its object on the remote is the caller's to
+   * delete, after this commits). The entries are locked FOR UPDATE first, so a commit
+   * naming one of them (FOR KEY SHARE) either ended before, and its rows keep the entry,
+   * or waits, and then finds it gone (BlocksNotPublished: it uploads the block again).
+   */
+  async collectPack(pack: number): Promise<{ deadEntries: Buffer[]; deletedPack?: { name: string; remoteId: string; size: number } }> {
+    return this.session.change(async (c) => {
+      const exists = await c.query({ name: 'pogfs_lockPack', text: SQL.lockPack, values: [pack] });
+      if (exists.rows.length === 0) return { deadEntries: [] };
+      await c.query({ name: 'pogfs_lockEntriesOf', text: SQL.lockEntriesOf, values: [pack] });
+      const dead = ((await c.query({ name: 'pogfs_deleteDeadEntriesOf', text: SQL.deleteDeadEntriesOf, values: [pack] })).rows as { hash: Buffer }[]).map((r) => r.hash);
+      const gone = (await c.query({ name: 'pogfs_deleteEmptyPack', text: SQL.deleteEmptyPack, values: [pack] })).rows as { name: string; remoteId: string; size: number | string }[];
+      return { deadEntries: dead, deletedPack: gone[0] && { name: gone[0].name, remoteId: gone[0].remoteId, size: Number(gone[0].size) } };
+    });
   }
 
   async publish(pack: SharedPack): Promise<void> {

@@ -90,6 +90,10 @@ export const SQL = {
   upsertBlocks: `INSERT INTO blocks (ino, idx, hash, len) SELECT $1, r.idx, r.hash, r.len FROM unnest($2::bigint[], $3::bytea[], $4::bigint[]) AS r(idx, hash, len)
      ON CONFLICT (ino, idx) DO UPDATE SET hash = EXCLUDED.hash, len = EXCLUDED.len`,
   deleteBlocks: 'DELETE FROM blocks WHERE ino = $1 AND idx = ANY($2::bigint[])',
+  // A content commit on a volume several machines share: the shared index's entries of the
+  // blocks it names, locked against gc's FOR UPDATE until the commit ends (in hash order, as
+  // publications and gc lock them). Entries gc deleted meanwhile are not returned.
+  keyShareEntries: 'SELECT hash FROM pack_blocks WHERE hash = ANY($1::bytea[]) ORDER BY hash FOR KEY SHARE',
   totals: `SELECT
       (SELECT count(*) FROM inodes WHERE ${sqlIsReg('mode')}) AS files,
       (SELECT count(*) FROM inodes WHERE ${sqlIsDir('mode')}) AS directories,

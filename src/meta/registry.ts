@@ -22,6 +22,12 @@ export interface OpenMetaOptions {
    * (the SQLite engine) have nothing to claim and ignore it.
    */
   mountSession?: MountSessionOptions;
+  /**
+   * A volume whose blocks several machines share through a remote and a pack index in the
+   * engine's database: a content commit checks, under a lock that holds off gc, that every
+   * block it names is in the index (BlocksNotPublished otherwise). Ignored by the SQLite engine.
+   */
+  sharedPacks?: boolean;
 }
 
 /** Opens the engine at `address` (the URL after "scheme:"). */

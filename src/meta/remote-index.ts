@@ -47,7 +47,24 @@ export interface SharedPackIndex {
   publish(pack: SharedPack): Promise<void>;
   /** The packs holding the given blocks, each with all its entries (blocks not found are left out). */
   locate(hashes: readonly Buffer[]): Promise<SharedPack[]>;
+  /** Runs `fn` (the upload and publication of pack `name`) while no gc deletes an object of that name (see PgPackIndex.holdingName). */
+  holdingName<T>(name: string, fn: () => Promise<T>): Promise<T>;
   close(): Promise<void>;
+}
+
+/** A pack of a shared pack index as gc sees it (PgPackIndex.usage). */
+export interface SharedPackUsage {
+  pack: number;
+  name: string;
+  remoteId: string;
+  size: number;
+  /** When it was published (ns since the epoch, the publishing machine's clock). */
+  createdNs: bigint;
+  /** Its blocks' entries, and how many of them a file references. */
+  entries: number;
+  liveBlocks: number;
+  /** Stored bytes of the values that still hold a live block. */
+  liveValueBytes: number;
 }
 
 export interface PackUsage {

@@ -1,4 +1,5 @@
-import type { MetaEngine } from '../meta/engine';
+import { BlocksNotPublished, type ContentCommit, type MetaEngine } from '../meta/engine';
+import { E, fail } from '../posix/errors';
 import type { BlockWriter } from './block-writer';
 import type { Durability } from './durability';
 import type { FileContent, PreparedCommit } from './file-content';
@@ -24,6 +25,8 @@ interface Request {
 const LAZY_ROUND_MS = 200;
 /** ... unless this many files are already waiting. */
 const LAZY_ROUND_FILES = 512;
+/** Commits of a round refused for blocks gc removed from the shared index, uploaded again each time, before EIO. */
+const REPUBLISH_ATTEMPTS = 5;
 
 export class Committer {
   private waiting = new Map<FileContent, Request>();
@@ -43,6 +46,12 @@ export class Committer {
      * invariant 1 across machines). The files of one round share one upload.
      */
     private readonly publishBlocks?: () => Promise<void>,
+    /**
+     * With publishBlocks: makes blocks the local store holds go up to the remote again
+     * (marked dirty), when a commit was refused because gc on some machine removed them
+     * from the shared index (BlocksNotPublished); rejects when the store lacks some.
+     */
+    private readonly republishBlocks?: (hashes: readonly Buffer[]) => Promise<void>,
   ) {}
 
   /**
@@ -117,7 +126,7 @@ export class Committer {
         this.writer.parkedAt(parked, seq);
         parked = [];
         this.durability.parked();
-      } else await this.meta.commitContent(commits);
+      } else await this.commitPublished(commits);
       for (const [r, p] of prepared) r.content.applyCommit(p);
       // The open group holds the files' names and attributes too: all handed to the OS now.
       await this.meta.commitGroup();
@@ -129,5 +138,29 @@ export class Committer {
       for (const [r] of prepared) r.content.endCommit();
     }
     this.reclaimer.release(prepared.flatMap(([, p]) => p.releases));
+  }
+
+  /**
+   * commitContent; on a volume several machines share, a commit refused because blocks it
+   * names lost their pack to a gc (BlocksNotPublished: a block this store kept, uploaded by
+   * another machine, or written here before, was not uploaded again) uploads those blocks
+   * again and commits again. Never a row naming a block no pack holds: EIO instead.
+   */
+  private async commitPublished(commits: ContentCommit[]): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.meta.commitContent(commits);
+        return;
+      } catch (err) {
+        if (!(err instanceof BlocksNotPublished) || !this.republishBlocks || !this.publishBlocks) throw err;
+        if (attempt >= REPUBLISH_ATTEMPTS) fail(E.EIO, `${err.message}, after ${attempt} uploads of them`);
+        try {
+          await this.republishBlocks(err.hashes);
+        } catch (cause) {
+          fail(E.EIO, (cause as Error).message);
+        }
+        await this.publishBlocks();
+      }
+    }
   }
 }

@@ -67,6 +67,8 @@ export interface FsOptions {
   onSecurityXattr?: () => void;
   /** A volume several machines share: uploads and publishes the stored blocks before content rows are committed (RemoteCache.publishStored). */
   publishBlocks?: () => Promise<void>;
+  /** With publishBlocks: uploads again blocks gc removed from the shared index that a commit names (RemoteCache.republish). */
+  republishBlocks?: (hashes: readonly Buffer[]) => Promise<void>;
   /** The remote cache in front of the block store, when the volume has a remote. */
   cache?: ContentSource;
   /** Bytes to fetch ahead of a sequential reader (with a cache). */
@@ -186,7 +188,7 @@ export class PogFs implements FileSystem {
     this.reclaimer = new Reclaimer({ barrier: () => this.durability.beforeRelease() }, volume.store, 1000, (err) =>
       log.error('releasing blocks failed', err),
     );
-    this.committer = new Committer(this.engine, this.writer, this.reclaimer, this.durability, options.publishBlocks);
+    this.committer = new Committer(this.engine, this.writer, this.reclaimer, this.durability, options.publishBlocks, options.republishBlocks);
     this.space = new SpaceGuard({
       path: volume.path,
       storeFreeBytes: () => storeSpace(volume.store).freeBytes,

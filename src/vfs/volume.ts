@@ -115,7 +115,7 @@ export class Volume {
   async openEngine(options: Pick<OpenMetaOptions, 'readOnly' | 'warn' | 'mountSession'> = {}): Promise<MetaEngine> {
     if (this.metaUrl === undefined || this.externalEngine) return this.engine;
     try {
-      this.externalEngine = await openMetaEngine(this.metaUrl, options);
+      this.externalEngine = await openMetaEngine(this.metaUrl, { ...options, sharedPacks: this.sharesBlocks });
       this.externalSecurityXattrs = await this.externalEngine.anySecurityXattr();
     } catch (err) {
       throw new VolumeError(`${this.path}: ${(err as Error).message}`);
