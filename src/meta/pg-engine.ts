@@ -22,7 +22,7 @@ import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system'
 import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 import { ChangeNotice, PgChangeFeed, newClientId } from './pg-change-feed';
-import { PgMountSession } from './pg-mount-session';
+import { PgMountSession, SESSION_EXPIRY_MS } from './pg-mount-session';
 import { pgMigrate } from './pg-schema';
 import { PgSession, Restart, type PgSessionOptions } from './pg-session';
 import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
@@ -64,6 +64,12 @@ export class PgEngine implements MetaEngine {
   /** The connection following other clients' changes, while someone watches them. */
   private feed: PgChangeFeed | undefined;
   private readonly watchers = new Set<(change: ExternalChange) => void>();
+  /**
+   * The regular files open here on a shared volume: handles, and the write of the hold's
+   * record (its first open's). Counted at each call, so that the records' writes, in the
+   * order of changes, follow the order of opens and closes.
+   */
+  private readonly openHere = new Map<number, { handles: number; recorded: Promise<void> }>();
 
   private constructor(
     private readonly session: PgSession,
@@ -198,7 +204,9 @@ export class PgEngine implements MetaEngine {
       if (spec.target.length > SYMLINK_MAX) fail(E.ENAMETOOLONG);
     }
     checkName(name);
-    return this.change(async (c, changed) => {
+    // A file created open holds its record from its create's own transaction.
+    const holder = spec.open ? this.holder?.id : undefined;
+    const row = await this.change(async (c, changed) => {
       const dir = (await this.lock(c, [parent])).get(parent);
       if (!dir) fail(E.ENOENT);
       if (!isDir(dir.mode)) fail(E.ENOTDIR);
@@ -212,12 +220,14 @@ export class PgEngine implements MetaEngine {
         t,
       );
       // The parent is locked, so the name check inside the statement cannot be overtaken.
-      const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t)]);
+      const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t), holder ?? null]);
       if (made.rows.length === 0) fail(E.EEXIST);
       changed.inode(parent);
       changed.entry(parent, name);
       return { ino: made.rows[0].ino as number, ...fresh };
     });
+    if (holder !== undefined) this.openHere.set(row.ino, { handles: 1, recorded: Promise.resolve() });
+    return row;
   }
 
   async link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow> {
@@ -432,19 +442,55 @@ export class PgEngine implements MetaEngine {
   // ---- freeing ----
 
   async free(ino: number): Promise<Buffer[]> {
+    const holder = this.holder;
     return this.change(async (c, changed) => {
-      const row = (await this.lock(c, [ino])).get(ino);
-      // Another client may have given it a name again meanwhile: then it stays.
-      if (!row || row.nlink > 0) return [];
+      // Our hold goes, and the inode is locked as an unlink locks it (see detached).
+      const row = holder
+        ? ((await run(c, 'letGo', [holder.id, ino])).rows[0] as { nlink: number } | undefined)
+        : (await this.lock(c, [ino])).get(ino);
+      // Another client may have given it a name again meanwhile, or holds it open: then it stays.
+      if (!row || row.nlink > 0 || (await this.heldOpen(c, ino))) return [];
       changed.inode(ino);
       return this.deleteInode(c, ino);
     });
   }
 
   async unlinkedInodes(): Promise<number[]> {
-    // Another live mount (a volume shared by several machines) may hold them open.
-    if (this.mount && (await this.mount.othersLive())) return [];
-    return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number));
+    // Those another live mount (a volume shared by several machines) holds open stay.
+    const expiryMs = this.mount?.expiryMs ?? SESSION_EXPIRY_MS;
+    return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [expiryMs])).rows.map((r) => r.ino as number));
+  }
+
+  async opened(ino: number): Promise<void> {
+    const holder = this.holder;
+    if (!holder) return;
+    let here = this.openHere.get(ino);
+    if (!here) {
+      here = {
+        handles: 0,
+        recorded: this.change(async (c) => {
+          if ((await run(c, 'holdOpen', [holder.id, ino])).rows[0].n === 0) fail(E.ENOENT);
+        }),
+      };
+      this.openHere.set(ino, here);
+    }
+    here.handles += 1;
+    try {
+      await here.recorded;
+    } catch (err) {
+      here.handles -= 1;
+      if (here.handles === 0 && this.openHere.get(ino) === here) this.openHere.delete(ino);
+      throw err;
+    }
+  }
+
+  async closed(ino: number, keep: boolean): Promise<Buffer[]> {
+    const here = this.openHere.get(ino);
+    if (!here) return [];
+    here.handles -= 1;
+    if (here.handles > 0) return [];
+    this.openHere.delete(ino);
+    return keep ? [] : this.free(ino);
   }
 
   /** The mount session this engine holds (OpenMetaOptions.mountSession), if any. */
@@ -581,10 +627,39 @@ export class PgEngine implements MetaEngine {
     return (await run(c, 'deleteInode', [ino])).rows.map((r) => r.hash as Buffer);
   }
 
-  /** The inode after it lost a name (`attr` as written); freed now when it has none left and nobody uses it. */
+  /**
+   * The inode after it lost a name (`attr` as written); freed now when it has none left and
+   * nobody uses it: not in use here (`inUse`), and held open by no live session.
+   *
+   * Both are asked inside the transaction that took the name, under its lock of the inode
+   * row (FOR UPDATE), and so is every free: a session records an open (holdOpen) under a key
+   * share lock of the same row, so its record either committed before that lock was taken
+   * (and the statement after it, in READ COMMITTED, sees it) or waits for this commit and
+   * finds the inode gone (its open answers ENOENT) or kept without a name. A session letting
+   * go (letGo) locks the row too, so of it and an unlink one sees the other's result: no
+   * window where one machine frees what another has just opened, nor where both keep it.
+   */
   private async detached(c: PoolClient, attr: InodeRow, inUse: InUse | undefined): Promise<Detached> {
-    if (attr.nlink > 0 || inUse?.(attr.ino)) return { attr };
+    if (attr.nlink > 0) return { attr };
+    if (inUse?.(attr.ino)) {
+      // Kept for this mount: recorded as held, so that no other mount frees it meanwhile.
+      if (this.holder) await run(c, 'holdOpen', [this.holder.id, attr.ino]);
+      return { attr };
+    }
+    if (await this.heldOpen(c, attr.ino)) return { attr };
     return { attr, freed: await this.deleteInode(c, attr.ino) };
+  }
+
+  /** This mount's session, when the volume is shared (several sessions live at once): the one that records what is open here. */
+  private get holder(): PgMountSession | undefined {
+    return this.mount?.shared ? this.mount : undefined;
+  }
+
+  /** Whether a live session (ours too) holds `ino` open; always false where no session records its opens. */
+  private async heldOpen(c: PoolClient, ino: number): Promise<boolean> {
+    const holder = this.holder;
+    if (!holder) return false;
+    return (await run(c, 'heldOpen', [ino, holder.expiryMs])).rows.length > 0;
   }
 
   /** EINVAL when moving directory `ino` under `target` would put it inside itself. */
