@@ -52,6 +52,13 @@ async function rowsOf(url: string, ino: number): Promise<{ inode: number; blocks
 
 const isErrno = (errno: number) => (err: unknown): boolean => err instanceof FsError && err.errno === errno;
 
+/** Closes a handle and drops the hold at once if it was the last (instead of after the linger). */
+async function closeNow(e: PgEngine, ino: number): Promise<Buffer[]> {
+  const closing = e.closed(ino, false);
+  await e.flushClosed();
+  return closing;
+}
+
 describe('files held open by the mount sessions of a shared PostgreSQL volume', () => {
   it('an unlink elsewhere keeps a file open here without a name; the last close here frees it', async () => {
     const url = await sharedVolume();
@@ -71,14 +78,24 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
       assert.deepEqual(await b.free(f.ino), [], 'nor for B to free');
       assert.deepEqual(await a.closed(f.ino, false), [], 'one handle of two closed');
       assert.equal((await rowsOf(url, f.ino)).inode, 1);
-      const freed = await a.closed(f.ino, false);
+      const freed = await closeNow(a, f.ino);
       assert.deepEqual(freed.map((h) => h[0]).sort(), [1, 2, 3], 'the last close frees it, with its block references');
       assert.deepEqual(await rowsOf(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
       // A file that keeps its name: the last close drops only the record.
       const g = await fileWithBlocks(b, 'g');
       await a.opened(g.ino);
-      assert.deepEqual(await a.closed(g.ino, false), []);
+      assert.deepEqual(await a.closed(g.ino, false), [], 'dropped after the linger');
       assert.deepEqual(await rowsOf(url, g.ino), { inode: 1, blocks: 3, opens: 0 });
+      // Opened again while its hold lingers: nothing to record, and the hold stays.
+      await a.opened(g.ino);
+      const lingering = a.closed(g.ino, false);
+      assert.equal((await rowsOf(url, g.ino)).opens, 1, 'lingers');
+      await a.opened(g.ino);
+      assert.deepEqual(await lingering, [], 'the reopen took the hold over');
+      await b.unlink(ROOT_INO, Buffer.from('g'), t, notInUse);
+      assert.deepEqual(await rowsOf(url, g.ino), { inode: 1, blocks: 3, opens: 1 }, 'held by the reopen');
+      assert.equal((await a.closed(g.ino, false)).length, 3, 'freed by the close after the linger');
+      assert.deepEqual(await rowsOf(url, g.ino), { inode: 0, blocks: 0, opens: 0 });
     } finally {
       await a.close();
       await b.close();
@@ -99,7 +116,7 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
       assert.equal(r.replaced?.freed, undefined, 'renamed over while open in two sessions: kept');
       assert.deepEqual(await a.closed(f.ino, false), [], 'B still holds it');
       assert.equal((await rowsOf(url, f.ino)).inode, 1);
-      await b.closed(f.ino, false);
+      await closeNow(b, f.ino);
       assert.equal((await rowsOf(url, f.ino)).inode, 0, 'freed at the last close of all');
       assert.equal((await rowsOf(url, other.ino)).inode, 1);
     } finally {
@@ -150,7 +167,7 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
           assert.equal(unlinked.status, 'fulfilled');
           assert.equal((unlinked as PromiseFulfilledResult<{ freed?: Buffer[] }>).value.freed, undefined, 'B\'s open came first: kept');
           assert.deepEqual(await rowsOf(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
-          assert.equal((await b.closed(f.ino, false)).length, 3, 'freed at B\'s close');
+          assert.equal((await closeNow(b, f.ino)).length, 3, 'freed at B\'s close');
           assert.equal((await rowsOf(url, f.ino)).inode, 0);
         } else {
           assert.equal(unlinked.status, 'fulfilled');
@@ -168,7 +185,7 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
         assert.equal(unlinked.status, 'fulfilled');
         const freed = (unlinked as PromiseFulfilledResult<{ freed?: Buffer[] }>).value.freed !== undefined;
         assert.equal(opened.status === 'fulfilled', !freed, `round ${round}: opened ${opened.status}, freed ${freed}`);
-        if (!freed) await b.closed(f.ino, false);
+        if (!freed) await closeNow(b, f.ino);
         assert.equal((await rowsOf(url, f.ino)).inode, 0, `round ${round}: freed in the end`);
       }
     } finally {

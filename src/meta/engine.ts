@@ -233,6 +233,8 @@ export interface MetaEngine extends MetaDurability {
    * to release), unless `keep`: the inode is still in use here, and is freed later by `free`.
    */
   closed?(ino: number, keep: boolean): Promise<Buffer[]>;
+  /** Drops at once the holds `closed` let linger (an engine that drops them in batches), before the caller's last release of blocks. */
+  flushClosed?(): Promise<void>;
 
   /**
    * Calls `onChange` with what other clients of the same database commit, in commit order,

@@ -34,6 +34,20 @@ import { FORMAT_VERSION, VOLUME_MAGIC } from './schema';
 const SECURITY_PREFIX = Buffer.from('security.');
 /** The advisory lock key of cross-directory renames ("pogr"). */
 const RENAME_LOCK = 0x706f6772;
+/**
+ * How long the hold of a file whose last handle here closed is kept before it is dropped
+ * (with those of the other files closed meanwhile, in one transaction): opened again
+ * meanwhile, it costs nothing.
+ */
+const LINGER_MS = 1000;
+/** PostgreSQL's SQLSTATE for a foreign key violation: our session's row is gone. */
+const FOREIGN_KEY_VIOLATION = '23503';
+
+/** A caller waiting for the hold of an inode to be dropped: what that freed, or why it failed. */
+interface Letting {
+  done(freed: Buffer[]): void;
+  failed(err: Error): void;
+}
 
 
 const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
@@ -70,6 +84,9 @@ export class PgEngine implements MetaEngine {
    * order of changes, follow the order of opens and closes.
    */
   private readonly openHere = new Map<number, { handles: number; recorded: Promise<void> }>();
+  /** Inodes whose last handle here closed, their holds not dropped yet (LINGER_MS). */
+  private lingering = new Map<number, Letting>();
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly session: PgSession,
@@ -446,7 +463,7 @@ export class PgEngine implements MetaEngine {
     return this.change(async (c, changed) => {
       // Our hold goes, and the inode is locked as an unlink locks it (see detached).
       const row = holder
-        ? ((await run(c, 'letGo', [holder.id, ino])).rows[0] as { nlink: number } | undefined)
+        ? ((await run(c, 'letGo', [holder.id, [ino]])).rows[0] as { nlink: number } | undefined)
         : (await this.lock(c, [ino])).get(ino);
       // Another client may have given it a name again meanwhile, or holds it open: then it stays.
       if (!row || row.nlink > 0 || (await this.heldOpen(c, ino))) return [];
@@ -466,12 +483,11 @@ export class PgEngine implements MetaEngine {
     if (!holder) return;
     let here = this.openHere.get(ino);
     if (!here) {
-      here = {
-        handles: 0,
-        recorded: this.change(async (c) => {
-          if ((await run(c, 'holdOpen', [holder.id, ino])).rows[0].n === 0) fail(E.ENOENT);
-        }),
-      };
+      // Still held (closed here a moment ago): nothing to record.
+      const lingering = this.lingering.get(ino);
+      this.lingering.delete(ino);
+      lingering?.done([]);
+      here = { handles: 0, recorded: lingering ? Promise.resolve() : this.session.statement((pool) => this.hold(pool, holder, ino)) };
       this.openHere.set(ino, here);
     }
     here.handles += 1;
@@ -490,7 +506,54 @@ export class PgEngine implements MetaEngine {
     here.handles -= 1;
     if (here.handles > 0) return [];
     this.openHere.delete(ino);
-    return keep ? [] : this.free(ino);
+    if (keep) return [];
+    return new Promise((done, failed) => {
+      this.lingering.set(ino, { done, failed });
+      if (this.lingerTimer) return;
+      this.lingerTimer = setTimeout(() => void this.flushClosed(), LINGER_MS);
+      this.lingerTimer.unref();
+    });
+  }
+
+  /**
+   * Drops now, in one transaction, the holds of the files whose last handle here closed,
+   * and frees those of them that lost their last name meanwhile (another mount's unlink)
+   * and no other live session holds; their callers (closed) get what that freed.
+   */
+  async flushClosed(): Promise<void> {
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
+    const batch = this.lingering;
+    const holder = this.holder;
+    if (batch.size === 0 || !holder) return;
+    this.lingering = new Map();
+    try {
+      const freed = await this.change(async (c, changed) => {
+        const gone = new Map<number, Buffer[]>();
+        const rows = (await run(c, 'letGo', [holder.id, [...batch.keys()]])).rows as { ino: number; nlink: number }[];
+        for (const row of rows) {
+          if (row.nlink > 0 || (await this.heldOpen(c, row.ino))) continue;
+          changed.inode(row.ino);
+          gone.set(row.ino, await this.deleteInode(c, row.ino));
+        }
+        return gone;
+      });
+      for (const [ino, letting] of batch) letting.done(freed.get(ino) ?? []);
+    } catch (err) {
+      for (const letting of batch.values()) letting.failed(err as Error);
+    }
+  }
+
+  /** Records that `holder` holds `ino` open (holdOpen): ENOENT when the inode is gone, EIO when our session is. */
+  private async hold(pool: Queryable, holder: PgMountSession, ino: number): Promise<void> {
+    let n: number;
+    try {
+      n = (await run(pool, 'holdOpen', [holder.id, ino])).rows[0].n as number;
+    } catch (err) {
+      if ((err as { code?: string }).code === FOREIGN_KEY_VIOLATION) fail(E.EIO, 'the mount session expired: another mount may hold the volume');
+      throw err;
+    }
+    if (n === 0) fail(E.ENOENT);
   }
 
   /** The mount session this engine holds (OpenMetaOptions.mountSession), if any. */
@@ -524,6 +587,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async close(): Promise<void> {
+    await this.flushClosed();
     this.watchers.clear();
     const feed = this.feed;
     this.feed = undefined;
@@ -642,8 +706,11 @@ export class PgEngine implements MetaEngine {
   private async detached(c: PoolClient, attr: InodeRow, inUse: InUse | undefined): Promise<Detached> {
     if (attr.nlink > 0) return { attr };
     if (inUse?.(attr.ino)) {
-      // Kept for this mount: recorded as held, so that no other mount frees it meanwhile.
+      // Kept for this mount: recorded as held, so that no other mount frees it meanwhile,
+      // until this mount frees it (free), also if its last handle had closed a moment ago.
       if (this.holder) await run(c, 'holdOpen', [this.holder.id, attr.ino]);
+      this.lingering.get(attr.ino)?.done([]);
+      this.lingering.delete(attr.ino);
       return { attr };
     }
     if (await this.heldOpen(c, attr.ino)) return { attr };

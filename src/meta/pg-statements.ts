@@ -86,10 +86,11 @@ export const SQL = {
   holdOpen: `WITH i AS (SELECT ino FROM inodes WHERE ino = $2 FOR KEY SHARE),
        ins AS (INSERT INTO session_opens (session_id, ino) SELECT $1, ino FROM i ON CONFLICT DO NOTHING)
      SELECT count(*)::integer AS n FROM i`,
-  // Session $1 lets go of inode $2: its record gone, the inode locked (as by an unlink, so
-  // that of this and another session's open or unlink one sees the other), its link count.
-  letGo: `WITH gone AS (DELETE FROM session_opens WHERE session_id = $1 AND ino = $2)
-     SELECT nlink FROM inodes WHERE ino = $2 FOR UPDATE`,
+  // Session $1 lets go of inodes $2: its records gone, the inodes locked (as by an unlink,
+  // so that of this and another session's open or unlink one sees the other), their link
+  // counts.
+  letGo: `WITH gone AS (DELETE FROM session_opens WHERE session_id = $1 AND ino = ANY($2::bigint[]))
+     SELECT ino, nlink FROM inodes WHERE ino = ANY($2::bigint[]) ORDER BY ino FOR UPDATE`,
   // Whether a live session ($2 the expiry in ms) holds inode $1 open.
   heldOpen: `${liveHolder('$1::bigint', '$2')}`,
   touch: 'UPDATE inodes SET nlink = nlink + $1, mtime_s = $2, mtime_ns = $3, ctime_s = $2, ctime_ns = $3 WHERE ino = $4',

@@ -233,6 +233,7 @@ export class PogFs implements FileSystem {
     clearInterval(this.writeback);
     this.durability.stop();
     await this.commitAll();
+    await this.engine.flushClosed?.();
     await this.durability.move();
     await this.reclaimer.run();
     await this.packer.flush();
