@@ -66,8 +66,8 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
     const b = await mountEngine(url);
     try {
       const f = await fileWithBlocks(b, 'f');
-      await a.opened(f.ino);
-      await a.opened(f.ino); // a second handle: no second record
+      assert.deepEqual((await a.opened(f.ino))?.map((b) => [b.idx, b.hash[0], b.len]), [[0, 1, 131072], [1, 2, 131072], [2, 3, 131072]], 'the block map read with the record');
+      assert.equal(await a.opened(f.ino), undefined, 'a second handle: no second record, nothing read');
       assert.deepEqual(await rowsOf(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
       const d = await b.unlink(ROOT_INO, Buffer.from('f'), t, notInUse);
       assert.equal(d.attr.nlink, 0);
@@ -96,6 +96,11 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
       assert.deepEqual(await rowsOf(url, g.ino), { inode: 1, blocks: 3, opens: 1 }, 'held by the reopen');
       assert.equal((await a.closed(g.ino, false)).length, 3, 'freed by the close after the linger');
       assert.deepEqual(await rowsOf(url, g.ino), { inode: 0, blocks: 0, opens: 0 });
+      const empty = await b.mknod(ROOT_INO, Buffer.from('empty'), file, t);
+      assert.deepEqual(await a.opened(empty.ino), [], 'a file without blocks: an empty map, not ENOENT');
+      assert.equal((await rowsOf(url, empty.ino)).opens, 1);
+      await closeNow(a, empty.ino);
+      await assert.rejects(a.opened(g.ino), isErrno(E.ENOENT), 'a freed inode cannot be opened');
     } finally {
       await a.close();
       await b.close();
@@ -147,7 +152,7 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
         const f = await fileWithBlocks(a, name);
         await blocker.query('BEGIN');
         await blocker.query('SELECT 1 FROM inodes WHERE ino = $1 FOR UPDATE', [f.ino]);
-        let opening: Promise<void>;
+        let opening: Promise<unknown>;
         let unlinking: Promise<{ freed?: Buffer[] }>;
         if (openFirst) {
           opening = b.opened(f.ino);

@@ -223,9 +223,10 @@ export interface MetaEngine extends MetaDurability {
    * Engines several clients write at once: this client opened a handle of regular file
    * `ino` (ENOENT when the inode is gone). The first handle here records the hold in the
    * database, so that another client's unlink (rmdir, rename over it) leaves the inode
-   * without names instead of freeing it; called before the file's blocks are read.
+   * without names instead of freeing it; called before the file's blocks are read. Returns
+   * the file's block map when it read it with the record (in one round trip), else undefined.
    */
-  opened?(ino: number): Promise<void>;
+  opened?(ino: number): Promise<BlockRow[] | undefined>;
   /**
    * A handle `opened` (or a create with `open`) is closed, after its content was committed.
    * The last one here drops the hold and frees the inode if it has no name left and no

@@ -83,7 +83,7 @@ export class PgEngine implements MetaEngine {
    * record (its first open's). Counted at each call, so that the records' writes, in the
    * order of changes, follow the order of opens and closes.
    */
-  private readonly openHere = new Map<number, { handles: number; recorded: Promise<void> }>();
+  private readonly openHere = new Map<number, { handles: number; recorded: Promise<unknown> }>();
   /** Inodes whose last handle here closed, their holds not dropped yet (LINGER_MS). */
   private lingering = new Map<number, Letting>();
   private lingerTimer: NodeJS.Timeout | undefined;
@@ -478,21 +478,24 @@ export class PgEngine implements MetaEngine {
     return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [expiryMs])).rows.map((r) => r.ino as number));
   }
 
-  async opened(ino: number): Promise<void> {
+  async opened(ino: number): Promise<BlockRow[] | undefined> {
     const holder = this.holder;
-    if (!holder) return;
+    if (!holder) return undefined;
     let here = this.openHere.get(ino);
+    let reading: Promise<BlockRow[]> | undefined;
     if (!here) {
       // Still held (closed here a moment ago): nothing to record.
       const lingering = this.lingering.get(ino);
       this.lingering.delete(ino);
       lingering?.done([]);
-      here = { handles: 0, recorded: lingering ? Promise.resolve() : this.session.statement((pool) => this.hold(pool, holder, ino)) };
+      if (!lingering) reading = this.session.statement((pool) => this.hold(pool, holder, ino));
+      here = { handles: 0, recorded: reading ?? Promise.resolve() };
       this.openHere.set(ino, here);
     }
     here.handles += 1;
     try {
       await here.recorded;
+      return await reading;
     } catch (err) {
       here.handles -= 1;
       if (here.handles === 0 && this.openHere.get(ino) === here) this.openHere.delete(ino);
@@ -544,16 +547,20 @@ export class PgEngine implements MetaEngine {
     }
   }
 
-  /** Records that `holder` holds `ino` open (holdOpen): ENOENT when the inode is gone, EIO when our session is. */
-  private async hold(pool: Queryable, holder: PgMountSession, ino: number): Promise<void> {
-    let n: number;
+  /**
+   * Records that `holder` holds `ino` open (holdOpen) and returns its block map: ENOENT when
+   * the inode is gone, EIO when our session is.
+   */
+  private async hold(pool: Queryable, holder: PgMountSession, ino: number): Promise<BlockRow[]> {
+    let rows: BlockRow[];
     try {
-      n = (await run(pool, 'holdOpen', [holder.id, ino])).rows[0].n as number;
+      rows = (await run(pool, 'holdOpen', [holder.id, ino])).rows as BlockRow[];
     } catch (err) {
       if ((err as { code?: string }).code === FOREIGN_KEY_VIOLATION) fail(E.EIO, 'the mount session expired: another mount may hold the volume');
       throw err;
     }
-    if (n === 0) fail(E.ENOENT);
+    if (rows.length === 0) fail(E.ENOENT);
+    return rows.filter((r) => r.idx !== null);
   }
 
   /** The mount session this engine holds (OpenMetaOptions.mountSession), if any. */
@@ -708,7 +715,7 @@ export class PgEngine implements MetaEngine {
     if (inUse?.(attr.ino)) {
       // Kept for this mount: recorded as held, so that no other mount frees it meanwhile,
       // until this mount frees it (free), also if its last handle had closed a moment ago.
-      if (this.holder) await run(c, 'holdOpen', [this.holder.id, attr.ino]);
+      if (this.holder) await run(c, 'holdLocked', [this.holder.id, attr.ino]);
       this.lingering.get(attr.ino)?.done([]);
       this.lingering.delete(attr.ino);
       return { attr };

@@ -79,13 +79,16 @@ export const SQL = {
      SELECT hash FROM b`,
   // Inodes without names that no live session ($1 the expiry in ms) holds open.
   unlinkedInodes: `SELECT i.ino FROM inodes i WHERE i.nlink = 0 AND NOT EXISTS (${liveHolder('i.ino', '$1')}) ORDER BY i.ino`,
-  // Session $1 holds inode $2 open, if the inode is there (n = 0 when it is not). The key
-  // share lock orders it with an unlink or free of the inode (they lock it for update):
-  // either it commits first and they see it, or it waits for them and finds the inode as
-  // they left it (gone, or kept without a name).
+  // Session $1 holds inode $2 open, if the inode is there, and the file's block map, read
+  // in the same round trip (no row: the inode is gone; one row with a null idx: it has no
+  // blocks). The key share lock orders it with an unlink or free of the inode (they lock
+  // it for update): either it commits first and they see it, or it waits for them and
+  // finds the inode as they left it (gone, or kept without a name).
   holdOpen: `WITH i AS (SELECT ino FROM inodes WHERE ino = $2 FOR KEY SHARE),
        ins AS (INSERT INTO session_opens (session_id, ino) SELECT $1, ino FROM i ON CONFLICT DO NOTHING)
-     SELECT count(*)::integer AS n FROM i`,
+     SELECT b.idx, b.hash, b.len FROM i LEFT JOIN blocks b ON b.ino = i.ino ORDER BY b.idx`,
+  // Session $1 holds inode $2, which its transaction has locked.
+  holdLocked: 'INSERT INTO session_opens (session_id, ino) VALUES ($1, $2) ON CONFLICT DO NOTHING',
   // Session $1 lets go of inodes $2: its records gone, the inodes locked (as by an unlink,
   // so that of this and another session's open or unlink one sees the other), their link
   // counts.

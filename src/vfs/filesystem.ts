@@ -560,13 +560,13 @@ export class PogFs implements FileSystem {
     if (!isReg(row.mode)) return this.openNode(this.nodeOf(ino), flags, false);
     // Held open in the engine (several mounts) before its blocks are read: another mount's
     // unlink then leaves it without a name instead of freeing it.
-    if (this.engine.opened) await this.engine.opened(ino);
+    const blocks = this.engine.opened ? await this.engine.opened(ino) : undefined;
     try {
       // Close-to-open: a file another client changed while it was open here is loaded anew,
       // and the kernel forgets the size and pages it had of the old version.
       const was = this.nodes.get(ino);
       const renew = was?.superseded === true && was.content?.idle === true;
-      const node = await this.withContent(row, since, renew);
+      const node = await this.withContent(row, since, renew, blocks);
       if (renew) await this.options.forgetInKernel?.({ entries: [], inodes: [ino] });
       return this.openNode(node, flags, this.engine.closed !== undefined);
     } catch (err) {
@@ -949,13 +949,15 @@ export class PogFs implements FileSystem {
    * The node of a regular file with its content loaded (kept if another open loaded it
    * first, unless `renew`: another client changed the file). `row` was asked for at
    * `since`: when another client's change came in since, the size and the block map could
-   * be of two versions, so both are read again.
+   * be of two versions, so both are read again. `prefetched`: the block map read since
+   * `since` (MetaEngine.opened), for the first round.
    */
-  private async withContent(row: InodeRow, since: number, renew = false): Promise<Node> {
+  private async withContent(row: InodeRow, since: number, renew = false, prefetched?: readonly BlockRow[]): Promise<Node> {
     for (;;) {
       const had = this.nodes.get(row.ino)?.content;
       if (had && !renew) return this.nodeOf(row.ino);
-      const blocks = await this.engine.blocks(row.ino);
+      const blocks = prefetched ?? (await this.engine.blocks(row.ino));
+      prefetched = undefined;
       // From here on synchronous: a concurrent open or a forget cannot interleave.
       if (since === this.epoch || (!renew && this.nodes.get(row.ino)?.content)) {
         const node = this.nodeOf(row.ino);
