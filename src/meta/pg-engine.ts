@@ -488,7 +488,10 @@ export class PgEngine implements MetaEngine {
       const lingering = this.lingering.get(ino);
       this.lingering.delete(ino);
       lingering?.done([]);
-      if (!lingering) reading = this.session.statement((pool) => this.hold(pool, holder, ino));
+      // As a read (the block map read it replaces): after the changes called before it (a
+      // drop of this inode's hold among them), beside other reads; one statement on its
+      // own, idempotent, so run again on a failed connection as a read is.
+      if (!lingering) reading = this.session.read((pool) => this.hold(pool, holder, ino));
       here = { handles: 0, recorded: reading ?? Promise.resolve() };
       this.openHere.set(ino, here);
     }

@@ -205,16 +205,6 @@ export class PgSession {
   }
 
   /**
-   * Runs `fn`, one idempotent statement on its own (autocommit: one round trip where a
-   * change takes three), after the changes called before it and before those called
-   * after, again on a failed connection. Not guarded (ChangeGuard) nor followed across a
-   * crash of the server: the statement checks what it needs itself.
-   */
-  statement<T>(fn: (pool: Pool) => Promise<T>): Promise<T> {
-    return this.inOrder(() => this.reconnecting(() => fn(this.pool)));
-  }
-
-  /**
    * A synchronous commit: every commit before it is on disk when it returns. EIO, and
    * from then on always, when the server lost changes it had acknowledged (see the class).
    */
