@@ -26,6 +26,8 @@ export interface NodeSpec {
   rdev?: number;
   /** A symlink's target (its size is the target's length). */
   target?: Buffer;
+  /** create(2): the caller opens the new file, counted as one `opened` in the same transaction. */
+  open?: boolean;
 }
 
 /**
@@ -221,10 +223,31 @@ export interface MetaEngine extends MetaDurability {
 
   // ---- freeing ----
 
-  /** Frees an inode no name and no client uses any more; returns the block references it held. */
+  /**
+   * Frees an inode no name and no client uses any more (this client's hold on it, if any,
+   * is dropped; while another client holds it, it stays); returns the block references it held.
+   */
   free(ino: number): Promise<Buffer[]>;
-  /** Inodes left without names (unlinked while open before a crash), for recovery. */
+  /** Inodes left without names (unlinked while open before a crash) that no live client holds, for recovery. */
   unlinkedInodes(): Promise<number[]>;
+
+  /**
+   * Engines several clients write at once: this client opened a handle of regular file
+   * `ino` (ENOENT when the inode is gone). The first handle here records the hold in the
+   * database, so that another client's unlink (rmdir, rename over it) leaves the inode
+   * without names instead of freeing it; called before the file's blocks are read. Returns
+   * the file's block map when it read it with the record (in one round trip), else undefined.
+   */
+  opened?(ino: number): Promise<BlockRow[] | undefined>;
+  /**
+   * A handle `opened` (or a create with `open`) is closed, after its content was committed.
+   * The last one here drops the hold and frees the inode if it has no name left and no
+   * other live client holds it (the block references it held are returned, for the caller
+   * to release), unless `keep`: the inode is still in use here, and is freed later by `free`.
+   */
+  closed?(ino: number, keep: boolean): Promise<Buffer[]>;
+  /** Drops at once the holds `closed` let linger (an engine that drops them in batches), before the caller's last release of blocks. */
+  flushClosed?(): Promise<void>;
 
   /**
    * Calls `onChange` with what other clients of the same database commit, in commit order,

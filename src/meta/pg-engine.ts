@@ -23,7 +23,7 @@ import { ROOT_INO, S_IFLNK, S_IFMT, S_ISGID, isDir } from '../posix/file-system'
 import { MetadataError, inodeFromRaw, newInode, type BlockRow, type DirRow, type InodeRow, type Superblock, type VolumeTotals } from './meta-db';
 import { SYMLINK_MAX, XATTR_SIZE_MAX, checkName, checkXattrName } from './name-rules';
 import { ChangeNotice, PgChangeFeed, newClientId } from './pg-change-feed';
-import { PgMountSession } from './pg-mount-session';
+import { PgMountSession, SESSION_EXPIRY_MS } from './pg-mount-session';
 import { pgMigrate } from './pg-schema';
 import { PgSession, Restart, type PgSessionOptions } from './pg-session';
 import { inodeValues, run, runAttrUpdate, runRaw, type Queryable } from './pg-statements';
@@ -35,6 +35,20 @@ import { FORMAT_VERSION, VOLUME_MAGIC } from './schema';
 const SECURITY_PREFIX = Buffer.from('security.');
 /** The advisory lock key of cross-directory renames ("pogr"). */
 const RENAME_LOCK = 0x706f6772;
+/**
+ * How long the hold of a file whose last handle here closed is kept before it is dropped
+ * (with those of the other files closed meanwhile, in one transaction): opened again
+ * meanwhile, it costs nothing.
+ */
+const LINGER_MS = 1000;
+/** PostgreSQL's SQLSTATE for a foreign key violation: our session's row is gone. */
+const FOREIGN_KEY_VIOLATION = '23503';
+
+/** A caller waiting for the hold of an inode to be dropped: what that freed, or why it failed. */
+interface Letting {
+  done(freed: Buffer[]): void;
+  failed(err: Error): void;
+}
 
 
 const timeArgs = (t: Timespec): [number, number] => [t.s, t.ns];
@@ -65,6 +79,15 @@ export class PgEngine implements MetaEngine {
   /** The connection following other clients' changes, while someone watches them. */
   private feed: PgChangeFeed | undefined;
   private readonly watchers = new Set<(change: ExternalChange) => void>();
+  /**
+   * The regular files open here on a shared volume: handles, and the write of the hold's
+   * record (its first open's). Counted at each call, so that the records' writes, in the
+   * order of changes, follow the order of opens and closes.
+   */
+  private readonly openHere = new Map<number, { handles: number; recorded: Promise<unknown> }>();
+  /** Inodes whose last handle here closed, their holds not dropped yet (LINGER_MS). */
+  private lingering = new Map<number, Letting>();
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly session: PgSession,
@@ -201,7 +224,9 @@ export class PgEngine implements MetaEngine {
       if (spec.target.length > SYMLINK_MAX) fail(E.ENAMETOOLONG);
     }
     checkName(name);
-    return this.change(async (c, changed) => {
+    // A file created open holds its record from its create's own transaction.
+    const holder = spec.open ? this.holder?.id : undefined;
+    const row = await this.change(async (c, changed) => {
       const dir = (await this.lock(c, [parent])).get(parent);
       if (!dir) fail(E.ENOENT);
       if (!isDir(dir.mode)) fail(E.ENOTDIR);
@@ -215,12 +240,14 @@ export class PgEngine implements MetaEngine {
         t,
       );
       // The parent is locked, so the name check inside the statement cannot be overtaken.
-      const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t)]);
+      const made = await run(c, 'create', [...inodeValues(fresh), parent, name, spec.target ?? null, isDir(mode) ? 1 : 0, ...timeArgs(t), holder ?? null]);
       if (made.rows.length === 0) fail(E.EEXIST);
       changed.inode(parent);
       changed.entry(parent, name);
       return { ino: made.rows[0].ino as number, ...fresh };
     });
+    if (holder !== undefined) this.openHere.set(row.ino, { handles: 1, recorded: Promise.resolve() });
+    return row;
   }
 
   async link(ino: number, parent: number, name: Buffer, t: Timespec): Promise<InodeRow> {
@@ -451,19 +478,111 @@ export class PgEngine implements MetaEngine {
   // ---- freeing ----
 
   async free(ino: number): Promise<Buffer[]> {
+    const holder = this.holder;
     return this.change(async (c, changed) => {
-      const row = (await this.lock(c, [ino])).get(ino);
-      // Another client may have given it a name again meanwhile: then it stays.
-      if (!row || row.nlink > 0) return [];
+      // Our hold goes, and the inode is locked as an unlink locks it (see detached).
+      const row = holder
+        ? ((await run(c, 'letGo', [holder.id, [ino]])).rows[0] as { nlink: number } | undefined)
+        : (await this.lock(c, [ino])).get(ino);
+      // Another client may have given it a name again meanwhile, or holds it open: then it stays.
+      if (!row || row.nlink > 0 || (await this.heldOpen(c, ino))) return [];
       changed.inode(ino);
       return this.deleteInode(c, ino);
     });
   }
 
   async unlinkedInodes(): Promise<number[]> {
-    // Another live mount (a volume shared by several machines) may hold them open.
-    if (this.mount && (await this.mount.othersLive())) return [];
-    return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [])).rows.map((r) => r.ino as number));
+    // Those another live mount (a volume shared by several machines) holds open stay.
+    const expiryMs = this.mount?.expiryMs ?? SESSION_EXPIRY_MS;
+    return this.session.read(async (pool) => (await run(pool, 'unlinkedInodes', [expiryMs])).rows.map((r) => r.ino as number));
+  }
+
+  async opened(ino: number): Promise<BlockRow[] | undefined> {
+    const holder = this.holder;
+    if (!holder) return undefined;
+    let here = this.openHere.get(ino);
+    let reading: Promise<BlockRow[]> | undefined;
+    if (!here) {
+      // Still held (closed here a moment ago): nothing to record.
+      const lingering = this.lingering.get(ino);
+      this.lingering.delete(ino);
+      lingering?.done([]);
+      // As a read (the block map read it replaces): after the changes called before it (a
+      // drop of this inode's hold among them), beside other reads; one statement on its
+      // own, idempotent, so run again on a failed connection as a read is.
+      if (!lingering) reading = this.session.read((pool) => this.hold(pool, holder, ino));
+      here = { handles: 0, recorded: reading ?? Promise.resolve() };
+      this.openHere.set(ino, here);
+    }
+    here.handles += 1;
+    try {
+      await here.recorded;
+      return await reading;
+    } catch (err) {
+      here.handles -= 1;
+      if (here.handles === 0 && this.openHere.get(ino) === here) this.openHere.delete(ino);
+      throw err;
+    }
+  }
+
+  async closed(ino: number, keep: boolean): Promise<Buffer[]> {
+    const here = this.openHere.get(ino);
+    if (!here) return [];
+    here.handles -= 1;
+    if (here.handles > 0) return [];
+    this.openHere.delete(ino);
+    if (keep) return [];
+    return new Promise((done, failed) => {
+      this.lingering.set(ino, { done, failed });
+      if (this.lingerTimer) return;
+      this.lingerTimer = setTimeout(() => void this.flushClosed(), LINGER_MS);
+      this.lingerTimer.unref();
+    });
+  }
+
+  /**
+   * Drops now, in one transaction, the holds of the files whose last handle here closed,
+   * and frees those of them that lost their last name meanwhile (another mount's unlink)
+   * and no other live session holds; their callers (closed) get what that freed.
+   */
+  async flushClosed(): Promise<void> {
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
+    const batch = this.lingering;
+    const holder = this.holder;
+    if (batch.size === 0 || !holder) return;
+    this.lingering = new Map();
+    try {
+      const freed = await this.change(async (c, changed) => {
+        const gone = new Map<number, Buffer[]>();
+        const rows = (await run(c, 'letGo', [holder.id, [...batch.keys()]])).rows as { ino: number; nlink: number }[];
+        for (const row of rows) {
+          if (row.nlink > 0 || (await this.heldOpen(c, row.ino))) continue;
+          changed.inode(row.ino);
+          gone.set(row.ino, await this.deleteInode(c, row.ino));
+        }
+        return gone;
+      });
+      for (const [ino, letting] of batch) letting.done(freed.get(ino) ?? []);
+    } catch (err) {
+      for (const letting of batch.values()) letting.failed(err as Error);
+    }
+  }
+
+  /**
+   * Records that `holder` holds `ino` open (holdOpen) and returns its block map: ENOENT when
+   * the inode is gone, EIO when our session is.
+   */
+  private async hold(pool: Queryable, holder: PgMountSession, ino: number): Promise<BlockRow[]> {
+    let rows: BlockRow[];
+    try {
+      rows = (await run(pool, 'holdOpen', [holder.id, ino])).rows as BlockRow[];
+    } catch (err) {
+      if ((err as { code?: string }).code === FOREIGN_KEY_VIOLATION) fail(E.EIO, 'the mount session expired: another mount may hold the volume');
+      throw err;
+    }
+    if (rows.length === 0) fail(E.ENOENT);
+    return rows.filter((r) => r.idx !== null);
   }
 
   /** The mount session this engine holds (OpenMetaOptions.mountSession), if any. */
@@ -497,6 +616,7 @@ export class PgEngine implements MetaEngine {
   }
 
   async close(): Promise<void> {
+    await this.flushClosed();
     this.watchers.clear();
     const feed = this.feed;
     this.feed = undefined;
@@ -600,10 +720,42 @@ export class PgEngine implements MetaEngine {
     return (await run(c, 'deleteInode', [ino])).rows.map((r) => r.hash as Buffer);
   }
 
-  /** The inode after it lost a name (`attr` as written); freed now when it has none left and nobody uses it. */
+  /**
+   * The inode after it lost a name (`attr` as written); freed now when it has none left and
+   * nobody uses it: not in use here (`inUse`), and held open by no live session.
+   *
+   * Both are asked inside the transaction that took the name, under its lock of the inode
+   * row (FOR UPDATE), and so is every free: a session records an open (holdOpen) under a key
+   * share lock of the same row, so its record either committed before that lock was taken
+   * (and the statement after it, in READ COMMITTED, sees it) or waits for this commit and
+   * finds the inode gone (its open answers ENOENT) or kept without a name. A session letting
+   * go (letGo) locks the row too, so of it and an unlink one sees the other's result: no
+   * window where one machine frees what another has just opened, nor where both keep it.
+   */
   private async detached(c: PoolClient, attr: InodeRow, inUse: InUse | undefined): Promise<Detached> {
-    if (attr.nlink > 0 || inUse?.(attr.ino)) return { attr };
+    if (attr.nlink > 0) return { attr };
+    if (inUse?.(attr.ino)) {
+      // Kept for this mount: recorded as held, so that no other mount frees it meanwhile,
+      // until this mount frees it (free), also if its last handle had closed a moment ago.
+      if (this.holder) await run(c, 'holdLocked', [this.holder.id, attr.ino]);
+      this.lingering.get(attr.ino)?.done([]);
+      this.lingering.delete(attr.ino);
+      return { attr };
+    }
+    if (await this.heldOpen(c, attr.ino)) return { attr };
     return { attr, freed: await this.deleteInode(c, attr.ino) };
+  }
+
+  /** This mount's session, when the volume is shared (several sessions live at once): the one that records what is open here. */
+  private get holder(): PgMountSession | undefined {
+    return this.mount?.shared ? this.mount : undefined;
+  }
+
+  /** Whether a live session (ours too) holds `ino` open; always false where no session records its opens. */
+  private async heldOpen(c: PoolClient, ino: number): Promise<boolean> {
+    const holder = this.holder;
+    if (!holder) return false;
+    return (await run(c, 'heldOpen', [ino, holder.expiryMs])).rows.length > 0;
   }
 
   /** EINVAL when moving directory `ino` under `target` would put it inside itself. */

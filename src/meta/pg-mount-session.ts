@@ -85,6 +85,8 @@ export class PgMountSession {
     private readonly session: PgSession,
     readonly id: string,
     readonly expiryMs: number,
+    /** The volume shares its blocks through a remote: other sessions may be live beside this one. */
+    readonly shared: boolean,
     private readonly warn: (msg: string) => void,
   ) {}
 
@@ -97,6 +99,7 @@ export class PgMountSession {
   static async claim(session: PgSession, options: MountSessionOptions, warn: (msg: string) => void): Promise<PgMountSession> {
     const expiryMs = options.expiryMs ?? SESSION_EXPIRY_MS;
     const id = randomUUID();
+    let shared = false;
     await session.change(async (c: PoolClient) => {
       // Conflicts with itself and with row changes: claims run one at a time.
       await c.query('LOCK TABLE sessions IN SHARE ROW EXCLUSIVE MODE');
@@ -105,10 +108,11 @@ export class PgMountSession {
         'SELECT host, pid, (extract(epoch FROM clock_timestamp() - heartbeat) * 1000)::float8 AS age_ms FROM sessions ORDER BY heartbeat DESC LIMIT 1',
       );
       const other = others.rows[0] as OtherSession | undefined;
-      if (other && !(await sharesBlocks(c))) throw new SessionInUseError(other.host, other.pid, Math.max(0, other.age_ms), expiryMs);
+      shared = await sharesBlocks(c);
+      if (other && !shared) throw new SessionInUseError(other.host, other.pid, Math.max(0, other.age_ms), expiryMs);
       await c.query('INSERT INTO sessions (id, host, pid, read_only) VALUES ($1, $2, $3, $4)', [id, hostname(), process.pid, options.readOnly]);
     });
-    const mount = new PgMountSession(session, id, expiryMs, warn);
+    const mount = new PgMountSession(session, id, expiryMs, shared, warn);
     session.guardChanges({
       // id is our own UUID: nothing to quote.
       expression: `EXISTS (SELECT 1 FROM sessions WHERE id = '${id}' FOR KEY SHARE)`,
@@ -117,17 +121,6 @@ export class PgMountSession {
     mount.timer = setInterval(() => void mount.heartbeat(), Math.max(1, Math.floor(expiryMs / HEARTBEATS_PER_EXPIRY)));
     mount.timer.unref();
     return mount;
-  }
-
-  /**
-   * Whether a session other than ours is live (by the server's clock): then another mount
-   * may hold inodes open that have no name left, and they are not ours to free.
-   */
-  async othersLive(): Promise<boolean> {
-    const r = await this.session.read((pool) =>
-      pool.query("SELECT 1 FROM sessions WHERE id <> $1 AND heartbeat >= clock_timestamp() - $2 * interval '1 millisecond' LIMIT 1", [this.id, this.expiryMs]),
-    );
-    return r.rows.length > 0;
   }
 
   /** Whether our row was taken away (changes answer EIO). */

@@ -102,6 +102,17 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX pack_blocks_pack ON pack_blocks(pack, value_offset);
   `,
+  // The inodes each mount session holds open (PgEngine.opened/closed), on a volume several
+  // machines write: an inode another live session holds loses its last name without being
+  // freed. A session's rows go with it (released, or deleted as expired by a claim).
+  `
+  CREATE TABLE session_opens (
+    session_id text NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    ino bigint NOT NULL,
+    PRIMARY KEY (session_id, ino)
+  );
+  CREATE INDEX session_opens_ino ON session_opens(ino);
+  `,
 ];
 
 export const PG_SCHEMA_VERSION = MIGRATIONS.length;

@@ -5,6 +5,16 @@ import { INODE_COLUMNS, sqlIsDir, sqlIsReg, type NewInode } from './meta-db';
 
 /** The PostgreSQL engine's statements (the only SQL it runs besides its schema, pg-schema.ts). */
 
+/**
+ * A record of inode `ino` held open by a live session: one whose heartbeat is within
+ * `expiryMs` by the server's clock (an expired session's claims are dead, as its hold on
+ * the volume is; a claim then deletes it with its records).
+ */
+function liveHolder(ino: string, expiryMs: string): string {
+  return `SELECT 1 FROM session_opens o JOIN sessions s ON s.id = o.session_id
+     WHERE o.ino = ${ino} AND s.heartbeat >= clock_timestamp() - ${expiryMs} * interval '1 millisecond' LIMIT 1`;
+}
+
 export const INODE_VALUES = '$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13';
 
 /**
@@ -41,12 +51,14 @@ export const SQL = {
   // A create after the parent's lock, in one round trip: the inode, its entry, a symlink's
   // target and the parent's link count and times, or nothing (no row back) when the name
   // is taken. $1 … $13 the inode, $14 the parent, $15 the name, $16 the target (or null),
-  // $17 the parent's link count change, $18 and $19 the time.
+  // $17 the parent's link count change, $18 and $19 the time, $20 the mount session that
+  // holds the new file open (create(2) on a shared volume), or null.
   create: `WITH taken AS (SELECT 1 FROM dentries WHERE parent = $14 AND name = $15),
        ins AS (INSERT INTO inodes (mode, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns, stored_bytes)
                SELECT ${INODE_VALUES.split(', ').map((v) => `${v}::bigint`).join(', ')} WHERE NOT EXISTS (SELECT 1 FROM taken) RETURNING ino),
        ent AS (INSERT INTO dentries (parent, name, ino) SELECT $14, $15, ino FROM ins),
        sym AS (INSERT INTO symlinks (ino, target) SELECT ino, $16::bytea FROM ins WHERE $16::bytea IS NOT NULL),
+       opn AS (INSERT INTO session_opens (session_id, ino) SELECT $20::text, ino FROM ins WHERE $20::text IS NOT NULL),
        dir AS (UPDATE inodes SET nlink = nlink + $17, mtime_s = $18, mtime_ns = $19, ctime_s = $18, ctime_ns = $19
                 WHERE ino = $14 AND EXISTS (SELECT 1 FROM ins))
      SELECT ino FROM ins`,
@@ -62,9 +74,28 @@ export const SQL = {
   deleteInode: `WITH b AS (DELETE FROM blocks WHERE ino = $1 RETURNING hash),
        s AS (DELETE FROM symlinks WHERE ino = $1),
        x AS (DELETE FROM xattrs WHERE ino = $1),
+       o AS (DELETE FROM session_opens WHERE ino = $1),
        i AS (DELETE FROM inodes WHERE ino = $1)
      SELECT hash FROM b`,
-  unlinkedInodes: 'SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino',
+  // Inodes without names that no live session ($1 the expiry in ms) holds open.
+  unlinkedInodes: `SELECT i.ino FROM inodes i WHERE i.nlink = 0 AND NOT EXISTS (${liveHolder('i.ino', '$1')}) ORDER BY i.ino`,
+  // Session $1 holds inode $2 open, if the inode is there, and the file's block map, read
+  // in the same round trip (no row: the inode is gone; one row with a null idx: it has no
+  // blocks). The key share lock orders it with an unlink or free of the inode (they lock
+  // it for update): either it commits first and they see it, or it waits for them and
+  // finds the inode as they left it (gone, or kept without a name).
+  holdOpen: `WITH i AS (SELECT ino FROM inodes WHERE ino = $2 FOR KEY SHARE),
+       ins AS (INSERT INTO session_opens (session_id, ino) SELECT $1, ino FROM i ON CONFLICT DO NOTHING)
+     SELECT b.idx, b.hash, b.len FROM i LEFT JOIN blocks b ON b.ino = i.ino ORDER BY b.idx`,
+  // Session $1 holds inode $2, which its transaction has locked.
+  holdLocked: 'INSERT INTO session_opens (session_id, ino) VALUES ($1, $2) ON CONFLICT DO NOTHING',
+  // Session $1 lets go of inodes $2: its records gone, the inodes locked (as by an unlink,
+  // so that of this and another session's open or unlink one sees the other), their link
+  // counts.
+  letGo: `WITH gone AS (DELETE FROM session_opens WHERE session_id = $1 AND ino = ANY($2::bigint[]))
+     SELECT ino, nlink FROM inodes WHERE ino = ANY($2::bigint[]) ORDER BY ino FOR UPDATE`,
+  // Whether a live session ($2 the expiry in ms) holds inode $1 open.
+  heldOpen: `${liveHolder('$1::bigint', '$2')}`,
   touch: 'UPDATE inodes SET nlink = nlink + $1, mtime_s = $2, mtime_ns = $3, ctime_s = $2, ctime_ns = $3 WHERE ino = $4',
   change: 'UPDATE inodes SET nlink = nlink + $1, ctime_s = $2, ctime_ns = $3 WHERE ino = $4',
   nlink: 'UPDATE inodes SET nlink = nlink + $1 WHERE ino = $2',

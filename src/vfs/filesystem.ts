@@ -125,6 +125,8 @@ interface FileHandle {
   ino: number;
   /** Opened for writing: closing it makes the file's content durable. */
   writable: boolean;
+  /** Counted open by the engine (MetaEngine.opened, or a create with `open`): its release is said to it (closed). */
+  held: boolean;
 }
 
 /**
@@ -233,6 +235,7 @@ export class PogFs implements FileSystem {
     clearInterval(this.writeback);
     this.durability.stop();
     await this.commitAll();
+    await this.engine.flushClosed?.();
     await this.durability.move();
     await this.reclaimer.run();
     await this.packer.flush();
@@ -494,12 +497,12 @@ export class PogFs implements FileSystem {
 
   async create(parent: number, name: Buffer, mode: number, flags: number, ctx: Caller): Promise<Entry & Opened> {
     const since = this.epoch;
-    const row = await this.makeNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid });
+    const row = await this.makeNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid, open: true });
     const node = this.nodeOf(row.ino);
     // A new file has no blocks to load.
     node.content ??= this.newContent(row, []);
     const entry = this.entry(row, since);
-    return { ...entry, ...this.openNode(node, flags) };
+    return { ...entry, ...this.openNode(node, flags, this.engine.closed !== undefined) };
   }
 
   async link(ino: number, newParent: number, newName: Buffer, _ctx?: Caller): Promise<Entry> {
@@ -556,13 +559,22 @@ export class PogFs implements FileSystem {
     const row = await this.row(ino);
     if (isDir(row.mode)) fail(E.EISDIR);
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) this.checkWritable(ino);
-    // Close-to-open: a file another client changed while it was open here is loaded anew,
-    // and the kernel forgets the size and pages it had of the old version.
-    const was = this.nodes.get(ino);
-    const renew = was?.superseded === true && was.content?.idle === true;
-    const node = isReg(row.mode) ? await this.withContent(row, since, renew) : this.nodeOf(ino);
-    if (renew) await this.options.forgetInKernel?.({ entries: [], inodes: [ino] });
-    return this.openNode(node, flags);
+    if (!isReg(row.mode)) return this.openNode(this.nodeOf(ino), flags, false);
+    // Held open in the engine (several mounts) before its blocks are read: another mount's
+    // unlink then leaves it without a name instead of freeing it.
+    const blocks = this.engine.opened ? await this.engine.opened(ino) : undefined;
+    try {
+      // Close-to-open: a file another client changed while it was open here is loaded anew,
+      // and the kernel forgets the size and pages it had of the old version.
+      const was = this.nodes.get(ino);
+      const renew = was?.superseded === true && was.content?.idle === true;
+      const node = await this.withContent(row, since, renew, blocks);
+      if (renew) await this.options.forgetInKernel?.({ entries: [], inodes: [ino] });
+      return this.openNode(node, flags, this.engine.closed !== undefined);
+    } catch (err) {
+      this.letGo(ino, false);
+      throw err;
+    }
   }
 
   read(ino: number, fh: number, size: number, offset: number): Buffer | Promise<Buffer> {
@@ -603,13 +615,19 @@ export class PogFs implements FileSystem {
   }
 
   release(ino: number, fh: number, _flags?: number): void {
+    const held = this.files.get(fh)?.held === true;
     this.files.delete(fh);
     const node = this.nodes.get(ino);
-    if (!node) return;
+    if (!node || node.opens > 1) {
+      if (node) node.opens -= 1;
+      if (held) this.letGo(ino, false);
+      return;
+    }
     node.opens -= 1;
-    if (node.opens > 0) return;
     if (!node.content || node.content.idle || node.unlinked) {
       this.dropContent(node);
+      // Unlinked here, the inode is freed (and its hold dropped) once unused here.
+      if (held) this.letGo(ino, node.unlinked);
       this.releaseIfUnused(node);
       return;
     }
@@ -618,6 +636,8 @@ export class PogFs implements FileSystem {
     // memory, readable, until it is committed; a failed commit is retried by writeback.
     this.commit(node, false).then(
       () => {
+        // Held until committed: another mount's unlink meanwhile leaves it for this commit.
+        if (held) this.letGo(ino, node.unlinked);
         if (this.nodes.get(ino) !== node) return; // freed meanwhile (unlinked and forgotten)
         this.dropContent(node);
         this.releaseIfUnused(node);
@@ -931,13 +951,15 @@ export class PogFs implements FileSystem {
    * The node of a regular file with its content loaded (kept if another open loaded it
    * first, unless `renew`: another client changed the file). `row` was asked for at
    * `since`: when another client's change came in since, the size and the block map could
-   * be of two versions, so both are read again.
+   * be of two versions, so both are read again. `prefetched`: the block map read since
+   * `since` (MetaEngine.opened), for the first round.
    */
-  private async withContent(row: InodeRow, since: number, renew = false): Promise<Node> {
+  private async withContent(row: InodeRow, since: number, renew = false, prefetched?: readonly BlockRow[]): Promise<Node> {
     for (;;) {
       const had = this.nodes.get(row.ino)?.content;
       if (had && !renew) return this.nodeOf(row.ino);
-      const blocks = await this.engine.blocks(row.ino);
+      const blocks = prefetched ?? (await this.engine.blocks(row.ino));
+      prefetched = undefined;
       // From here on synchronous: a concurrent open or a forget cannot interleave.
       if (since === this.epoch || (!renew && this.nodes.get(row.ino)?.content)) {
         const node = this.nodeOf(row.ino);
@@ -963,11 +985,11 @@ export class PogFs implements FileSystem {
     if (node.content?.idle && node.opens === 0) node.content = undefined;
   }
 
-  private openNode(node: Node, flags: number): Opened {
+  private openNode(node: Node, flags: number, held: boolean): Opened {
     node.opens += 1;
     const fh = this.nextFh++;
     const writable = (flags & O_ACCMODE) !== O_RDONLY;
-    this.files.set(fh, { ino: node.ino, writable });
+    this.files.set(fh, { ino: node.ino, writable, held });
     // flush only ever commits what a writable handle may have written.
     return writable ? { fh } : { fh, noFlush: true };
   }
@@ -994,6 +1016,18 @@ export class PogFs implements FileSystem {
     node.row = since === this.epoch ? d.attr : undefined;
     if (d.attr.nlink === 0) node.unlinked = true;
     this.releaseIfUnused(node);
+  }
+
+  /**
+   * A handle the engine counted open (`held`) is closed: the engine drops its hold at the
+   * last one, and frees the inode if another mount took its last name meanwhile (unless
+   * `keep`: unlinked here, it is freed once unused here, by free).
+   */
+  private letGo(ino: number, keep: boolean): void {
+    this.engine.closed?.(ino, keep).then(
+      (freed) => this.reclaimer.release(freed),
+      (err) => this.log.error(`letting go of open inode ${ino} failed`, err),
+    );
   }
 
   /** Forgets a node nobody uses; frees the inode when nothing names it either. */
