@@ -74,6 +74,20 @@ async function indexedPacks(url: string): Promise<string[]> {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Waits (at most 10 s) until no inode is left without a name: a mount that closed a file
+ * holds it for a second after (session_opens), so an unlink elsewhere frees it only then.
+ */
+async function namelessFreed(url: string): Promise<void> {
+  const start = Date.now();
+  for (;;) {
+    const n = (await queryPostgres(url, 'SELECT count(*)::int AS n FROM inodes WHERE nlink = 0'))[0].n as number;
+    if (n === 0) return;
+    assert.ok(Date.now() - start < 10_000, `${n} nameless inodes still held after 10 s`);
+    await sleep(100);
+  }
+}
+
 describe('gc of a PostgreSQL volume two mounts write at once', () => {
   const url = server.createDatabase();
   const dir = tempDir('pogfs-shared-gc-', () => {
@@ -102,6 +116,8 @@ describe('gc of a PostgreSQL volume two mounts write at once', () => {
     const packsBefore = remotePacks(remote);
     assert.ok(packsBefore.length >= 1);
     fs.rmSync(join(ma, 'x.bin'));
+    // B read it last: freed once B's hold of it lapses.
+    await namelessFreed(url);
 
     const dry = JSON.parse(pogfsOk(['gc', volume, '--dry-run', '--json'])) as SharedGcJson;
     assert.equal(dry.remote.sharedIndex, true);
