@@ -189,6 +189,12 @@ export class PgScan {
     );
   }
 
+  /** How many mount sessions are live (heartbeat within `expiryMs` of the snapshot's time). */
+  async liveSessions(expiryMs: number): Promise<number> {
+    const [r] = await this.rows<{ n: number }>("SELECT count(*) AS n FROM sessions WHERE heartbeat >= now() - $1 * interval '1 millisecond'", [expiryMs]);
+    return r.n;
+  }
+
   /** Inode numbers that own block, symlink or xattr rows but have no inode row. */
   async strayRowOwners(): Promise<{ ino: number; blocks: number; symlinks: number; xattrs: number }[]> {
     return this.rows(
