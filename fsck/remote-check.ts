@@ -2,6 +2,7 @@ import { BlockFetcher } from '../src/cache/block-fetcher';
 import type { Remote } from '../src/remote/remote';
 import { StoreRepair, damagedHashes } from '../src/store/repair';
 import { hashOf, type CheckState } from './checker';
+import type { FindingSet } from './report';
 
 /**
  * fsck with the remote: the pack index against the remote's listing (`--remote`), and,
@@ -11,32 +12,46 @@ import { hashOf, type CheckState } from './checker';
 /** Compares the packs the metadata knows with the remote's listing; adds missing-pack and orphan-pack findings. */
 export async function checkPacks(state: CheckState, remote: Remote): Promise<{ missingPacks: number[]; orphanNames: string[] }> {
   const { meta, store } = state.volume;
-  const listed = new Map((await remote.list('pack')).map((p) => [p.name, p]));
-  const missingPacks: number[] = [];
   const bs = state.blockSize;
-  for (const pack of meta.remote.packs()) {
-    if (listed.has(pack.name)) continue;
-    missingPacks.push(pack.id);
+  const { missing, orphanNames } = await comparePackListing(state.findings, remote, meta.remote.packs(), (pack) => {
     // Blocks whose only copy was this pack: still local (they go up again), or lost.
     const entries = meta.remote.entriesOf(pack.id).filter((e) => (state.rows.get(e.hash.toString('latin1')) ?? 0) > 0);
     const lost = entries.filter((e) => !store.has(e.hash));
     const hurt = new Set<string>();
     for (const e of lost) for (const r of meta.blockRowsOf(e.hash)) hurt.add(`${state.paths.of(r.ino)} bytes ${r.idx * bs}-${r.idx * bs + r.len - 1}`);
-    state.findings.add(
-      'missing-pack',
-      `pack ${pack.name} (${pack.size} bytes) is not on ${remote.description}: ${entries.length} live blocks, ${entries.length - lost.length} still local, ` +
+    return Promise.resolve(
+      `${entries.length} live blocks, ${entries.length - lost.length} still local, ` +
         `${lost.length} lost${hurt.size > 0 ? `: ${[...hurt].slice(0, 50).join(', ')}${hurt.size > 50 ? `, and ${hurt.size - 50} more` : ''}` : ''}`,
-      pack.size,
     );
+  });
+  return { missingPacks: missing.map((p) => p.id), orphanNames };
+}
+
+/**
+ * The packs an index names against the remote's listing: a missing-pack finding per pack
+ * the remote lacks (`describe` says what that loses), an orphan-pack per pack it does not name.
+ */
+export async function comparePackListing<P extends { id: number; name: string; size: number }>(
+  findings: FindingSet,
+  remote: Remote,
+  packs: readonly P[],
+  describe: (pack: P) => Promise<string>,
+): Promise<{ missing: P[]; orphanNames: string[] }> {
+  const listed = new Map((await remote.list('pack')).map((p) => [p.name, p]));
+  const missing: P[] = [];
+  for (const pack of packs) {
+    if (listed.has(pack.name)) continue;
+    missing.push(pack);
+    findings.add('missing-pack', `pack ${pack.name} (${pack.size} bytes) is not on ${remote.description}: ${await describe(pack)}`, pack.size);
   }
-  const known = new Set(meta.remote.packs().map((p) => p.name));
+  const known = new Set(packs.map((p) => p.name));
   const orphanNames: string[] = [];
   for (const [name, p] of listed) {
     if (known.has(name)) continue;
     orphanNames.push(name);
-    state.findings.add('orphan-pack', `pack ${name} (${p.size} bytes) on ${remote.description} is not in the index`, p.size);
+    findings.add('orphan-pack', `pack ${name} (${p.size} bytes) on ${remote.description} is not in the index`, p.size);
   }
-  return { missingPacks, orphanNames };
+  return { missing, orphanNames };
 }
 
 /**

@@ -9,6 +9,7 @@ import { liveDaemon, writeDaemonRecord } from './daemon-record';
 import { keepDaemonProcess } from './daemon-launch';
 import { UsageError, userFacingError } from './errors';
 import { serveControl, type ControlRequest } from './control-socket';
+import { sessionExpiryMs } from './session-expiry';
 import { getSystemErrorName } from 'node:util';
 import { FsError } from '../posix/errors';
 import type { Invalidation } from '../posix/file-system';
@@ -56,15 +57,6 @@ function checkRemoteOutsideMount(mountpoint: string, remote: string | undefined)
   if (dir === undefined) return;
   const overlap = mountOverlap(mountpoint, [{ what: 'remote directory', path: dir }]);
   if (overlap) throw new UsageError(overlap);
-}
-
-/**
- * The mount session's expiry from POGFS_SESSION_EXPIRY_SECONDS, which only tests set (so a
- * killed daemon's session expires within their time); otherwise the engine's own.
- */
-function sessionExpiryMs(): number | undefined {
-  const s = Number(process.env.POGFS_SESSION_EXPIRY_SECONDS);
-  return Number.isFinite(s) && s > 0 ? s * 1000 : undefined;
 }
 
 /** A clone or snapshot request; a refusal says its errno's name (the CLI words it). */

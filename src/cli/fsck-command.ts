@@ -18,6 +18,9 @@ import { Volume, VolumeFiles } from '../vfs/volume';
 import { liveDaemon } from './daemon-record';
 import { UsageError } from './errors';
 import { progressDisplay, type ProgressDisplay } from './progress-output';
+import { checkPgVolume, checkSharedPacks } from '../../fsck/pg-checker';
+import type { PgScan } from '../meta/pg-scan';
+import { sessionExpiryMs } from './session-expiry';
 
 export interface FsckFlags {
   quick?: boolean;
@@ -67,7 +70,6 @@ function openForCheck(path: string, repair: boolean): Volume {
     throw new FsckAbort((err as Error).message);
   }
   try {
-    if (volume.metaUrl !== undefined) throw new FsckAbort(`${path} keeps its metadata in ${volume.metaUrl.split(':')[0]}: fsck does not support such a volume yet`);
     const version = volume.meta.schemaVersion();
     if (version > SCHEMA_VERSION) {
       throw new FsckAbort(`${path}: the metadata has schema version ${version}, newer than this pogfs understands (${SCHEMA_VERSION}); upgrade pogfs`);
@@ -86,9 +88,95 @@ function openForCheck(path: string, repair: boolean): Volume {
   return volume;
 }
 
+/** Whether `path` is a volume whose metadata is in another engine (PostgreSQL): its directory, or a joined machine's cache directory. */
+function keepsMetaElsewhere(path: string): boolean {
+  return existsSync(join(path, VolumeFiles.metaUrl)) && Volume.exists(path);
+}
+
+/** Refuses what fsck cannot do on a volume whose metadata is in PostgreSQL: changing it. */
+function refuseExternalRepair(path: string, flags: FsckFlags): void {
+  const rebuild = flags.rebuildFromRemote !== undefined && flags.rebuildFromRemote !== false;
+  if (!flags.repair && !rebuild) return;
+  throw new FsckAbort(
+    `${path} keeps its metadata in PostgreSQL: fsck does not ${rebuild ? 'rebuild' : 'repair'} it (nothing was changed); ` +
+      'restore the database from your pg_dump backup, or fix what fsck names through a mount (remove or copy the files it names)',
+  );
+}
+
+/**
+ * fsck of a volume whose metadata is in PostgreSQL: a check of one snapshot of the shared
+ * metadata (and of where its blocks live), which changes nothing, so it runs while the
+ * volume is mounted, on this machine or others.
+ */
+async function runExternalFsck(path: string, flags: FsckFlags, progress?: ProgressDisplay): Promise<FsckReport> {
+  refuseExternalRepair(path, flags);
+  const started = performance.now();
+  let volume: Volume;
+  try {
+    volume = Volume.open(path, { readOnly: true });
+  } catch (err) {
+    throw new FsckAbort((err as Error).message);
+  }
+  try {
+    // The pg client is loaded only for such a volume (it costs every other fsck its start-up time).
+    const [{ PgScan }, { PG_SCHEMA_VERSION }, { SESSION_EXPIRY_MS }] = await Promise.all([
+      import('../meta/pg-scan'),
+      import('../meta/pg-schema'),
+      import('../meta/pg-mount-session'),
+    ]);
+    let scan: PgScan;
+    try {
+      scan = await PgScan.open(volume.metaUrl!);
+    } catch (err) {
+      throw new FsckAbort(`${path}: ${(err as Error).message}`);
+    }
+    try {
+      const version = scan.schemaVersion;
+      if (version === 0) throw new FsckAbort(`${path}: ${volume.metaUrl} has no pogfs schema: not a pogfs volume`);
+      if (version > PG_SCHEMA_VERSION) {
+        throw new FsckAbort(`${path}: the metadata has schema version ${version}, newer than this pogfs understands (${PG_SCHEMA_VERSION}); upgrade pogfs`);
+      }
+      if (version < PG_SCHEMA_VERSION) throw new FsckAbort(`${path}: the metadata has the older schema version ${version}; mount the volume once to upgrade it`);
+      let state;
+      try {
+        state = await checkPgVolume(volume, scan, { quick: !!flags.quick, sessionExpiryMs: sessionExpiryMs() ?? SESSION_EXPIRY_MS, progress });
+      } catch (err) {
+        throw new FsckAbort(`${path}: the check failed: ${(err as Error).message}`);
+      } finally {
+        progress?.clear();
+      }
+      if (flags.remote) {
+        if (!volume.sharesBlocks) throw new FsckAbort(`${path} has no remote (--remote checks a volume's packs)`);
+        const remote = await openVolumeRemote(volume.settings).catch((err: unknown) => {
+          throw new FsckAbort(`${path}: ${(err as Error).message}`);
+        });
+        try {
+          await checkSharedPacks(state, remote);
+        } finally {
+          await remote.close();
+        }
+      }
+      const list = state.findings.list();
+      return {
+        volume: path,
+        mode: flags.quick ? 'quick' : 'full',
+        repair: false,
+        findings: list,
+        stats: { ...state.stats, seconds: (performance.now() - started) / 1000 },
+        exitCode: exitCodeFor(list, false),
+      };
+    } finally {
+      await scan.close();
+    }
+  } finally {
+    await volume.close();
+  }
+}
+
 /** Runs fsck as `pogfs fsck` does and returns the report (no printing). */
 export async function runFsck(target: string, flags: FsckFlags, progress?: ProgressDisplay): Promise<FsckReport> {
   const path = resolve(target);
+  if (keepsMetaElsewhere(path)) return runExternalFsck(path, flags, progress);
   const volume = openForCheck(path, !!flags.repair);
   const started = performance.now();
   try {
@@ -227,6 +315,7 @@ async function rebuild(path: string, flags: FsckFlags): Promise<void> {
 
 /** `pogfs fsck VOLUME [--quick] [--repair] [--json]`: prints the report, sets e2fsck's exit code. */
 export async function fsck(target: string, flags: FsckFlags): Promise<void> {
+  if (keepsMetaElsewhere(resolve(target))) refuseExternalRepair(resolve(target), flags);
   if (flags.rebuildFromRemote !== undefined && flags.rebuildFromRemote !== false) {
     await rebuild(resolve(target), flags);
     flags = { ...flags, repair: true, rebuildFromRemote: undefined };
