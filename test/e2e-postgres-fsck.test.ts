@@ -13,17 +13,13 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { FsckReport } from '../fsck/report';
-import { isMounted, pogfs, pogfsOk, sh } from './support/mount';
+import { pogfs, pogfsOk, sh, unmountAnyway } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
+import { sharedVolumePlaces } from './support/shared-volume';
 import { tempDir } from './support/tmp';
 
 const server = startPostgres();
 
-function unmountAnyway(mnt: string): void {
-  if (!isMounted(mnt)) return;
-  const r = pogfs(['umount', mnt]);
-  if (r.status !== 0 || isMounted(mnt)) sh(`fusermount3 -u -z '${mnt}' || true`);
-}
 
 /** Runs `pogfs fsck VOL --json ...`; the report when it printed one. */
 function fsckJson(volume: string, ...args: string[]): { status: number | null; report?: FsckReport; stderr: string } {
@@ -214,16 +210,7 @@ describe('fsck of a PostgreSQL volume without a remote', () => {
 
 describe('fsck of a PostgreSQL volume shared over a local: remote', () => {
   const url = server.createDatabase();
-  const dir = tempDir('pogfs-pgfsck-shared-', () => {
-    unmountAnyway(mb);
-    unmountAnyway(ma);
-  });
-  const volume = join(dir, 'vol');
-  const remote = join(dir, 'remote');
-  const cacheB = join(dir, 'cache-b');
-  const ma = join(dir, 'ma');
-  const mb = join(dir, 'mb');
-  for (const d of [ma, mb]) fs.mkdirSync(d);
+  const { dir, volume, remote, cacheB, ma, mb } = sharedVolumePlaces('pogfs-pgfsck-shared-');
   const big = randomBytes(300 * 1024 + 17);
   const packFiles = (): string[] =>
     (fs.readdirSync(join(remote, 'packs'), { recursive: true }) as string[]).map((p) => join(remote, 'packs', p)).filter((p) => fs.statSync(p).isFile());

@@ -8,12 +8,12 @@
  * frees the inode, while B is still live.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { isMounted, pogfs, pogfsOk } from './support/mount';
+import { isMounted, pogfsOk, unmountAnyway } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
@@ -24,15 +24,6 @@ process.env.POGFS_SESSION_EXPIRY_SECONDS = String(EXPIRY_S);
 const server = startPostgres();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Unmounts `mnt` if it is mounted: through pogfs, else (a killed daemon's dead mount) with fusermount3, else by aborting its connection. */
-function unmountAnyway(mnt: string): void {
-  if (!isMounted(mnt)) return;
-  if (pogfs(['umount', mnt]).status === 0 && !isMounted(mnt)) return;
-  spawnSync('fusermount3', ['-u', '-z', mnt]);
-  if (!isMounted(mnt)) return;
-  const dev = fs.statSync(mnt, { throwIfNoEntry: false })?.dev;
-  if (dev !== undefined) fs.writeFileSync(`/sys/fs/fuse/connections/${dev & 0xff}/abort`, '1');
-}
 
 function daemonPid(volumeDir: string): number {
   return (JSON.parse(fs.readFileSync(join(volumeDir, 'daemon.json'), 'utf8')) as { pid: number }).pid;

@@ -6,12 +6,11 @@
  * 2 s session expiry (POGFS_SESSION_EXPIRY_SECONDS, which only tests set).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { isMounted, mountFresh, pogfs, pogfsOk, sh } from './support/mount';
+import { isMounted, mountFresh, pogfs, pogfsOk, sh, unmountAnyway } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
@@ -26,15 +25,6 @@ async function sessionCount(url: string): Promise<number> {
   return (await queryPostgres(url, 'SELECT count(*)::int AS n FROM sessions'))[0].n as number;
 }
 
-/** Unmounts `mnt` if it is mounted: through pogfs, else (a killed daemon's dead mount) with fusermount3, else by aborting its connection. */
-function unmountAnyway(mnt: string): void {
-  if (!isMounted(mnt)) return;
-  if (pogfs(['umount', mnt]).status === 0 && !isMounted(mnt)) return;
-  spawnSync('fusermount3', ['-u', '-z', mnt]);
-  if (!isMounted(mnt)) return;
-  const dev = fs.statSync(mnt, { throwIfNoEntry: false })?.dev;
-  if (dev !== undefined) fs.writeFileSync(`/sys/fs/fuse/connections/${dev & 0xff}/abort`, '1');
-}
 
 describe('mount sessions of a PostgreSQL volume', () => {
   const url = server.createDatabase();

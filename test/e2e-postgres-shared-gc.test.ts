@@ -12,14 +12,14 @@
  * unmounted volume (or cache directory) works too.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { CLI, isMounted, pogfs, pogfsOk } from './support/mount';
+import { CLI, pogfs, pogfsOk } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
-import { tempDir } from './support/tmp';
+import { sharedVolumePlaces } from './support/shared-volume';
 
 // Inherited by every daemon and gc this file starts.
 process.env.POGFS_SESSION_EXPIRY_SECONDS = '2';
@@ -28,14 +28,6 @@ process.env.POGFS_GC_GRACE_SECONDS = '0';
 const server = startPostgres();
 const BLOCK = 128 * 1024;
 
-function unmountAnyway(mnt: string): void {
-  if (!isMounted(mnt)) return;
-  if (pogfs(['umount', mnt]).status === 0 && !isMounted(mnt)) return;
-  spawnSync('fusermount3', ['-u', '-z', mnt]);
-  if (!isMounted(mnt)) return;
-  const dev = fs.statSync(mnt, { throwIfNoEntry: false })?.dev;
-  if (dev !== undefined) fs.writeFileSync(`/sys/fs/fuse/connections/${dev & 0xff}/abort`, '1');
-}
 
 interface SharedGcJson {
   remote: { sharedIndex: boolean; packs: number; deadLocations: number; deletedPacks: number; deletedBytes: number; repackedPacks: number; youngPacks: number; failedDeletes: number };
@@ -90,17 +82,7 @@ async function namelessFreed(url: string): Promise<void> {
 
 describe('gc of a PostgreSQL volume two mounts write at once', () => {
   const url = server.createDatabase();
-  const dir = tempDir('pogfs-shared-gc-', () => {
-    for (const m of [mc, mb, ma]) unmountAnyway(m);
-  });
-  const volume = join(dir, 'vol');
-  const remote = join(dir, 'remote');
-  const cacheB = join(dir, 'cache-b');
-  const cacheC = join(dir, 'cache-c');
-  const ma = join(dir, 'ma');
-  const mb = join(dir, 'mb');
-  const mc = join(dir, 'mc');
-  for (const d of [ma, mb, mc]) fs.mkdirSync(d);
+  const { volume, remote, cacheB, cacheC, ma, mb, mc } = sharedVolumePlaces('pogfs-shared-gc-');
 
   it('mounts A and B', () => {
     pogfsOk(['init', volume, '--meta', url, '--remote', `local:${remote}`]);

@@ -10,14 +10,14 @@
  * test/e2e-postgres-feed.test.ts's.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { isMounted, pogfs, pogfsOk, sh } from './support/mount';
+import { isMounted, pogfs, pogfsOk, sh, unmountAnyway } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
-import { tempDir } from './support/tmp';
+import { sharedVolumePlaces } from './support/shared-volume';
 
 const EXPIRY_S = 2;
 // Inherited by every daemon this file starts.
@@ -26,15 +26,6 @@ process.env.POGFS_SESSION_EXPIRY_SECONDS = String(EXPIRY_S);
 const server = startPostgres();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Unmounts `mnt` if it is mounted: through pogfs, else (a killed daemon's dead mount) with fusermount3, else by aborting its connection. */
-function unmountAnyway(mnt: string): void {
-  if (!isMounted(mnt)) return;
-  if (pogfs(['umount', mnt]).status === 0 && !isMounted(mnt)) return;
-  spawnSync('fusermount3', ['-u', '-z', mnt]);
-  if (!isMounted(mnt)) return;
-  const dev = fs.statSync(mnt, { throwIfNoEntry: false })?.dev;
-  if (dev !== undefined) fs.writeFileSync(`/sys/fs/fuse/connections/${dev & 0xff}/abort`, '1');
-}
 
 /** Runs a shell command without blocking this process (two writers at once); rejects on a non-zero exit. */
 function shAsync(command: string): Promise<void> {
@@ -59,16 +50,7 @@ async function liveSessions(url: string): Promise<number> {
 describe('several mounts of one PostgreSQL volume over a shared remote', () => {
   const url = server.createDatabase();
   // Unmounted before the directory is removed, also after a failure.
-  const dir = tempDir('pogfs-shared-', () => {
-    unmountAnyway(mb);
-    unmountAnyway(ma);
-  });
-  const volume = join(dir, 'vol');
-  const remote = join(dir, 'remote');
-  const cacheB = join(dir, 'cache-b');
-  const ma = join(dir, 'ma');
-  const mb = join(dir, 'mb');
-  for (const d of [ma, mb]) fs.mkdirSync(d);
+  const { volume, remote, cacheB, ma, mb } = sharedVolumePlaces('pogfs-shared-');
 
   it('mounts the volume directory on A and the database URL on B, both live at once', async () => {
     pogfsOk(['init', volume, '--meta', url, '--remote', `local:${remote}`]);

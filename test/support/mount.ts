@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { findMount } from '../../src/fuse/mount-table';
 import { tempDir } from './tmp';
@@ -58,4 +58,14 @@ export function mountFresh(initArgs: string[] = []): MountedVolume {
 
 export function sh(command: string, options: { cwd?: string; uid?: number; gid?: number } = {}): string {
   return execFileSync('/bin/sh', ['-c', command], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...options });
+}
+
+/** Unmounts `mnt` if it is mounted: through pogfs, else (a killed daemon's dead mount) with fusermount3, else by aborting its connection. */
+export function unmountAnyway(mnt: string): void {
+  if (!isMounted(mnt)) return;
+  if (pogfs(['umount', mnt]).status === 0 && !isMounted(mnt)) return;
+  spawnSync('fusermount3', ['-u', '-z', mnt]);
+  if (!isMounted(mnt)) return;
+  const dev = statSync(mnt, { throwIfNoEntry: false })?.dev;
+  if (dev !== undefined) writeFileSync(`/sys/fs/fuse/connections/${dev & 0xff}/abort`, '1');
 }
