@@ -273,7 +273,7 @@ function program(): Command {
     .option('--rebuild-from-remote [remote]', 'the metadata database is lost or damaged: restore the newest backup from the remote (the volume\'s own, or local:DIR / drive:FOLDER), rebuild the block index from the packs, then repair')
     .option('--json', 'machine-readable report')
     .option('--progress', 'show progress on stderr even when it is not a terminal; with --json, as one JSON object per line')
-    .option('-f, --force', 'accepted for e2fsck habits: every run is a full check; never allows a mounted volume')
+    .option('-f, --force', 'accepted for e2fsck habits: every run is a full check; never allows a mounted volume (a PostgreSQL volume is checked mounted or not: one snapshot of the database)')
     .action(async (volume: string, opts: { quick?: boolean; repair?: boolean; json?: boolean; force?: boolean; remote?: boolean; rebuildFromRemote?: boolean | string } & RemoteFlags) => {
       const { fsck } = await commands.fsck();
       await fsck(volume, { ...opts, settings: remoteSettingFlags(opts) });
