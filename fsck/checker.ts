@@ -9,7 +9,7 @@ import { HASH_LENGTH } from '../src/store/hash';
 import { damagedHashes } from '../src/store/repair';
 import type { ChunkInfo } from '../src/store/super-chunks';
 import { VolumeFiles, type Volume } from '../src/vfs/volume';
-import { FindingSet, type FsckStats } from './report';
+import { FindingSet, addStrayRows, type FsckStats } from './report';
 import type { ProgressSink } from '../src/progress';
 import { PathNamer, displayName } from '../src/meta/path-namer';
 import { ROOT_INO, isDir, isReg } from '../src/posix/file-system';
@@ -165,12 +165,7 @@ export function checkVolume(volume: Volume, options: CheckOptions): CheckState {
   const strayOwners: number[] = [];
   for (const s of meta.strayRowOwners()) {
     strayOwners.push(s.ino);
-    const what = [
-      s.blocks ? `${s.blocks} block row${s.blocks > 1 ? 's' : ''}` : '',
-      s.symlinks ? 'a symlink target' : '',
-      s.xattrs ? `${s.xattrs} xattr${s.xattrs > 1 ? 's' : ''}` : '',
-    ].filter(Boolean);
-    findings.add('stray-rows', `inode #${s.ino} does not exist but owns ${what.join(', ')}`);
+    addStrayRows(findings, s);
   }
 
   // --- The directory tree.

@@ -5,7 +5,7 @@ import { isDir, isReg } from '../src/posix/file-system';
 import type { ProgressSink } from '../src/progress';
 import type { Volume } from '../src/vfs/volume';
 import { comparePackListing } from './remote-check';
-import { FindingSet, type FsckStats } from './report';
+import { FindingSet, addStrayRows, type FsckStats } from './report';
 
 /**
  * The checker of a volume whose metadata is in PostgreSQL: the namespace, read through one
@@ -69,12 +69,7 @@ export async function checkPgVolume(volume: Volume, scan: PgScan, options: PgChe
   else if (!isDir(root.mode)) findings.add('unreachable', 'inode 1 (the root) is not a directory');
 
   for (const s of await scan.strayRowOwners()) {
-    const what = [
-      s.blocks ? `${s.blocks} block row${s.blocks > 1 ? 's' : ''}` : '',
-      s.symlinks ? 'a symlink target' : '',
-      s.xattrs ? `${s.xattrs} xattr${s.xattrs > 1 ? 's' : ''}` : '',
-    ].filter(Boolean);
-    findings.add('stray-rows', `inode #${s.ino} does not exist but owns ${what.join(', ')}`);
+    addStrayRows(findings, s);
   }
 
   progress?.start('checking the directory tree');

@@ -152,6 +152,16 @@ export class FindingSet {
 }
 
 /** Exit code for a set of findings: notices never count; with --repair, 1 if all were repaired. */
+/** The stray-rows finding of an inode that does not exist but owns rows: one wording for every engine's checker. */
+export function addStrayRows(findings: FindingSet, s: { ino: number; blocks: number; symlinks: number; xattrs: number }): void {
+  const what = [
+    s.blocks ? `${s.blocks} block row${s.blocks > 1 ? 's' : ''}` : '',
+    s.symlinks ? 'a symlink target' : '',
+    s.xattrs ? `${s.xattrs} xattr${s.xattrs > 1 ? 's' : ''}` : '',
+  ].filter(Boolean);
+  findings.add('stray-rows', `inode #${s.ino} does not exist but owns ${what.join(', ')}`);
+}
+
 export function exitCodeFor(findings: Finding[], repair: boolean): 0 | 1 | 4 {
   const problems = findings.filter((f) => f.severity !== 'notice' && f.count > 0);
   if (problems.length === 0) return 0;

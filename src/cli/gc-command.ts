@@ -13,7 +13,7 @@ import { collectRemoteGarbage, type RemoteGcResult } from '../gc/remote-gc';
 import { collectSharedGarbage, sharedGcGraceMs, type SharedGcResult } from '../gc/shared-gc';
 import { VolumeFiles } from '../vfs/volume';
 import { fileLogger } from './log';
-import { attachRemote, detachRemote, remoteUsageError, startBackups } from './remote-attachment';
+import { attachRemote, detachRemote, remoteUsageError, startBackups, type AttachedRemote } from './remote-attachment';
 
 export interface GcFlags {
   dryRun?: boolean;
@@ -132,22 +132,37 @@ function printRemoved(volume: string, r: Pick<GcResult, 'dryRun' | 'storedBlocks
   );
 }
 
+/**
+ * Runs `collect` on an unmounted volume's remote, attached as a mount attaches it (the
+ * writer lock, or for a shared volume none), and detaches it after, also on failure.
+ */
+async function withRemoteOffline<T>(
+  volume: Volume,
+  path: string,
+  dryRun: boolean,
+  collect: (attached: AttachedRemote, log: ReturnType<typeof fileLogger>) => Promise<T>,
+): Promise<T> {
+  const log = fileLogger(join(path, VolumeFiles.log), false);
+  const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
+  try {
+    return await collect(attached, log);
+  } catch (err) {
+    throw remoteUsageError(volume.settings.remote, err);
+  } finally {
+    await detachRemote(attached, log);
+    log.flush();
+  }
+}
+
 /** gc of an unmounted volume's remote: takes the writer lock like a mount, and gives it back. */
 async function remoteGcOffline(path: string, dryRun: boolean, progress: ProgressSink): Promise<RemoteGcResult | undefined> {
   const volume = Volume.open(path);
   try {
     if (!volume.settings.remote) return undefined;
-    const log = fileLogger(join(path, VolumeFiles.log), false);
-    const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
-    try {
+    return await withRemoteOffline(volume, path, dryRun, (attached, log) => {
       startBackups(attached, volume, () => () => undefined, log);
-      return await collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log, progress });
-    } catch (err) {
-      throw remoteUsageError(volume.settings.remote, err);
-    } finally {
-      await detachRemote(attached, log);
-      log.flush();
-    }
+      return collectRemoteGarbage(volume, { remote: attached.remote, cache: attached.cache, backup: attached.backup }, { dryRun, log, progress });
+    });
   } finally {
     await volume.close();
   }
@@ -166,17 +181,9 @@ function printRemoteGc(r: RemoteGcResult): void {
 async function sharedGcOffline(path: string, dryRun: boolean, repackBelow: number | undefined, progress: ProgressSink): Promise<SharedGcResult> {
   const volume = Volume.open(path);
   try {
-    const log = fileLogger(join(path, VolumeFiles.log), false);
-    const attached = await attachRemote(volume, { readOnly: dryRun, breakLock: false, log, notice: (line) => console.error(line) });
-    try {
-      const parts = { remote: attached.remote, cache: attached.cache, index: attached.shared! };
-      return await collectSharedGarbage(volume, parts, { dryRun, repackBelow, graceMs: sharedGcGraceMs(), log, progress });
-    } catch (err) {
-      throw remoteUsageError(volume.settings.remote, err);
-    } finally {
-      await detachRemote(attached, log);
-      log.flush();
-    }
+    return await withRemoteOffline(volume, path, dryRun, (attached, log) =>
+      collectSharedGarbage(volume, { remote: attached.remote, cache: attached.cache, index: attached.shared! }, { dryRun, repackBelow, graceMs: sharedGcGraceMs(), log, progress }),
+    );
   } finally {
     await volume.close();
   }
