@@ -1,6 +1,6 @@
 /**
- * MemFs: a minimal in-memory LowLevelOps filesystem, the "ceiling of the FUSE path" for
- * benchmarks (everything a real pogfs request costs on top of this is pogfs's own).
+ * MemFs: a minimal in-memory LowLevelOps filesystem, the "ceiling of the FUSE path" in Node
+ * for benchmarks (everything a real pogfs request costs on top of this is pogfs's own).
  *
  *   node dist/bench/memfs.js MOUNTPOINT [--allow-other] [--no-writeback] [--debug]
  *

@@ -4,7 +4,9 @@
  *   - tmpfs (memory, no FUSE),
  *   - the volume's backing directory (the disk, no FUSE),
  *   - memfs: a minimal in-memory Node FUSE filesystem over the same binding (the
- *     ceiling of the FUSE path),
+ *     ceiling of the FUSE path in Node),
+ *   - libfuse's passthrough_ll in C over a tmpfs (bench/c-fuse.ts: the ceiling of any
+ *     FUSE filesystem on the machine; left out, with a note, where it cannot be built),
  *   - pogfs itself, once per entry of POGFS_VARIANTS (its durability options).
  * Workloads (issue 15's table): sequential write of 1 GiB of unique data, sequential
  * read of it after drop_caches (so every byte goes through the filesystem), 1 GiB of
@@ -12,8 +14,9 @@
  * `tar x`, a stat walk (`find -printf '%s %m %u'`), `cat` of every file, both after a
  * remount (where the filesystem survives one) and drop_caches, and `rm -rf`. Ratios:
  * the small-file work to tmpfs, the big files to memfs, each beside the issue's target;
- * a target that its bound misses too (memfs for the small-file work, the backing disk
- * for the big files) is marked out of reach on the machine measured.
+ * a target that its bounds miss too (the C and the Node FUSE filesystems for the
+ * small-file work, the backing disk for the big files) is marked out of reach on the
+ * machine measured.
  * Then the PostgreSQL metadata engine: `tar x` and the cold stat walk on a volume whose
  * metadata is in PostgreSQL as ratios of the SQLite engine's, and metadata operations per
  * second with one and two engine clients of each engine (bench/postgres.ts; a server of
@@ -43,6 +46,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { buildCFuse, cFuse, C_FUSE_NAME } from './c-fuse';
 import { benchClone, printClone } from './clone';
 import { benchCopyRange, printCopyRange } from './copy-range';
 import { benchCodecThreads, printCodecThreads } from './codec-threads';
@@ -62,7 +66,7 @@ const MEMFS = join(ROOT, 'dist', 'bench', 'memfs.js');
 const MIB = Number(process.env.POGFS_BENCH_MIB ?? 1024);
 /** The references' row names: small-file work is compared with tmpfs, big files with memfs. */
 const TMPFS_NAME = 'tmpfs';
-const MEMFS_NAME = 'memfs (FUSE ceiling)';
+const MEMFS_NAME = 'memfs (Node FUSE)';
 const DISK_NAME = 'backing disk';
 
 /**
@@ -141,6 +145,16 @@ async function measure(t: Target, source: string, corpus: Corpus): Promise<Row> 
   return { target: t.name, seqWrite: mbs(w), seqReadCold: mbs(rc), dupWrite: mbs(d), tarSeconds: tx, findSeconds: find, catSeconds: cat, rmSeconds: rm };
 }
 
+/** The C passthrough's run, when it builds here (otherwise a note and none). */
+function cFuseRun(work: string): [string, () => Promise<Target>][] {
+  const built = buildCFuse(work);
+  if ('missing' in built) {
+    console.log(`bench: no ${C_FUSE_NAME} row: ${built.missing}`);
+    return [];
+  }
+  return [[C_FUSE_NAME, () => cFuse(built.binary, join(work, 'c-fuse-backing'), join(work, 'c-fuse-mnt'), MIB * 3 + 2048)]];
+}
+
 /** Runs every target through `measure`, one at a time, and returns their rows. */
 async function benchVolume(work: string, source: string, corpus: Corpus, targets: Target[]): Promise<Row[]> {
   const backing = join(work, 'backing');
@@ -149,6 +163,7 @@ async function benchVolume(work: string, source: string, corpus: Corpus, targets
     ['tmpfs', async () => tmpfs(join(work, 'tmpfs'))],
     [DISK_NAME, async () => ({ name: DISK_NAME, dir: backing, stop: async () => undefined })],
     ['memfs', () => memfs(join(work, 'memfs-mnt'))],
+    ...cFuseRun(work),
     ...POGFS_VARIANTS.map((v, i): [string, () => Promise<Target>] => [v.label, () => pogfs(work, i)]),
   ];
   const rows: Row[] = [];
@@ -237,9 +252,10 @@ interface Goal {
   target: string;
   /**
    * What bounds the target on this machine whatever pogfs does: for the small-file work
-   * the FUSE path itself (memfs answers from memory), for the cold read the disk.
+   * the FUSE path itself (the C passthrough and memfs do nothing else), for the big files
+   * the disk. Out of reach when every bound measured misses it.
    */
-  bound: string;
+  bounds: string[];
 }
 
 
@@ -254,12 +270,12 @@ function speedAtLeast(pick: (r: Row) => number, least: number): Pick<Goal, 'rati
 }
 
 const GOALS: Goal[] = [
-  { work: 'tar x', against: TMPFS_NAME, bound: MEMFS_NAME, ...slowerAtMost((r) => r.tarSeconds, 12) },
-  { work: "find -printf '%s %m %u', cold", against: TMPFS_NAME, bound: MEMFS_NAME, ...slowerAtMost((r) => r.findSeconds, 3) },
-  { work: 'cat of every file, cold', against: TMPFS_NAME, bound: MEMFS_NAME, ...slowerAtMost((r) => r.catSeconds, 2.5) },
-  { work: 'rm -rf', against: TMPFS_NAME, bound: MEMFS_NAME, ...slowerAtMost((r) => r.rmSeconds, 8) },
-  { work: 'seq write, unique data', against: MEMFS_NAME, bound: DISK_NAME, ...speedAtLeast((r) => r.seqWrite, 0.6) },
-  { work: 'seq read, cold', against: MEMFS_NAME, bound: DISK_NAME, ...speedAtLeast((r) => r.seqReadCold, 0.8) },
+  { work: 'tar x', against: TMPFS_NAME, bounds: [C_FUSE_NAME, MEMFS_NAME], ...slowerAtMost((r) => r.tarSeconds, 12) },
+  { work: "find -printf '%s %m %u', cold", against: TMPFS_NAME, bounds: [C_FUSE_NAME, MEMFS_NAME], ...slowerAtMost((r) => r.findSeconds, 3) },
+  { work: 'cat of every file, cold', against: TMPFS_NAME, bounds: [C_FUSE_NAME, MEMFS_NAME], ...slowerAtMost((r) => r.catSeconds, 2.5) },
+  { work: 'rm -rf', against: TMPFS_NAME, bounds: [C_FUSE_NAME, MEMFS_NAME], ...slowerAtMost((r) => r.rmSeconds, 8) },
+  { work: 'seq write, unique data', against: MEMFS_NAME, bounds: [DISK_NAME], ...speedAtLeast((r) => r.seqWrite, 0.6) },
+  { work: 'seq read, cold', against: MEMFS_NAME, bounds: [DISK_NAME], ...speedAtLeast((r) => r.seqReadCold, 0.8) },
 ];
 
 function printVolume(rows: Row[]): void {
@@ -283,11 +299,11 @@ function printVolume(rows: Row[]): void {
     const ratios = pogs.map((p) => g.ratio(p, r));
     const cells = ratios.map((x) => `${x.toFixed(2)}${g.against === TMPFS_NAME ? 'x' : ''}`.padStart(colWidth)).join('');
     let verdict = ratios.length > 0 ? (g.met(ratios[0]) ? 'met' : 'not met') : '';
-    // A target its bound misses too is out of reach on this machine: say so beside it.
-    const bound = ref(g.bound);
-    const boundRatio = bound && g.ratio(bound, r);
-    if (verdict === 'not met' && boundRatio !== undefined && !g.met(boundRatio)) {
-      verdict += `; out of reach here: ${g.bound} itself ${boundRatio.toFixed(2)}${g.against === TMPFS_NAME ? 'x' : ''}`;
+    // A target its bounds miss too is out of reach on this machine: say so beside it.
+    const bounds = g.bounds.map((name) => ({ name, row: ref(name) })).filter((b): b is { name: string; row: Row } => b.row !== undefined);
+    const boundRatios = bounds.map((b) => `${b.name} ${g.ratio(b.row, r).toFixed(2)}${g.against === TMPFS_NAME ? 'x' : ''}`);
+    if (verdict === 'not met' && bounds.length > 0 && bounds.every((b) => !g.met(g.ratio(b.row, r)))) {
+      verdict += `; out of reach here: ${boundRatios.join(', ')}`;
     }
     console.log(`${g.work.padEnd(workWidth)}${`${g.against} ${g.reference(r)}`.padEnd(28)}${cells}   ${g.target.padEnd(8)} ${verdict}`);
   }
@@ -295,7 +311,10 @@ function printVolume(rows: Row[]): void {
   const tmp = ref(TMPFS_NAME);
   const smallFiles = (a: Row, b: Row) =>
     `tar x ${(a.tarSeconds / b.tarSeconds).toFixed(2)}x, find ${(a.findSeconds / b.findSeconds).toFixed(2)}x, cat ${(a.catSeconds / b.catSeconds).toFixed(2)}x, rm -rf ${(a.rmSeconds / b.rmSeconds).toFixed(2)}x`;
-  if (memfs && tmp) console.log(`\n${MEMFS_NAME} / tmpfs: ${smallFiles(memfs, tmp)} (no remount: its data lives in the process)`);
+  const cRow = ref(C_FUSE_NAME);
+  if (cRow && tmp) console.log(`\n${C_FUSE_NAME} / tmpfs: ${smallFiles(cRow, tmp)} (no remount: its data lives in a tmpfs)`);
+  if (memfs && tmp) console.log(`${cRow ? '' : '\n'}${MEMFS_NAME} / tmpfs: ${smallFiles(memfs, tmp)} (no remount: its data lives in the process)`);
+  if (cRow && pogs[0]) console.log(`${pogs[0].target} / ${C_FUSE_NAME}: ${smallFiles(pogs[0], cRow)}`);
   // What pogfs adds to the FUSE path: the part of the small-file work that is its own.
   if (memfs && pogs[0]) console.log(`${pogs[0].target} / ${MEMFS_NAME}: ${smallFiles(pogs[0], memfs)}`);
   const disk = ref(DISK_NAME);
