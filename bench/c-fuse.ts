@@ -19,8 +19,8 @@ export const C_FUSE_NAME = 'passthrough_ll (C FUSE)';
 const EXAMPLES = '/usr/share/doc/libfuse3-dev/examples';
 
 /**
- * Compiles passthrough_ll into `work`; undefined (with the reason) when the example or a
- * compiler is missing, so the benchmark goes on without this row.
+ * Compiles passthrough_ll into `work`; the reason instead when the example or a compiler
+ * is missing, so the benchmark goes on without this row.
  */
 export function buildCFuse(work: string): { binary: string } | { missing: string } {
   const dir = join(work, 'c-fuse');
@@ -54,7 +54,11 @@ export async function cFuse(binary: string, backing: string, mnt: string, sizeMi
   for (let i = 0; ; i++) {
     if (sh('cat /proc/mounts').split('\n').some((l) => l.split(' ')[1] === mnt)) break;
     if (child.exitCode !== null || i >= 200) {
-      child.kill('SIGKILL');
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGKILL');
+        await exited;
+      }
       sh(`umount '${backing}'`);
       throw new Error(`${mnt}: passthrough_ll did not mount`);
     }
