@@ -13,8 +13,9 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { liveDaemon } from '../src/cli/daemon-record';
 import { isMounted, pogfsOk, unmountAnyway } from './support/mount';
-import { queryPostgres, startPostgres } from './support/postgres';
+import { inodeRowCounts, queryPostgres, startPostgres } from './support/postgres';
 import { tempDir } from './support/tmp';
 
 const EXPIRY_S = 2;
@@ -24,26 +25,11 @@ process.env.POGFS_SESSION_EXPIRY_SECONDS = String(EXPIRY_S);
 const server = startPostgres();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-
-function daemonPid(volumeDir: string): number {
-  return (JSON.parse(fs.readFileSync(join(volumeDir, 'daemon.json'), 'utf8')) as { pid: number }).pid;
-}
-
-/** How many rows inode `ino` has in PostgreSQL: its inode row, block rows and open records. */
-async function rowsOf(url: string, ino: number): Promise<{ inode: number; blocks: number; opens: number }> {
-  const r = await queryPostgres(
-    url,
-    `SELECT (SELECT count(*) FROM inodes WHERE ino = ${ino})::int AS inode, (SELECT count(*) FROM blocks WHERE ino = ${ino})::int AS blocks,
-            (SELECT count(*) FROM session_opens WHERE ino = ${ino})::int AS opens`,
-  );
-  return r[0] as { inode: number; blocks: number; opens: number };
-}
-
 /** Waits (up to `ms`) until inode `ino` has no rows left in PostgreSQL. */
 async function untilGone(url: string, ino: number, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const rows = await rowsOf(url, ino);
+    const rows = await inodeRowCounts(url, ino);
     if (rows.inode === 0 && rows.blocks === 0 && rows.opens === 0) return;
     if (Date.now() > deadline) assert.fail(`inode ${ino} still has rows: ${JSON.stringify(rows)}`);
     await sleep(100);
@@ -104,11 +90,11 @@ describe('a file open on one mount of a shared PostgreSQL volume survives its un
       const ino = fs.fstatSync(fd).ino;
       fs.rmSync(join(mb, 'held.bin'));
       assert.ok(!fs.readdirSync(mb).includes('held.bin'));
-      const rows = await rowsOf(url, ino);
+      const rows = await inodeRowCounts(url, ino);
       assert.deepEqual(rows, { inode: 1, blocks: 7, opens: 1 }, 'kept for A');
       assert.equal((await queryPostgres(url, `SELECT nlink::int AS n FROM inodes WHERE ino = ${ino}`))[0].n, 0, 'without a name');
       await sleep(500); // B's last handle and any late free have long been through
-      assert.deepEqual(await rowsOf(url, ino), rows);
+      assert.deepEqual(await inodeRowCounts(url, ino), rows);
       assert.deepEqual(readAll(fd), data, 'A reads it whole after the unlink');
       assert.equal(fs.fstatSync(fd).size, data.length);
       fs.closeSync(fd);
@@ -132,7 +118,7 @@ describe('a file open on one mount of a shared PostgreSQL volume survives its un
       fs.rmSync(join(mb, 'both.bin'));
       fs.closeSync(fb);
       await sleep(500);
-      assert.equal((await rowsOf(url, ino)).inode, 1, 'A still holds it');
+      assert.equal((await inodeRowCounts(url, ino)).inode, 1, 'A still holds it');
       assert.deepEqual(readAll(fa), data);
     } finally {
       fs.closeSync(fa);
@@ -147,12 +133,14 @@ describe('a file open on one mount of a shared PostgreSQL volume survives its un
     const child = await holder(join(ma, 'orphan.bin'));
     children.push(child);
     fs.rmSync(join(mb, 'orphan.bin'));
-    assert.deepEqual(await rowsOf(url, ino), { inode: 1, blocks: 5, opens: 1 });
-    process.kill(daemonPid(volume), 'SIGKILL');
+    assert.deepEqual(await inodeRowCounts(url, ino), { inode: 1, blocks: 5, opens: 1 });
+    const daemonA = liveDaemon(volume);
+    assert.ok(daemonA, "A's daemon is running");
+    process.kill(daemonA.pid, 'SIGKILL');
     child.kill('SIGKILL');
     unmountAnyway(ma);
     await sleep(EXPIRY_S * 1000 + 1000);
-    assert.equal((await rowsOf(url, ino)).inode, 1, 'nothing frees it before a mount looks');
+    assert.equal((await inodeRowCounts(url, ino)).inode, 1, 'nothing frees it before a mount looks');
     assert.ok(isMounted(mb), 'B serves on');
     pogfsOk(['mount', volume, ma]);
     await untilGone(url, ino, 5000);

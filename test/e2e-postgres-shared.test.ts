@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { liveDaemon } from '../src/cli/daemon-record';
 import { isMounted, pogfs, pogfsOk, sh, unmountAnyway } from './support/mount';
 import { queryPostgres, startPostgres } from './support/postgres';
 import { sharedVolumePlaces } from './support/shared-volume';
@@ -26,7 +27,6 @@ process.env.POGFS_SESSION_EXPIRY_SECONDS = String(EXPIRY_S);
 const server = startPostgres();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-
 /** Runs a shell command without blocking this process (two writers at once); rejects on a non-zero exit. */
 function shAsync(command: string): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -35,10 +35,6 @@ function shAsync(command: string): Promise<void> {
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${command}: exit ${code}: ${err}`))));
   });
-}
-
-function daemonPid(volumeDir: string): number {
-  return (JSON.parse(fs.readFileSync(join(volumeDir, 'daemon.json'), 'utf8')) as { pid: number }).pid;
 }
 
 /** Sessions with a heartbeat within the expiry (an expired row stays until the next claim deletes it). */
@@ -140,7 +136,9 @@ describe('several mounts of one PostgreSQL volume over a shared remote', () => {
   it('kill -9 of A leaves B serving; A\'s session expires; what A closed before still reads on B', async () => {
     const data = randomBytes(3 * 128 * 1024 + 17);
     fs.writeFileSync(join(ma, 'before-kill.bin'), data);
-    process.kill(daemonPid(volume), 'SIGKILL');
+    const daemonA = liveDaemon(volume);
+    assert.ok(daemonA, "A's daemon is running");
+    process.kill(daemonA.pid, 'SIGKILL');
     try {
       fs.writeFileSync(join(mb, 'after-kill.txt'), 'B goes on\n');
       assert.equal(fs.readFileSync(join(mb, 'after-kill.txt'), 'utf8'), 'B goes on\n');

@@ -7,17 +7,14 @@
  * and releasing or taking blocks it never counted keeps its counts and ledger sound.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { RemoteCache } from '../src/cache/remote-cache';
-import { LocalRemote } from '../src/remote/local-remote';
-import { Volume } from '../src/vfs/volume';
 import { PgEngine } from '../src/meta/pg-engine';
 import { PgPackIndex } from '../src/meta/pg-pack-index';
 import type { PackEntry, SharedPack } from '../src/meta/remote-index';
 import { hashBlock } from '../src/store/hash';
 import { BLOCK, TestLog, randomBlocks, storeBlocks } from './support/cache';
 import { queryPostgres, startPostgres } from './support/postgres';
+import { sharedStoreMachine } from './support/shared-volume';
 import { tempDir } from './support/tmp';
 import { newVolumeInit } from './support/volume-init';
 
@@ -102,32 +99,8 @@ describe('the shared pack index in PostgreSQL', () => {
   it('a store fetches blocks another uploaded and published; releasing and sharing them keeps counts and the ledger sound', async () => {
     const url = await freshVolume();
     const dir = tempDir('pogfs-shared-cache-');
-    const remoteDir = join(dir, 'remote');
     const log = new TestLog();
-    const machine = async (name: string) => {
-      const volume = Volume.create(join(dir, name), { remote: `local:${remoteDir}`, compression: 'none', superchunks: false });
-      const remote = new LocalRemote(remoteDir);
-      await remote.init();
-      const shared = PgPackIndex.open(url);
-      const cache = new RemoteCache(volume.ledger, volume.localPackIndex, remote, volume.packer(), {
-        cacheBytes: 1 << 30,
-        packBytes: 8 << 20,
-        readaheadBytes: 0,
-        uploadIdleMs: 60_000,
-        log,
-        shared,
-      });
-      return {
-        volume,
-        cache,
-        async close() {
-          await cache.close();
-          await shared.close();
-          await remote.close();
-          await volume.close();
-        },
-      };
-    };
+    const machine = (name: string) => sharedStoreMachine(url, dir, log, name);
     const a = await machine('a');
     const b = await machine('b');
     try {

@@ -12,7 +12,7 @@ import type { InodeRow } from '../src/meta/meta-db';
 import { PgEngine } from '../src/meta/pg-engine';
 import { E, FsError } from '../src/posix/errors';
 import { ROOT_INO, S_IFREG } from '../src/posix/file-system';
-import { queryPostgres, startPostgres } from './support/postgres';
+import { inodeRowCounts, startPostgres } from './support/postgres';
 import { newVolumeInit } from './support/volume-init';
 
 const server = startPostgres();
@@ -41,15 +41,6 @@ async function fileWithBlocks(e: PgEngine, name: string): Promise<InodeRow> {
   return row;
 }
 
-async function rowsOf(url: string, ino: number): Promise<{ inode: number; blocks: number; opens: number }> {
-  const r = await queryPostgres(
-    url,
-    `SELECT (SELECT count(*) FROM inodes WHERE ino = ${ino})::int AS inode, (SELECT count(*) FROM blocks WHERE ino = ${ino})::int AS blocks,
-            (SELECT count(*) FROM session_opens WHERE ino = ${ino})::int AS opens`,
-  );
-  return r[0] as { inode: number; blocks: number; opens: number };
-}
-
 const isErrno = (errno: number) => (err: unknown): boolean => err instanceof FsError && err.errno === errno;
 
 /** Closes a handle and drops the hold at once if it was the last (instead of after the linger). */
@@ -68,37 +59,37 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
       const f = await fileWithBlocks(b, 'f');
       assert.deepEqual((await a.opened(f.ino))?.map((b) => [b.idx, b.hash[0], b.len]), [[0, 1, 131072], [1, 2, 131072], [2, 3, 131072]], 'the block map read with the record');
       assert.equal(await a.opened(f.ino), undefined, 'a second handle: no second record, nothing read');
-      assert.deepEqual(await rowsOf(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
+      assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
       const d = await b.unlink(ROOT_INO, Buffer.from('f'), t, notInUse);
       assert.equal(d.attr.nlink, 0);
       assert.equal(d.freed, undefined, 'A holds it open: not freed');
-      assert.deepEqual(await rowsOf(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
+      assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
       assert.equal((await a.blocks(f.ino)).length, 3, 'A still reads its block map');
       assert.deepEqual(await b.unlinkedInodes(), [], 'A holds it: not for a mount to recover');
       assert.deepEqual(await b.free(f.ino), [], 'nor for B to free');
       assert.deepEqual(await a.closed(f.ino, false), [], 'one handle of two closed');
-      assert.equal((await rowsOf(url, f.ino)).inode, 1);
+      assert.equal((await inodeRowCounts(url, f.ino)).inode, 1);
       const freed = await closeNow(a, f.ino);
       assert.deepEqual(freed.map((h) => h[0]).sort(), [1, 2, 3], 'the last close frees it, with its block references');
-      assert.deepEqual(await rowsOf(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
+      assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
       // A file that keeps its name: the last close drops only the record.
       const g = await fileWithBlocks(b, 'g');
       await a.opened(g.ino);
       assert.deepEqual(await a.closed(g.ino, false), [], 'dropped after the linger');
-      assert.deepEqual(await rowsOf(url, g.ino), { inode: 1, blocks: 3, opens: 0 });
+      assert.deepEqual(await inodeRowCounts(url, g.ino), { inode: 1, blocks: 3, opens: 0 });
       // Opened again while its hold lingers: nothing to record, and the hold stays.
       await a.opened(g.ino);
       const lingering = a.closed(g.ino, false);
-      assert.equal((await rowsOf(url, g.ino)).opens, 1, 'lingers');
+      assert.equal((await inodeRowCounts(url, g.ino)).opens, 1, 'lingers');
       await a.opened(g.ino);
       assert.deepEqual(await lingering, [], 'the reopen took the hold over');
       await b.unlink(ROOT_INO, Buffer.from('g'), t, notInUse);
-      assert.deepEqual(await rowsOf(url, g.ino), { inode: 1, blocks: 3, opens: 1 }, 'held by the reopen');
+      assert.deepEqual(await inodeRowCounts(url, g.ino), { inode: 1, blocks: 3, opens: 1 }, 'held by the reopen');
       assert.equal((await a.closed(g.ino, false)).length, 3, 'freed by the close after the linger');
-      assert.deepEqual(await rowsOf(url, g.ino), { inode: 0, blocks: 0, opens: 0 });
+      assert.deepEqual(await inodeRowCounts(url, g.ino), { inode: 0, blocks: 0, opens: 0 });
       const empty = await b.mknod(ROOT_INO, Buffer.from('empty'), file, t);
       assert.deepEqual(await a.opened(empty.ino), [], 'a file without blocks: an empty map, not ENOENT');
-      assert.equal((await rowsOf(url, empty.ino)).opens, 1);
+      assert.equal((await inodeRowCounts(url, empty.ino)).opens, 1);
       await closeNow(a, empty.ino);
       await assert.rejects(a.opened(g.ino), isErrno(E.ENOENT), 'a freed inode cannot be opened');
     } finally {
@@ -113,17 +104,17 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
     const b = await mountEngine(url);
     try {
       const f = await a.mknod(ROOT_INO, Buffer.from('new'), { ...file, open: true }, t);
-      assert.equal((await rowsOf(url, f.ino)).opens, 1, 'recorded in the create');
+      assert.equal((await inodeRowCounts(url, f.ino)).opens, 1, 'recorded in the create');
       await b.opened(f.ino);
       const other = await a.mknod(ROOT_INO, Buffer.from('other'), file, t);
       const r = await b.rename(ROOT_INO, Buffer.from('other'), ROOT_INO, Buffer.from('new'), 0, t, notInUse);
       assert.equal(r.replaced?.attr.ino, f.ino);
       assert.equal(r.replaced?.freed, undefined, 'renamed over while open in two sessions: kept');
       assert.deepEqual(await a.closed(f.ino, false), [], 'B still holds it');
-      assert.equal((await rowsOf(url, f.ino)).inode, 1);
+      assert.equal((await inodeRowCounts(url, f.ino)).inode, 1);
       await closeNow(b, f.ino);
-      assert.equal((await rowsOf(url, f.ino)).inode, 0, 'freed at the last close of all');
-      assert.equal((await rowsOf(url, other.ino)).inode, 1);
+      assert.equal((await inodeRowCounts(url, f.ino)).inode, 0, 'freed at the last close of all');
+      assert.equal((await inodeRowCounts(url, other.ino)).inode, 1);
     } finally {
       await a.close();
       await b.close();
@@ -171,15 +162,15 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
           assert.equal(opened.status, 'fulfilled', String((opened as PromiseRejectedResult).reason));
           assert.equal(unlinked.status, 'fulfilled');
           assert.equal((unlinked as PromiseFulfilledResult<{ freed?: Buffer[] }>).value.freed, undefined, 'B\'s open came first: kept');
-          assert.deepEqual(await rowsOf(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
+          assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 1, blocks: 3, opens: 1 });
           assert.equal((await closeNow(b, f.ino)).length, 3, 'freed at B\'s close');
-          assert.equal((await rowsOf(url, f.ino)).inode, 0);
+          assert.equal((await inodeRowCounts(url, f.ino)).inode, 0);
         } else {
           assert.equal(unlinked.status, 'fulfilled');
           assert.equal((unlinked as PromiseFulfilledResult<{ freed?: Buffer[] }>).value.freed?.length, 3, 'the unlink came first: freed');
           assert.equal(opened.status, 'rejected');
           assert.ok(isErrno(E.ENOENT)((opened as PromiseRejectedResult).reason), String((opened as PromiseRejectedResult).reason));
-          assert.deepEqual(await rowsOf(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
+          assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
         }
       }
       // And racing freely: never an open that succeeded on an inode the unlink freed.
@@ -191,7 +182,7 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
         const freed = (unlinked as PromiseFulfilledResult<{ freed?: Buffer[] }>).value.freed !== undefined;
         assert.equal(opened.status === 'fulfilled', !freed, `round ${round}: opened ${opened.status}, freed ${freed}`);
         if (!freed) await closeNow(b, f.ino);
-        assert.equal((await rowsOf(url, f.ino)).inode, 0, `round ${round}: freed in the end`);
+        assert.equal((await inodeRowCounts(url, f.ino)).inode, 0, `round ${round}: freed in the end`);
       }
     } finally {
       await blocker.end();
@@ -212,14 +203,14 @@ describe('files held open by the mount sessions of a shared PostgreSQL volume', 
       assert.deepEqual(await b.unlinkedInodes(), []);
       a.mountSession?.stop(); // as a daemon killed: its rows stay, without heartbeats
       await sleep(2000);
-      assert.deepEqual(await rowsOf(url, f.ino), { inode: 1, blocks: 3, opens: 1 }, 'nothing frees it by itself');
+      assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 1, blocks: 3, opens: 1 }, 'nothing frees it by itself');
       // The next mount's claim deletes the expired session with its records; its recovery frees the inode.
       const c = await mountEngine(url, 1500);
       try {
-        assert.equal((await rowsOf(url, f.ino)).opens, 0, 'the claim took the expired session\'s records');
+        assert.equal((await inodeRowCounts(url, f.ino)).opens, 0, 'the claim took the expired session\'s records');
         assert.deepEqual(await c.unlinkedInodes(), [f.ino], 'while B is live');
         assert.equal((await c.free(f.ino)).length, 3);
-        assert.deepEqual(await rowsOf(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
+        assert.deepEqual(await inodeRowCounts(url, f.ino), { inode: 0, blocks: 0, opens: 0 });
       } finally {
         await c.close();
       }

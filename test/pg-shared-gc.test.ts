@@ -10,18 +10,16 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { Client } from 'pg';
-import { RemoteCache } from '../src/cache/remote-cache';
 import { BlocksNotPublished, type ContentCommit } from '../src/meta/engine';
 import { collectSharedGarbage } from '../src/gc/shared-gc';
 import { PgEngine } from '../src/meta/pg-engine';
 import { PgPackIndex } from '../src/meta/pg-pack-index';
 import type { PackEntry } from '../src/meta/remote-index';
 import { ROOT_INO, S_IFREG } from '../src/posix/file-system';
-import { LocalRemote } from '../src/remote/local-remote';
 import { hashBlock } from '../src/store/hash';
-import { Volume } from '../src/vfs/volume';
 import { BLOCK, TestLog, randomBlocks, storeBlocks } from './support/cache';
 import { queryPostgres, startPostgres } from './support/postgres';
+import { sharedStoreMachine } from './support/shared-volume';
 import { tempDir } from './support/tmp';
 import { newVolumeInit } from './support/volume-init';
 import * as fs from 'node:fs';
@@ -56,35 +54,6 @@ async function someoneWaitsForALock(url: string): Promise<void> {
     await new Promise((r) => setTimeout(r, 10));
   }
   throw new Error('nobody waited for a lock');
-}
-
-/** A machine: its own block store and local pack index over the shared remote `DIR/remote` and index. */
-async function machineOf(url: string, dir: string, log: TestLog, name: string) {
-  const remoteDir = join(dir, 'remote');
-  const volume = Volume.create(join(dir, name), { remote: `local:${remoteDir}`, compression: 'none', superchunks: false });
-  const remote = new LocalRemote(remoteDir);
-  await remote.init();
-  const shared = PgPackIndex.open(url);
-  const cache = new RemoteCache(volume.ledger, volume.localPackIndex, remote, volume.packer(), {
-    cacheBytes: 1 << 30,
-    packBytes: 8 << 20,
-    readaheadBytes: 0,
-    uploadIdleMs: 60_000,
-    log,
-    shared,
-  });
-  return {
-    volume,
-    cache,
-    shared,
-    remote,
-    async close() {
-      await cache.close();
-      await shared.close();
-      await remote.close();
-      await volume.close();
-    },
-  };
 }
 
 describe('gc of a shared pack index against other machines\' commits', () => {
@@ -184,7 +153,7 @@ describe('a machine whose local pack index names a pack gc deleted elsewhere', (
     const dir = tempDir('pogfs-shared-gc-');
     const remoteDir = join(dir, 'remote');
     const log = new TestLog();
-    const machine = (name: string) => machineOf(url, dir, log, name);
+    const machine = (name: string) => sharedStoreMachine(url, dir, log, name);
     const a = await machine('a');
     const b = await machine('b');
     try {
@@ -225,7 +194,7 @@ describe('a machine whose local pack index names a pack gc deleted elsewhere', (
     const url = await freshVolume();
     const dir = tempDir('pogfs-shared-gc-');
     const log = new TestLog();
-    const a = await machineOf(url, dir, log, 'a');
+    const a = await sharedStoreMachine(url, dir, log, 'a');
     try {
       const [x] = randomBlocks(1);
       await storeBlocks(a.volume, [x]);

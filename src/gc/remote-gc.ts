@@ -1,5 +1,7 @@
 import { listGenerations, type MetaBackup } from '../cache/meta-backup';
+import type { CacheLedger } from '../cache/cache-ledger';
 import type { RemoteCache } from '../cache/remote-cache';
+import type { PackUsage } from '../meta/remote-index';
 import type { Remote } from '../remote/remote';
 import type { Volume } from '../vfs/volume';
 import type { ProgressSink } from '../progress';
@@ -48,6 +50,45 @@ export interface RemoteParts {
   backup?: MetaBackup;
 }
 
+/** A mostly dead pack: some block in it is live, but the values holding one fill less than `threshold` of it. */
+export function isSparse(u: Pick<PackUsage, 'liveBlocks' | 'liveValueBytes' | 'size'>, threshold: number): boolean {
+  return u.liveBlocks > 0 && u.size > 0 && u.liveValueBytes / u.size < threshold;
+}
+
+/**
+ * Moves the live blocks out of mostly dead packs: each pack's are fetched (a pack that
+ * cannot be read whole is kept as it is), then marked dirty so the uploader puts them
+ * into new packs; resolves once that upload is done. Returns the packs moved out and
+ * the blocks marked.
+ */
+export async function repackPacks(
+  packs: readonly Pick<PackUsage, 'pack' | 'name' | 'size'>[],
+  liveHashesOf: (pack: number) => Buffer[] | Promise<Buffer[]>,
+  cache: RemoteCache,
+  ledger: CacheLedger,
+  o: Pick<RemoteGcOptions, 'log' | 'progress'>,
+): Promise<{ repackedPacks: number; movedBlocks: number }> {
+  let repackedPacks = 0;
+  let movedBlocks = 0;
+  let doneBytes = 0;
+  o.progress?.start('gc: repacking remote packs');
+  for (const [i, u] of packs.entries()) {
+    o.progress?.update(i, packs.length, doneBytes);
+    doneBytes += u.size;
+    const hashes = await liveHashesOf(u.pack);
+    const outcomes = await Promise.all(cache.fetcher.fetch(hashes).values());
+    if (outcomes.some((r) => r !== 'ok')) {
+      o.log.error(`gc: pack ${u.name} could not be read whole; it is kept as it is`);
+      continue;
+    }
+    repackedPacks++;
+    movedBlocks += await ledger.markDirtyAgain(hashes);
+  }
+  o.progress?.update(packs.length, packs.length, doneBytes);
+  await cache.flush();
+  return { repackedPacks, movedBlocks };
+}
+
 export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o: RemoteGcOptions): Promise<RemoteGcResult> {
   const { meta, ledger } = volume;
   const index = meta.remote;
@@ -67,28 +108,11 @@ export async function collectRemoteGarbage(volume: Volume, parts: RemoteParts, o
   if (!o.dryRun && dead.length > 0) meta.durableTransaction(() => index.deleteEntries(dead));
 
   // Mostly dead packs: their live blocks go into new packs.
-  const usage = index.usage();
-  const sparse = usage.filter((u) => u.liveBlocks > 0 && u.size > 0 && u.liveValueBytes / u.size < threshold);
+  const sparse = index.usage().filter((u) => isSparse(u, threshold));
   result.repackedPacks = sparse.length;
   if (!o.dryRun && sparse.length > 0) {
-    let done = 0;
-    let doneBytes = 0;
-    o.progress?.start('gc: repacking remote packs');
-    for (const u of sparse) {
-      o.progress?.update(done, sparse.length, doneBytes);
-      done++;
-      doneBytes += u.size;
-      const hashes = index.entriesOf(u.pack).map((e) => e.hash);
-      const outcomes = await Promise.all(parts.cache.fetcher.fetch(hashes).values());
-      if (outcomes.some((r) => r !== 'ok')) {
-        o.log.error(`gc: pack ${u.name} could not be read whole; it is kept as it is`);
-        continue;
-      }
-      const moved = await ledger.markDirtyAgain(hashes);
-      result.movedBlocks += moved;
-    }
-    o.progress?.update(done, sparse.length, doneBytes);
-    await parts.cache.flush();
+    const r = await repackPacks(sparse, (pack) => index.entriesOf(pack).map((e) => e.hash), parts.cache, ledger, o);
+    result.movedBlocks += r.movedBlocks;
   }
   for (const u of sparse) result.movedBlocks += o.dryRun ? u.liveBlocks : 0;
 

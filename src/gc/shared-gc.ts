@@ -3,7 +3,7 @@ import type { PgPackIndex } from '../meta/pg-pack-index';
 import type { SharedPackUsage } from '../meta/remote-index';
 import type { Remote } from '../remote/remote';
 import type { Volume } from '../vfs/volume';
-import type { RemoteGcOptions, RemoteGcResult } from './remote-gc';
+import { isSparse, repackPacks, type RemoteGcOptions, type RemoteGcResult } from './remote-gc';
 
 /**
  * Garbage collection of the remote of a volume several machines write (Volume.sharesBlocks),
@@ -79,7 +79,7 @@ export async function collectSharedGarbage(volume: Volume, parts: SharedGcParts,
     youngPacks: before.length - settled.length,
     failedDeletes: 0,
   };
-  const sparse = settled.filter((u) => u.liveBlocks > 0 && u.size > 0 && u.liveValueBytes / u.size < threshold);
+  const sparse = settled.filter((u) => isSparse(u, threshold));
   if (o.dryRun) {
     const known = new Set(before.map((u) => u.name));
     result.orphanPacks = (await parts.remote.list('pack')).filter((p) => !known.has(p.name)).length;
@@ -92,7 +92,12 @@ export async function collectSharedGarbage(volume: Volume, parts: SharedGcParts,
     return result;
   }
 
-  if (sparse.length > 0) await repack(volume, parts, sparse, result, o);
+  if (sparse.length > 0) {
+    // The live blocks of a pack are the entries the shared index still names for it.
+    const r = await repackPacks(sparse, (pack) => parts.index.liveEntriesOf(pack), parts.cache, volume.ledger, o);
+    result.repackedPacks += r.repackedPacks;
+    result.movedBlocks += r.movedBlocks;
+  }
 
   // Packs with a dead entry, or with none left (moved out by the repack, or by a machine
   // that uploaded the same blocks again: a later pack takes a block's entry over).
@@ -154,24 +159,4 @@ async function deleteOrphans(parts: SharedGcParts, result: SharedGcResult, o: Sh
       o.log.error(`gc: deleting the orphan pack ${p.name} failed`, err);
     }
   }
-}
-
-/** Mostly dead packs: their live blocks made local, marked dirty and uploaded (and published) into new packs. */
-async function repack(volume: Volume, parts: SharedGcParts, sparse: SharedPackUsage[], result: SharedGcResult, o: SharedGcOptions): Promise<void> {
-  let doneBytes = 0;
-  o.progress?.start('gc: repacking remote packs');
-  for (const [i, u] of sparse.entries()) {
-    o.progress?.update(i, sparse.length, doneBytes);
-    doneBytes += u.size;
-    const hashes = await parts.index.liveEntriesOf(u.pack);
-    const outcomes = await Promise.all(parts.cache.fetcher.fetch(hashes).values());
-    if (outcomes.some((r) => r !== 'ok')) {
-      o.log.error(`gc: pack ${u.name} could not be read whole; it is kept as it is`);
-      continue;
-    }
-    result.repackedPacks++;
-    result.movedBlocks += await volume.ledger.markDirtyAgain(hashes);
-  }
-  o.progress?.update(sparse.length, sparse.length, doneBytes);
-  await parts.cache.flush();
 }

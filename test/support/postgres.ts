@@ -150,3 +150,13 @@ export async function queryPostgres(url: string, text: string): Promise<Record<s
     await c.end();
   }
 }
+
+/** How many rows inode `ino` has in the PostgreSQL volume at `url`: its inode row, its block rows and its open records. */
+export async function inodeRowCounts(url: string, ino: number): Promise<{ inode: number; blocks: number; opens: number }> {
+  const r = await queryPostgres(
+    url,
+    `SELECT (SELECT count(*) FROM inodes WHERE ino = ${ino})::int AS inode, (SELECT count(*) FROM blocks WHERE ino = ${ino})::int AS blocks,
+            (SELECT count(*) FROM session_opens WHERE ino = ${ino})::int AS opens`,
+  );
+  return r[0] as { inode: number; blocks: number; opens: number };
+}
